@@ -1,0 +1,129 @@
+// Campaign and site configuration: plain structs plus YAML loaders.
+//
+// Two kinds of file, because a site's data never leaves it:
+//  * a campaign file (coordinator): model, training, outer optimizer, codec,
+//    quorum, network, output, and optionally `sites:` to start locally;
+//  * a site file (one per worker): site name, coordinator endpoint, device,
+//    local text directory and validation split.
+// The file formats are documented in README.md and configs/*.yaml.
+//
+// Loading reports every problem at once: each as "FILE:LINE: KEY: problem
+// (allowed: ...)" on its own line of the returned Status message (code
+// InvalidArgument). Unknown keys are errors. Mains exit 78 (EX_CONFIG) on a
+// config error. Pure functions, any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace lowband {
+
+constexpr int kExitConfig = 78;  // EX_CONFIG
+
+struct ModelConfig {
+  int layers = 4;
+  int d_model = 128;
+  int heads = 4;
+  int context = 64;
+  int vocab = 256;  // byte-level tokenizer
+};
+
+struct InnerOptimizerConfig {  // AdamW, the only inner optimizer for now
+  double lr = 3e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0 disables clipping
+  int warmup_steps = 0;    // linear warm-up over the first inner steps of the campaign
+};
+
+struct TrainingConfig {
+  int rounds = 10;
+  int inner_steps = 10;  // H
+  int batch_size = 16;
+  int eval_batches = 8;  // validation batches per evaluation
+  uint64_t seed = 1234;
+  InnerOptimizerConfig inner;
+};
+
+enum class OuterOptimizerKind { kNesterov, kSgd, kFedAvg };
+struct OuterOptimizerConfig {
+  OuterOptimizerKind kind = OuterOptimizerKind::kNesterov;
+  double lr = 0.7;        // server learning rate for fedavg
+  double momentum = 0.9;  // nesterov; sgd allows momentum too (0 = plain)
+};
+const char* OuterOptimizerName(OuterOptimizerKind kind);
+
+enum class CodecKind { kDenseFp32 };
+struct CodecConfig {
+  CodecKind kind = CodecKind::kDenseFp32;
+};
+const char* CodecName(CodecKind kind);
+
+enum class AggregationRule { kMean };
+const char* AggregationName(AggregationRule rule);
+
+struct QuorumConfig {
+  int expected_workers = 1;     // rounds start once this many have joined
+  int min_workers = 1;          // a round may close with this many uploads
+  double round_deadline_s = 300;  // after this, close with >= min_workers uploads
+  double start_timeout_s = 120;   // give up if expected workers never join
+  AggregationRule aggregation = AggregationRule::kMean;
+};
+
+struct NetworkConfig {
+  std::string bind = "tcp://127.0.0.1:5555";     // worker ROUTER endpoint
+  std::string control = "tcp://127.0.0.1:5556";  // CLI endpoint
+  int heartbeat_interval_ms = 500;
+  int heartbeat_timeout_ms = 10000;
+  std::string security = "none";  // only "none" for now (loopback)
+  int64_t max_message_bytes = 256ll << 20;  // bound on any inbound bulk frame
+};
+
+struct DataConfig {
+  std::string dir;                 // directory of UTF-8 text files
+  std::vector<std::string> files;  // names inside dir; empty = every text file
+  double validation_fraction = 0.1;
+};
+
+struct SiteConfig {
+  std::string name;
+  std::string coordinator = "tcp://127.0.0.1:5555";
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
+  int threads = 1;             // intra-op threads for LibTorch
+  DataConfig data;
+  std::string source;          // where it was read from (file or file#sites[i])
+};
+
+struct OutputConfig {
+  std::string run_dir = "runs/campaign";  // relative to the working directory
+  std::string metrics_file;               // optional JSONL of round records
+};
+
+struct CampaignConfig {
+  std::string name = "campaign";
+  ModelConfig model;
+  TrainingConfig training;
+  OuterOptimizerConfig outer;
+  CodecConfig codec;
+  QuorumConfig quorum;
+  NetworkConfig network;
+  OutputConfig output;
+  std::vector<SiteConfig> sites;  // local sites `lowband run` starts
+  std::string source;             // path of the campaign file
+};
+
+StatusOr<CampaignConfig> LoadCampaignFile(const std::string& path);
+StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const std::string& source_name);
+StatusOr<SiteConfig> LoadSiteFile(const std::string& path);
+StatusOr<SiteConfig> ParseSiteYaml(const std::string& yaml_text, const std::string& source_name);
+
+// Checks that need the whole campaign (e.g. d_model % heads == 0). Called by
+// the loaders; exposed for configs built in code (tests).
+Status ValidateCampaign(const CampaignConfig& config);
+
+}  // namespace lowband

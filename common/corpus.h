@@ -1,0 +1,53 @@
+// A site's local text corpus, byte-level tokenized (vocabulary 256), split
+// into training and validation streams, with deterministic batch sampling.
+// Torch-free: batches are int64 token ids the trainer turns into tensors.
+// Not thread-safe; owned by the training thread.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+
+namespace lowband {
+
+struct TokenBatch {
+  int batch = 0;
+  int length = 0;                 // tokens per row (context)
+  std::vector<int64_t> inputs;    // batch*length
+  std::vector<int64_t> targets;   // batch*length, inputs shifted by one
+};
+
+class Corpus {
+ public:
+  // Reads data.files (or every text file) under data.dir. Files that are not
+  // valid UTF-8 text (NUL bytes, bad sequences) are skipped with a warning
+  // when listing a directory, and are an error when named explicitly.
+  // fortune(6) files (records separated by "%" lines) have separators
+  // stripped. The validation split is the last validation_fraction of each
+  // file's records. NotFound / InvalidArgument name the offending path.
+  static StatusOr<Corpus> Load(const DataConfig& data);
+  // Builds a corpus from in-memory text (tests).
+  static Corpus FromText(const std::string& train_text, const std::string& val_text);
+
+  size_t train_tokens() const { return train_.size(); }
+  size_t val_tokens() const { return val_.size(); }
+  const std::vector<std::string>& files() const { return files_; }
+
+  // Random windows of context+1 tokens from the training stream.
+  // Requires train_tokens() > context.
+  TokenBatch SampleTrain(int batch, int context, std::mt19937_64* rng) const;
+  // Deterministic, non-overlapping validation windows: batch `index` of at
+  // most `max_batches`. Returns an empty batch when the stream is exhausted.
+  TokenBatch ValidationBatch(int index, int batch, int context) const;
+
+ private:
+  std::vector<uint8_t> train_;
+  std::vector<uint8_t> val_;
+  std::vector<std::string> files_;
+};
+
+}  // namespace lowband

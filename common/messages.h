@@ -1,0 +1,140 @@
+// Protocol messages as plain C++ values. common/wire.h converts them to and
+// from FlatBuffers frames; nothing else sees generated code. Cores consume
+// and produce these. Value types, any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/config.h"
+
+namespace lowband {
+
+using Bytes = std::vector<uint8_t>;
+
+constexpr uint16_t kProtocolVersion = 1;
+
+// Describes the bulk frame that follows a header frame.
+struct BlobHeader {
+  CodecKind codec = CodecKind::kDenseFp32;
+  uint64_t num_elements = 0;
+  uint64_t layout_digest = 0;
+  uint64_t byte_length = 0;
+  uint64_t checksum = 0;  // Fnv1a64 of the bulk bytes
+};
+
+struct Hello {
+  std::string site;
+  std::string device;
+  uint64_t free_memory_bytes = 0;
+  double step_time_ms = 0;
+  uint64_t train_tokens = 0;
+  uint64_t val_tokens = 0;
+};
+
+struct Welcome {
+  std::string worker_id;
+  ModelConfig model;
+  TrainingConfig training;
+  CodecKind codec = CodecKind::kDenseFp32;
+  uint64_t data_seed = 0;
+  int worker_index = 0;
+  uint32_t heartbeat_interval_ms = 0;
+  uint32_t heartbeat_timeout_ms = 0;
+};
+
+struct ModelSync {  // bulk: full parameters
+  uint32_t round = 0;
+  uint64_t digest = 0;
+  BlobHeader blob;
+};
+
+struct Heartbeat {
+  uint32_t round = 0;
+  std::string state;
+};
+
+struct CampaignEnd {
+  std::string reason;
+  uint32_t final_round = 0;
+};
+
+struct RoundStart {
+  uint32_t round = 0;
+  uint64_t model_version = 0;  // digest of the parameters to start from
+  int inner_steps = 0;
+  uint32_t deadline_ms = 0;
+};
+
+struct DeltaUpload {  // bulk: theta_global - theta_local
+  uint32_t round = 0;
+  uint64_t base_digest = 0;
+  double train_loss = 0;
+  uint64_t tokens = 0;
+  double step_time_ms = 0;
+  BlobHeader blob;
+};
+
+struct Aggregate {  // bulk: outer update u, applied as theta <- theta - u
+  uint32_t round = 0;
+  uint64_t digest = 0;  // digest after applying
+  uint32_t contributors = 0;
+  BlobHeader blob;
+};
+
+struct EvalReport {
+  uint32_t round = 0;
+  double val_loss = 0;
+  uint64_t val_tokens = 0;
+  uint64_t digest = 0;
+};
+
+enum class ErrorCode : int {
+  kMalformed = 1,       // failed size bound, verifier or decoding
+  kWrongVersion = 2,
+  kWrongCampaign = 3,
+  kNotRegistered = 4,
+  kWrongRound = 5,      // unknown, stale or future round
+  kDuplicate = 6,
+  kBadPayload = 7,      // layout, length, checksum or non-finite values
+  kDigestMismatch = 8,
+  kUnexpected = 9,      // message not valid in the receiver's state
+  kInternal = 10,
+};
+
+struct Error {
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+  uint32_t round = 0;
+};
+
+struct ControlRequest {
+  std::string command;
+  std::vector<std::string> args;
+};
+
+struct ControlResponse {
+  bool ok = false;
+  std::string message;
+  std::string json;
+};
+
+using Body = std::variant<Hello, Welcome, ModelSync, Heartbeat, CampaignEnd, RoundStart, DeltaUpload,
+                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse>;
+
+// Short lower-case name of the body kind ("hello", "delta_upload", ...),
+// used in logs and in the bandwidth ledger.
+const char* BodyName(const Body& body);
+
+struct Message {
+  uint16_t protocol_version = kProtocolVersion;
+  std::string campaign_id;
+  std::string sender_id;
+  uint64_t seq = 0;
+  Body body;
+  Bytes bulk;  // empty unless the body carries a BlobHeader
+};
+
+}  // namespace lowband

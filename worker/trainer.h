@@ -1,0 +1,65 @@
+// Trainer: local LibTorch training for one worker (CPU or CUDA).
+//
+// Holds the global parameters of the last committed round as a CPU fp32
+// ParamSet (so applying an outer update is bit-identical to the
+// coordinator's arithmetic), the model on its device, and the AdamW inner
+// optimizer whose state persists across rounds. Torch-free header (pimpl).
+// Lives on the worker's training thread; not thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/corpus.h"
+#include "common/params.h"
+
+namespace lowband {
+
+struct TrainResult {
+  std::vector<float> delta;  // theta_global - theta_local, layout order
+  double mean_loss = 0;      // mean training loss over the inner steps
+  uint64_t tokens = 0;       // tokens processed
+  double step_time_ms = 0;   // mean wall time per inner step
+  int steps = 0;
+};
+
+struct EvalResult {
+  double loss = 0;  // mean next-token cross-entropy (nats)
+  uint64_t tokens = 0;
+};
+
+class Trainer {
+ public:
+  // device: "cpu", "cuda" or "cuda:N" (Unavailable if CUDA is absent).
+  // threads: LibTorch intra-op threads. The corpus must outlive the trainer.
+  static StatusOr<std::unique_ptr<Trainer>> Create(const ModelConfig& model, const TrainingConfig& training,
+                                                   const std::string& device, int threads,
+                                                   const Corpus* corpus, uint64_t data_seed);
+  ~Trainer();
+
+  const ParamLayout& layout() const;
+  // Replaces the global parameters (join, re-sync). Layout must match.
+  Status SetGlobal(ParamSet params);
+  const ParamSet& global() const;
+  // H inner AdamW steps starting from the global parameters.
+  StatusOr<TrainResult> TrainRound(int inner_steps);
+  // global <- global - update (fp32, on the CPU copy), then loads it.
+  Status ApplyUpdate(const std::vector<float>& update);
+  // Validation loss of the global parameters on the corpus validation split.
+  StatusOr<EvalResult> Evaluate();
+
+ private:
+  struct Impl;
+  explicit Trainer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Wall time of a fixed reference workload (a 512x512 fp32 matmul chain) on
+// the device, in ms: a comparable speed figure for Hello.
+double MeasureReferenceStepMs(const std::string& device);
+// Free memory on the device in bytes (MemAvailable for CPU), 0 if unknown.
+uint64_t FreeMemoryBytes(const std::string& device);
+
+}  // namespace lowband
