@@ -1,1 +1,80 @@
-// placeholder: replaced by its owner
+#include <chrono>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "common/config.h"
+#include "common/event_loop.h"
+#include "common/transport_zmq.h"
+#include "common/wire.h"
+
+namespace lowband::cli {
+
+int Control(const ControlOptions& options, const std::string& command, const std::vector<std::string>& args) {
+  std::string endpoint = options.endpoint;
+  std::string campaign;
+  if (endpoint.empty()) {
+    if (options.campaign_file.empty()) {
+      std::fprintf(stderr, "lowband %s: give --endpoint tcp://HOST:PORT or --campaign FILE\n", command.c_str());
+      return 64;
+    }
+    auto config = LoadCampaignFile(options.campaign_file);
+    if (!config.ok()) {
+      std::fprintf(stderr, "lowband %s: invalid campaign:\n%s\n", command.c_str(), config.status().message().c_str());
+      return kExitConfig;
+    }
+    endpoint = config->network.control;
+    campaign = config->name;
+  }
+  zmq::context_t ctx{1};
+  auto link = ZmqClientTransport::Connect(ctx, endpoint, "", 64 << 20);
+  if (!link.ok()) {
+    std::fprintf(stderr, "lowband %s: %s\n", command.c_str(), link.status().ToString().c_str());
+    return 69;
+  }
+  Message req;
+  req.campaign_id = campaign;
+  req.sender_id = "cli";
+  req.body = ControlRequest{command, args};
+  Status st = (*link)->Send("", EncodeMessage(req));
+  if (!st.ok()) {
+    std::fprintf(stderr, "lowband %s: cannot send to %s: %s\n", command.c_str(), endpoint.c_str(),
+                 st.ToString().c_str());
+    return 69;
+  }
+  EventLoop loop;
+  bool answered = false;
+  int code = 1;
+  loop.AddSocket((*link)->socket(), [&] {
+    Inbound in;
+    while (!answered && (*link)->TryReceive(&in)) {
+      auto msg = DecodeMessage(in.frames, WireLimits{});
+      if (!msg.ok()) {
+        std::fprintf(stderr, "lowband %s: malformed reply: %s\n", command.c_str(), msg.status().ToString().c_str());
+        answered = true;
+        return;
+      }
+      const auto* resp = std::get_if<ControlResponse>(&msg->body);
+      if (!resp) continue;
+      answered = true;
+      if (options.json && !resp->json.empty()) {
+        std::printf("%s\n", resp->json.c_str());
+      } else {
+        std::printf("%s\n", resp->message.c_str());
+      }
+      if (!resp->ok) std::fprintf(stderr, "lowband %s: %s\n", command.c_str(), resp->message.c_str());
+      code = resp->ok ? 0 : 1;
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options.timeout_ms);
+  while (!answered && std::chrono::steady_clock::now() < deadline) {
+    loop.RunOnce(std::chrono::milliseconds(50));
+  }
+  if (!answered) {
+    std::fprintf(stderr, "lowband %s: no answer from %s within %d ms (is the coordinator running?)\n",
+                 command.c_str(), endpoint.c_str(), options.timeout_ms);
+    return 69;
+  }
+  return code;
+}
+
+}  // namespace lowband::cli

@@ -1,1 +1,1198 @@
-// placeholder: replaced by its owner
+// Campaign and site configuration loading with yaml-cpp.
+//
+// Loading happens in two passes so that every problem is reported at once:
+//  1. Parse: walk the YAML tree, reject unknown/duplicate keys and values of
+//     the wrong type, fill the structs, and remember the file and line of
+//     every key seen (a LineMap keyed by a canonical key path).
+//  2. Check: range and cross-field rules on the filled structs. The same
+//     checks back ValidateCampaign() for configs built in code; the LineMap
+//     only decides where an error is reported.
+// yaml-cpp throws; every call into it stays inside this file under a catch.
+#include "common/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include <yaml-cpp/yaml.h>
+
+namespace lowband {
+
+const char* OuterOptimizerName(OuterOptimizerKind kind) {
+  switch (kind) {
+    case OuterOptimizerKind::kNesterov: return "nesterov";
+    case OuterOptimizerKind::kSgd: return "sgd";
+    case OuterOptimizerKind::kFedAvg: return "fedavg";
+  }
+  return "unknown";
+}
+
+const char* CodecName(CodecKind kind) {
+  switch (kind) {
+    case CodecKind::kDenseFp32: return "dense_fp32";
+  }
+  return "unknown";
+}
+
+const char* AggregationName(AggregationRule rule) {
+  switch (rule) {
+    case AggregationRule::kMean: return "mean";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// A config file is small; anything bigger is a mistake (wrong path), and
+// bounding it keeps a stray multi-GB file from being slurped into memory.
+constexpr size_t kMaxConfigFileBytes = 16u << 20;
+
+// Sanity bounds: they keep products such as layers * d_model^2 far from
+// overflow and catch typos (an extra zero) before a worker allocates.
+constexpr int kMaxLayers = 256;
+constexpr int kMaxDModel = 16384;
+constexpr int kMaxContext = 1 << 20;
+constexpr int kByteVocab = 256;
+constexpr int kMaxThreads = 1024;
+
+const char* const kNameChars = "[A-Za-z0-9_.-]+";
+
+// ---------------------------------------------------------------------------
+// Diagnostics
+
+// Where an error is reported: file, 1-based line (0 = unknown) and the key
+// path as the user sees it in that file.
+struct Where {
+  std::string file;
+  int line = 0;
+  std::string key;
+};
+
+// Collects error lines from several files and returns them sorted by file
+// (in order of first appearance) and line, so the report reads top-down.
+class Diagnostics {
+ public:
+  void Add(const Where& where, const std::string& problem, const std::string& allowed = "") {
+    std::string text = where.file;
+    if (where.line > 0) text += ":" + std::to_string(where.line);
+    text += ": ";
+    if (!where.key.empty()) text += where.key + ": ";
+    text += problem;
+    if (!allowed.empty()) text += " (allowed: " + allowed + ")";
+    entries_.push_back({Rank(where.file), where.line, entries_.size(), std::move(text)});
+  }
+
+  bool empty() const { return entries_.empty(); }
+
+  Status ToStatus() const {
+    if (entries_.empty()) return Status::Ok();
+    std::vector<Entry> sorted = entries_;
+    std::sort(sorted.begin(), sorted.end(), [](const Entry& a, const Entry& b) {
+      if (a.rank != b.rank) return a.rank < b.rank;
+      if (a.line != b.line) return a.line < b.line;
+      return a.seq < b.seq;
+    });
+    std::string message;
+    std::set<std::string> seen;  // one mistake may trip a check twice
+    for (const Entry& e : sorted) {
+      if (!seen.insert(e.text).second) continue;
+      if (!message.empty()) message += "\n";
+      message += e.text;
+    }
+    return InvalidArgument(std::move(message));
+  }
+
+  // Fixes the report order of a file before any error in it is added.
+  void RegisterFile(const std::string& file) { Rank(file); }
+
+ private:
+  struct Entry {
+    size_t rank;
+    int line;
+    size_t seq;
+    std::string text;
+  };
+
+  size_t Rank(const std::string& file) {
+    for (size_t i = 0; i < files_.size(); ++i) {
+      if (files_[i] == file) return i;
+    }
+    files_.push_back(file);
+    return files_.size() - 1;
+  }
+
+  std::vector<std::string> files_;
+  std::vector<Entry> entries_;
+};
+
+// What the parse pass learnt about positions, for the check pass.
+struct ParseState {
+  // Canonical key path ("sites[0].site.name") -> where it was written.
+  std::map<std::string, Where> lines;
+  // Canonical paths whose value is unknown (type error) or derived from
+  // another key; checks on them would only repeat an error.
+  std::set<std::string> bad;
+};
+
+// ---------------------------------------------------------------------------
+// Scalars and small helpers
+
+std::string Join(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+std::string JoinList(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) {
+    if (!out.empty()) out += ", ";
+    out += s;
+  }
+  return out;
+}
+
+std::string FormatDouble(double v) {
+  std::ostringstream os;
+  os.imbue(std::locale::classic());
+  os << v;
+  return os.str();
+}
+
+bool ParseInt64(const std::string& s, int64_t* out) {
+  if (s.empty()) return false;
+  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i == s.size()) return false;
+  for (size_t j = i; j < s.size(); ++j) {
+    if (s[j] < '0' || s[j] > '9') return false;
+  }
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(s.c_str(), &end, 10);
+  if (errno == ERANGE || end != s.c_str() + s.size()) return false;
+  *out = v;
+  return true;
+}
+
+bool ParseUint64(const std::string& s, uint64_t* out) {
+  size_t i = (!s.empty() && s[0] == '+') ? 1 : 0;
+  if (i == s.size()) return false;
+  for (size_t j = i; j < s.size(); ++j) {
+    if (s[j] < '0' || s[j] > '9') return false;
+  }
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (errno == ERANGE || end != s.c_str() + s.size()) return false;
+  *out = v;
+  return true;
+}
+
+// Decimal floating point only: strtod would also take "nan", "inf" and hex
+// floats, none of which belong in a config; the digit check keeps them out.
+bool ParseDouble(const std::string& s, double* out) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')) {
+      return false;
+    }
+  }
+  std::istringstream is(s);
+  is.imbue(std::locale::classic());  // strtod would follow LC_NUMERIC
+  double v = 0;
+  is >> v;
+  if (is.fail() || !is.eof() || !std::isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+bool ValidName(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool AllDigits(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+bool ValidDevice(const std::string& s) {
+  if (s == "cpu" || s == "cuda") return true;
+  if (s.rfind("cuda:", 0) != 0) return false;
+  std::string n = s.substr(5);
+  return AllDigits(n) && n.size() <= 4;
+}
+
+// A ZeroMQ endpoint we accept: tcp://HOST:PORT or ipc://PATH.
+struct Endpoint {
+  std::string scheme;  // "tcp" or "ipc"
+  std::string host;    // tcp: as written, brackets kept for IPv6
+  int port = 0;
+  std::string path;    // ipc
+};
+
+const char* const kEndpointForms = "tcp://HOST:PORT, ipc://PATH";
+
+bool ValidHost(const std::string& host) {
+  if (host == "*") return true;
+  if (host.size() >= 3 && host.front() == '[' && host.back() == ']') {
+    for (size_t i = 1; i + 1 < host.size(); ++i) {
+      char c = host[i];
+      bool ok = std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+      if (!ok) return false;
+    }
+    return true;
+  }
+  if (host.empty() || host.size() > 253) return false;
+  for (char c : host) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool ParseEndpoint(const std::string& s, Endpoint* ep) {
+  if (s.rfind("ipc://", 0) == 0) {
+    ep->scheme = "ipc";
+    ep->path = s.substr(6);
+    return !ep->path.empty();
+  }
+  if (s.rfind("tcp://", 0) != 0) return false;
+  std::string rest = s.substr(6);
+  size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = rest.substr(0, colon);
+  std::string port = rest.substr(colon + 1);
+  if (!ValidHost(host) || !AllDigits(port) || port.size() > 5) return false;
+  int p = std::atoi(port.c_str());
+  if (p < 1 || p > 65535) return false;
+  ep->scheme = "tcp";
+  ep->host = host;
+  ep->port = p;
+  return true;
+}
+
+bool IsLoopbackIpv4(const std::string& host) {
+  // 127.0.0.0/8, written as four dotted decimal octets.
+  if (host.rfind("127.", 0) != 0) return false;
+  int parts = 0;
+  size_t start = 0;
+  while (start <= host.size()) {
+    size_t dot = host.find('.', start);
+    std::string octet = host.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (!AllDigits(octet) || octet.size() > 3 || std::atoi(octet.c_str()) > 255) return false;
+    ++parts;
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts == 4;
+}
+
+bool IsLoopback(const Endpoint& ep) {
+  if (ep.scheme == "ipc") return true;
+  return ep.host == "localhost" || ep.host == "[::1]" || IsLoopbackIpv4(ep.host);
+}
+
+// A local worker cannot connect to a wildcard bind address; it dials the
+// loopback address of the same port instead.
+std::string BindToConnect(const std::string& bind) {
+  Endpoint ep;
+  if (!ParseEndpoint(bind, &ep) || ep.scheme != "tcp") return bind;
+  if (ep.host == "*" || ep.host == "0.0.0.0") return "tcp://127.0.0.1:" + std::to_string(ep.port);
+  if (ep.host == "[::]") return "tcp://[::1]:" + std::to_string(ep.port);
+  return bind;
+}
+
+std::string ResolveRelative(const std::string& base_file, const std::string& p) {
+  namespace fs = std::filesystem;
+  fs::path path(p);
+  if (p.empty() || path.is_absolute()) return p;
+  fs::path dir = fs::path(base_file).parent_path();
+  if (dir.empty()) return path.lexically_normal().string();
+  return (dir / path).lexically_normal().string();
+}
+
+// Reads a whole config file. NotFound names the path and the OS reason.
+StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
+  std::string text;
+  char buf[65536];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return NotFound(path + ": cannot read: " + std::strerror(err));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigFileBytes) {
+      ::close(fd);
+      return InvalidArgument(path + ": larger than " + std::to_string(kMaxConfigFileBytes) +
+                             " bytes; not a config file");
+    }
+  }
+  ::close(fd);
+  return text;
+}
+
+int LineOf(const YAML::Node& node) {
+  try {
+    YAML::Mark m = node.Mark();
+    return m.is_null() ? 0 : m.line + 1;
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+std::string Describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null: return "nothing";
+    case YAML::NodeType::Sequence:
+      return node.size() == 1 ? "a list of 1 item" : "a list of " + std::to_string(node.size()) + " items";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Scalar: return "'" + node.Scalar() + "'";
+    case YAML::NodeType::Undefined: break;
+  }
+  return "nothing";
+}
+
+// Parses a YAML text; a syntax error is reported with the file and line.
+bool LoadYaml(const std::string& text, const std::string& file, Diagnostics* diag, YAML::Node* out) {
+  try {
+    *out = YAML::Load(text);
+    return true;
+  } catch (const YAML::Exception& e) {
+    Where w{file, e.mark.is_null() ? 0 : e.mark.line + 1, ""};
+    std::string problem = "YAML syntax error: " + e.msg;
+    if (!e.mark.is_null()) problem += " (column " + std::to_string(e.mark.column + 1) + ")";
+    diag->Add(w, problem);
+  } catch (const std::exception& e) {
+    diag->Add(Where{file, 0, ""}, std::string("YAML error: ") + e.what());
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// Parse pass
+
+// The keys of one YAML map, after unknown and duplicate keys were reported.
+struct MapFields {
+  struct Field {
+    std::string key;
+    YAML::Node key_node;
+    YAML::Node value;
+  };
+  std::string path;  // relative key path of the map itself
+  std::vector<Field> fields;
+
+  const Field* Find(const std::string& key) const {
+    for (const auto& f : fields) {
+      if (f.key == key) return &f;
+    }
+    return nullptr;
+  }
+};
+
+// Reads the YAML tree of one file (or one inline part of it). Key paths are
+// relative to the part; `canon_prefix` turns them into canonical paths for
+// ParseState and `display_prefix` into the path shown in messages (they
+// differ for a site file referenced from a campaign: canonical
+// "sites[0].site.name", shown as "site.name" in the site file).
+class Parser {
+ public:
+  Parser(std::string file, std::string canon_prefix, std::string display_prefix, Diagnostics* diag,
+         ParseState* state)
+      : file_(std::move(file)),
+        canon_prefix_(std::move(canon_prefix)),
+        display_prefix_(std::move(display_prefix)),
+        diag_(diag),
+        state_(state) {}
+
+  const std::string& file() const { return file_; }
+
+  std::string Canonical(const std::string& path) const { return canon_prefix_ + path; }
+
+  void Record(const std::string& path, const YAML::Node& node, const std::string& canonical = "") {
+    state_->lines[canonical.empty() ? Canonical(path) : canonical] =
+        Where{file_, LineOf(node), display_prefix_ + path};
+  }
+
+  void Error(const std::string& path, const YAML::Node& node, const std::string& problem,
+             const std::string& allowed = "") {
+    diag_->Add(Where{file_, LineOf(node), display_prefix_ + path}, problem, allowed);
+  }
+
+  void MarkBad(const std::string& path) { state_->bad.insert(Canonical(path)); }
+
+  // Reads `node` as a map whose keys must be in `allowed`. A null node (a
+  // section written with no body) is an empty map. Returns false if it is
+  // not a map; the error has been reported.
+  bool Map(const YAML::Node& node, const std::string& path, const std::vector<std::string>& allowed,
+           MapFields* out, const std::string& context = "") {
+    out->path = path;
+    out->fields.clear();
+    if (node.IsNull()) return true;
+    if (!node.IsMap()) {
+      Error(path, node, "expected a map, got " + Describe(node));
+      MarkBad(path);
+      return false;
+    }
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const YAML::Node& key_node = it->first;
+      if (!key_node.IsScalar()) {
+        Error(path, key_node, "keys must be plain strings, got " + Describe(key_node),
+              JoinList(allowed));
+        continue;
+      }
+      const std::string key = key_node.Scalar();
+      const std::string key_path = Join(path, key);
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        Error(key_path, key_node, "unknown key" + context, JoinList(allowed));
+        continue;
+      }
+      if (out->Find(key) != nullptr) {
+        Error(key_path, key_node,
+              "duplicate key (first at line " + std::to_string(LineOf(out->Find(key)->key_node)) + ")");
+        continue;
+      }
+      out->fields.push_back({key, key_node, it->second});
+      Record(key_path, key_node);
+    }
+    return true;
+  }
+
+  // Typed readers: absent key -> false, *out untouched. Wrong type -> error
+  // reported, path marked bad, false. Range checks come later (Checker).
+  bool Int(const MapFields& m, const std::string& key, int* out) {
+    int64_t v = 0;
+    if (!Int64(m, key, &v)) return false;
+    if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max()) {
+      const auto* f = m.Find(key);
+      Error(Join(m.path, key), f->value, "integer too large: " + f->value.Scalar());
+      MarkBad(Join(m.path, key));
+      return false;
+    }
+    *out = static_cast<int>(v);
+    return true;
+  }
+
+  bool Int64(const MapFields& m, const std::string& key, int64_t* out) {
+    const auto* f = m.Find(key);
+    if (f == nullptr) return false;
+    if (!f->value.IsScalar() || !ParseInt64(f->value.Scalar(), out)) {
+      TypeError(Join(m.path, key), f->value, "an integer");
+      return false;
+    }
+    return true;
+  }
+
+  bool Uint64(const MapFields& m, const std::string& key, uint64_t* out) {
+    const auto* f = m.Find(key);
+    if (f == nullptr) return false;
+    if (!f->value.IsScalar() || !ParseUint64(f->value.Scalar(), out)) {
+      TypeError(Join(m.path, key), f->value, "a non-negative integer");
+      return false;
+    }
+    return true;
+  }
+
+  bool Double(const MapFields& m, const std::string& key, double* out,
+              const std::string& canonical = "") {
+    const auto* f = m.Find(key);
+    if (f == nullptr) return false;
+    if (canonical.size()) Record(Join(m.path, key), f->key_node, canonical);
+    if (!f->value.IsScalar() || !ParseDouble(f->value.Scalar(), out)) {
+      TypeError(Join(m.path, key), f->value, "a finite number");
+      if (canonical.size()) state_->bad.insert(canonical);
+      return false;
+    }
+    return true;
+  }
+
+  bool String(const MapFields& m, const std::string& key, std::string* out) {
+    const auto* f = m.Find(key);
+    if (f == nullptr) return false;
+    if (!f->value.IsScalar()) {
+      TypeError(Join(m.path, key), f->value, "a string");
+      return false;
+    }
+    *out = f->value.Scalar();
+    return true;
+  }
+
+  bool StringList(const MapFields& m, const std::string& key, std::vector<std::string>* out) {
+    const auto* f = m.Find(key);
+    if (f == nullptr) return false;
+    const std::string path = Join(m.path, key);
+    if (f->value.IsNull()) {
+      out->clear();
+      return true;
+    }
+    if (!f->value.IsSequence()) {
+      TypeError(path, f->value, "a list of strings");
+      return false;
+    }
+    std::vector<std::string> items;
+    bool ok = true;
+    for (size_t i = 0; i < f->value.size(); ++i) {
+      const YAML::Node item = f->value[i];
+      const std::string item_path = path + "[" + std::to_string(i) + "]";
+      Record(item_path, item);
+      if (!item.IsScalar()) {
+        TypeError(item_path, item, "a string");
+        ok = false;
+        continue;
+      }
+      items.push_back(item.Scalar());
+    }
+    if (ok) *out = std::move(items);
+    return ok;
+  }
+
+  // A string that must be one of `names`; returns its index via *index.
+  bool Enum(const MapFields& m, const std::string& key, const std::vector<std::string>& names,
+            int* index) {
+    std::string value;
+    if (!String(m, key, &value)) return false;
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == value) {
+        *index = static_cast<int>(i);
+        return true;
+      }
+    }
+    const auto* f = m.Find(key);
+    Error(Join(m.path, key), f->value, "unknown value '" + value + "'", JoinList(names));
+    MarkBad(Join(m.path, key));
+    return false;
+  }
+
+  void TypeError(const std::string& path, const YAML::Node& node, const std::string& expected) {
+    Error(path, node, "expected " + expected + ", got " + Describe(node));
+    MarkBad(path);
+  }
+
+ private:
+  std::string file_;
+  std::string canon_prefix_;
+  std::string display_prefix_;
+  Diagnostics* diag_;
+  ParseState* state_;
+};
+
+const std::vector<std::string> kSiteFileKeys = {"site", "data"};
+const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads"};
+const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
+
+// Parses the {site:, data:} body shared by site files and inline sites.
+// `base_file` anchors a relative data.dir. Sets *coordinator_set when the
+// site names its coordinator (inline sites otherwise inherit network.bind).
+bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
+                   const std::vector<std::string>& allowed, const std::string& base_file,
+                   SiteConfig* site, bool* coordinator_set) {
+  MapFields top;
+  if (!p->Map(root, path, allowed, &top)) return false;
+  *coordinator_set = false;
+  if (const auto* f = top.Find("site")) {
+    MapFields s;
+    if (p->Map(f->value, Join(path, "site"), kSiteKeys, &s)) {
+      p->String(s, "name", &site->name);
+      *coordinator_set = p->String(s, "coordinator", &site->coordinator);
+      if (!*coordinator_set && s.Find("coordinator") != nullptr) *coordinator_set = true;
+      p->String(s, "device", &site->device);
+      p->Int(s, "threads", &site->threads);
+    }
+  }
+  if (const auto* f = top.Find("data")) {
+    MapFields d;
+    if (p->Map(f->value, Join(path, "data"), kDataKeys, &d)) {
+      if (p->String(d, "dir", &site->data.dir)) {
+        site->data.dir = ResolveRelative(base_file, site->data.dir);
+      }
+      p->StringList(d, "files", &site->data.files);
+      p->Double(d, "validation_fraction", &site->data.validation_fraction);
+    }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Check pass
+
+class Checker {
+ public:
+  Checker(std::string fallback_file, const ParseState* state, Diagnostics* diag)
+      : fallback_file_(std::move(fallback_file)), state_(state), diag_(diag) {}
+
+  bool Bad(const std::string& canonical) const {
+    return state_ != nullptr && state_->bad.count(canonical) > 0;
+  }
+
+  // Where to report a canonical key: where it was written, else where its
+  // nearest written parent is (a missing key is reported at its section).
+  Where Locate(const std::string& canonical) const {
+    if (state_ != nullptr) {
+      std::string prefix = canonical;
+      while (true) {
+        auto it = state_->lines.find(prefix);
+        if (it != state_->lines.end()) {
+          Where w = it->second;
+          std::string rest = canonical.substr(prefix.size());
+          if (w.key.empty() && !rest.empty() && rest[0] == '.') rest = rest.substr(1);
+          w.key += rest;
+          return w;
+        }
+        if (prefix.empty()) break;
+        size_t cut = prefix.find_last_of(".[");
+        prefix = cut == std::string::npos ? "" : prefix.substr(0, cut);
+      }
+    }
+    return Where{fallback_file_, 0, canonical};
+  }
+
+  void Error(const std::string& canonical, const std::string& problem, const std::string& allowed = "") {
+    if (Bad(canonical)) return;
+    diag_->Add(Locate(canonical), problem, allowed);
+  }
+
+  void Required(const std::string& canonical, const std::string& value) {
+    if (value.empty() && !Bad(canonical)) Error(canonical, "missing required key");
+  }
+
+  void IntRange(const std::string& canonical, int64_t v, int64_t lo, int64_t hi) {
+    if (v >= lo && v <= hi) return;
+    std::string allowed = hi >= std::numeric_limits<int>::max()
+                              ? ">= " + std::to_string(lo)
+                              : std::to_string(lo) + " to " + std::to_string(hi);
+    Error(canonical, std::to_string(v) + " is out of range", allowed);
+  }
+
+  // lo/hi with inclusive flags; prints the interval in the usual notation.
+  void DoubleRange(const std::string& canonical, double v, double lo, bool lo_in, double hi, bool hi_in) {
+    bool ok = std::isfinite(v) && (lo_in ? v >= lo : v > lo) && (hi_in ? v <= hi : v < hi);
+    if (ok) return;
+    std::string allowed;
+    if (std::isinf(hi)) {
+      allowed = (lo_in ? ">= " : "> ") + FormatDouble(lo);
+    } else {
+      allowed = std::string(lo_in ? "[" : "(") + FormatDouble(lo) + ", " + FormatDouble(hi) + (hi_in ? "]" : ")");
+    }
+    Error(canonical, FormatDouble(v) + " is out of range", allowed);
+  }
+
+  // Returns the parsed endpoint through *ep when valid.
+  bool CheckEndpoint(const std::string& canonical, const std::string& value, bool allow_wildcard, Endpoint* ep) {
+    if (Bad(canonical)) return false;
+    if (!ParseEndpoint(value, ep)) {
+      Error(canonical, "invalid endpoint '" + value + "'", kEndpointForms);
+      return false;
+    }
+    if (!allow_wildcard && ep->scheme == "tcp" && ep->host == "*") {
+      Error(canonical, "cannot connect to wildcard host in '" + value + "'",
+            "tcp://HOST:PORT with a concrete host, ipc://PATH");
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  std::string fallback_file_;
+  const ParseState* state_;
+  Diagnostics* diag_;
+};
+
+void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
+  const std::string name_key = prefix + "site.name";
+  if (site.name.empty()) {
+    c->Required(name_key, site.name);
+  } else if (!ValidName(site.name)) {
+    c->Error(name_key, "invalid name '" + site.name + "'", kNameChars);
+  }
+  Endpoint ep;
+  c->CheckEndpoint(prefix + "site.coordinator", site.coordinator, /*allow_wildcard=*/false, &ep);
+  if (!ValidDevice(site.device)) {
+    c->Error(prefix + "site.device", "unknown device '" + site.device + "'", "cpu, cuda, cuda:N");
+  }
+  c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
+  c->Required(prefix + "data.dir", site.data.dir);
+  for (size_t i = 0; i < site.data.files.size(); ++i) {
+    const std::string& f = site.data.files[i];
+    const std::string key = prefix + "data.files[" + std::to_string(i) + "]";
+    if (f.empty()) {
+      c->Error(key, "empty file name");
+    } else if (f[0] == '/' || f == ".." || f.rfind("../", 0) == 0 || f.find("/../") != std::string::npos) {
+      c->Error(key, "'" + f + "' leaves data.dir", "names relative to data.dir");
+    }
+  }
+  c->DoubleRange(prefix + "data.validation_fraction", site.data.validation_fraction, 0, false, 1, false);
+}
+
+void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
+  if (cfg.name.empty()) {
+    c->Required("campaign.name", cfg.name);
+  } else if (!ValidName(cfg.name)) {
+    c->Error("campaign.name", "invalid name '" + cfg.name + "'", kNameChars);
+  }
+  const int kIntMax = std::numeric_limits<int>::max();
+  c->IntRange("campaign.rounds", cfg.training.rounds, 1, kIntMax);
+
+  const ModelConfig& m = cfg.model;
+  c->IntRange("model.layers", m.layers, 1, kMaxLayers);
+  c->IntRange("model.d_model", m.d_model, 1, kMaxDModel);
+  c->IntRange("model.heads", m.heads, 1, kMaxDModel);
+  c->IntRange("model.context", m.context, 1, kMaxContext);
+  if (m.vocab != kByteVocab) {
+    c->Error("model.vocab", std::to_string(m.vocab) + " does not match the byte-level tokenizer", "256");
+  }
+  if (m.d_model >= 1 && m.heads >= 1 && m.d_model % m.heads != 0 && !c->Bad("model.heads")) {
+    c->Error("model.d_model",
+             "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads),
+             "a multiple of model.heads");
+  }
+
+  const TrainingConfig& t = cfg.training;
+  c->IntRange("training.inner_steps", t.inner_steps, 1, kIntMax);
+  c->IntRange("training.batch_size", t.batch_size, 1, kIntMax);
+  c->IntRange("training.eval_batches", t.eval_batches, 1, kIntMax);
+  const InnerOptimizerConfig& in = t.inner;
+  const std::string io = "training.inner_optimizer.";
+  c->DoubleRange(io + "lr", in.lr, 0, false, INFINITY, false);
+  c->DoubleRange(io + "betas[0]", in.beta1, 0, true, 1, false);
+  c->DoubleRange(io + "betas[1]", in.beta2, 0, true, 1, false);
+  c->DoubleRange(io + "eps", in.eps, 0, false, INFINITY, false);
+  c->DoubleRange(io + "weight_decay", in.weight_decay, 0, true, INFINITY, false);
+  c->DoubleRange(io + "grad_clip", in.grad_clip, 0, true, INFINITY, false);
+  c->IntRange(io + "warmup_steps", in.warmup_steps, 0, kIntMax);
+
+  c->DoubleRange("outer_optimizer.lr", cfg.outer.lr, 0, false, INFINITY, false);
+  c->DoubleRange("outer_optimizer.momentum", cfg.outer.momentum, 0, true, 1, false);
+
+  const QuorumConfig& q = cfg.quorum;
+  c->IntRange("quorum.expected_workers", q.expected_workers, 1, kIntMax);
+  c->IntRange("quorum.min_workers", q.min_workers, 1, kIntMax);
+  if (q.min_workers > q.expected_workers && !c->Bad("quorum.expected_workers")) {
+    c->Error("quorum.min_workers",
+             std::to_string(q.min_workers) + " is more than expected_workers " +
+                 std::to_string(q.expected_workers),
+             "1 to quorum.expected_workers");
+  }
+  c->DoubleRange("quorum.round_deadline_s", q.round_deadline_s, 0, false, INFINITY, false);
+  c->DoubleRange("quorum.start_timeout_s", q.start_timeout_s, 0, false, INFINITY, false);
+
+  const NetworkConfig& n = cfg.network;
+  Endpoint bind, control;
+  bool bind_ok = c->CheckEndpoint("network.bind", n.bind, /*allow_wildcard=*/true, &bind);
+  bool control_ok = c->CheckEndpoint("network.control", n.control, /*allow_wildcard=*/true, &control);
+  if (bind_ok && control_ok && n.bind == n.control) {
+    c->Error("network.control", "same endpoint as network.bind", "an endpoint other than network.bind");
+  }
+  c->IntRange("network.heartbeat_interval_ms", n.heartbeat_interval_ms, 1, kIntMax);
+  if (n.heartbeat_interval_ms >= 1 && n.heartbeat_timeout_ms <= n.heartbeat_interval_ms &&
+      !c->Bad("network.heartbeat_interval_ms")) {
+    c->Error("network.heartbeat_timeout_ms",
+             std::to_string(n.heartbeat_timeout_ms) + " is not more than heartbeat_interval_ms " +
+                 std::to_string(n.heartbeat_interval_ms),
+             "> network.heartbeat_interval_ms");
+  }
+  c->IntRange("network.max_message_bytes", n.max_message_bytes, 1, std::numeric_limits<int64_t>::max());
+  const bool plain = n.security == "none";
+  if (!plain && !c->Bad("network.security")) {
+    c->Error("network.security", "unsupported value '" + n.security + "'",
+             "none, on loopback endpoints only; CurveZMQ is not implemented yet");
+  }
+  // Plain TCP carries model updates in the clear and lets anyone join, so it
+  // is only acceptable where nothing outside this host can reach it.
+  const char* const kLoopbackForms = "tcp://127.x.x.x:PORT, tcp://localhost:PORT, tcp://[::1]:PORT, ipc://PATH";
+  if (plain && bind_ok && !IsLoopback(bind)) {
+    c->Error("network.bind", "security 'none' requires a loopback endpoint, got '" + n.bind + "'",
+             kLoopbackForms);
+  }
+  if (plain && control_ok && !IsLoopback(control)) {
+    c->Error("network.control", "security 'none' requires a loopback endpoint, got '" + n.control + "'",
+             kLoopbackForms);
+  }
+
+  c->Required("output.run_dir", cfg.output.run_dir);
+
+  std::map<std::string, size_t> first_by_name;
+  for (size_t i = 0; i < cfg.sites.size(); ++i) {
+    const SiteConfig& site = cfg.sites[i];
+    const std::string prefix = "sites[" + std::to_string(i) + "].";
+    CheckSite(site, prefix, c);
+    if (!site.name.empty()) {
+      auto [it, inserted] = first_by_name.emplace(site.name, i);
+      if (!inserted) {
+        Where first = c->Locate("sites[" + std::to_string(it->second) + "].site.name");
+        std::string at = first.file + (first.line > 0 ? ":" + std::to_string(first.line) : "");
+        c->Error(prefix + "site.name", "duplicate site name '" + site.name + "' (first defined at " + at + ")",
+                 "unique site names");
+      }
+    }
+    Endpoint ep;
+    const std::string coord_key = prefix + "site.coordinator";
+    if (c->Bad(coord_key) || !ParseEndpoint(site.coordinator, &ep)) continue;
+    if (plain && !IsLoopback(ep)) {
+      c->Error(coord_key, "security 'none' requires a loopback endpoint, got '" + site.coordinator + "'",
+               kLoopbackForms);
+    }
+    // Local sites are started by `lowband run` against this campaign's own
+    // coordinator; a different port or socket would leave them waiting forever.
+    if (bind_ok && (ep.scheme != bind.scheme || ep.port != bind.port || ep.path != bind.path)) {
+      c->Error(coord_key, "'" + site.coordinator + "' does not reach network.bind '" + n.bind + "'",
+               "the network.bind endpoint (same port or ipc path)");
+    }
+  }
+}
+
+const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
+                                            "quorum",   "network", "output",  "sites"};
+const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
+const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
+const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer"};
+const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
+                                             "weight_decay", "grad_clip", "warmup_steps"};
+const std::vector<std::string> kOuterNames = {"nesterov", "sgd", "fedavg"};
+const std::vector<std::string> kCodecNames = {"dense_fp32"};
+const std::vector<std::string> kAggregationNames = {"mean"};
+const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
+                                              "start_timeout_s", "aggregation"};
+const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
+                                               "heartbeat_timeout_ms", "security", "max_message_bytes"};
+const std::vector<std::string> kOutputKeys = {"run_dir", "metrics_file"};
+const std::vector<std::string> kSiteItemKeys = {"file", "site", "data"};
+
+void ParseOuterOptimizer(Parser* p, const YAML::Node& node, OuterOptimizerConfig* outer) {
+  // The allowed keys depend on the name, so read the name first.
+  std::string name = "nesterov";
+  if (node.IsMap() && node["name"].IsDefined() && node["name"].IsScalar()) name = node["name"].Scalar();
+  std::vector<std::string> keys;
+  std::string context;
+  if (name == "fedavg") {
+    keys = {"name", "server_lr", "lr"};
+    context = " for outer_optimizer fedavg";
+  } else if (name == "nesterov" || name == "sgd") {
+    keys = {"name", "lr", "momentum"};
+    context = " for outer_optimizer " + name;
+  } else {
+    keys = {"name", "lr", "server_lr", "momentum"};
+  }
+  MapFields m;
+  if (!p->Map(node, "outer_optimizer", keys, &m, context)) return;
+  int kind = 0;
+  if (p->Enum(m, "name", kOuterNames, &kind)) outer->kind = static_cast<OuterOptimizerKind>(kind);
+  if (m.Find("lr") != nullptr && m.Find("server_lr") != nullptr) {
+    p->Error("outer_optimizer.server_lr", m.Find("server_lr")->key_node,
+             "both lr and server_lr given; server_lr is an alias of lr", "one of lr, server_lr");
+  }
+  // server_lr is checked as outer_optimizer.lr but reported under its own name.
+  p->Double(m, "lr", &outer->lr, p->Canonical("outer_optimizer.lr"));
+  if (m.Find("lr") == nullptr) p->Double(m, "server_lr", &outer->lr, p->Canonical("outer_optimizer.lr"));
+  p->Double(m, "momentum", &outer->momentum);
+  // FedAvg has no server momentum; zero keeps the struct honest.
+  if (outer->kind == OuterOptimizerKind::kFedAvg) outer->momentum = 0;
+}
+
+// Keys of a site that checks must skip when the site could not be read:
+// their values are defaults, and the real error was reported already.
+void MarkSiteBad(const std::string& item_path, ParseState* state) {
+  for (const char* k : {".site.name", ".site.coordinator", ".site.device", ".site.threads", ".data.dir",
+                        ".data.files", ".data.validation_fraction"}) {
+    state->bad.insert(item_path + k);
+  }
+}
+
+// One entry of `sites:`: either {file: PATH} (a site file relative to the
+// campaign file) or an inline {site:, data:} body.
+SiteConfig ParseSiteItem(Parser* p, const YAML::Node& item, size_t index, const std::string& source,
+                         const std::string& bind, Diagnostics* diag, ParseState* state) {
+  const std::string item_path = "sites[" + std::to_string(index) + "]";
+  p->Record(item_path, item);
+  SiteConfig site;
+  site.source = source + "#" + item_path;
+  bool coordinator_set = false;
+  if (!item.IsMap() || !item["file"].IsDefined()) {
+    if (!ParseSiteBody(p, item, item_path, kSiteItemKeys, source, &site, &coordinator_set)) {
+      MarkSiteBad(item_path, state);
+      return site;
+    }
+    if (!coordinator_set) {
+      site.coordinator = BindToConnect(bind);
+      // Derived from network.bind, whose own errors are reported there.
+      state->bad.insert(item_path + ".site.coordinator");
+    }
+    return site;
+  }
+
+  MapFields m;
+  p->Map(item, item_path, {"file"}, &m, " next to file (a site is either {file: PATH} or inline)");
+  const YAML::Node file_node = item["file"];
+  std::string rel;
+  if (!p->String(m, "file", &rel)) {
+    MarkSiteBad(item_path, state);
+    return site;
+  }
+  if (rel.empty()) {
+    p->Error(item_path + ".file", file_node, "empty path", "a site file path");
+    MarkSiteBad(item_path, state);
+    return site;
+  }
+  const std::string path = ResolveRelative(source, rel);
+  StatusOr<std::string> text = ReadConfigFile(path);
+  if (!text.ok()) {
+    p->Error(item_path + ".file", file_node, "cannot load site file: " + text.status().message(),
+             "a readable site file, relative to this campaign file");
+    MarkSiteBad(item_path, state);
+    return site;
+  }
+  site.source = path;
+  diag->RegisterFile(path);
+  // Checks on this site report into the site file, not the campaign file.
+  state->lines[item_path] = Where{path, 1, ""};
+  YAML::Node site_root;
+  if (!LoadYaml(*text, path, diag, &site_root)) {
+    MarkSiteBad(item_path, state);
+    return site;
+  }
+  Parser sp(path, item_path + ".", "", diag, state);
+  if (!ParseSiteBody(&sp, site_root, "", kSiteFileKeys, path, &site, &coordinator_set)) {
+    MarkSiteBad(item_path, state);
+  }
+  return site;
+}
+
+// The whole campaign parse; errors go to `diag`, positions to `state`.
+void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagnostics* diag, ParseState* state,
+                       CampaignConfig* cfg) {
+  Parser p(source, "", "", diag, state);
+  state->lines[""] = Where{source, 1, ""};
+  MapFields top;
+  if (!p.Map(root, "", kRootKeys, &top)) return;
+
+  // campaign.name is the one required key; its struct default only serves
+  // configs built in code.
+  bool name_set = false;
+  if (const auto* f = top.Find("campaign")) {
+    MapFields m;
+    if (p.Map(f->value, "campaign", kCampaignKeys, &m)) {
+      name_set = m.Find("name") != nullptr;
+      p.String(m, "name", &cfg->name);
+      p.Uint64(m, "seed", &cfg->training.seed);
+      p.Int(m, "rounds", &cfg->training.rounds);
+      if (!name_set) p.Error("campaign.name", f->key_node, "missing required key");
+    }
+  } else {
+    diag->Add(Where{source, LineOf(root) > 0 ? LineOf(root) : 1, "campaign.name"}, "missing required key");
+  }
+  if (!name_set) state->bad.insert("campaign.name");
+
+  if (const auto* f = top.Find("model")) {
+    MapFields m;
+    if (p.Map(f->value, "model", kModelKeys, &m)) {
+      p.Int(m, "layers", &cfg->model.layers);
+      p.Int(m, "d_model", &cfg->model.d_model);
+      p.Int(m, "heads", &cfg->model.heads);
+      p.Int(m, "context", &cfg->model.context);
+      p.Int(m, "vocab", &cfg->model.vocab);
+    }
+  }
+
+  if (const auto* f = top.Find("training")) {
+    MapFields m;
+    if (p.Map(f->value, "training", kTrainingKeys, &m)) {
+      p.Int(m, "inner_steps", &cfg->training.inner_steps);
+      p.Int(m, "batch_size", &cfg->training.batch_size);
+      p.Int(m, "eval_batches", &cfg->training.eval_batches);
+      if (const auto* g = m.Find("inner_optimizer")) {
+        MapFields o;
+        InnerOptimizerConfig& in = cfg->training.inner;
+        if (p.Map(g->value, "training.inner_optimizer", kInnerKeys, &o)) {
+          int unused = 0;
+          p.Enum(o, "name", {"adamw"}, &unused);
+          p.Double(o, "lr", &in.lr);
+          if (const auto* b = o.Find("betas")) {
+            const std::string path = "training.inner_optimizer.betas";
+            if (!b->value.IsSequence() || b->value.size() != 2) {
+              p.Error(path, b->value, "expected a list of two numbers, got " + Describe(b->value),
+                      "[beta1, beta2], each in [0, 1)");
+              p.MarkBad(path + "[0]");
+              p.MarkBad(path + "[1]");
+            } else {
+              double* dst[2] = {&in.beta1, &in.beta2};
+              for (size_t i = 0; i < 2; ++i) {
+                const YAML::Node item = b->value[i];
+                const std::string item_path = path + "[" + std::to_string(i) + "]";
+                p.Record(item_path, item);
+                if (!item.IsScalar() || !ParseDouble(item.Scalar(), dst[i])) {
+                  p.TypeError(item_path, item, "a finite number");
+                }
+              }
+            }
+          }
+          p.Double(o, "eps", &in.eps);
+          p.Double(o, "weight_decay", &in.weight_decay);
+          p.Double(o, "grad_clip", &in.grad_clip);
+          p.Int(o, "warmup_steps", &in.warmup_steps);
+        }
+      }
+    }
+  }
+
+  if (const auto* f = top.Find("outer_optimizer")) ParseOuterOptimizer(&p, f->value, &cfg->outer);
+
+  if (const auto* f = top.Find("codec")) {
+    MapFields m;
+    int kind = 0;
+    if (p.Map(f->value, "codec", {"name"}, &m) && p.Enum(m, "name", kCodecNames, &kind)) {
+      cfg->codec.kind = static_cast<CodecKind>(kind);
+    }
+  }
+
+  bool expected_set = false;
+  bool min_set = false;
+  if (const auto* f = top.Find("quorum")) {
+    MapFields m;
+    if (p.Map(f->value, "quorum", kQuorumKeys, &m)) {
+      expected_set = m.Find("expected_workers") != nullptr;
+      min_set = m.Find("min_workers") != nullptr;
+      p.Int(m, "expected_workers", &cfg->quorum.expected_workers);
+      p.Int(m, "min_workers", &cfg->quorum.min_workers);
+      p.Double(m, "round_deadline_s", &cfg->quorum.round_deadline_s);
+      p.Double(m, "start_timeout_s", &cfg->quorum.start_timeout_s);
+      int rule = 0;
+      if (p.Enum(m, "aggregation", kAggregationNames, &rule)) {
+        cfg->quorum.aggregation = static_cast<AggregationRule>(rule);
+      }
+    }
+  }
+
+  if (const auto* f = top.Find("network")) {
+    MapFields m;
+    if (p.Map(f->value, "network", kNetworkKeys, &m)) {
+      p.String(m, "bind", &cfg->network.bind);
+      p.String(m, "control", &cfg->network.control);
+      p.Int(m, "heartbeat_interval_ms", &cfg->network.heartbeat_interval_ms);
+      p.Int(m, "heartbeat_timeout_ms", &cfg->network.heartbeat_timeout_ms);
+      p.String(m, "security", &cfg->network.security);
+      p.Int64(m, "max_message_bytes", &cfg->network.max_message_bytes);
+    }
+  }
+
+  if (const auto* f = top.Find("output")) {
+    MapFields m;
+    if (p.Map(f->value, "output", kOutputKeys, &m)) {
+      p.String(m, "run_dir", &cfg->output.run_dir);
+      p.String(m, "metrics_file", &cfg->output.metrics_file);
+    }
+  }
+
+  if (const auto* f = top.Find("sites")) {
+    const YAML::Node& list = f->value;
+    if (!list.IsNull() && !list.IsSequence()) {
+      p.TypeError("sites", list, "a list of sites");
+    } else if (list.IsSequence()) {
+      for (size_t i = 0; i < list.size(); ++i) {
+        // Every item yields a SiteConfig, even a broken one, so that
+        // cfg->sites[i] and the canonical path "sites[i]" stay aligned.
+        cfg->sites.push_back(ParseSiteItem(&p, list[i], i, source, cfg->network.bind, diag, state));
+      }
+    }
+  }
+
+  if (!expected_set && !cfg->sites.empty()) {
+    cfg->quorum.expected_workers = static_cast<int>(cfg->sites.size());
+  }
+  if (!min_set) {
+    cfg->quorum.min_workers = cfg->quorum.expected_workers;
+    if (state->bad.count("quorum.expected_workers")) state->bad.insert("quorum.min_workers");
+  }
+}
+
+}  // namespace
+
+StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const std::string& source_name) {
+  Diagnostics diag;
+  diag.RegisterFile(source_name);
+  ParseState state;
+  CampaignConfig cfg;
+  cfg.source = source_name;
+  try {
+    YAML::Node root;
+    if (!LoadYaml(yaml_text, source_name, &diag, &root)) return diag.ToStatus();
+    ParseCampaignTree(root, source_name, &diag, &state, &cfg);
+  } catch (const std::exception& e) {
+    // A yaml-cpp corner we did not foresee: still a config error, not a crash.
+    diag.Add(Where{source_name, 0, ""}, std::string("cannot interpret YAML: ") + e.what());
+    return diag.ToStatus();
+  }
+  Checker checker(source_name, &state, &diag);
+  CheckCampaign(cfg, &checker);
+  if (!diag.empty()) return diag.ToStatus();
+  return cfg;
+}
+
+StatusOr<CampaignConfig> LoadCampaignFile(const std::string& path) {
+  StatusOr<std::string> text = ReadConfigFile(path);
+  if (!text.ok()) return text.status();
+  return ParseCampaignYaml(*text, path);
+}
+
+StatusOr<SiteConfig> ParseSiteYaml(const std::string& yaml_text, const std::string& source_name) {
+  Diagnostics diag;
+  diag.RegisterFile(source_name);
+  ParseState state;
+  SiteConfig site;
+  site.source = source_name;
+  try {
+    YAML::Node root;
+    if (!LoadYaml(yaml_text, source_name, &diag, &root)) return diag.ToStatus();
+    state.lines[""] = Where{source_name, 1, ""};
+    Parser p(source_name, "", "", &diag, &state);
+    bool coordinator_set = false;
+    if (!ParseSiteBody(&p, root, "", kSiteFileKeys, source_name, &site, &coordinator_set)) {
+      return diag.ToStatus();
+    }
+  } catch (const std::exception& e) {
+    diag.Add(Where{source_name, 0, ""}, std::string("cannot interpret YAML: ") + e.what());
+    return diag.ToStatus();
+  }
+  Checker checker(source_name, &state, &diag);
+  CheckSite(site, "", &checker);
+  if (!diag.empty()) return diag.ToStatus();
+  return site;
+}
+
+StatusOr<SiteConfig> LoadSiteFile(const std::string& path) {
+  StatusOr<std::string> text = ReadConfigFile(path);
+  if (!text.ok()) return text.status();
+  return ParseSiteYaml(*text, path);
+}
+
+Status ValidateCampaign(const CampaignConfig& config) {
+  Diagnostics diag;
+  Checker checker(config.source.empty() ? "<campaign>" : config.source, nullptr, &diag);
+  CheckCampaign(config, &checker);
+  return diag.ToStatus();
+}
+
+}  // namespace lowband

@@ -1,1 +1,561 @@
-// placeholder: replaced by its owner
+#include "common/wire.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <flatbuffers/flatbuffers.h>
+
+#include "common/params.h"
+#include "schemas/envelope_generated.h"
+
+namespace lowband {
+
+namespace fb = flatbuffers;
+
+const char* BodyName(const Body& body) {
+  struct Namer {
+    const char* operator()(const Hello&) const { return "hello"; }
+    const char* operator()(const Welcome&) const { return "welcome"; }
+    const char* operator()(const ModelSync&) const { return "model_sync"; }
+    const char* operator()(const Heartbeat&) const { return "heartbeat"; }
+    const char* operator()(const CampaignEnd&) const { return "campaign_end"; }
+    const char* operator()(const RoundStart&) const { return "round_start"; }
+    const char* operator()(const DeltaUpload&) const { return "delta_upload"; }
+    const char* operator()(const Aggregate&) const { return "aggregate"; }
+    const char* operator()(const EvalReport&) const { return "eval_report"; }
+    const char* operator()(const Error&) const { return "error"; }
+    const char* operator()(const ControlRequest&) const { return "control_request"; }
+    const char* operator()(const ControlResponse&) const { return "control_response"; }
+  };
+  return std::visit(Namer{}, body);
+}
+
+namespace {
+
+// Bounds for the Verifier: the deepest legal path is
+// Envelope -> Welcome -> TrainingSpec -> InnerOptimizerSpec (4 tables), and a
+// message holds at most 6 tables. Generous margins, but a crafted buffer
+// cannot make verification walk more than this.
+constexpr fb::uoffset_t kMaxVerifierDepth = 16;
+constexpr fb::uoffset_t kMaxVerifierTables = 64;
+// The Verifier asserts on buffers of 2 GiB or more; never hand it one.
+constexpr size_t kAbsoluteMaxHeaderBytes = FLATBUFFERS_MAX_BUFFER_SIZE - 1;
+// Identifier (4 bytes) after the root offset (4 bytes).
+constexpr size_t kMinHeaderBytes = 8;
+
+// ---------------------------------------------------------------- encoding
+
+wire::Codec CodecToWire(CodecKind kind) {
+  switch (kind) {
+    case CodecKind::kDenseFp32: return wire::Codec::DenseFp32;
+  }
+  return wire::Codec::DenseFp32;  // unreachable for valid enum values
+}
+
+fb::Offset<wire::BlobHeader> EncodeBlob(fb::FlatBufferBuilder& fbb, const BlobHeader& b) {
+  return wire::CreateBlobHeader(fbb, CodecToWire(b.codec), b.num_elements, b.layout_digest,
+                                b.byte_length, b.checksum);
+}
+
+struct EncodedBody {
+  wire::Body type;
+  fb::Offset<void> offset;
+};
+
+// Builds the body table; strings are created before the table that
+// references them, as FlatBuffers requires.
+class BodyEncoder {
+ public:
+  explicit BodyEncoder(fb::FlatBufferBuilder* fbb) : fbb_(*fbb) {}
+
+  EncodedBody operator()(const Hello& m) {
+    auto site = fbb_.CreateString(m.site);
+    auto device = fbb_.CreateString(m.device);
+    return {wire::Body::Hello, wire::CreateHello(fbb_, site, device, m.free_memory_bytes, m.step_time_ms,
+                                                 m.train_tokens, m.val_tokens)
+                                   .Union()};
+  }
+
+  EncodedBody operator()(const Welcome& m) {
+    auto worker_id = fbb_.CreateString(m.worker_id);
+    auto model = wire::CreateModelSpec(fbb_, m.model.layers, m.model.d_model, m.model.heads,
+                                       m.model.context, m.model.vocab);
+    const InnerOptimizerConfig& in = m.training.inner;
+    auto inner = wire::CreateInnerOptimizerSpec(fbb_, in.lr, in.beta1, in.beta2, in.eps,
+                                                in.weight_decay, in.grad_clip, in.warmup_steps);
+    const TrainingConfig& t = m.training;
+    auto training = wire::CreateTrainingSpec(fbb_, t.rounds, t.inner_steps, t.batch_size,
+                                             t.eval_batches, t.seed, inner, CodecToWire(m.codec));
+    return {wire::Body::Welcome,
+            wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
+                                m.heartbeat_interval_ms, m.heartbeat_timeout_ms)
+                .Union()};
+  }
+
+  EncodedBody operator()(const ModelSync& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::ModelSync, wire::CreateModelSync(fbb_, m.round, m.digest, blob).Union()};
+  }
+
+  EncodedBody operator()(const Heartbeat& m) {
+    auto state = fbb_.CreateString(m.state);
+    return {wire::Body::Heartbeat, wire::CreateHeartbeat(fbb_, m.round, state).Union()};
+  }
+
+  EncodedBody operator()(const CampaignEnd& m) {
+    auto reason = fbb_.CreateString(m.reason);
+    return {wire::Body::CampaignEnd, wire::CreateCampaignEnd(fbb_, reason, m.final_round).Union()};
+  }
+
+  EncodedBody operator()(const RoundStart& m) {
+    return {wire::Body::RoundStart,
+            wire::CreateRoundStart(fbb_, m.round, m.model_version, m.inner_steps, m.deadline_ms)
+                .Union()};
+  }
+
+  EncodedBody operator()(const DeltaUpload& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::DeltaUpload,
+            wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
+                                    m.step_time_ms, blob)
+                .Union()};
+  }
+
+  EncodedBody operator()(const Aggregate& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::Aggregate,
+            wire::CreateAggregate(fbb_, m.round, m.digest, m.contributors, blob).Union()};
+  }
+
+  EncodedBody operator()(const EvalReport& m) {
+    return {wire::Body::EvalReport,
+            wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest).Union()};
+  }
+
+  EncodedBody operator()(const Error& m) {
+    auto message = fbb_.CreateString(m.message);
+    return {wire::Body::Error,
+            wire::CreateError(fbb_, static_cast<int32_t>(m.code), message, m.round).Union()};
+  }
+
+  EncodedBody operator()(const ControlRequest& m) {
+    auto command = fbb_.CreateString(m.command);
+    std::vector<fb::Offset<fb::String>> args;
+    args.reserve(m.args.size());
+    for (const auto& a : m.args) args.push_back(fbb_.CreateString(a));
+    auto args_vec = fbb_.CreateVector(args);
+    return {wire::Body::ControlRequest, wire::CreateControlRequest(fbb_, command, args_vec).Union()};
+  }
+
+  EncodedBody operator()(const ControlResponse& m) {
+    auto message = fbb_.CreateString(m.message);
+    auto json = fbb_.CreateString(m.json);
+    return {wire::Body::ControlResponse,
+            wire::CreateControlResponse(fbb_, m.ok, message, json).Union()};
+  }
+
+ private:
+  fb::FlatBufferBuilder& fbb_;
+};
+
+bool CarriesBlob(const Body& body) {
+  return std::holds_alternative<ModelSync>(body) || std::holds_alternative<DeltaUpload>(body) ||
+         std::holds_alternative<Aggregate>(body);
+}
+
+const BlobHeader* BlobOf(const Body& body) {
+  if (const auto* m = std::get_if<ModelSync>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<DeltaUpload>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<Aggregate>(&body)) return &m->blob;
+  return nullptr;
+}
+
+Bytes EncodeHeader(const Message& msg) {
+  fb::FlatBufferBuilder fbb(256);
+  auto campaign_id = fbb.CreateString(msg.campaign_id);
+  auto sender_id = fbb.CreateString(msg.sender_id);
+  EncodedBody body = std::visit(BodyEncoder(&fbb), msg.body);
+  auto root = wire::CreateEnvelope(fbb, msg.protocol_version, campaign_id, sender_id, msg.seq,
+                                   body.type, body.offset);
+  wire::FinishEnvelopeBuffer(fbb, root);
+  return Bytes(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+}
+
+// ---------------------------------------------------------------- decoding
+
+std::string StrOrEmpty(const fb::String* s) {
+  return s == nullptr ? std::string() : s->str();
+}
+
+Status RequireString(const fb::String* s, const char* field) {
+  if (s == nullptr) return InvalidArgument(std::string(field) + " is missing");
+  if (s->size() == 0) return InvalidArgument(std::string(field) + " is empty");
+  return Status::Ok();
+}
+
+Status RequireFinite(double v, const char* field) {
+  if (!std::isfinite(v)) return InvalidArgument(std::string(field) + " is not finite");
+  return Status::Ok();
+}
+
+Status RequireFiniteNonNegative(double v, const char* field) {
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(v, field));
+  if (v < 0) return InvalidArgument(std::string(field) + " is negative (" + std::to_string(v) + ")");
+  return Status::Ok();
+}
+
+Status RequirePositive(int32_t v, const char* field) {
+  if (v <= 0) return InvalidArgument(std::string(field) + " must be positive, got " + std::to_string(v));
+  return Status::Ok();
+}
+
+Status RequireNonNegative(int32_t v, const char* field) {
+  if (v < 0) return InvalidArgument(std::string(field) + " is negative (" + std::to_string(v) + ")");
+  return Status::Ok();
+}
+
+Status CodecFromWire(wire::Codec codec, const char* field, CodecKind* out) {
+  switch (codec) {
+    case wire::Codec::DenseFp32: *out = CodecKind::kDenseFp32; return Status::Ok();
+  }
+  return InvalidArgument(std::string(field) + " has unknown codec value " +
+                         std::to_string(static_cast<unsigned>(codec)));
+}
+
+Status DecodeBlob(const wire::BlobHeader* b, const char* field, BlobHeader* out) {
+  if (b == nullptr) return InvalidArgument(std::string(field) + " is missing");
+  std::string codec_field = std::string(field) + ".codec";
+  LOWBAND_RETURN_IF_ERROR(CodecFromWire(b->codec(), codec_field.c_str(), &out->codec));
+  out->num_elements = b->num_elements();
+  out->layout_digest = b->layout_digest();
+  out->byte_length = b->byte_length();
+  out->checksum = b->checksum();
+  return Status::Ok();
+}
+
+Status DecodeHello(const wire::Hello& t, Hello* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireString(t.site(), "Hello.site"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "Hello.step_time_ms"));
+  m->site = t.site()->str();
+  m->device = StrOrEmpty(t.device());
+  m->free_memory_bytes = t.free_memory_bytes();
+  m->step_time_ms = t.step_time_ms();
+  m->train_tokens = t.train_tokens();
+  m->val_tokens = t.val_tokens();
+  return Status::Ok();
+}
+
+Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireString(t.worker_id(), "Welcome.worker_id"));
+  const wire::ModelSpec* model = t.model();
+  if (model == nullptr) return InvalidArgument("Welcome.model is missing");
+  const wire::TrainingSpec* training = t.training();
+  if (training == nullptr) return InvalidArgument("Welcome.training is missing");
+  const wire::InnerOptimizerSpec* inner = training->inner();
+  if (inner == nullptr) return InvalidArgument("Welcome.training.inner is missing");
+
+  LOWBAND_RETURN_IF_ERROR(RequirePositive(model->layers(), "Welcome.model.layers"));
+  LOWBAND_RETURN_IF_ERROR(RequirePositive(model->d_model(), "Welcome.model.d_model"));
+  LOWBAND_RETURN_IF_ERROR(RequirePositive(model->heads(), "Welcome.model.heads"));
+  LOWBAND_RETURN_IF_ERROR(RequirePositive(model->context(), "Welcome.model.context"));
+  LOWBAND_RETURN_IF_ERROR(RequirePositive(model->vocab(), "Welcome.model.vocab"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->rounds(), "Welcome.training.rounds"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->inner_steps(), "Welcome.training.inner_steps"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->batch_size(), "Welcome.training.batch_size"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->eval_batches(), "Welcome.training.eval_batches"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(inner->lr(), "Welcome.training.inner.lr"));
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(inner->beta1(), "Welcome.training.inner.beta1"));
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(inner->beta2(), "Welcome.training.inner.beta2"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(inner->eps(), "Welcome.training.inner.eps"));
+  LOWBAND_RETURN_IF_ERROR(
+      RequireFiniteNonNegative(inner->weight_decay(), "Welcome.training.inner.weight_decay"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(inner->grad_clip(), "Welcome.training.inner.grad_clip"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(inner->warmup_steps(), "Welcome.training.inner.warmup_steps"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(t.worker_index(), "Welcome.worker_index"));
+  LOWBAND_RETURN_IF_ERROR(CodecFromWire(training->codec(), "Welcome.training.codec", &m->codec));
+
+  m->worker_id = t.worker_id()->str();
+  m->model.layers = model->layers();
+  m->model.d_model = model->d_model();
+  m->model.heads = model->heads();
+  m->model.context = model->context();
+  m->model.vocab = model->vocab();
+  m->training.rounds = training->rounds();
+  m->training.inner_steps = training->inner_steps();
+  m->training.batch_size = training->batch_size();
+  m->training.eval_batches = training->eval_batches();
+  m->training.seed = training->seed();
+  m->training.inner.lr = inner->lr();
+  m->training.inner.beta1 = inner->beta1();
+  m->training.inner.beta2 = inner->beta2();
+  m->training.inner.eps = inner->eps();
+  m->training.inner.weight_decay = inner->weight_decay();
+  m->training.inner.grad_clip = inner->grad_clip();
+  m->training.inner.warmup_steps = inner->warmup_steps();
+  m->data_seed = t.data_seed();
+  m->worker_index = t.worker_index();
+  m->heartbeat_interval_ms = t.heartbeat_interval_ms();
+  m->heartbeat_timeout_ms = t.heartbeat_timeout_ms();
+  return Status::Ok();
+}
+
+Status DecodeModelSync(const wire::ModelSync& t, ModelSync* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "ModelSync.blob", &m->blob));
+  m->round = t.round();
+  m->digest = t.digest();
+  return Status::Ok();
+}
+
+Status DecodeHeartbeat(const wire::Heartbeat& t, Heartbeat* m) {
+  m->round = t.round();
+  m->state = StrOrEmpty(t.state());
+  return Status::Ok();
+}
+
+Status DecodeCampaignEnd(const wire::CampaignEnd& t, CampaignEnd* m) {
+  m->reason = StrOrEmpty(t.reason());
+  m->final_round = t.final_round();
+  return Status::Ok();
+}
+
+Status DecodeRoundStart(const wire::RoundStart& t, RoundStart* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(t.inner_steps(), "RoundStart.inner_steps"));
+  m->round = t.round();
+  m->model_version = t.model_version();
+  m->inner_steps = t.inner_steps();
+  m->deadline_ms = t.deadline_ms();
+  return Status::Ok();
+}
+
+Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(t.train_loss(), "DeltaUpload.train_loss"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "DeltaUpload.step_time_ms"));
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "DeltaUpload.blob", &m->blob));
+  m->round = t.round();
+  m->base_digest = t.base_digest();
+  m->train_loss = t.train_loss();
+  m->tokens = t.tokens();
+  m->step_time_ms = t.step_time_ms();
+  return Status::Ok();
+}
+
+Status DecodeAggregate(const wire::Aggregate& t, Aggregate* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "Aggregate.blob", &m->blob));
+  m->round = t.round();
+  m->digest = t.digest();
+  m->contributors = t.contributors();
+  return Status::Ok();
+}
+
+Status DecodeEvalReport(const wire::EvalReport& t, EvalReport* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(t.val_loss(), "EvalReport.val_loss"));
+  m->round = t.round();
+  m->val_loss = t.val_loss();
+  m->val_tokens = t.val_tokens();
+  m->digest = t.digest();
+  return Status::Ok();
+}
+
+Status DecodeError(const wire::Error& t, Error* m) {
+  const int32_t code = t.code();
+  if (code < static_cast<int32_t>(ErrorCode::kMalformed) || code > static_cast<int32_t>(ErrorCode::kInternal)) {
+    return InvalidArgument("Error.code has unknown value " + std::to_string(code));
+  }
+  m->code = static_cast<ErrorCode>(code);
+  m->message = StrOrEmpty(t.message());
+  m->round = t.round();
+  return Status::Ok();
+}
+
+Status DecodeControlRequest(const wire::ControlRequest& t, ControlRequest* m) {
+  LOWBAND_RETURN_IF_ERROR(RequireString(t.command(), "ControlRequest.command"));
+  m->command = t.command()->str();
+  if (const auto* args = t.args()) {
+    m->args.reserve(args->size());
+    for (fb::uoffset_t i = 0; i < args->size(); ++i) {
+      // A null element cannot pass the Verifier, but stay defensive.
+      const fb::String* a = args->Get(i);
+      if (a == nullptr) return InvalidArgument("ControlRequest.args[" + std::to_string(i) + "] is missing");
+      m->args.push_back(a->str());
+    }
+  }
+  return Status::Ok();
+}
+
+Status DecodeControlResponse(const wire::ControlResponse& t, ControlResponse* m) {
+  m->ok = t.ok();
+  m->message = StrOrEmpty(t.message());
+  m->json = StrOrEmpty(t.json());
+  return Status::Ok();
+}
+
+// Converts body table `T` (already verified) into `M` and stores it in `out`.
+template <typename M, typename T>
+Status DecodeAs(const T* table, const char* name, Status (*fn)(const T&, M*), Body* out) {
+  if (table == nullptr) return InvalidArgument(std::string("Envelope.body (") + name + ") is missing");
+  M m;
+  LOWBAND_RETURN_IF_ERROR(fn(*table, &m));
+  *out = std::move(m);
+  return Status::Ok();
+}
+
+Status DecodeBody(const wire::Envelope& env, Body* out) {
+  const auto type = env.body_type();
+  switch (type) {
+    case wire::Body::NONE: return InvalidArgument("Envelope.body_type is NONE (no body)");
+    case wire::Body::Hello: return DecodeAs(env.body_as_Hello(), "Hello", &DecodeHello, out);
+    case wire::Body::Welcome: return DecodeAs(env.body_as_Welcome(), "Welcome", &DecodeWelcome, out);
+    case wire::Body::ModelSync:
+      return DecodeAs(env.body_as_ModelSync(), "ModelSync", &DecodeModelSync, out);
+    case wire::Body::Heartbeat:
+      return DecodeAs(env.body_as_Heartbeat(), "Heartbeat", &DecodeHeartbeat, out);
+    case wire::Body::CampaignEnd:
+      return DecodeAs(env.body_as_CampaignEnd(), "CampaignEnd", &DecodeCampaignEnd, out);
+    case wire::Body::RoundStart:
+      return DecodeAs(env.body_as_RoundStart(), "RoundStart", &DecodeRoundStart, out);
+    case wire::Body::DeltaUpload:
+      return DecodeAs(env.body_as_DeltaUpload(), "DeltaUpload", &DecodeDeltaUpload, out);
+    case wire::Body::Aggregate:
+      return DecodeAs(env.body_as_Aggregate(), "Aggregate", &DecodeAggregate, out);
+    case wire::Body::EvalReport:
+      return DecodeAs(env.body_as_EvalReport(), "EvalReport", &DecodeEvalReport, out);
+    case wire::Body::Error: return DecodeAs(env.body_as_Error(), "Error", &DecodeError, out);
+    case wire::Body::ControlRequest:
+      return DecodeAs(env.body_as_ControlRequest(), "ControlRequest", &DecodeControlRequest, out);
+    case wire::Body::ControlResponse:
+      return DecodeAs(env.body_as_ControlResponse(), "ControlResponse", &DecodeControlResponse, out);
+  }
+  return InvalidArgument("Envelope.body_type has unknown value " +
+                         std::to_string(static_cast<unsigned>(type)));
+}
+
+std::string PrintableIdentifier(const uint8_t* p) {
+  std::string s;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned char c = p[i];
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      s.push_back(static_cast<char>(c));
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      s += "\\x";
+      s.push_back(kHex[c >> 4]);
+      s.push_back(kHex[c & 15]);
+    }
+  }
+  return s;
+}
+
+// Everything but the bulk bytes themselves: sizes, header, blob agreement.
+// On success `out` holds the decoded header fields and body (bulk empty).
+Status DecodeWithoutBulk(const Frames& frames, const WireLimits& limits, Message* out) {
+  if (frames.size() != 1 && frames.size() != 2) {
+    return InvalidArgument("message has " + std::to_string(frames.size()) +
+                           " frames, expected 1 (header) or 2 (header and bulk)");
+  }
+  const Bytes& header = frames[0];
+  const size_t max_header = std::min(limits.max_header_bytes, kAbsoluteMaxHeaderBytes);
+  if (header.size() < kMinHeaderBytes) {
+    return InvalidArgument("header frame is " + std::to_string(header.size()) + " bytes, shorter than " +
+                           std::to_string(kMinHeaderBytes));
+  }
+  if (header.size() > max_header) {
+    return InvalidArgument("header frame is " + std::to_string(header.size()) + " bytes, limit is " +
+                           std::to_string(max_header));
+  }
+  const bool has_bulk_frame = frames.size() == 2;
+  if (has_bulk_frame && frames[1].size() > limits.max_bulk_bytes) {
+    return InvalidArgument("bulk frame is " + std::to_string(frames[1].size()) + " bytes, limit is " +
+                           std::to_string(limits.max_bulk_bytes));
+  }
+  const uint8_t* data = header.data();
+  if (!wire::EnvelopeBufferHasIdentifier(data)) {
+    return InvalidArgument("header frame has file identifier '" + PrintableIdentifier(data + 4) +
+                           "', expected '" + wire::EnvelopeIdentifier() + "'");
+  }
+  fb::Verifier::Options opts;
+  opts.max_depth = kMaxVerifierDepth;
+  opts.max_tables = kMaxVerifierTables;
+  opts.check_alignment = true;
+  opts.check_nested_flatbuffers = true;
+  fb::Verifier verifier(data, header.size(), opts);
+  if (!wire::VerifyEnvelopeBuffer(verifier)) {
+    return Corruption("header frame failed FlatBuffers verification (" + std::to_string(header.size()) +
+                      " bytes)");
+  }
+  const wire::Envelope* env = wire::GetEnvelope(data);
+  if (env->protocol_version() != kProtocolVersion) {
+    return InvalidArgument("Envelope.protocol_version: got " + std::to_string(env->protocol_version()) +
+                           ", expected " + std::to_string(kProtocolVersion));
+  }
+  Message msg;
+  msg.protocol_version = env->protocol_version();
+  msg.campaign_id = StrOrEmpty(env->campaign_id());
+  msg.sender_id = StrOrEmpty(env->sender_id());
+  msg.seq = env->seq();
+  LOWBAND_RETURN_IF_ERROR(DecodeBody(*env, &msg.body));
+
+  const BlobHeader* blob = BlobOf(msg.body);
+  const char* name = BodyName(msg.body);
+  if (blob == nullptr) {
+    if (has_bulk_frame) {
+      return InvalidArgument(std::string("a bulk frame of ") + std::to_string(frames[1].size()) +
+                             " bytes is attached to a " + name + " message, which carries no blob");
+    }
+  } else {
+    if (!has_bulk_frame) {
+      return InvalidArgument(std::string(name) + " message is missing its bulk frame (blob.byte_length " +
+                             std::to_string(blob->byte_length) + ")");
+    }
+    const Bytes& bulk = frames[1];
+    if (blob->byte_length != bulk.size()) {
+      return Corruption(std::string(name) + ".blob.byte_length is " + std::to_string(blob->byte_length) +
+                        " but the bulk frame is " + std::to_string(bulk.size()) + " bytes");
+    }
+    const uint64_t checksum = Fnv1a64(bulk.data(), bulk.size());
+    if (checksum != blob->checksum) {
+      return Corruption(std::string(name) + ".blob.checksum mismatch: header says " +
+                        DigestHex(blob->checksum) + ", bulk frame hashes to " + DigestHex(checksum));
+    }
+  }
+  *out = std::move(msg);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Frames EncodeMessage(const Message& msg) {
+  Frames frames;
+  frames.reserve(2);
+  frames.push_back(EncodeHeader(msg));
+  if (!msg.bulk.empty() || CarriesBlob(msg.body)) frames.push_back(msg.bulk);
+  return frames;
+}
+
+Frames EncodeMessage(Message&& msg) {
+  Frames frames;
+  frames.reserve(2);
+  frames.push_back(EncodeHeader(msg));
+  if (!msg.bulk.empty() || CarriesBlob(msg.body)) frames.push_back(std::move(msg.bulk));
+  return frames;
+}
+
+StatusOr<Message> DecodeMessage(const Frames& frames, const WireLimits& limits) {
+  Message msg;
+  LOWBAND_RETURN_IF_ERROR(DecodeWithoutBulk(frames, limits, &msg));
+  if (frames.size() == 2) msg.bulk = frames[1];
+  return msg;
+}
+
+StatusOr<Message> DecodeMessage(Frames&& frames, const WireLimits& limits) {
+  Message msg;
+  LOWBAND_RETURN_IF_ERROR(DecodeWithoutBulk(frames, limits, &msg));
+  if (frames.size() == 2) msg.bulk = std::move(frames[1]);
+  return msg;
+}
+
+}  // namespace lowband

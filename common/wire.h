@@ -26,8 +26,15 @@ struct WireLimits {
 using Frames = std::vector<Bytes>;
 
 // Header frame, plus the bulk frame when msg.bulk is non-empty or the body
-// carries a BlobHeader.
+// carries a BlobHeader. The BlobHeader is written as given (the codec fills
+// byte_length and checksum). The rvalue overload moves msg.bulk into the
+// bulk frame instead of copying it.
 Frames EncodeMessage(const Message& msg);
+Frames EncodeMessage(Message&& msg);
+
+// The rvalue overload moves the bulk frame into Message.bulk instead of
+// copying it (on failure `frames` is left unspecified).
 StatusOr<Message> DecodeMessage(const Frames& frames, const WireLimits& limits);
+StatusOr<Message> DecodeMessage(Frames&& frames, const WireLimits& limits);
 
 }  // namespace lowband

@@ -1,1 +1,501 @@
-// placeholder: replaced by its owner
+#include "coordinator/core.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/json.h"
+#include "common/log.h"
+
+namespace lowband {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The data-sampling seed depends on the campaign seed and the site name only,
+// so a site samples the same batches whatever order workers join in.
+uint64_t DataSeedFor(uint64_t campaign_seed, const std::string& site) {
+  return Fnv1a64(site.data(), site.size(), campaign_seed ^ 0x9e3779b97f4a7c15ull);
+}
+
+}  // namespace
+
+const char* WorkerStateName(WorkerState s) {
+  switch (s) {
+    case WorkerState::kJoined: return "joined";
+    case WorkerState::kLost: return "lost";
+  }
+  return "unknown";
+}
+
+const char* CoordinatorCore::PhaseName(Phase p) {
+  switch (p) {
+    case Phase::kWaiting: return "waiting";
+    case Phase::kEvaluating: return "evaluating";
+    case Phase::kTraining: return "training";
+    case Phase::kFinished: return "finished";
+  }
+  return "unknown";
+}
+
+CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now)
+    : config_(std::move(config)),
+      codec_(MakeCodec(config_.codec.kind)),
+      outer_(config_.outer, initial.values.size()),
+      params_(std::move(initial)),
+      digest_(params_.Digest()),
+      campaign_start_(now),
+      phase_start_(now),
+      round_start_(now) {
+  LOWBAND_CHECK(codec_ != nullptr);
+  LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
+  pending_.round = 0;
+}
+
+Message CoordinatorCore::Make(Body body) {
+  Message m;
+  m.campaign_id = config_.name;
+  m.sender_id = "coordinator";
+  m.seq = ++seq_;
+  m.body = std::move(body);
+  return m;
+}
+
+void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round,
+                            CoreOutput* out) {
+  ++rejected_;
+  std::string site = SiteOfPeer(peer);
+  if (auto it = workers_.find(site); it != workers_.end()) ++it->second.rejected;
+  LOG_WARN("message rejected", {"peer", site.empty() ? std::string("unknown") : site},
+           {"code", static_cast<int>(code)}, {"round", round}, {"reason", what});
+  out->messages.push_back({peer, Make(Error{code, what, round})});
+}
+
+std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const {
+  auto it = peer_to_site_.find(peer);
+  return it == peer_to_site_.end() ? std::string() : it->second;
+}
+
+int CoordinatorCore::LiveWorkers() const {
+  int n = 0;
+  for (const auto& [site, w] : workers_) n += w.state == WorkerState::kJoined;
+  return n;
+}
+
+void CoordinatorCore::HandleMalformed(const std::string& peer, const Status& why, CoreOutput* out) {
+  Reply(peer, ErrorCode::kMalformed, why.ToString(), 0, out);
+}
+
+void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg, TimePoint now,
+                                    CoreOutput* out) {
+  if (msg.protocol_version != kProtocolVersion) {
+    Reply(peer, ErrorCode::kWrongVersion,
+          "protocol version " + std::to_string(msg.protocol_version) + ", expected " +
+              std::to_string(kProtocolVersion),
+          0, out);
+    return;
+  }
+  // A worker that has not been welcomed yet does not know the campaign name.
+  const bool anonymous_hello = msg.campaign_id.empty() && std::holds_alternative<Hello>(msg.body);
+  if (msg.campaign_id != config_.name && !anonymous_hello) {
+    Reply(peer, ErrorCode::kWrongCampaign,
+          "campaign '" + msg.campaign_id + "' is not this coordinator's campaign '" + config_.name + "'", 0, out);
+    return;
+  }
+  if (const auto* hello = std::get_if<Hello>(&msg.body)) {
+    HandleHello(peer, *hello, now, out);
+    return;
+  }
+  const std::string site = SiteOfPeer(peer);
+  auto it = workers_.find(site);
+  if (site.empty() || it == workers_.end() || it->second.peer != peer || it->second.state != WorkerState::kJoined) {
+    Reply(peer, ErrorCode::kNotRegistered, std::string(BodyName(msg.body)) + " from a peer that has not said hello",
+          0, out);
+    return;
+  }
+  WorkerInfo& w = it->second;
+  w.last_seen = now;
+  if (std::holds_alternative<Heartbeat>(msg.body)) return;
+  if (const auto* up = std::get_if<DeltaUpload>(&msg.body)) {
+    HandleUpload(w, msg, *up, now, out);
+  } else if (const auto* ev = std::get_if<EvalReport>(&msg.body)) {
+    HandleEvalReport(w, *ev, now, out);
+  } else if (const auto* err = std::get_if<Error>(&msg.body)) {
+    LOG_WARN("worker reported error", {"site", w.site}, {"code", static_cast<int>(err->code)},
+             {"round", err->round}, {"reason", err->message});
+    if (err->code == ErrorCode::kDigestMismatch || err->code == ErrorCode::kBadPayload) {
+      // The worker's replica is not at theta_c: give it the parameters again.
+      SendSync(w, out);
+      if (phase_ == Phase::kTraining && !uploads_.count(w.site)) SendRoundStart(w, out);
+    }
+  } else {
+    Reply(peer, ErrorCode::kUnexpected,
+          std::string("a worker may not send ") + BodyName(msg.body) + " to the coordinator", 0, out);
+  }
+}
+
+void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out) {
+  if (phase_ == Phase::kFinished) {
+    out->messages.push_back({peer, Make(CampaignEnd{"campaign already finished", committed_round_})});
+    return;
+  }
+  if (m.site.empty() || m.site.size() > 128) {
+    Reply(peer, ErrorCode::kMalformed, "hello needs a site name of 1..128 characters", 0, out);
+    return;
+  }
+  auto existing = workers_.find(m.site);
+  const bool rejoin = existing != workers_.end();
+  if (!rejoin && static_cast<int>(workers_.size()) >= std::max(config_.quorum.expected_workers, 1) * 4) {
+    Reply(peer, ErrorCode::kUnexpected, "too many sites registered", 0, out);
+    return;
+  }
+  if (rejoin) peer_to_site_.erase(existing->second.peer);
+  WorkerInfo& w = workers_[m.site];
+  w.site = m.site;
+  w.peer = peer;
+  w.hello = m;
+  w.state = WorkerState::kJoined;
+  w.last_seen = now;
+  w.last_heartbeat_sent = now;
+  w.last_eval_round.reset();
+  w.last_step_time_ms = m.step_time_ms;
+  peer_to_site_[peer] = m.site;
+  uploads_.erase(m.site);  // a restarted worker's earlier upload, if any, is void
+  evals_.erase(m.site);
+  LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device},
+           {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
+           {"round", committed_round_});
+
+  Welcome wel;
+  wel.worker_id = m.site;
+  wel.model = config_.model;
+  wel.training = config_.training;
+  wel.codec = config_.codec.kind;
+  wel.data_seed = DataSeedFor(config_.training.seed, m.site);
+  wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(m.site)));
+  wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
+  wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
+  out->messages.push_back({peer, Make(wel)});
+  SendSync(w, out);
+  if (phase_ == Phase::kTraining) SendRoundStart(w, out);
+  if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
+    phase_ = Phase::kEvaluating;  // round 0: evaluate the initial parameters
+    phase_start_ = now;
+    LOG_INFO("all expected workers joined", {"workers", LiveWorkers()});
+  }
+  MaybeFinishEval(now, false, out);
+}
+
+void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
+  auto enc = codec_->Encode(params_.layout, params_.values);
+  // Dense fp32 of our own parameters cannot fail; a failure is a bug.
+  LOWBAND_CHECK(enc.ok());
+  Message m = Make(ModelSync{committed_round_, digest_, enc->header});
+  m.bulk = std::move(enc->bulk);
+  w.synced_round = committed_round_;
+  out->messages.push_back({w.peer, std::move(m)});
+}
+
+void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out) {
+  RoundStart rs;
+  rs.round = committed_round_ + 1;
+  rs.model_version = digest_;
+  rs.inner_steps = config_.training.inner_steps;
+  rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
+  out->messages.push_back({w.peer, Make(rs)});
+}
+
+void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
+  phase_ = Phase::kTraining;
+  phase_start_ = now;
+  round_start_ = now;
+  uploads_.clear();
+  evals_.clear();
+  pending_ = RoundRecord{};
+  pending_.round = committed_round_ + 1;
+  for (auto& [site, w] : workers_) {
+    if (w.state != WorkerState::kJoined) continue;
+    SendRoundStart(w, out);
+  }
+  LOG_DEBUG("round started", {"round", pending_.round}, {"workers", LiveWorkers()});
+}
+
+void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
+                                   CoreOutput* out) {
+  const uint32_t open_round = committed_round_ + 1;
+  if (phase_ != Phase::kTraining || m.round != open_round) {
+    if (m.round <= committed_round_ && m.round >= 1) {
+      if (m.round == committed_round_) ++pending_.late_uploads;
+      Reply(w.peer, ErrorCode::kWrongRound,
+            "upload for round " + std::to_string(m.round) + " arrived after the round closed", m.round, out);
+    } else {
+      Reply(w.peer, ErrorCode::kWrongRound,
+            "upload for round " + std::to_string(m.round) + " but " +
+                (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
+                                            : std::string("no round is collecting uploads")),
+            m.round, out);
+    }
+    return;
+  }
+  if (uploads_.count(w.site)) {
+    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
+    return;
+  }
+  if (m.base_digest != digest_) {
+    Reply(w.peer, ErrorCode::kDigestMismatch,
+          "upload trained from parameters " + DigestHex(m.base_digest) + ", round " +
+              std::to_string(committed_round_) + " parameters are " + DigestHex(digest_),
+          m.round, out);
+    return;
+  }
+  if (!std::isfinite(m.train_loss) || m.tokens == 0) {
+    Reply(w.peer, ErrorCode::kBadPayload, "upload needs a finite train_loss and tokens > 0", m.round, out);
+    return;
+  }
+  auto delta = codec_->Decode(params_.layout, m.blob, msg.bulk);
+  if (!delta.ok()) {
+    Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
+    return;
+  }
+  uploads_[w.site] = Upload{std::move(delta).value(), m.train_loss, m.tokens};
+  w.last_step_time_ms = m.step_time_ms;
+  LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
+  MaybeCloseRound(now, false, out);
+}
+
+void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
+  if (phase_ != Phase::kTraining) return;
+  int waiting_for = 0;
+  for (const auto& [site, w] : workers_) {
+    if (w.state == WorkerState::kJoined && !uploads_.count(site)) ++waiting_for;
+  }
+  const int have = static_cast<int>(uploads_.size());
+  const bool everyone = waiting_for == 0 && have > 0;
+  const bool quorum = have >= std::max(config_.quorum.min_workers, 1);
+  if (!(everyone && quorum) && !(deadline_passed && quorum)) return;
+
+  // Mean over the R workers that uploaded; sites in name order so the float
+  // sum is the same on every run.
+  const size_t n = params_.values.size();
+  std::vector<float> mean(n, 0.0f);
+  double loss_sum = 0;
+  uint64_t tokens = 0;
+  for (const auto& [site, up] : uploads_) {
+    for (size_t i = 0; i < n; ++i) mean[i] += up.delta[i];
+    loss_sum += up.train_loss * static_cast<double>(up.tokens);
+    tokens += up.tokens;
+    SiteRoundStats& s = pending_.sites[site];
+    s.train_loss = up.train_loss;
+    s.tokens = up.tokens;
+    s.uploaded = true;
+  }
+  const float inv = 1.0f / static_cast<float>(have);
+  for (size_t i = 0; i < n; ++i) mean[i] *= inv;
+  std::vector<float> update = outer_.Step(mean);
+  for (size_t i = 0; i < n; ++i) params_.values[i] = params_.values[i] - update[i];
+  digest_ = params_.Digest();
+  committed_round_ += 1;
+  pending_.train_loss = loss_sum / static_cast<double>(tokens);
+  pending_.tokens = tokens;
+  pending_.contributors = have;
+  pending_.digest = digest_;
+  uploads_.clear();
+  evals_.clear();
+
+  auto enc = codec_->Encode(params_.layout, update);
+  LOWBAND_CHECK(enc.ok());
+  for (auto& [site, w] : workers_) {
+    if (w.state != WorkerState::kJoined) continue;
+    if (w.synced_round + 1 != committed_round_) {
+      SendSync(w, out);  // it missed a round: full parameters instead
+      continue;
+    }
+    Message m = Make(Aggregate{committed_round_, digest_, static_cast<uint32_t>(have), enc->header});
+    m.bulk = enc->bulk;
+    w.synced_round = committed_round_;
+    out->messages.push_back({w.peer, std::move(m)});
+  }
+  phase_ = Phase::kEvaluating;
+  phase_start_ = now;
+  LOG_DEBUG("round closed", {"round", committed_round_}, {"contributors", have},
+            {"digest", DigestHex(digest_)}, {"deadline", deadline_passed});
+  MaybeFinishEval(now, false, out);
+}
+
+void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out) {
+  if (!std::isfinite(m.val_loss) || m.val_loss < 0) {
+    Reply(w.peer, ErrorCode::kBadPayload, "eval report needs a finite, non-negative val_loss", m.round, out);
+    return;
+  }
+  if (m.round != committed_round_) {
+    // Stale or early: it does not describe the current parameters.
+    LOG_DEBUG("eval report for another round ignored", {"site", w.site}, {"round", m.round},
+              {"committed", committed_round_});
+    return;
+  }
+  w.last_eval_round = m.round;
+  w.last_val_loss = m.val_loss;
+  if (m.digest != digest_) {
+    ++pending_.digest_mismatches;
+    pending_.sites[w.site].digest_ok = false;
+    LOG_ERROR("parameter digest mismatch", {"site", w.site}, {"round", m.round},
+              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(digest_)});
+    out->messages.push_back({w.peer, Make(Error{ErrorCode::kDigestMismatch,
+                                                "replica digest " + DigestHex(m.digest) + " differs from " +
+                                                    DigestHex(digest_) + "; re-syncing",
+                                                m.round})});
+    SendSync(w, out);  // its next EvalReport replaces this one
+    return;
+  }
+  // Reports during training come from a worker that re-synced to theta_c
+  // mid-round; they belong to a record that is already written.
+  if (phase_ != Phase::kEvaluating && phase_ != Phase::kWaiting) return;
+  evals_[w.site] = m;
+  MaybeFinishEval(now, false, out);
+}
+
+void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out) {
+  if (phase_ != Phase::kEvaluating) return;
+  int waiting_for = 0;
+  for (const auto& [site, w] : workers_) {
+    if (w.state == WorkerState::kJoined && !evals_.count(site)) ++waiting_for;
+  }
+  const int have = static_cast<int>(evals_.size());
+  const bool quorum = have >= std::max(config_.quorum.min_workers, 1);
+  if (!(waiting_for == 0 && quorum) && !(deadline_passed && quorum)) return;
+
+  double loss_sum = 0;
+  uint64_t tokens = 0;
+  for (const auto& [site, ev] : evals_) {
+    const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
+    loss_sum += ev.val_loss * weight;
+    tokens += std::max<uint64_t>(ev.val_tokens, 1);
+    pending_.sites[site].val_loss = ev.val_loss;
+  }
+  pending_.round = committed_round_;
+  pending_.val_loss = loss_sum / static_cast<double>(tokens);
+  pending_.evaluated = have;
+  pending_.digest = digest_;
+  pending_.wall_s = Seconds(now - round_start_);
+  history_.push_back(pending_);
+  out->committed.push_back(pending_);
+  evals_.clear();
+
+  if (committed_round_ >= static_cast<uint32_t>(config_.training.rounds)) {
+    Finish("completed " + std::to_string(committed_round_) + " rounds", false, out);
+    return;
+  }
+  StartRound(now, out);
+}
+
+void CoordinatorCore::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
+  w.state = WorkerState::kLost;
+  uploads_.erase(w.site);
+  evals_.erase(w.site);
+  LOG_WARN("worker lost", {"site", w.site}, {"reason", why}, {"round", committed_round_}, {"live", LiveWorkers()});
+  MaybeCloseRound(now, false, out);
+  MaybeFinishEval(now, false, out);
+}
+
+void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
+  if (phase_ == Phase::kFinished) return;
+  const auto interval = std::chrono::milliseconds(config_.network.heartbeat_interval_ms);
+  const auto timeout = std::chrono::milliseconds(config_.network.heartbeat_timeout_ms);
+  for (auto& [site, w] : workers_) {
+    if (w.state != WorkerState::kJoined) continue;
+    if (now - w.last_seen > timeout) {
+      MarkLost(w, "no message for " + std::to_string(config_.network.heartbeat_timeout_ms) + " ms", now, out);
+      if (phase_ == Phase::kFinished) return;
+      continue;
+    }
+    if (now - w.last_heartbeat_sent >= interval) {
+      w.last_heartbeat_sent = now;
+      out->messages.push_back({w.peer, Make(Heartbeat{committed_round_, PhaseName(phase_)})});
+    }
+  }
+  const auto deadline = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config_.quorum.round_deadline_s));
+  if (phase_ == Phase::kWaiting) {
+    if (Seconds(now - campaign_start_) > config_.quorum.start_timeout_s) {
+      Finish("only " + std::to_string(LiveWorkers()) + " of " + std::to_string(config_.quorum.expected_workers) +
+                 " expected workers joined within start_timeout_s=" + JsonNumber(config_.quorum.start_timeout_s),
+             true, out);
+    }
+  } else if (phase_ == Phase::kTraining && now - phase_start_ > deadline) {
+    MaybeCloseRound(now, true, out);
+  } else if (phase_ == Phase::kEvaluating && now - phase_start_ > deadline) {
+    MaybeFinishEval(now, true, out);
+  }
+}
+
+void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput* out) {
+  if (phase_ == Phase::kFinished) return;
+  phase_ = Phase::kFinished;
+  out->finished = true;
+  out->failed = failed;
+  out->finish_reason = reason;
+  for (auto& [site, w] : workers_) {
+    if (w.state != WorkerState::kJoined) continue;
+    out->messages.push_back({w.peer, Make(CampaignEnd{reason, committed_round_})});
+  }
+  if (failed) {
+    LOG_ERROR("campaign failed", {"reason", reason}, {"round", committed_round_});
+  } else {
+    LOG_INFO("campaign finished", {"reason", reason}, {"round", committed_round_}, {"digest", DigestHex(digest_)});
+  }
+}
+
+void CoordinatorCore::Abort(const std::string& reason, CoreOutput* out) { Finish(reason, true, out); }
+
+std::string CoordinatorCore::StatusJson() const {
+  JsonObject o;
+  o.Add("campaign", config_.name)
+      .Add("phase", PhaseName(phase_))
+      .Add("committed_round", committed_round_)
+      .Add("rounds", config_.training.rounds)
+      .Add("live_workers", LiveWorkers())
+      .Add("expected_workers", config_.quorum.expected_workers)
+      .Add("uploads", static_cast<int>(uploads_.size()))
+      .Add("digest", DigestHex(digest_))
+      .Add("parameters", static_cast<uint64_t>(params_.values.size()))
+      .Add("rejected_messages", rejected_);
+  if (!history_.empty()) {
+    const RoundRecord& r = history_.back();
+    o.Add("last_round", r.round).Add("train_loss", r.train_loss).Add("val_loss", r.val_loss);
+  }
+  return o.str();
+}
+
+std::string CoordinatorCore::WorkersJson(TimePoint now) const {
+  std::string arr = "[";
+  for (const auto& [site, w] : workers_) {
+    if (arr.size() > 1) arr += ',';
+    JsonObject o;
+    o.Add("site", site)
+        .Add("state", WorkerStateName(w.state))
+        .Add("device", w.hello.device)
+        .Add("synced_round", w.synced_round)
+        .Add("last_seen_s", Seconds(now - w.last_seen))
+        .Add("step_time_ms", w.last_step_time_ms)
+        .Add("val_loss", w.last_val_loss)
+        .Add("uploaded", uploads_.count(site) > 0)
+        .Add("rejected", w.rejected);
+    arr += o.str();
+  }
+  return arr + "]";
+}
+
+ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePoint now) {
+  if (req.command == "status") {
+    char line[256];
+    std::snprintf(line, sizeof(line), "campaign %s: %s, round %u/%d, %d/%d workers live", config_.name.c_str(),
+                  PhaseName(phase_), committed_round_, config_.training.rounds, LiveWorkers(),
+                  config_.quorum.expected_workers);
+    return {true, line, StatusJson()};
+  }
+  if (req.command == "workers") {
+    return {true, std::to_string(workers_.size()) + " workers", WorkersJson(now)};
+  }
+  return {false, "unknown command '" + req.command + "' (allowed: status, workers)", ""};
+}
+
+}  // namespace lowband

@@ -1,1 +1,48 @@
-int main() { return 0; }
+// lowband-coordinator: loads a campaign file and runs the campaign.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "common/config.h"
+#include "common/event_loop.h"
+#include "common/log.h"
+#include "common/model_init.h"
+#include "coordinator/service.h"
+
+int main(int argc, char** argv) {
+  // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
+  // the blocked stop signals and only the loop's signalfd sees them.
+  lowband::BlockStopSignals();
+  CLI::App app{"lowband coordinator: runs a training campaign for the sites that join it"};
+  std::string campaign, metrics_out, run_dir, log_level = "info";
+  bool progress = false;
+  app.add_option("--campaign,-c", campaign, "campaign YAML file")->required();
+  app.add_option("--metrics-out", metrics_out, "write one JSON object per round to FILE");
+  app.add_option("--run-dir", run_dir, "directory for the final checkpoint (default: output.run_dir)");
+  app.add_flag("--progress", progress, "print a progress line per round on stdout");
+  app.add_option("--log-level", log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 64;  // EX_USAGE
+  }
+  lowband::log::SetLevel(lowband::log::ParseLevel(log_level));
+
+  auto config = lowband::LoadCampaignFile(campaign);
+  if (!config.ok()) {
+    std::fprintf(stderr, "lowband-coordinator: invalid campaign:\n%s\n", config.status().message().c_str());
+    return lowband::kExitConfig;
+  }
+  lowband::log::SetRole("coordinator", config->name);
+  auto initial = lowband::InitialParameters(config->model, config->training.seed);
+  if (!initial.ok()) {
+    LOG_ERROR("cannot build the initial model", {"reason", initial.status().ToString()});
+    return 1;
+  }
+  lowband::CoordinatorOptions options;
+  options.metrics_out = metrics_out.empty() ? config->output.metrics_file : metrics_out;
+  options.run_dir = run_dir.empty() ? config->output.run_dir : run_dir;
+  options.progress = progress;
+  lowband::CoordinatorService service(std::move(config).value(), std::move(initial).value(), options);
+  return service.Run();
+}

@@ -1,1 +1,199 @@
-// placeholder: replaced by its owner
+#include "worker/core.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "common/params.h"
+
+namespace lowband {
+namespace {
+constexpr std::chrono::milliseconds kHelloRetry{1000};
+}
+
+WorkerCore::WorkerCore(Hello hello, std::string campaign_hint, WorkerTime now)
+    : hello_(std::move(hello)),
+      campaign_(std::move(campaign_hint)),
+      last_from_coordinator_(now),
+      last_hello_(now),
+      last_heartbeat_(now) {}
+
+Message WorkerCore::Make(Body body) {
+  Message m;
+  m.campaign_id = campaign_;
+  m.sender_id = hello_.site;
+  m.seq = ++seq_;
+  m.body = std::move(body);
+  return m;
+}
+
+void WorkerCore::SendHello(WorkerTime now, WorkerOutput* out) {
+  last_hello_ = now;
+  out->messages.push_back(Make(hello_));
+}
+
+void WorkerCore::Start(WorkerTime now, WorkerOutput* out) { SendHello(now, out); }
+
+void WorkerCore::Reject(ErrorCode code, const std::string& what, uint32_t round, WorkerOutput* out) {
+  ++rejected_;
+  LOG_WARN("message rejected", {"code", static_cast<int>(code)}, {"round", round}, {"reason", what});
+  out->messages.push_back(Make(Error{code, what, round}));
+}
+
+void WorkerCore::HandleMalformed(const Status& why, WorkerOutput* out) {
+  Reject(ErrorCode::kMalformed, why.ToString(), 0, out);
+}
+
+void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput* out) {
+  if (msg.protocol_version != kProtocolVersion) {
+    Reject(ErrorCode::kWrongVersion, "protocol version " + std::to_string(msg.protocol_version), 0, out);
+    return;
+  }
+  // A worker learns its campaign from the first Welcome unless its site
+  // file pinned one.
+  if (campaign_.empty() && std::holds_alternative<Welcome>(msg.body) && !msg.campaign_id.empty()) {
+    campaign_ = msg.campaign_id;
+  }
+  if (msg.campaign_id != campaign_) {
+    Reject(ErrorCode::kWrongCampaign,
+           "message for campaign '" + msg.campaign_id + "', this worker is in '" + campaign_ + "'", 0, out);
+    return;
+  }
+  last_from_coordinator_ = now;
+
+  if (const auto* w = std::get_if<Welcome>(&msg.body)) {
+    if (w->worker_id != hello_.site) {
+      Reject(ErrorCode::kUnexpected, "welcome for '" + w->worker_id + "', this site is '" + hello_.site + "'", 0,
+             out);
+      return;
+    }
+    registered_ = true;
+    configured_ = true;
+    target_round_.reset();
+    training_round_.reset();
+    heartbeat_interval_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_interval_ms, 10));
+    heartbeat_timeout_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_timeout_ms, 100));
+    LOG_INFO("welcomed", {"site", hello_.site}, {"layers", w->model.layers}, {"d_model", w->model.d_model},
+             {"rounds", w->training.rounds}, {"inner_steps", w->training.inner_steps});
+    out->jobs.push_back(ConfigureJob{*w});
+    return;
+  }
+  if (const auto* end = std::get_if<CampaignEnd>(&msg.body)) {
+    LOG_INFO("campaign ended", {"reason", end->reason}, {"round", end->final_round});
+    out->exit = true;
+    out->exit_code = 0;
+    out->exit_reason = end->reason;
+    return;
+  }
+  if (const auto* err = std::get_if<Error>(&msg.body)) {
+    LOG_WARN("coordinator reported error", {"code", static_cast<int>(err->code)}, {"round", err->round},
+             {"reason", err->message});
+    if (err->code == ErrorCode::kNotRegistered) {
+      registered_ = false;
+      SendHello(now, out);
+    }
+    return;
+  }
+  if (std::holds_alternative<Heartbeat>(msg.body)) return;
+  if (!registered_ || !configured_) {
+    Reject(ErrorCode::kUnexpected, std::string(BodyName(msg.body)) + " before welcome", 0, out);
+    return;
+  }
+  if (const auto* s = std::get_if<ModelSync>(&msg.body)) {
+    target_round_ = s->round;
+    target_digest_ = s->digest;
+    training_round_.reset();
+    out->jobs.push_back(SyncJob{*s, msg.bulk});
+    return;
+  }
+  if (const auto* rs = std::get_if<RoundStart>(&msg.body)) {
+    if (training_round_ == rs->round) return;  // already training it
+    if (!target_round_ || *target_round_ + 1 != rs->round) {
+      Reject(ErrorCode::kWrongRound,
+             "round " + std::to_string(rs->round) + " starts from round " + std::to_string(rs->round - 1) +
+                 " but this replica is at " + (target_round_ ? std::to_string(*target_round_) : "none"),
+             rs->round, out);
+      return;
+    }
+    if (rs->model_version != target_digest_) {
+      Reject(ErrorCode::kDigestMismatch, "round start names parameters this replica does not hold", rs->round,
+             out);
+      return;
+    }
+    if (rs->inner_steps < 1 || rs->inner_steps > 1000000) {
+      Reject(ErrorCode::kBadPayload, "inner_steps out of range", rs->round, out);
+      return;
+    }
+    training_round_ = rs->round;
+    out->jobs.push_back(TrainJob{rs->round, rs->inner_steps, rs->model_version});
+    return;
+  }
+  if (const auto* agg = std::get_if<Aggregate>(&msg.body)) {
+    if (!target_round_ || *target_round_ + 1 != agg->round) {
+      Reject(ErrorCode::kDigestMismatch,
+             "aggregate for round " + std::to_string(agg->round) + " does not follow this replica's round " +
+                 (target_round_ ? std::to_string(*target_round_) : "none"),
+             agg->round, out);
+      return;
+    }
+    target_round_ = agg->round;
+    target_digest_ = agg->digest;
+    if (training_round_ && *training_round_ <= agg->round) training_round_.reset();
+    out->jobs.push_back(ApplyJob{*agg, msg.bulk});
+    return;
+  }
+  Reject(ErrorCode::kUnexpected, std::string("a coordinator may not send ") + BodyName(msg.body), 0, out);
+}
+
+void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out) {
+  if (std::holds_alternative<ConfigureDone>(result)) return;
+  if (auto* ev = std::get_if<EvalDone>(&result)) {
+    if (!ev->digest_ok) {
+      LOG_ERROR("replica digest differs from the coordinator's", {"round", ev->round},
+                {"digest", DigestHex(ev->digest)});
+    }
+    out->messages.push_back(Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest}));
+    return;
+  }
+  if (auto* tr = std::get_if<TrainDone>(&result)) {
+    if (training_round_ != tr->upload.round) {
+      LOG_WARN("training result for a closed round dropped", {"round", tr->upload.round});
+      return;
+    }
+    training_round_.reset();
+    Message m = Make(tr->upload);
+    m.bulk = std::move(tr->bulk);
+    out->messages.push_back(std::move(m));
+    return;
+  }
+  auto& failed = std::get<JobFailed>(result);
+  LOG_ERROR("job failed", {"round", failed.round}, {"reason", failed.what}, {"fatal", failed.fatal});
+  if (training_round_ == failed.round) training_round_.reset();
+  out->messages.push_back(Make(Error{failed.code, failed.what, failed.round}));
+  if (failed.fatal) {
+    out->exit = true;
+    out->exit_code = 1;
+    out->exit_reason = failed.what;
+  }
+}
+
+void WorkerCore::OnTick(WorkerTime now, WorkerOutput* out) {
+  if (!registered_) {
+    if (now - last_hello_ >= kHelloRetry) SendHello(now, out);
+    return;
+  }
+  if (now - last_from_coordinator_ > heartbeat_timeout_) {
+    LOG_WARN("coordinator silent, saying hello again",
+             {"silent_ms", static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                               now - last_from_coordinator_).count())});
+    registered_ = false;
+    training_round_.reset();
+    SendHello(now, out);
+    return;
+  }
+  if (now - last_heartbeat_ >= heartbeat_interval_) {
+    last_heartbeat_ = now;
+    out->messages.push_back(Make(Heartbeat{target_round_.value_or(0), training_round_ ? "training" : "idle"}));
+  }
+}
+
+}  // namespace lowband

@@ -1,1 +1,72 @@
-int main() { return 0; }
+// lowband-worker: one site's daemon.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "common/config.h"
+#include "common/corpus.h"
+#include "common/event_loop.h"
+#include "common/log.h"
+#include "worker/service.h"
+
+int main(int argc, char** argv) {
+  lowband::BlockStopSignals();  // before LibTorch or ZeroMQ start threads
+  CLI::App app{"lowband worker: trains on this site's data for a coordinator's campaign"};
+  std::string site_file, campaign_file, site_name, log_level = "info";
+  auto* by_file = app.add_option("--config,-f", site_file, "site YAML file");
+  auto* by_campaign = app.add_option("--campaign", campaign_file, "campaign YAML file listing this site");
+  app.add_option("--site", site_name, "site name inside --campaign")->needs(by_campaign);
+  by_file->excludes(by_campaign);
+  app.add_option("--log-level", log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 64;
+  }
+  lowband::log::SetLevel(lowband::log::ParseLevel(log_level));
+  if (site_file.empty() && campaign_file.empty()) {
+    std::fprintf(stderr, "lowband-worker: give --config SITE.yaml, or --campaign FILE --site NAME\n");
+    return 64;
+  }
+
+  lowband::SiteConfig site;
+  std::string campaign_name;
+  if (!site_file.empty()) {
+    auto s = lowband::LoadSiteFile(site_file);
+    if (!s.ok()) {
+      std::fprintf(stderr, "lowband-worker: invalid site file:\n%s\n", s.status().message().c_str());
+      return lowband::kExitConfig;
+    }
+    site = std::move(s).value();
+  } else {
+    auto c = lowband::LoadCampaignFile(campaign_file);
+    if (!c.ok()) {
+      std::fprintf(stderr, "lowband-worker: invalid campaign:\n%s\n", c.status().message().c_str());
+      return lowband::kExitConfig;
+    }
+    bool found = false;
+    std::string names;
+    for (const auto& s : c->sites) {
+      names += (names.empty() ? "" : ", ") + s.name;
+      if (s.name == site_name) {
+        site = s;
+        found = true;
+      }
+    }
+    if (!found) {
+      std::fprintf(stderr, "lowband-worker: %s: no site named '%s' (sites: %s)\n", campaign_file.c_str(),
+                   site_name.c_str(), names.c_str());
+      return lowband::kExitConfig;
+    }
+    campaign_name = c->name;
+  }
+  lowband::log::SetRole("worker", site.name);
+  auto corpus = lowband::Corpus::Load(site.data);
+  if (!corpus.ok()) {
+    std::fprintf(stderr, "lowband-worker: %s: cannot load data: %s\n", site.source.c_str(),
+                 corpus.status().ToString().c_str());
+    return lowband::kExitConfig;
+  }
+  lowband::WorkerService service(std::move(site), campaign_name, std::move(corpus).value());
+  return service.Run();
+}

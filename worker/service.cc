@@ -1,1 +1,167 @@
-// placeholder: replaced by its owner
+#include "worker/service.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "common/event_loop.h"
+#include "common/log.h"
+#include "common/transport_zmq.h"
+#include "common/wire.h"
+#include "worker/core.h"
+#include "worker/executor.h"
+#include "worker/trainer.h"
+
+namespace lowband {
+namespace {
+
+// FIFO of jobs for the training thread. Bounded: the core never queues more
+// than a handful (configure, sync, train, apply), so hitting the bound is a bug.
+class JobQueue {
+ public:
+  void Push(Job job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    LOWBAND_CHECK(jobs_.size() < 64);
+    jobs_.push_back(std::move(job));
+    cv_.notify_one();
+  }
+  // Blocks; nullopt once closed.
+  std::optional<Job> Pop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return closed_ || !jobs_.empty(); });
+    if (jobs_.empty()) return std::nullopt;
+    Job j = std::move(jobs_.front());
+    jobs_.pop_front();
+    return j;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    jobs_.clear();
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool closed_ = false;
+};
+
+}  // namespace
+
+struct WorkerService::Impl {
+  Impl(SiteConfig s, std::string campaign, Corpus c) : site(std::move(s)), corpus(std::move(c)) {
+    Hello h;
+    h.site = site.name;
+    h.device = site.device;
+    h.free_memory_bytes = FreeMemoryBytes(site.device);
+    h.step_time_ms = MeasureReferenceStepMs(site.device);
+    h.train_tokens = corpus.train_tokens();
+    h.val_tokens = corpus.val_tokens();
+    core = std::make_unique<WorkerCore>(h, std::move(campaign), WorkerClock::now());
+  }
+
+  SiteConfig site;
+  Corpus corpus;
+  std::unique_ptr<WorkerCore> core;
+  zmq::context_t ctx{1};
+  std::unique_ptr<ZmqClientTransport> link;
+  WireLimits limits;
+  JobQueue jobs;
+  Mailbox<JobResult> results{64};
+  bool exit = false;
+  int exit_code = 0;
+
+  void Dispatch(WorkerOutput& out) {
+    for (Message& m : out.messages) {
+      Status st = link->Send("", EncodeMessage(m));
+      if (!st.ok()) LOG_WARN("send failed", {"kind", BodyName(m.body)}, {"reason", st.ToString()});
+    }
+    for (Job& j : out.jobs) jobs.Push(std::move(j));
+    if (out.exit) {
+      exit = true;
+      exit_code = out.exit_code;
+    }
+    out = WorkerOutput{};
+  }
+
+  void OnLink() {
+    Inbound in;
+    for (int i = 0; i < 256 && link->TryReceive(&in); ++i) {
+      WorkerOutput out;
+      auto msg = DecodeMessage(in.frames, limits);
+      if (!msg.ok()) {
+        core->HandleMalformed(msg.status(), &out);
+      } else {
+        core->HandleMessage(*msg, WorkerClock::now(), &out);
+      }
+      Dispatch(out);
+    }
+  }
+
+  void OnResults() {
+    for (JobResult& r : results.Drain()) {
+      WorkerOutput out;
+      core->OnJobResult(std::move(r), WorkerClock::now(), &out);
+      Dispatch(out);
+    }
+  }
+
+  int Run() {
+    limits.max_bulk_bytes = 1u << 30;
+    auto l = ZmqClientTransport::Connect(ctx, site.coordinator, "", limits.max_bulk_bytes);
+    if (!l.ok()) {
+      LOG_ERROR("cannot connect", {"endpoint", site.coordinator}, {"reason", l.status().ToString()});
+      return 69;
+    }
+    link = std::move(l).value();
+    // The training thread: owns the executor; results come back by mailbox.
+    std::thread trainer([this] {
+      Executor executor(site, &corpus);
+      while (auto job = jobs.Pop()) {
+        if (!results.Post(executor.Run(std::move(*job)))) {
+          LOG_ERROR("result mailbox full; dropping a job result");
+        }
+      }
+    });
+    SignalWatcher signals;
+    EventLoop loop;
+    loop.AddSocket(link->socket(), [this] { OnLink(); });
+    loop.AddFd(results.fd(), [this] { OnResults(); });
+    loop.AddFd(signals.fd(), [&signals] { signals.Drain(); });
+    LOG_INFO("worker started", {"site", site.name}, {"coordinator", site.coordinator}, {"device", site.device},
+             {"train_tokens", static_cast<unsigned long>(corpus.train_tokens())},
+             {"val_tokens", static_cast<unsigned long>(corpus.val_tokens())});
+    WorkerOutput out;
+    core->Start(WorkerClock::now(), &out);
+    Dispatch(out);
+    const auto tick = std::chrono::milliseconds(50);
+    auto next_tick = WorkerClock::now() + tick;
+    while (!exit && !signals.stop_requested()) {
+      const auto now = WorkerClock::now();
+      if (now >= next_tick) {
+        WorkerOutput o;
+        core->OnTick(now, &o);
+        Dispatch(o);
+        next_tick = now + tick;
+      }
+      loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
+                   std::chrono::milliseconds(1));
+    }
+    if (signals.stop_requested()) LOG_INFO("stopping on signal");
+    // A training step in flight finishes before the thread sees the close.
+    jobs.Close();
+    trainer.join();
+    link.reset();
+    return exit_code;
+  }
+};
+
+WorkerService::WorkerService(SiteConfig site, std::string campaign, Corpus corpus)
+    : impl_(std::make_unique<Impl>(std::move(site), std::move(campaign), std::move(corpus))) {}
+WorkerService::~WorkerService() = default;
+int WorkerService::Run() { return impl_->Run(); }
+
+}  // namespace lowband

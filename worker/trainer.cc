@@ -1,1 +1,300 @@
-// placeholder: replaced by its owner
+#include "worker/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <sstream>
+
+#include "common/model.h"
+
+namespace lowband {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// "cpu", "cuda" or "cuda:N". Unavailable when CUDA is asked for but absent.
+StatusOr<torch::Device> ParseDevice(const std::string& device) {
+  if (device == "cpu") return torch::Device(torch::kCPU);
+  int index = -1;
+  if (device == "cuda") {
+    index = 0;
+  } else if (device.rfind("cuda:", 0) == 0 && device.size() > 5 && device.size() <= 8 &&
+             std::all_of(device.begin() + 5, device.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    index = std::atoi(device.c_str() + 5);
+  } else {
+    return InvalidArgument("device \"" + device + "\" is not one of cpu, cuda, cuda:N");
+  }
+  if (!torch::cuda::is_available()) {
+    return Unavailable("device \"" + device +
+                       "\" requested but CUDA is not available (LibTorch built without CUDA, or no GPU/driver)");
+  }
+  const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+  if (index >= count) {
+    return Unavailable("device \"" + device + "\" requested but only " + std::to_string(count) +
+                       " CUDA device(s) are visible");
+  }
+  return torch::Device(torch::kCUDA, static_cast<torch::DeviceIndex>(index));
+}
+
+std::string TorchMessage(const char* what, const c10::Error& e) {
+  return std::string(what) + ": " + e.what_without_backtrace();
+}
+
+}  // namespace
+
+struct Trainer::Impl {
+  Impl(const ModelConfig& m, const TrainingConfig& t, torch::Device d, const Corpus* c, uint64_t data_seed)
+      : model_config(m), training(t), device(d), corpus(c), rng(data_seed) {}
+
+  ModelConfig model_config;
+  TrainingConfig training;
+  torch::Device device;
+  const Corpus* corpus;
+  std::mt19937_64 rng;  // batch sampling; state persists across rounds
+
+  Gpt model{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer;  // state persists across rounds
+  ParamLayout layout;
+  ParamSet global;             // CPU fp32 copy of the committed global parameters
+  bool model_is_global = false;  // false after TrainRound left local weights in the model
+  int64_t inner_steps_done = 0;  // across the campaign, for the warm-up schedule
+
+  Status LoadGlobal() {
+    LOWBAND_RETURN_IF_ERROR(ImportParams(model, global));
+    model_is_global = true;
+    return Status::Ok();
+  }
+
+  double LearningRate() const {
+    const auto& inner = training.inner;
+    if (inner.warmup_steps > 0 && inner_steps_done < inner.warmup_steps) {
+      return inner.lr * static_cast<double>(inner_steps_done + 1) / static_cast<double>(inner.warmup_steps);
+    }
+    return inner.lr;
+  }
+
+  std::pair<torch::Tensor, torch::Tensor> ToTensors(const TokenBatch& b) const {
+    auto opts = torch::TensorOptions().dtype(torch::kInt64);
+    auto x = torch::from_blob(const_cast<int64_t*>(b.inputs.data()), {b.batch, b.length}, opts).clone();
+    auto y = torch::from_blob(const_cast<int64_t*>(b.targets.data()), {b.batch, b.length}, opts).clone();
+    return {x.to(device), y.to(device)};
+  }
+};
+
+Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Trainer::~Trainer() = default;
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, const TrainingConfig& training,
+                                                   const std::string& device, int threads,
+                                                   const Corpus* corpus, uint64_t data_seed) {
+  if (corpus == nullptr) return InvalidArgument("trainer: no corpus");
+  if (training.batch_size < 1) return InvalidArgument("trainer: batch_size must be >= 1");
+  const size_t window = static_cast<size_t>(model.context) + 1;
+  if (model.context < 1 || corpus->train_tokens() < 2 * window) {
+    return InvalidArgument("trainer: training text has " + std::to_string(corpus->train_tokens()) +
+                           " tokens; need at least " + std::to_string(2 * window) + " (two windows of context+1)");
+  }
+  if (corpus->val_tokens() < window) {
+    return InvalidArgument("trainer: validation text has " + std::to_string(corpus->val_tokens()) +
+                           " tokens; need at least " + std::to_string(window) + " (one window of context+1)");
+  }
+  try {
+    if (threads > 0) torch::set_num_threads(threads);
+    LOWBAND_ASSIGN_OR_RETURN(torch::Device dev, ParseDevice(device));
+    auto impl = std::make_unique<Impl>(model, training, dev, corpus, data_seed);
+    impl->model = MakeGpt(model, training.seed);
+    impl->global = ExportParams(impl->model);
+    impl->layout = impl->global.layout;
+    impl->model->to(dev);
+    impl->model_is_global = true;
+
+    // Decoupled weight decay on matrices (linear weights, embeddings) only;
+    // biases and LayerNorm parameters are not decayed (GPT-2 / nanoGPT).
+    std::vector<torch::Tensor> decay, no_decay;
+    for (auto& p : impl->model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+    const auto& inner = training.inner;
+    auto options = [&](double wd) {
+      return torch::optim::AdamWOptions(inner.lr)
+          .betas(std::make_tuple(inner.beta1, inner.beta2))
+          .eps(inner.eps)
+          .weight_decay(wd);
+    };
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options(inner.weight_decay)));
+    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(options(0.0)));
+    impl->optimizer = std::make_unique<torch::optim::AdamW>(std::move(groups), options(inner.weight_decay));
+    return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
+  } catch (const c10::Error& e) {
+    return Internal(TorchMessage("trainer: create", e));
+  } catch (const std::exception& e) {
+    return Internal(std::string("trainer: create: ") + e.what());
+  }
+}
+
+const ParamLayout& Trainer::layout() const { return impl_->layout; }
+const ParamSet& Trainer::global() const { return impl_->global; }
+
+Status Trainer::SetGlobal(ParamSet params) {
+  if (!(params.layout == impl_->layout)) {
+    return InvalidArgument("SetGlobal: layout " + DigestHex(params.layout.Digest()) + " does not match model " +
+                           DigestHex(impl_->layout.Digest()));
+  }
+  if (static_cast<int64_t>(params.values.size()) != impl_->layout.numel()) {
+    return InvalidArgument("SetGlobal: " + std::to_string(params.values.size()) + " values, layout needs " +
+                           std::to_string(impl_->layout.numel()));
+  }
+  impl_->global = std::move(params);
+  impl_->model_is_global = false;
+  return impl_->LoadGlobal();
+}
+
+StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
+  if (inner_steps < 1) return InvalidArgument("TrainRound: inner_steps must be >= 1");
+  Impl& s = *impl_;
+  try {
+    LOWBAND_RETURN_IF_ERROR(s.LoadGlobal());
+    s.model->train();
+    s.model_is_global = false;
+    TrainResult result;
+    double loss_sum = 0;
+    double time_ms = 0;
+    const int batch = s.training.batch_size;
+    const int context = s.model_config.context;
+    for (int step = 0; step < inner_steps; ++step) {
+      const auto start = Clock::now();
+      const double lr = s.LearningRate();
+      for (auto& group : s.optimizer->param_groups()) {
+        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      }
+      TokenBatch b = s.corpus->SampleTrain(batch, context, &s.rng);
+      auto [x, y] = s.ToTensors(b);
+      s.optimizer->zero_grad();
+      auto loss = s.model->Loss(x, y);
+      loss.backward();
+      if (s.training.inner.grad_clip > 0) {
+        torch::nn::utils::clip_grad_norm_(s.model->parameters(), s.training.inner.grad_clip);
+      }
+      s.optimizer->step();
+      loss_sum += loss.item<double>();  // also synchronizes CUDA before the clock stops
+      time_ms += MsSince(start);
+      ++s.inner_steps_done;
+      result.tokens += static_cast<uint64_t>(batch) * context;
+    }
+    result.steps = inner_steps;
+    result.mean_loss = loss_sum / inner_steps;
+    result.step_time_ms = time_ms / inner_steps;
+
+    // Delta on the CPU in fp32: theta_global - theta_local.
+    ParamSet local = ExportParams(s.model);
+    const size_t n = s.global.values.size();
+    result.delta.resize(n);
+    const float* g = s.global.values.data();
+    const float* l = local.values.data();
+    for (size_t i = 0; i < n; ++i) result.delta[i] = g[i] - l[i];
+    if (!AllFinite(result.delta)) {
+      return Internal("TrainRound: non-finite parameters after " + std::to_string(inner_steps) +
+                      " inner steps (mean loss " + std::to_string(result.mean_loss) + "); training diverged");
+    }
+    return result;
+  } catch (const c10::Error& e) {
+    return Internal(TorchMessage("TrainRound", e));
+  } catch (const std::exception& e) {
+    return Internal(std::string("TrainRound: ") + e.what());
+  }
+}
+
+Status Trainer::ApplyUpdate(const std::vector<float>& update) {
+  Impl& s = *impl_;
+  if (update.size() != s.global.values.size()) {
+    return InvalidArgument("ApplyUpdate: update has " + std::to_string(update.size()) + " values, model has " +
+                           std::to_string(s.global.values.size()));
+  }
+  // Plain fp32 loop, exactly the coordinator's arithmetic, so replicas stay
+  // bit-identical (a lone subtraction has no FMA contraction to differ on).
+  float* g = s.global.values.data();
+  for (size_t i = 0; i < update.size(); ++i) g[i] = g[i] - update[i];
+  s.model_is_global = false;
+  return s.LoadGlobal();
+}
+
+StatusOr<EvalResult> Trainer::Evaluate() {
+  Impl& s = *impl_;
+  try {
+    if (!s.model_is_global) LOWBAND_RETURN_IF_ERROR(s.LoadGlobal());
+    torch::NoGradGuard no_grad;
+    s.model->eval();
+    double loss_sum = 0;
+    EvalResult result;
+    for (int index = 0; index < s.training.eval_batches; ++index) {
+      TokenBatch b = s.corpus->ValidationBatch(index, s.training.batch_size, s.model_config.context);
+      if (b.batch == 0) break;
+      auto [x, y] = s.ToTensors(b);
+      const uint64_t tokens = static_cast<uint64_t>(b.batch) * b.length;
+      loss_sum += s.model->Loss(x, y).item<double>() * static_cast<double>(tokens);
+      result.tokens += tokens;
+    }
+    s.model->train();
+    if (result.tokens == 0) return FailedPrecondition("Evaluate: no validation windows");
+    result.loss = loss_sum / static_cast<double>(result.tokens);
+    return result;
+  } catch (const c10::Error& e) {
+    s.model->train();
+    return Internal(TorchMessage("Evaluate", e));
+  } catch (const std::exception& e) {
+    s.model->train();
+    return Internal(std::string("Evaluate: ") + e.what());
+  }
+}
+
+double MeasureReferenceStepMs(const std::string& device) {
+  try {
+    auto dev = ParseDevice(device);
+    if (!dev.ok()) return 0;
+    torch::NoGradGuard no_grad;
+    // Constant inputs (no RNG use, so the global torch generator is left
+    // alone); entries 1/512 keep the chain at ~1.0, away from denormals.
+    auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(*dev);
+    auto w = torch::full({512, 512}, 1.0f / 512.0f, opts);
+    auto x0 = torch::ones({512, 512}, opts);
+    auto chain = [&]() {
+      auto x = x0;
+      for (int i = 0; i < 8; ++i) x = torch::matmul(x, w);
+      return x.sum().item<float>();  // forces completion on CUDA
+    };
+    chain();  // warm-up: allocations, BLAS/cuBLAS handles
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto start = Clock::now();
+      chain();
+      const double ms = MsSince(start);
+      if (rep == 0 || ms < best) best = ms;
+    }
+    return best;
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+uint64_t FreeMemoryBytes(const std::string& device) {
+  if (device != "cpu") return 0;
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("MemAvailable:", 0) == 0) {
+      std::istringstream ss(line.substr(13));
+      uint64_t kb = 0;
+      ss >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+}  // namespace lowband

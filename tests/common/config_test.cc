@@ -1,1 +1,522 @@
+#include "common/config.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace lowband {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A scratch directory removed at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "lowband-config-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string Write(const std::string& rel, const std::string& text) const {
+    fs::path p = path_ / rel;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  std::string path() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::vector<std::string> Lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream is(s);
+  for (std::string line; std::getline(is, line);) out.push_back(line);
+  return out;
+}
+
+// Parses a campaign expected to fail and returns the error message.
+std::string CampaignError(const std::string& yaml) {
+  auto r = ParseCampaignYaml(yaml, "c.yaml");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  return r.status().message();
+}
+
+using Catch::Matchers::Contains;
+
+const char* const kSiteInline = R"(
+sites:
+  - site: {name: a}
+    data: {dir: /data/a}
+)";
+
+}  // namespace
+
+TEST_CASE("config: a minimal campaign gets every default", "[unit]") {
+  auto r = ParseCampaignYaml("campaign: {name: tiny}\n", "c.yaml");
+  REQUIRE(r.ok());
+  const CampaignConfig& c = *r;
+  CampaignConfig d;
+  CHECK(c.name == "tiny");
+  CHECK(c.source == "c.yaml");
+  CHECK(c.model.layers == d.model.layers);
+  CHECK(c.model.d_model == d.model.d_model);
+  CHECK(c.training.rounds == d.training.rounds);
+  CHECK(c.training.seed == d.training.seed);
+  CHECK(c.training.inner.beta2 == d.training.inner.beta2);
+  CHECK(c.outer.kind == OuterOptimizerKind::kNesterov);
+  CHECK(c.codec.kind == CodecKind::kDenseFp32);
+  CHECK(c.quorum.expected_workers == 1);
+  CHECK(c.quorum.min_workers == 1);
+  CHECK(c.network.bind == d.network.bind);
+  CHECK(c.network.max_message_bytes == d.network.max_message_bytes);
+  CHECK(c.output.run_dir == d.output.run_dir);
+  CHECK(c.sites.empty());
+  CHECK(ValidateCampaign(c).ok());
+}
+
+TEST_CASE("config: every value is read", "[unit]") {
+  const std::string yaml = R"(
+campaign: {name: full, seed: 18446744073709551615, rounds: 7}
+model: {layers: 2, d_model: 96, heads: 3, context: 32, vocab: 256}
+training:
+  inner_steps: 5
+  batch_size: 4
+  eval_batches: 2
+  inner_optimizer: {name: adamw, lr: 1.0e-4, betas: [0.8, 0.99], eps: 1.0e-6, weight_decay: 0, grad_clip: 0, warmup_steps: 3}
+outer_optimizer: {name: sgd, lr: 1, momentum: 0}
+codec: {name: dense_fp32}
+quorum: {expected_workers: 4, min_workers: 2, round_deadline_s: 1.5, start_timeout_s: 2, aggregation: mean}
+network: {bind: "ipc:///tmp/lb.sock", control: "tcp://localhost:7001", heartbeat_interval_ms: 10, heartbeat_timeout_ms: 11, security: none, max_message_bytes: 1024}
+output: {run_dir: out, metrics_file: m.jsonl}
+sites:
+  - site: {name: s1, device: "cuda:1", threads: 3}
+    data: {dir: /data/one, files: [x, y], validation_fraction: 0.25}
+  - site: {name: s2, coordinator: "ipc:///tmp/lb.sock", device: cuda}
+    data: {dir: rel/two}
+)";
+  auto r = ParseCampaignYaml(yaml, "dir/c.yaml");
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  const CampaignConfig& c = *r;
+  CHECK(c.training.seed == 18446744073709551615ull);
+  CHECK(c.training.rounds == 7);
+  CHECK(c.model.d_model == 96);
+  CHECK(c.model.heads == 3);
+  CHECK(c.training.inner_steps == 5);
+  CHECK(c.training.inner.lr == Approx(1e-4));
+  CHECK(c.training.inner.beta1 == Approx(0.8));
+  CHECK(c.training.inner.beta2 == Approx(0.99));
+  CHECK(c.training.inner.warmup_steps == 3);
+  CHECK(c.outer.kind == OuterOptimizerKind::kSgd);
+  CHECK(c.outer.lr == 1.0);
+  CHECK(c.outer.momentum == 0.0);
+  CHECK(c.quorum.expected_workers == 4);
+  CHECK(c.quorum.min_workers == 2);
+  CHECK(c.quorum.round_deadline_s == 1.5);
+  CHECK(c.network.bind == "ipc:///tmp/lb.sock");
+  CHECK(c.network.max_message_bytes == 1024);
+  CHECK(c.output.metrics_file == "m.jsonl");
+  REQUIRE(c.sites.size() == 2);
+  CHECK(c.sites[0].device == "cuda:1");
+  CHECK(c.sites[0].threads == 3);
+  CHECK(c.sites[0].data.files == std::vector<std::string>{"x", "y"});
+  CHECK(c.sites[0].data.validation_fraction == 0.25);
+  CHECK(c.sites[0].source == "dir/c.yaml#sites[0]");
+  // Inline sites inherit network.bind; relative dirs follow the campaign file.
+  CHECK(c.sites[0].coordinator == "ipc:///tmp/lb.sock");
+  CHECK(c.sites[1].data.dir == "dir/rel/two");
+  CHECK(std::string(OuterOptimizerName(c.outer.kind)) == "sgd");
+}
+
+TEST_CASE("config: enum names", "[unit]") {
+  CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kNesterov)) == "nesterov");
+  CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kFedAvg)) == "fedavg");
+  CHECK(std::string(CodecName(CodecKind::kDenseFp32)) == "dense_fp32");
+  CHECK(std::string(AggregationName(AggregationRule::kMean)) == "mean");
+}
+
+TEST_CASE("config: worker counts default from the sites", "[unit]") {
+  auto r = ParseCampaignYaml(std::string("campaign: {name: x}\n") + kSiteInline +
+                                 "  - site: {name: b}\n    data: {dir: /data/b}\n",
+                             "c.yaml");
+  REQUIRE(r.ok());
+  CHECK(r->quorum.expected_workers == 2);
+  CHECK(r->quorum.min_workers == 2);
+  CHECK(r->sites[1].coordinator == "tcp://127.0.0.1:5555");
+
+  auto only_expected = ParseCampaignYaml("campaign: {name: x}\nquorum: {expected_workers: 5}\n", "c.yaml");
+  REQUIRE(only_expected.ok());
+  CHECK(only_expected->quorum.min_workers == 5);
+}
+
+TEST_CASE("config: unknown keys are errors with file, line and the allowed keys", "[unit]") {
+  std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  layers: 4\n  layres: 5\n");
+  CHECK_THAT(msg, Contains("c.yaml:4: model.layres: unknown key"));
+  CHECK_THAT(msg, Contains("(allowed: layers, d_model, heads, context, vocab)"));
+
+  msg = CampaignError("campaign: {name: x}\nmodels: {}\n");
+  CHECK_THAT(msg, Contains("c.yaml:2: models: unknown key (allowed: campaign, model, training,"));
+
+  msg = CampaignError("campaign: {name: x}\nmodel: {layers: 4, layers: 5}\n");
+  CHECK_THAT(msg, Contains("model.layers: duplicate key"));
+}
+
+TEST_CASE("config: wrong types", "[unit]") {
+  std::string msg = CampaignError(R"(campaign: {name: x}
+model: {layers: four}
+training:
+  batch_size: 2.5
+  inner_optimizer: {lr: fast, betas: 0.9}
+network: {bind: [a, b]}
+)");
+  CHECK_THAT(msg, Contains("c.yaml:2: model.layers: expected an integer, got 'four'"));
+  CHECK_THAT(msg, Contains("c.yaml:4: training.batch_size: expected an integer, got '2.5'"));
+  CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.lr: expected a finite number, got 'fast'"));
+  CHECK_THAT(msg, Contains("training.inner_optimizer.betas: expected a list of two numbers"));
+  CHECK_THAT(msg, Contains("c.yaml:6: network.bind: expected a string, got a list"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: 4\n"), Contains("c.yaml:2: model: expected a map"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nsites: {a: 1}\n"), Contains("sites: expected a list of sites"));
+  CHECK_THAT(CampaignError("campaign: {name: x, seed: -1}\n"),
+             Contains("campaign.seed: expected a non-negative integer, got '-1'"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {inner_optimizer: {lr: .nan}}\n"),
+             Contains("expected a finite number"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 99999999999}\n"), Contains("integer too large"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: }\n"),
+             Contains("model.layers: expected an integer, got nothing"));
+}
+
+TEST_CASE("config: out-of-range numbers", "[unit]") {
+  std::string msg = CampaignError(R"(campaign: {name: x, rounds: 0}
+model: {layers: 0, vocab: 512}
+training:
+  inner_steps: 0
+  inner_optimizer: {lr: -1, betas: [0.9, 1.0], eps: 0, warmup_steps: -2}
+outer_optimizer: {lr: 0, momentum: 1.0}
+quorum: {expected_workers: 2, min_workers: 3, round_deadline_s: 0}
+network: {heartbeat_interval_ms: 500, heartbeat_timeout_ms: 500}
+)" + std::string(kSiteInline) +
+                                  "  - site: {name: b, threads: 0}\n"
+                                  "    data: {dir: /d, validation_fraction: 1.5}\n");
+  CHECK_THAT(msg, Contains("c.yaml:1: campaign.rounds: 0 is out of range (allowed: >= 1)"));
+  CHECK_THAT(msg, Contains("c.yaml:2: model.layers: 0 is out of range (allowed: 1 to 256)"));
+  CHECK_THAT(msg, Contains("c.yaml:2: model.vocab: 512 does not match the byte-level tokenizer (allowed: 256)"));
+  CHECK_THAT(msg, Contains("c.yaml:4: training.inner_steps: 0 is out of range"));
+  CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.lr: -1 is out of range (allowed: > 0)"));
+  CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.betas[1]: 1 is out of range (allowed: [0, 1))"));
+  CHECK_THAT(msg, Contains("training.inner_optimizer.eps: 0 is out of range (allowed: > 0)"));
+  CHECK_THAT(msg, Contains("training.inner_optimizer.warmup_steps: -2 is out of range (allowed: >= 0)"));
+  CHECK_THAT(msg, Contains("c.yaml:6: outer_optimizer.lr: 0 is out of range (allowed: > 0)"));
+  CHECK_THAT(msg, Contains("c.yaml:6: outer_optimizer.momentum: 1 is out of range (allowed: [0, 1))"));
+  CHECK_THAT(msg, Contains("c.yaml:7: quorum.min_workers: 3 is more than expected_workers 2"));
+  CHECK_THAT(msg, Contains("quorum.round_deadline_s: 0 is out of range (allowed: > 0)"));
+  CHECK_THAT(msg, Contains("c.yaml:8: network.heartbeat_timeout_ms: 500 is not more than heartbeat_interval_ms 500"));
+  CHECK_THAT(msg, Contains("sites[1].site.threads: 0 is out of range (allowed: 1 to 1024)"));
+  CHECK_THAT(msg, Contains("sites[1].data.validation_fraction: 1.5 is out of range (allowed: (0, 1))"));
+}
+
+TEST_CASE("config: bad enum values list the allowed values", "[unit]") {
+  std::string msg = CampaignError(R"(campaign: {name: x}
+outer_optimizer: {name: adam}
+codec: {name: sparseloco}
+quorum: {aggregation: median}
+training: {inner_optimizer: {name: sgd}}
+)");
+  CHECK_THAT(msg, Contains("c.yaml:2: outer_optimizer.name: unknown value 'adam' (allowed: nesterov, sgd, fedavg)"));
+  CHECK_THAT(msg, Contains("c.yaml:3: codec.name: unknown value 'sparseloco' (allowed: dense_fp32)"));
+  CHECK_THAT(msg, Contains("c.yaml:4: quorum.aggregation: unknown value 'median' (allowed: mean)"));
+  CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.name: unknown value 'sgd' (allowed: adamw)"));
+}
+
+TEST_CASE("config: devices and endpoints", "[unit]") {
+  for (const char* dev : {"cpu", "cuda", "cuda:0", "cuda:12"}) {
+    auto r = ParseSiteYaml(std::string("site: {name: s, device: \"") + dev + "\"}\ndata: {dir: /d}\n", "s.yaml");
+    CHECK(r.ok());
+  }
+  for (const char* dev : {"gpu", "cuda:", "cuda:x", "CPU"}) {
+    auto r = ParseSiteYaml(std::string("site: {name: s, device: \"") + dev + "\"}\ndata: {dir: /d}\n", "s.yaml");
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.status().message(), Contains("s.yaml:1: site.device: unknown device"));
+    CHECK_THAT(r.status().message(), Contains("(allowed: cpu, cuda, cuda:N)"));
+  }
+  for (const char* ep : {"http://x:1", "tcp://127.0.0.1", "tcp://127.0.0.1:0", "tcp://127.0.0.1:70000", "ipc://",
+                         "tcp://*:5555", "tcp://bad host:1"}) {
+    auto r = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep + "\"}\ndata: {dir: /d}\n", "s.yaml");
+    INFO(ep);
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.status().message(), Contains("s.yaml:1: site.coordinator:"));
+  }
+  for (const char* ep : {"tcp://10.0.0.7:5555", "tcp://coord.example.org:5555", "tcp://[::1]:5555", "ipc:///run/lb"}) {
+    auto r = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep + "\"}\ndata: {dir: /d}\n", "s.yaml");
+    INFO(ep);
+    CHECK(r.ok());
+  }
+}
+
+TEST_CASE("config: several errors are reported at once, one per line", "[unit]") {
+  std::string msg = CampaignError(R"(campaign: {name: "bad name!"}
+model: {layers: -1, color: blue}
+outer_optimizer: {name: nope}
+network: {security: curve}
+)");
+  auto lines = Lines(msg);
+  CHECK(lines.size() == 5);
+  for (const auto& line : lines) CHECK_THAT(line, Catch::Matchers::StartsWith("c.yaml:"));
+  CHECK_THAT(msg, Contains("c.yaml:1: campaign.name: invalid name 'bad name!' (allowed: [A-Za-z0-9_.-]+)"));
+  CHECK_THAT(msg, Contains("c.yaml:2: model.layers"));
+  CHECK_THAT(msg, Contains("c.yaml:2: model.color: unknown key"));
+  CHECK_THAT(msg, Contains("c.yaml:3: outer_optimizer.name"));
+  CHECK_THAT(msg, Contains("c.yaml:4: network.security: unsupported value 'curve' (allowed: none"));
+  // Sorted by line, so the report reads like the file.
+  CHECK_THAT(lines.front(), Catch::Matchers::StartsWith("c.yaml:1:"));
+  CHECK_THAT(lines.back(), Catch::Matchers::StartsWith("c.yaml:4:"));
+}
+
+TEST_CASE("config: d_model must be divisible by heads", "[unit]") {
+  std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  d_model: 130\n  heads: 4\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: model.d_model: d_model 130 is not divisible by heads 4"));
+
+  CampaignConfig built;
+  built.model.d_model = 100;
+  built.model.heads = 3;
+  Status st = ValidateCampaign(built);
+  REQUIRE_FALSE(st.ok());
+  CHECK_THAT(st.message(), Contains("model.d_model: d_model 100 is not divisible by heads 3"));
+}
+
+TEST_CASE("config: campaign.name is required", "[unit]") {
+  CHECK_THAT(CampaignError("model: {layers: 2}\n"), Contains("c.yaml:1: campaign.name: missing required key"));
+  CHECK_THAT(CampaignError("campaign:\n  seed: 3\n"), Contains("c.yaml:1: campaign.name: missing required key"));
+  CHECK_THAT(CampaignError(""), Contains("campaign.name: missing required key"));
+  CHECK_THAT(CampaignError("- a\n- b\n"), Contains("c.yaml:1: expected a map"));
+}
+
+TEST_CASE("config: outer optimizer variants", "[unit]") {
+  auto r = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: fedavg, server_lr: 0.5}\n", "c.yaml");
+  REQUIRE(r.ok());
+  CHECK(r->outer.kind == OuterOptimizerKind::kFedAvg);
+  CHECK(r->outer.lr == 0.5);
+  CHECK(r->outer.momentum == 0.0);
+
+  std::string msg = CampaignError("campaign: {name: x}\nouter_optimizer: {name: fedavg, server_lr: 1, momentum: 0.9}\n");
+  CHECK_THAT(msg, Contains("c.yaml:2: outer_optimizer.momentum: unknown key for outer_optimizer fedavg"));
+  CHECK_THAT(msg, Contains("(allowed: name, server_lr, lr)"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nouter_optimizer: {name: fedavg, server_lr: -1}\n"),
+             Contains("c.yaml:2: outer_optimizer.server_lr: -1 is out of range (allowed: > 0)"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nouter_optimizer: {name: nesterov, server_lr: 1}\n"),
+             Contains("outer_optimizer.server_lr: unknown key for outer_optimizer nesterov"));
+}
+
+TEST_CASE("config: missing file is NotFound", "[unit]") {
+  auto r = LoadCampaignFile("/nonexistent/lowband/campaign.yaml");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kNotFound);
+  CHECK_THAT(r.status().message(), Contains("/nonexistent/lowband/campaign.yaml"));
+  auto s = LoadSiteFile("/nonexistent/lowband/site.yaml");
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("config: YAML syntax errors give file and line", "[unit]") {
+  TempDir dir;
+  std::string path = dir.Write("broken.yaml", "campaign:\n  name: x\nmodel: {layers: 4\ntraining: {}\n");
+  auto r = LoadCampaignFile(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(r.status().message(), Contains(path + ":"));
+  CHECK_THAT(r.status().message(), Contains("YAML syntax error"));
+
+  std::string msg = CampaignError("campaign:\n  name: x\n\tmodel: 1\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: YAML syntax error"));
+}
+
+TEST_CASE("config: site files referenced from a campaign", "[unit]") {
+  TempDir dir;
+  dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: corpus}\n");
+  std::string campaign = dir.Write("camp/c.yaml",
+                                   "campaign: {name: x}\n"
+                                   "sites:\n"
+                                   "  - file: ../sites/a.yaml\n");
+  auto r = LoadCampaignFile(campaign);
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  REQUIRE(r->sites.size() == 1);
+  const std::string site_path = (fs::path(dir.path()) / "sites/a.yaml").string();
+  CHECK(r->sites[0].source == site_path);
+  // Relative data.dir follows the site file, not the campaign file.
+  CHECK(r->sites[0].data.dir == (fs::path(dir.path()) / "sites/corpus").string());
+  CHECK(r->quorum.expected_workers == 1);
+
+  SECTION("a missing site file is reported at the reference") {
+    std::string bad = dir.Write("camp/bad.yaml",
+                                "campaign: {name: x}\n"
+                                "sites:\n"
+                                "  - site: {name: b}\n"
+                                "    data: {dir: /d}\n"
+                                "  - file: ../sites/missing.yaml\n");
+    auto rb = LoadCampaignFile(bad);
+    REQUIRE_FALSE(rb.ok());
+    CHECK(rb.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(rb.status().message(), Contains(bad + ":5: sites[1].file: cannot load site file"));
+    CHECK_THAT(rb.status().message(), Contains("missing.yaml"));
+    CHECK(Lines(rb.status().message()).size() == 1);
+  }
+
+  SECTION("errors inside a site file name that file and line, together with the campaign's") {
+    dir.Write("sites/broken.yaml", "site:\n  name: c\n  device: tpu\ndata: {dir: /d, shuffle: yes}\n");
+    dir.Write("sites/syntax.yaml", "site: {name: d\n");
+    std::string bad = dir.Write("camp/bad2.yaml",
+                                "campaign: {name: x}\n"
+                                "model: {layers: 0}\n"
+                                "sites:\n"
+                                "  - file: ../sites/broken.yaml\n"
+                                "  - file: ../sites/syntax.yaml\n"
+                                "  - {file: ../sites/a.yaml, site: {name: z}}\n");
+    auto rb = LoadCampaignFile(bad);
+    REQUIRE_FALSE(rb.ok());
+    const std::string& msg = rb.status().message();
+    const std::string broken = (fs::path(dir.path()) / "sites/broken.yaml").string();
+    const std::string syntax = (fs::path(dir.path()) / "sites/syntax.yaml").string();
+    CHECK_THAT(msg, Contains(bad + ":2: model.layers: 0 is out of range"));
+    CHECK_THAT(msg, Contains(broken + ":3: site.device: unknown device 'tpu'"));
+    CHECK_THAT(msg, Contains(broken + ":4: data.shuffle: unknown key (allowed: dir, files, validation_fraction)"));
+    CHECK_THAT(msg, Contains(syntax + ":"));
+    CHECK_THAT(msg, Contains("YAML syntax error"));
+    CHECK_THAT(msg, Contains(bad + ":6: sites[2].site: unknown key next to file"));
+  }
+}
+
+TEST_CASE("config: duplicate site names", "[unit]") {
+  TempDir dir;
+  dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: /d}\n");
+  std::string campaign = dir.Write("c.yaml",
+                                   "campaign: {name: x}\n"
+                                   "sites:\n"
+                                   "  - file: sites/a.yaml\n"
+                                   "  - site: {name: a}\n"
+                                   "    data: {dir: /d}\n");
+  auto r = LoadCampaignFile(campaign);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Contains(campaign + ":4: sites[1].site.name: duplicate site name 'a'"));
+  CHECK_THAT(r.status().message(), Contains("first defined at " + (fs::path(dir.path()) / "sites/a.yaml").string() + ":1"));
+}
+
+TEST_CASE("config: security none is only allowed on loopback", "[unit]") {
+  std::string msg = CampaignError("campaign: {name: x}\nnetwork:\n  bind: \"tcp://0.0.0.0:5555\"\n  control: \"tcp://192.168.1.4:5556\"\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: network.bind: security 'none' requires a loopback endpoint"));
+  CHECK_THAT(msg, Contains("c.yaml:4: network.control: security 'none' requires a loopback endpoint"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nnetwork: {bind: \"tcp://*:5555\"}\n"),
+             Contains("network.bind: security 'none' requires a loopback endpoint"));
+
+  msg = CampaignError(
+      "campaign: {name: x}\nsites:\n  - site: {name: a, coordinator: \"tcp://10.0.0.2:5555\"}\n    data: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: sites[0].site.coordinator: security 'none' requires a loopback endpoint"));
+
+  for (const char* ok : {"tcp://127.0.0.1:5555", "tcp://127.1.2.3:5555", "tcp://localhost:5555", "tcp://[::1]:5555",
+                         "ipc:///tmp/lowband.sock"}) {
+    auto r = ParseCampaignYaml(std::string("campaign: {name: x}\nnetwork: {bind: \"") + ok + "\"}\n", "c.yaml");
+    INFO(ok);
+    CHECK(r.ok());
+  }
+  CHECK_THAT(CampaignError("campaign: {name: x}\nnetwork: {bind: \"tcp://127.0.0.1:9\", control: \"tcp://127.0.0.1:9\"}\n"),
+             Contains("network.control: same endpoint as network.bind"));
+}
+
+TEST_CASE("config: local sites must reach network.bind", "[unit]") {
+  std::string msg = CampaignError(
+      "campaign: {name: x}\nnetwork: {bind: \"tcp://127.0.0.1:6000\"}\n"
+      "sites:\n  - site: {name: a, coordinator: \"tcp://127.0.0.1:5555\"}\n    data: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("c.yaml:4: sites[0].site.coordinator: 'tcp://127.0.0.1:5555' does not reach network.bind"));
+}
+
+TEST_CASE("config: site files", "[unit]") {
+  TempDir dir;
+  std::string path = dir.Write("s/site.yaml",
+                               "site:\n  name: east\n  coordinator: \"tcp://10.1.1.1:5555\"\n  device: cuda:0\n"
+                               "data:\n  dir: text\n  files: [a.txt]\n");
+  auto r = LoadSiteFile(path);
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  CHECK(r->name == "east");
+  CHECK(r->coordinator == "tcp://10.1.1.1:5555");
+  CHECK(r->device == "cuda:0");
+  CHECK(r->data.dir == (fs::path(dir.path()) / "s/text").string());
+  CHECK(r->data.validation_fraction == 0.1);
+  CHECK(r->source == path);
+
+  auto missing = ParseSiteYaml("site: {device: cpu}\n", "s.yaml");
+  REQUIRE_FALSE(missing.ok());
+  CHECK_THAT(missing.status().message(), Contains("s.yaml:1: site.name: missing required key"));
+  CHECK_THAT(missing.status().message(), Contains("s.yaml:1: data.dir: missing required key"));
+
+  auto escape = ParseSiteYaml("site: {name: s}\ndata: {dir: /d, files: [../etc/passwd]}\n", "s.yaml");
+  REQUIRE_FALSE(escape.ok());
+  CHECK_THAT(escape.status().message(), Contains("s.yaml:2: data.files[0]: '../etc/passwd' leaves data.dir"));
+
+  auto unknown = ParseSiteYaml("site: {name: s}\ndata: {dir: /d}\nsecurity: none\n", "s.yaml");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK_THAT(unknown.status().message(), Contains("s.yaml:3: security: unknown key (allowed: site, data)"));
+}
+
+TEST_CASE("config: every file in configs/ loads cleanly", "[unit]") {
+  const fs::path root = fs::path(LOWBAND_SOURCE_DIR) / "configs";
+  REQUIRE(fs::is_directory(root));
+  int campaigns = 0;
+  int sites = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(root)) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".yaml") continue;
+    const std::string path = entry.path().string();
+    INFO(path);
+    if (entry.path().parent_path().filename() == "sites") {
+      auto r = LoadSiteFile(path);
+      INFO((r.ok() ? "" : r.status().message()));
+      CHECK(r.ok());
+      ++sites;
+    } else {
+      auto r = LoadCampaignFile(path);
+      INFO((r.ok() ? "" : r.status().message()));
+      CHECK(r.ok());
+      if (r.ok()) CHECK(ValidateCampaign(*r).ok());
+      ++campaigns;
+    }
+  }
+  CHECK(campaigns >= 2);
+  CHECK(sites >= 1);
+}
+
+TEST_CASE("config: quickstart is the documented non-IID setup", "[unit]") {
+  auto r = LoadCampaignFile(std::string(LOWBAND_SOURCE_DIR) + "/configs/quickstart.yaml");
+  REQUIRE(r.ok());
+  const CampaignConfig& c = *r;
+  CHECK(c.name == "quickstart");
+  CHECK(c.model.layers == 4);
+  CHECK(c.model.d_model == 128);
+  CHECK(c.training.rounds == 12);
+  CHECK(c.training.inner_steps == 15);
+  CHECK(c.quorum.expected_workers == 3);
+  CHECK(c.output.run_dir == "runs/quickstart");
+  REQUIRE(c.sites.size() == 3);
+  // No category is shared between sites.
+  for (size_t i = 0; i < c.sites.size(); ++i) {
+    for (size_t j = i + 1; j < c.sites.size(); ++j) {
+      for (const auto& f : c.sites[i].data.files) {
+        CHECK(std::find(c.sites[j].data.files.begin(), c.sites[j].data.files.end(), f) ==
+              c.sites[j].data.files.end());
+      }
+    }
+  }
+}
+
+}  // namespace lowband

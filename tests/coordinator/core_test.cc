@@ -1,1 +1,262 @@
+// CoordinatorCore driven directly and through the in-process cluster.
+#include "coordinator/core.h"
+
 #include <catch2/catch.hpp>
+#include <random>
+
+#include "tests/fakes/fake_cluster.h"
+
+namespace lowband {
+namespace {
+
+using testing::Cluster;
+using testing::HelloFrom;
+using testing::TinyCampaign;
+using testing::TinyParams;
+using testing::Wrap;
+
+const std::vector<std::string> kSites = {"site-a", "site-b", "site-c"};
+
+template <typename T>
+std::vector<const T*> Bodies(const CoreOutput& out, const std::string& peer) {
+  std::vector<const T*> v;
+  for (const auto& o : out.messages) {
+    if (o.peer == peer) {
+      if (const auto* b = std::get_if<T>(&o.msg.body)) v.push_back(b);
+    }
+  }
+  return v;
+}
+
+// Brings a cluster to the point where round 1 collects uploads.
+void StartRounds(Cluster& c) {
+  REQUIRE(c.RunUntil([&] { return c.coordinator().phase() == CoordinatorCore::Phase::kTraining; }));
+}
+
+TEST_CASE("registration: every hello gets welcome and parameters; rounds wait for all", "[unit][coordinator]") {
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(TinyCampaign(), TinyParams(), now);
+  CoreOutput out;
+  core.HandleMessage("p1", Wrap(HelloFrom("site-a"), ""), now, &out);
+  REQUIRE(Bodies<Welcome>(out, "p1").size() == 1);
+  REQUIRE(Bodies<Welcome>(out, "p1")[0]->worker_id == "site-a");
+  auto syncs = Bodies<ModelSync>(out, "p1");
+  REQUIRE(syncs.size() == 1);
+  CHECK(syncs[0]->digest == TinyParams().Digest());
+  CHECK(core.phase() == CoordinatorCore::Phase::kWaiting);
+  core.HandleMessage("p2", Wrap(HelloFrom("site-b")), now, &out);
+  core.HandleMessage("p3", Wrap(HelloFrom("site-c")), now, &out);
+  CHECK(core.phase() == CoordinatorCore::Phase::kEvaluating);
+  CHECK(core.workers().size() == 3);
+  CHECK(core.SiteOfPeer("p3") == "site-c");
+}
+
+TEST_CASE("hello for another campaign or with an empty site is rejected", "[unit][coordinator]") {
+  auto now = TimePoint{};
+  CoordinatorCore core(TinyCampaign(), TinyParams(), now);
+  CoreOutput out;
+  core.HandleMessage("p1", Wrap(HelloFrom("site-a"), "other"), now, &out);
+  REQUIRE(Bodies<Error>(out, "p1").size() == 1);
+  CHECK(Bodies<Error>(out, "p1")[0]->code == ErrorCode::kWrongCampaign);
+  core.HandleMessage("p1", Wrap(HelloFrom("")), now, &out);
+  CHECK(Bodies<Error>(out, "p1").size() == 2);
+  CHECK(core.workers().empty());
+}
+
+TEST_CASE("a full campaign runs and every replica stays bit-identical", "[unit][coordinator][inproc]") {
+  Cluster c(TinyCampaign(3, 3), kSites);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  c.Step();  // deliver CampaignEnd
+  REQUIRE(c.records().size() == 4);  // round 0 evaluation + 3 rounds
+  for (uint32_t r = 0; r < 4; ++r) {
+    CHECK(c.records()[r].round == r);
+    CHECK(c.records()[r].digest_mismatches == 0);
+    CHECK(c.records()[r].evaluated == 3);
+  }
+  CHECK(c.records()[1].contributors == 3);
+  CHECK(c.records().back().val_loss < c.records().front().val_loss);
+  for (const auto& s : kSites) {
+    CHECK(c.exec(s).global().Digest() == c.coordinator().digest());
+    CHECK(c.exited(s));
+  }
+  CHECK(c.coordinator().rejected_messages() == 0);
+}
+
+TEST_CASE("the aggregate is the outer optimizer applied to the mean delta", "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 1);
+  config.outer = {OuterOptimizerKind::kSgd, 1.0, 0.0};  // theta_1 = mean of local models
+  Cluster c(config, kSites);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  const ParamSet p0 = TinyParams();
+  const float targets[] = {1.0f, -1.0f, 0.5f};
+  for (size_t i = 0; i < p0.values.size(); ++i) {
+    float mean_local = 0;
+    for (float t : targets) mean_local += p0.values[i] + 0.5f * (t - p0.values[i]);
+    mean_local /= 3;
+    CHECK(c.coordinator().params().values[i] == Approx(mean_local).margin(1e-6));
+  }
+}
+
+TEST_CASE("a worker lost mid-round: the round closes with the others", "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 2);
+  config.quorum.min_workers = 2;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  c.Pause("site-c", true);  // stops reading and heartbeating: lost after the timeout
+  REQUIRE(c.RunUntil([&] { return c.records().size() >= 2; }));
+  CHECK(c.records()[1].contributors == 2);
+  CHECK(c.coordinator().workers().at("site-c").state == WorkerState::kLost);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  CHECK(c.exec("site-a").global().Digest() == c.coordinator().digest());
+}
+
+TEST_CASE("below quorum the round waits; a rejoining worker is re-synced and completes it",
+          "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 2);
+  Cluster c(config, kSites);
+  StartRounds(c);
+  c.Pause("site-c", true);
+  REQUIRE(c.RunUntil([&] { return c.coordinator().workers().at("site-c").state == WorkerState::kLost; }));
+  for (int i = 0; i < 50; ++i) c.Step();
+  CHECK(c.coordinator().committed_round() == 0);  // 2 uploads < min_workers 3
+  c.RemoveWorker("site-c");
+  c.AddWorker("site-c");  // restarted process: new core, same site
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  CHECK(c.exec("site-c").global().Digest() == c.coordinator().digest());
+  CHECK(c.records()[1].contributors == 3);
+}
+
+TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothing", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 3);
+  config.quorum.min_workers = 2;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  CoordinatorCore& core = c.coordinator();
+  const uint64_t digest0 = core.digest();
+
+  auto upload = [&](uint32_t round, uint64_t base) {
+    DeltaUpload up;
+    up.round = round;
+    up.base_digest = base;
+    up.train_loss = 1.0;
+    up.tokens = 10;
+    std::vector<float> zeros(TinyParams().values.size(), 0.0f);
+    auto enc = MakeCodec(CodecKind::kDenseFp32)->Encode(TinyParams().layout, zeros);
+    up.blob = enc->header;
+    Message m = Wrap(up);
+    m.bulk = enc->bulk;
+    return m;
+  };
+
+  CoreOutput out;
+  SECTION("wrong round id") {
+    core.HandleMessage("site-a", upload(7, digest0), c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kWrongRound);
+    CHECK(core.digest() == digest0);
+  }
+  SECTION("duplicate") {
+    core.HandleMessage("site-a", upload(1, digest0), c.now(), &out);
+    CHECK(Bodies<Error>(out, "site-a").empty());
+    core.HandleMessage("site-a", upload(1, digest0), c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDuplicate);
+    CHECK(core.committed_round() == 0);
+  }
+  SECTION("trained from the wrong parameters") {
+    core.HandleMessage("site-a", upload(1, digest0 ^ 1), c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDigestMismatch);
+  }
+  SECTION("late: after the round closed") {
+    c.HoldJobs("site-c", true);  // site-c is still training when the deadline hits
+    REQUIRE(c.RunUntil([&] { return c.records().size() >= 2; }, 100000));
+    CHECK(c.records()[1].contributors == 2);
+    const uint64_t digest1 = core.digest();
+    core.HandleMessage("site-c", upload(1, digest0), c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-c").size() == 1);
+    CHECK(Bodies<Error>(out, "site-c")[0]->code == ErrorCode::kWrongRound);
+    CHECK(core.digest() == digest1);
+    CHECK(core.committed_round() == 1);
+  }
+  SECTION("unregistered peer") {
+    core.HandleMessage("stranger", upload(1, digest0), c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "stranger").size() == 1);
+    CHECK(Bodies<Error>(out, "stranger")[0]->code == ErrorCode::kNotRegistered);
+  }
+  SECTION("payload that does not match the layout") {
+    Message m = upload(1, digest0);
+    m.bulk.pop_back();
+    std::get<DeltaUpload>(m.body).blob.byte_length = m.bulk.size();
+    std::get<DeltaUpload>(m.body).blob.checksum = Fnv1a64(m.bulk.data(), m.bulk.size());
+    core.HandleMessage("site-a", m, c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);
+  }
+}
+
+TEST_CASE("malformed bytes over the transport get an error reply and change nothing", "[unit][coordinator][inproc]") {
+  Cluster c(TinyCampaign(3, 2), kSites);
+  StartRounds(c);
+  auto rogue = c.net().CreateEndpoint("rogue");
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200; ++i) {
+    Bytes junk(1 + rng() % 300);
+    for (auto& b : junk) b = static_cast<uint8_t>(rng());
+    REQUIRE(rogue->Send("coordinator", Frames{junk}).ok());
+  }
+  const uint64_t before = c.coordinator().digest();
+  const auto rejected_before = c.coordinator().rejected_messages();
+  for (const auto& s : kSites) c.Pause(s, true);  // only the junk moves this step
+  c.Step();
+  for (const auto& s : kSites) c.Pause(s, false);
+  CHECK(c.coordinator().rejected_messages() == rejected_before + 200);
+  CHECK(c.coordinator().digest() == before);
+  Inbound in;
+  int errors = 0;
+  while (rogue->TryReceive(&in)) {
+    auto m = DecodeMessage(in.frames, WireLimits{});
+    REQUIRE(m.ok());
+    const auto* e = std::get_if<Error>(&m->body);
+    REQUIRE(e != nullptr);
+    CHECK(e->code == ErrorCode::kMalformed);
+    ++errors;
+  }
+  CHECK(errors == 200);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+}
+
+TEST_CASE("no quorum within start_timeout ends the campaign as failed", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  config.quorum.start_timeout_s = 1;
+  auto now = TimePoint{};
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  core.HandleMessage("p1", Wrap(HelloFrom("site-a")), now, &out);
+  out = CoreOutput{};
+  core.OnTick(now + std::chrono::milliseconds(500), &out);
+  CHECK_FALSE(out.finished);
+  core.OnTick(now + std::chrono::milliseconds(900), &out);  // heartbeat keeps p1 alive
+  core.HandleMessage("p1", Wrap(Heartbeat{}), now + std::chrono::milliseconds(900), &out);
+  core.OnTick(now + std::chrono::milliseconds(1500), &out);
+  CHECK(out.finished);
+  CHECK(out.failed);
+  CHECK(Bodies<CampaignEnd>(out, "p1").size() == 1);
+}
+
+TEST_CASE("control: status and workers answer with JSON, unknown commands fail", "[unit][coordinator]") {
+  Cluster c(TinyCampaign(3, 2), kSites);
+  StartRounds(c);
+  auto st = c.coordinator().HandleControl({"status", {}}, c.now());
+  CHECK(st.ok);
+  CHECK(st.json.find("\"phase\":\"training\"") != std::string::npos);
+  auto w = c.coordinator().HandleControl({"workers", {}}, c.now());
+  CHECK(w.ok);
+  CHECK(w.json.find("\"site\":\"site-b\"") != std::string::npos);
+  auto bad = c.coordinator().HandleControl({"explode", {}}, c.now());
+  CHECK_FALSE(bad.ok);
+  CHECK(bad.message.find("allowed") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowband

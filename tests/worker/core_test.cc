@@ -1,1 +1,158 @@
+// WorkerCore driven directly with a fake clock.
+#include "worker/core.h"
+
 #include <catch2/catch.hpp>
+
+#include "tests/fakes/fake_cluster.h"
+
+namespace lowband {
+namespace {
+
+using testing::HelloFrom;
+using testing::Wrap;
+
+template <typename T>
+int Count(const WorkerOutput& out) {
+  int n = 0;
+  for (const auto& m : out.messages) n += std::holds_alternative<T>(m.body);
+  return n;
+}
+
+template <typename T>
+int CountJobs(const WorkerOutput& out) {
+  int n = 0;
+  for (const auto& j : out.jobs) n += std::holds_alternative<T>(j);
+  return n;
+}
+
+Welcome TinyWelcome() {
+  Welcome w;
+  w.worker_id = "site-a";
+  w.heartbeat_interval_ms = 100;
+  w.heartbeat_timeout_ms = 1000;
+  return w;
+}
+
+struct Fixture {
+  WorkerTime now = WorkerTime{} + std::chrono::hours(1);
+  WorkerCore core{HelloFrom("site-a"), "", now};
+  WorkerOutput out;
+
+  void Welcomed(uint32_t round = 0, uint64_t digest = 42) {
+    core.Start(now, &out);
+    core.HandleMessage(Wrap(TinyWelcome(), "tiny"), now, &out);
+    ModelSync s;
+    s.round = round;
+    s.digest = digest;
+    core.HandleMessage(Wrap(s, "tiny"), now, &out);
+    out = WorkerOutput{};
+  }
+};
+
+TEST_CASE("hello is repeated until a welcome arrives", "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  CHECK(Count<Hello>(f.out) == 1);
+  f.core.OnTick(f.now + std::chrono::milliseconds(500), &f.out);
+  CHECK(Count<Hello>(f.out) == 1);
+  f.core.OnTick(f.now + std::chrono::milliseconds(1100), &f.out);
+  CHECK(Count<Hello>(f.out) == 2);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  CHECK(f.core.registered());
+  CHECK(f.core.campaign() == "tiny");
+  CHECK(CountJobs<ConfigureJob>(f.out) == 1);
+}
+
+TEST_CASE("round start from the held parameters queues training; a wrong base is refused", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(0, 42);
+  RoundStart rs{1, 43, 5, 1000};
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 0);
+  REQUIRE(Count<Error>(f.out) == 1);
+  CHECK(std::get<Error>(f.out.messages[0].body).code == ErrorCode::kDigestMismatch);
+  f.out = WorkerOutput{};
+  rs.model_version = 42;
+  rs.round = 3;
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 1);  // round 3 does not follow round 0
+  f.out = WorkerOutput{};
+  rs.round = 1;
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 1);
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);  // repeated start: ignored
+  CHECK(CountJobs<TrainJob>(f.out) == 1);
+  CHECK(f.core.training_round() == 1u);
+}
+
+TEST_CASE("training result becomes an upload; a stale one is dropped", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(0, 42);
+  f.core.HandleMessage(Wrap(RoundStart{1, 42, 5, 1000}, "tiny"), f.now, &f.out);
+  f.out = WorkerOutput{};
+  TrainDone done;
+  done.upload.round = 1;
+  done.bulk = {1, 2, 3};
+  f.core.OnJobResult(done, f.now, &f.out);
+  REQUIRE(Count<DeltaUpload>(f.out) == 1);
+  CHECK(f.out.messages[0].bulk.size() == 3);
+  f.out = WorkerOutput{};
+  f.core.OnJobResult(done, f.now, &f.out);  // no round in training any more
+  CHECK(Count<DeltaUpload>(f.out) == 0);
+}
+
+TEST_CASE("aggregate queues apply; evaluation results are reported", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(0, 42);
+  f.core.HandleMessage(Wrap(Aggregate{2, 7, 3, {}}, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<ApplyJob>(f.out) == 0);  // round 2 does not follow round 0
+  CHECK(Count<Error>(f.out) == 1);
+  f.out = WorkerOutput{};
+  f.core.HandleMessage(Wrap(Aggregate{1, 7, 3, {}}, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<ApplyJob>(f.out) == 1);
+  CHECK(f.core.synced_round() == 1u);
+  f.core.OnJobResult(EvalDone{1, 2.5, 100, 7, true}, f.now, &f.out);
+  REQUIRE(Count<EvalReport>(f.out) == 1);
+}
+
+TEST_CASE("messages before welcome, for another campaign, or of the wrong kind are refused", "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(RoundStart{1, 42, 5, 1000}, "tiny"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 1);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  f.core.HandleMessage(Wrap(Heartbeat{}, "other"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 2);
+  f.core.HandleMessage(Wrap(HelloFrom("x"), "tiny"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 3);
+  f.core.HandleMalformed(InvalidArgument("junk"), &f.out);
+  CHECK(Count<Error>(f.out) == 4);
+  CHECK(f.core.rejected_messages() == 4);
+  CHECK(CountJobs<TrainJob>(f.out) == 0);
+}
+
+TEST_CASE("coordinator silence sends the worker back to hello", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed();
+  f.core.OnTick(f.now + std::chrono::milliseconds(500), &f.out);
+  CHECK(Count<Heartbeat>(f.out) == 1);
+  f.core.OnTick(f.now + std::chrono::milliseconds(1500), &f.out);
+  CHECK_FALSE(f.core.registered());
+  CHECK(Count<Hello>(f.out) == 1);
+}
+
+TEST_CASE("campaign end and fatal job failures exit", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed();
+  f.core.OnJobResult(JobFailed{true, ErrorCode::kInternal, 0, "no CUDA"}, f.now, &f.out);
+  CHECK(f.out.exit);
+  CHECK(f.out.exit_code == 1);
+  Fixture g;
+  g.Welcomed();
+  g.core.HandleMessage(Wrap(CampaignEnd{"done", 3}, "tiny"), g.now, &g.out);
+  CHECK(g.out.exit);
+  CHECK(g.out.exit_code == 0);
+}
+
+}  // namespace
+}  // namespace lowband

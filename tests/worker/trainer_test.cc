@@ -1,1 +1,184 @@
+#include "worker/trainer.h"
+
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+
+#include "common/model_init.h"
+
+namespace lowband {
+namespace {
+
+ModelConfig TinyModel() {
+  ModelConfig c;
+  c.layers = 2;
+  c.d_model = 32;
+  c.heads = 2;
+  c.context = 16;
+  c.vocab = 256;
+  return c;
+}
+
+TrainingConfig TinyTraining() {
+  TrainingConfig t;
+  t.batch_size = 8;
+  t.eval_batches = 4;
+  t.seed = 99;
+  t.inner.lr = 3e-3;
+  t.inner.warmup_steps = 5;
+  return t;
+}
+
+// Repetitive English-like text: a tiny model learns it within a few steps.
+std::string Text(int repeats) {
+  std::string s;
+  for (int i = 0; i < repeats; ++i) {
+    s += "the quick brown fox jumps over the lazy dog " + std::to_string(i % 10) + ".\n";
+  }
+  return s;
+}
+
+std::unique_ptr<Trainer> MakeTrainer(const Corpus* corpus, uint64_t data_seed = 5) {
+  auto trainer = Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, corpus, data_seed);
+  REQUIRE(trainer.ok());
+  return std::move(trainer).value();
+}
+
+}  // namespace
+
+TEST_CASE("Trainer starts from the campaign's initial parameters", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  auto init = InitialParameters(TinyModel(), TinyTraining().seed);
+  REQUIRE(init.ok());
+  CHECK(trainer->layout() == init->layout);
+  CHECK(trainer->global().Digest() == init->Digest());
+}
+
+TEST_CASE("TrainRound returns a finite delta of the layout's size, and loss falls over rounds", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  const size_t numel = static_cast<size_t>(trainer->layout().numel());
+  auto eval0 = trainer->Evaluate();
+  REQUIRE(eval0.ok());
+
+  std::vector<double> losses;
+  for (int round = 0; round < 6; ++round) {
+    auto result = trainer->TrainRound(5);
+    REQUIRE(result.ok());
+    CHECK(result->delta.size() == numel);
+    CHECK(AllFinite(result->delta));
+    CHECK(result->steps == 5);
+    CHECK(result->tokens == 5u * 8u * 16u);
+    CHECK(result->step_time_ms > 0);
+    bool nonzero = false;
+    for (float v : result->delta) nonzero = nonzero || v != 0.0f;
+    CHECK(nonzero);
+    losses.push_back(result->mean_loss);
+    REQUIRE(trainer->ApplyUpdate(result->delta).ok());
+  }
+  INFO("first round loss " << losses.front() << ", last " << losses.back());
+  CHECK(losses.back() < losses.front() - 0.5);
+  auto eval1 = trainer->Evaluate();
+  REQUIRE(eval1.ok());
+  CHECK(eval1->loss < eval0->loss - 0.5);
+}
+
+TEST_CASE("ApplyUpdate is plain fp32 arithmetic on the global copy", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  auto result = trainer->TrainRound(3);
+  REQUIRE(result.ok());
+
+  // An outer step like the coordinator's: a scaled update, computed by hand.
+  std::vector<float> update(result->delta.size());
+  for (size_t i = 0; i < update.size(); ++i) update[i] = 0.7f * result->delta[i];
+  ParamSet expected = trainer->global();
+  for (size_t i = 0; i < update.size(); ++i) expected.values[i] = expected.values[i] - update[i];
+
+  REQUIRE(trainer->ApplyUpdate(update).ok());
+  CHECK(trainer->global().Digest() == expected.Digest());
+  CHECK(trainer->global().values == expected.values);
+
+  CHECK(trainer->ApplyUpdate(std::vector<float>(3, 0.0f)).code() == StatusCode::kInvalidArgument);
+  CHECK(trainer->global().Digest() == expected.Digest());
+}
+
+TEST_CASE("Evaluate is deterministic and measures the global parameters", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  auto a = trainer->Evaluate();
+  auto b = trainer->Evaluate();
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a->loss == b->loss);
+  CHECK(a->tokens == b->tokens);
+  CHECK(a->tokens > 0);
+  CHECK(std::isfinite(a->loss));
+
+  // A round leaves local weights in the model; Evaluate still scores global.
+  REQUIRE(trainer->TrainRound(3).ok());
+  auto c = trainer->Evaluate();
+  REQUIRE(c.ok());
+  CHECK(c->loss == a->loss);
+}
+
+TEST_CASE("Trainers with the same seeds train identically", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto t1 = MakeTrainer(&corpus, 11);
+  auto t2 = MakeTrainer(&corpus, 11);
+  auto t3 = MakeTrainer(&corpus, 12);
+  auto r1 = t1->TrainRound(2);
+  auto r2 = t2->TrainRound(2);
+  auto r3 = t3->TrainRound(2);
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  REQUIRE(r3.ok());
+  CHECK(r1->delta == r2->delta);
+  CHECK(r1->delta != r3->delta);  // different data order
+}
+
+TEST_CASE("SetGlobal replaces the parameters and checks the layout", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  auto other = InitialParameters(TinyModel(), 1);
+  REQUIRE(other.ok());
+  REQUIRE(trainer->SetGlobal(*other).ok());
+  CHECK(trainer->global().Digest() == other->Digest());
+  auto wrong = InitialParameters(ModelConfig{}, 1);
+  REQUIRE(wrong.ok());
+  CHECK(trainer->SetGlobal(*wrong).code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("Trainer::Create rejects bad devices and tiny corpora", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  for (const char* device : {"gpu", "cuda:", "cuda:x", "CPU", ""}) {
+    auto t = Trainer::Create(TinyModel(), TinyTraining(), device, 1, &corpus, 1);
+    INFO(device);
+    CHECK(t.status().code() == StatusCode::kInvalidArgument);
+  }
+  auto cuda = Trainer::Create(TinyModel(), TinyTraining(), "cuda:0", 1, &corpus, 1);
+  if (!cuda.ok()) {  // a CPU-only LibTorch or no GPU: a clear Unavailable
+    CHECK(cuda.status().code() == StatusCode::kUnavailable);
+    CHECK(cuda.status().message().find("CUDA") != std::string::npos);
+  }
+  Corpus tiny = Corpus::FromText("abc", Text(40));
+  CHECK(Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, &tiny, 1).status().code() ==
+        StatusCode::kInvalidArgument);
+  Corpus no_val = Corpus::FromText(Text(200), "x");
+  CHECK(Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, &no_val, 1).status().code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, nullptr, 1).status().code() ==
+        StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("Reference workload and free memory report plausible numbers", "[unit]") {
+  const double ms = MeasureReferenceStepMs("cpu");
+  CHECK(ms > 0);
+  CHECK(ms < 60000);
+  CHECK(FreeMemoryBytes("cpu") > (1ull << 20));
+  CHECK(FreeMemoryBytes("bogus") == 0);
+  CHECK(MeasureReferenceStepMs("bogus") == 0);
+}
+
+}  // namespace lowband

@@ -1,0 +1,169 @@
+// CoordinatorCore: the campaign state machine. Transport-free: decoded
+// messages, control requests and clock ticks go in; messages to send, round
+// records and the end of the campaign come out. No sockets, threads, disk or
+// clock reads (time is passed in). Lives on the coordinator loop thread.
+//
+// Campaign:
+//   waiting  -- expected_workers joined, welcomed and synced -->
+//   round 0 evaluation (every worker evaluates the initial parameters) -->
+//   round r = 1..R: RoundStart to every synced worker; collect DeltaUploads;
+//     close when every live participant uploaded, or at the deadline with
+//     >= min_workers uploads; mean pseudo-gradient -> outer optimizer ->
+//     update u; theta_r = theta_{r-1} - u; Aggregate(u, digest(theta_r)) to
+//     every synced worker; collect EvalReports (val loss + digest) -> record.
+//   finished: CampaignEnd to every worker.
+// A worker that joins (or rejoins) gets Welcome + ModelSync(theta_c) and, if a
+// round is collecting uploads, that round's RoundStart too.
+//
+// Every message is checked against the state before it is used; anything
+// unexpected gets an Error reply and changes nothing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/codec.h"
+#include "common/config.h"
+#include "common/messages.h"
+#include "common/params.h"
+#include "coordinator/outer_optimizer.h"
+
+namespace lowband {
+
+using Clock = std::chrono::steady_clock;
+using TimePoint = Clock::time_point;
+
+struct Outgoing {
+  std::string peer;  // transport routing id
+  Message msg;
+};
+
+struct SiteRoundStats {
+  double train_loss = std::numeric_limits<double>::quiet_NaN();
+  uint64_t tokens = 0;
+  double val_loss = std::numeric_limits<double>::quiet_NaN();
+  bool uploaded = false;
+  bool digest_ok = true;
+};
+
+// One committed round (round 0 = evaluation of the initial parameters).
+struct RoundRecord {
+  uint32_t round = 0;
+  double train_loss = std::numeric_limits<double>::quiet_NaN();  // token-weighted; NaN for round 0
+  double val_loss = std::numeric_limits<double>::quiet_NaN();    // token-weighted over sites
+  uint64_t tokens = 0;
+  int contributors = 0;  // uploads aggregated
+  int evaluated = 0;     // eval reports received
+  int late_uploads = 0;  // rejected because the round had closed
+  int digest_mismatches = 0;
+  double wall_s = 0;
+  uint64_t digest = 0;
+  std::map<std::string, SiteRoundStats> sites;
+};
+
+struct CoreOutput {
+  std::vector<Outgoing> messages;
+  std::vector<RoundRecord> committed;
+  bool finished = false;
+  bool failed = false;
+  std::string finish_reason;
+};
+
+enum class WorkerState { kJoined, kLost };
+const char* WorkerStateName(WorkerState s);
+
+struct WorkerInfo {
+  std::string site;
+  std::string peer;
+  Hello hello;
+  WorkerState state = WorkerState::kJoined;
+  TimePoint last_seen;
+  TimePoint last_heartbeat_sent;
+  uint32_t synced_round = 0;  // round of the parameters it was last sent
+  std::optional<uint32_t> last_eval_round;
+  double last_val_loss = std::numeric_limits<double>::quiet_NaN();
+  double last_step_time_ms = 0;
+  uint64_t rejected = 0;
+};
+
+class CoordinatorCore {
+ public:
+  enum class Phase { kWaiting, kEvaluating, kTraining, kFinished };
+
+  CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now);
+
+  // A decoded message from transport peer `peer`.
+  void HandleMessage(const std::string& peer, const Message& msg, TimePoint now, CoreOutput* out);
+  // Bytes from `peer` that failed wire decoding: Error reply, nothing else.
+  void HandleMalformed(const std::string& peer, const Status& why, CoreOutput* out);
+  // Timers: heartbeats, liveness, round deadline, start timeout.
+  void OnTick(TimePoint now, CoreOutput* out);
+  ControlResponse HandleControl(const ControlRequest& req, TimePoint now);
+  // Ends the campaign now (operator abort); CampaignEnd to every worker.
+  void Abort(const std::string& reason, CoreOutput* out);
+
+  Phase phase() const { return phase_; }
+  static const char* PhaseName(Phase p);
+  // The round whose record is being formed (for the bandwidth ledger).
+  uint32_t ledger_round() const { return phase_ == Phase::kTraining ? committed_round_ + 1 : committed_round_; }
+  uint32_t committed_round() const { return committed_round_; }
+  const ParamSet& params() const { return params_; }
+  uint64_t digest() const { return digest_; }
+  const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
+  const std::vector<RoundRecord>& history() const { return history_; }
+  // site name for a transport peer, or "" if unknown.
+  std::string SiteOfPeer(const std::string& peer) const;
+  const CampaignConfig& config() const { return config_; }
+  uint64_t rejected_messages() const { return rejected_; }
+
+ private:
+  struct Upload {
+    std::vector<float> delta;
+    double train_loss;
+    uint64_t tokens;
+  };
+
+  Message Make(Body body);
+  void Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round, CoreOutput* out);
+  void HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out);
+  void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
+  void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);
+  void SendSync(WorkerInfo& w, CoreOutput* out);
+  void SendRoundStart(WorkerInfo& w, CoreOutput* out);
+  void StartRound(TimePoint now, CoreOutput* out);
+  void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
+  void MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out);
+  void MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
+  void Finish(const std::string& reason, bool failed, CoreOutput* out);
+  int LiveWorkers() const;
+  std::string StatusJson() const;
+  std::string WorkersJson(TimePoint now) const;
+
+  CampaignConfig config_;
+  std::unique_ptr<UpdateCodec> codec_;
+  OuterOptimizer outer_;
+  ParamSet params_;
+  uint64_t digest_ = 0;
+  Phase phase_ = Phase::kWaiting;
+  uint32_t committed_round_ = 0;
+  TimePoint campaign_start_;
+  TimePoint phase_start_;    // when the current round's training or eval began
+  TimePoint round_start_;    // when the current record's round began
+  std::map<std::string, WorkerInfo> workers_;  // by site name
+  std::map<std::string, std::string> peer_to_site_;
+  std::map<std::string, Upload> uploads_;      // current round, by site
+  std::map<std::string, EvalReport> evals_;    // current eval round, by site
+  RoundRecord pending_;                        // record being formed
+  std::vector<RoundRecord> history_;
+  uint64_t seq_ = 0;
+  uint64_t rejected_ = 0;
+  bool finished_sent_ = false;
+};
+
+}  // namespace lowband

@@ -1,0 +1,39 @@
+// CoordinatorService: the coordinator daemon's edge. One event loop thread
+// owns the worker ROUTER socket, the control ROUTER socket, the signal fd,
+// the CoordinatorCore, the bandwidth ledger and the metrics file. Decodes
+// and verifies every inbound message (common/wire.h) before the core sees
+// it; encodes and sends what the core returns; writes round records and the
+// final checkpoint. Construct and Run on the main thread.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "common/config.h"
+#include "common/ledger.h"
+#include "common/params.h"
+#include "coordinator/core.h"
+
+namespace lowband {
+
+struct CoordinatorOptions {
+  std::string metrics_out;  // JSONL round records ("" = none)
+  std::string run_dir;      // final checkpoint goes here
+  bool progress = false;    // human progress lines on stdout
+};
+
+class CoordinatorService {
+ public:
+  CoordinatorService(CampaignConfig config, ParamSet initial, CoordinatorOptions options);
+  ~CoordinatorService();
+  // Runs until the campaign ends or SIGINT/SIGTERM. Returns the exit code:
+  // 0 finished (or stopped by signal), 1 campaign failed, 69 cannot bind.
+  int Run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lowband

@@ -1,0 +1,113 @@
+// WorkerCore: a site's protocol state machine. Transport-free and
+// torch-free: decoded messages, job results and clock ticks go in; messages
+// to send and jobs for the training thread come out. The jobs themselves
+// (configure, sync, train, apply, evaluate) run elsewhere (worker/executor.h)
+// and report back through OnJobResult. Lives on the worker loop thread.
+//
+// Lifecycle: Hello (repeated until Welcome) -> Welcome: configure job ->
+// ModelSync: sync+evaluate job -> EvalReport; RoundStart(r): train job ->
+// DeltaUpload; Aggregate(r): apply+evaluate job -> EvalReport; CampaignEnd:
+// exit. Silence from the coordinator past the heartbeat timeout, or a
+// "not registered" error, sends the worker back to Hello (a restarted
+// coordinator re-syncs it).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/messages.h"
+
+namespace lowband {
+
+using WorkerClock = std::chrono::steady_clock;
+using WorkerTime = WorkerClock::time_point;
+
+struct ConfigureJob {
+  Welcome welcome;
+};
+struct SyncJob {  // load parameters, then evaluate
+  ModelSync sync;
+  Bytes bulk;
+};
+struct TrainJob {
+  uint32_t round = 0;
+  int inner_steps = 0;
+  uint64_t base_digest = 0;
+};
+struct ApplyJob {  // apply the outer update, then evaluate
+  Aggregate aggregate;
+  Bytes bulk;
+};
+using Job = std::variant<ConfigureJob, SyncJob, TrainJob, ApplyJob>;
+
+struct ConfigureDone {};
+struct EvalDone {
+  uint32_t round = 0;
+  double val_loss = 0;
+  uint64_t val_tokens = 0;
+  uint64_t digest = 0;
+  bool digest_ok = true;  // digest equals what the coordinator announced
+};
+struct TrainDone {
+  DeltaUpload upload;  // blob filled in
+  Bytes bulk;
+};
+struct JobFailed {
+  bool fatal = false;  // the worker cannot go on (e.g. device unavailable)
+  ErrorCode code = ErrorCode::kInternal;
+  uint32_t round = 0;
+  std::string what;
+};
+using JobResult = std::variant<ConfigureDone, EvalDone, TrainDone, JobFailed>;
+
+struct WorkerOutput {
+  std::vector<Message> messages;
+  std::vector<Job> jobs;
+  bool exit = false;
+  int exit_code = 0;
+  std::string exit_reason;
+};
+
+class WorkerCore {
+ public:
+  // `hello` describes this site (name, device, memory, step time, tokens).
+  WorkerCore(Hello hello, std::string campaign_hint, WorkerTime now);
+
+  void Start(WorkerTime now, WorkerOutput* out);
+  void HandleMessage(const Message& msg, WorkerTime now, WorkerOutput* out);
+  void HandleMalformed(const Status& why, WorkerOutput* out);
+  void OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out);
+  void OnTick(WorkerTime now, WorkerOutput* out);
+
+  bool registered() const { return registered_; }
+  std::optional<uint32_t> synced_round() const { return target_round_; }
+  std::optional<uint32_t> training_round() const { return training_round_; }
+  const std::string& campaign() const { return campaign_; }
+  uint64_t rejected_messages() const { return rejected_; }
+
+ private:
+  Message Make(Body body);
+  void SendHello(WorkerTime now, WorkerOutput* out);
+  void Reject(ErrorCode code, const std::string& what, uint32_t round, WorkerOutput* out);
+
+  Hello hello_;
+  std::string campaign_;  // from config until the first Welcome-carrying message
+  bool registered_ = false;
+  bool configured_ = false;
+  std::optional<uint32_t> target_round_;  // round of the parameters after queued jobs
+  uint64_t target_digest_ = 0;
+  std::optional<uint32_t> training_round_;
+  std::chrono::milliseconds heartbeat_interval_{1000};
+  std::chrono::milliseconds heartbeat_timeout_{10000};
+  WorkerTime last_from_coordinator_;
+  WorkerTime last_hello_;
+  WorkerTime last_heartbeat_;
+  uint64_t seq_ = 0;
+  uint64_t rejected_ = 0;
+};
+
+}  // namespace lowband

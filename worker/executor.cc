@@ -1,0 +1,104 @@
+#include "worker/executor.h"
+
+#include <chrono>
+
+#include "common/log.h"
+
+namespace lowband {
+namespace {
+
+bool SameModel(const ModelConfig& a, const ModelConfig& b) {
+  return a.layers == b.layers && a.d_model == b.d_model && a.heads == b.heads && a.context == b.context &&
+         a.vocab == b.vocab;
+}
+
+JobFailed Fail(ErrorCode code, uint32_t round, const Status& st, bool fatal = false) {
+  return JobFailed{fatal, code, round, st.ToString()};
+}
+
+}  // namespace
+
+Executor::Executor(SiteConfig site, const Corpus* corpus) : site_(std::move(site)), corpus_(corpus) {}
+Executor::~Executor() = default;
+
+JobResult Executor::Run(Job job) {
+  if (auto* c = std::get_if<ConfigureJob>(&job)) return Configure(c->welcome);
+  if (!trainer_) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
+  if (auto* s = std::get_if<SyncJob>(&job)) return Sync(*s);
+  if (auto* t = std::get_if<TrainJob>(&job)) return Train(*t);
+  return Apply(std::get<ApplyJob>(job));
+}
+
+JobResult Executor::Configure(const Welcome& w) {
+  // A re-welcome with the same model (coordinator restart, re-registration)
+  // keeps the trainer and with it the inner optimizer state.
+  if (trainer_ && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
+      welcome_->codec == w.codec) {
+    return ConfigureDone{};
+  }
+  auto trainer = Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed);
+  if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
+  trainer_ = std::move(trainer).value();
+  codec_ = MakeCodec(w.codec);
+  welcome_ = std::make_unique<Welcome>(w);
+  LOG_INFO("trainer ready", {"device", site_.device}, {"parameters", static_cast<long long>(trainer_->layout().numel())},
+           {"codec", CodecName(w.codec)});
+  return ConfigureDone{};
+}
+
+JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
+  auto ev = trainer_->Evaluate();
+  if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
+  const uint64_t digest = trainer_->global().Digest();
+  return EvalDone{round, ev->loss, ev->tokens, digest, digest == announced_digest};
+}
+
+JobResult Executor::Sync(const SyncJob& job) {
+  // Full parameters travel with the dense fp32 codec whatever the update codec is.
+  auto dense = MakeCodec(CodecKind::kDenseFp32);
+  auto values = dense->Decode(trainer_->layout(), job.sync.blob, job.bulk);
+  if (!values.ok()) return Fail(ErrorCode::kBadPayload, job.sync.round, values.status());
+  ParamSet p{trainer_->layout(), std::move(values).value()};
+  if (p.Digest() != job.sync.digest) {
+    return JobFailed{false, ErrorCode::kDigestMismatch, job.sync.round,
+                     "model sync payload digest " + DigestHex(p.Digest()) + " differs from the announced " +
+                         DigestHex(job.sync.digest)};
+  }
+  Status st = trainer_->SetGlobal(std::move(p));
+  if (!st.ok()) return Fail(ErrorCode::kBadPayload, job.sync.round, st);
+  LOG_INFO("parameters synced", {"round", job.sync.round}, {"digest", DigestHex(job.sync.digest)});
+  return EvaluateAt(job.sync.round, job.sync.digest);
+}
+
+JobResult Executor::Train(const TrainJob& job) {
+  const uint64_t base = trainer_->global().Digest();
+  if (base != job.base_digest) {
+    return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
+                     "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest)};
+  }
+  auto result = trainer_->TrainRound(job.inner_steps);
+  if (!result.ok()) return Fail(ErrorCode::kInternal, job.round, result.status());
+  auto enc = codec_->Encode(trainer_->layout(), result->delta);
+  if (!enc.ok()) return Fail(ErrorCode::kInternal, job.round, enc.status());
+  TrainDone done;
+  done.upload.round = job.round;
+  done.upload.base_digest = base;
+  done.upload.train_loss = result->mean_loss;
+  done.upload.tokens = result->tokens;
+  done.upload.step_time_ms = result->step_time_ms;
+  done.upload.blob = enc->header;
+  done.bulk = std::move(enc->bulk);
+  LOG_DEBUG("round trained", {"round", job.round}, {"train_loss", result->mean_loss},
+            {"step_time_ms", result->step_time_ms});
+  return done;
+}
+
+JobResult Executor::Apply(const ApplyJob& job) {
+  auto update = codec_->Decode(trainer_->layout(), job.aggregate.blob, job.bulk);
+  if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());
+  Status st = trainer_->ApplyUpdate(*update);
+  if (!st.ok()) return Fail(ErrorCode::kInternal, job.aggregate.round, st);
+  return EvaluateAt(job.aggregate.round, job.aggregate.digest);
+}
+
+}  // namespace lowband

@@ -1,0 +1,40 @@
+// Executor: carries out the worker core's jobs (configure, sync, train,
+// apply, evaluate) with the Trainer and the update codec. Owns both. Lives
+// on the worker's training thread; never touches sockets. Every failure is
+// a JobFailed result, never an exception.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/codec.h"
+#include "common/config.h"
+#include "common/corpus.h"
+#include "worker/core.h"
+#include "worker/trainer.h"
+
+namespace lowband {
+
+class Executor {
+ public:
+  // The corpus must outlive the executor.
+  Executor(SiteConfig site, const Corpus* corpus);
+  ~Executor();
+
+  JobResult Run(Job job);
+
+ private:
+  JobResult Configure(const Welcome& w);
+  JobResult Sync(const SyncJob& job);
+  JobResult Train(const TrainJob& job);
+  JobResult Apply(const ApplyJob& job);
+  JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
+
+  SiteConfig site_;
+  const Corpus* corpus_;
+  std::unique_ptr<Welcome> welcome_;  // configuration the trainer was built for
+  std::unique_ptr<Trainer> trainer_;
+  std::unique_ptr<UpdateCodec> codec_;
+};
+
+}  // namespace lowband
