@@ -460,7 +460,9 @@ class Parser {
       return false;
     }
     for (auto it = node.begin(); it != node.end(); ++it) {
-      const YAML::Node& key_node = it->first;
+      // By value: it-> returns a temporary proxy, a reference would dangle.
+      const YAML::Node key_node = it->first;
+      const YAML::Node value = it->second;
       if (!key_node.IsScalar()) {
         Error(path, key_node, "keys must be plain strings, got " + Describe(key_node),
               JoinList(allowed));
@@ -477,7 +479,7 @@ class Parser {
               "duplicate key (first at line " + std::to_string(LineOf(out->Find(key)->key_node)) + ")");
         continue;
       }
-      out->fields.push_back({key, key_node, it->second});
+      out->fields.push_back({key, key_node, value});
       Record(key_path, key_node);
     }
     return true;

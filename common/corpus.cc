@@ -199,13 +199,24 @@ StatusOr<Corpus> Corpus::Load(const DataConfig& data) {
     }
   }
 
+  // A file reachable under several names (symlinks) is read once, under its
+  // own name when that is among the candidates, else under the first link.
+  auto canonical_of = [](const fs::path& p) {
+    std::error_code canon_ec;
+    fs::path c = fs::weakly_canonical(p, canon_ec);
+    return canon_ec ? p : c;
+  };
+  std::set<fs::path> plain_files;
+  for (const auto& candidate : candidates) {
+    if (!fs::is_symlink(fs::symlink_status(candidate.first, ec))) plain_files.insert(canonical_of(candidate.first));
+  }
   Corpus corpus;
   std::string train, val;
-  std::set<fs::path> seen;  // canonical paths: a symlinked file is read once
+  std::set<fs::path> seen;
   for (const auto& [path, named] : candidates) {
-    fs::path canonical = fs::weakly_canonical(path, ec);
-    if (ec) canonical = path;
-    if (!seen.insert(canonical).second) {
+    const fs::path canonical = canonical_of(path);
+    const bool is_link = fs::is_symlink(fs::symlink_status(path, ec));
+    if ((is_link && plain_files.count(canonical) > 0) || !seen.insert(canonical).second) {
       LOG_WARN("corpus: skipped duplicate (symlink to a file already read)", {"path", path.string()});
       continue;
     }

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include <flatbuffers/flatbuffers.h>

@@ -11,7 +11,13 @@
 int main(int argc, char** argv) {
   // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
   // the blocked stop signals and only the loop's signalfd sees them.
-  lowband::BlockStopSignals();
+  auto signals = lowband::SignalWatcher::Create();
+  if (!signals.ok()) {
+    std::fprintf(stderr, "lowband-coordinator: %s\n", signals.status().ToString().c_str());
+    return 1;
+  }
+  // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
+  // the blocked stop signals and only the loop's signalfd sees them.
   CLI::App app{"lowband coordinator: runs a training campaign for the sites that join it"};
   std::string campaign, metrics_out, run_dir, log_level = "info";
   bool progress = false;
@@ -44,5 +50,5 @@ int main(int argc, char** argv) {
   options.run_dir = run_dir.empty() ? config->output.run_dir : run_dir;
   options.progress = progress;
   lowband::CoordinatorService service(std::move(config).value(), std::move(initial).value(), options);
-  return service.Run();
+  return service.Run(**signals);
 }

@@ -51,7 +51,7 @@ struct CoordinatorService::Impl {
   bool done = false;
   int exit_code = 0;
 
-  int Run();
+  int Run(SignalWatcher& signals);
   void OnWorkers();
   void OnControl();
   void Dispatch(CoreOutput& out);
@@ -63,7 +63,7 @@ struct CoordinatorService::Impl {
 CoordinatorService::CoordinatorService(CampaignConfig config, ParamSet initial, CoordinatorOptions options)
     : impl_(std::make_unique<Impl>(std::move(config), std::move(initial), std::move(options))) {}
 CoordinatorService::~CoordinatorService() = default;
-int CoordinatorService::Run() { return impl_->Run(); }
+int CoordinatorService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
   for (Outgoing& o : out.messages) {
@@ -230,7 +230,7 @@ void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
   }
 }
 
-int CoordinatorService::Impl::Run() {
+int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   if (!options.metrics_out.empty()) {
     std::error_code ec;
     const auto parent = std::filesystem::path(options.metrics_out).parent_path();
@@ -254,11 +254,10 @@ int CoordinatorService::Impl::Run() {
     return kExitUnavailable;
   }
   control = std::move(c).value();
-  SignalWatcher signals;
   EventLoop loop;
   loop.AddSocket(workers->socket(), [this] { OnWorkers(); });
   loop.AddSocket(control->socket(), [this] { OnControl(); });
-  loop.AddFd(signals.fd(), [&signals] { signals.Drain(); });
+  signals.AddTo(loop);
   LOG_INFO("coordinator listening", {"campaign", config.name}, {"bind", config.network.bind},
            {"control", config.network.control}, {"parameters", static_cast<unsigned long>(core.params().values.size())},
            {"expected_workers", config.quorum.expected_workers}, {"rounds", config.training.rounds});

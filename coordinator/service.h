@@ -17,6 +17,8 @@
 
 namespace lowband {
 
+class SignalWatcher;
+
 struct CoordinatorOptions {
   std::string metrics_out;  // JSONL round records ("" = none)
   std::string run_dir;      // final checkpoint goes here
@@ -29,7 +31,7 @@ class CoordinatorService {
   ~CoordinatorService();
   // Runs until the campaign ends or SIGINT/SIGTERM. Returns the exit code:
   // 0 finished (or stopped by signal), 1 campaign failed, 69 cannot bind.
-  int Run();
+  int Run(SignalWatcher& signals);
 
  private:
   struct Impl;

@@ -9,7 +9,13 @@
 #include "worker/service.h"
 
 int main(int argc, char** argv) {
-  lowband::BlockStopSignals();  // before LibTorch or ZeroMQ start threads
+  // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
+  // the blocked stop signals and only the loop's signalfd sees them.
+  auto signals = lowband::SignalWatcher::Create();
+  if (!signals.ok()) {
+    std::fprintf(stderr, "lowband-worker: %s\n", signals.status().ToString().c_str());
+    return 1;
+  }
   CLI::App app{"lowband worker: trains on this site's data for a coordinator's campaign"};
   std::string site_file, campaign_file, site_name, log_level = "info";
   auto* by_file = app.add_option("--config,-f", site_file, "site YAML file");
@@ -68,5 +74,5 @@ int main(int argc, char** argv) {
     return lowband::kExitConfig;
   }
   lowband::WorkerService service(std::move(site), campaign_name, std::move(corpus).value());
-  return service.Run();
+  return service.Run(**signals);
 }

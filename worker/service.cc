@@ -70,7 +70,7 @@ struct WorkerService::Impl {
   std::unique_ptr<ZmqClientTransport> link;
   WireLimits limits;
   JobQueue jobs;
-  Mailbox<JobResult> results{64};
+  std::unique_ptr<Mailbox<JobResult>> results;
   bool exit = false;
   int exit_code = 0;
 
@@ -102,14 +102,14 @@ struct WorkerService::Impl {
   }
 
   void OnResults() {
-    for (JobResult& r : results.Drain()) {
+    for (JobResult& r : results->Drain()) {
       WorkerOutput out;
       core->OnJobResult(std::move(r), WorkerClock::now(), &out);
       Dispatch(out);
     }
   }
 
-  int Run() {
+  int Run(SignalWatcher& signals) {
     limits.max_bulk_bytes = 1u << 30;
     auto l = ZmqClientTransport::Connect(ctx, site.coordinator, "", limits.max_bulk_bytes);
     if (!l.ok()) {
@@ -117,20 +117,25 @@ struct WorkerService::Impl {
       return 69;
     }
     link = std::move(l).value();
+    auto mailbox = Mailbox<JobResult>::Create(64);
+    if (!mailbox.ok()) {
+      LOG_ERROR("cannot create result mailbox", {"reason", mailbox.status().ToString()});
+      return 1;
+    }
+    results = std::move(mailbox).value();
     // The training thread: owns the executor; results come back by mailbox.
     std::thread trainer([this] {
       Executor executor(site, &corpus);
       while (auto job = jobs.Pop()) {
-        if (!results.Post(executor.Run(std::move(*job)))) {
+        if (!results->Post(executor.Run(std::move(*job)))) {
           LOG_ERROR("result mailbox full; dropping a job result");
         }
       }
     });
-    SignalWatcher signals;
     EventLoop loop;
     loop.AddSocket(link->socket(), [this] { OnLink(); });
-    loop.AddFd(results.fd(), [this] { OnResults(); });
-    loop.AddFd(signals.fd(), [&signals] { signals.Drain(); });
+    loop.AddFd(results->fd(), [this] { OnResults(); });
+    signals.AddTo(loop);
     LOG_INFO("worker started", {"site", site.name}, {"coordinator", site.coordinator}, {"device", site.device},
              {"train_tokens", static_cast<unsigned long>(corpus.train_tokens())},
              {"val_tokens", static_cast<unsigned long>(corpus.val_tokens())});
@@ -162,6 +167,6 @@ struct WorkerService::Impl {
 WorkerService::WorkerService(SiteConfig site, std::string campaign, Corpus corpus)
     : impl_(std::make_unique<Impl>(std::move(site), std::move(campaign), std::move(corpus))) {}
 WorkerService::~WorkerService() = default;
-int WorkerService::Run() { return impl_->Run(); }
+int WorkerService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 }  // namespace lowband

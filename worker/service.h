@@ -13,6 +13,8 @@
 
 namespace lowband {
 
+class SignalWatcher;
+
 class WorkerService {
  public:
   // `campaign` may be empty: the worker learns it from the Welcome.
@@ -20,7 +22,7 @@ class WorkerService {
   ~WorkerService();
   // Runs until the campaign ends (0), a fatal job failure (1) or
   // SIGINT/SIGTERM (0).
-  int Run();
+  int Run(SignalWatcher& signals);
 
  private:
   struct Impl;
