@@ -67,7 +67,11 @@ int Control(const ControlOptions& options, const std::string& command, const std
   });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options.timeout_ms);
   while (!answered && std::chrono::steady_clock::now() < deadline) {
-    loop.RunOnce(std::chrono::milliseconds(50));
+    Status st = loop.RunOnce(std::chrono::milliseconds(50));
+    if (!st.ok()) {
+      std::fprintf(stderr, "lowband %s: %s\n", command.c_str(), st.ToString().c_str());
+      return 1;
+    }
   }
   if (!answered) {
     std::fprintf(stderr, "lowband %s: no answer from %s within %d ms (is the coordinator running?)\n",

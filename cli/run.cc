@@ -129,6 +129,12 @@ int Run(const RunOptions& options) {
       }
     }
     if (alive == 0) {
+      // Workers leave as soon as they hear the campaign ended, a moment
+      // before the coordinator (checkpoint, summary): wait for it first.
+      if (auto code = coordinator->WaitFor(milliseconds(15000))) {
+        exit_code = *code;
+        break;
+      }
       std::fprintf(stderr, "lowband run: every worker has exited before the campaign finished; stopping\n");
       exit_code = 1;
       break;

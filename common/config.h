@@ -5,7 +5,7 @@
 //    quorum, network, output, and optionally `sites:` to start locally;
 //  * a site file (one per worker): site name, coordinator endpoint, device,
 //    local text directory and validation split.
-// The file formats are documented in README.md and configs/*.yaml.
+// The file formats are documented in docs/configuration.md.
 //
 // Loading reports every problem at once: each as "FILE:LINE: KEY: problem
 // (allowed: ...)" on its own line of the returned Status message (code

@@ -92,7 +92,7 @@ void CoordinatorService::Impl::OnWorkers() {
     for (const auto& f : in.frames) bytes += f.size();
     const uint32_t round = core.ledger_round();
     CoreOutput out;
-    auto msg = DecodeMessage(in.frames, limits);
+    auto msg = DecodeMessage(std::move(in.frames), limits);
     std::string kind = "malformed";
     if (!msg.ok()) {
       core.HandleMalformed(in.peer, msg.status(), &out);
@@ -241,7 +241,8 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       return 1;
     }
   }
-  auto w = ZmqServerTransport::Bind(ctx, config.network.bind, config.network.max_message_bytes);
+  auto w = ZmqServerTransport::Bind(ctx, config.network.bind,
+                                    config.network.max_message_bytes + static_cast<int64_t>(limits.max_header_bytes));
   if (!w.ok()) {
     LOG_ERROR("cannot bind worker endpoint", {"endpoint", config.network.bind}, {"reason", w.status().ToString()});
     return kExitUnavailable;
@@ -276,8 +277,13 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       Dispatch(out);
       next_tick = now + tick;
     }
-    loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now()) +
-                 std::chrono::milliseconds(1));
+    Status st = loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now()) +
+                             std::chrono::milliseconds(1));
+    if (!st.ok()) {
+      LOG_ERROR("event loop failed", {"reason", st.ToString()});
+      exit_code = 1;
+      break;
+    }
   }
   if (signals.stop_requested() && !done) {
     LOG_INFO("stopping on signal", {"round", core.committed_round()});

@@ -91,7 +91,7 @@ struct WorkerService::Impl {
     Inbound in;
     for (int i = 0; i < 256 && link->TryReceive(&in); ++i) {
       WorkerOutput out;
-      auto msg = DecodeMessage(in.frames, limits);
+      auto msg = DecodeMessage(std::move(in.frames), limits);
       if (!msg.ok()) {
         core->HandleMalformed(msg.status(), &out);
       } else {
@@ -111,7 +111,8 @@ struct WorkerService::Impl {
 
   int Run(SignalWatcher& signals) {
     limits.max_bulk_bytes = 1u << 30;
-    auto l = ZmqClientTransport::Connect(ctx, site.coordinator, "", limits.max_bulk_bytes);
+    auto l = ZmqClientTransport::Connect(ctx, site.coordinator, "",
+                                         static_cast<int64_t>(limits.max_bulk_bytes + limits.max_header_bytes));
     if (!l.ok()) {
       LOG_ERROR("cannot connect", {"endpoint", site.coordinator}, {"reason", l.status().ToString()});
       return 69;
@@ -152,8 +153,14 @@ struct WorkerService::Impl {
         Dispatch(o);
         next_tick = now + tick;
       }
-      loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
-                   std::chrono::milliseconds(1));
+      Status st = loop.RunOnce(
+          std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
+          std::chrono::milliseconds(1));
+      if (!st.ok()) {
+        LOG_ERROR("event loop failed", {"reason", st.ToString()});
+        exit_code = 1;
+        break;
+      }
     }
     if (signals.stop_requested()) LOG_INFO("stopping on signal");
     // A training step in flight finishes before the thread sees the close.
