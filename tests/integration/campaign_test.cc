@@ -1,1 +1,251 @@
+// Multi-process tests: the real lowband, lowband-coordinator and
+// lowband-worker binaries on loopback with real config files and real text.
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "common/checkpoint.h"
+#include "common/process.h"
+#include "common/transport_zmq.h"
+
+namespace lowband {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+
+const std::string kBin = LOWBAND_BIN_DIR;
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/lowband-it-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string path;
+};
+
+int FreePortBase() {
+  std::mt19937 rng(static_cast<unsigned>(getpid()) ^ static_cast<unsigned>(time(nullptr)));
+  return 20000 + static_cast<int>(rng() % 20000) * 2;
+}
+
+std::string TinyCampaign(int port, int rounds) {
+  std::ostringstream y;
+  y << "campaign: {name: it-campaign, seed: 7, rounds: " << rounds << "}\n"
+    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
+    << "training:\n  inner_steps: 12\n  batch_size: 8\n  eval_batches: 4\n"
+    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
+    << "outer_optimizer: {name: nesterov, lr: 0.7, momentum: 0.9}\n"
+    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60}\n"
+    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
+    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
+    << "sites:\n";
+  const char* files[3] = {"[computers, science]", "[literature, wisdom]", "[humorists, food]"};
+  for (int i = 0; i < 3; ++i) {
+    y << "  - site: {name: site-" << static_cast<char>('a' + i) << "}\n"
+      << "    data: {dir: /usr/share/games/fortunes, files: " << files[i] << ", validation_fraction: 0.1}\n";
+  }
+  return y.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(line);
+  }
+  return out;
+}
+
+// Value of a top-level numeric or string field in one JSON line.
+std::string Field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const auto at = json.find(k);
+  if (at == std::string::npos) return "";
+  auto start = at + k.size();
+  auto end = start;
+  if (json[start] == '"') {
+    end = json.find('"', start + 1);
+    return json.substr(start + 1, end - start - 1);
+  }
+  while (end < json.size() && json[end] != ',' && json[end] != '}') ++end;
+  return json.substr(start, end - start);
+}
+
+// Processes whose command line mentions `needle`.
+int ProcessesMentioning(const std::string& needle) {
+  int n = 0;
+  DIR* d = opendir("/proc");
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::string cmd = ReadFile(std::string("/proc/") + e->d_name + "/cmdline");
+    for (auto& c : cmd) {
+      if (c == '\0') c = ' ';
+    }
+    if (cmd.find(needle) != std::string::npos && std::to_string(getpid()) != e->d_name) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+Subprocess Start(const std::vector<std::string>& argv, const std::string& out_path) {
+  SpawnOptions o;
+  o.argv = argv;
+  o.stdout_path = out_path;
+  o.stderr_path = "stdout";
+  auto p = Subprocess::Spawn(o);
+  REQUIRE(p.ok());
+  return std::move(p).value();
+}
+
+TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas identical",
+          "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.path + "/campaign.yaml";
+  WriteFile(campaign, TinyCampaign(port, 4));
+  const std::string metrics = dir.path + "/metrics.jsonl";
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path, "--metrics-out", metrics},
+                         dir.path + "/run.out");
+
+  // While it runs: the control endpoint answers, and junk sent to the worker
+  // endpoint is refused without disturbing the campaign.
+  bool status_seen = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!status_seen && run.running() && std::chrono::steady_clock::now() < deadline) {
+    Subprocess st = Start({kBin + "/lowband", "status", "--endpoint", "tcp://127.0.0.1:" + std::to_string(port + 1),
+                           "--json", "--timeout-ms", "1000"},
+                          dir.path + "/status.out");
+    auto code = st.WaitFor(milliseconds(10000));
+    status_seen = code && *code == 0 && ReadFile(dir.path + "/status.out").find("\"campaign\":\"it-campaign\"") !=
+                                            std::string::npos;
+    run.Poll();
+  }
+  CHECK(status_seen);
+  {
+    zmq::context_t ctx;
+    auto junk = ZmqClientTransport::Connect(ctx, "tcp://127.0.0.1:" + std::to_string(port), "", 1 << 20);
+    REQUIRE(junk.ok());
+    std::mt19937 rng(3);
+    for (int i = 0; i < 50; ++i) {
+      Bytes b(1 + rng() % 200);
+      for (auto& x : b) x = static_cast<uint8_t>(rng());
+      (void)(*junk)->Send("", Frames{b});
+    }
+    Inbound in;
+    int replies = 0;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (replies < 50 && std::chrono::steady_clock::now() < until) {
+      if ((*junk)->TryReceive(&in)) {
+        ++replies;
+      } else {
+        std::this_thread::sleep_for(milliseconds(5));
+      }
+    }
+    CHECK(replies == 50);  // every junk message got an error reply
+  }
+
+  auto code = run.WaitFor(milliseconds(400000));
+  REQUIRE(code.has_value());
+  INFO(ReadFile(dir.path + "/run.out"));
+  REQUIRE(*code == 0);
+
+  auto records = Lines(ReadFile(metrics));
+  REQUIRE(records.size() == 5);  // round 0 (initial evaluation) + 4 rounds
+  for (size_t r = 0; r < records.size(); ++r) {
+    INFO(records[r]);
+    CHECK(Field(records[r], "round") == std::to_string(r));
+    CHECK(Field(records[r], "digests_match") == "true");
+    CHECK(std::stoull(Field(records[r], "bytes_down")) > 0);
+    if (r > 0) {
+      CHECK(std::stoull(Field(records[r], "bytes_up")) > 3 * 4 * 100000ull);  // three dense fp32 deltas
+      CHECK(Field(records[r], "contributors") == "3");
+    }
+  }
+  const double first = std::stod(Field(records.front(), "val_loss"));
+  const double last = std::stod(Field(records.back(), "val_loss"));
+  CHECK(last < 0.8 * first);
+
+  auto ckpt = ReadCheckpoint(dir.path + "/checkpoint-final.lbck");
+  REQUIRE(ckpt.ok());
+  CHECK(ckpt->round == 4);
+  CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
+  CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+TEST_CASE("lowband run: SIGTERM stops every process, leaving no orphans", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.path + "/campaign.yaml";
+  WriteFile(campaign, TinyCampaign(port, 50));
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path}, dir.path + "/run.out");
+  // Wait until the campaign is training (a progress line for round 1).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (ReadFile(dir.path + "/run.out").find("round   1/") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline && !run.Poll()) {
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  REQUIRE(run.running());
+  CHECK(ProcessesMentioning(campaign) == 5);  // lowband run, coordinator, 3 workers
+  run.Signal(SIGTERM);
+  auto code = run.WaitFor(milliseconds(30000));
+  REQUIRE(code.has_value());
+  CHECK(*code == 130);
+  CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+TEST_CASE("bad campaign files exit 78 naming file, line and key", "[integration]") {
+  TempDir dir;
+  const std::string campaign = dir.path + "/bad.yaml";
+  WriteFile(campaign, "campaign: {name: x}\nmodel: {layers: 0, heads: 3}\ntraining: {inner_stepz: 3}\n");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign}, dir.path + "/out");
+  auto code = run.WaitFor(milliseconds(20000));
+  REQUIRE(code.has_value());
+  CHECK(*code == 78);
+  const std::string out = ReadFile(dir.path + "/out");
+  CHECK(out.find("bad.yaml:2: model.layers") != std::string::npos);
+  CHECK(out.find("bad.yaml:3: training.inner_stepz: unknown key") != std::string::npos);
+  Subprocess coord = Start({kBin + "/lowband-coordinator", "--campaign", campaign}, dir.path + "/out2");
+  code = coord.WaitFor(milliseconds(20000));
+  REQUIRE(code.has_value());
+  CHECK(*code == 78);
+}
+
+TEST_CASE("lowband status without a coordinator fails clearly", "[integration]") {
+  TempDir dir;
+  Subprocess st = Start({kBin + "/lowband", "status", "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "300"},
+                        dir.path + "/out");
+  auto code = st.WaitFor(milliseconds(10000));
+  REQUIRE(code.has_value());
+  CHECK(*code != 0);
+  CHECK(ReadFile(dir.path + "/out").find("no answer") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowband
