@@ -1,6 +1,8 @@
 #include "common/corpus.h"
 
 #include <catch2/catch.hpp>
+
+#include "tests/fakes/temp_dir.h"
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -11,28 +13,7 @@ namespace lowband {
 namespace {
 namespace fs = std::filesystem;
 
-// A fresh directory under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lowband_corpus_XXXXXX").string();
-    char* made = mkdtemp(pattern.data());
-    REQUIRE(made != nullptr);
-    path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  void Write(const std::string& name, const std::string& bytes) const {
-    std::ofstream out(path_ / name, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  }
-
- private:
-  fs::path path_;
-};
+using testing::TempDir;
 
 std::string ToString(const std::vector<int64_t>& tokens) {
   std::string s;

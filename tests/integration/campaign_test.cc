@@ -16,6 +16,7 @@
 #include "common/checkpoint.h"
 #include "common/process.h"
 #include "common/transport_zmq.h"
+#include "tests/fakes/temp_dir.h"
 
 namespace lowband {
 namespace {
@@ -25,17 +26,7 @@ using std::chrono::milliseconds;
 
 const std::string kBin = LOWBAND_BIN_DIR;
 
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/lowband-it-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
+using testing::TempDir;
 
 int FreePortBase() {
   std::mt19937 rng(static_cast<unsigned>(getpid()) ^ static_cast<unsigned>(time(nullptr)));
@@ -128,11 +119,11 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
           "[integration]") {
   TempDir dir;
   const int port = FreePortBase();
-  const std::string campaign = dir.path + "/campaign.yaml";
+  const std::string campaign = dir.Path("campaign.yaml");
   WriteFile(campaign, TinyCampaign(port, 4));
-  const std::string metrics = dir.path + "/metrics.jsonl";
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path, "--metrics-out", metrics},
-                         dir.path + "/run.out");
+  const std::string metrics = dir.Path("metrics.jsonl");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics},
+                         dir.Path("run.out"));
 
   // While it runs: the control endpoint answers, and junk sent to the worker
   // endpoint is refused without disturbing the campaign.
@@ -141,9 +132,9 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   while (!status_seen && run.running() && std::chrono::steady_clock::now() < deadline) {
     Subprocess st = Start({kBin + "/lowband", "status", "--endpoint", "tcp://127.0.0.1:" + std::to_string(port + 1),
                            "--json", "--timeout-ms", "1000"},
-                          dir.path + "/status.out");
+                          dir.Path("status.out"));
     auto code = st.WaitFor(milliseconds(10000));
-    status_seen = code && *code == 0 && ReadFile(dir.path + "/status.out").find("\"campaign\":\"it-campaign\"") !=
+    status_seen = code && *code == 0 && ReadFile(dir.Path("status.out")).find("\"campaign\":\"it-campaign\"") !=
                                             std::string::npos;
     run.Poll();
   }
@@ -173,7 +164,7 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
 
   auto code = run.WaitFor(milliseconds(400000));
   REQUIRE(code.has_value());
-  INFO(ReadFile(dir.path + "/run.out"));
+  INFO(ReadFile(dir.Path("run.out")));
   REQUIRE(*code == 0);
 
   auto records = Lines(ReadFile(metrics));
@@ -192,7 +183,7 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   const double last = std::stod(Field(records.back(), "val_loss"));
   CHECK(last < 0.8 * first);
 
-  auto ckpt = ReadCheckpoint(dir.path + "/checkpoint-final.lbck");
+  auto ckpt = ReadCheckpoint(dir.Path("checkpoint-final.lbck"));
   REQUIRE(ckpt.ok());
   CHECK(ckpt->round == 4);
   CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
@@ -202,12 +193,12 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
 TEST_CASE("lowband run: SIGTERM stops every process, leaving no orphans", "[integration]") {
   TempDir dir;
   const int port = FreePortBase();
-  const std::string campaign = dir.path + "/campaign.yaml";
+  const std::string campaign = dir.Path("campaign.yaml");
   WriteFile(campaign, TinyCampaign(port, 50));
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path}, dir.path + "/run.out");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string()}, dir.Path("run.out"));
   // Wait until the campaign is training (a progress line for round 1).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (ReadFile(dir.path + "/run.out").find("round   1/") == std::string::npos &&
+  while (ReadFile(dir.Path("run.out")).find("round   1/") == std::string::npos &&
          std::chrono::steady_clock::now() < deadline && !run.Poll()) {
     std::this_thread::sleep_for(milliseconds(50));
   }
@@ -222,16 +213,16 @@ TEST_CASE("lowband run: SIGTERM stops every process, leaving no orphans", "[inte
 
 TEST_CASE("bad campaign files exit 78 naming file, line and key", "[integration]") {
   TempDir dir;
-  const std::string campaign = dir.path + "/bad.yaml";
+  const std::string campaign = dir.Path("bad.yaml");
   WriteFile(campaign, "campaign: {name: x}\nmodel: {layers: 0, heads: 3}\ntraining: {inner_stepz: 3}\n");
-  Subprocess run = Start({kBin + "/lowband", "run", campaign}, dir.path + "/out");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign}, dir.Path("out"));
   auto code = run.WaitFor(milliseconds(20000));
   REQUIRE(code.has_value());
   CHECK(*code == 78);
-  const std::string out = ReadFile(dir.path + "/out");
+  const std::string out = ReadFile(dir.Path("out"));
   CHECK(out.find("bad.yaml:2: model.layers") != std::string::npos);
   CHECK(out.find("bad.yaml:3: training.inner_stepz: unknown key") != std::string::npos);
-  Subprocess coord = Start({kBin + "/lowband-coordinator", "--campaign", campaign}, dir.path + "/out2");
+  Subprocess coord = Start({kBin + "/lowband-coordinator", "--campaign", campaign}, dir.Path("out2"));
   code = coord.WaitFor(milliseconds(20000));
   REQUIRE(code.has_value());
   CHECK(*code == 78);
@@ -240,11 +231,11 @@ TEST_CASE("bad campaign files exit 78 naming file, line and key", "[integration]
 TEST_CASE("lowband status without a coordinator fails clearly", "[integration]") {
   TempDir dir;
   Subprocess st = Start({kBin + "/lowband", "status", "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "300"},
-                        dir.path + "/out");
+                        dir.Path("out"));
   auto code = st.WaitFor(milliseconds(10000));
   REQUIRE(code.has_value());
   CHECK(*code != 0);
-  CHECK(ReadFile(dir.path + "/out").find("no answer") != std::string::npos);
+  CHECK(ReadFile(dir.Path("out")).find("no answer") != std::string::npos);
 }
 
 }  // namespace
