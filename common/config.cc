@@ -902,7 +902,18 @@ void ParseOuterOptimizer(Parser* p, const YAML::Node& node, OuterOptimizerConfig
   MapFields m;
   if (!p->Map(node, "outer_optimizer", keys, &m, context)) return;
   int kind = 0;
-  if (p->Enum(m, "name", kOuterNames, &kind)) outer->kind = static_cast<OuterOptimizerKind>(kind);
+  if (p->Enum(m, "name", kOuterNames, &kind)) {
+    outer->kind = static_cast<OuterOptimizerKind>(kind);
+    // Each optimizer's defaults are those of the method it stands for:
+    // DiLoCo (Nesterov 0.7/0.9), SparseLoCo (plain SGD, lr 1), FedAvg (lr 1).
+    if (outer->kind == OuterOptimizerKind::kNesterov) {
+      outer->lr = 0.7;
+      outer->momentum = 0.9;
+    } else {
+      outer->lr = 1.0;
+      outer->momentum = 0.0;
+    }
+  }
   if (m.Find("lr") != nullptr && m.Find("server_lr") != nullptr) {
     p->Error("outer_optimizer.server_lr", m.Find("server_lr")->key_node,
              "both lr and server_lr given; server_lr is an alias of lr", "one of lr, server_lr");

@@ -41,7 +41,7 @@ class Corpus {
   // Requires train_tokens() > context.
   TokenBatch SampleTrain(int batch, int context, std::mt19937_64* rng) const;
   // Deterministic, non-overlapping validation windows: batch `index` of at
-  // most `max_batches`. Returns an empty batch when the stream is exhausted.
+  // `batch` rows each. Returns an empty batch when the stream is exhausted.
   TokenBatch ValidationBatch(int index, int batch, int context) const;
 
  private:

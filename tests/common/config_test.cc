@@ -500,3 +500,24 @@ TEST_CASE("config: quickstart is the documented non-IID setup", "[unit]") {
 }
 
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+TEST_CASE("config: each outer optimizer has its method's defaults", "[unit]") {
+  auto sgd = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: sgd}\n", "c.yaml");
+  REQUIRE(sgd.ok());
+  CHECK(sgd->outer.lr == 1.0);
+  CHECK(sgd->outer.momentum == 0.0);
+  auto nesterov = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: nesterov}\n", "c.yaml");
+  REQUIRE(nesterov.ok());
+  CHECK(nesterov->outer.lr == 0.7);
+  CHECK(nesterov->outer.momentum == 0.9);
+  auto fedavg = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: fedavg, server_lr: 0.5}\n", "c.yaml");
+  REQUIRE(fedavg.ok());
+  CHECK(fedavg->outer.lr == 0.5);
+  CHECK(fedavg->outer.momentum == 0.0);
+}
+
+}  // namespace
+}  // namespace lowband
