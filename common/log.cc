@@ -47,6 +47,21 @@ void AppendValue(std::string* out, const std::string& v) {
 }
 }  // namespace
 
+std::string Printable(const std::string& bytes) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string s;
+  for (unsigned char c : bytes) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      s.push_back(static_cast<char>(c));
+    } else {
+      s += "\\x";
+      s.push_back(kHex[c >> 4]);
+      s.push_back(kHex[c & 15]);
+    }
+  }
+  return s;
+}
+
 void SetRole(const std::string& role, const std::string& node_id) {
   g_role = role;
   g_node = node_id;

@@ -34,6 +34,10 @@ Level ParseLevel(const std::string& name);  // "debug","info","warn","error"
 
 void Write(Level level, const std::string& msg, std::initializer_list<Field> fields);
 
+// Untrusted bytes (routing ids, identifiers) made safe for a log line or an
+// error message: printable ASCII kept, everything else (and '\\') as \xNN.
+std::string Printable(const std::string& bytes);
+
 }  // namespace lowband::log
 
 #define LOG_DEBUG(msg, ...) ::lowband::log::Write(::lowband::log::Level::kDebug, msg, {__VA_ARGS__})

@@ -22,21 +22,6 @@ constexpr int kMaxDropsPerReceive = 64;
 std::string ErrorText(const zmq::error_t& e) { return e.what(); }
 
 // Routing ids may be binary; make them safe for a log line.
-std::string Printable(const std::string& id) {
-  std::string s;
-  for (unsigned char c : id) {
-    if (c >= 0x20 && c < 0x7f) {
-      s.push_back(static_cast<char>(c));
-    } else {
-      static const char kHex[] = "0123456789abcdef";
-      s += "\\x";
-      s.push_back(kHex[c >> 4]);
-      s.push_back(kHex[c & 15]);
-    }
-  }
-  return s;
-}
-
 void ApplyCommonOptions(zmq::socket_t& socket, int64_t max_message_bytes) {
   socket.set(zmq::sockopt::linger, ZmqSocketOptions::kLingerMs);
   socket.set(zmq::sockopt::sndhwm, ZmqSocketOptions::kHighWaterMark);
@@ -79,18 +64,18 @@ Status SendMultipart(zmq::socket_t& socket, const std::string* routing_id, Frame
       const auto flags = last ? zmq::send_flags::dontwait : (zmq::send_flags::dontwait | zmq::send_flags::sndmore);
       const zmq::send_result_t sent = socket.send(parts[i], flags);
       if (!sent) {
-        if (i == 0) return Unavailable("send queue to '" + Printable(peer_for_errors) + "' is full; message dropped");
-        return Internal("send to '" + Printable(peer_for_errors) + "' stalled inside a multipart message");
+        if (i == 0) return Unavailable("send queue to '" + log::Printable(peer_for_errors) + "' is full; message dropped");
+        return Internal("send to '" + log::Printable(peer_for_errors) + "' stalled inside a multipart message");
       }
     }
   } catch (const zmq::error_t& e) {
     if (e.num() == EHOSTUNREACH) {
-      return Unavailable("peer '" + Printable(peer_for_errors) + "' is unknown or disconnected; message dropped");
+      return Unavailable("peer '" + log::Printable(peer_for_errors) + "' is unknown or disconnected; message dropped");
     }
-    if (e.num() == EAGAIN) return Unavailable("send queue to '" + Printable(peer_for_errors) + "' is full");
-    return Unavailable("send to '" + Printable(peer_for_errors) + "' failed: " + ErrorText(e));
+    if (e.num() == EAGAIN) return Unavailable("send queue to '" + log::Printable(peer_for_errors) + "' is full");
+    return Unavailable("send to '" + log::Printable(peer_for_errors) + "' failed: " + ErrorText(e));
   } catch (const std::bad_alloc&) {
-    return Internal("out of memory while sending to '" + Printable(peer_for_errors) + "'");
+    return Internal("out of memory while sending to '" + log::Printable(peer_for_errors) + "'");
   }
   return Status::Ok();
 }
@@ -173,10 +158,10 @@ bool ReceiveLoop(zmq::socket_t& socket, bool has_routing_id, int64_t max_message
       case RecvResult::kDropped:
         ++*dropped;
         LOG_WARN("dropped inbound message",
-                 {"peer", Printable(has_routing_id ? in.peer : fixed_peer)}, {"reason", why});
+                 {"peer", log::Printable(has_routing_id ? in.peer : fixed_peer)}, {"reason", why});
         continue;
       case RecvResult::kError:
-        LOG_WARN("receive failed", {"peer", Printable(fixed_peer)}, {"error", why});
+        LOG_WARN("receive failed", {"peer", log::Printable(fixed_peer)}, {"error", why});
         return false;
     }
   }

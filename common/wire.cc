@@ -1,5 +1,7 @@
 #include "common/wire.h"
 
+#include "common/log.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -432,22 +434,6 @@ Status DecodeBody(const wire::Envelope& env, Body* out) {
                          std::to_string(static_cast<unsigned>(type)));
 }
 
-std::string PrintableIdentifier(const uint8_t* p) {
-  std::string s;
-  for (int i = 0; i < 4; ++i) {
-    const unsigned char c = p[i];
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      s.push_back(static_cast<char>(c));
-    } else {
-      static const char kHex[] = "0123456789abcdef";
-      s += "\\x";
-      s.push_back(kHex[c >> 4]);
-      s.push_back(kHex[c & 15]);
-    }
-  }
-  return s;
-}
-
 // Everything but the bulk bytes themselves: sizes, header, blob agreement.
 // On success `out` holds the decoded header fields and body (bulk empty).
 Status DecodeWithoutBulk(const Frames& frames, const WireLimits& limits, Message* out) {
@@ -472,7 +458,7 @@ Status DecodeWithoutBulk(const Frames& frames, const WireLimits& limits, Message
   }
   const uint8_t* data = header.data();
   if (!wire::EnvelopeBufferHasIdentifier(data)) {
-    return InvalidArgument("header frame has file identifier '" + PrintableIdentifier(data + 4) +
+    return InvalidArgument("header frame has file identifier '" + log::Printable(std::string(reinterpret_cast<const char*>(data + 4), 4)) +
                            "', expected '" + wire::EnvelopeIdentifier() + "'");
   }
   fb::Verifier::Options opts;
