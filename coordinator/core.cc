@@ -75,6 +75,17 @@ std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const {
   return it == peer_to_site_.end() ? std::string() : it->second;
 }
 
+template <typename Reports>
+bool CoordinatorCore::Complete(const Reports& got, bool deadline_passed) const {
+  const int have = static_cast<int>(got.size());
+  if (have < std::max(config_.quorum.min_workers, 1)) return false;
+  if (deadline_passed) return true;
+  for (const auto& [site, w] : workers_) {
+    if (w.state == WorkerState::kJoined && !got.count(site)) return false;
+  }
+  return true;
+}
+
 int CoordinatorCore::LiveWorkers() const {
   int n = 0;
   for (const auto& [site, w] : workers_) n += w.state == WorkerState::kJoined;
@@ -263,15 +274,8 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
 }
 
 void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
-  if (phase_ != Phase::kTraining) return;
-  int waiting_for = 0;
-  for (const auto& [site, w] : workers_) {
-    if (w.state == WorkerState::kJoined && !uploads_.count(site)) ++waiting_for;
-  }
+  if (phase_ != Phase::kTraining || !Complete(uploads_, deadline_passed)) return;
   const int have = static_cast<int>(uploads_.size());
-  const bool everyone = waiting_for == 0 && have > 0;
-  const bool quorum = have >= std::max(config_.quorum.min_workers, 1);
-  if (!(everyone && quorum) && !(deadline_passed && quorum)) return;
 
   // Mean over the R workers that uploaded; sites in name order so the float
   // sum is the same on every run.
@@ -354,14 +358,8 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
 }
 
 void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out) {
-  if (phase_ != Phase::kEvaluating) return;
-  int waiting_for = 0;
-  for (const auto& [site, w] : workers_) {
-    if (w.state == WorkerState::kJoined && !evals_.count(site)) ++waiting_for;
-  }
+  if (phase_ != Phase::kEvaluating || !Complete(evals_, deadline_passed)) return;
   const int have = static_cast<int>(evals_.size());
-  const bool quorum = have >= std::max(config_.quorum.min_workers, 1);
-  if (!(waiting_for == 0 && quorum) && !(deadline_passed && quorum)) return;
 
   double loss_sum = 0;
   uint64_t tokens = 0;

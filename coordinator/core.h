@@ -141,6 +141,10 @@ class CoordinatorCore {
   void MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out);
   void MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
   void Finish(const std::string& reason, bool failed, CoreOutput* out);
+  // True when every live worker has reported (uploads or evaluations) and
+  // the reports reach min_workers, or the deadline passed with min_workers.
+  template <typename Reports>
+  bool Complete(const Reports& got, bool deadline_passed) const;
   int LiveWorkers() const;
   std::string StatusJson() const;
   std::string WorkersJson(TimePoint now) const;
