@@ -8,12 +8,18 @@ namespace lowband::cli {
 
 struct RunOptions {
   std::string campaign_file;
+  std::vector<std::string> sets;  // "KEY=VALUE" overrides of the campaign file, in order
   std::string metrics_out;  // JSONL of round records; default RUN_DIR/metrics.jsonl
   std::string run_dir;      // default: the campaign's output.run_dir
   bool verbose = false;     // daemon logs to the terminal instead of files
 };
-// Starts the coordinator and every local site of the campaign on this
-// machine, shows progress, and returns the coordinator's exit code.
+// Applies `sets` to the campaign file (common/config.h ApplyOverrides rules),
+// validates the result, writes it to RUN_DIR/campaign.yaml, then starts the
+// coordinator and every local site of the campaign on this machine, all
+// reading that file; shows progress and returns the coordinator's exit code.
+// An invalid campaign or --set returns 78 (EX_CONFIG) before anything starts.
+// A campaign file that already is RUN_DIR/campaign.yaml is used as it is;
+// with sets that would overwrite it, Run returns 64 (EX_USAGE).
 int Run(const RunOptions& options);
 
 struct ControlOptions {

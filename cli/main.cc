@@ -11,6 +11,13 @@ int main(int argc, char** argv) {
   lowband::cli::RunOptions run;
   auto* run_cmd = app.add_subcommand("run", "run a whole campaign (coordinator + local sites) on this machine");
   run_cmd->add_option("campaign", run.campaign_file, "campaign YAML file")->required();
+  run_cmd
+      ->add_option("--set", run.sets,
+                   "override one campaign key, KEY=VALUE, repeatable (later wins). KEY is a dotted path "
+                   "(codec.name, training.inner_steps, sites[0].site.threads); VALUE is YAML "
+                   "('codec={name: sparseloco, topk: 32}'). The merged campaign is written to "
+                   "RUN_DIR/campaign.yaml and every process of the run reads that file")
+      ->allow_extra_args(false);
   run_cmd->add_option("--metrics-out", run.metrics_out, "JSONL file of round records (default RUN_DIR/metrics.jsonl)");
   run_cmd->add_option("--run-dir", run.run_dir, "directory for logs, metrics and checkpoints");
   run_cmd->add_flag("--verbose,-v", run.verbose, "show daemon logs on the terminal");

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "cli/commands.h"
@@ -31,28 +32,85 @@ void StopAll(std::vector<Subprocess>& procs, milliseconds grace) {
   }
 }
 
+// The header of RUN_DIR/campaign.yaml: where it came from. One comment line
+// per set, newlines flattened so that a value cannot end the comment.
+std::string CampaignHeader(const RunOptions& options) {
+  auto flat = [](std::string s) {
+    for (char& c : s) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    return s;
+  };
+  std::string text = "# Written by `lowband run` from " + flat(options.campaign_file);
+  text += options.sets.empty() ? "" : " with";
+  for (const std::string& set : options.sets) text += "\n#   --set " + flat(set);
+  text += "\n# The coordinator and workers of this run read this file; comments of the original are dropped.\n";
+  return text;
+}
+
+// Writes `text` to `path` through a temporary file and a rename, so that a
+// reader never sees half a file.
+Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.close();
+    if (!out) return Unavailable("cannot write " + tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return Unavailable("cannot rename " + tmp + " to " + path + ": " + ec.message());
+  return Status::Ok();
+}
+
 }  // namespace
 
 int Run(const RunOptions& options) {
-  auto config = LoadCampaignFile(options.campaign_file);
-  if (!config.ok()) {
-    std::fprintf(stderr, "lowband run: invalid campaign:\n%s\n", config.status().message().c_str());
+  auto merged = LoadCampaignWithOverrides(options.campaign_file, options.sets);
+  if (!merged.ok()) {
+    std::fprintf(stderr, "lowband run: invalid campaign:\n%s\n", merged.status().message().c_str());
     return kExitConfig;
   }
-  if (config->sites.empty()) {
+  if (merged->config.sites.empty()) {
     std::fprintf(stderr,
                  "lowband run: %s lists no sites to start here (add a `sites:` list, or start "
                  "lowband-coordinator and lowband-worker separately)\n",
                  options.campaign_file.c_str());
     return kExitConfig;
   }
-  const std::string run_dir = options.run_dir.empty() ? config->output.run_dir : options.run_dir;
+  const std::string run_dir = options.run_dir.empty() ? merged->config.output.run_dir : options.run_dir;
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) {
     std::fprintf(stderr, "lowband run: cannot create run directory %s: %s\n", run_dir.c_str(),
                  ec.message().c_str());
     return 1;
+  }
+  // Every process of the run reads the merged campaign from the run
+  // directory, which also records exactly what this run was.
+  const std::string campaign_file = run_dir + "/campaign.yaml";
+  if (fs::equivalent(options.campaign_file, campaign_file, ec)) {
+    // The campaign already lives in the run directory: without sets it is
+    // what the processes should read; with sets, writing would destroy it.
+    if (!options.sets.empty()) {
+      std::fprintf(stderr,
+                   "lowband run: --set would overwrite the campaign file itself (%s); copy it elsewhere or pass "
+                   "another --run-dir\n",
+                   campaign_file.c_str());
+      return 64;  // EX_USAGE
+    }
+  } else if (Status st = WriteFileAtomically(campaign_file, CampaignHeader(options) + merged->yaml); !st.ok()) {
+    std::fprintf(stderr, "lowband run: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  // Load what the children will load. It was validated above, so an error
+  // here is a bug in writing it out; its lines point into the written file.
+  auto config = LoadCampaignFile(campaign_file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "lowband run: the merged campaign %s does not load:\n%s\n", campaign_file.c_str(),
+                 config.status().message().c_str());
+    return kExitConfig;
   }
   const std::string metrics = options.metrics_out.empty() ? run_dir + "/metrics.jsonl" : options.metrics_out;
   const std::string bin = SelfExeDir();
@@ -72,7 +130,7 @@ int Run(const RunOptions& options) {
   std::fflush(stdout);
 
   SpawnOptions co;
-  co.argv = {bin + "/lowband-coordinator", "--campaign", options.campaign_file, "--metrics-out", metrics,
+  co.argv = {bin + "/lowband-coordinator", "--campaign", campaign_file, "--metrics-out", metrics,
              "--run-dir", run_dir, "--progress"};
   co.extra_env = one_thread;
   if (!options.verbose) co.stderr_path = run_dir + "/coordinator.log";
@@ -84,7 +142,7 @@ int Run(const RunOptions& options) {
   std::vector<Subprocess> workers;
   for (const SiteConfig& site : config->sites) {
     SpawnOptions wo;
-    wo.argv = {bin + "/lowband-worker", "--campaign", options.campaign_file, "--site", site.name};
+    wo.argv = {bin + "/lowband-worker", "--campaign", campaign_file, "--site", site.name};
     wo.extra_env = one_thread;
     if (!options.verbose) {
       wo.stdout_path = run_dir + "/" + site.name + ".log";

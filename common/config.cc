@@ -42,13 +42,18 @@ const char* OuterOptimizerName(OuterOptimizerKind kind) {
 const char* CodecName(CodecKind kind) {
   switch (kind) {
     case CodecKind::kDenseFp32: return "dense_fp32";
+    case CodecKind::kDenseBf16: return "dense_bf16";
+    case CodecKind::kInt8: return "int8";
+    case CodecKind::kSparseLoCo: return "sparseloco";
+    case CodecKind::kSparseFp32: return "sparse_fp32";
   }
   return "unknown";
 }
 
 const char* AggregationName(AggregationRule rule) {
   switch (rule) {
-    case AggregationRule::kMean: return "mean";
+    case AggregationRule::kMeanAll: return "mean";
+    case AggregationRule::kMeanChoosers: return "mean_of_choosers";
   }
   return "unknown";
 }
@@ -66,6 +71,8 @@ constexpr int kMaxDModel = 16384;
 constexpr int kMaxContext = 1 << 20;
 constexpr int kByteVocab = 256;
 constexpr int kMaxThreads = 1024;
+// sparseloco: topk counts values kept per full chunk of this many (common/codec.h kChunkElems).
+constexpr int kSparseLoCoChunk = 4096;
 
 const char* const kNameChars = "[A-Za-z0-9_.-]+";
 
@@ -84,7 +91,19 @@ struct Where {
 // (in order of first appearance) and line, so the report reads top-down.
 class Diagnostics {
  public:
-  void Add(const Where& where, const std::string& problem, const std::string& allowed = "") {
+  // A key path that a --set wrote (or created on the way) in `file`: errors
+  // at or under it are about the command line, not about a line of the file.
+  struct Override {
+    std::string owned;  // canonical path of the shallowest node the set wrote
+    std::string key;    // KEY as the user wrote it
+  };
+  void SetOverrides(std::string file, std::vector<Override> overrides) {
+    override_file_ = std::move(file);
+    overrides_ = std::move(overrides);
+  }
+
+  void Add(const Where& at, const std::string& problem, const std::string& allowed = "") {
+    const Where where = Redirect(at);
     std::string text = where.file;
     if (where.line > 0) text += ":" + std::to_string(where.line);
     text += ": ";
@@ -133,8 +152,23 @@ class Diagnostics {
     return files_.size() - 1;
   }
 
+  // The last set wins, as when they were applied.
+  Where Redirect(const Where& where) const {
+    if (overrides_.empty() || where.file != override_file_) return where;
+    for (auto it = overrides_.rbegin(); it != overrides_.rend(); ++it) {
+      const std::string& o = it->owned;
+      const bool under = where.key == o || (where.key.size() > o.size() && where.key.compare(0, o.size(), o) == 0 &&
+                                            (where.key[o.size()] == '.' || where.key[o.size()] == '['));
+      if (!under) continue;
+      return Where{"--set " + it->key, 0, where.key == it->key ? "" : where.key};
+    }
+    return where;
+  }
+
   std::vector<std::string> files_;
   std::vector<Entry> entries_;
+  std::string override_file_;
+  std::vector<Override> overrides_;
 };
 
 // What the parse pass learnt about positions, for the check pass.
@@ -790,6 +824,16 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->DoubleRange("outer_optimizer.lr", cfg.outer.lr, 0, false, INFINITY, false);
   c->DoubleRange("outer_optimizer.momentum", cfg.outer.momentum, 0, true, 1, false);
 
+  const CodecConfig& codec = cfg.codec;
+  if (codec.kind == CodecKind::kSparseFp32) {
+    c->Error("codec.name", "'sparse_fp32' is the coordinator's downlink format and cannot be chosen for uploads",
+             "dense_fp32, dense_bf16, int8, sparseloco");
+  }
+  if (codec.kind == CodecKind::kSparseLoCo) c->IntRange("codec.topk", codec.topk, 1, kSparseLoCoChunk);
+  // Checked for every codec so a typo is caught before it matters; dense_fp32
+  // is lossless and ignores it.
+  c->DoubleRange("codec.error_feedback", codec.error_feedback, 0, true, 1, false);
+
   const QuorumConfig& q = cfg.quorum;
   c->IntRange("quorum.expected_workers", q.expected_workers, 1, kIntMax);
   c->IntRange("quorum.min_workers", q.min_workers, 1, kIntMax);
@@ -875,8 +919,11 @@ const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "ev
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
                                              "weight_decay", "grad_clip", "warmup_steps"};
 const std::vector<std::string> kOuterNames = {"nesterov", "sgd", "fedavg"};
-const std::vector<std::string> kCodecNames = {"dense_fp32"};
-const std::vector<std::string> kAggregationNames = {"mean"};
+// Index i is CodecKind(i); sparse_fp32 (the coordinator's downlink
+// aggregate) comes last in the enum and is deliberately left out.
+const std::vector<std::string> kCodecNames = {"dense_fp32", "dense_bf16", "int8", "sparseloco"};
+const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback"};
+const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
                                               "start_timeout_s", "aggregation"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
@@ -924,6 +971,60 @@ void ParseOuterOptimizer(Parser* p, const YAML::Node& node, OuterOptimizerConfig
   p->Double(m, "momentum", &outer->momentum);
   // FedAvg has no server momentum; zero keeps the struct honest.
   if (outer->kind == OuterOptimizerKind::kFedAvg) outer->momentum = 0;
+}
+
+void ParseCodec(Parser* p, const YAML::Node& node, CodecConfig* codec) {
+  MapFields m;
+  if (!p->Map(node, "codec", kCodecKeys, &m)) return;
+  bool name_ok = true;
+  if (const auto* f = m.Find("name"); f != nullptr && f->value.IsScalar() &&
+                                      f->value.Scalar() == CodecName(CodecKind::kSparseFp32)) {
+    // A real codec name, but only the coordinator produces it.
+    p->Error("codec.name", f->value,
+             "'sparse_fp32' is the coordinator's downlink format and cannot be chosen for uploads",
+             JoinList(kCodecNames));
+    p->MarkBad("codec.name");
+    name_ok = false;
+  } else if (f != nullptr) {
+    int kind = 0;
+    name_ok = p->Enum(m, "name", kCodecNames, &kind);
+    if (name_ok) codec->kind = static_cast<CodecKind>(kind);
+  }
+
+  const auto* topk = m.Find("topk");
+  const auto* density = m.Find("density");
+  if (codec->kind != CodecKind::kSparseLoCo) {
+    // With an unreadable name we cannot tell whether topk belongs; the name
+    // error is the one to fix.
+    if (name_ok) {
+      for (const auto* g : {topk, density}) {
+        if (g == nullptr) continue;
+        p->Error("codec." + g->key, g->key_node,
+                 std::string("only for codec sparseloco, not ") + CodecName(codec->kind),
+                 "name, error_feedback for codec " + std::string(CodecName(codec->kind)));
+      }
+    }
+    p->MarkBad("codec.topk");
+  } else if (topk != nullptr && density != nullptr) {
+    p->Error("codec.density", density->key_node, "both topk and density given; density is topk/4096",
+             "one of topk, density");
+    p->MarkBad("codec.topk");
+  } else if (topk != nullptr) {
+    p->Int(m, "topk", &codec->topk);
+  } else if (density != nullptr) {
+    // Turned into topk here, so its range is checked here, not by Checker.
+    double d = 0;
+    if (p->Double(m, "density", &d)) {
+      if (d > 0 && d <= 1) {
+        const long k = std::lround(d * static_cast<double>(kSparseLoCoChunk));
+        codec->topk = static_cast<int>(std::max(1L, k));
+      } else {
+        p->Error("codec.density", density->value, FormatDouble(d) + " is out of range",
+                 "(0, 1]: the fraction of each 4096-value chunk kept");
+      }
+    }
+  }
+  p->Double(m, "error_feedback", &codec->error_feedback);
 }
 
 // Keys of a site that checks must skip when the site could not be read:
@@ -1073,13 +1174,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
 
   if (const auto* f = top.Find("outer_optimizer")) ParseOuterOptimizer(&p, f->value, &cfg->outer);
 
-  if (const auto* f = top.Find("codec")) {
-    MapFields m;
-    int kind = 0;
-    if (p.Map(f->value, "codec", {"name"}, &m) && p.Enum(m, "name", kCodecNames, &kind)) {
-      cfg->codec.kind = static_cast<CodecKind>(kind);
-    }
-  }
+  if (const auto* f = top.Find("codec")) ParseCodec(&p, f->value, &cfg->codec);
 
   bool expected_set = false;
   bool min_set = false;
@@ -1141,7 +1236,267 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
   }
 }
 
+// ---------------------------------------------------------------------------
+// --set overrides
+
+// One step of a --set KEY: a map key, or an index into a list.
+struct SetStep {
+  bool is_index = false;
+  std::string key;
+  size_t index = 0;
+};
+
+struct SetSpec {
+  std::string key;  // KEY as written
+  std::vector<SetStep> steps;
+  YAML::Node value;
+};
+
+std::string StepsPath(const std::vector<SetStep>& steps, size_t n) {
+  std::string path;
+  for (size_t i = 0; i < n; ++i) {
+    path = steps[i].is_index ? path + "[" + std::to_string(steps[i].index) + "]" : Join(path, steps[i].key);
+  }
+  return path;
+}
+
+bool KeyChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+const char* const kSetKeyForms = "dotted map keys such as codec.name or sites[0].site.threads";
+
+// Splits "a.b[2].c" into steps; false (reported) on bad syntax.
+bool ParseSetKey(const std::string& key, const std::string& where, Diagnostics* diag, std::vector<SetStep>* steps) {
+  auto fail = [&](const std::string& problem) {
+    diag->Add(Where{where, 0, ""}, problem, kSetKeyForms);
+    return false;
+  };
+  if (key.empty()) return fail("empty KEY in KEY=VALUE");
+  size_t i = 0;
+  while (true) {
+    const size_t start = i;
+    while (i < key.size() && KeyChar(key[i])) ++i;
+    if (i == start) {
+      if (i == key.size() || key[i] == '.') return fail("empty key segment in '" + key + "'");
+      return fail("unexpected '" + std::string(1, key[i]) + "' in '" + key + "'");
+    }
+    steps->push_back(SetStep{false, key.substr(start, i - start), 0});
+    while (i < key.size() && key[i] == '[') {
+      const size_t close = key.find(']', i);
+      const std::string digits = close == std::string::npos ? "" : key.substr(i + 1, close - i - 1);
+      if (!AllDigits(digits) || digits.size() > 9) return fail("bad list index in '" + key + "'");
+      steps->push_back(SetStep{true, "", static_cast<size_t>(std::atol(digits.c_str()))});
+      i = close + 1;
+    }
+    if (i == key.size()) return true;
+    if (key[i] != '.') return fail("unexpected '" + std::string(1, key[i]) + "' in '" + key + "'");
+    ++i;
+    if (i == key.size()) return fail("empty key segment in '" + key + "'");
+  }
+}
+
+// Reads every KEY=VALUE; reports every malformed one.
+bool ParseSets(const std::vector<std::string>& sets, Diagnostics* diag, std::vector<SetSpec>* out) {
+  bool ok = true;
+  for (const std::string& arg : sets) {
+    const size_t eq = arg.find('=');
+    // Errors about sets are listed in command-line order.
+    diag->RegisterFile("--set " + (eq == std::string::npos || eq == 0 ? arg : arg.substr(0, eq)));
+    if (eq == std::string::npos) {
+      diag->Add(Where{"--set " + arg, 0, ""}, "expected KEY=VALUE, e.g. codec.name=sparseloco");
+      ok = false;
+      continue;
+    }
+    SetSpec spec;
+    spec.key = arg.substr(0, eq);
+    const std::string where = "--set " + (spec.key.empty() ? arg : spec.key);
+    if (!ParseSetKey(spec.key, where, diag, &spec.steps)) {
+      ok = false;
+      continue;
+    }
+    // An empty VALUE is YAML's null, as `key:` with nothing after it.
+    try {
+      spec.value = YAML::Load(arg.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      diag->Add(Where{where, 0, ""}, "VALUE is not valid YAML: " + e.msg,
+                "a scalar or a flow node such as {name: int8} or [0.9, 0.95]");
+      ok = false;
+      continue;
+    }
+    out->push_back(std::move(spec));
+  }
+  return ok;
+}
+
+// Writes one set into `root` (a map; a null document becomes one). Reports
+// and returns false when the path cannot be followed. *owned is the
+// canonical path of the shallowest node the set created or replaced.
+bool ApplySet(YAML::Node* root, const SetSpec& set, Diagnostics* diag, std::string* owned) {
+  auto fail = [&](const std::string& problem) {
+    diag->Add(Where{"--set " + set.key, 0, ""}, problem);
+    return false;
+  };
+  if (root->IsNull()) root->reset(YAML::Node(YAML::NodeType::Map));
+  if (!root->IsMap()) return fail("the campaign document is " + Describe(*root) + ", not a map");
+  owned->clear();
+  YAML::Node container;
+  container.reset(*root);
+  for (size_t i = 0; i < set.steps.size(); ++i) {
+    const SetStep& step = set.steps[i];
+    const std::string path = StepsPath(set.steps, i);
+    const std::string here = StepsPath(set.steps, i + 1);
+    const bool last = i + 1 == set.steps.size();
+    if (step.is_index) {
+      // Only an existing item can be indexed: the list's other items would
+      // otherwise have to be invented.
+      if (step.index >= container.size()) {
+        return fail(here + ": no such item (" + path + " has " + std::to_string(container.size()) + ")");
+      }
+      if (last) {
+        container[step.index] = set.value;
+        if (owned->empty()) *owned = here;
+        return true;
+      }
+    } else if (last) {
+      container[step.key] = set.value;
+      if (owned->empty()) *owned = here;
+      return true;
+    }
+    // Descend. Const lookups, so that a missing key is not inserted (and a
+    // Node is never assigned to another: yaml-cpp would alias them).
+    auto lookup = [&]() {
+      const YAML::Node& view = container;
+      return step.is_index ? view[step.index] : view[step.key];
+    };
+    const YAML::Node child = lookup();
+    if (set.steps[i + 1].is_index) {
+      if (!child.IsDefined() || !child.IsSequence()) {
+        return fail(here + " is " + (child.IsDefined() ? Describe(child) : "missing") + ", not a list");
+      }
+      container.reset(child);
+    } else if (!child.IsDefined() || child.IsNull()) {
+      if (step.is_index) {
+        container[step.index] = YAML::Node(YAML::NodeType::Map);
+      } else {
+        container[step.key] = YAML::Node(YAML::NodeType::Map);
+      }
+      if (owned->empty()) *owned = here;
+      container.reset(lookup());
+    } else if (!child.IsMap()) {
+      return fail(here + " is " + Describe(child) + ", not a map");
+    } else {
+      container.reset(child);
+    }
+  }
+  return true;  // unreachable: a key has at least one step
+}
+
+// Applies every set in order; reports every one that fails.
+bool ApplySets(YAML::Node* root, const std::vector<SetSpec>& sets, Diagnostics* diag,
+               std::vector<Diagnostics::Override>* applied) {
+  bool ok = true;
+  for (const SetSpec& set : sets) {
+    std::string owned;
+    if (ApplySet(root, set, diag, &owned)) {
+      applied->push_back({owned, set.key});
+    } else {
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+// Makes the relative paths that the loader resolves against the campaign
+// file (sites[i].file, inline sites[i].data.dir) absolute, so the document
+// means the same when saved in another directory.
+void AnchorSitePaths(YAML::Node root, const std::string& source) {
+  namespace fs = std::filesystem;
+  // Const lookups throughout: a non-const operator[] on a missing key would
+  // leave an undefined entry behind.
+  auto find = [](const YAML::Node& map, const char* key) { return map[key]; };
+  // Rewrites map[key] when it is a relative path.
+  auto anchor = [&](YAML::Node map, const char* key) {
+    const YAML::Node v = find(map, key);
+    if (!v.IsDefined() || !v.IsScalar() || v.Scalar().empty() || fs::path(v.Scalar()).is_absolute()) return;
+    map[key] = fs::absolute(ResolveRelative(source, v.Scalar())).lexically_normal().string();
+  };
+  const YAML::Node sites = find(root, "sites");
+  if (!sites.IsDefined() || !sites.IsSequence()) return;
+  for (size_t i = 0; i < sites.size(); ++i) {
+    const YAML::Node item = sites[i];
+    if (!item.IsMap()) continue;
+    if (find(item, "file").IsDefined()) {
+      anchor(item, "file");
+    } else if (const YAML::Node data = find(item, "data"); data.IsDefined() && data.IsMap()) {
+      anchor(data, "dir");
+    }
+  }
+}
+
+std::string EmitYaml(const YAML::Node& root) {
+  YAML::Emitter out;
+  out << root;
+  std::string text = out.c_str();
+  if (text.empty() || text.back() != '\n') text += "\n";
+  return text;
+}
+
 }  // namespace
+
+StatusOr<std::string> ApplyOverrides(const std::string& yaml_text, const std::vector<std::string>& sets) {
+  const std::string source = "<campaign>";
+  Diagnostics diag;
+  try {
+    std::vector<SetSpec> specs;
+    const bool sets_ok = ParseSets(sets, &diag, &specs);
+    YAML::Node root;
+    if (!LoadYaml(yaml_text, source, &diag, &root)) return diag.ToStatus();
+    std::vector<Diagnostics::Override> applied;
+    // The well-formed sets are applied even after a malformed one, so that
+    // their path errors are reported too.
+    if (!ApplySets(&root, specs, &diag, &applied) || !sets_ok) return diag.ToStatus();
+    return EmitYaml(root);
+  } catch (const std::exception& e) {
+    diag.Add(Where{source, 0, ""}, std::string("cannot interpret YAML: ") + e.what());
+    return diag.ToStatus();
+  }
+}
+
+StatusOr<MergedCampaign> LoadCampaignWithOverrides(const std::string& path, const std::vector<std::string>& sets) {
+  StatusOr<std::string> text = ReadConfigFile(path);
+  if (!text.ok()) return text.status();
+  Diagnostics diag;
+  diag.RegisterFile(path);
+  ParseState state;
+  MergedCampaign merged;
+  merged.config.source = path;
+  YAML::Node root;
+  try {
+    std::vector<SetSpec> specs;
+    const bool sets_ok = ParseSets(sets, &diag, &specs);
+    if (!LoadYaml(*text, path, &diag, &root)) return diag.ToStatus();
+    std::vector<Diagnostics::Override> applied;
+    // Every malformed set is reported, but the campaign is not checked
+    // after one: the check would blame the file for what the set meant to fix.
+    if (!ApplySets(&root, specs, &diag, &applied) || !sets_ok) return diag.ToStatus();
+    diag.SetOverrides(path, std::move(applied));
+    ParseCampaignTree(root, path, &diag, &state, &merged.config);
+  } catch (const std::exception& e) {
+    diag.Add(Where{path, 0, ""}, std::string("cannot interpret YAML: ") + e.what());
+    return diag.ToStatus();
+  }
+  Checker checker(path, &state, &diag);
+  CheckCampaign(merged.config, &checker);
+  if (!diag.empty()) return diag.ToStatus();
+  try {
+    AnchorSitePaths(root, path);
+    merged.yaml = EmitYaml(root);
+  } catch (const std::exception& e) {
+    return InvalidArgument(path + ": cannot write the merged campaign: " + e.what());
+  }
+  return merged;
+}
 
 StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const std::string& source_name) {
   Diagnostics diag;

@@ -58,13 +58,20 @@ struct OuterOptimizerConfig {
 };
 const char* OuterOptimizerName(OuterOptimizerKind kind);
 
-enum class CodecKind { kDenseFp32 };
+// Update codecs (common/codec.h has the wire formats). kSparseFp32 is the
+// coordinator's sparse aggregate on the downlink; YAML cannot select it.
+enum class CodecKind { kDenseFp32, kDenseBf16, kInt8, kSparseLoCo, kSparseFp32 };
 struct CodecConfig {
   CodecKind kind = CodecKind::kDenseFp32;
+  int topk = 64;                 // sparseloco: values kept per full 4096-element chunk (density topk/4096)
+  double error_feedback = 0.95;  // beta in e <- beta*e + delta; 0 turns error feedback off
 };
 const char* CodecName(CodecKind kind);
 
-enum class AggregationRule { kMean };
+// How the coordinator averages R uploads: kMeanAll divides every coordinate's
+// sum by R; kMeanChoosers divides by the number of workers that sent that
+// coordinate (dense uploads choose every coordinate).
+enum class AggregationRule { kMeanAll, kMeanChoosers };
 const char* AggregationName(AggregationRule rule);
 
 struct QuorumConfig {
@@ -72,7 +79,7 @@ struct QuorumConfig {
   int min_workers = 1;          // a round may close with this many uploads
   double round_deadline_s = 300;  // after this, close with >= min_workers uploads
   double start_timeout_s = 120;   // give up if expected workers never join
-  AggregationRule aggregation = AggregationRule::kMean;
+  AggregationRule aggregation = AggregationRule::kMeanAll;
 };
 
 struct NetworkConfig {
@@ -121,6 +128,35 @@ StatusOr<CampaignConfig> LoadCampaignFile(const std::string& path);
 StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const std::string& source_name);
 StatusOr<SiteConfig> LoadSiteFile(const std::string& path);
 StatusOr<SiteConfig> ParseSiteYaml(const std::string& yaml_text, const std::string& source_name);
+
+// Command-line overrides of a campaign document (`lowband run --set
+// KEY=VALUE`). KEY is a dotted path of map keys (`codec.name`,
+// `training.inner_steps`); a segment may index an existing list item
+// (`sites[0].site.threads`). Maps missing on the way (or null) are created.
+// VALUE is parsed as YAML: a scalar or a flow node (`codec={name: int8}`); an
+// empty VALUE is null, as `key:` with nothing after it is in a file. Sets are
+// applied in order, so a later one wins.
+//
+// ApplyOverrides returns the merged document as YAML text (comments are not
+// kept); it does not validate it (ParseCampaignYaml does). InvalidArgument
+// lists every bad set at once, each as "--set KEY: problem": no '=', an empty
+// KEY or key segment, a path through a scalar or a list, a list index that
+// does not exist, a VALUE that is not YAML, or a document that is not a map.
+StatusOr<std::string> ApplyOverrides(const std::string& yaml_text, const std::vector<std::string>& sets);
+
+struct MergedCampaign {
+  CampaignConfig config;  // the merged campaign; config.source is the original file
+  std::string yaml;       // the merged document, to be saved elsewhere
+};
+// Reads the campaign file `path`, applies `sets` as ApplyOverrides does and
+// loads the result as LoadCampaignFile would, reporting every problem at
+// once. An error at or under a key that a set wrote reads
+// "--set KEY: problem" (or "--set KEY: KEY.PATH: problem" below it) instead
+// of naming a line; every other error keeps its line in `path`. In `yaml`,
+// relative `sites[i].file` and inline `sites[i].data.dir` paths are made
+// absolute, so the text means the same saved in any directory (`lowband run`
+// writes it to RUN_DIR/campaign.yaml and starts its processes on that).
+StatusOr<MergedCampaign> LoadCampaignWithOverrides(const std::string& path, const std::vector<std::string>& sets);
 
 // Checks that need the whole campaign (e.g. d_model % heads == 0). Called by
 // the loaders; exposed for configs built in code (tests).

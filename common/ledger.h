@@ -12,6 +12,11 @@ namespace lowband {
 
 enum class Direction { kUp, kDown };  // up: worker -> coordinator
 
+struct LedgerEntry {
+  uint64_t bytes = 0;
+  uint64_t messages = 0;
+};
+
 class BandwidthLedger {
  public:
   void Record(const std::string& site, Direction dir, uint32_t round, const std::string& kind, uint64_t bytes);
@@ -20,13 +25,16 @@ class BandwidthLedger {
   uint64_t RoundTotal(uint32_t round, Direction dir) const;
   uint64_t SiteTotal(const std::string& site, Direction dir) const;
   uint64_t SiteRoundTotal(const std::string& site, uint32_t round, Direction dir) const;
-  // (site, direction, round, kind) -> bytes
-  const std::map<std::tuple<std::string, Direction, uint32_t, std::string>, uint64_t>& entries() const {
+  // Bytes and message count of one kind; round < 0 = every round; site "" = every site.
+  LedgerEntry KindTotal(Direction dir, const std::string& kind, int64_t round = -1,
+                        const std::string& site = "") const;
+  // (site, direction, round, kind) -> bytes and messages
+  const std::map<std::tuple<std::string, Direction, uint32_t, std::string>, LedgerEntry>& entries() const {
     return entries_;
   }
 
  private:
-  std::map<std::tuple<std::string, Direction, uint32_t, std::string>, uint64_t> entries_;
+  std::map<std::tuple<std::string, Direction, uint32_t, std::string>, LedgerEntry> entries_;
 };
 
 }  // namespace lowband

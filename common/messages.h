@@ -23,6 +23,7 @@ struct BlobHeader {
   uint64_t layout_digest = 0;
   uint64_t byte_length = 0;
   uint64_t checksum = 0;  // Fnv1a64 of the bulk bytes
+  uint32_t topk = 0;      // sparseloco: kept values per full chunk; 0 for other codecs
 };
 
 struct Hello {
@@ -38,7 +39,7 @@ struct Welcome {
   std::string worker_id;
   ModelConfig model;
   TrainingConfig training;
-  CodecKind codec = CodecKind::kDenseFp32;
+  CodecConfig codec;
   uint64_t data_seed = 0;
   int worker_index = 0;
   uint32_t heartbeat_interval_ms = 0;

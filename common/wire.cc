@@ -53,13 +53,17 @@ constexpr size_t kMinHeaderBytes = 8;
 wire::Codec CodecToWire(CodecKind kind) {
   switch (kind) {
     case CodecKind::kDenseFp32: return wire::Codec::DenseFp32;
+    case CodecKind::kDenseBf16: return wire::Codec::DenseBf16;
+    case CodecKind::kInt8: return wire::Codec::Int8;
+    case CodecKind::kSparseLoCo: return wire::Codec::SparseLoCo;
+    case CodecKind::kSparseFp32: return wire::Codec::SparseFp32;
   }
   return wire::Codec::DenseFp32;  // unreachable for valid enum values
 }
 
 fb::Offset<wire::BlobHeader> EncodeBlob(fb::FlatBufferBuilder& fbb, const BlobHeader& b) {
   return wire::CreateBlobHeader(fbb, CodecToWire(b.codec), b.num_elements, b.layout_digest,
-                                b.byte_length, b.checksum);
+                                b.byte_length, b.checksum, b.topk);
 }
 
 struct EncodedBody {
@@ -90,7 +94,8 @@ class BodyEncoder {
                                                 in.weight_decay, in.grad_clip, in.warmup_steps);
     const TrainingConfig& t = m.training;
     auto training = wire::CreateTrainingSpec(fbb_, t.rounds, t.inner_steps, t.batch_size,
-                                             t.eval_batches, t.seed, inner, CodecToWire(m.codec));
+                                             t.eval_batches, t.seed, inner, CodecToWire(m.codec.kind),
+                                             static_cast<uint32_t>(m.codec.topk), m.codec.error_feedback);
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
                                 m.heartbeat_interval_ms, m.heartbeat_timeout_ms)
@@ -222,6 +227,10 @@ Status RequireNonNegative(int32_t v, const char* field) {
 Status CodecFromWire(wire::Codec codec, const char* field, CodecKind* out) {
   switch (codec) {
     case wire::Codec::DenseFp32: *out = CodecKind::kDenseFp32; return Status::Ok();
+    case wire::Codec::DenseBf16: *out = CodecKind::kDenseBf16; return Status::Ok();
+    case wire::Codec::Int8: *out = CodecKind::kInt8; return Status::Ok();
+    case wire::Codec::SparseLoCo: *out = CodecKind::kSparseLoCo; return Status::Ok();
+    case wire::Codec::SparseFp32: *out = CodecKind::kSparseFp32; return Status::Ok();
   }
   return InvalidArgument(std::string(field) + " has unknown codec value " +
                          std::to_string(static_cast<unsigned>(codec)));
@@ -235,6 +244,7 @@ Status DecodeBlob(const wire::BlobHeader* b, const char* field, BlobHeader* out)
   out->layout_digest = b->layout_digest();
   out->byte_length = b->byte_length();
   out->checksum = b->checksum();
+  out->topk = b->topk();
   return Status::Ok();
 }
 
@@ -277,7 +287,20 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(inner->grad_clip(), "Welcome.training.inner.grad_clip"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(inner->warmup_steps(), "Welcome.training.inner.warmup_steps"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(t.worker_index(), "Welcome.worker_index"));
-  LOWBAND_RETURN_IF_ERROR(CodecFromWire(training->codec(), "Welcome.training.codec", &m->codec));
+  LOWBAND_RETURN_IF_ERROR(CodecFromWire(training->codec(), "Welcome.training.codec", &m->codec.kind));
+  if (m->codec.kind == CodecKind::kSparseFp32) {
+    return InvalidArgument("Welcome.training.codec sparse_fp32 is a downlink format, not an upload codec");
+  }
+  if (m->codec.kind == CodecKind::kSparseLoCo && (training->codec_topk() < 1 || training->codec_topk() > 4096)) {
+    return InvalidArgument("Welcome.training.codec_topk is " + std::to_string(training->codec_topk()) +
+                           " (allowed: 1 to 4096)");
+  }
+  if (!(training->error_feedback() >= 0.0 && training->error_feedback() < 1.0)) {
+    return InvalidArgument("Welcome.training.error_feedback is " + std::to_string(training->error_feedback()) +
+                           " (allowed: 0 <= beta < 1)");
+  }
+  m->codec.topk = static_cast<int>(training->codec_topk());
+  m->codec.error_feedback = training->error_feedback();
 
   m->worker_id = t.worker_id()->str();
   m->model.layers = model->layers();

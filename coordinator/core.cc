@@ -9,6 +9,17 @@
 namespace lowband {
 namespace {
 
+// Pseudo-gradients are parameter differences after a few steps; an entry
+// beyond this means a diverged or hostile worker, and rejecting it keeps the
+// aggregate and the outer step finite.
+constexpr float kMaxDeltaMagnitude = 1e6f;
+
+float MaxAbs(const Update& u) {
+  float peak = 0;
+  for (float v : u.dense ? u.values : u.value) peak = std::max(peak, std::fabs(v));
+  return peak;
+}
+
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // The data-sampling seed depends on the campaign seed and the site name only,
@@ -39,14 +50,13 @@ const char* CoordinatorCore::PhaseName(Phase p) {
 
 CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now)
     : config_(std::move(config)),
-      codec_(MakeCodec(config_.codec.kind)),
+      plan_(PlanLayout(initial.layout, config_.codec.topk)),
       outer_(config_.outer, initial.values.size()),
       params_(std::move(initial)),
       digest_(params_.Digest()),
       campaign_start_(now),
       phase_start_(now),
       round_start_(now) {
-  LOWBAND_CHECK(codec_ != nullptr);
   LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
   pending_.round = 0;
 }
@@ -180,7 +190,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   wel.worker_id = m.site;
   wel.model = config_.model;
   wel.training = config_.training;
-  wel.codec = config_.codec.kind;
+  wel.codec = config_.codec;
   wel.data_seed = DataSeedFor(config_.training.seed, m.site);
   wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(m.site)));
   wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
@@ -197,7 +207,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
 }
 
 void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
-  auto enc = codec_->Encode(params_.layout, params_.values);
+  auto enc = PackDenseFp32(params_.layout, params_.values);
   // Dense fp32 of our own parameters cannot fail; a failure is a bug.
   LOWBAND_CHECK(enc.ok());
   Message m = Make(ModelSync{committed_round_, digest_, enc->header});
@@ -262,9 +272,24 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
     Reply(w.peer, ErrorCode::kBadPayload, "upload needs a finite train_loss and tokens > 0", m.round, out);
     return;
   }
-  auto delta = codec_->Decode(params_.layout, m.blob, msg.bulk);
+  if (m.blob.codec != config_.codec.kind) {
+    Reply(w.peer, ErrorCode::kBadPayload,
+          std::string("delta payload uses codec ") + CodecName(m.blob.codec) + ", the campaign uses " +
+              CodecName(config_.codec.kind),
+          m.round, out);
+    return;
+  }
+  auto delta = ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
   if (!delta.ok()) {
     Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
+    return;
+  }
+  const float peak = MaxAbs(*delta);
+  if (!(peak <= kMaxDeltaMagnitude)) {
+    Reply(w.peer, ErrorCode::kBadPayload,
+          "delta payload rejected: an entry of magnitude " + std::to_string(peak) + " exceeds " +
+              std::to_string(kMaxDeltaMagnitude) + " (diverged or hostile)",
+          m.round, out);
     return;
   }
   uploads_[w.site] = Upload{std::move(delta).value(), m.train_loss, m.tokens};
@@ -277,14 +302,15 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
   if (phase_ != Phase::kTraining || !Complete(uploads_, deadline_passed)) return;
   const int have = static_cast<int>(uploads_.size());
 
-  // Mean over the R workers that uploaded; sites in name order so the float
-  // sum is the same on every run.
-  const size_t n = params_.values.size();
-  std::vector<float> mean(n, 0.0f);
+  // Mean over the R workers that uploaded (or over those that chose each
+  // coordinate); sites in name order so the float sum is the same on every
+  // run. Sparse uploads stay sparse through aggregation and a stateless
+  // outer step.
+  std::vector<const Update*> deltas;
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, up] : uploads_) {
-    for (size_t i = 0; i < n; ++i) mean[i] += up.delta[i];
+    deltas.push_back(&up.delta);
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
     tokens += up.tokens;
     SiteRoundStats& s = pending_.sites[site];
@@ -292,10 +318,16 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
     s.tokens = up.tokens;
     s.uploaded = true;
   }
-  const float inv = 1.0f / static_cast<float>(have);
-  for (size_t i = 0; i < n; ++i) mean[i] *= inv;
-  std::vector<float> update = outer_.Step(mean);
-  for (size_t i = 0; i < n; ++i) params_.values[i] = params_.values[i] - update[i];
+  Update update = outer_.Step(plan_, AggregateMean(plan_, deltas, config_.quorum.aggregation));
+  // Bounded uploads keep this finite; should it ever not be, fail the
+  // campaign with the parameters of the last committed round intact.
+  auto enc = PackAggregate(params_.layout, plan_, update);
+  if (!enc.ok()) {
+    Finish("round " + std::to_string(committed_round_ + 1) + ": outer update rejected: " + enc.status().ToString(),
+           true, out);
+    return;
+  }
+  LOWBAND_CHECK(ApplyUpdate(plan_, update, &params_.values).ok());
   digest_ = params_.Digest();
   committed_round_ += 1;
   pending_.train_loss = loss_sum / static_cast<double>(tokens);
@@ -305,8 +337,8 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
   uploads_.clear();
   evals_.clear();
 
-  auto enc = codec_->Encode(params_.layout, update);
-  LOWBAND_CHECK(enc.ok());
+  pending_.down_codec = enc->header.codec;
+  pending_.aggregate_nnz = update.nnz();
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined) continue;
     if (w.synced_round + 1 != committed_round_) {

@@ -64,6 +64,8 @@ struct RoundRecord {
   int digest_mismatches = 0;
   double wall_s = 0;
   uint64_t digest = 0;
+  CodecKind down_codec = CodecKind::kDenseFp32;  // how the aggregate went down
+  uint64_t aggregate_nnz = 0;                    // nonzero entries of the outer update
   std::map<std::string, SiteRoundStats> sites;
 };
 
@@ -124,7 +126,7 @@ class CoordinatorCore {
 
  private:
   struct Upload {
-    std::vector<float> delta;
+    Update delta;
     double train_loss;
     uint64_t tokens;
   };
@@ -150,7 +152,7 @@ class CoordinatorCore {
   std::string WorkersJson(TimePoint now) const;
 
   CampaignConfig config_;
-  std::unique_ptr<UpdateCodec> codec_;
+  LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
   OuterOptimizer outer_;
   ParamSet params_;
   uint64_t digest_ = 0;

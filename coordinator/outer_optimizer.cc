@@ -33,4 +33,16 @@ std::vector<float> OuterOptimizer::Step(const std::vector<float>& g) {
   return u;
 }
 
+Update OuterOptimizer::Step(const LayoutPlan& plan, Update g) {
+  if (g.dense || !stateless()) {
+    Update u;
+    u.dense = true;
+    u.values = Step(g.dense ? g.values : Densify(plan, g));
+    return u;
+  }
+  const float lr = static_cast<float>(config_.lr);
+  for (float& v : g.value) v = lr * v;
+  return g;
+}
+
 }  // namespace lowband

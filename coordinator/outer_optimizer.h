@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "common/codec.h"
 #include "common/config.h"
 
 namespace lowband {
@@ -19,6 +20,12 @@ class OuterOptimizer {
   //  sgd:      m <- mu*m + g;  u = lr*m            (mu = 0: u = lr*g; SparseLoCo: lr 1)
   //  fedavg:   u = lr*g                            (lr = server learning rate)
   std::vector<float> Step(const std::vector<float>& g);
+  // Same rules on an aggregated Update. A sparse g stays sparse when the
+  // rule keeps no state (fedavg, sgd without momentum: u = lr*g on g's
+  // entries, so SparseLoCo's aggregate goes down as sparse as it came up);
+  // otherwise g is densified.
+  Update Step(const LayoutPlan& plan, Update g);
+  bool stateless() const { return momentum_.empty(); }
 
   const std::vector<float>& momentum() const { return momentum_; }
   void set_momentum(std::vector<float> m) { momentum_ = std::move(m); }

@@ -6,6 +6,8 @@
 #include <cinttypes>
 #include <cmath>
 #include <filesystem>
+#include <limits>
+#include <map>
 
 #include "common/checkpoint.h"
 #include "common/event_loop.h"
@@ -58,6 +60,9 @@ struct CoordinatorService::Impl {
   void OnCommitted(const RoundRecord& r);
   void OnFinished(const CoreOutput& out);
   void PrintSummary();
+  void WriteSummary(const CoreOutput& out);
+  double Ratio(const LedgerEntry& e) const;
+  Clock::time_point started = Clock::now();
 };
 
 CoordinatorService::CoordinatorService(CampaignConfig config, ParamSet initial, CoordinatorOptions options)
@@ -128,14 +133,25 @@ void CoordinatorService::Impl::OnControl() {
   }
 }
 
+// Compression of one message kind against dense fp32: the fp32 payload bytes
+// the same messages would carry (4 bytes per parameter each) over the bytes
+// they took (header frames included). 0 when none were sent.
+double CoordinatorService::Impl::Ratio(const LedgerEntry& e) const {
+  if (e.bytes == 0 || e.messages == 0) return 0.0;
+  const double dense = static_cast<double>(e.messages) * static_cast<double>(core.params().values.size()) * 4.0;
+  return dense / static_cast<double>(e.bytes);
+}
+
 void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   const uint64_t up = ledger.RoundTotal(r.round, Direction::kUp);
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
-  const double dense_up = static_cast<double>(r.contributors) * static_cast<double>(core.params().values.size()) * 4.0;
-  const double ratio = up > 0 && r.contributors > 0 ? dense_up / static_cast<double>(up) : 0.0;
+  const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, "delta_upload", r.round);
+  const LedgerEntry aggregates = ledger.KindTotal(Direction::kDown, "aggregate", r.round);
+  const double ratio_up = Ratio(uploads);
+  const double ratio_down = Ratio(aggregates);
   LOG_INFO("round committed", {"round", r.round}, {"train_loss", r.train_loss}, {"val_loss", r.val_loss},
-           {"bytes_up", up}, {"bytes_down", down}, {"contributors", r.contributors},
-           {"digest", DigestHex(r.digest)}, {"wall_s", r.wall_s});
+           {"bytes_up", up}, {"bytes_down", down}, {"ratio_up", ratio_up}, {"ratio_down", ratio_down},
+           {"contributors", r.contributors}, {"digest", DigestHex(r.digest)}, {"wall_s", r.wall_s});
   if (options.progress) {
     char train[16];
     if (std::isfinite(r.train_loss)) {
@@ -143,10 +159,10 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     } else {
       std::snprintf(train, sizeof(train), "   -  ");
     }
-    std::printf("round %3u/%-3d train %s  val %.4f  up %10s  down %10s  ratio %5.2fx  %6.2f s  sites %d%s\n",
-                r.round, config.training.rounds, train, r.val_loss, HumanBytes(up).c_str(),
-                HumanBytes(down).c_str(), ratio, r.wall_s, r.evaluated,
-                r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+    std::printf("round %3u/%-3d train %s  val %.4f  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  sites %d%s\n",
+                r.round, config.training.rounds, train, r.val_loss, HumanBytes(up).c_str(), ratio_up,
+                HumanBytes(down).c_str(), ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
+                r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
     std::fflush(stdout);
   }
   if (metrics) {
@@ -160,7 +176,8 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
           .Add("uploaded", s.uploaded)
           .Add("digest_ok", s.digest_ok)
           .Add("bytes_up", ledger.SiteRoundTotal(name, r.round, Direction::kUp))
-          .Add("bytes_down", ledger.SiteRoundTotal(name, r.round, Direction::kDown));
+          .Add("bytes_down", ledger.SiteRoundTotal(name, r.round, Direction::kDown))
+          .Add("upload_bytes", ledger.KindTotal(Direction::kUp, "delta_upload", r.round, name).bytes);
       sites += JsonString(name) + ":" + o.str();
     }
     sites += "}";
@@ -170,7 +187,13 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("val_loss", r.val_loss)
         .Add("bytes_up", up)
         .Add("bytes_down", down)
-        .Add("compression_ratio", ratio)
+        .Add("upload_bytes", uploads.bytes)
+        .Add("aggregate_bytes", aggregates.bytes)
+        .Add("compression_ratio", ratio_up)
+        .Add("compression_ratio_down", ratio_down)
+        .Add("codec", CodecName(config.codec.kind))
+        .Add("down_codec", CodecName(r.down_codec))
+        .Add("aggregate_nnz", r.aggregate_nnz)
         .Add("wall_s", r.wall_s)
         .Add("tokens", r.tokens)
         .Add("contributors", r.contributors)
@@ -186,17 +209,30 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
 }
 
 void CoordinatorService::Impl::PrintSummary() {
-  std::printf("\n%-16s %14s %14s %8s\n", "site", "bytes up", "bytes down", "rounds");
+  std::printf("\n%-16s %12s %12s %12s %10s %12s %10s %7s\n", "site", "bytes up", "bytes down", "uploads",
+              "up ratio", "aggregates", "dn ratio", "rounds");
   std::map<std::string, int> rounds;
   for (const auto& r : core.history()) {
     for (const auto& [name, s] : r.sites) rounds[name] += s.uploaded;
   }
+  auto row = [&](const std::string& label, const std::string& site, int n) {
+    const LedgerEntry up = ledger.KindTotal(Direction::kUp, "delta_upload", -1, site);
+    const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate", -1, site);
+    const uint64_t total_up = site.empty() ? ledger.Total(Direction::kUp) : ledger.SiteTotal(site, Direction::kUp);
+    const uint64_t total_dn =
+        site.empty() ? ledger.Total(Direction::kDown) : ledger.SiteTotal(site, Direction::kDown);
+    std::printf("%-16s %12s %12s %12s %9.1fx %12s %9.1fx %7d\n", label.c_str(), HumanBytes(total_up).c_str(),
+                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(up), HumanBytes(dn.bytes).c_str(),
+                Ratio(dn), n);
+  };
+  int all_rounds = 0;
   for (const auto& [name, w] : core.workers()) {
-    std::printf("%-16s %14s %14s %8d\n", name.c_str(), HumanBytes(ledger.SiteTotal(name, Direction::kUp)).c_str(),
-                HumanBytes(ledger.SiteTotal(name, Direction::kDown)).c_str(), rounds[name]);
+    row(name, name, rounds[name]);
+    all_rounds += rounds[name];
   }
-  std::printf("%-16s %14s %14s\n", "total", HumanBytes(ledger.Total(Direction::kUp)).c_str(),
-              HumanBytes(ledger.Total(Direction::kDown)).c_str());
+  row("total", "", all_rounds);
+  std::printf("(bytes up/down: every message, headers included; uploads/aggregates: the delta_upload and\n"
+              " aggregate messages alone; ratio: dense fp32 bytes of the same messages / bytes sent)\n");
   const auto& h = core.history();
   if (h.size() >= 2) {
     const double first = h.front().val_loss, last = h.back().val_loss;
@@ -204,6 +240,41 @@ void CoordinatorService::Impl::PrintSummary() {
                 100.0 * (first - last) / first, DigestHex(core.digest()).c_str());
   }
   std::fflush(stdout);
+}
+
+// RUN_DIR/summary.txt: one "key value" per line, for scripts (bench/).
+void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
+  const std::string path = options.run_dir + "/summary.txt";
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) {
+    LOG_WARN("cannot write summary", {"path", path});
+    return;
+  }
+  const auto& h = core.history();
+  uint64_t tokens = 0;
+  for (const auto& r : h) tokens += r.tokens;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::fprintf(f, "campaign %s\n", config.name.c_str());
+  std::fprintf(f, "status %s\n", out.failed ? "failed" : "completed");
+  std::fprintf(f, "codec %s\n", CodecName(config.codec.kind));
+  std::fprintf(f, "outer %s\n", OuterOptimizerName(config.outer.kind));
+  std::fprintf(f, "rounds %u\n", core.committed_round());
+  std::fprintf(f, "inner_steps %d\n", config.training.inner_steps);
+  std::fprintf(f, "parameters %zu\n", core.params().values.size());
+  std::fprintf(f, "tokens %" PRIu64 "\n", tokens);
+  std::fprintf(f, "initial_val_loss %.6f\n", h.empty() ? nan : h.front().val_loss);
+  std::fprintf(f, "final_val_loss %.6f\n", h.empty() ? nan : h.back().val_loss);
+  std::fprintf(f, "bytes_up %" PRIu64 "\n", ledger.Total(Direction::kUp));
+  std::fprintf(f, "bytes_down %" PRIu64 "\n", ledger.Total(Direction::kDown));
+  const LedgerEntry up = ledger.KindTotal(Direction::kUp, "delta_upload");
+  const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate");
+  std::fprintf(f, "upload_bytes %" PRIu64 "\n", up.bytes);
+  std::fprintf(f, "aggregate_bytes %" PRIu64 "\n", dn.bytes);
+  std::fprintf(f, "ratio_up %.2f\n", Ratio(up));
+  std::fprintf(f, "ratio_down %.2f\n", Ratio(dn));
+  std::fprintf(f, "wall_s %.2f\n", std::chrono::duration<double>(Clock::now() - started).count());
+  std::fprintf(f, "final_digest %s\n", DigestHex(core.digest()).c_str());
+  std::fclose(f);
 }
 
 void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
@@ -219,6 +290,7 @@ void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
     } else {
       LOG_INFO("final checkpoint written", {"path", path}, {"round", core.committed_round()});
     }
+    WriteSummary(out);
   }
   if (options.progress) {
     if (out.failed) {

@@ -12,6 +12,10 @@ bool SameModel(const ModelConfig& a, const ModelConfig& b) {
          a.vocab == b.vocab;
 }
 
+bool SameCodec(const CodecConfig& a, const CodecConfig& b) {
+  return a.kind == b.kind && a.topk == b.topk && a.error_feedback == b.error_feedback;
+}
+
 JobFailed Fail(ErrorCode code, uint32_t round, const Status& st, bool fatal = false) {
   return JobFailed{fatal, code, round, st.ToString()};
 }
@@ -33,16 +37,16 @@ JobResult Executor::Configure(const Welcome& w) {
   // A re-welcome with the same model (coordinator restart, re-registration)
   // keeps the trainer and with it the inner optimizer state.
   if (trainer_ && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
-      welcome_->codec == w.codec) {
+      SameCodec(welcome_->codec, w.codec)) {
     return ConfigureDone{};
   }
-  auto trainer = Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed);
+  auto trainer =
+      Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
-  codec_ = MakeCodec(w.codec);
   welcome_ = std::make_unique<Welcome>(w);
   LOG_INFO("trainer ready", {"device", site_.device}, {"parameters", static_cast<long long>(trainer_->layout().numel())},
-           {"codec", CodecName(w.codec)});
+           {"codec", CodecName(w.codec.kind)}, {"topk", w.codec.topk}, {"error_feedback", w.codec.error_feedback});
   return ConfigureDone{};
 }
 
@@ -55,10 +59,14 @@ JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
 
 JobResult Executor::Sync(const SyncJob& job) {
   // Full parameters travel with the dense fp32 codec whatever the update codec is.
-  auto dense = MakeCodec(CodecKind::kDenseFp32);
-  auto values = dense->Decode(trainer_->layout(), job.sync.blob, job.bulk);
+  if (job.sync.blob.codec != CodecKind::kDenseFp32) {
+    return JobFailed{false, ErrorCode::kBadPayload, job.sync.round,
+                     std::string("model sync payload uses codec ") + CodecName(job.sync.blob.codec) +
+                         ", expected dense_fp32"};
+  }
+  auto values = ParseUpdate(trainer_->layout(), trainer_->plan(), job.sync.blob, job.bulk);
   if (!values.ok()) return Fail(ErrorCode::kBadPayload, job.sync.round, values.status());
-  ParamSet p{trainer_->layout(), std::move(values).value()};
+  ParamSet p{trainer_->layout(), std::move(values->values)};
   if (p.Digest() != job.sync.digest) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.sync.round,
                      "model sync payload digest " + DigestHex(p.Digest()) + " differs from the announced " +
@@ -78,23 +86,26 @@ JobResult Executor::Train(const TrainJob& job) {
   }
   auto result = trainer_->TrainRound(job.inner_steps);
   if (!result.ok()) return Fail(ErrorCode::kInternal, job.round, result.status());
-  auto enc = codec_->Encode(trainer_->layout(), result->delta);
-  if (!enc.ok()) return Fail(ErrorCode::kInternal, job.round, enc.status());
   TrainDone done;
   done.upload.round = job.round;
   done.upload.base_digest = base;
   done.upload.train_loss = result->mean_loss;
   done.upload.tokens = result->tokens;
   done.upload.step_time_ms = result->step_time_ms;
-  done.upload.blob = enc->header;
-  done.bulk = std::move(enc->bulk);
+  done.upload.blob = result->upload.header;
+  done.bulk = std::move(result->upload.bulk);
   LOG_DEBUG("round trained", {"round", job.round}, {"train_loss", result->mean_loss},
             {"step_time_ms", result->step_time_ms});
   return done;
 }
 
 JobResult Executor::Apply(const ApplyJob& job) {
-  auto update = codec_->Decode(trainer_->layout(), job.aggregate.blob, job.bulk);
+  const CodecKind codec = job.aggregate.blob.codec;
+  if (codec != CodecKind::kDenseFp32 && codec != CodecKind::kSparseFp32) {
+    return JobFailed{false, ErrorCode::kBadPayload, job.aggregate.round,
+                     std::string("aggregate uses codec ") + CodecName(codec) + ", expected dense_fp32 or sparse_fp32"};
+  }
+  auto update = ParseUpdate(trainer_->layout(), trainer_->plan(), job.aggregate.blob, job.bulk);
   if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());
   Status st = trainer_->ApplyUpdate(*update);
   if (!st.ok()) return Fail(ErrorCode::kInternal, job.aggregate.round, st);

@@ -34,7 +34,6 @@ class Executor {
   const Corpus* corpus_;
   std::unique_ptr<Welcome> welcome_;  // configuration the trainer was built for
   std::unique_ptr<Trainer> trainer_;
-  std::unique_ptr<UpdateCodec> codec_;
 };
 
 }  // namespace lowband

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <fstream>
 #include <sstream>
 
+#include "common/codec_device.h"
 #include "common/model.h"
 
 namespace lowband {
@@ -62,14 +64,29 @@ struct Trainer::Impl {
   Gpt model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;  // state persists across rounds
   ParamLayout layout;
+  LayoutPlan plan;
   ParamSet global;             // CPU fp32 copy of the committed global parameters
+  std::vector<torch::Tensor> global_dev;  // the same values on the device, one tensor per parameter
+  std::unique_ptr<DeviceEncoder> encoder;
   bool model_is_global = false;  // false after TrainRound left local weights in the model
   int64_t inner_steps_done = 0;  // across the campaign, for the warm-up schedule
 
   Status LoadGlobal() {
     LOWBAND_RETURN_IF_ERROR(ImportParams(model, global));
+    torch::NoGradGuard no_grad;
+    global_dev.clear();
+    for (auto& p : model->parameters()) global_dev.push_back(p.detach().clone());
     model_is_global = true;
     return Status::Ok();
+  }
+
+  // After TrainRound left local weights in the model: back to the global
+  // ones with a device-to-device copy.
+  void RestoreGlobal() {
+    torch::NoGradGuard no_grad;
+    auto params = model->parameters();
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(global_dev[i]);
+    model_is_global = true;
   }
 
   double LearningRate() const {
@@ -93,7 +110,8 @@ Trainer::~Trainer() = default;
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, const TrainingConfig& training,
                                                    const std::string& device, int threads,
-                                                   const Corpus* corpus, uint64_t data_seed) {
+                                                   const Corpus* corpus, uint64_t data_seed,
+                                                   const CodecConfig& codec) {
   if (corpus == nullptr) return InvalidArgument("trainer: no corpus");
   if (training.batch_size < 1) return InvalidArgument("trainer: batch_size must be >= 1");
   const size_t window = static_cast<size_t>(model.context) + 1;
@@ -112,8 +130,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
     impl->model = MakeGpt(model, training.seed);
     impl->global = ExportParams(impl->model);
     impl->layout = impl->global.layout;
+    impl->plan = PlanLayout(impl->layout, codec.topk);
     impl->model->to(dev);
-    impl->model_is_global = true;
+    LOWBAND_RETURN_IF_ERROR(impl->LoadGlobal());
+    LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(impl->layout, codec, dev));
 
     // Decoupled weight decay on matrices (linear weights, embeddings) only;
     // biases and LayerNorm parameters are not decayed (GPT-2 / nanoGPT).
@@ -140,6 +160,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
 
 const ParamLayout& Trainer::layout() const { return impl_->layout; }
 const ParamSet& Trainer::global() const { return impl_->global; }
+const LayoutPlan& Trainer::plan() const { return impl_->plan; }
 
 Status Trainer::SetGlobal(ParamSet params) {
   if (!(params.layout == impl_->layout)) {
@@ -159,7 +180,7 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
   if (inner_steps < 1) return InvalidArgument("TrainRound: inner_steps must be >= 1");
   Impl& s = *impl_;
   try {
-    LOWBAND_RETURN_IF_ERROR(s.LoadGlobal());
+    if (!s.model_is_global) s.RestoreGlobal();
     s.model->train();
     s.model_is_global = false;
     TrainResult result;
@@ -191,17 +212,24 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
     result.mean_loss = loss_sum / inner_steps;
     result.step_time_ms = time_ms / inner_steps;
 
-    // Delta on the CPU in fp32: theta_global - theta_local.
-    ParamSet local = ExportParams(s.model);
-    const size_t n = s.global.values.size();
-    result.delta.resize(n);
-    const float* g = s.global.values.data();
-    const float* l = local.values.data();
-    for (size_t i = 0; i < n; ++i) result.delta[i] = g[i] - l[i];
-    if (!AllFinite(result.delta)) {
+    // Pseudo-gradient on the device: theta_global - theta_local; the
+    // encoder compresses it there and hands back only the payload.
+    std::vector<torch::Tensor> delta;
+    std::vector<torch::Tensor> peaks;
+    {
+      torch::NoGradGuard no_grad;
+      auto params = s.model->parameters();
+      for (size_t i = 0; i < params.size(); ++i) {
+        delta.push_back(s.global_dev[i] - params[i].detach());
+        peaks.push_back(delta.back().abs().max());
+      }
+    }
+    const double peak = torch::stack(peaks).max().item<double>();  // one sync for the whole model
+    if (!std::isfinite(peak)) {
       return Internal("TrainRound: non-finite parameters after " + std::to_string(inner_steps) +
                       " inner steps (mean loss " + std::to_string(result.mean_loss) + "); training diverged");
     }
+    LOWBAND_ASSIGN_OR_RETURN(result.upload, s.encoder->Encode(delta));
     return result;
   } catch (const c10::Error& e) {
     return Internal(TorchMessage("TrainRound", e));
@@ -210,24 +238,29 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
   }
 }
 
-Status Trainer::ApplyUpdate(const std::vector<float>& update) {
+Status Trainer::ApplyUpdate(const Update& update) {
   Impl& s = *impl_;
-  if (update.size() != s.global.values.size()) {
-    return InvalidArgument("ApplyUpdate: update has " + std::to_string(update.size()) + " values, model has " +
-                           std::to_string(s.global.values.size()));
-  }
-  // Plain fp32 loop, exactly the coordinator's arithmetic, so replicas stay
-  // bit-identical (a lone subtraction has no FMA contraction to differ on).
-  float* g = s.global.values.data();
-  for (size_t i = 0; i < update.size(); ++i) g[i] = g[i] - update[i];
+  // The coordinator's own function on the CPU copy, so replicas stay
+  // bit-identical; then the device copy follows.
+  LOWBAND_RETURN_IF_ERROR(lowband::ApplyUpdate(s.plan, update, &s.global.values));
   s.model_is_global = false;
-  return s.LoadGlobal();
+  try {
+    return s.LoadGlobal();
+  } catch (const c10::Error& e) {
+    return Internal(TorchMessage("ApplyUpdate", e));
+  }
+}
+
+Status Trainer::ApplyUpdate(const std::vector<float>& dense_update) {
+  Update u;
+  u.values = dense_update;
+  return ApplyUpdate(u);
 }
 
 StatusOr<EvalResult> Trainer::Evaluate() {
   Impl& s = *impl_;
   try {
-    if (!s.model_is_global) LOWBAND_RETURN_IF_ERROR(s.LoadGlobal());
+    if (!s.model_is_global) s.RestoreGlobal();
     torch::NoGradGuard no_grad;
     s.model->eval();
     double loss_sum = 0;

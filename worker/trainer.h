@@ -2,8 +2,10 @@
 //
 // Holds the global parameters of the last committed round as a CPU fp32
 // ParamSet (so applying an outer update is bit-identical to the
-// coordinator's arithmetic), the model on its device, and the AdamW inner
-// optimizer whose state persists across rounds. Torch-free header (pimpl).
+// coordinator's arithmetic) plus a copy on the device, the model on its
+// device, the AdamW inner optimizer whose state persists across rounds, and
+// the update encoder (error feedback, top-k, quantisation on the device:
+// only the encoded bytes leave it). Torch-free header (pimpl).
 // Lives on the worker's training thread; not thread-safe.
 #pragma once
 
@@ -11,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/codec.h"
 #include "common/config.h"
 #include "common/corpus.h"
 #include "common/params.h"
@@ -18,7 +21,7 @@
 namespace lowband {
 
 struct TrainResult {
-  std::vector<float> delta;  // theta_global - theta_local, layout order
+  Encoded upload;            // the encoded pseudo-gradient theta_global - theta_local
   double mean_loss = 0;      // mean training loss over the inner steps
   uint64_t tokens = 0;       // tokens processed
   double step_time_ms = 0;   // mean wall time per inner step
@@ -36,7 +39,8 @@ class Trainer {
   // threads: LibTorch intra-op threads. The corpus must outlive the trainer.
   static StatusOr<std::unique_ptr<Trainer>> Create(const ModelConfig& model, const TrainingConfig& training,
                                                    const std::string& device, int threads,
-                                                   const Corpus* corpus, uint64_t data_seed);
+                                                   const Corpus* corpus, uint64_t data_seed,
+                                                   const CodecConfig& codec = CodecConfig{});
   ~Trainer();
 
   const ParamLayout& layout() const;
@@ -46,7 +50,10 @@ class Trainer {
   // H inner AdamW steps starting from the global parameters.
   StatusOr<TrainResult> TrainRound(int inner_steps);
   // global <- global - update (fp32, on the CPU copy), then loads it.
-  Status ApplyUpdate(const std::vector<float>& update);
+  Status ApplyUpdate(const Update& update);
+  Status ApplyUpdate(const std::vector<float>& dense_update);
+  // The chunk plan of the layout at the codec's topk.
+  const LayoutPlan& plan() const;
   // Validation loss of the global parameters on the corpus validation split.
   StatusOr<EvalResult> Evaluate();
 

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "tests/fakes/temp_dir.h"
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -125,7 +126,12 @@ TEST_CASE("config: enum names", "[unit]") {
   CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kNesterov)) == "nesterov");
   CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kFedAvg)) == "fedavg");
   CHECK(std::string(CodecName(CodecKind::kDenseFp32)) == "dense_fp32");
-  CHECK(std::string(AggregationName(AggregationRule::kMean)) == "mean");
+  CHECK(std::string(CodecName(CodecKind::kDenseBf16)) == "dense_bf16");
+  CHECK(std::string(CodecName(CodecKind::kInt8)) == "int8");
+  CHECK(std::string(CodecName(CodecKind::kSparseLoCo)) == "sparseloco");
+  CHECK(std::string(CodecName(CodecKind::kSparseFp32)) == "sparse_fp32");
+  CHECK(std::string(AggregationName(AggregationRule::kMeanAll)) == "mean");
+  CHECK(std::string(AggregationName(AggregationRule::kMeanChoosers)) == "mean_of_choosers");
 }
 
 TEST_CASE("config: worker counts default from the sites", "[unit]") {
@@ -210,13 +216,13 @@ network: {heartbeat_interval_ms: 500, heartbeat_timeout_ms: 500}
 TEST_CASE("config: bad enum values list the allowed values", "[unit]") {
   std::string msg = CampaignError(R"(campaign: {name: x}
 outer_optimizer: {name: adam}
-codec: {name: sparseloco}
+codec: {name: topk}
 quorum: {aggregation: median}
 training: {inner_optimizer: {name: sgd}}
 )");
   CHECK_THAT(msg, Contains("c.yaml:2: outer_optimizer.name: unknown value 'adam' (allowed: nesterov, sgd, fedavg)"));
-  CHECK_THAT(msg, Contains("c.yaml:3: codec.name: unknown value 'sparseloco' (allowed: dense_fp32)"));
-  CHECK_THAT(msg, Contains("c.yaml:4: quorum.aggregation: unknown value 'median' (allowed: mean)"));
+  CHECK_THAT(msg, Contains("c.yaml:3: codec.name: unknown value 'topk' (allowed: dense_fp32, dense_bf16, int8, sparseloco)"));
+  CHECK_THAT(msg, Contains("c.yaml:4: quorum.aggregation: unknown value 'median' (allowed: mean, mean_of_choosers)"));
   CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.name: unknown value 'sgd' (allowed: adamw)"));
 }
 
@@ -517,6 +523,343 @@ TEST_CASE("config: each outer optimizer has its method's defaults", "[unit]") {
   REQUIRE(fedavg.ok());
   CHECK(fedavg->outer.lr == 0.5);
   CHECK(fedavg->outer.momentum == 0.0);
+}
+
+}  // namespace
+}  // namespace lowband
+
+namespace lowband {
+namespace {
+
+using Catch::Matchers::Contains;
+
+CampaignConfig Campaign(const std::string& yaml) {
+  auto r = ParseCampaignYaml(yaml, "c.yaml");
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  return *r;
+}
+
+std::string Error(const std::string& yaml) {
+  auto r = ParseCampaignYaml(yaml, "c.yaml");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  return r.status().message();
+}
+
+size_t LineCount(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')) + 1; }
+
+TEST_CASE("config: codec names and settings", "[unit]") {
+  const std::string head = "campaign: {name: x}\n";
+  CampaignConfig d = Campaign(head);
+  CHECK(d.codec.kind == CodecKind::kDenseFp32);
+  CHECK(d.codec.topk == 64);
+  CHECK(d.codec.error_feedback == 0.95);
+
+  CHECK(Campaign(head + "codec: {name: dense_bf16}\n").codec.kind == CodecKind::kDenseBf16);
+  CHECK(Campaign(head + "codec: {name: int8}\n").codec.kind == CodecKind::kInt8);
+
+  CampaignConfig s = Campaign(head + "codec: {name: sparseloco, topk: 32, error_feedback: 0.9}\n");
+  CHECK(s.codec.kind == CodecKind::kSparseLoCo);
+  CHECK(s.codec.topk == 32);
+  CHECK(s.codec.error_feedback == 0.9);
+  CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.topk == 64);
+  CHECK(Campaign(head + "codec: {name: sparseloco, topk: 1}\n").codec.topk == 1);
+  CHECK(Campaign(head + "codec: {name: sparseloco, topk: 4096}\n").codec.topk == 4096);
+
+  // Lossy codecs take error feedback; 0 switches it off. dense_fp32 accepts
+  // and ignores it.
+  CHECK(Campaign(head + "codec: {name: int8, error_feedback: 0}\n").codec.error_feedback == 0.0);
+  CHECK(Campaign(head + "codec: {name: dense_bf16, error_feedback: 0.5}\n").codec.error_feedback == 0.5);
+  CHECK(Campaign(head + "codec: {name: dense_fp32, error_feedback: 0.5}\n").codec.kind == CodecKind::kDenseFp32);
+}
+
+TEST_CASE("config: codec density is topk / 4096", "[unit]") {
+  const std::string head = "campaign: {name: x}\ncodec: {name: sparseloco, density: ";
+  CHECK(Campaign(head + "0.015625}\n").codec.topk == 64);
+  CHECK(Campaign(head + "1}\n").codec.topk == 4096);
+  CHECK(Campaign(head + "0.01}\n").codec.topk == 41);      // 40.96 rounds to 41
+  CHECK(Campaign(head + "1.0e-6}\n").codec.topk == 1);     // never below one value per chunk
+  CHECK(Campaign(head + "0.0001220703125}\n").codec.topk == 1);
+}
+
+TEST_CASE("config: invalid codec settings", "[unit]") {
+  const std::string head = "campaign: {name: x}\n";
+  CHECK_THAT(Error(head + "codec: {name: sparse_fp32}\n"),
+             Contains("c.yaml:2: codec.name: 'sparse_fp32' is the coordinator's downlink format and cannot be "
+                      "chosen for uploads (allowed: dense_fp32, dense_bf16, int8, sparseloco)"));
+  CHECK_THAT(Error(head + "codec: {name: sparse}\n"),
+             Contains("c.yaml:2: codec.name: unknown value 'sparse' (allowed: dense_fp32, dense_bf16, int8, sparseloco)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, topk: 0}\n"),
+             Contains("c.yaml:2: codec.topk: 0 is out of range (allowed: 1 to 4096)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, topk: 4097}\n"),
+             Contains("c.yaml:2: codec.topk: 4097 is out of range (allowed: 1 to 4096)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, topk: 2.5}\n"),
+             Contains("c.yaml:2: codec.topk: expected an integer, got '2.5'"));
+  CHECK_THAT(Error(head + "codec: {name: int8, topk: 64}\n"),
+             Contains("c.yaml:2: codec.topk: only for codec sparseloco, not int8 (allowed: name, error_feedback for codec int8)"));
+  CHECK_THAT(Error(head + "codec: {density: 0.5}\n"),
+             Contains("c.yaml:2: codec.density: only for codec sparseloco, not dense_fp32"));
+  CHECK_THAT(Error(head + "codec:\n  name: sparseloco\n  topk: 64\n  density: 0.015625\n"),
+             Contains("c.yaml:5: codec.density: both topk and density given; density is topk/4096 (allowed: one of topk, density)"));
+  for (const char* bad : {"0", "-0.5", "1.5"}) {
+    INFO(bad);
+    CHECK_THAT(Error(head + "codec: {name: sparseloco, density: " + bad + "}\n"),
+               Contains("c.yaml:2: codec.density: " + std::string(bad) + " is out of range (allowed: (0, 1]"));
+  }
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, density: half}\n"),
+             Contains("c.yaml:2: codec.density: expected a finite number, got 'half'"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, error_feedback: 1}\n"),
+             Contains("c.yaml:2: codec.error_feedback: 1 is out of range (allowed: [0, 1))"));
+  CHECK_THAT(Error(head + "codec: {name: int8, error_feedback: -0.1}\n"),
+             Contains("c.yaml:2: codec.error_feedback: -0.1 is out of range (allowed: [0, 1))"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, k: 3}\n"),
+             Contains("c.yaml:2: codec.k: unknown key (allowed: name, topk, density, error_feedback)"));
+  // Every problem at once, and no follow-on complaint about topk.
+  std::string msg = Error(head + "codec:\n  name: sparseloco\n  density: 2\n  error_feedback: 1.5\n");
+  CHECK(LineCount(msg) == 2);
+
+  CampaignConfig built;
+  built.codec.kind = CodecKind::kSparseFp32;
+  CHECK_THAT(ValidateCampaign(built).message(), Contains("codec.name: 'sparse_fp32' is the coordinator's downlink format"));
+  built.codec.kind = CodecKind::kSparseLoCo;
+  built.codec.topk = 0;
+  CHECK_THAT(ValidateCampaign(built).message(), Contains("codec.topk: 0 is out of range (allowed: 1 to 4096)"));
+}
+
+TEST_CASE("config: quorum aggregation", "[unit]") {
+  CHECK(Campaign("campaign: {name: x}\n").quorum.aggregation == AggregationRule::kMeanAll);
+  CHECK(Campaign("campaign: {name: x}\nquorum: {aggregation: mean}\n").quorum.aggregation == AggregationRule::kMeanAll);
+  CHECK(Campaign("campaign: {name: x}\nquorum: {aggregation: mean_of_choosers}\n").quorum.aggregation ==
+        AggregationRule::kMeanChoosers);
+}
+
+// ---------------------------------------------------------------------------
+// --set overrides
+
+std::string Merge(const std::string& yaml, const std::vector<std::string>& sets) {
+  auto r = ApplyOverrides(yaml, sets);
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  return *r;
+}
+
+std::string MergeError(const std::string& yaml, const std::vector<std::string>& sets) {
+  auto r = ApplyOverrides(yaml, sets);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  return r.status().message();
+}
+
+const char* const kBase = R"(campaign: {name: base, rounds: 12}
+training:
+  inner_steps: 15
+  inner_optimizer: {lr: 3.0e-3, betas: [0.9, 0.95]}
+outer_optimizer: {name: nesterov, lr: 0.7, momentum: 0.9}
+codec: {name: dense_fp32}
+output:
+sites:
+  - site: {name: a, threads: 1}
+    data: {dir: /d/a}
+  - site: {name: b}
+    data: {dir: /d/b}
+)";
+
+TEST_CASE("overrides: keys, created maps, flow values, list items", "[unit]") {
+  const std::string merged = Merge(kBase, {
+                                              "codec.name=sparseloco",
+                                              "codec.topk=32",
+                                              "training.inner_steps=1",
+                                              "outer_optimizer={name: sgd}",
+                                              "output.run_dir=/tmp/x",        // under a null section
+                                              "network.bind=tcp://127.0.0.1:6555",  // a missing section
+                                              "network.control=tcp://127.0.0.1:6556",
+                                              "sites[1].site.threads=2",
+                                              "training.inner_optimizer.betas=[0.8, 0.9]",
+                                              "campaign.rounds=3",
+                                              "campaign.rounds=4",  // the later one wins
+                                          });
+  CampaignConfig c = Campaign(merged);
+  CHECK(c.name == "base");
+  CHECK(c.training.rounds == 4);
+  CHECK(c.codec.kind == CodecKind::kSparseLoCo);
+  CHECK(c.codec.topk == 32);
+  CHECK(c.training.inner_steps == 1);
+  CHECK(c.training.inner.lr == Approx(3e-3));
+  CHECK(c.training.inner.beta1 == Approx(0.8));
+  // The whole map was replaced, so sgd's own defaults apply.
+  CHECK(c.outer.kind == OuterOptimizerKind::kSgd);
+  CHECK(c.outer.lr == 1.0);
+  CHECK(c.outer.momentum == 0.0);
+  CHECK(c.output.run_dir == "/tmp/x");
+  CHECK(c.network.bind == "tcp://127.0.0.1:6555");
+  REQUIRE(c.sites.size() == 2);
+  CHECK(c.sites[1].threads == 2);
+  CHECK(c.sites[1].coordinator == "tcp://127.0.0.1:6555");  // inline sites follow network.bind
+  CHECK(c.sites[0].data.dir == "/d/a");
+
+  // Setting one key keeps its siblings, here the file's lr and momentum.
+  CampaignConfig k = Campaign(Merge(kBase, {"outer_optimizer.name=sgd"}));
+  CHECK(k.outer.kind == OuterOptimizerKind::kSgd);
+  CHECK(k.outer.lr == 0.7);
+  CHECK(k.outer.momentum == 0.9);
+
+  // No sets: the same document, minus comments.
+  CampaignConfig same = Campaign(Merge(std::string("# comment\n") + kBase, {}));
+  CHECK(same.training.rounds == 12);
+  CHECK(same.sites.size() == 2);
+
+  // VALUE is YAML: quoted strings stay strings, an empty VALUE is null.
+  CHECK(Campaign(Merge(kBase, {"campaign.name=\"007\""})).name == "007");
+  CHECK_THAT(Error(Merge(kBase, {"output.metrics_file="})),
+             Contains("output.metrics_file: expected a string, got nothing"));
+  CHECK(Campaign(Merge(kBase, {"output.metrics_file=\"\""})).output.metrics_file.empty());
+  // A value may contain '='.
+  CHECK(Campaign(Merge(kBase, {"output.run_dir=a=b"})).output.run_dir == "a=b");
+  // An empty document becomes a map.
+  CHECK(Campaign(Merge("", {"campaign.name=fresh"})).name == "fresh");
+}
+
+TEST_CASE("overrides: every bad --set is reported at once", "[unit]") {
+  const std::string msg = MergeError(kBase, {
+                                                "codec.name",         // no '='
+                                                "=sparseloco",        // empty key
+                                                "codec..name=x",      // empty segment
+                                                "codec.name.=x",      // trailing dot
+                                                "codec name=x",       // not a key character
+                                                "sites[x].site=1",    // bad index
+                                                "codec={name: int8",  // VALUE is not YAML
+                                            });
+  CHECK_THAT(msg, Contains("--set codec.name: expected KEY=VALUE, e.g. codec.name=sparseloco"));
+  CHECK_THAT(msg, Contains("--set =sparseloco: empty KEY in KEY=VALUE"));
+  CHECK_THAT(msg, Contains("--set codec..name: empty key segment in 'codec..name'"));
+  CHECK_THAT(msg, Contains("--set codec.name.: empty key segment in 'codec.name.'"));
+  CHECK_THAT(msg, Contains("--set codec name: unexpected ' ' in 'codec name'"));
+  CHECK_THAT(msg, Contains("--set sites[x].site: bad list index in 'sites[x].site'"));
+  CHECK_THAT(msg, Contains("--set codec: VALUE is not valid YAML"));
+  CHECK(LineCount(msg) == 7);
+
+  const std::string paths = MergeError(kBase, {
+                                                  "codec.name.kind=x",        // through a scalar
+                                                  "sites.site.name=x",        // through a list
+                                                  "codec[0]=x",               // a map is not a list
+                                                  "sites[2].site.name=c",     // no such item
+                                                  "training.inner_steps[0]=1",
+                                              });
+  CHECK_THAT(paths, Contains("--set codec.name.kind: codec.name is 'dense_fp32', not a map"));
+  CHECK_THAT(paths, Contains("--set sites.site.name: sites is a list of 2 items, not a map"));
+  CHECK_THAT(paths, Contains("--set codec[0]: codec is a map, not a list"));
+  CHECK_THAT(paths, Contains("--set sites[2].site.name: sites[2]: no such item (sites has 2)"));
+  CHECK_THAT(paths, Contains("--set training.inner_steps[0]: training.inner_steps is '15', not a list"));
+  CHECK(LineCount(paths) == 5);
+
+  CHECK_THAT(MergeError("- a\n- b\n", {"codec.name=int8"}),
+             Contains("--set codec.name: the campaign document is a list of 2 items, not a map"));
+  CHECK_THAT(MergeError("campaign: {name: x\n", {"codec.name=int8"}), Contains("<campaign>:"));
+}
+
+TEST_CASE("overrides: a loaded campaign reports errors at the --set that caused them", "[unit]") {
+  TempDir dir;
+  const std::string path = dir.Write("c.yaml", kBase);
+  auto error = [&](const std::vector<std::string>& sets) {
+    auto r = LoadCampaignWithOverrides(path, sets);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == StatusCode::kInvalidArgument);
+    return r.status().message();
+  };
+  CHECK(error({"codec.name=bogus"}) ==
+        "--set codec.name: unknown value 'bogus' (allowed: dense_fp32, dense_bf16, int8, sparseloco)");
+  CHECK(error({"codec={name: int8, topk: 3}"}) ==
+        "--set codec: codec.topk: only for codec sparseloco, not int8 (allowed: name, error_feedback for codec int8)");
+  CHECK_THAT(error({"foo.bar=1"}), Contains("--set foo.bar: foo: unknown key (allowed: campaign, model,"));
+  CHECK(error({"training.inner_steps=0"}) == "--set training.inner_steps: 0 is out of range (allowed: >= 1)");
+  CHECK(error({"quorum.min_workers=3"}) == "--set quorum.min_workers: 3 is more than expected_workers 2 (allowed: 1 to quorum.expected_workers)");
+  CHECK(error({"campaign={rounds: 3}"}) == "--set campaign: campaign.name: missing required key");
+  CHECK(error({"sites[0].site.device=tpu"}) ==
+        "--set sites[0].site.device: unknown device 'tpu' (allowed: cpu, cuda, cuda:N)");
+  // A later set replacing an earlier one owns the error.
+  CHECK(error({"codec.name=sparseloco", "codec.topk=0"}) == "--set codec.topk: 0 is out of range (allowed: 1 to 4096)");
+
+  // Errors the sets did not cause keep their file and line; all come at once.
+  const std::string bad = dir.Write("bad.yaml", std::string(kBase) + "model: {layers: 0}\n");
+  auto r = LoadCampaignWithOverrides(bad, {"codec.name=bogus", "codec.name.x=1", "nonsense"});
+  REQUIRE_FALSE(r.ok());
+  // Set syntax and path errors are reported together, before the file is checked.
+  CHECK(r.status().message() ==
+        "--set codec.name.x: codec.name is 'bogus', not a map\n--set nonsense: expected KEY=VALUE, e.g. codec.name=sparseloco");
+  r = LoadCampaignWithOverrides(bad, {"codec.name=bogus"});
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.status().message(), Contains(bad + ":13: model.layers: 0 is out of range"));
+  CHECK_THAT(r.status().message(), Contains("--set codec.name: unknown value 'bogus'"));
+  CHECK(LineCount(r.status().message()) == 2);
+
+  auto missing = LoadCampaignWithOverrides(dir.Path("none.yaml"), {"codec.name=int8"});
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("overrides: the merged campaign loads the same from another directory", "[unit]") {
+  TempDir dir;
+  dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: corpus}\n");
+  const std::string path = dir.Write("camp/c.yaml",
+                                     "# A campaign with relative paths.\n"
+                                     "campaign: {name: rel}\n"
+                                     "codec: {name: dense_fp32}\n"
+                                     "sites:\n"
+                                     "  - file: ../sites/a.yaml\n"
+                                     "  - site: {name: b}\n"
+                                     "    data: {dir: text/b, files: [x]}\n"
+                                     "  - site: {name: c}\n"
+                                     "    data: {dir: /abs/c}\n");
+  auto r = LoadCampaignWithOverrides(path, {"codec.name=sparseloco", "codec.density=0.015625", "codec.error_feedback=0.9",
+                                            "quorum.aggregation=mean_of_choosers"});
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  CHECK(r->config.source == path);
+  CHECK(r->config.codec.kind == CodecKind::kSparseLoCo);
+  CHECK(r->config.codec.topk == 64);
+  CHECK(r->config.quorum.aggregation == AggregationRule::kMeanChoosers);
+
+  const std::string saved = dir.Write("run/deep/campaign.yaml", r->yaml);
+  auto again = LoadCampaignFile(saved);
+  INFO((again.ok() ? "" : again.status().message()));
+  REQUIRE(again.ok());
+  CHECK(again->codec.kind == CodecKind::kSparseLoCo);
+  CHECK(again->codec.topk == 64);
+  CHECK(again->codec.error_feedback == 0.9);
+  CHECK(again->quorum.aggregation == AggregationRule::kMeanChoosers);
+  REQUIRE(again->sites.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(again->sites[i].name == r->config.sites[i].name);
+    CHECK(fs::path(again->sites[i].data.dir).is_absolute());
+    CHECK(fs::weakly_canonical(again->sites[i].data.dir) == fs::weakly_canonical(r->config.sites[i].data.dir));
+    CHECK(again->sites[i].data.files == r->config.sites[i].data.files);
+  }
+  CHECK(again->sites[0].data.dir == (fs::path(dir.path()) / "sites/corpus").string());
+  CHECK(again->sites[2].data.dir == "/abs/c");
+}
+
+TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[unit]") {
+  const std::string quickstart = std::string(LOWBAND_SOURCE_DIR) + "/configs/quickstart.yaml";
+  auto r = LoadCampaignWithOverrides(quickstart, {"codec={name: sparseloco, topk: 64, error_feedback: 0.95}",
+                                                  "outer_optimizer={name: sgd, lr: 1, momentum: 0}",
+                                                  "quorum.aggregation=mean", "output.run_dir=/tmp/x"});
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  auto c = ParseCampaignYaml(r->yaml, "merged.yaml");
+  REQUIRE(c.ok());
+  CHECK(c->name == "quickstart");
+  CHECK(c->codec.kind == CodecKind::kSparseLoCo);
+  CHECK(c->codec.topk == 64);
+  CHECK(c->outer.kind == OuterOptimizerKind::kSgd);
+  CHECK(c->outer.lr == 1.0);
+  CHECK(c->outer.momentum == 0.0);
+  CHECK(c->training.rounds == 12);
+  CHECK(c->training.inner_steps == 15);
+  CHECK(c->training.inner.warmup_steps == 20);
+  CHECK(c->output.run_dir == "/tmp/x");
+  CHECK(c->sites.size() == 3);
+  CHECK(c->quorum.expected_workers == 3);
 }
 
 }  // namespace

@@ -71,7 +71,9 @@ Message SampleWelcome() {
   w.training.eval_batches = 4;
   w.training.seed = 0xdead'beef'cafe'f00dull;
   w.training.inner = InnerOptimizerConfig{1e-3, 0.85, 0.97, 1e-9, 0.05, 0.5, 17};
-  w.codec = CodecKind::kDenseFp32;
+  w.codec.kind = CodecKind::kSparseLoCo;
+  w.codec.topk = 63;
+  w.codec.error_feedback = 0.9;
   w.data_seed = 99;
   w.worker_index = 3;
   w.heartbeat_interval_ms = 250;
@@ -128,7 +130,7 @@ std::vector<Message> AllSamples() {
 // ---------------------------------------------------------------- equality
 
 auto Tie(const BlobHeader& b) {
-  return std::tie(b.codec, b.num_elements, b.layout_digest, b.byte_length, b.checksum);
+  return std::tie(b.codec, b.num_elements, b.layout_digest, b.byte_length, b.checksum, b.topk);
 }
 bool Same(const Hello& a, const Hello& b) {
   return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens) ==
@@ -141,8 +143,8 @@ bool Same(const Welcome& a, const Welcome& b) {
   const auto& bt = b.training;
   const auto& ai = at.inner;
   const auto& bi = bt.inner;
-  return std::tie(a.worker_id, a.codec, a.data_seed, a.worker_index, a.heartbeat_interval_ms,
-                  a.heartbeat_timeout_ms) == std::tie(b.worker_id, b.codec, b.data_seed, b.worker_index,
+  return std::tie(a.worker_id, a.codec.kind, a.codec.topk, a.codec.error_feedback, a.data_seed, a.worker_index, a.heartbeat_interval_ms,
+                  a.heartbeat_timeout_ms) == std::tie(b.worker_id, b.codec.kind, b.codec.topk, b.codec.error_feedback, b.data_seed, b.worker_index,
                                                       b.heartbeat_interval_ms, b.heartbeat_timeout_ms) &&
          std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
              std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab) &&

@@ -141,7 +141,7 @@ TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothi
     up.train_loss = 1.0;
     up.tokens = 10;
     std::vector<float> zeros(TinyParams().values.size(), 0.0f);
-    auto enc = MakeCodec(CodecKind::kDenseFp32)->Encode(TinyParams().layout, zeros);
+    auto enc = PackDenseFp32(TinyParams().layout, zeros);
     up.blob = enc->header;
     Message m = Wrap(up);
     m.bulk = enc->bulk;
@@ -193,6 +193,69 @@ TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothi
     REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
     CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);
   }
+  SECTION("payload in another codec than the campaign's") {
+    Message m = upload(1, digest0);
+    std::vector<uint16_t> bits(TinyParams().values.size(), 0);
+    auto enc = PackDenseBf16(TinyParams().layout, bits);
+    REQUIRE(enc.ok());
+    std::get<DeltaUpload>(m.body).blob = enc->header;
+    m.bulk = enc->bulk;
+    core.HandleMessage("site-a", m, c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);
+    CHECK(Bodies<Error>(out, "site-a")[0]->message.find("dense_bf16") != std::string::npos);
+  }
+  SECTION("finite but absurdly large entries") {
+    Message m = upload(1, digest0);
+    std::vector<float> big(TinyParams().values.size(), 0.0f);
+    big[3] = 3e38f;
+    auto enc = PackDenseFp32(TinyParams().layout, big);
+    std::get<DeltaUpload>(m.body).blob = enc->header;
+    m.bulk = enc->bulk;
+    core.HandleMessage("site-a", m, c.now(), &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);
+    CHECK(core.committed_round() == 0);
+  }
+}
+
+TEST_CASE("SparseLoCo campaign: sparse uploads, a sparse aggregate, bit-identical replicas",
+          "[unit][coordinator][inproc]") {
+  for (AggregationRule rule : {AggregationRule::kMeanAll, AggregationRule::kMeanChoosers}) {
+    auto config = TinyCampaign(3, 3);
+    config.codec.kind = CodecKind::kSparseLoCo;
+    config.codec.topk = 64;
+    config.outer.kind = OuterOptimizerKind::kSgd;
+    config.outer.lr = 1.0;
+    config.outer.momentum = 0.0;
+    config.quorum.aggregation = rule;
+    Cluster c(config, kSites);
+    REQUIRE(c.RunUntil([&] { return c.finished(); }, 100000));
+    REQUIRE(c.records().size() == static_cast<size_t>(config.training.rounds) + 1);
+    const LayoutPlan plan = PlanLayout(TinyParams().layout, 64);
+    for (const RoundRecord& r : c.records()) {
+      CHECK(r.digest_mismatches == 0);
+      if (r.round == 0) continue;
+      CHECK(r.contributors == 3);
+      CHECK(r.down_codec == CodecKind::kSparseFp32);
+      CHECK(r.aggregate_nnz > 0);
+      CHECK(r.aggregate_nnz <= 3u * static_cast<uint64_t>(plan.kept));
+    }
+    for (const auto& site : kSites) {
+      CHECK(c.exec(site).global().Digest() == c.coordinator().digest());
+      CHECK(c.exec(site).last_aggregate_codec() == CodecKind::kSparseFp32);
+    }
+  }
+}
+
+TEST_CASE("Nesterov over sparse uploads goes down dense (momentum densifies)", "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 2);
+  config.codec.kind = CodecKind::kSparseLoCo;
+  Cluster c(config, kSites);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }, 100000));
+  REQUIRE(c.records().size() == 3);
+  CHECK(c.records()[1].down_codec == CodecKind::kDenseFp32);
+  for (const auto& site : kSites) CHECK(c.exec(site).global().Digest() == c.coordinator().digest());
 }
 
 TEST_CASE("malformed bytes over the transport get an error reply and change nothing", "[unit][coordinator][inproc]") {

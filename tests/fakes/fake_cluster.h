@@ -4,6 +4,8 @@
 // InprocNetwork through the real wire encoding. Single-threaded.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -61,19 +63,24 @@ inline Hello HelloFrom(const std::string& site) {
 // parameter towards a site-specific target, so deltas differ per site and the
 // loss (distance to the target) falls. Arithmetic mirrors the real one
 // (global - update in fp32) so digests must match the coordinator's.
+// With the sparseloco codec it sends, per chunk, the k_c entries with the
+// largest |delta| (no error feedback) with 2-bit codes over a per-tensor
+// table {-2m, -m, m, 2m}/2 built from the tensor's peak m: enough for the
+// coordinator's sparse path, not the device encoder's maths.
 class FakeExecutor {
  public:
   explicit FakeExecutor(std::string site) : site_(std::move(site)) {}
 
   JobResult Run(const Job& job) {
     if (auto* c = std::get_if<ConfigureJob>(&job)) {
-      codec_ = MakeCodec(c->welcome.codec);
+      codec_ = c->welcome.codec;
+      plan_ = PlanLayout(TinyParams().layout, codec_.topk);
       return ConfigureDone{};
     }
     if (auto* s = std::get_if<SyncJob>(&job)) {
-      auto v = MakeCodec(CodecKind::kDenseFp32)->Decode(TinyParams().layout, s->sync.blob, s->bulk);
+      auto v = ParseUpdate(TinyParams().layout, plan_, s->sync.blob, s->bulk);
       if (!v.ok()) return JobFailed{false, ErrorCode::kBadPayload, s->sync.round, v.status().ToString()};
-      global_ = ParamSet{TinyParams().layout, *v};
+      global_ = ParamSet{TinyParams().layout, v->values};
       return Eval(s->sync.round, s->sync.digest);
     }
     if (auto* t = std::get_if<TrainJob>(&job)) {
@@ -83,7 +90,8 @@ class FakeExecutor {
         const float local = global_.values[i] + 0.5f * (target - global_.values[i]);
         delta[i] = global_.values[i] - local;
       }
-      auto enc = codec_->Encode(global_.layout, delta);
+      auto enc = codec_.kind == CodecKind::kSparseLoCo ? SparseTopK(delta) : PackDenseFp32(global_.layout, delta);
+      if (!enc.ok()) return JobFailed{false, ErrorCode::kInternal, t->round, enc.status().ToString()};
       TrainDone d;
       d.upload.round = t->round;
       d.upload.base_digest = global_.Digest();
@@ -95,15 +103,42 @@ class FakeExecutor {
       return d;
     }
     const auto& a = std::get<ApplyJob>(job);
-    auto u = codec_->Decode(global_.layout, a.aggregate.blob, a.bulk);
+    auto u = ParseUpdate(global_.layout, plan_, a.aggregate.blob, a.bulk);
     if (!u.ok()) return JobFailed{false, ErrorCode::kBadPayload, a.aggregate.round, u.status().ToString()};
-    for (size_t i = 0; i < u->size(); ++i) global_.values[i] = global_.values[i] - (*u)[i];
+    last_aggregate_codec_ = a.aggregate.blob.codec;
+    Status st = ApplyUpdate(plan_, *u, &global_.values);
+    if (!st.ok()) return JobFailed{false, ErrorCode::kBadPayload, a.aggregate.round, st.ToString()};
     return Eval(a.aggregate.round, a.aggregate.digest);
   }
 
   const ParamSet& global() const { return global_; }
+  CodecKind last_aggregate_codec() const { return last_aggregate_codec_; }
 
  private:
+  StatusOr<Encoded> SparseTopK(const std::vector<float>& delta) const {
+    SparseLoCoParts parts;
+    for (const TensorPlan& t : plan_.tensors) {
+      float peak = 0;
+      for (int64_t i = 0; i < t.numel; ++i) peak = std::max(peak, std::abs(delta[t.offset + i]));
+      parts.tables.insert(parts.tables.end(), {-peak, -peak / 2, peak / 2, peak});
+      for (size_t c = t.first_chunk; c < t.first_chunk + t.num_chunks; ++c) {
+        const Chunk& ch = plan_.chunks[c];
+        std::vector<int64_t> order(ch.numel());
+        for (int64_t l = 0; l < ch.numel(); ++l) order[l] = l;
+        auto mag = [&](int64_t l) { return std::abs(delta[plan_.FlatIndex(&t - plan_.tensors.data(), c, l)]); };
+        std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return mag(x) > mag(y); });
+        order.resize(ch.k);
+        std::sort(order.begin(), order.end());
+        for (int64_t l : order) {
+          const float v = delta[plan_.FlatIndex(&t - plan_.tensors.data(), c, l)];
+          parts.indices.push_back(static_cast<uint16_t>(l));
+          parts.codes.push_back(v < -peak * 0.75f ? 0 : v < 0 ? 1 : v < peak * 0.75f ? 2 : 3);
+        }
+      }
+    }
+    return PackSparseLoCo(global_.layout, plan_, parts);
+  }
+
   double Loss() const {
     double s = 0;
     for (float v : global_.values) s += std::abs(v - 1.0f / 6.0f);  // mean of the site targets
@@ -115,7 +150,9 @@ class FakeExecutor {
 
   std::string site_;
   ParamSet global_;
-  std::unique_ptr<UpdateCodec> codec_;
+  CodecConfig codec_;
+  LayoutPlan plan_;
+  CodecKind last_aggregate_codec_ = CodecKind::kDenseFp32;
 };
 
 // A coordinator core and N worker cores over an InprocNetwork, every message

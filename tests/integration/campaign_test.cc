@@ -33,13 +33,15 @@ int FreePortBase() {
   return 20000 + static_cast<int>(rng() % 20000) * 2;
 }
 
-std::string TinyCampaign(int port, int rounds) {
+// `update` replaces the outer optimizer / codec lines (dense DiLoCo by default).
+std::string TinyCampaign(int port, int rounds,
+                         const std::string& update = "outer_optimizer: {name: nesterov, lr: 0.7, momentum: 0.9}\n") {
   std::ostringstream y;
   y << "campaign: {name: it-campaign, seed: 7, rounds: " << rounds << "}\n"
     << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
     << "training:\n  inner_steps: 12\n  batch_size: 8\n  eval_batches: 4\n"
     << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
-    << "outer_optimizer: {name: nesterov, lr: 0.7, momentum: 0.9}\n"
+    << update
     << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60}\n"
     << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
     << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
@@ -188,6 +190,48 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   CHECK(ckpt->round == 4);
   CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
   CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+TEST_CASE("lowband run: a SparseLoCo campaign sends >100x less up, aggregates sparse, stays identical",
+          "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.Path("campaign.yaml");
+  WriteFile(campaign, TinyCampaign(port, 4,
+                                   "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
+                                   "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"));
+  const std::string metrics = dir.Path("metrics.jsonl");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics},
+                         dir.Path("run.out"));
+  auto code = run.WaitFor(milliseconds(400000));
+  REQUIRE(code.has_value());
+  INFO(ReadFile(dir.Path("run.out")));
+  REQUIRE(*code == 0);
+
+  auto records = Lines(ReadFile(metrics));
+  REQUIRE(records.size() == 5);
+  for (size_t r = 1; r < records.size(); ++r) {
+    INFO(records[r]);
+    CHECK(Field(records[r], "digests_match") == "true");
+    CHECK(Field(records[r], "contributors") == "3");
+    CHECK(Field(records[r], "codec") == "sparseloco");
+    CHECK(Field(records[r], "down_codec") == "sparse_fp32");
+    // Three uploads of a ~120k-parameter model: dense would be ~1.4 MB.
+    CHECK(std::stod(Field(records[r], "compression_ratio")) > 100.0);
+    CHECK(std::stod(Field(records[r], "compression_ratio_down")) > 5.0);
+    CHECK(std::stoull(Field(records[r], "upload_bytes")) < 3 * 4 * 120000ull / 100);
+  }
+  const double first = std::stod(Field(records.front(), "val_loss"));
+  const double last = std::stod(Field(records.back(), "val_loss"));
+  CHECK(last < 0.85 * first);
+
+  // summary.txt for scripts agrees with the metrics.
+  const std::string summary = ReadFile(dir.Path("summary.txt"));
+  CHECK(summary.find("codec sparseloco\n") != std::string::npos);
+  CHECK(summary.find("final_digest " + Field(records.back(), "digest")) != std::string::npos);
+  auto ckpt = ReadCheckpoint(dir.Path("checkpoint-final.lbck"));
+  REQUIRE(ckpt.ok());
+  CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
 }
 
 TEST_CASE("lowband run: SIGTERM stops every process, leaving no orphans", "[integration]") {

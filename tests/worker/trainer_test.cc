@@ -55,6 +55,13 @@ TEST_CASE("Trainer starts from the campaign's initial parameters", "[unit]") {
   CHECK(trainer->global().Digest() == init->Digest());
 }
 
+// The pseudo-gradient a round sent, decoded the way the coordinator does.
+std::vector<float> SentDelta(const Trainer& trainer, const TrainResult& result) {
+  auto u = ParseUpdate(trainer.layout(), trainer.plan(), result.upload.header, result.upload.bulk);
+  REQUIRE(u.ok());
+  return Densify(trainer.plan(), *u);
+}
+
 TEST_CASE("TrainRound returns a finite delta of the layout's size, and loss falls over rounds", "[unit]") {
   Corpus corpus = Corpus::FromText(Text(200), Text(40));
   auto trainer = MakeTrainer(&corpus);
@@ -66,16 +73,18 @@ TEST_CASE("TrainRound returns a finite delta of the layout's size, and loss fall
   for (int round = 0; round < 6; ++round) {
     auto result = trainer->TrainRound(5);
     REQUIRE(result.ok());
-    CHECK(result->delta.size() == numel);
-    CHECK(AllFinite(result->delta));
+    const std::vector<float> delta = SentDelta(*trainer, *result);
+    CHECK(result->upload.header.codec == CodecKind::kDenseFp32);
+    CHECK(delta.size() == numel);
+    CHECK(AllFinite(delta));
     CHECK(result->steps == 5);
     CHECK(result->tokens == 5u * 8u * 16u);
     CHECK(result->step_time_ms > 0);
     bool nonzero = false;
-    for (float v : result->delta) nonzero = nonzero || v != 0.0f;
+    for (float v : delta) nonzero = nonzero || v != 0.0f;
     CHECK(nonzero);
     losses.push_back(result->mean_loss);
-    REQUIRE(trainer->ApplyUpdate(result->delta).ok());
+    REQUIRE(trainer->ApplyUpdate(delta).ok());
   }
   INFO("first round loss " << losses.front() << ", last " << losses.back());
   CHECK(losses.back() < losses.front() - 0.5);
@@ -91,8 +100,9 @@ TEST_CASE("ApplyUpdate is plain fp32 arithmetic on the global copy", "[unit]") {
   REQUIRE(result.ok());
 
   // An outer step like the coordinator's: a scaled update, computed by hand.
-  std::vector<float> update(result->delta.size());
-  for (size_t i = 0; i < update.size(); ++i) update[i] = 0.7f * result->delta[i];
+  const std::vector<float> delta = SentDelta(*trainer, *result);
+  std::vector<float> update(delta.size());
+  for (size_t i = 0; i < update.size(); ++i) update[i] = 0.7f * delta[i];
   ParamSet expected = trainer->global();
   for (size_t i = 0; i < update.size(); ++i) expected.values[i] = expected.values[i] - update[i];
 
@@ -134,8 +144,8 @@ TEST_CASE("Trainers with the same seeds train identically", "[unit]") {
   REQUIRE(r1.ok());
   REQUIRE(r2.ok());
   REQUIRE(r3.ok());
-  CHECK(r1->delta == r2->delta);
-  CHECK(r1->delta != r3->delta);  // different data order
+  CHECK(r1->upload.bulk == r2->upload.bulk);
+  CHECK(r1->upload.bulk != r3->upload.bulk);  // different data order
 }
 
 TEST_CASE("SetGlobal replaces the parameters and checks the layout", "[unit]") {
@@ -179,6 +189,40 @@ TEST_CASE("Reference workload and free memory report plausible numbers", "[unit]
   CHECK(FreeMemoryBytes("cpu") > (1ull << 20));
   CHECK(FreeMemoryBytes("bogus") == 0);
   CHECK(MeasureReferenceStepMs("bogus") == 0);
+}
+
+TEST_CASE("A SparseLoCo trainer sends a compressed delta and still learns from sparse aggregates", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  CodecConfig codec;
+  codec.kind = CodecKind::kSparseLoCo;
+  codec.topk = 64;
+  auto made = Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, &corpus, 5, codec);
+  REQUIRE(made.ok());
+  auto& trainer = *made;
+  auto eval0 = trainer->Evaluate();
+  REQUIRE(eval0.ok());
+  const uint64_t dense_bytes = static_cast<uint64_t>(trainer->layout().numel()) * 4;
+  for (int round = 0; round < 8; ++round) {
+    auto result = trainer->TrainRound(5);
+    REQUIRE(result.ok());
+    CHECK(result->upload.header.codec == CodecKind::kSparseLoCo);
+    CHECK(result->upload.bulk.size() == BulkBytes(trainer->plan(), CodecKind::kSparseLoCo));
+    CHECK(result->upload.bulk.size() * 20 < dense_bytes);
+    auto u = ParseUpdate(trainer->layout(), trainer->plan(), result->upload.header, result->upload.bulk);
+    REQUIRE(u.ok());
+    CHECK_FALSE(u->dense);
+    CHECK(u->nnz() == static_cast<size_t>(trainer->plan().kept));
+    // The coordinator's path: aggregate of one, SGD lr 1, applied sparse.
+    Update agg = AggregateMean(trainer->plan(), {&*u}, AggregationRule::kMeanAll);
+    ParamSet expected = trainer->global();
+    REQUIRE(ApplyUpdate(trainer->plan(), agg, &expected.values).ok());
+    REQUIRE(trainer->ApplyUpdate(agg).ok());
+    CHECK(trainer->global().Digest() == expected.Digest());
+  }
+  auto eval1 = trainer->Evaluate();
+  REQUIRE(eval1.ok());
+  INFO("val loss " << eval0->loss << " -> " << eval1->loss);
+  CHECK(eval1->loss < eval0->loss - 0.3);
 }
 
 }  // namespace lowband

@@ -1,0 +1,90 @@
+// Device side of the update codecs: error feedback, per-chunk top-k,
+// quantisation, all on the tensor's device (CPU or CUDA), then one small
+// device->host copy and the host packers of common/codec.h.
+//
+// DeviceEncoder owns one fp32 error-feedback buffer per layout tensor on the
+// device (zero at start; none for dense_fp32 or error_feedback == 0). Encode
+// does, for the configured codec kind:
+//   all but dense_fp32:  e <- beta * e + delta   (beta = error_feedback)
+//   sparseloco: per chunk of the plan keep the k_c largest |e| (ties: lower
+//     local index first); over the kept values v of a tensor, shift =
+//     mean(v), scale = mean(|v - shift|), code = (v >= shift - scale) +
+//     (v >= shift) + (v >= shift + scale), table[b] = mean of the v with code
+//     b (empty bin: shift + (b - 1.5) * scale); e[kept] -= table[code].
+//   int8: per chunk scale = max|e| / 127, q = round(e / scale) clamped to
+//     [-127, 127] (0 where scale is 0); e -= q * scale.
+//   dense_bf16: b = bf16(e) (round to nearest even); e -= b.
+//   dense_fp32: sends delta as it is.
+// With error_feedback == 0 the residual is dropped (e is just delta).
+// Means are summed in fp64 in a fixed order, so an encode is deterministic
+// on a device, and CPU and CUDA agree on the kept indices for tie-free input.
+//
+// Thread: lives on the thread that trains (the worker's training thread);
+// not thread-safe. LibTorch exceptions are caught and returned as Status.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+#include "common/codec.h"
+#include "common/config.h"
+#include "common/params.h"
+
+namespace lowband {
+
+struct DeviceEncoderOptions {
+  // CPU only: select the top-k with the fused per-chunk kernel (one pass over
+  // the error buffer) instead of torch::topk on gathered chunk matrices (the
+  // path CUDA takes). Both give the same result; tests run both.
+  bool cpu_select_kernel = true;
+};
+
+class DeviceEncoder {
+ public:
+  // InvalidArgument for a codec a worker cannot upload with (sparse_fp32),
+  // a topk outside [1, 4096] (sparseloco) or a negative/non-finite
+  // error_feedback; Internal if the device allocation fails.
+  static StatusOr<std::unique_ptr<DeviceEncoder>> Create(const ParamLayout& layout, const CodecConfig& config,
+                                                          torch::Device device,
+                                                          DeviceEncoderOptions options = {});
+  ~DeviceEncoder();
+  DeviceEncoder(const DeviceEncoder&) = delete;
+  DeviceEncoder& operator=(const DeviceEncoder&) = delete;
+
+  // Encodes one pseudo-gradient: one fp32 tensor per layout tensor, on this
+  // encoder's device, shapes as in the layout (any strides); the inputs are
+  // not modified. If `sent` is given it receives the decoded update that the
+  // payload carries, one fp32 tensor per layout tensor on the device
+  // (bit-identical to Densify(ParseUpdate(payload))).
+  // InvalidArgument for a wrong count, shape, dtype or device, or for a
+  // non-finite value reaching the payload; the error buffers are then reset
+  // to zero (they would carry the non-finite value into every later round).
+  // Internal for a LibTorch failure (e.g. out of memory).
+  StatusOr<Encoded> Encode(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent = nullptr);
+
+  // The error-feedback buffers, one per layout tensor (views into one flat
+  // device buffer), empty when the codec keeps none. Valid until destruction.
+  const std::vector<torch::Tensor>& error_buffers() const;
+  // Sets the error-feedback buffers to zero.
+  void Reset();
+
+  const LayoutPlan& plan() const;
+  const CodecConfig& config() const;
+  torch::Device device() const;
+
+ private:
+  struct Impl;
+  explicit DeviceEncoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// theta <- theta - u on the device, `theta` a flat contiguous fp32 tensor of
+// plan.numel elements in layout order. Same fp32 arithmetic as ApplyUpdate,
+// hence bit-identical to it. Host work: flat indices of a sparse update; one
+// host->device copy. InvalidArgument on a size mismatch, Internal on a
+// LibTorch failure.
+Status ApplyUpdateOnDevice(const LayoutPlan& plan, const Update& u, torch::Tensor& theta);
+
+}  // namespace lowband
