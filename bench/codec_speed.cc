@@ -10,9 +10,9 @@
 // the payload, then theta -= u on the device, as a worker applies an
 // aggregate). GB/s counts fp32 input bytes (4 n) per second; each figure is
 // the median of --reps runs after one warm-up run.
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -68,32 +68,38 @@ bool MeasureCodec(CodecKind kind, int topk, const torch::Device& device, const t
   }
   const std::vector<torch::Tensor> deltas = {delta};
   lowband::Encoded payload;
-  bool ok = MedianSeconds(reps, device, [&] {
-    auto e = (*enc)->Encode(deltas);
-    if (!e.ok()) {
-      std::fprintf(stderr, "encode %s: %s\n", lowband::CodecName(kind), e.status().ToString().c_str());
-      return false;
-    }
-    payload = std::move(e).value();
-    return true;
-  }, &row->encode_s);
+  bool ok = MedianSeconds(
+      reps, device,
+      [&] {
+        auto e = (*enc)->Encode(deltas);
+        if (!e.ok()) {
+          std::fprintf(stderr, "encode %s: %s\n", lowband::CodecName(kind), e.status().ToString().c_str());
+          return false;
+        }
+        payload = std::move(e).value();
+        return true;
+      },
+      &row->encode_s);
   if (!ok) return false;
   row->bytes_out = payload.bulk.size();
   const lowband::LayoutPlan& plan = (*enc)->plan();
   torch::Tensor theta = torch::zeros({plan.numel}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
-  return MedianSeconds(reps, device, [&] {
-    auto u = lowband::ParseUpdate(layout, plan, payload.header, payload.bulk);
-    if (!u.ok()) {
-      std::fprintf(stderr, "parse %s: %s\n", lowband::CodecName(kind), u.status().ToString().c_str());
-      return false;
-    }
-    lowband::Status st = lowband::ApplyUpdateOnDevice(plan, *u, theta);
-    if (!st.ok()) {
-      std::fprintf(stderr, "apply %s: %s\n", lowband::CodecName(kind), st.ToString().c_str());
-      return false;
-    }
-    return true;
-  }, &row->decode_s);
+  return MedianSeconds(
+      reps, device,
+      [&] {
+        auto u = lowband::ParseUpdate(layout, plan, payload.header, payload.bulk);
+        if (!u.ok()) {
+          std::fprintf(stderr, "parse %s: %s\n", lowband::CodecName(kind), u.status().ToString().c_str());
+          return false;
+        }
+        lowband::Status st = lowband::ApplyUpdateOnDevice(plan, *u, theta);
+        if (!st.ok()) {
+          std::fprintf(stderr, "apply %s: %s\n", lowband::CodecName(kind), st.ToString().c_str());
+          return false;
+        }
+        return true;
+      },
+      &row->decode_s);
 }
 
 std::vector<int> ParseSizes(const std::string& list) {
@@ -145,8 +151,10 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("codec_speed: tensor [n/4096, 4096] fp32, topk %d, error feedback 0.95, CPU threads %d, "
-              "median of %d\n", topk, threads, reps);
+  std::printf(
+      "codec_speed: tensor [n/4096, 4096] fp32, topk %d, error feedback 0.95, CPU threads %d, "
+      "median of %d\n",
+      topk, threads, reps);
   std::printf("targets: GPU encode time <= 10x copy time; CPU sparseloco encode >= 0.5 GB/s per core\n");
   std::printf("GB/s = fp32 input bytes (4 n) per second; decode = host parse + theta -= u on the device\n\n");
   std::printf("%6s %-6s %9s %-10s %9s %9s %9s %12s %8s %12s\n", "Mi", "device", "copy GB/s", "codec", "enc GB/s",
@@ -165,10 +173,13 @@ int main(int argc, char** argv) {
         torch::manual_seed(1);
         delta = torch::randn({n / 4096, 4096}, torch::TensorOptions().device(device)) * 0.01;
         torch::Tensor dst = torch::empty_like(delta);
-        if (!MedianSeconds(reps, device, [&] {
-              dst.copy_(delta);
-              return true;
-            }, &copy_s)) {
+        if (!MedianSeconds(
+                reps, device,
+                [&] {
+                  dst.copy_(delta);
+                  return true;
+                },
+                &copy_s)) {
           return 1;
         }
       } catch (const c10::Error& e) {

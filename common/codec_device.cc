@@ -69,8 +69,8 @@ std::vector<Group> TensorGroups(const std::vector<int64_t>& shape, int64_t numel
     }
     if (rr > 0 && rc > 0) {
       const int64_t o = rf * t * c + cf * t;
-      groups.push_back(Group{{1, rr, rc}, {rr * c, c, 1}, o, 1, static_cast<int32_t>(rr),
-                             static_cast<int32_t>(rc), {o}});
+      groups.push_back(
+          Group{{1, rr, rc}, {rr * c, c, 1}, o, 1, static_cast<int32_t>(rr), static_cast<int32_t>(rc), {o}});
     }
     return groups;
   }
@@ -163,6 +163,22 @@ inline int64_t AppendCandidates(const float* row, int64_t cols, uint32_t l0, uin
     m += key >= threshold;
   }
   return m;
+}
+
+// row[c] <- d[c] + beta * row[c], c < cols: a multiply, then an add.
+inline void AccumulateRow(float* row, const float* d, float beta, int64_t cols) {
+  int64_t c = 0;
+#if defined(__SSE2__)
+  // Spelled out: GCC's -O2 cost model leaves this loop scalar.
+  const __m128 b = _mm_set1_ps(beta);
+  for (; c + 8 <= cols; c += 8) {
+    const __m128 r0 = _mm_add_ps(_mm_loadu_ps(d + c), _mm_mul_ps(b, _mm_loadu_ps(row + c)));
+    const __m128 r1 = _mm_add_ps(_mm_loadu_ps(d + c + 4), _mm_mul_ps(b, _mm_loadu_ps(row + c + 4)));
+    _mm_storeu_ps(row + c, r0);
+    _mm_storeu_ps(row + c + 4, r1);
+  }
+#endif
+  for (; c < cols; ++c) row[c] = d[c] + beta * row[c];
 }
 
 constexpr int64_t kSamples = 256;
@@ -283,6 +299,14 @@ void ParallelFor(int64_t n, int64_t grain, const Fn& fn) {
   fn(0, std::min(n, step));
 }
 
+// A run of elements [begin, end) of one tensor: the CPU error-feedback
+// pass's unit of work.
+struct Span {
+  size_t tensor = 0;
+  int64_t begin = 0, end = 0;
+};
+constexpr int64_t kSpanElems = 1 << 20;
+
 // A run of kept values (plan order) inside one tensor: the host quantiser's
 // unit of work.
 struct KeptBlock {
@@ -303,11 +327,10 @@ struct DeviceEncoder::Impl {
   ParamLayout layout;
   CodecConfig config;
   torch::Device device{torch::kCPU};
-  DeviceEncoderOptions options;
   LayoutPlan plan;
   double beta = 0;
-  bool keeps_error = false;      // a persistent error-feedback buffer
-  bool cpu_kernel = false;       // sparseloco selection by SelectChunk
+  bool keeps_error = false;  // a persistent error-feedback buffer
+  bool cpu_kernel = false;   // sparseloco on a CPU: SelectChunk and the host quantiser
 
   torch::Tensor e_flat;                    // [P] fp32; scratch when !keeps_error
   std::vector<torch::Tensor> e_views;      // layout shapes, views into e_flat
@@ -318,6 +341,7 @@ struct DeviceEncoder::Impl {
   std::vector<ChunkGeom> geom;         // per plan chunk
   std::vector<KeptBlock> blocks;       // kept values in blocks inside one tensor
   std::vector<int64_t> tensor_blocks;  // T + 1: first block of each tensor
+  std::vector<Span> spans;             // the layout in runs for the error-feedback pass
   SparseLoCoParts cpu_parts;           // reused buffers
   std::vector<int64_t> cpu_flat;
   std::vector<float> cpu_values;
@@ -328,6 +352,16 @@ struct DeviceEncoder::Impl {
   std::vector<int64_t> chunk_ws_pos;        // per plan chunk: first workspace element
   std::vector<int64_t> chunk_bucket_index;  // per plan chunk: index in bucket order
   std::vector<int64_t> chunk_plan_pos;      // per plan chunk: first element in plan order
+  // int8
+  torch::Tensor int8_out;  // [P rounded up to 4, then 4 * chunks] int8: q, then the scales' bytes
+  int64_t int8_scale_offset = 0;
+  torch::Tensor int8_scratch;  // [P] fp32, bucket order
+  Int8Parts int8_parts;        // reused host buffers
+  // dense_bf16
+  torch::Tensor bf16_out;           // [P] bf16
+  std::vector<uint16_t> bf16_bits;  // reused host buffer
+  // every codec on CUDA
+  torch::Tensor staging;  // pinned host buffer for the device->host copy
 
   // sparseloco per-tensor segments of the kept values (plan order), on the device
   torch::Tensor seg;         // [K] int64 tensor index of each kept value
@@ -345,11 +379,12 @@ struct DeviceEncoder::Impl {
   void AccumulateError(const std::vector<torch::Tensor>& deltas);
   void GatherBuckets(bool magnitude);
   StatusOr<Encoded> EncodeSparseLoCo(std::vector<torch::Tensor>* sent);
-  StatusOr<Encoded> EncodeSparseLoCoCpu(std::vector<torch::Tensor>* sent);
+  StatusOr<Encoded> EncodeSparseLoCoCpu(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
   StatusOr<Encoded> EncodeInt8(std::vector<torch::Tensor>* sent);
   StatusOr<Encoded> EncodeBf16(std::vector<torch::Tensor>* sent);
   StatusOr<Encoded> EncodeFp32(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
   std::vector<torch::Tensor> LayoutViews(const torch::Tensor& flat) const;
+  torch::Tensor ToHost(const torch::Tensor& t);
   Status NonFinite(const char* what, size_t tensor);
 };
 
@@ -360,6 +395,18 @@ std::vector<torch::Tensor> DeviceEncoder::Impl::LayoutViews(const torch::Tensor&
     views.push_back(flat.narrow(0, plan.tensors[t].offset, plan.tensors[t].numel).view(layout.tensors[t].shape));
   }
   return views;
+}
+
+// A contiguous host copy of t: t itself on a CPU; on CUDA through a pinned
+// staging buffer kept across calls (the payload size is fixed per codec), a
+// faster copy than into pageable memory.
+torch::Tensor DeviceEncoder::Impl::ToHost(const torch::Tensor& t) {
+  if (t.device().is_cpu()) return t.contiguous();
+  if (!staging.defined() || staging.scalar_type() != t.scalar_type() || staging.sizes() != t.sizes()) {
+    staging = torch::empty(t.sizes(), torch::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
+  }
+  staging.copy_(t);  // synchronous: waits for the kernels that produced t
+  return staging;
 }
 
 Status DeviceEncoder::Impl::NonFinite(const char* what, size_t tensor) {
@@ -406,8 +453,8 @@ Status DeviceEncoder::Impl::Build() {
         const Chunk& ch = plan.chunks[c];
         // Equal chunks of a group share k: a bucket serves them with one topk.
         if (ch.origin != o || ch.rows != g.rows || ch.cols != g.cols || ch.k != plan.chunks[first].k) {
-          return Internal("encoder: chunk plan differs from the tile order at tensor " + std::to_string(t) +
-                          " chunk " + std::to_string(c - tp.first_chunk));
+          return Internal("encoder: chunk plan differs from the tile order at tensor " + std::to_string(t) + " chunk " +
+                          std::to_string(c - tp.first_chunk));
         }
         if (ch.k < 1 || ch.k > ch.numel()) return Internal("encoder: chunk plan has a bad k");
         ++c;
@@ -432,6 +479,11 @@ Status DeviceEncoder::Impl::Build() {
       pos = end;
     }
     tensor_blocks.push_back(static_cast<int64_t>(blocks.size()));
+    for (size_t t = 0; t < num_tensors; ++t) {
+      for (int64_t b = 0; b < plan.tensors[t].numel; b += kSpanElems) {
+        spans.push_back(Span{t, b, std::min(plan.tensors[t].numel, b + kSpanElems)});
+      }
+    }
     geom.resize(plan.chunks.size());
     for (size_t c = 0; c < plan.chunks.size(); ++c) {
       const Chunk& ch = plan.chunks[c];
@@ -441,8 +493,7 @@ Status DeviceEncoder::Impl::Build() {
     }
   }
 
-  const bool need_buckets =
-      config.kind == CodecKind::kInt8 || (config.kind == CodecKind::kSparseLoCo && !cpu_kernel);
+  const bool need_buckets = config.kind == CodecKind::kInt8 || (config.kind == CodecKind::kSparseLoCo && !cpu_kernel);
   if (need_buckets) {
     std::map<std::tuple<int32_t, int32_t, int32_t>, size_t> index;
     for (size_t t = 0; t < num_tensors; ++t) {
@@ -508,7 +559,17 @@ Status DeviceEncoder::Impl::Build() {
     }
   }
 
-  if (config.kind == CodecKind::kSparseLoCo) {
+  if (config.kind == CodecKind::kDenseBf16) {
+    bf16_out = torch::empty({P}, torch::TensorOptions().dtype(torch::kBFloat16).device(device));
+  }
+  if (config.kind == CodecKind::kInt8) {
+    int8_scale_offset = (P + 3) / 4 * 4;
+    int8_out = torch::empty({int8_scale_offset + 4 * static_cast<int64_t>(plan.chunks.size())},
+                            torch::TensorOptions().dtype(torch::kInt8).device(device));
+    int8_scratch = torch::empty({P}, F32());
+  }
+
+  if (config.kind == CodecKind::kSparseLoCo && !cpu_kernel) {
     std::vector<int64_t> seg_host, start_host, end_host;
     std::vector<double> count_host;
     seg_host.reserve(plan.kept);
@@ -542,7 +603,8 @@ Status DeviceEncoder::Impl::CheckDeltas(const std::vector<torch::Tensor>& deltas
     const std::string where = "encode: tensor " + std::to_string(t) + " (" + layout.tensors[t].name + ")";
     if (!d.defined()) return InvalidArgument(where + " is undefined");
     if (d.scalar_type() != torch::kFloat32) return InvalidArgument(where + " is not float32");
-    if (d.device() != device) return InvalidArgument(where + " is on " + d.device().str() + ", encoder on " + device.str());
+    if (d.device() != device)
+      return InvalidArgument(where + " is on " + d.device().str() + ", encoder on " + device.str());
     if (d.sizes().vec() != layout.tensors[t].shape) {
       return InvalidArgument(where + " has shape " + ShapeString(d.sizes().vec()) + ", layout says " +
                              ShapeString(layout.tensors[t].shape));
@@ -585,8 +647,6 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCo(std::vector<torch::Tenso
     return PackSparseLoCo(layout, plan, parts);
   }
 
-  if (cpu_kernel) return EncodeSparseLoCoCpu(sent);
-
   // 1. Kept positions in plan order: local index, flat buffer index, value.
   GatherBuckets(/*magnitude=*/true);
   torch::Tensor local = torch::empty({K}, I64());
@@ -610,16 +670,16 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCo(std::vector<torch::Tenso
     torch::cumsum_out(body, x, 1);
     return cs.index_select(1, kend) - cs.index_select(1, kstart);
   };
-  torch::Tensor vd = v.to(torch::kFloat64).unsqueeze(0);                             // [1, K]
+  torch::Tensor vd = v.to(torch::kFloat64).unsqueeze(0);                                 // [1, K]
   torch::Tensor shift = (segment_sums(vd).squeeze(0) / kept_count).to(torch::kFloat32);  // [T]
   torch::Tensor dev = (v - shift.index_select(0, seg)).abs_().to(torch::kFloat64).unsqueeze(0);
   torch::Tensor scale = (segment_sums(dev).squeeze(0) / kept_count).to(torch::kFloat32);  // [T]
 
   // 3. Codes and the table of bin means.
-  torch::Tensor thresholds = torch::stack({shift - scale, shift, shift + scale}, 1);  // [T, 3]
-  torch::Tensor code = v.unsqueeze(1).ge(thresholds.index_select(0, seg)).sum(1);    // [K] int64 0..3
+  torch::Tensor thresholds = torch::stack({shift - scale, shift, shift + scale}, 1);   // [T, 3]
+  torch::Tensor code = v.unsqueeze(1).ge(thresholds.index_select(0, seg)).sum(1);      // [K] int64 0..3
   torch::Tensor onehot = code.unsqueeze(0).eq(bins.unsqueeze(1)).to(torch::kFloat64);  // [4, K]
-  torch::Tensor sums = segment_sums(torch::cat({onehot * vd, onehot}, 0)).t();       // [T, 8]
+  torch::Tensor sums = segment_sums(torch::cat({onehot * vd, onehot}, 0)).t();         // [T, 8]
   torch::Tensor bin_sum = sums.narrow(1, 0, 4), bin_count = sums.narrow(1, 4, 4);
   torch::Tensor empty_bin = shift.to(torch::kFloat64).unsqueeze(1) +
                             (bins.to(torch::kFloat64) - 1.5) * scale.to(torch::kFloat64).unsqueeze(1);
@@ -631,19 +691,17 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCo(std::vector<torch::Tenso
   if (keeps_error) e_flat.scatter_(0, flat, v - decoded);
   if (sent) *sent = LayoutViews(torch::zeros({plan.numel}, F32()).scatter_(0, flat, decoded));
 
-  // 5. One device->host copy: (index | code << 12) as int16, then the tables' bits.
-  torch::Tensor packed = (local + code * 4096).to(torch::kInt16);
-  torch::Tensor host = torch::cat({packed, table.view({-1}).view(torch::kInt16)}).to(torch::kCPU).contiguous();
-  const int16_t* h = host.data_ptr<int16_t>();
+  // 5. One device->host copy of K int16 indices, K uint8 codes and the
+  //    tables' bytes; the host only copies them out.
+  torch::Tensor host = ToHost(torch::cat(
+      {local.to(torch::kInt16).view(torch::kUInt8), code.to(torch::kUInt8), table.view({-1}).view(torch::kUInt8)}));
+  const uint8_t* h = host.data_ptr<uint8_t>();
   parts.indices.resize(K);
   parts.codes.resize(K);
-  for (int64_t i = 0; i < K; ++i) {
-    const uint16_t x = static_cast<uint16_t>(h[i]);
-    parts.indices[i] = x & 0x0fff;
-    parts.codes[i] = static_cast<uint8_t>(x >> 12);
-  }
   parts.tables.resize(4 * T);
-  std::memcpy(parts.tables.data(), h + K, parts.tables.size() * sizeof(float));
+  std::memcpy(parts.indices.data(), h, K * sizeof(uint16_t));
+  std::memcpy(parts.codes.data(), h + 2 * K, K);
+  std::memcpy(parts.tables.data(), h + 3 * K, parts.tables.size() * sizeof(float));
   for (int64_t t = 0; t < T; ++t) {
     if (!AllFiniteFloats(parts.tables.data() + 4 * t, 4)) return NonFinite("value", t);
   }
@@ -655,7 +713,8 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCo(std::vector<torch::Tenso
 // (fp64 partial sums per block, combined in block order: the result does not
 // depend on the thread count). No tensor temporaries: on a CPU the torch ops
 // of the device path cost more than the selection itself.
-StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(std::vector<torch::Tensor>* sent) {
+StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<torch::Tensor>& deltas,
+                                                           std::vector<torch::Tensor>* sent) {
   const int64_t K = plan.kept;
   const size_t T = layout.tensors.size();
   SparseLoCoParts& parts = cpu_parts;
@@ -665,6 +724,31 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(std::vector<torch::Te
   cpu_flat.resize(K);
   cpu_values.resize(K);
   float* e = e_flat.data_ptr<float>();
+  // e <- delta + beta * e (or delta), streaming through memory in layout
+  // order on this file's threads: torch's add would leave its OpenMP workers
+  // spinning on the cores the selection below wants.
+  {
+    std::vector<torch::Tensor> contiguous(deltas.size());  // the odd strided delta is copied first
+    std::vector<const float*> delta(deltas.size());
+    for (size_t t = 0; t < deltas.size(); ++t) {
+      contiguous[t] = deltas[t].contiguous();
+      delta[t] = contiguous[t].data_ptr<float>();
+    }
+    const float beta_f = static_cast<float>(beta);  // as torch's add casts alpha
+    const int64_t num_spans = static_cast<int64_t>(spans.size());
+    ParallelFor(num_spans, plan.numel >= 2 * kSpanElems ? 1 : num_spans, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const Span& sp = spans[i];
+        float* dst = e + plan.tensors[sp.tensor].offset + sp.begin;
+        const float* src = delta[sp.tensor] + sp.begin;
+        if (keeps_error) {
+          AccumulateRow(dst, src, beta_f, sp.end - sp.begin);
+        } else {
+          std::copy(src, src + (sp.end - sp.begin), dst);
+        }
+      }
+    });
+  }
   uint16_t* local = parts.indices.data();
   uint8_t* codes = parts.codes.data();
   int64_t* flat = cpu_flat.data();
@@ -727,9 +811,9 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(std::vector<torch::Te
   for (size_t t = 0; t < T; ++t) {
     for (int b = 0; b < 4; ++b) {
       const double count = per_tensor(t, 4 + b);
-      table[4 * t + b] = count > 0 ? static_cast<float>(per_tensor(t, b) / count)
-                                   : static_cast<float>(static_cast<double>(shift[t]) +
-                                                        (b - 1.5) * static_cast<double>(scale[t]));
+      table[4 * t + b] =
+          count > 0 ? static_cast<float>(per_tensor(t, b) / count)
+                    : static_cast<float>(static_cast<double>(shift[t]) + (b - 1.5) * static_cast<double>(scale[t]));
     }
     if (!AllFiniteFloats(table + 4 * t, 4)) return NonFinite("value", t);
   }
@@ -758,21 +842,23 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeInt8(std::vector<torch::Tensor>* se
   const int64_t P = plan.numel;
   const int64_t num_chunks = static_cast<int64_t>(plan.chunks.size());
   GatherBuckets(/*magnitude=*/false);
-  torch::Tensor q8 = torch::empty({P}, torch::TensorOptions().dtype(torch::kInt8).device(device));
-  torch::Tensor scales = torch::empty({num_chunks}, F32());
-  torch::Tensor decoded_ws = sent ? torch::empty({P}, F32()) : torch::Tensor();
+  // Persistent buffers (fresh P-sized temporaries would cost a page fault per
+  // 4 KiB on a CPU): q then the scales' bytes, copied to the host at once.
+  torch::Tensor q8 = int8_out.narrow(0, 0, P);
+  torch::Tensor scales = int8_out.narrow(0, int8_scale_offset, 4 * num_chunks).view(torch::kFloat32);
   for (Bucket& b : buckets) {
     const torch::Tensor& x = b.matrix;
-    torch::Tensor scale = std::get<0>(x.abs().max(/*dim=*/1, /*keepdim=*/true)).div_(127.0f);  // [count, 1]
+    torch::Tensor t = int8_scratch.narrow(0, b.ws_offset, x.numel()).view_as(x);
+    auto minmax = torch::aminmax(x, /*dim=*/1, /*keepdim=*/true);
+    torch::Tensor scale = torch::maximum(std::get<0>(minmax).abs(), std::get<1>(minmax)).div_(127.0f);  // [count, 1]
     torch::Tensor safe = torch::where(scale > 0, scale, torch::ones_like(scale));
-    torch::Tensor q = (x / safe).round_().clamp_(-127, 127);  // all zero where scale is 0
+    torch::div_out(t, x, safe).round_().clamp_(-127, 127);  // q; all zero where scale is 0
     torch::Tensor q8_b = q8.narrow(0, b.ws_offset, x.numel()).view_as(x);
-    q8_b.copy_(q);
+    q8_b.copy_(t);
     // value = float(q) * scale, exactly as the host decodes it (from the int8,
     // so a rounded -0 becomes +0 here too).
-    torch::Tensor decoded = q.copy_(q8_b).mul_(scale);
-    if (sent) decoded_ws.narrow(0, b.ws_offset, x.numel()).view_as(x).copy_(decoded);
-    if (keeps_error) x.sub_(decoded);
+    t.copy_(q8_b).mul_(scale);
+    if (keeps_error) x.sub_(t);
     scales.narrow(0, b.chunk_offset, b.count).copy_(scale.view({-1}));
   }
   if (keeps_error) {
@@ -782,7 +868,7 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeInt8(std::vector<torch::Tensor>* se
   if (sent) {
     torch::Tensor sent_flat = torch::empty({P}, F32());
     for (Bucket& b : buckets) {
-      torch::Tensor dec = decoded_ws.narrow(0, b.ws_offset, b.matrix.numel()).view_as(b.matrix);
+      torch::Tensor dec = int8_scratch.narrow(0, b.ws_offset, b.matrix.numel()).view_as(b.matrix);
       for (Piece& p : b.pieces) {
         sent_flat.as_strided(p.group.sizes, p.group.strides, p.flat_offset + p.group.offset)
             .copy_(dec.narrow(0, p.row0, p.group.count).view(p.group.sizes));
@@ -791,11 +877,11 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeInt8(std::vector<torch::Tensor>* se
     *sent = LayoutViews(sent_flat);
   }
 
-  torch::Tensor host = torch::cat({q8, scales.view(torch::kInt8)}).to(torch::kCPU).contiguous();
+  torch::Tensor host = ToHost(int8_out);
   const int8_t* h = host.data_ptr<int8_t>();
   std::vector<float> bucket_scales(num_chunks);  // bucket order
-  std::memcpy(bucket_scales.data(), h + P, num_chunks * sizeof(float));
-  Int8Parts parts;
+  std::memcpy(bucket_scales.data(), h + int8_scale_offset, num_chunks * sizeof(float));
+  Int8Parts& parts = int8_parts;
   parts.q.resize(P);
   parts.scales.resize(num_chunks);
   for (int64_t c = 0; c < num_chunks; ++c) {
@@ -807,11 +893,13 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeInt8(std::vector<torch::Tensor>* se
 }
 
 StatusOr<Encoded> DeviceEncoder::Impl::EncodeBf16(std::vector<torch::Tensor>* sent) {
-  torch::Tensor bf = e_flat.to(torch::kBFloat16);  // round to nearest even
+  torch::Tensor& bf = bf16_out;
+  bf.copy_(e_flat);  // round to nearest even
   if (keeps_error) e_flat.sub_(bf);
   if (sent) *sent = LayoutViews(bf.to(torch::kFloat32));
-  torch::Tensor host = bf.view(torch::kInt16).to(torch::kCPU).contiguous();
-  std::vector<uint16_t> bits(plan.numel);
+  torch::Tensor host = ToHost(bf.view(torch::kInt16));
+  std::vector<uint16_t>& bits = bf16_bits;
+  bits.resize(plan.numel);
   std::memcpy(bits.data(), host.data_ptr<int16_t>(), bits.size() * sizeof(uint16_t));
   for (size_t t = 0; t < plan.tensors.size(); ++t) {
     const TensorPlan& tp = plan.tensors[t];
@@ -830,7 +918,7 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeFp32(const std::vector<torch::Tenso
     for (const auto& d : deltas) flat.push_back(d.reshape({-1}));
     torch::Tensor all = torch::cat(flat);
     if (sent) *sent = LayoutViews(all);  // cat made a copy
-    torch::Tensor host = all.to(torch::kCPU).contiguous();
+    torch::Tensor host = ToHost(all);
     std::memcpy(values.data(), host.data_ptr<float>(), values.size() * sizeof(float));
   } else if (sent) {
     *sent = LayoutViews(torch::zeros({0}, F32()));
@@ -876,7 +964,6 @@ StatusOr<std::unique_ptr<DeviceEncoder>> DeviceEncoder::Create(const ParamLayout
     torch::NoGradGuard no_grad;
     impl->layout = layout;
     impl->config = config;
-    impl->options = options;
     // Normalise "cuda" to "cuda:N" so the device check in Encode compares equal.
     impl->device = torch::empty({0}, torch::TensorOptions().device(device)).device();
     impl->plan = PlanLayout(layout, topk_ok ? config.topk : 64);
@@ -898,6 +985,7 @@ StatusOr<Encoded> DeviceEncoder::Encode(const std::vector<torch::Tensor>& deltas
   try {
     torch::NoGradGuard no_grad;
     if (s.config.kind == CodecKind::kDenseFp32) return s.EncodeFp32(deltas, sent);
+    if (s.config.kind == CodecKind::kSparseLoCo && s.cpu_kernel) return s.EncodeSparseLoCoCpu(deltas, sent);
     s.AccumulateError(deltas);
     switch (s.config.kind) {
       case CodecKind::kSparseLoCo:

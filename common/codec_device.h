@@ -6,18 +6,27 @@
 // device (zero at start; none for dense_fp32 or error_feedback == 0). Encode
 // does, for the configured codec kind:
 //   all but dense_fp32:  e <- beta * e + delta   (beta = error_feedback)
-//   sparseloco: per chunk of the plan keep the k_c largest |e| (ties: lower
-//     local index first); over the kept values v of a tensor, shift =
-//     mean(v), scale = mean(|v - shift|), code = (v >= shift - scale) +
-//     (v >= shift) + (v >= shift + scale), table[b] = mean of the v with code
-//     b (empty bin: shift + (b - 1.5) * scale); e[kept] -= table[code].
+//   sparseloco: per chunk of the plan keep the k_c largest |e| (which of
+//     equal magnitudes is kept: the lower local index on a CPU, torch::topk's
+//     choice on CUDA); over the kept values v of a tensor, shift = mean(v),
+//     scale = mean(|v - shift|), code = (v >= shift - scale) + (v >= shift) +
+//     (v >= shift + scale), table[b] = mean of the v with code b (empty bin:
+//     shift + (b - 1.5) * scale); e[kept] -= table[code].
 //   int8: per chunk scale = max|e| / 127, q = round(e / scale) clamped to
 //     [-127, 127] (0 where scale is 0); e -= q * scale.
 //   dense_bf16: b = bf16(e) (round to nearest even); e -= b.
 //   dense_fp32: sends delta as it is.
 // With error_feedback == 0 the residual is dropped (e is just delta).
-// Means are summed in fp64 in a fixed order, so an encode is deterministic
-// on a device, and CPU and CUDA agree on the kept indices for tie-free input.
+// Means are fp64 sums in a fixed order: an encode is deterministic on a
+// device whatever the thread count; CPU and CUDA agree on the kept indices
+// for tie-free input (tables to within an ulp or so).
+//
+// CPU: sparseloco runs its own error-feedback pass, a per-chunk selection
+// kernel and a host quantiser on at::get_num_threads() threads (results do
+// not depend on the count); int8 and bf16 use the same torch ops as CUDA.
+// Device memory beyond e (P = layout numel): sparseloco on CUDA a P-float
+// workspace and 24 bytes of index tensors per kept value; int8 two P-float
+// buffers and P bytes; bf16 P bf16 values.
 //
 // Thread: lives on the thread that trains (the worker's training thread);
 // not thread-safe. LibTorch exceptions are caught and returned as Status.
@@ -47,8 +56,7 @@ class DeviceEncoder {
   // a topk outside [1, 4096] (sparseloco) or a negative/non-finite
   // error_feedback; Internal if the device allocation fails.
   static StatusOr<std::unique_ptr<DeviceEncoder>> Create(const ParamLayout& layout, const CodecConfig& config,
-                                                          torch::Device device,
-                                                          DeviceEncoderOptions options = {});
+                                                         torch::Device device, DeviceEncoderOptions options = {});
   ~DeviceEncoder();
   DeviceEncoder(const DeviceEncoder&) = delete;
   DeviceEncoder& operator=(const DeviceEncoder&) = delete;

@@ -489,8 +489,14 @@ TEST_CASE("config: quickstart is the documented non-IID setup", "[unit]") {
   CHECK(c.name == "quickstart");
   CHECK(c.model.layers == 4);
   CHECK(c.model.d_model == 128);
-  CHECK(c.training.rounds == 12);
-  CHECK(c.training.inner_steps == 15);
+  CHECK(c.training.rounds == 36);
+  CHECK(c.training.inner_steps == 5);
+  CHECK(c.codec.kind == CodecKind::kSparseLoCo);
+  CHECK(c.codec.topk == 64);
+  CHECK(c.outer.kind == OuterOptimizerKind::kSgd);
+  CHECK(c.outer.lr == 1.0);
+  CHECK(c.outer.momentum == 0.0);
+  CHECK(c.quorum.aggregation == AggregationRule::kMeanChoosers);
   CHECK(c.quorum.expected_workers == 3);
   CHECK(c.output.run_dir == "runs/quickstart");
   REQUIRE(c.sites.size() == 3);
@@ -854,8 +860,9 @@ TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[uni
   CHECK(c->outer.kind == OuterOptimizerKind::kSgd);
   CHECK(c->outer.lr == 1.0);
   CHECK(c->outer.momentum == 0.0);
-  CHECK(c->training.rounds == 12);
-  CHECK(c->training.inner_steps == 15);
+  CHECK(c->quorum.aggregation == AggregationRule::kMeanAll);
+  CHECK(c->training.rounds == 36);
+  CHECK(c->training.inner_steps == 5);
   CHECK(c->training.inner.warmup_steps == 20);
   CHECK(c->output.run_dir == "/tmp/x");
   CHECK(c->sites.size() == 3);
