@@ -42,6 +42,15 @@ std::string TensorWhere(CodecKind kind, const ParamLayout& layout, size_t t) {
 std::string ChunkWhere(CodecKind kind, const ParamLayout& layout, const LayoutPlan& plan, size_t t, size_t c) {
   return TensorWhere(kind, layout, t) + " chunk " + std::to_string(c - plan.tensors[t].first_chunk);
 }
+// The error for local index l of chunk c that is out of range or not above
+// the previous index `prev` of the same chunk.
+Status BadIndex(CodecKind kind, const ParamLayout& layout, const LayoutPlan& plan, size_t t, size_t c, int64_t l,
+                int64_t prev) {
+  const int64_t n = plan.chunks[c].numel();
+  return InvalidArgument(ChunkWhere(kind, layout, plan, t, c) + ": index " + std::to_string(l) +
+                         (l >= n ? " >= chunk size " + std::to_string(n)
+                                 : " after " + std::to_string(prev) + " (indices must be strictly increasing)"));
+}
 // Tensor holding flat element i (only on error paths).
 size_t TensorOf(const LayoutPlan& plan, uint64_t i) {
   size_t t = 0;
@@ -345,9 +354,7 @@ StatusOr<Update> ParseSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
       for (int32_t j = 0; j < ch.k; ++j, ++i, ++e) {
         const uint32_t l = Get12(idx, i);
         if (l >= n || static_cast<int64_t>(l) <= prev) {
-          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": index " + Num(l) +
-                                 (l >= n ? " >= chunk size " + Num(n)
-                                         : " after " + Num(prev) + " (indices must be strictly increasing)"));
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
         }
         prev = l;
         u.index[e] = static_cast<uint16_t>(l);
@@ -403,9 +410,7 @@ StatusOr<Update> ParseSparseFp32(const ParamLayout& layout, const LayoutPlan& pl
       for (uint32_t j = 0; j < count; ++j, ++e) {
         const uint32_t l = Get12(idx, e);
         if (l >= n || static_cast<int64_t>(l) <= prev) {
-          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": index " + Num(l) +
-                                 (l >= n ? " >= chunk size " + Num(n)
-                                         : " after " + Num(prev) + " (indices must be strictly increasing)"));
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
         }
         prev = l;
         u.index[e] = static_cast<uint16_t>(l);
@@ -584,9 +589,7 @@ StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
       for (int32_t j = 0; j < plan.chunks[c].k; ++j, ++i) {
         const int64_t l = parts.indices[i];
         if (l >= n || l <= prev) {
-          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": index " + Num(l) +
-                                 (l >= n ? " >= chunk size " + Num(n)
-                                         : " after " + Num(prev) + " (indices must be strictly increasing)"));
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
         }
         prev = l;
         if (parts.codes[i] > 3) {
