@@ -15,17 +15,13 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include "tests/fakes/layouts.h"
 
 namespace lowband {
 namespace {
 
-using Shape = std::vector<int64_t>;
-
-ParamLayout MakeLayout(const std::vector<std::pair<std::string, Shape>>& specs) {
-  ParamLayout layout;
-  for (const auto& [name, shape] : specs) layout.tensors.push_back(TensorSpec{name, shape});
-  return layout;
-}
+using testing::MakeLayout;
+using testing::Shape;
 
 // Every shape the chunk plan distinguishes: full tiles with right, bottom and
 // corner edges, a short matrix (no full tile row), a 1-D tensor one past a

@@ -18,19 +18,15 @@
 #include <catch2/catch.hpp>
 
 #include "common/params.h"
+#include "tests/fakes/layouts.h"
 
 namespace lowband {
 namespace {
 
 // ---------------------------------------------------------------- fixtures
 
-using Shape = std::vector<int64_t>;
-
-ParamLayout MakeLayout(const std::vector<std::pair<std::string, Shape>>& specs) {
-  ParamLayout layout;
-  for (const auto& [name, shape] : specs) layout.tensors.push_back(TensorSpec{name, shape});
-  return layout;
-}
+using testing::MakeLayout;
+using testing::Shape;
 
 // Four tensors whose streams exercise every edge: a 2-D tensor with right,
 // bottom and corner tiles (K = 143, odd and not a multiple of 4), a full
