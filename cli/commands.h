@@ -28,7 +28,10 @@ struct ControlOptions {
   bool json = false;
   int timeout_ms = 3000;
 };
-// Sends one control request and prints the answer.
+// Sends one control request (command, args) and prints the answer: its
+// message (or its JSON with --json). Returns 0 when the coordinator accepted
+// it, 1 when it refused it (ok=false; the message also goes to stderr), 64 on
+// usage errors, 78 on a bad campaign file, 69 when no answer came.
 int Control(const ControlOptions& options, const std::string& command, const std::vector<std::string>& args);
 
 }  // namespace lowband::cli

@@ -9,7 +9,10 @@
 
 namespace lowband::cli {
 
-int Control(const ControlOptions& options, const std::string& command, const std::vector<std::string>& args) {
+int Control(const ControlOptions& options, const std::string& name, const std::vector<std::string>& args) {
+  // For messages: "round pause", "worker evict site-a".
+  std::string command = name;
+  for (const std::string& a : args) command += " " + a;
   std::string endpoint = options.endpoint;
   std::string campaign;
   if (endpoint.empty()) {
@@ -34,7 +37,7 @@ int Control(const ControlOptions& options, const std::string& command, const std
   Message req;
   req.campaign_id = campaign;
   req.sender_id = "cli";
-  req.body = ControlRequest{command, args};
+  req.body = ControlRequest{name, args};
   Status st = (*link)->Send("", EncodeMessage(req));
   if (!st.ok()) {
     std::fprintf(stderr, "lowband %s: cannot send to %s: %s\n", command.c_str(), endpoint.c_str(),

@@ -22,25 +22,57 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--run-dir", run.run_dir, "directory for logs, metrics and checkpoints");
   run_cmd->add_flag("--verbose,-v", run.verbose, "show daemon logs on the terminal");
 
+  // Commands for a running coordinator: the words sent as the control
+  // request (command, args...) and the subcommand that parses them.
   lowband::cli::ControlOptions ctl;
-  std::vector<std::pair<std::string, CLI::App*>> control_cmds;
-  for (const auto& [name, help] : std::vector<std::pair<std::string, std::string>>{
-           {"status", "show a running campaign's state"}, {"workers", "list the workers of a running campaign"}}) {
-    auto* cmd = app.add_subcommand(name, help);
+  std::string evict_site;
+  struct ControlCmd {
+    std::vector<std::string> words;
+    CLI::App* app;
+  };
+  std::vector<ControlCmd> control_cmds;
+  auto add_control = [&](CLI::App* parent, const std::string& name, const std::string& help,
+                         std::vector<std::string> words) {
+    auto* cmd = parent->add_subcommand(name, help);
     cmd->add_option("--endpoint,-e", ctl.endpoint, "coordinator control endpoint, e.g. tcp://127.0.0.1:5556");
     cmd->add_option("--campaign,-c", ctl.campaign_file, "campaign file (its network.control endpoint is used)");
     cmd->add_flag("--json", ctl.json, "print the machine-readable answer");
     cmd->add_option("--timeout-ms", ctl.timeout_ms, "how long to wait for an answer")->check(CLI::Range(1, 600000));
-    control_cmds.emplace_back(name, cmd);
-  }
+    control_cmds.push_back({std::move(words), cmd});
+    return cmd;
+  };
+  add_control(&app, "status", "show a running campaign's state", {"status"});
+  add_control(&app, "workers", "list the workers of a running campaign", {"workers"});
+  auto* round_cmd = app.add_subcommand("round", "control the rounds of a running campaign");
+  round_cmd->require_subcommand(1);
+  add_control(round_cmd, "pause", "start no new round after the current one is committed", {"round", "pause"});
+  add_control(round_cmd, "resume", "start the round held by a pause", {"round", "resume"});
+  add_control(round_cmd, "close", "close the open round now with the uploads received (at least one)",
+              {"round", "close"});
+  auto* campaign_cmd = app.add_subcommand("campaign", "control a running campaign");
+  campaign_cmd->require_subcommand(1);
+  add_control(campaign_cmd, "abort", "end the campaign now; the coordinator exits non-zero", {"campaign", "abort"});
+  auto* worker_cmd = app.add_subcommand("worker", "control one site of a running campaign");
+  worker_cmd->require_subcommand(1);
+  add_control(worker_cmd, "evict",
+              "drop SITE from the campaign (its uploads no longer count; it is told to stop; it may rejoin by "
+              "saying hello again)",
+              {"worker", "evict"})
+      ->add_option("site", evict_site, "site name")
+      ->required();
+  add_control(&app, "checkpoint", "write RUN_DIR/checkpoint-round-N.lbck of the last committed round now",
+              {"checkpoint"});
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 64;
   }
   if (run_cmd->parsed()) return lowband::cli::Run(run);
-  for (const auto& [name, cmd] : control_cmds) {
-    if (cmd->parsed()) return lowband::cli::Control(ctl, name, {});
+  for (auto& [words, cmd] : control_cmds) {
+    if (!cmd->parsed()) continue;
+    std::vector<std::string> args(words.begin() + 1, words.end());
+    if (words == std::vector<std::string>{"worker", "evict"}) args.push_back(evict_site);
+    return lowband::cli::Control(ctl, words[0], args);
   }
   return 64;
 }

@@ -34,6 +34,7 @@ const char* WorkerStateName(WorkerState s) {
   switch (s) {
     case WorkerState::kJoined: return "joined";
     case WorkerState::kLost: return "lost";
+    case WorkerState::kEvicted: return "evicted";
   }
   return "unknown";
 }
@@ -43,6 +44,7 @@ const char* CoordinatorCore::PhaseName(Phase p) {
     case Phase::kWaiting: return "waiting";
     case Phase::kEvaluating: return "evaluating";
     case Phase::kTraining: return "training";
+    case Phase::kHeld: return "held";
     case Phase::kFinished: return "finished";
   }
   return "unknown";
@@ -300,6 +302,11 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
 
 void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
   if (phase_ != Phase::kTraining || !Complete(uploads_, deadline_passed)) return;
+  CloseRound(now, deadline_passed ? "deadline" : "complete", out);
+}
+
+void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
+  LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
   const int have = static_cast<int>(uploads_.size());
 
   // Mean over the R workers that uploaded (or over those that chose each
@@ -353,7 +360,7 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
   phase_ = Phase::kEvaluating;
   phase_start_ = now;
   LOG_DEBUG("round closed", {"round", committed_round_}, {"contributors", have},
-            {"digest", DigestHex(digest_)}, {"deadline", deadline_passed});
+            {"digest", DigestHex(digest_)}, {"why", why});
   MaybeFinishEval(now, false, out);
 }
 
@@ -412,6 +419,12 @@ void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreO
 
   if (committed_round_ >= static_cast<uint32_t>(config_.training.rounds)) {
     Finish("completed " + std::to_string(committed_round_) + " rounds", false, out);
+    return;
+  }
+  if (paused_) {
+    phase_ = Phase::kHeld;
+    phase_start_ = now;
+    LOG_INFO("round held by operator pause", {"round", committed_round_ + 1});
     return;
   }
   StartRound(now, out);
@@ -484,6 +497,7 @@ std::string CoordinatorCore::StatusJson() const {
       .Add("rounds", config_.training.rounds)
       .Add("live_workers", LiveWorkers())
       .Add("expected_workers", config_.quorum.expected_workers)
+      .Add("paused", paused_)
       .Add("uploads", static_cast<int>(uploads_.size()))
       .Add("digest", DigestHex(digest_))
       .Add("parameters", static_cast<uint64_t>(params_.values.size()))
@@ -514,18 +528,94 @@ std::string CoordinatorCore::WorkersJson(TimePoint now) const {
   return arr + "]";
 }
 
-ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePoint now) {
-  if (req.command == "status") {
+ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePoint now, CoreOutput* out) {
+  // "round" + ["pause"] and "round pause" + [] mean the same.
+  std::vector<std::string> words;
+  for (size_t start = 0; start <= req.command.size();) {
+    const size_t end = std::min(req.command.find(' ', start), req.command.size());
+    if (end > start) words.push_back(req.command.substr(start, end - start));
+    start = end + 1;
+  }
+  words.insert(words.end(), req.args.begin(), req.args.end());
+  const std::string verb = words.empty() ? std::string() : words[0];
+  const std::string sub = words.size() > 1 ? words[1] : std::string();
+  const std::string open_round = std::to_string(committed_round_ + 1);
+  const bool finished = phase_ == Phase::kFinished;
+  auto refuse = [&](const std::string& why) {
+    LOG_WARN("control command refused", {"command", req.command}, {"reason", why});
+    return ControlResponse{false, why, ""};
+  };
+
+  if (verb == "status" && words.size() == 1) {
     char line[256];
-    std::snprintf(line, sizeof(line), "campaign %s: %s, round %u/%d, %d/%d workers live", config_.name.c_str(),
-                  PhaseName(phase_), committed_round_, config_.training.rounds, LiveWorkers(),
-                  config_.quorum.expected_workers);
+    std::snprintf(line, sizeof(line), "campaign %s: %s%s, round %u/%d, %d/%d workers live", config_.name.c_str(),
+                  PhaseName(phase_), paused_ && !finished ? " (paused)" : "", committed_round_,
+                  config_.training.rounds, LiveWorkers(), config_.quorum.expected_workers);
     return {true, line, StatusJson()};
   }
-  if (req.command == "workers") {
+  if (verb == "workers" && words.size() == 1) {
     return {true, std::to_string(workers_.size()) + " workers", WorkersJson(now)};
   }
-  return {false, "unknown command '" + req.command + "' (allowed: status, workers)", ""};
+  if (verb == "round" && words.size() == 2 && (sub == "pause" || sub == "resume" || sub == "close")) {
+    if (finished) return refuse("campaign already finished");
+    if (sub == "pause") {
+      if (paused_) return refuse("campaign is already paused");
+      paused_ = true;
+      LOG_INFO("operator paused rounds", {"round", committed_round_});
+      return {true,
+              phase_ == Phase::kTraining
+                  ? "paused: round " + open_round + " still collects uploads; no round starts after it"
+                  : "paused: no new round will start",
+              ""};
+    }
+    if (sub == "resume") {
+      if (!paused_) return refuse("campaign is not paused");
+      paused_ = false;
+      LOG_INFO("operator resumed rounds", {"round", committed_round_});
+      if (phase_ == Phase::kHeld) {
+        StartRound(now, out);
+        return {true, "resumed: round " + open_round + " started", ""};
+      }
+      return {true, "resumed", ""};
+    }
+    // close
+    if (phase_ != Phase::kTraining) {
+      return refuse(std::string("no round is collecting uploads (phase ") + PhaseName(phase_) + ")");
+    }
+    if (uploads_.empty()) return refuse("no uploads yet for round " + open_round);
+    const size_t have = uploads_.size();
+    LOG_INFO("operator closed round", {"round", open_round}, {"uploads", static_cast<uint64_t>(have)});
+    CloseRound(now, "operator", out);
+    return {true, "round " + open_round + " closed with " + std::to_string(have) + " upload" + (have == 1 ? "" : "s"),
+            ""};
+  }
+  if (verb == "campaign" && words.size() == 2 && sub == "abort") {
+    if (finished) return refuse("campaign already finished");
+    Abort("aborted by operator", out);
+    return {true, "campaign " + config_.name + " aborted at round " + std::to_string(committed_round_), ""};
+  }
+  if (verb == "worker" && words.size() == 3 && sub == "evict") {
+    if (finished) return refuse("campaign already finished");
+    const std::string& site = words[2];
+    auto it = workers_.find(site);
+    if (it == workers_.end()) return refuse("unknown site '" + site + "'");
+    WorkerInfo& w = it->second;
+    if (w.state == WorkerState::kEvicted) return refuse("site '" + site + "' is already evicted");
+    const bool was_joined = w.state == WorkerState::kJoined;
+    w.state = WorkerState::kEvicted;
+    uploads_.erase(site);
+    evals_.erase(site);
+    if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{"evicted by operator", committed_round_})});
+    LOG_WARN("worker evicted by operator", {"site", site}, {"round", committed_round_}, {"live", LiveWorkers()});
+    MaybeCloseRound(now, false, out);
+    MaybeFinishEval(now, false, out);
+    return {true, "site " + site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
+  }
+  return {false,
+          "unknown command '" + req.command + (req.args.empty() ? "" : " ...") +
+              "' (allowed: status, workers, round pause|resume|close, campaign abort, worker evict SITE, "
+              "checkpoint)",
+          ""};
 }
 
 }  // namespace lowband

@@ -12,6 +12,14 @@
 //     update u; theta_r = theta_{r-1} - u; Aggregate(u, digest(theta_r)) to
 //     every synced worker; collect EvalReports (val loss + digest) -> record.
 //   finished: CampaignEnd to every worker.
+// Operator control (HandleControl): `round pause` holds the next RoundStart
+// once the current round is committed (phase held); `round resume` starts it;
+// `round close` closes the open round now with the uploads received (>= 1,
+// min_workers ignored); `campaign abort` fails the campaign; `worker evict
+// SITE` drops the site (state evicted: no quorum, its pending upload/eval
+// dropped, CampaignEnd "evicted by operator" sent to it, later messages
+// refused as unregistered). An evicted site may rejoin only by saying hello
+// again (a restarted worker), like a lost one.
 // A worker that joins (or rejoins) gets Welcome + ModelSync(theta_c) and, if a
 // round is collecting uploads, that round's RoundStart too.
 //
@@ -77,7 +85,7 @@ struct CoreOutput {
   std::string finish_reason;
 };
 
-enum class WorkerState { kJoined, kLost };
+enum class WorkerState { kJoined, kLost, kEvicted };
 const char* WorkerStateName(WorkerState s);
 
 struct WorkerInfo {
@@ -96,7 +104,9 @@ struct WorkerInfo {
 
 class CoordinatorCore {
  public:
-  enum class Phase { kWaiting, kEvaluating, kTraining, kFinished };
+  // kHeld: a round was committed while paused; the next round waits for
+  // `round resume`.
+  enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kFinished };
 
   CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now);
 
@@ -106,11 +116,15 @@ class CoordinatorCore {
   void HandleMalformed(const std::string& peer, const Status& why, CoreOutput* out);
   // Timers: heartbeats, liveness, round deadline, start timeout.
   void OnTick(TimePoint now, CoreOutput* out);
-  ControlResponse HandleControl(const ControlRequest& req, TimePoint now);
+  // An operator command (status, workers, round pause|resume|close,
+  // campaign abort, worker evict SITE). Messages it causes go to `out`;
+  // a refused command answers ok=false and changes nothing.
+  ControlResponse HandleControl(const ControlRequest& req, TimePoint now, CoreOutput* out);
   // Ends the campaign now (operator abort); CampaignEnd to every worker.
   void Abort(const std::string& reason, CoreOutput* out);
 
   Phase phase() const { return phase_; }
+  bool paused() const { return paused_; }
   static const char* PhaseName(Phase p);
   // The round whose record is being formed (for the bandwidth ledger).
   uint32_t ledger_round() const { return phase_ == Phase::kTraining ? committed_round_ + 1 : committed_round_; }
@@ -140,6 +154,8 @@ class CoordinatorCore {
   void SendRoundStart(WorkerInfo& w, CoreOutput* out);
   void StartRound(TimePoint now, CoreOutput* out);
   void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
+  // Aggregates the uploads received and commits the round (>= 1 upload).
+  void CloseRound(TimePoint now, const char* why, CoreOutput* out);
   void MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out);
   void MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
   void Finish(const std::string& reason, bool failed, CoreOutput* out);
@@ -170,6 +186,7 @@ class CoordinatorCore {
   uint64_t seq_ = 0;
   uint64_t rejected_ = 0;
   bool finished_sent_ = false;
+  bool paused_ = false;  // operator pause: the next round is held
 };
 
 }  // namespace lowband

@@ -56,6 +56,7 @@ struct CoordinatorService::Impl {
   int Run(SignalWatcher& signals);
   void OnWorkers();
   void OnControl();
+  ControlResponse WriteCheckpointNow();
   void Dispatch(CoreOutput& out);
   void OnCommitted(const RoundRecord& r);
   void OnFinished(const CoreOutput& out);
@@ -115,12 +116,15 @@ void CoordinatorService::Impl::OnControl() {
   Inbound in;
   for (int i = 0; i < 64 && control->TryReceive(&in); ++i) {
     ControlResponse resp;
+    CoreOutput out;
     auto msg = DecodeMessage(in.frames, limits);
     if (!msg.ok()) {
       resp = {false, "malformed control request: " + msg.status().ToString(), ""};
     } else if (const auto* req = std::get_if<ControlRequest>(&msg->body)) {
-      resp = core.HandleControl(*req, Clock::now());
-      LOG_INFO("control request", {"command", req->command}, {"ok", resp.ok});
+      // The checkpoint needs the disk, which the core does not touch.
+      resp = req->command == "checkpoint" && req->args.empty() ? WriteCheckpointNow()
+                                                               : core.HandleControl(*req, Clock::now(), &out);
+      LOG_INFO("control request", {"command", req->command}, {"ok", resp.ok}, {"reply", resp.message});
     } else {
       resp = {false, std::string("control endpoint expects control_request, got ") + BodyName(msg->body), ""};
     }
@@ -130,7 +134,31 @@ void CoordinatorService::Impl::OnControl() {
     reply.body = resp;
     Status st = control->Send(in.peer, EncodeMessage(reply));
     if (!st.ok()) LOG_WARN("control reply failed", {"reason", st.ToString()});
+    // After the reply, so that an aborting operator hears back before the
+    // coordinator exits.
+    Dispatch(out);
+    if (done) return;
   }
+}
+
+// RUN_DIR/checkpoint-round-N.lbck of the last committed round; written
+// atomically by WriteCheckpoint. Runs on the loop: a checkpoint of the small
+// models run here takes milliseconds.
+ControlResponse CoordinatorService::Impl::WriteCheckpointNow() {
+  if (options.run_dir.empty()) return {false, "the coordinator has no run directory (--run-dir)", ""};
+  const uint32_t round = core.committed_round();
+  const std::string path = options.run_dir + "/checkpoint-round-" + std::to_string(round) + ".lbck";
+  std::error_code ec;
+  std::filesystem::create_directories(options.run_dir, ec);
+  Status st = WriteCheckpoint(path, Checkpoint{round, config.name, core.params()});
+  if (!st.ok()) {
+    LOG_ERROR("checkpoint failed", {"path", path}, {"reason", st.ToString()});
+    return {false, "checkpoint of round " + std::to_string(round) + " failed: " + st.ToString(), ""};
+  }
+  LOG_INFO("checkpoint written", {"path", path}, {"round", round});
+  JsonObject o;
+  o.Add("path", path).Add("round", round).Add("digest", DigestHex(core.digest()));
+  return {true, path, o.str()};
 }
 
 // Compression of one message kind against dense fp32: the fp32 payload bytes

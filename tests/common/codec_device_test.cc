@@ -413,7 +413,7 @@ TEST_CASE("encoder rejects bad input and recovers from non-finite deltas", "[uni
   }
 }
 
-TEST_CASE("Reset zeroes the error buffers; encodes are deterministic", "[unit][codec_device]") {
+TEST_CASE("Reset zeroes the error buffers, and encodes are deterministic", "[unit][codec_device]") {
   const ParamLayout layout = EdgeLayout();
   auto a = MakeEncoder(layout, Config(CodecKind::kSparseLoCo, 64, 0.95));
   auto b = MakeEncoder(layout, Config(CodecKind::kSparseLoCo, 64, 0.95));

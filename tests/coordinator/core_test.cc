@@ -33,7 +33,7 @@ void StartRounds(Cluster& c) {
   REQUIRE(c.RunUntil([&] { return c.coordinator().phase() == CoordinatorCore::Phase::kTraining; }));
 }
 
-TEST_CASE("registration: every hello gets welcome and parameters; rounds wait for all", "[unit][coordinator]") {
+TEST_CASE("registration: every hello gets welcome and parameters, and rounds wait for all", "[unit][coordinator]") {
   auto now = TimePoint{} + std::chrono::hours(1);
   CoordinatorCore core(TinyCampaign(), TinyParams(), now);
   CoreOutput out;
@@ -110,7 +110,7 @@ TEST_CASE("a worker lost mid-round: the round closes with the others", "[unit][c
   CHECK(c.exec("site-a").global().Digest() == c.coordinator().digest());
 }
 
-TEST_CASE("below quorum the round waits; a rejoining worker is re-synced and completes it",
+TEST_CASE("below quorum the round waits, and a rejoining worker is re-synced and completes it",
           "[unit][coordinator][inproc]") {
   auto config = TinyCampaign(3, 2);
   Cluster c(config, kSites);
@@ -310,15 +310,162 @@ TEST_CASE("no quorum within start_timeout ends the campaign as failed", "[unit][
 TEST_CASE("control: status and workers answer with JSON, unknown commands fail", "[unit][coordinator]") {
   Cluster c(TinyCampaign(3, 2), kSites);
   StartRounds(c);
-  auto st = c.coordinator().HandleControl({"status", {}}, c.now());
+  auto st = c.Control("status");
   CHECK(st.ok);
   CHECK(st.json.find("\"phase\":\"training\"") != std::string::npos);
-  auto w = c.coordinator().HandleControl({"workers", {}}, c.now());
+  auto w = c.Control("workers");
   CHECK(w.ok);
   CHECK(w.json.find("\"site\":\"site-b\"") != std::string::npos);
-  auto bad = c.coordinator().HandleControl({"explode", {}}, c.now());
+  auto bad = c.Control("explode");
   CHECK_FALSE(bad.ok);
   CHECK(bad.message.find("allowed") != std::string::npos);
+}
+
+bool Has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+TEST_CASE("control: round pause holds the next round and resume starts it", "[unit][coordinator][inproc]") {
+  Cluster c(TinyCampaign(3, 2), kSites);
+  StartRounds(c);
+  CHECK_FALSE(c.Control("round", {"resume"}).ok);  // not paused
+  auto p = c.Control("round", {"pause"});
+  REQUIRE(p.ok);
+  CHECK(Has(p.message, "round 1 still collects uploads"));
+  auto again = c.Control("round pause");
+  CHECK_FALSE(again.ok);
+  CHECK(Has(again.message, "already paused"));
+  // The round in flight collects its uploads, closes and is evaluated.
+  REQUIRE(c.RunUntil([&] { return c.records().size() >= 2; }));
+  CHECK(c.records()[1].contributors == 3);
+  CHECK(c.coordinator().phase() == CoordinatorCore::Phase::kHeld);
+  for (int i = 0; i < 100; ++i) c.Step();
+  CHECK(c.coordinator().committed_round() == 1);
+  CHECK(c.records().size() == 2);
+  auto st = c.Control("status");
+  CHECK(Has(st.message, "held (paused)"));
+  CHECK(Has(st.json, "\"paused\":true"));
+  CHECK_FALSE(c.Control("round", {"close"}).ok);  // nothing is collecting uploads
+  // Ticks while held send heartbeats, never a RoundStart.
+  CoreOutput out;
+  c.coordinator().OnTick(c.now(), &out);
+  CHECK(Bodies<RoundStart>(out, "site-a").empty());
+
+  CoreOutput resume_out;
+  auto r = c.coordinator().HandleControl({"round", {"resume"}}, c.now(), &resume_out);
+  REQUIRE(r.ok);
+  CHECK(Has(r.message, "round 2 started"));
+  for (const auto& s : kSites) {
+    REQUIRE(Bodies<RoundStart>(resume_out, s).size() == 1);
+    CHECK(Bodies<RoundStart>(resume_out, s)[0]->round == 2);
+  }
+  CHECK(c.coordinator().phase() == CoordinatorCore::Phase::kTraining);
+  CHECK_FALSE(c.coordinator().paused());
+}
+
+TEST_CASE("control: resume after pause keeps the campaign going to the end", "[unit][coordinator][inproc]") {
+  Cluster c(TinyCampaign(3, 3), kSites);
+  StartRounds(c);
+  REQUIRE(c.Control("round", {"pause"}).ok);
+  REQUIRE(c.RunUntil([&] { return c.coordinator().phase() == CoordinatorCore::Phase::kHeld; }));
+  REQUIRE(c.Control("round", {"resume"}).ok);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  c.Step();
+  REQUIRE(c.records().size() == 4);
+  for (const auto& s : kSites) CHECK(c.exec(s).global().Digest() == c.coordinator().digest());
+  CHECK_FALSE(c.Control("round", {"pause"}).ok);  // finished
+}
+
+TEST_CASE("control: round close commits with the uploads received, ignoring min_workers",
+          "[unit][coordinator][inproc]") {
+  Cluster c(TinyCampaign(3, 2), kSites);
+  StartRounds(c);
+  auto none = c.Control("round", {"close"});
+  CHECK_FALSE(none.ok);
+  CHECK(none.message == "no uploads yet for round 1");
+  c.HoldJobs("site-b", true);
+  c.HoldJobs("site-c", true);
+  REQUIRE(c.RunUntil([&] { return Has(c.Control("status").json, "\"uploads\":1"); }));
+  auto closed = c.Control("round", {"close"});
+  REQUIRE(closed.ok);
+  CHECK(closed.message == "round 1 closed with 1 upload");
+  CHECK(c.coordinator().committed_round() == 1);
+  c.HoldJobs("site-b", false);
+  c.HoldJobs("site-c", false);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  c.Step();
+  REQUIRE(c.records().size() == 3);
+  CHECK(c.records()[1].contributors == 1);
+  CHECK(c.records()[1].sites.at("site-a").uploaded);
+  for (const auto& r : c.records()) CHECK(r.digest_mismatches == 0);
+  for (const auto& s : kSites) CHECK(c.exec(s).global().Digest() == c.coordinator().digest());
+}
+
+TEST_CASE("control: campaign abort fails the campaign and ends every worker", "[unit][coordinator]") {
+  SECTION("core") {
+    auto now = TimePoint{};
+    CoordinatorCore core(TinyCampaign(), TinyParams(), now);
+    CoreOutput out;
+    core.HandleMessage("p1", Wrap(HelloFrom("site-a"), ""), now, &out);
+    out = CoreOutput{};
+    auto r = core.HandleControl({"campaign", {"abort"}}, now, &out);
+    CHECK(r.ok);
+    CHECK(out.finished);
+    CHECK(out.failed);
+    CHECK(out.finish_reason == "aborted by operator");
+    REQUIRE(Bodies<CampaignEnd>(out, "p1").size() == 1);
+    CHECK(core.phase() == CoordinatorCore::Phase::kFinished);
+    CoreOutput again;
+    CHECK_FALSE(core.HandleControl({"campaign", {"abort"}}, now, &again).ok);
+    CHECK(again.messages.empty());
+  }
+  SECTION("cluster") {
+    Cluster c(TinyCampaign(3, 3), kSites);
+    StartRounds(c);
+    REQUIRE(c.Control("campaign", {"abort"}).ok);
+    CHECK(c.finished());
+    c.Step();
+    for (const auto& s : kSites) CHECK(c.exited(s));
+  }
+}
+
+TEST_CASE("control: worker evict drops the site from the round and ends it", "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 2);
+  config.quorum.min_workers = 2;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  auto unknown = c.Control("worker", {"evict", "site-z"});
+  CHECK_FALSE(unknown.ok);
+  CHECK(Has(unknown.message, "unknown site 'site-z'"));
+  CHECK_FALSE(c.Control("worker", {"evict"}).ok);  // no site: usage
+  c.HoldJobs("site-c", true);  // still training: the round waits for it
+  for (int i = 0; i < 20; ++i) c.Step();
+  CHECK(c.coordinator().committed_round() == 0);
+  auto ev = c.Control("worker", {"evict", "site-c"});
+  REQUIRE(ev.ok);
+  CHECK(c.coordinator().workers().at("site-c").state == WorkerState::kEvicted);
+  CHECK_FALSE(c.Control("worker", {"evict", "site-c"}).ok);
+  REQUIRE(c.RunUntil([&] { return c.records().size() >= 2; }));
+  CHECK(c.records()[1].contributors == 2);
+  CHECK_FALSE(c.records()[1].sites.count("site-c"));
+  c.Step();
+  CHECK(c.exited("site-c"));  // told by CampaignEnd
+  CHECK(Has(c.Control("workers").json, "\"state\":\"evicted\""));
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  CHECK(c.exec("site-a").global().Digest() == c.coordinator().digest());
+}
+
+TEST_CASE("control: an evicted site may rejoin by saying hello again", "[unit][coordinator]") {
+  auto now = TimePoint{};
+  CoordinatorCore core(TinyCampaign(1, 2), TinyParams(), now);
+  CoreOutput out;
+  core.HandleMessage("p1", Wrap(HelloFrom("site-a"), ""), now, &out);
+  REQUIRE(core.HandleControl({"worker", {"evict", "site-a"}}, now, &out).ok);
+  out = CoreOutput{};
+  core.HandleMessage("p1", Wrap(Heartbeat{}), now, &out);
+  REQUIRE(Bodies<Error>(out, "p1").size() == 1);
+  CHECK(Bodies<Error>(out, "p1")[0]->code == ErrorCode::kNotRegistered);
+  core.HandleMessage("p2", Wrap(HelloFrom("site-a")), now, &out);
+  CHECK(Bodies<Welcome>(out, "p2").size() == 1);
+  CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
 }
 
 }  // namespace

@@ -191,7 +191,7 @@ class Cluster {
       bool progressed = false;
       Inbound in;
       for (auto& [name, w] : sites_) {
-        if (w->paused) continue;
+        if (w->paused || w->exited) continue;  // an exited worker process is gone
         while (w->link->TryReceive(&in)) {
           progressed = true;
           WorkerOutput out;
@@ -230,7 +230,7 @@ class Cluster {
     coordinator_.OnTick(now_, &out);
     ApplyCoordinator(out);
     for (auto& [name, w] : sites_) {
-      if (w->paused) continue;
+      if (w->paused || w->exited) continue;
       WorkerOutput wo;
       w->core->OnTick(WorkerNow(), &wo);
       Apply(*w, wo);
@@ -245,6 +245,14 @@ class Cluster {
       Step();
     }
     return pred();
+  }
+
+  // An operator command; what it makes the coordinator send is sent.
+  ControlResponse Control(const std::string& command, std::vector<std::string> args = {}) {
+    CoreOutput out;
+    ControlResponse r = coordinator_.HandleControl({command, std::move(args)}, now_, &out);
+    ApplyCoordinator(out);
+    return r;
   }
 
   CoordinatorCore& coordinator() { return coordinator_; }

@@ -192,6 +192,111 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   CHECK(ProcessesMentioning(campaign) == 0);
 }
 
+// One `lowband` control command against the coordinator on `port`; its exit
+// code and output.
+std::pair<int, std::string> Ctl(const TempDir& dir, int port, std::vector<std::string> words, int timeout_ms = 2000) {
+  std::vector<std::string> argv = {kBin + "/lowband"};
+  argv.insert(argv.end(), words.begin(), words.end());
+  argv.insert(argv.end(), {"--endpoint", "tcp://127.0.0.1:" + std::to_string(port + 1), "--timeout-ms", std::to_string(timeout_ms)});
+  Subprocess p = Start(argv, dir.Path("ctl.out"));
+  auto code = p.WaitFor(milliseconds(10000));
+  REQUIRE(code.has_value());
+  return {*code, ReadFile(dir.Path("ctl.out"))};
+}
+
+TEST_CASE("lowband round pause/resume and checkpoint steer a running campaign", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.Path("campaign.yaml");
+  WriteFile(campaign, TinyCampaign(port, 3));
+  const std::string metrics = dir.Path("metrics.jsonl");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics},
+                         dir.Path("run.out"));
+
+  // Pause as soon as the coordinator answers. A request whose answer timed
+  // out may still have been carried out: then the retry hears "already paused".
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::pair<int, std::string> paused{-1, ""};
+  while (paused.first != 0 && paused.second.find("already paused") == std::string::npos && run.running() &&
+         std::chrono::steady_clock::now() < deadline) {
+    paused = Ctl(dir, port, {"round", "pause"}, 500);
+    run.Poll();
+  }
+  INFO(paused.second);
+  INFO(ReadFile(dir.Path("run.out")));
+  REQUIRE((paused.first == 0 || paused.second.find("already paused") != std::string::npos));
+  CHECK(Ctl(dir, port, {"round", "pause"}).first == 1);  // already paused
+
+  // The round in flight (or round 0's evaluation) finishes, then nothing starts.
+  std::string status;
+  while (status.find("\"phase\":\"held\"") == std::string::npos && run.running() &&
+         std::chrono::steady_clock::now() < deadline) {
+    status = Ctl(dir, port, {"status", "--json"}).second;
+    run.Poll();
+  }
+  INFO(status);
+  REQUIRE(status.find("\"phase\":\"held\"") != std::string::npos);
+  CHECK(Field(status, "paused") == "true");
+  const std::string held_round = Field(status, "committed_round");
+  auto human = Ctl(dir, port, {"status"});
+  CHECK(human.first == 0);
+  CHECK(human.second.find("held (paused)") != std::string::npos);
+  for (int i = 0; i < 3; ++i) {
+    const std::string again = Ctl(dir, port, {"status", "--json"}).second;
+    CHECK(Field(again, "committed_round") == held_round);
+    CHECK(Field(again, "phase") == "held");
+  }
+  CHECK(Ctl(dir, port, {"round", "close"}).first == 1);  // no round is collecting uploads
+
+  auto ck = Ctl(dir, port, {"checkpoint"});
+  REQUIRE(ck.first == 0);
+  const std::string path = dir.Path("checkpoint-round-" + held_round + ".lbck");
+  CHECK(ck.second.find(path) != std::string::npos);
+  auto ckpt = ReadCheckpoint(path);
+  REQUIRE(ckpt.ok());
+  CHECK(std::to_string(ckpt->round) == held_round);
+  CHECK(DigestHex(ckpt->params.Digest()) == Field(status, "digest"));
+
+  CHECK(Ctl(dir, port, {"worker", "evict", "site-z"}).first == 1);  // unknown site
+  REQUIRE(Ctl(dir, port, {"round", "resume"}).first == 0);
+  CHECK(Ctl(dir, port, {"round", "resume"}).first == 1);  // not paused
+
+  auto code = run.WaitFor(milliseconds(120000));
+  REQUIRE(code.has_value());
+  REQUIRE(*code == 0);
+  auto records = Lines(ReadFile(metrics));
+  REQUIRE(records.size() == 4);  // round 0 + 3 rounds
+  for (const auto& r : records) CHECK(Field(r, "digests_match") == "true");
+}
+
+TEST_CASE("lowband campaign abort ends the campaign and the coordinator exits non-zero", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.Path("campaign.yaml");
+  WriteFile(campaign, TinyCampaign(port, 50));
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string()}, dir.Path("run.out"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  // Status first (safe to repeat when an answer times out), until every
+  // worker has joined and so hears the end.
+  std::string status;
+  while (Field(status, "live_workers") != "3" && run.running() && std::chrono::steady_clock::now() < deadline) {
+    status = Ctl(dir, port, {"status", "--json"}, 500).second;
+    run.Poll();
+  }
+  REQUIRE(Field(status, "live_workers") == "3");
+  auto abort = Ctl(dir, port, {"campaign", "abort"});
+  INFO(abort.second);
+  REQUIRE(abort.first == 0);
+  CHECK(abort.second.find("aborted") != std::string::npos);
+  auto code = run.WaitFor(milliseconds(60000));
+  REQUIRE(code.has_value());
+  INFO(ReadFile(dir.Path("run.out")));
+  CHECK(*code != 0);
+  CHECK(ReadFile(dir.Path("run.out")).find("aborted by operator") != std::string::npos);
+  CHECK(ReadFile(dir.Path("summary.txt")).find("status failed") != std::string::npos);
+  CHECK(ProcessesMentioning(campaign) == 0);
+}
+
 TEST_CASE("lowband run: a SparseLoCo campaign sends >100x less up, aggregates sparse, stays identical",
           "[integration]") {
   TempDir dir;

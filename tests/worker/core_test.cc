@@ -63,7 +63,7 @@ TEST_CASE("hello is repeated until a welcome arrives", "[unit][worker]") {
   CHECK(CountJobs<ConfigureJob>(f.out) == 1);
 }
 
-TEST_CASE("round start from the held parameters queues training; a wrong base is refused", "[unit][worker]") {
+TEST_CASE("round start from the held parameters queues training, and a wrong base is refused", "[unit][worker]") {
   Fixture f;
   f.Welcomed(0, 42);
   RoundStart rs{1, 43, 5, 1000};
@@ -85,7 +85,7 @@ TEST_CASE("round start from the held parameters queues training; a wrong base is
   CHECK(f.core.training_round() == 1u);
 }
 
-TEST_CASE("training result becomes an upload; a stale one is dropped", "[unit][worker]") {
+TEST_CASE("training result becomes an upload, and a stale one is dropped", "[unit][worker]") {
   Fixture f;
   f.Welcomed(0, 42);
   f.core.HandleMessage(Wrap(RoundStart{1, 42, 5, 1000}, "tiny"), f.now, &f.out);
@@ -101,7 +101,7 @@ TEST_CASE("training result becomes an upload; a stale one is dropped", "[unit][w
   CHECK(Count<DeltaUpload>(f.out) == 0);
 }
 
-TEST_CASE("aggregate queues apply; evaluation results are reported", "[unit][worker]") {
+TEST_CASE("aggregate queues apply, and evaluation results are reported", "[unit][worker]") {
   Fixture f;
   f.Welcomed(0, 42);
   f.core.HandleMessage(Wrap(Aggregate{2, 7, 3, {}}, "tiny"), f.now, &f.out);
