@@ -66,18 +66,30 @@ struct Trainer::Impl {
   ParamLayout layout;
   LayoutPlan plan;
   ParamSet global;             // CPU fp32 copy of the committed global parameters
-  std::vector<torch::Tensor> global_dev;  // the same values on the device, one tensor per parameter
+  torch::Tensor global_flat;              // the same values on the device, flat, layout order
+  std::vector<torch::Tensor> global_dev;  // views of global_flat, one per parameter
   std::unique_ptr<DeviceEncoder> encoder;
   bool model_is_global = false;  // false after TrainRound left local weights in the model
   int64_t inner_steps_done = 0;  // across the campaign, for the warm-up schedule
 
-  Status LoadGlobal() {
-    LOWBAND_RETURN_IF_ERROR(ImportParams(model, global));
+  // The whole CPU copy to the device (start-up, join, re-sync), then into
+  // the model.
+  Status LoadGlobal() try {
     torch::NoGradGuard no_grad;
-    global_dev.clear();
-    for (auto& p : model->parameters()) global_dev.push_back(p.detach().clone());
-    model_is_global = true;
+    const int64_t n = static_cast<int64_t>(global.values.size());
+    if (!global_flat.defined()) {
+      global_flat = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+      int64_t offset = 0;
+      for (const auto& t : layout.tensors) {
+        global_dev.push_back(global_flat.narrow(0, offset, t.numel()).view(t.shape));
+        offset += t.numel();
+      }
+    }
+    global_flat.copy_(torch::from_blob(global.values.data(), {n}, torch::kFloat32));
+    RestoreGlobal();
     return Status::Ok();
+  } catch (const c10::Error& e) {
+    return Internal(TorchMessage("loading the global parameters", e));
   }
 
   // After TrainRound left local weights in the model: back to the global
@@ -132,6 +144,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
     impl->layout = impl->global.layout;
     impl->plan = PlanLayout(impl->layout, codec.topk);
     impl->model->to(dev);
+    if (impl->model->parameters().size() != impl->layout.tensors.size()) {
+      return Internal("trainer: model has " + std::to_string(impl->model->parameters().size()) +
+                      " parameter tensors, layout " + std::to_string(impl->layout.tensors.size()));
+    }
     LOWBAND_RETURN_IF_ERROR(impl->LoadGlobal());
     LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(impl->layout, codec, dev));
 
@@ -240,15 +256,14 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
 
 Status Trainer::ApplyUpdate(const Update& update) {
   Impl& s = *impl_;
-  // The coordinator's own function on the CPU copy, so replicas stay
-  // bit-identical; then the device copy follows.
+  // The coordinator's own function on the CPU copy (the digest's source),
+  // and the same fp32 subtraction on the device copy, moving only the
+  // update's entries there, not the model.
   LOWBAND_RETURN_IF_ERROR(lowband::ApplyUpdate(s.plan, update, &s.global.values));
   s.model_is_global = false;
-  try {
-    return s.LoadGlobal();
-  } catch (const c10::Error& e) {
-    return Internal(TorchMessage("ApplyUpdate", e));
-  }
+  Status st = ApplyUpdateOnDevice(s.plan, update, s.global_flat);
+  if (!st.ok()) return s.LoadGlobal();  // the device copy is unknown now: reload it whole
+  return st;
 }
 
 Status Trainer::ApplyUpdate(const std::vector<float>& dense_update) {

@@ -219,6 +219,16 @@ TEST_CASE("A SparseLoCo trainer sends a compressed delta and still learns from s
     REQUIRE(trainer->ApplyUpdate(agg).ok());
     CHECK(trainer->global().Digest() == expected.Digest());
   }
+  // The device copy the update was applied to in place scores exactly like
+  // a trainer loaded with the host copy.
+  auto fresh = Trainer::Create(TinyModel(), TinyTraining(), "cpu", 1, &corpus, 5, codec);
+  REQUIRE(fresh.ok());
+  REQUIRE((*fresh)->SetGlobal(trainer->global()).ok());
+  auto a = trainer->Evaluate();
+  auto b = (*fresh)->Evaluate();
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a->loss == b->loss);
   auto eval1 = trainer->Evaluate();
   REQUIRE(eval1.ok());
   INFO("val loss " << eval0->loss << " -> " << eval1->loss);
