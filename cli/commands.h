@@ -12,6 +12,8 @@ struct RunOptions {
   std::string metrics_out;  // JSONL of round records; default RUN_DIR/metrics.jsonl
   std::string run_dir;      // default: the campaign's output.run_dir
   bool verbose = false;     // daemon logs to the terminal instead of files
+  bool resume = false;      // continue the unfinished campaign in RUN_DIR
+  bool fresh = false;       // discard RUN_DIR's campaign state and start over
 };
 // Applies `sets` to the campaign file (common/config.h ApplyOverrides rules),
 // validates the result, writes it to RUN_DIR/campaign.yaml, then starts the

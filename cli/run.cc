@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "common/config.h"
 #include "common/process.h"
+#include "coordinator/state_store.h"
 
 namespace lowband::cli {
 namespace {
@@ -64,6 +65,41 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
   return Status::Ok();
 }
 
+// RUN_DIR's durable campaign state: kept with --resume, removed with
+// --fresh or when its campaign has ended; an unfinished campaign without
+// either flag is an error rather than silently lost. Returns an exit code
+// to stop with, or -1.
+int PrepareState(const std::string& run_dir, const RunOptions& options) {
+  const std::string db = run_dir + "/state.db";
+  std::error_code ec;
+  if (!fs::exists(db, ec)) {
+    if (options.resume) {
+      std::fprintf(stderr, "lowband run: --resume: %s holds no campaign state (no state.db)\n", run_dir.c_str());
+      return 64;
+    }
+    return -1;
+  }
+  if (options.resume) return -1;
+  if (!options.fresh) {
+    auto store = StateStore::Open(db);
+    if (!store.ok()) {
+      std::fprintf(stderr, "lowband run: %s\n  (pass --fresh to discard it)\n", store.status().ToString().c_str());
+      return 1;
+    }
+    auto row = (*store)->Campaign();
+    if (row.ok() && row->has_value() && (*row)->status == "running") {
+      std::fprintf(stderr,
+                   "lowband run: %s holds campaign '%s', stopped at round %u before it finished; pass --resume to "
+                   "continue it or --fresh to discard it\n",
+                   run_dir.c_str(), (*row)->name.c_str(), (*row)->committed_round);
+      return 64;
+    }
+  }
+  for (const char* name : {"/state.db", "/state.db-wal", "/state.db-shm"}) fs::remove(run_dir + name, ec);
+  fs::remove_all(run_dir + "/checkpoints", ec);
+  return -1;
+}
+
 }  // namespace
 
 int Run(const RunOptions& options) {
@@ -87,6 +123,7 @@ int Run(const RunOptions& options) {
                  ec.message().c_str());
     return 1;
   }
+  if (int code = PrepareState(run_dir, options); code >= 0) return code;
   // Every process of the run reads the merged campaign from the run
   // directory, which also records exactly what this run was.
   const std::string campaign_file = run_dir + "/campaign.yaml";

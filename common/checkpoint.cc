@@ -1,6 +1,7 @@
 // Checkpoint file I/O.
 //
-// Layout, all integers little-endian, version 1:
+// Layout, all integers little-endian, version 2 (version 1 lacks the
+// momentum section):
 //   "LBCK"                        4 bytes magic
 //   u32 version                   = 1
 //   u32 round
@@ -11,6 +12,8 @@
 //     per tensor: u32 name_len, name bytes, u32 ndim, i64 dims[ndim]
 //   u64 numel                     == layout.numel()
 //   f32 values[numel]             IEEE-754 bits, little-endian
+//   u64 momentum_count            0 or numel (version 2)
+//   f32 momentum[momentum_count]  outer optimizer momentum (version 2)
 //   u64 checksum                  Fnv1a64 of every byte before it
 //
 // The reader treats the file as untrusted: every length is bounded by the
@@ -34,7 +37,7 @@ namespace lowband {
 namespace {
 
 constexpr char kMagic[4] = {'L', 'B', 'C', 'K'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 // Bounds on header fields that have no legitimate reason to be large.
 constexpr uint32_t kMaxNameBytes = 4096;
 constexpr uint32_t kMaxDims = 16;
@@ -171,6 +174,12 @@ Status Encode(const Checkpoint& ckpt, std::string* out) {
   }
   w.U64(static_cast<uint64_t>(params.values.size()));
   w.Floats(params.values);
+  if (!ckpt.outer_momentum.empty() && ckpt.outer_momentum.size() != params.values.size()) {
+    return InvalidArgument("checkpoint: " + std::to_string(ckpt.outer_momentum.size()) +
+                           " momentum values for " + std::to_string(params.values.size()) + " parameters");
+  }
+  w.U64(static_cast<uint64_t>(ckpt.outer_momentum.size()));
+  w.Floats(ckpt.outer_momentum);
   w.U64(Fnv1a64(w.buffer().data(), w.buffer().size()));
   *out = std::move(w.buffer());
   return Status::Ok();
@@ -186,8 +195,9 @@ StatusOr<Checkpoint> Decode(const unsigned char* data, size_t size, const std::s
   uint32_t version = 0;
   (void)r.Bytes(4, &magic);
   (void)r.U32(&version);
-  if (version != kVersion) {
-    return bad("unsupported version " + std::to_string(version) + " (expected " + std::to_string(kVersion) + ")");
+  if (version != kVersion && version != 1) {
+    return bad("unsupported version " + std::to_string(version) + " (expected 1 or " + std::to_string(kVersion) +
+               ")");
   }
   if (size < 8 + 8) return bad("truncated");
   uint64_t stored_sum = 0;
@@ -235,6 +245,15 @@ StatusOr<Checkpoint> Decode(const unsigned char* data, size_t size, const std::s
     return bad("value count " + std::to_string(numel) + " does not match layout (" + std::to_string(total) + ")");
   }
   if (!b.Floats(numel, &ckpt.params.values)) return bad("truncated values");
+  if (version >= 2) {
+    uint64_t momentum = 0;
+    if (!b.U64(&momentum)) return bad("truncated before the optimizer state");
+    if (momentum != 0 && momentum != numel) {
+      return bad("optimizer state has " + std::to_string(momentum) + " values, expected 0 or " +
+                 std::to_string(numel));
+    }
+    if (!b.Floats(momentum, &ckpt.outer_momentum)) return bad("truncated optimizer state");
+  }
   if (b.left() != 0) return bad(std::to_string(b.left()) + " unexpected bytes before the checksum");
   if (layout.Digest() != layout_digest) return bad("layout digest mismatch");
   if (ckpt.params.Digest() != values_digest) return bad("values digest mismatch");
@@ -243,7 +262,8 @@ StatusOr<Checkpoint> Decode(const unsigned char* data, size_t size, const std::s
 
 }  // namespace
 
-Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt) {
+Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt,
+                       const std::function<void()>& before_rename) {
   std::string data;
   LOWBAND_RETURN_IF_ERROR(Encode(ckpt, &data));
 
@@ -262,6 +282,7 @@ Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt) {
   Status st = WriteAll(fd, data, tmp);
   if (st.ok() && ::fsync(fd) != 0) st = Internal(Errno("fsync", tmp, errno));
   if (::close(fd) != 0 && st.ok()) st = Internal(Errno("close", tmp, errno));
+  if (st.ok() && before_rename) before_rename();
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Internal(Errno("rename to " + path, tmp, errno));
   if (!st.ok()) {
     ::unlink(tmp.c_str());

@@ -880,6 +880,8 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   }
 
   c->Required("output.run_dir", cfg.output.run_dir);
+  c->IntRange("checkpoint.every", cfg.checkpoint.every, 1, kIntMax);
+  c->IntRange("checkpoint.keep", cfg.checkpoint.keep, 1, 1000);
 
   std::map<std::string, size_t> first_by_name;
   for (size_t i = 0; i < cfg.sites.size(); ++i) {
@@ -912,7 +914,8 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 }
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
-                                            "quorum",   "network", "output",  "sites"};
+                                            "quorum",   "network", "output",  "checkpoint", "sites"};
+const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
 const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer"};
@@ -1211,6 +1214,14 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
     if (p.Map(f->value, "output", kOutputKeys, &m)) {
       p.String(m, "run_dir", &cfg->output.run_dir);
       p.String(m, "metrics_file", &cfg->output.metrics_file);
+    }
+  }
+
+  if (const auto* f = top.Find("checkpoint")) {
+    MapFields m;
+    if (p.Map(f->value, "checkpoint", kCheckpointKeys, &m)) {
+      p.Int(m, "every", &cfg->checkpoint.every);
+      p.Int(m, "keep", &cfg->checkpoint.keep);
     }
   }
 

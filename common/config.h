@@ -106,6 +106,17 @@ struct SiteConfig {
   std::string source;          // where it was read from (file or file#sites[i])
 };
 
+// Durable coordinator state (docs/configuration.md, `checkpoint:`). Every
+// committed round is durable in RUN_DIR/state.db (SQLite, WAL) the moment it
+// commits, with its aggregated pseudo-gradient; every `every` rounds the
+// global parameters and outer-optimizer state also go to a checkpoint file,
+// the newest `keep` of which are kept. A restart loads the newest checkpoint
+// and replays the logged rounds after it.
+struct CheckpointConfig {
+  int every = 1;  // write a checkpoint file every N committed rounds
+  int keep = 3;   // checkpoint files kept (older ones, and their log, pruned)
+};
+
 struct OutputConfig {
   std::string run_dir = "runs/campaign";  // relative to the working directory
   std::string metrics_file;               // optional JSONL of round records
@@ -120,6 +131,7 @@ struct CampaignConfig {
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;
+  CheckpointConfig checkpoint;
   std::vector<SiteConfig> sites;  // local sites `lowband run` starts
   std::string source;             // path of the campaign file
 };

@@ -9,6 +9,13 @@ void BandwidthLedger::Record(const std::string& site, Direction dir, uint32_t ro
   e.messages += 1;
 }
 
+void BandwidthLedger::Add(const std::string& site, Direction dir, uint32_t round, const std::string& kind,
+                          LedgerEntry add) {
+  LedgerEntry& e = entries_[{site, dir, round, kind}];
+  e.bytes += add.bytes;
+  e.messages += add.messages;
+}
+
 uint64_t BandwidthLedger::Total(Direction dir) const {
   uint64_t n = 0;
   for (const auto& [k, v] : entries_) {

@@ -20,6 +20,8 @@ struct LedgerEntry {
 class BandwidthLedger {
  public:
   void Record(const std::string& site, Direction dir, uint32_t round, const std::string& kind, uint64_t bytes);
+  // Adds counts restored from durable state (a restarted coordinator).
+  void Add(const std::string& site, Direction dir, uint32_t round, const std::string& kind, LedgerEntry e);
 
   uint64_t Total(Direction dir) const;
   uint64_t RoundTotal(uint32_t round, Direction dir) const;

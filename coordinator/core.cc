@@ -63,6 +63,69 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
   pending_.round = 0;
 }
 
+Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
+  if (phase_ != Phase::kWaiting || !workers_.empty() || !history_.empty() || committed_round_ != 0) {
+    return FailedPrecondition("restore: the campaign has already started");
+  }
+  if (!(params.layout == params_.layout) || params.values.size() != params_.values.size()) {
+    return InvalidArgument("restore: the checkpoint's layout " + DigestHex(params.layout.Digest()) +
+                           " is not the campaign model's " + DigestHex(params_.layout.Digest()));
+  }
+  if (!momentum.empty() && momentum.size() != outer_.momentum().size()) {
+    return InvalidArgument("restore: the checkpoint holds " + std::to_string(momentum.size()) +
+                           " outer-optimizer values, the campaign's optimizer keeps " +
+                           std::to_string(outer_.momentum().size()));
+  }
+  if (momentum.empty() && !outer_.stateless() && round > 0) {
+    return InvalidArgument("restore: the checkpoint of round " + std::to_string(round) +
+                           " lacks the outer optimizer's momentum");
+  }
+  if (!momentum.empty()) outer_.set_momentum(std::move(momentum));
+  params_ = std::move(params);
+  digest_ = params_.Digest();
+  committed_round_ = round;
+  pending_ = RoundRecord{};
+  pending_.round = round;
+  return Status::Ok();
+}
+
+Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t digest) {
+  if (phase_ != Phase::kWaiting || !workers_.empty()) return FailedPrecondition("replay: the campaign has already started");
+  if (round != committed_round_ + 1) {
+    return FailedPrecondition("replay: round " + std::to_string(round) + " does not follow round " +
+                              std::to_string(committed_round_));
+  }
+  BlobHeader h = gradient.header;
+  h.num_elements = static_cast<uint64_t>(params_.layout.numel());
+  h.layout_digest = params_.layout.Digest();
+  h.byte_length = gradient.bulk.size();
+  if (h.codec != CodecKind::kDenseFp32 && h.codec != CodecKind::kSparseFp32) {
+    return Corruption("replay: round " + std::to_string(round) + "'s logged gradient uses codec " + CodecName(h.codec));
+  }
+  auto g = ParseUpdate(params_.layout, plan_, h, gradient.bulk);
+  if (!g.ok()) return Corruption("replay: round " + std::to_string(round) + "'s logged gradient: " + g.status().ToString());
+  Update update = outer_.Step(plan_, std::move(g).value());
+  LOWBAND_RETURN_IF_ERROR(ApplyUpdate(plan_, update, &params_.values));
+  digest_ = params_.Digest();
+  committed_round_ = round;
+  pending_ = RoundRecord{};
+  pending_.round = round;
+  if (digest_ != digest) {
+    return Corruption("replay: round " + std::to_string(round) + " gives parameters " + DigestHex(digest_) +
+                      ", the log recorded " + DigestHex(digest));
+  }
+  return Status::Ok();
+}
+
+void CoordinatorCore::RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded) {
+  history_ = std::move(recorded);
+  if (unrecorded && unrecorded->round == committed_round_) {
+    pending_ = *unrecorded;
+    pending_.val_loss = std::numeric_limits<double>::quiet_NaN();
+    pending_.evaluated = 0;
+  }
+}
+
 Message CoordinatorCore::Make(Body body) {
   Message m;
   m.campaign_id = config_.name;
@@ -325,9 +388,16 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     s.tokens = up.tokens;
     s.uploaded = true;
   }
-  Update update = outer_.Step(plan_, AggregateMean(plan_, deltas, config_.quorum.aggregation));
-  // Bounded uploads keep this finite; should it ever not be, fail the
+  Update g = AggregateMean(plan_, deltas, config_.quorum.aggregation);
+  // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.
+  auto logged = PackAggregate(params_.layout, plan_, g);
+  if (!logged.ok()) {
+    Finish("round " + std::to_string(committed_round_ + 1) + ": aggregate rejected: " + logged.status().ToString(),
+           true, out);
+    return;
+  }
+  Update update = outer_.Step(plan_, std::move(g));
   auto enc = PackAggregate(params_.layout, plan_, update);
   if (!enc.ok()) {
     Finish("round " + std::to_string(committed_round_ + 1) + ": outer update rejected: " + enc.status().ToString(),
@@ -346,6 +416,8 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
 
   pending_.down_codec = enc->header.codec;
   pending_.aggregate_nnz = update.nnz();
+  pending_.round = committed_round_;
+  out->commit = RoundCommit{pending_, std::move(logged).value()};
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined) continue;
     if (w.synced_round + 1 != committed_round_) {
@@ -413,7 +485,8 @@ void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreO
   pending_.evaluated = have;
   pending_.digest = digest_;
   pending_.wall_s = Seconds(now - round_start_);
-  history_.push_back(pending_);
+  pending_.reevaluated = !history_.empty() && history_.back().round == committed_round_;
+  if (!pending_.reevaluated) history_.push_back(pending_);
   out->committed.push_back(pending_);
   evals_.clear();
 

@@ -74,10 +74,24 @@ struct RoundRecord {
   uint64_t digest = 0;
   CodecKind down_codec = CodecKind::kDenseFp32;  // how the aggregate went down
   uint64_t aggregate_nnz = 0;                    // nonzero entries of the outer update
+  // A restarted coordinator evaluated a round whose record was already
+  // written before the restart: report it, do not record it twice.
+  bool reevaluated = false;
   std::map<std::string, SiteRoundStats> sites;
 };
 
+// A closed round, to be made durable before any worker hears of it: the
+// record so far (train figures, digest of theta_r) and the aggregated
+// pseudo-gradient g the outer step was applied to (sparse_fp32 or
+// dense_fp32), from which theta_r can be rebuilt exactly (Replay).
+struct RoundCommit {
+  RoundRecord record;
+  Encoded gradient;
+};
+
 struct CoreOutput {
+  // Set when a round closed: the caller persists it before sending `messages`.
+  std::optional<RoundCommit> commit;
   std::vector<Outgoing> messages;
   std::vector<RoundRecord> committed;
   bool finished = false;
@@ -110,6 +124,19 @@ class CoordinatorCore {
 
   CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now);
 
+  // Resuming after a restart, before any message is handled: Restore puts
+  // the core at committed round `round` with a checkpoint's parameters and
+  // outer-optimizer state (empty momentum is allowed at round 0 or for a
+  // stateless optimizer); Replay then re-applies each later logged round in
+  // order (outer step on its gradient, apply) and checks the digest the log
+  // recorded; RestoreHistory hands back the records written before the
+  // restart and, if the committed round's evaluation never finished, its
+  // partial record. The campaign then waits for the expected workers,
+  // re-evaluates the committed round and goes on.
+  Status Restore(uint32_t round, ParamSet params, std::vector<float> momentum);
+  Status Replay(uint32_t round, const Encoded& gradient, uint64_t digest);
+  void RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded);
+
   // A decoded message from transport peer `peer`.
   void HandleMessage(const std::string& peer, const Message& msg, TimePoint now, CoreOutput* out);
   // Bytes from `peer` that failed wire decoding: Error reply, nothing else.
@@ -130,6 +157,9 @@ class CoordinatorCore {
   uint32_t ledger_round() const { return phase_ == Phase::kTraining ? committed_round_ + 1 : committed_round_; }
   uint32_t committed_round() const { return committed_round_; }
   const ParamSet& params() const { return params_; }
+  const std::vector<float>& outer_momentum() const { return outer_.momentum(); }
+  // Uploads accepted for the open round.
+  size_t uploads_received() const { return uploads_.size(); }
   uint64_t digest() const { return digest_; }
   const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
   const std::vector<RoundRecord>& history() const { return history_; }

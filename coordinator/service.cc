@@ -11,10 +11,12 @@
 
 #include "common/checkpoint.h"
 #include "common/event_loop.h"
+#include "common/failpoint.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
+#include "coordinator/state_store.h"
 
 namespace lowband {
 namespace {
@@ -49,11 +51,28 @@ struct CoordinatorService::Impl {
   std::unique_ptr<ZmqServerTransport> workers;
   std::unique_ptr<ZmqServerTransport> control;
   BandwidthLedger ledger;
+  std::unique_ptr<StateStore> store;
+  uint32_t ledger_saved_from = 0;  // ledger rounds >= this may have changed since the last save
+  std::map<std::string, std::string> member_states;  // site -> state last written to the store
+  bool resumed = false;
+  uint32_t started_round = 0;  // the last round whose RoundStart went out
   FILE* metrics = nullptr;
   bool done = false;
   int exit_code = 0;
 
   int Run(SignalWatcher& signals);
+  // Opens RUN_DIR/state.db and either records a new campaign or rebuilds
+  // the core from the newest checkpoint plus the logged rounds after it.
+  // Returns an exit code to stop with, or -1 to go on.
+  int OpenState();
+  int Resume(const CampaignRow& row);
+  // Persists a closed round (and its checkpoint when due) before any worker
+  // hears of it. False: the round is not durable; the coordinator must stop.
+  bool Persist(const RoundCommit& c);
+  Status WriteRoundCheckpoint(uint32_t round);
+  std::string CheckpointPath(uint32_t round) const;
+  std::vector<LedgerRow> LedgerRowsSince(uint32_t round) const;
+  void SaveMembers();
   void OnWorkers();
   void OnControl();
   ControlResponse WriteCheckpointNow();
@@ -72,6 +91,14 @@ CoordinatorService::~CoordinatorService() = default;
 int CoordinatorService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
+  if (out.commit && !Persist(*out.commit)) {
+    // Nobody may hear of a round that is not durable: stop here, with the
+    // state on disk at the previous round; a restart redoes this one.
+    done = true;
+    exit_code = 1;
+    out = CoreOutput{};
+    return;
+  }
   for (Outgoing& o : out.messages) {
     const char* kind = BodyName(o.msg.body);
     Frames frames = EncodeMessage(o.msg);
@@ -85,9 +112,87 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
     }
     if (!site.empty()) ledger.Record(site, Direction::kDown, core.ledger_round(), kind, bytes);
   }
+  if (out.commit) FailPoint("aggregate_sent", out.commit->record.round);
+  if (core.phase() == CoordinatorCore::Phase::kTraining && core.committed_round() + 1 != started_round) {
+    started_round = core.committed_round() + 1;
+    FailPoint("round_started", started_round);
+  }
   for (const RoundRecord& r : out.committed) OnCommitted(r);
+  SaveMembers();
   if (out.finished) OnFinished(out);
   out = CoreOutput{};
+}
+
+std::string CoordinatorService::Impl::CheckpointPath(uint32_t round) const {
+  char name[64];
+  std::snprintf(name, sizeof(name), "/checkpoints/round-%06u.lbck", round);
+  return options.run_dir + name;
+}
+
+Status CoordinatorService::Impl::WriteRoundCheckpoint(uint32_t round) {
+  const std::string path = CheckpointPath(round);
+  Checkpoint ckpt{round, config.name, core.params(), core.outer_momentum()};
+  LOWBAND_RETURN_IF_ERROR(WriteCheckpoint(path, ckpt, [round] { FailPoint("checkpoint", round); }));
+  LOWBAND_RETURN_IF_ERROR(store->RecordCheckpoint({round, path, core.digest()}));
+  // Retention: the newest `keep` files stay; the log before the oldest kept
+  // one is redundant and goes with them.
+  auto rows = store->Checkpoints();
+  if (!rows.ok()) return rows.status();
+  const size_t keep = static_cast<size_t>(config.checkpoint.keep);
+  if (rows->size() > keep) {
+    const size_t drop = rows->size() - keep;
+    for (size_t i = 0; i < drop; ++i) {
+      std::error_code ec;
+      std::filesystem::remove((*rows)[i].path, ec);
+      if (ec) LOG_WARN("cannot remove an old checkpoint", {"path", (*rows)[i].path}, {"reason", ec.message()});
+    }
+    LOWBAND_RETURN_IF_ERROR(store->Prune((*rows)[drop].round));
+  }
+  LOG_DEBUG("checkpoint written", {"path", path}, {"round", round});
+  return Status::Ok();
+}
+
+bool CoordinatorService::Impl::Persist(const RoundCommit& c) {
+  const uint32_t round = c.record.round;
+  FailPoint("commit", round);
+  Status st = store->CommitRound(c);
+  if (!st.ok()) {
+    LOG_ERROR("cannot commit the round durably; stopping", {"round", round}, {"reason", st.ToString()});
+    return false;
+  }
+  FailPoint("committed", round);
+  if (round % static_cast<uint32_t>(config.checkpoint.every) == 0) {
+    // The round is already durable through its logged gradient, so a
+    // failed checkpoint is reported and the campaign goes on.
+    Status ck = WriteRoundCheckpoint(round);
+    if (!ck.ok()) LOG_ERROR("checkpoint failed", {"round", round}, {"reason", ck.ToString()});
+  }
+  return true;
+}
+
+std::vector<LedgerRow> CoordinatorService::Impl::LedgerRowsSince(uint32_t round) const {
+  std::vector<LedgerRow> rows;
+  for (const auto& [key, e] : ledger.entries()) {
+    const auto& [site, dir, r, kind] = key;
+    if (r >= round) rows.push_back({site, dir, r, kind, e});
+  }
+  return rows;
+}
+
+// Membership changes (joined, lost, evicted) since the last call.
+void CoordinatorService::Impl::SaveMembers() {
+  for (const auto& [site, w] : core.workers()) {
+    const std::string state = WorkerStateName(w.state);
+    // A rejoin shows as a new peer in the same state.
+    const std::string key = state + "/" + w.peer;
+    auto it = member_states.find(site);
+    if (it != member_states.end() && it->second == key) continue;
+    std::string event = state;
+    if (w.state == WorkerState::kJoined) event = it == member_states.end() ? "joined" : "rejoined";
+    member_states[site] = key;
+    Status st = store->RecordMember(site, state, w.hello.device, core.committed_round(), event);
+    if (!st.ok()) LOG_WARN("cannot record membership", {"site", site}, {"reason", st.ToString()});
+  }
 }
 
 void CoordinatorService::Impl::OnWorkers() {
@@ -108,6 +213,9 @@ void CoordinatorService::Impl::OnWorkers() {
     }
     const std::string site = core.SiteOfPeer(in.peer);
     ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, kind, bytes);
+    if (kind == "delta_upload" && core.phase() == CoordinatorCore::Phase::kTraining && core.uploads_received() == 1) {
+      FailPoint("upload", core.committed_round() + 1);  // one upload in, the others still to come
+    }
     Dispatch(out);
   }
 }
@@ -150,7 +258,7 @@ ControlResponse CoordinatorService::Impl::WriteCheckpointNow() {
   const std::string path = options.run_dir + "/checkpoint-round-" + std::to_string(round) + ".lbck";
   std::error_code ec;
   std::filesystem::create_directories(options.run_dir, ec);
-  Status st = WriteCheckpoint(path, Checkpoint{round, config.name, core.params()});
+  Status st = WriteCheckpoint(path, Checkpoint{round, config.name, core.params(), core.outer_momentum()});
   if (!st.ok()) {
     LOG_ERROR("checkpoint failed", {"path", path}, {"reason", st.ToString()});
     return {false, "checkpoint of round " + std::to_string(round) + " failed: " + st.ToString(), ""};
@@ -171,6 +279,25 @@ double CoordinatorService::Impl::Ratio(const LedgerEntry& e) const {
 }
 
 void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
+  if (r.reevaluated) {
+    // Recorded before the restart; this evaluation only confirms that every
+    // replica holds the resumed parameters.
+    LOG_INFO("resumed round re-evaluated", {"round", r.round}, {"val_loss", r.val_loss},
+             {"evaluated", r.evaluated}, {"digest", DigestHex(r.digest)});
+    if (options.progress) {
+      std::printf("round %3u/%-3d resumed after a restart: val %.4f on %d sites, digest %s%s\n", r.round,
+                  config.training.rounds, r.val_loss, r.evaluated, DigestHex(r.digest).c_str(),
+                  r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+      std::fflush(stdout);
+    }
+    return;
+  }
+  Status st = store->RecordRound(r, LedgerRowsSince(ledger_saved_from));
+  if (st.ok()) {
+    ledger_saved_from = r.round;
+  } else {
+    LOG_WARN("cannot record the round", {"round", r.round}, {"reason", st.ToString()});
+  }
   const uint64_t up = ledger.RoundTotal(r.round, Direction::kUp);
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
   const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, "delta_upload", r.round);
@@ -308,8 +435,15 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
 void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
   done = true;
   exit_code = out.failed ? 1 : 0;
+  if (Status st = store->SaveLedger(LedgerRowsSince(ledger_saved_from)); !st.ok()) {
+    LOG_WARN("cannot save the ledger", {"reason", st.ToString()});
+  }
+  if (Status st = store->FinishCampaign(out.failed, out.finish_reason); !st.ok()) {
+    LOG_ERROR("cannot record the end of the campaign", {"reason", st.ToString()});
+    exit_code = 1;
+  }
   if (!options.run_dir.empty()) {
-    Checkpoint ckpt{core.committed_round(), config.name, core.params()};
+    Checkpoint ckpt{core.committed_round(), config.name, core.params(), core.outer_momentum()};
     const std::string path = options.run_dir + "/checkpoint-final.lbck";
     Status st = WriteCheckpoint(path, ckpt);
     if (!st.ok()) {
@@ -330,12 +464,141 @@ void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
   }
 }
 
+int CoordinatorService::Impl::OpenState() {
+  std::error_code ec;
+  std::filesystem::create_directories(options.run_dir + "/checkpoints", ec);
+  if (ec) {
+    LOG_ERROR("cannot create the run directory", {"path", options.run_dir}, {"reason", ec.message()});
+    return 1;
+  }
+  const std::string db = options.run_dir + "/state.db";
+  auto opened = StateStore::Open(db);
+  if (!opened.ok()) {
+    LOG_ERROR("cannot open the campaign state", {"path", db}, {"reason", opened.status().ToString()});
+    return 1;
+  }
+  store = std::move(opened).value();
+  auto row = store->Campaign();
+  if (!row.ok()) {
+    LOG_ERROR("cannot read the campaign state", {"path", db}, {"reason", row.status().ToString()});
+    return 1;
+  }
+  const uint64_t fingerprint = CampaignFingerprint(config);
+  if (!row->has_value()) {
+    CampaignRow fresh;
+    fresh.name = config.name;
+    fresh.fingerprint = fingerprint;
+    fresh.initial_digest = core.digest();
+    if (Status st = store->CreateCampaign(fresh); !st.ok()) {
+      LOG_ERROR("cannot record the campaign", {"path", db}, {"reason", st.ToString()});
+      return 1;
+    }
+    return -1;
+  }
+  const CampaignRow& stored = **row;
+  if (stored.name != config.name || stored.fingerprint != fingerprint || stored.initial_digest != core.digest()) {
+    std::fprintf(stderr,
+                 "lowband-coordinator: %s holds campaign '%s' with other settings (model, training, optimizer, "
+                 "codec or seed differ from %s); resume it with its own campaign file, or give this one another "
+                 "output.run_dir\n",
+                 db.c_str(), stored.name.c_str(), config.source.c_str());
+    LOG_ERROR("state belongs to another campaign", {"path", db}, {"stored", stored.name});
+    return kExitConfig;
+  }
+  if (stored.status != "running") {
+    std::fprintf(stderr, "lowband-coordinator: campaign '%s' in %s already ended at round %u (%s: %s); nothing to resume\n",
+                 stored.name.c_str(), db.c_str(), stored.committed_round, stored.status.c_str(), stored.reason.c_str());
+    LOG_INFO("campaign already ended", {"round", stored.committed_round}, {"status", stored.status});
+    return stored.status == "completed" ? 0 : 1;
+  }
+  return Resume(stored);
+}
+
+int CoordinatorService::Impl::Resume(const CampaignRow& row) {
+  const auto started_resume = Clock::now();
+  auto fail = [&](const std::string& what, const Status& st) {
+    LOG_ERROR("cannot resume the campaign", {"what", what}, {"reason", st.ToString()});
+    std::fprintf(stderr, "lowband-coordinator: cannot resume campaign '%s' from %s: %s: %s\n", row.name.c_str(),
+                 options.run_dir.c_str(), what.c_str(), st.ToString().c_str());
+    return 1;
+  };
+  // A checkpoint write cut short leaves only its temporary file.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(options.run_dir + "/checkpoints", ec)) {
+    if (e.path().extension() == ".tmp") std::filesystem::remove(e.path(), ec);
+  }
+  auto rows = store->Checkpoints();
+  if (!rows.ok()) return fail("listing checkpoints", rows.status());
+  // The newest readable checkpoint whose digest is the recorded one.
+  uint32_t base = 0;
+  for (auto it = rows->rbegin(); it != rows->rend(); ++it) {
+    if (it->round > row.committed_round) continue;
+    auto ckpt = ReadCheckpoint(it->path);
+    if (!ckpt.ok() || ckpt->params.Digest() != it->digest) {
+      LOG_WARN("checkpoint unusable, trying an older one", {"path", it->path},
+               {"reason", ckpt.ok() ? std::string("digest differs from the recorded one") : ckpt.status().ToString()});
+      continue;
+    }
+    Status st = core.Restore(ckpt->round, std::move(ckpt->params), std::move(ckpt->outer_momentum));
+    if (!st.ok()) return fail("restoring " + it->path, st);
+    base = it->round;
+    break;
+  }
+  auto stored = store->Rounds(/*with_gradients=*/true, base);
+  if (!stored.ok()) return fail("reading the round log", stored.status());
+  std::vector<RoundRecord> recorded;
+  std::optional<RoundRecord> unrecorded;
+  int replayed = 0;
+  for (StoredRound& s : *stored) {
+    const uint32_t r = s.record.round;
+    if (r > row.committed_round) break;
+    if (r > base) {
+      if (!s.gradient) {
+        return fail("replaying round " + std::to_string(r),
+                    Corruption("neither a checkpoint at or after it nor its logged gradient survives"));
+      }
+      Status st = core.Replay(r, *s.gradient, s.record.digest);
+      if (!st.ok()) return fail("replaying round " + std::to_string(r), st);
+      ++replayed;
+    }
+    if (s.recorded) {
+      recorded.push_back(std::move(s.record));
+    } else if (r == row.committed_round) {
+      unrecorded = std::move(s.record);
+    }
+  }
+  if (core.committed_round() != row.committed_round) {
+    return fail("rebuilding round " + std::to_string(row.committed_round),
+                Corruption("the log stops at round " + std::to_string(core.committed_round())));
+  }
+  // Round 0's record (the initial evaluation) lives with the rounds too.
+  core.RestoreHistory(std::move(recorded), std::move(unrecorded));
+  auto saved = store->Ledger();
+  if (!saved.ok()) return fail("reading the ledger", saved.status());
+  for (const LedgerRow& l : *saved) ledger.Add(l.site, l.dir, l.round, l.kind, l.entry);
+  ledger_saved_from = core.committed_round();
+  (void)store->NoteRestart();
+  resumed = true;
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started_resume).count();
+  LOG_INFO("campaign resumed", {"round", core.committed_round()}, {"checkpoint_round", base},
+           {"replayed_rounds", replayed}, {"digest", DigestHex(core.digest())}, {"restarts", row.restarts + 1},
+           {"rebuild_ms", ms});
+  if (options.progress) {
+    std::printf("coordinator: resuming campaign %s at round %u (checkpoint of round %u + %d logged rounds, %.0f ms), "
+                "digest %s\n",
+                config.name.c_str(), core.committed_round(), base, replayed, ms, DigestHex(core.digest()).c_str());
+    std::fflush(stdout);
+  }
+  return -1;
+}
+
 int CoordinatorService::Impl::Run(SignalWatcher& signals) {
+  if (int code = OpenState(); code >= 0) return code;
   if (!options.metrics_out.empty()) {
     std::error_code ec;
     const auto parent = std::filesystem::path(options.metrics_out).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    metrics = std::fopen(options.metrics_out.c_str(), "w");
+    metrics = std::fopen(options.metrics_out.c_str(), resumed ? "a" : "w");
     if (!metrics) {
       LOG_ERROR("cannot open metrics file", {"path", options.metrics_out});
       return 1;

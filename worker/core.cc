@@ -87,7 +87,10 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
   if (const auto* err = std::get_if<Error>(&msg.body)) {
     LOG_WARN("coordinator reported error", {"code", static_cast<int>(err->code)}, {"round", err->round},
              {"reason", err->message});
-    if (err->code == ErrorCode::kNotRegistered) {
+    // A restarted coordinator answers each message queued for it with "not
+    // registered": say hello once (then at the retry interval), not once per
+    // error, or each hello costs a full model sync.
+    if (err->code == ErrorCode::kNotRegistered && (registered_ || now - last_hello_ >= kHelloRetry)) {
       registered_ = false;
       SendHello(now, out);
     }

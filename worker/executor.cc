@@ -44,6 +44,7 @@ JobResult Executor::Configure(const Welcome& w) {
       Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
+  last_train_.reset();
   welcome_ = std::make_unique<Welcome>(w);
   LOG_INFO("trainer ready", {"device", site_.device}, {"parameters", static_cast<long long>(trainer_->layout().numel())},
            {"codec", CodecName(w.codec.kind)}, {"topk", w.codec.topk}, {"error_feedback", w.codec.error_feedback});
@@ -84,6 +85,11 @@ JobResult Executor::Train(const TrainJob& job) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
                      "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest)};
   }
+  if (last_train_ && last_train_->upload.round == job.round && last_train_->upload.base_digest == base) {
+    LOG_INFO("round already trained from these parameters; sending the same upload again", {"round", job.round},
+             {"base", DigestHex(base)});
+    return *last_train_;
+  }
   auto result = trainer_->TrainRound(job.inner_steps);
   if (!result.ok()) return Fail(ErrorCode::kInternal, job.round, result.status());
   TrainDone done;
@@ -94,6 +100,7 @@ JobResult Executor::Train(const TrainJob& job) {
   done.upload.step_time_ms = result->step_time_ms;
   done.upload.blob = result->upload.header;
   done.bulk = std::move(result->upload.bulk);
+  last_train_ = done;
   LOG_DEBUG("round trained", {"round", job.round}, {"train_loss", result->mean_loss},
             {"step_time_ms", result->step_time_ms});
   return done;

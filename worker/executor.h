@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/codec.h"
@@ -34,6 +35,12 @@ class Executor {
   const Corpus* corpus_;
   std::unique_ptr<Welcome> welcome_;  // configuration the trainer was built for
   std::unique_ptr<Trainer> trainer_;
+  // The last round trained. A restarted coordinator asks again for the
+  // round in flight when it died (same round, same starting parameters);
+  // training it again would advance the data position, error feedback and
+  // AdamW state a second time, so the same upload is sent instead and the
+  // campaign ends exactly as if the coordinator had never stopped.
+  std::optional<TrainDone> last_train_;
 };
 
 }  // namespace lowband

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common/event_loop.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
@@ -76,6 +77,7 @@ struct WorkerService::Impl {
 
   void Dispatch(WorkerOutput& out) {
     for (Message& m : out.messages) {
+      if (const auto* up = std::get_if<DeltaUpload>(&m.body)) FailPoint("upload", up->round);
       Status st = link->Send("", EncodeMessage(m));
       if (!st.ok()) LOG_WARN("send failed", {"kind", BodyName(m.body)}, {"reason", st.ToString()});
     }
