@@ -17,21 +17,14 @@
 #include "common/process.h"
 #include "common/transport_zmq.h"
 #include "tests/fakes/temp_dir.h"
+#include "tests/integration/helpers.h"
 
 namespace lowband {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace itest;  // NOLINT
 using std::chrono::milliseconds;
-
-const std::string kBin = LOWBAND_BIN_DIR;
-
-using testing::TempDir;
-
-int FreePortBase() {
-  std::mt19937 rng(static_cast<unsigned>(getpid()) ^ static_cast<unsigned>(time(nullptr)));
-  return 20000 + static_cast<int>(rng() % 20000) * 2;
-}
 
 // `update` replaces the outer optimizer / codec lines (dense DiLoCo by default).
 std::string TinyCampaign(int port, int rounds,
@@ -52,69 +45,6 @@ std::string TinyCampaign(int port, int rounds,
       << "    data: {dir: /usr/share/games/fortunes, files: " << files[i] << ", validation_fraction: 0.1}\n";
   }
   return y.str();
-}
-
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) out.push_back(line);
-  }
-  return out;
-}
-
-// Value of a top-level numeric or string field in one JSON line.
-std::string Field(const std::string& json, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  const auto at = json.find(k);
-  if (at == std::string::npos) return "";
-  auto start = at + k.size();
-  auto end = start;
-  if (json[start] == '"') {
-    end = json.find('"', start + 1);
-    return json.substr(start + 1, end - start - 1);
-  }
-  while (end < json.size() && json[end] != ',' && json[end] != '}') ++end;
-  return json.substr(start, end - start);
-}
-
-// Processes whose command line mentions `needle`.
-int ProcessesMentioning(const std::string& needle) {
-  int n = 0;
-  DIR* d = opendir("/proc");
-  if (!d) return 0;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::string cmd = ReadFile(std::string("/proc/") + e->d_name + "/cmdline");
-    for (auto& c : cmd) {
-      if (c == '\0') c = ' ';
-    }
-    if (cmd.find(needle) != std::string::npos && std::to_string(getpid()) != e->d_name) ++n;
-  }
-  closedir(d);
-  return n;
-}
-
-Subprocess Start(const std::vector<std::string>& argv, const std::string& out_path) {
-  SpawnOptions o;
-  o.argv = argv;
-  o.stdout_path = out_path;
-  o.stderr_path = "stdout";
-  auto p = Subprocess::Spawn(o);
-  REQUIRE(p.ok());
-  return std::move(p).value();
 }
 
 TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas identical",
@@ -190,18 +120,6 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   CHECK(ckpt->round == 4);
   CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
   CHECK(ProcessesMentioning(campaign) == 0);
-}
-
-// One `lowband` control command against the coordinator on `port`; its exit
-// code and output.
-std::pair<int, std::string> Ctl(const TempDir& dir, int port, std::vector<std::string> words, int timeout_ms = 2000) {
-  std::vector<std::string> argv = {kBin + "/lowband"};
-  argv.insert(argv.end(), words.begin(), words.end());
-  argv.insert(argv.end(), {"--endpoint", "tcp://127.0.0.1:" + std::to_string(port + 1), "--timeout-ms", std::to_string(timeout_ms)});
-  Subprocess p = Start(argv, dir.Path("ctl.out"));
-  auto code = p.WaitFor(milliseconds(10000));
-  REQUIRE(code.has_value());
-  return {*code, ReadFile(dir.Path("ctl.out"))};
 }
 
 TEST_CASE("lowband round pause/resume and checkpoint steer a running campaign", "[integration]") {

@@ -1,0 +1,114 @@
+// Helpers shared by the multi-process tests: ports, files, JSON fields of
+// metrics lines, child processes and `lowband` control commands.
+#pragma once
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/process.h"
+#include "tests/fakes/temp_dir.h"
+
+namespace lowband::itest {
+
+using std::chrono::milliseconds;
+using testing::TempDir;
+
+inline const std::string kBin = LOWBAND_BIN_DIR;
+
+// Two consecutive ports (worker and control endpoints), with room for a
+// second pair at +2. Below Linux's ephemeral range (32768+), where an
+// outgoing connection could already hold the port; successive calls in one
+// process never repeat.
+inline int FreePortBase() {
+  static std::mt19937 rng(static_cast<unsigned>(getpid()) ^ static_cast<unsigned>(time(nullptr)));
+  static int calls = 0;
+  const int slot = static_cast<int>((rng() % 2000 + static_cast<unsigned>(calls++) * 7) % 3000);
+  return 20000 + slot * 4;
+}
+
+inline void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+}
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+inline std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(line);
+  }
+  return out;
+}
+
+// Value of a top-level numeric or string field in one JSON line.
+inline std::string Field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const auto at = json.find(k);
+  if (at == std::string::npos) return "";
+  auto start = at + k.size();
+  auto end = start;
+  if (json[start] == '"') {
+    end = json.find('"', start + 1);
+    return json.substr(start + 1, end - start - 1);
+  }
+  while (end < json.size() && json[end] != ',' && json[end] != '}') ++end;
+  return json.substr(start, end - start);
+}
+
+// Processes whose command line mentions `needle`.
+inline int ProcessesMentioning(const std::string& needle) {
+  int n = 0;
+  DIR* d = opendir("/proc");
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::string cmd = ReadFile(std::string("/proc/") + e->d_name + "/cmdline");
+    for (auto& c : cmd) {
+      if (c == '\0') c = ' ';
+    }
+    if (cmd.find(needle) != std::string::npos && std::to_string(getpid()) != e->d_name) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+inline Subprocess Start(const std::vector<std::string>& argv, const std::string& out_path) {
+  SpawnOptions o;
+  o.argv = argv;
+  o.stdout_path = out_path;
+  o.stderr_path = "stdout";
+  auto p = Subprocess::Spawn(o);
+  REQUIRE(p.ok());
+  return std::move(p).value();
+}
+
+// One `lowband` control command against the coordinator on `port`; its exit
+// code and output.
+inline std::pair<int, std::string> Ctl(const TempDir& dir, int port, std::vector<std::string> words, int timeout_ms = 2000) {
+  std::vector<std::string> argv = {kBin + "/lowband"};
+  argv.insert(argv.end(), words.begin(), words.end());
+  argv.insert(argv.end(), {"--endpoint", "tcp://127.0.0.1:" + std::to_string(port + 1), "--timeout-ms", std::to_string(timeout_ms)});
+  Subprocess p = Start(argv, dir.Path("ctl.out"));
+  auto code = p.WaitFor(milliseconds(10000));
+  REQUIRE(code.has_value());
+  return {*code, ReadFile(dir.Path("ctl.out"))};
+}
+
+}  // namespace lowband::itest
