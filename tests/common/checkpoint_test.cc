@@ -76,6 +76,34 @@ TEST_CASE("checkpoint: round trip", "[unit]") {
   }
 }
 
+TEST_CASE("checkpoint: the outer optimizer's momentum round-trips, and must match the parameters", "[unit]") {
+  TempDir dir;
+  Checkpoint ck = MakeCheckpoint(9, 0.5f);
+  ck.outer_momentum.assign(ck.params.values.size(), 0.0f);
+  for (size_t i = 0; i < ck.outer_momentum.size(); ++i) ck.outer_momentum[i] = -0.25f * static_cast<float>(i);
+  const std::string path = dir.Path("m.lbck");
+  REQUIRE(WriteCheckpoint(path, ck).ok());
+  auto back = ReadCheckpoint(path);
+  REQUIRE(back.ok());
+  CHECK(back->outer_momentum == ck.outer_momentum);
+  CHECK(back->params.values == ck.params.values);
+
+  ck.outer_momentum.resize(3);
+  CHECK(WriteCheckpoint(dir.Path("bad.lbck"), ck).code() == StatusCode::kInvalidArgument);
+  // A failed write leaves no file, and the hook before the rename sees the
+  // complete temporary file.
+  CHECK_FALSE(std::filesystem::exists(dir.Path("bad.lbck")));
+  ck.outer_momentum.clear();
+  bool saw_tmp = false;
+  REQUIRE(WriteCheckpoint(dir.Path("h.lbck"), ck, [&] {
+            saw_tmp = std::filesystem::exists(dir.Path("h.lbck.tmp")) && !std::filesystem::exists(dir.Path("h.lbck"));
+          }).ok());
+  CHECK(saw_tmp);
+  auto plain = ReadCheckpoint(dir.Path("h.lbck"));
+  REQUIRE(plain.ok());
+  CHECK(plain->outer_momentum.empty());
+}
+
 TEST_CASE("checkpoint: overwrite is atomic and replaces the old file", "[unit]") {
   TempDir dir;
   const std::string path = dir.Path("global.ckpt");

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -159,10 +160,14 @@ class FakeExecutor {
 // through EncodeMessage/DecodeMessage. Time is a fake clock advanced by Step.
 class Cluster {
  public:
-  explicit Cluster(CampaignConfig config, std::vector<std::string> sites)
+  // `prepare` runs on the coordinator before any worker exists (a restarted
+  // coordinator restoring its state).
+  explicit Cluster(CampaignConfig config, std::vector<std::string> sites,
+                   const std::function<void(CoordinatorCore&)>& prepare = nullptr)
       : now_(TimePoint{} + std::chrono::hours(1)),
         coordinator_(config, TinyParams(), now_),
         coord_link_(net_.CreateEndpoint("coordinator")) {
+    if (prepare) prepare(coordinator_);
     for (const auto& s : sites) AddWorker(s);
   }
 
@@ -264,6 +269,7 @@ class Cluster {
   void HoldJobs(const std::string& site, bool hold) { sites_.at(site)->hold_jobs = hold; }
   InprocNetwork& net() { return net_; }
   const std::vector<RoundRecord>& records() const { return records_; }
+  const std::vector<RoundCommit>& commits() const { return commits_; }
   const std::vector<Message>& errors_to(const std::string& site) { return sites_.at(site)->errors; }
   bool finished() const { return finished_; }
   bool exited(const std::string& site) const { return sites_.at(site)->exited; }
@@ -291,6 +297,7 @@ class Cluster {
   }
 
   void ApplyCoordinator(CoreOutput& out) {
+    if (out.commit) commits_.push_back(*out.commit);
     for (auto& o : out.messages) {
       if (std::holds_alternative<Error>(o.msg.body) && sites_.count(o.peer)) sites_[o.peer]->errors.push_back(o.msg);
       (void)coord_link_->Send(o.peer, EncodeMessage(o.msg));
@@ -305,6 +312,7 @@ class Cluster {
   std::unique_ptr<Transport> coord_link_;
   std::map<std::string, std::unique_ptr<Site>> sites_;
   std::vector<RoundRecord> records_;
+  std::vector<RoundCommit> commits_;
   bool finished_ = false;
 };
 

@@ -154,5 +154,22 @@ TEST_CASE("campaign end and fatal job failures exit", "[unit][worker]") {
   CHECK(g.out.exit_code == 0);
 }
 
+TEST_CASE("a restarted coordinator's not-registered errors bring one hello, not one per error", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed();
+  // Heartbeats queued while the coordinator was down each get an error.
+  for (int i = 0; i < 5; ++i) {
+    f.core.HandleMessage(Wrap(Error{ErrorCode::kNotRegistered, "heartbeat from a peer that has not said hello", 0},
+                              "tiny"),
+                         f.now, &f.out);
+  }
+  CHECK(Count<Hello>(f.out) == 1);
+  CHECK_FALSE(f.core.registered());
+  // Still unanswered a retry interval later: hello again.
+  f.core.HandleMessage(Wrap(Error{ErrorCode::kNotRegistered, "again", 0}, "tiny"),
+                       f.now + std::chrono::milliseconds(1500), &f.out);
+  CHECK(Count<Hello>(f.out) == 2);
+}
+
 }  // namespace
 }  // namespace lowband
