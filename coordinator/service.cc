@@ -111,6 +111,16 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
       continue;
     }
     if (!site.empty()) ledger.Record(site, Direction::kDown, core.ledger_round(), kind, bytes);
+    if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
+      // A join after round 0: a restarted or returning site (or a restarted
+      // coordinator's sites) catching up, whatever it missed, in one message.
+      LOG_INFO("site caught up", {"site", site}, {"round", sync->round}, {"bytes", bytes});
+      if (options.progress) {
+        std::printf("             %s re-synced to round %u: %s in one transfer\n", site.c_str(), sync->round,
+                    HumanBytes(static_cast<double>(bytes)).c_str());
+        std::fflush(stdout);
+      }
+    }
   }
   if (out.commit) FailPoint("aggregate_sent", out.commit->record.round);
   if (core.phase() == CoordinatorCore::Phase::kTraining && core.committed_round() + 1 != started_round) {

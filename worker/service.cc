@@ -77,7 +77,7 @@ struct WorkerService::Impl {
 
   void Dispatch(WorkerOutput& out) {
     for (Message& m : out.messages) {
-      if (const auto* up = std::get_if<DeltaUpload>(&m.body)) FailPoint("upload", up->round);
+      if (const auto* up = std::get_if<DeltaUpload>(&m.body)) FailPoint("worker_upload", up->round);
       Status st = link->Send("", EncodeMessage(m));
       if (!st.ok()) LOG_WARN("send failed", {"kind", BodyName(m.body)}, {"reason", st.ToString()});
     }

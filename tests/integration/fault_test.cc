@@ -266,7 +266,7 @@ TEST_CASE("fault: a worker killed as it uploads does not stall the round, then r
   Subprocess co = Coordinator(yaml, dir.Path("co.out"));
   Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
-  Subprocess c = Worker(yaml, "site-c", dir.Path("c1.out"), "upload@2");
+  Subprocess c = Worker(yaml, "site-c", dir.Path("c1.out"), "worker_upload@2");
   Procs guard{{&co, &a, &b, &c}};
 
   // site-c trains round 2 and dies just before its upload leaves.
