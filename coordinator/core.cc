@@ -126,6 +126,12 @@ void CoordinatorCore::RestoreHistory(std::vector<RoundRecord> recorded, std::opt
   }
 }
 
+void CoordinatorCore::RestoreEnded(uint32_t round, const std::string& reason) {
+  committed_round_ = round;
+  phase_ = Phase::kFinished;
+  LOG_INFO("campaign ended before this start", {"round", round}, {"reason", reason});
+}
+
 Message CoordinatorCore::Make(Body body) {
   Message m;
   m.campaign_id = config_.name;

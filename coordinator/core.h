@@ -136,6 +136,9 @@ class CoordinatorCore {
   Status Restore(uint32_t round, ParamSet params, std::vector<float> momentum);
   Status Replay(uint32_t round, const Encoded& gradient, uint64_t digest);
   void RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded);
+  // The stored campaign has already ended at `round`: finished phase, every
+  // hello answered with CampaignEnd.
+  void RestoreEnded(uint32_t round, const std::string& reason);
 
   // A decoded message from transport peer `peer`.
   void HandleMessage(const std::string& peer, const Message& msg, TimePoint now, CoreOutput* out);

@@ -6,8 +6,10 @@
 #include <cinttypes>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "common/checkpoint.h"
 #include "common/event_loop.h"
@@ -56,6 +58,8 @@ struct CoordinatorService::Impl {
   std::map<std::string, std::string> member_states;  // site -> state last written to the store
   bool resumed = false;
   uint32_t started_round = 0;  // the last round whose RoundStart went out
+  std::optional<int> ended_exit;  // the stored campaign had ended: exit code after lingering
+  Clock::time_point linger_until;
   FILE* metrics = nullptr;
   bool done = false;
   int exit_code = 0;
@@ -73,11 +77,14 @@ struct CoordinatorService::Impl {
   std::string CheckpointPath(uint32_t round) const;
   std::vector<LedgerRow> LedgerRowsSince(uint32_t round) const;
   void SaveMembers();
+  Status TrimMetrics(uint32_t last_recorded);
+  uint32_t last_recorded = 0;  // newest round whose record the state database holds
   void OnWorkers();
   void OnControl();
   ControlResponse WriteCheckpointNow();
   void Dispatch(CoreOutput& out);
   void OnCommitted(const RoundRecord& r);
+  void FinishDurably(const CoreOutput& out);
   void OnFinished(const CoreOutput& out);
   void PrintSummary();
   void WriteSummary(const CoreOutput& out);
@@ -99,6 +106,10 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
     out = CoreOutput{};
     return;
   }
+  // Records and the end of the campaign reach the disk before the workers
+  // hear of them (the next RoundStart, CampaignEnd).
+  for (const RoundRecord& r : out.committed) OnCommitted(r);
+  if (out.finished) FinishDurably(out);
   for (Outgoing& o : out.messages) {
     const char* kind = BodyName(o.msg.body);
     Frames frames = EncodeMessage(o.msg);
@@ -127,7 +138,6 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
     started_round = core.committed_round() + 1;
     FailPoint("round_started", started_round);
   }
-  for (const RoundRecord& r : out.committed) OnCommitted(r);
   SaveMembers();
   if (out.finished) OnFinished(out);
   out = CoreOutput{};
@@ -302,12 +312,6 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     }
     return;
   }
-  Status st = store->RecordRound(r, LedgerRowsSince(ledger_saved_from));
-  if (st.ok()) {
-    ledger_saved_from = r.round;
-  } else {
-    LOG_WARN("cannot record the round", {"round", r.round}, {"reason", st.ToString()});
-  }
   const uint64_t up = ledger.RoundTotal(r.round, Direction::kUp);
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
   const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, "delta_upload", r.round);
@@ -371,6 +375,50 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     std::fwrite(line.data(), 1, line.size(), metrics);
     std::fflush(metrics);
   }
+  FailPoint("metrics_written", r.round);
+  // After the metrics line: a crash between the two leaves the round
+  // unrecorded, and a restart drops the line (TrimMetrics) and writes it anew.
+  Status st = store->RecordRound(r, LedgerRowsSince(ledger_saved_from));
+  if (st.ok()) {
+    ledger_saved_from = r.round;
+  } else {
+    LOG_WARN("cannot record the round", {"round", r.round}, {"reason", st.ToString()});
+  }
+}
+
+// A restart keeps the metrics records of the rounds the state database has
+// recorded and drops any later line (written just before a crash), so that
+// every round appears exactly once.
+Status CoordinatorService::Impl::TrimMetrics(uint32_t last_recorded) {
+  std::ifstream in(options.metrics_out);
+  if (!in) return Status::Ok();  // nothing written yet
+  std::string kept, line;
+  size_t dropped = 0;
+  while (std::getline(in, line)) {
+    const std::string prefix = "{\"round\":";
+    unsigned long round = 0;
+    const bool numbered = line.rfind(prefix, 0) == 0 &&
+                          std::sscanf(line.c_str() + prefix.size(), "%lu", &round) == 1;
+    if (numbered && round <= last_recorded) {
+      kept += line + "\n";
+    } else if (!line.empty()) {
+      ++dropped;
+    }
+  }
+  in.close();
+  if (dropped == 0) return Status::Ok();
+  const std::string tmp = options.metrics_out + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out.flush()) return Internal("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, options.metrics_out, ec);
+  if (ec) return Internal("cannot replace " + options.metrics_out + ": " + ec.message());
+  LOG_INFO("metrics records after the last recorded round dropped", {"path", options.metrics_out},
+           {"dropped", static_cast<uint64_t>(dropped)}, {"last_recorded", last_recorded});
+  return Status::Ok();
 }
 
 void CoordinatorService::Impl::PrintSummary() {
@@ -442,28 +490,30 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   std::fclose(f);
 }
 
+// The final checkpoint, then the campaign's end in the state database.
+void CoordinatorService::Impl::FinishDurably(const CoreOutput& out) {
+  exit_code = out.failed ? 1 : 0;
+  Checkpoint ckpt{core.committed_round(), config.name, core.params(), core.outer_momentum()};
+  const std::string path = options.run_dir + "/checkpoint-final.lbck";
+  Status st = WriteCheckpoint(path, ckpt);
+  if (!st.ok()) {
+    LOG_ERROR("final checkpoint failed", {"path", path}, {"reason", st.ToString()});
+    exit_code = 1;
+  } else {
+    LOG_INFO("final checkpoint written", {"path", path}, {"round", core.committed_round()});
+  }
+  if (Status fs = store->FinishCampaign(out.failed, out.finish_reason); !fs.ok()) {
+    LOG_ERROR("cannot record the end of the campaign", {"reason", fs.ToString()});
+    exit_code = 1;
+  }
+}
+
 void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
   done = true;
-  exit_code = out.failed ? 1 : 0;
   if (Status st = store->SaveLedger(LedgerRowsSince(ledger_saved_from)); !st.ok()) {
     LOG_WARN("cannot save the ledger", {"reason", st.ToString()});
   }
-  if (Status st = store->FinishCampaign(out.failed, out.finish_reason); !st.ok()) {
-    LOG_ERROR("cannot record the end of the campaign", {"reason", st.ToString()});
-    exit_code = 1;
-  }
-  if (!options.run_dir.empty()) {
-    Checkpoint ckpt{core.committed_round(), config.name, core.params(), core.outer_momentum()};
-    const std::string path = options.run_dir + "/checkpoint-final.lbck";
-    Status st = WriteCheckpoint(path, ckpt);
-    if (!st.ok()) {
-      LOG_ERROR("final checkpoint failed", {"path", path}, {"reason", st.ToString()});
-      exit_code = 1;
-    } else {
-      LOG_INFO("final checkpoint written", {"path", path}, {"round", core.committed_round()});
-    }
-    WriteSummary(out);
-  }
+  WriteSummary(out);
   if (options.progress) {
     if (out.failed) {
       std::printf("campaign failed: %s\n", out.finish_reason.c_str());
@@ -516,10 +566,19 @@ int CoordinatorService::Impl::OpenState() {
     return kExitConfig;
   }
   if (stored.status != "running") {
-    std::fprintf(stderr, "lowband-coordinator: campaign '%s' in %s already ended at round %u (%s: %s); nothing to resume\n",
-                 stored.name.c_str(), db.c_str(), stored.committed_round, stored.status.c_str(), stored.reason.c_str());
+    // Killed after recording the end but perhaps before every worker heard
+    // it: answer hellos with CampaignEnd for a while, then exit.
+    const auto linger = std::chrono::milliseconds(2 * config.network.heartbeat_timeout_ms);
+    std::fprintf(stderr,
+                 "lowband-coordinator: campaign '%s' in %s already ended at round %u (%s: %s); nothing to resume; "
+                 "telling workers that ask for %.0f s\n",
+                 stored.name.c_str(), db.c_str(), stored.committed_round, stored.status.c_str(), stored.reason.c_str(),
+                 std::chrono::duration<double>(linger).count());
     LOG_INFO("campaign already ended", {"round", stored.committed_round}, {"status", stored.status});
-    return stored.status == "completed" ? 0 : 1;
+    core.RestoreEnded(stored.committed_round, stored.reason);
+    ended_exit = stored.status == "completed" ? 0 : 1;
+    linger_until = Clock::now() + linger;
+    return -1;
   }
   return Resume(stored);
 }
@@ -572,6 +631,7 @@ int CoordinatorService::Impl::Resume(const CampaignRow& row) {
       ++replayed;
     }
     if (s.recorded) {
+      last_recorded = r;
       recorded.push_back(std::move(s.record));
     } else if (r == row.committed_round) {
       unrecorded = std::move(s.record);
@@ -604,7 +664,13 @@ int CoordinatorService::Impl::Resume(const CampaignRow& row) {
 
 int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   if (int code = OpenState(); code >= 0) return code;
-  if (!options.metrics_out.empty()) {
+  if (resumed && !options.metrics_out.empty()) {
+    if (Status st = TrimMetrics(last_recorded); !st.ok()) {
+      LOG_ERROR("cannot trim the metrics file", {"reason", st.ToString()});
+      return 1;
+    }
+  }
+  if (!options.metrics_out.empty() && !ended_exit) {
     std::error_code ec;
     const auto parent = std::filesystem::path(options.metrics_out).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
@@ -644,6 +710,11 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   auto next_tick = Clock::now();
   while (!done && !signals.stop_requested()) {
     const auto now = Clock::now();
+    if (ended_exit && now >= linger_until) {
+      done = true;
+      exit_code = *ended_exit;
+      break;
+    }
     if (now >= next_tick) {
       CoreOutput out;
       core.OnTick(now, &out);

@@ -165,7 +165,7 @@ LedgerEntry SiteKindTotal(const std::vector<LedgerRow>& rows, const std::string&
   return total;
 }
 
-TEST_CASE("resume: a coordinator SIGKILLed at five points of a round ends with the uninterrupted run's digest",
+TEST_CASE("resume: a coordinator SIGKILLed at six points of a round ends with the uninterrupted run's digest",
           "[integration]") {
   TempDir dir;
   const int port = FreePortBase();
@@ -193,11 +193,12 @@ TEST_CASE("resume: a coordinator SIGKILLed at five points of a round ends with t
   // those of round 4 (committed to the state database, before the
   // checkpoint and the aggregate), after round 5's aggregate went out, and
   // in the middle of round 6's checkpoint write (temporary file complete,
-  // not yet renamed); restarted each time with the same config.
+  // not yet renamed), and between round 7's metrics line and its record in
+  // the state database; restarted each time with the same config.
   const std::string run_dir = dir.Path("faulty");
   const std::string yaml = dir.Write("faulty.yaml", DurableCampaign(port + 2, rounds, 3, run_dir));
-  const std::vector<std::string> kills = {"round_started@2", "upload@3", "committed@4", "aggregate_sent@5",
-                                          "checkpoint@6"};
+  const std::vector<std::string> kills = {"round_started@2", "upload@3",     "committed@4",
+                                          "aggregate_sent@5", "checkpoint@6", "metrics_written@7"};
   Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
   Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));
@@ -255,6 +256,18 @@ TEST_CASE("resume: a coordinator SIGKILLed at five points of a round ends with t
     ++files;
   }
   CHECK(files == static_cast<int>(ckpts->size()));
+
+  // Started again on the ended campaign: nothing is redone; a worker that
+  // asks (one that missed the end) is told, and the coordinator exits 0.
+  const std::string before = ReadFile(run_dir + "/metrics.jsonl");
+  Subprocess again = Coordinator(yaml, dir.Path("co-again.out"));
+  Subprocess late = Worker(yaml, "site-a", dir.Path("late.out"));
+  Procs more{{&again, &late}};
+  CHECK(late.WaitFor(milliseconds(30000)) == std::optional<int>(0));
+  CHECK(again.WaitFor(milliseconds(30000)) == std::optional<int>(0));
+  CHECK(ReadFile(dir.Path("co-again.out")).find("already ended at round 7") != std::string::npos);
+  CHECK(ReadFile(dir.Path("late.out")).find("campaign already finished") != std::string::npos);
+  CHECK(ReadFile(run_dir + "/metrics.jsonl") == before);
 }
 
 TEST_CASE("fault: a worker killed as it uploads does not stall the round, then rejoins and contributes",
