@@ -284,36 +284,22 @@ Status StateStore::FinishCampaign(bool failed, const std::string& reason) {
   return Status::Ok();
 }
 
-Status StateStore::CommitRound(const RoundCommit& c) {
-  const RoundRecord& r = c.record;
-  Transaction tx(db_);
-  if (!tx.ok()) return Error("beginning the commit of round " + std::to_string(r.round));
-  Stmt q(db_,
-         "INSERT INTO rounds(round, digest, committed_at, train_loss, tokens, contributors, down_codec, "
-         "aggregate_nnz, gradient_codec, gradient_topk, gradient_checksum, gradient, late_uploads) "
-         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
-  if (!q.ok()) return Error("preparing the commit of round " + std::to_string(r.round));
-  q.Int(1, r.round).U64(2, r.digest).Real(3, Now()).Real(4, r.train_loss).U64(5, r.tokens).Int(6, r.contributors);
-  q.Int(7, static_cast<int>(r.down_codec)).U64(8, r.aggregate_nnz);
-  q.Int(9, static_cast<int>(c.gradient.header.codec)).Int(10, c.gradient.header.topk);
-  q.U64(11, c.gradient.header.checksum).Blob(12, c.gradient.bulk).Int(13, r.late_uploads);
-  if (!q.Done()) return Error("committing round " + std::to_string(r.round));
-  Stmt s(db_,
+namespace {
+// The per-site figures of a round as they stand (the record carries every
+// figure known so far, so replacing the rows is right at commit and at record).
+bool PutSites(sqlite3* db, const RoundRecord& r) {
+  Stmt s(db,
          "INSERT OR REPLACE INTO round_sites(round, site, train_loss, val_loss, tokens, uploaded, digest_ok) "
          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-  if (!s.ok()) return Error("preparing the sites of round " + std::to_string(r.round));
+  if (!s.ok()) return false;
   for (const auto& [site, st] : r.sites) {
     s.Reset();
     s.Int(1, r.round).Text(2, site).Real(3, st.train_loss).Real(4, st.val_loss).U64(5, st.tokens);
-    if (!s.Int(6, st.uploaded).Int(7, st.digest_ok).Done()) return Error("committing the sites of round " + std::to_string(r.round));
+    if (!s.Int(6, st.uploaded).Int(7, st.digest_ok).Done()) return false;
   }
-  Stmt u(db_, "UPDATE campaign SET committed_round = ?1, updated_at = ?2");
-  if (!u.ok() || !u.Int(1, r.round).Real(2, Now()).Done()) return Error("advancing the committed round");
-  if (!tx.Commit()) return Error("committing round " + std::to_string(r.round));
-  return Status::Ok();
+  return true;
 }
 
-namespace {
 bool PutLedger(sqlite3* db, const std::vector<LedgerRow>& ledger) {
   Stmt q(db,
          "INSERT OR REPLACE INTO ledger(round, site, direction, kind, bytes, messages) "
@@ -328,6 +314,28 @@ bool PutLedger(sqlite3* db, const std::vector<LedgerRow>& ledger) {
 }
 }  // namespace
 
+Status StateStore::CommitRound(const RoundCommit& c) {
+  const RoundRecord& r = c.record;
+  Transaction tx(db_);
+  if (!tx.ok()) return Error("beginning the commit of round " + std::to_string(r.round));
+  Stmt q(db_,
+         "INSERT INTO rounds(round, digest, committed_at, train_loss, tokens, contributors, down_codec, "
+         "aggregate_nnz, gradient_codec, gradient_topk, gradient_checksum, gradient, late_uploads) "
+         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+  if (!q.ok()) return Error("preparing the commit of round " + std::to_string(r.round));
+  q.Int(1, r.round).U64(2, r.digest).Real(3, Now()).Real(4, r.train_loss).U64(5, r.tokens).Int(6, r.contributors);
+  q.Int(7, static_cast<int>(r.down_codec)).U64(8, r.aggregate_nnz);
+  q.Int(9, static_cast<int>(c.gradient.header.codec)).Int(10, c.gradient.header.topk);
+  q.U64(11, c.gradient.header.checksum).Blob(12, c.gradient.bulk).Int(13, r.late_uploads);
+  if (!q.Done()) return Error("committing round " + std::to_string(r.round));
+  if (!PutSites(db_, r)) return Error("committing the sites of round " + std::to_string(r.round));
+  Stmt u(db_, "UPDATE campaign SET committed_round = ?1, updated_at = ?2");
+  if (!u.ok() || !u.Int(1, r.round).Real(2, Now()).Done()) return Error("advancing the committed round");
+  if (!tx.Commit()) return Error("committing round " + std::to_string(r.round));
+  return Status::Ok();
+}
+
+
 Status StateStore::RecordRound(const RoundRecord& r, const std::vector<LedgerRow>& ledger) {
   Transaction tx(db_);
   if (!tx.ok()) return Error("beginning the record of round " + std::to_string(r.round));
@@ -338,16 +346,7 @@ Status StateStore::RecordRound(const RoundRecord& r, const std::vector<LedgerRow
                       .Int(5, r.digest_mismatches).Real(6, r.wall_s).Done()) {
     return Error("recording round " + std::to_string(r.round));
   }
-  Stmt s(db_,
-         "INSERT INTO round_sites(round, site, train_loss, val_loss, tokens, uploaded, digest_ok) "
-         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(round, site) DO UPDATE SET val_loss = excluded.val_loss, "
-         "digest_ok = excluded.digest_ok");
-  if (!s.ok()) return Error("preparing the sites of round " + std::to_string(r.round));
-  for (const auto& [site, st] : r.sites) {
-    s.Reset();
-    s.Int(1, r.round).Text(2, site).Real(3, st.train_loss).Real(4, st.val_loss).U64(5, st.tokens);
-    if (!s.Int(6, st.uploaded).Int(7, st.digest_ok).Done()) return Error("recording the sites of round " + std::to_string(r.round));
-  }
+  if (!PutSites(db_, r)) return Error("recording the sites of round " + std::to_string(r.round));
   if (!PutLedger(db_, ledger)) return Error("recording the ledger of round " + std::to_string(r.round));
   if (!tx.Commit()) return Error("recording round " + std::to_string(r.round));
   return Status::Ok();

@@ -38,12 +38,7 @@ std::string TinyCampaign(int port, int rounds,
     << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60}\n"
     << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
     << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
-    << "sites:\n";
-  const char* files[3] = {"[computers, science]", "[literature, wisdom]", "[humorists, food]"};
-  for (int i = 0; i < 3; ++i) {
-    y << "  - site: {name: site-" << static_cast<char>('a' + i) << "}\n"
-      << "    data: {dir: /usr/share/games/fortunes, files: " << files[i] << ", validation_fraction: 0.1}\n";
-  }
+    << ThreeSitesYaml();
   return y.str();
 }
 

@@ -44,12 +44,7 @@ std::string DurableCampaign(int port, int rounds, int min_workers, const std::st
     << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
     << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 1500}\n"
     << "output: {run_dir: \"" << run_dir << "\", metrics_file: \"" << run_dir << "/metrics.jsonl\"}\n"
-    << "sites:\n";
-  const char* files[3] = {"[computers, science]", "[literature, wisdom]", "[humorists, food]"};
-  for (int i = 0; i < 3; ++i) {
-    y << "  - site: {name: site-" << static_cast<char>('a' + i) << "}\n"
-      << "    data: {dir: /usr/share/games/fortunes, files: " << files[i] << ", validation_fraction: 0.1}\n";
-  }
+    << ThreeSitesYaml();
   return y.str();
 }
 

@@ -36,6 +36,18 @@ inline int FreePortBase() {
   return 20000 + slot * 4;
 }
 
+// The `sites:` list of the three local test sites (different fortune
+// categories each).
+inline std::string ThreeSitesYaml() {
+  std::string y = "sites:\n";
+  const char* files[3] = {"[computers, science]", "[literature, wisdom]", "[humorists, food]"};
+  for (int i = 0; i < 3; ++i) {
+    y += std::string("  - site: {name: site-") + static_cast<char>('a' + i) + "}\n" +
+         "    data: {dir: /usr/share/games/fortunes, files: " + files[i] + ", validation_fraction: 0.1}\n";
+  }
+  return y;
+}
+
 inline void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
