@@ -10,6 +10,8 @@
 // yaml-cpp throws; every call into it stays inside this file under a catch.
 #include "common/config.h"
 
+#include <arpa/inet.h>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -638,7 +640,7 @@ class Parser {
 };
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
-const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads"};
+const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -658,6 +660,7 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       if (!*coordinator_set && s.Find("coordinator") != nullptr) *coordinator_set = true;
       p->String(s, "device", &site->device);
       p->Int(s, "threads", &site->threads);
+      p->String(s, "metrics", &site->metrics);
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -758,6 +761,21 @@ class Checker {
   Diagnostics* diag_;
 };
 
+// "" (off) or HOST:PORT with an IPv4 HOST, localhost or * and a PORT of 0..65535.
+void CheckMetricsAddress(const std::string& key, const std::string& v, Checker* c) {
+  if (v.empty()) return;
+  const size_t colon = v.rfind(':');
+  bool ok = colon != std::string::npos && colon > 0 && colon + 1 < v.size() && colon + 6 >= v.size();
+  if (ok) {
+    for (size_t i = colon + 1; i < v.size(); ++i) ok = ok && v[i] >= '0' && v[i] <= '9';
+    ok = ok && std::stol(v.substr(colon + 1)) <= 65535;
+    const std::string host = v.substr(0, colon);
+    in_addr addr{};
+    ok = ok && (host == "*" || host == "localhost" || ::inet_pton(AF_INET, host.c_str(), &addr) == 1);
+  }
+  if (!ok) c->Error(key, "'" + v + "' is not HOST:PORT", "IPV4:PORT, localhost:PORT or *:PORT (0 to 65535), or empty");
+}
+
 void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   const std::string name_key = prefix + "site.name";
   if (site.name.empty()) {
@@ -771,6 +789,7 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
     c->Error(prefix + "site.device", "unknown device '" + site.device + "'", "cpu, cuda, cuda:N");
   }
   c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
+  CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
   c->Required(prefix + "data.dir", site.data.dir);
   for (size_t i = 0; i < site.data.files.size(); ++i) {
     const std::string& f = site.data.files[i];
@@ -862,6 +881,7 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
              "> network.heartbeat_interval_ms");
   }
   c->IntRange("network.max_message_bytes", n.max_message_bytes, 1, std::numeric_limits<int64_t>::max());
+  CheckMetricsAddress("network.metrics", n.metrics, c);
   const bool plain = n.security == "none";
   if (!plain && !c->Bad("network.security")) {
     c->Error("network.security", "unsupported value '" + n.security + "'",
@@ -930,7 +950,7 @@ const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
                                               "start_timeout_s", "aggregation"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
-                                               "heartbeat_timeout_ms", "security", "max_message_bytes"};
+                                               "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics"};
 const std::vector<std::string> kOutputKeys = {"run_dir", "metrics_file"};
 const std::vector<std::string> kSiteItemKeys = {"file", "site", "data"};
 
@@ -1206,6 +1226,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "heartbeat_timeout_ms", &cfg->network.heartbeat_timeout_ms);
       p.String(m, "security", &cfg->network.security);
       p.Int64(m, "max_message_bytes", &cfg->network.max_message_bytes);
+      p.String(m, "metrics", &cfg->network.metrics);
     }
   }
 

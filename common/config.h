@@ -89,6 +89,7 @@ struct NetworkConfig {
   int heartbeat_timeout_ms = 10000;
   std::string security = "none";  // only "none" for now (loopback)
   int64_t max_message_bytes = 256ll << 20;  // bound on any inbound bulk frame
+  std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
 };
 
 struct DataConfig {
@@ -102,6 +103,7 @@ struct SiteConfig {
   std::string coordinator = "tcp://127.0.0.1:5555";
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   int threads = 1;             // intra-op threads for LibTorch
+  std::string metrics;         // HOST:PORT of the worker's Prometheus endpoint ("" = none)
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

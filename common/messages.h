@@ -105,6 +105,10 @@ enum class ErrorCode : int {
   kInternal = 10,
 };
 
+// Short snake_case name of an error code ("malformed", "wrong_round", ...),
+// used in logs and as the `reason` label of rejection metrics.
+const char* ErrorCodeName(ErrorCode code);
+
 struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;

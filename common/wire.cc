@@ -17,6 +17,22 @@ namespace lowband {
 
 namespace fb = flatbuffers;
 
+const char* ErrorCodeName(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kMalformed: return "malformed";
+    case ErrorCode::kWrongVersion: return "wrong_version";
+    case ErrorCode::kWrongCampaign: return "wrong_campaign";
+    case ErrorCode::kNotRegistered: return "not_registered";
+    case ErrorCode::kWrongRound: return "wrong_round";
+    case ErrorCode::kDuplicate: return "duplicate";
+    case ErrorCode::kBadPayload: return "bad_payload";
+    case ErrorCode::kDigestMismatch: return "digest_mismatch";
+    case ErrorCode::kUnexpected: return "unexpected";
+    case ErrorCode::kInternal: return "internal";
+  }
+  return "unknown";
+}
+
 const char* BodyName(const Body& body) {
   struct Namer {
     const char* operator()(const Hello&) const { return "hello"; }

@@ -144,6 +144,7 @@ Message CoordinatorCore::Make(Body body) {
 void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round,
                             CoreOutput* out) {
   ++rejected_;
+  ++rejected_by_reason_[ErrorCodeName(code)];
   std::string site = SiteOfPeer(peer);
   if (auto it = workers_.find(site); it != workers_.end()) ++it->second.rejected;
   LOG_WARN("message rejected", {"peer", site.empty() ? std::string("unknown") : site},

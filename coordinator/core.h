@@ -170,6 +170,8 @@ class CoordinatorCore {
   std::string SiteOfPeer(const std::string& peer) const;
   const CampaignConfig& config() const { return config_; }
   uint64_t rejected_messages() const { return rejected_; }
+  // Rejections by reason (ErrorCodeName).
+  const std::map<std::string, uint64_t>& rejected_by_reason() const { return rejected_by_reason_; }
 
  private:
   struct Upload {
@@ -218,6 +220,7 @@ class CoordinatorCore {
   std::vector<RoundRecord> history_;
   uint64_t seq_ = 0;
   uint64_t rejected_ = 0;
+  std::map<std::string, uint64_t> rejected_by_reason_;
   bool finished_sent_ = false;
   bool paused_ = false;  // operator pause: the next round is held
 };

@@ -16,6 +16,7 @@
 #include "common/failpoint.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/metrics_http.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
 #include "coordinator/state_store.h"
@@ -58,6 +59,9 @@ struct CoordinatorService::Impl {
   std::map<std::string, std::string> member_states;  // site -> state last written to the store
   bool resumed = false;
   uint32_t started_round = 0;  // the last round whose RoundStart went out
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  uint64_t lost_events = 0;  // sites marked lost (stragglers that went silent)
+  int restarts = 0;
   std::optional<int> ended_exit;  // the stored campaign had ended: exit code after lingering
   Clock::time_point linger_until;
   FILE* metrics = nullptr;
@@ -77,6 +81,7 @@ struct CoordinatorService::Impl {
   std::string CheckpointPath(uint32_t round) const;
   std::vector<LedgerRow> LedgerRowsSince(uint32_t round) const;
   void SaveMembers();
+  std::string RenderMetrics() const;
   Status TrimMetrics(uint32_t last_recorded);
   uint32_t last_recorded = 0;  // newest round whose record the state database holds
   void OnWorkers();
@@ -209,6 +214,7 @@ void CoordinatorService::Impl::SaveMembers() {
     if (it != member_states.end() && it->second == key) continue;
     std::string event = state;
     if (w.state == WorkerState::kJoined) event = it == member_states.end() ? "joined" : "rejoined";
+    if (w.state == WorkerState::kLost) ++lost_events;
     member_states[site] = key;
     Status st = store->RecordMember(site, state, w.hello.device, core.committed_round(), event);
     if (!st.ok()) LOG_WARN("cannot record membership", {"site", site}, {"reason", st.ToString()});
@@ -287,6 +293,75 @@ ControlResponse CoordinatorService::Impl::WriteCheckpointNow() {
   JsonObject o;
   o.Add("path", path).Add("round", round).Add("digest", DigestHex(core.digest()));
   return {true, path, o.str()};
+}
+
+// The Prometheus text of the coordinator's state (GET /metrics).
+std::string CoordinatorService::Impl::RenderMetrics() const {
+  PromText t;
+  const auto& h = core.history();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  t.Add("lowband_rounds_committed_total", "counter", "Rounds committed (round 0, the initial evaluation, excluded).",
+        core.committed_round());
+  t.Add("lowband_rounds_planned", "gauge", "Rounds the campaign runs.", config.training.rounds);
+  t.Add("lowband_train_loss", "gauge", "Token-weighted training loss of the last recorded round.",
+        h.empty() ? nan : h.back().train_loss);
+  t.Add("lowband_val_loss", "gauge", "Token-weighted validation loss of the last recorded round.",
+        h.empty() ? nan : h.back().val_loss);
+  double wall = 0;
+  int late = 0, mismatches = 0;
+  for (const RoundRecord& r : h) {
+    if (r.round > 0) wall += r.wall_s;
+    late += r.late_uploads;
+    mismatches += r.digest_mismatches;
+  }
+  t.Add("lowband_round_duration_seconds_total", "counter", "Wall time of the recorded rounds, summed.", wall);
+  t.Add("lowband_last_round_duration_seconds", "gauge", "Wall time of the last recorded round.",
+        h.empty() ? nan : h.back().wall_s);
+  std::map<std::string, int> states;
+  for (const auto& [site, w] : core.workers()) {
+    ++states[WorkerStateName(w.state)];
+    for (Direction d : {Direction::kUp, Direction::kDown}) {
+      t.Add("lowband_bytes_total", "counter", "Bytes of every message to or from a site, headers included.",
+            static_cast<double>(ledger.SiteTotal(site, d)), {{"site", site}, {"direction", d == Direction::kUp ? "up" : "down"}});
+    }
+  }
+  for (const auto& [site, w] : core.workers()) {
+    t.Add("lowband_upload_bytes_total", "counter", "Bytes of a site's delta uploads.",
+          static_cast<double>(ledger.KindTotal(Direction::kUp, "delta_upload", -1, site).bytes), {{"site", site}});
+  }
+  for (const auto& [site, w] : core.workers()) {
+    t.Add("lowband_aggregate_bytes_total", "counter", "Bytes of the aggregates sent to a site.",
+          static_cast<double>(ledger.KindTotal(Direction::kDown, "aggregate", -1, site).bytes), {{"site", site}});
+  }
+  for (const auto& [site, w] : core.workers()) {
+    t.Add("lowband_site_rejected_messages_total", "counter", "Messages from a site rejected with an error reply.",
+          static_cast<double>(w.rejected), {{"site", site}});
+  }
+  const uint32_t last = h.empty() ? 0 : h.back().round;
+  t.Add("lowband_compression_ratio", "gauge",
+        "Dense fp32 bytes over bytes sent, for the last recorded round's uploads (up) and aggregates (down).",
+        Ratio(ledger.KindTotal(Direction::kUp, "delta_upload", last)), {{"direction", "up"}});
+  t.Add("lowband_compression_ratio", "gauge", "", Ratio(ledger.KindTotal(Direction::kDown, "aggregate", last)),
+        {{"direction", "down"}});
+  for (const char* state : {"joined", "lost", "evicted"}) {
+    t.Add("lowband_workers", "gauge", "Registered sites by state.", states[state], {{"state", state}});
+  }
+  t.Add("lowband_expected_workers", "gauge", "Sites the campaign waits for.", config.quorum.expected_workers);
+  t.Add("lowband_workers_lost_total", "counter", "Times a site was marked lost (silent past the heartbeat timeout).",
+        static_cast<double>(lost_events));
+  t.Add("lowband_late_uploads_total", "counter", "Uploads that arrived after their round had closed (stragglers).",
+        late);
+  t.Add("lowband_digest_mismatches_total", "counter", "Replica digests that differed from the coordinator's.",
+        mismatches);
+  t.Add("lowband_rejected_messages_total", "counter", "Inbound messages rejected, by reason.",
+        static_cast<double>(core.rejected_messages()), {{"reason", "all"}});
+  for (const auto& [reason, n] : core.rejected_by_reason()) {
+    t.Add("lowband_rejected_messages_total", "counter", "", static_cast<double>(n), {{"reason", reason}});
+  }
+  t.Add("lowband_coordinator_restarts_total", "counter", "Restarts this campaign has resumed from.", restarts);
+  t.Add("lowband_campaign_finished", "gauge", "1 once the campaign has ended.",
+        core.phase() == CoordinatorCore::Phase::kFinished ? 1 : 0);
+  return t.str();
 }
 
 // Compression of one message kind against dense fp32: the fp32 payload bytes
@@ -648,6 +723,7 @@ int CoordinatorService::Impl::Resume(const CampaignRow& row) {
   for (const LedgerRow& l : *saved) ledger.Add(l.site, l.dir, l.round, l.kind, l.entry);
   ledger_saved_from = core.committed_round();
   (void)store->NoteRestart();
+  restarts = row.restarts + 1;
   resumed = true;
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started_resume).count();
   LOG_INFO("campaign resumed", {"round", core.committed_round()}, {"checkpoint_round", base},
@@ -695,6 +771,17 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   }
   control = std::move(c).value();
   EventLoop loop;
+  if (!config.network.metrics.empty()) {
+    auto m = MetricsHttpServer::Listen(config.network.metrics, [this] { return RenderMetrics(); });
+    if (!m.ok()) {
+      LOG_ERROR("cannot serve metrics", {"address", config.network.metrics}, {"reason", m.status().ToString()});
+      return kExitUnavailable;
+    }
+    metrics_http = std::move(m).value();
+    metrics_http->AddTo(loop);
+    LOG_INFO("metrics endpoint", {"url", "http://" + config.network.metrics + "/metrics"},
+             {"port", metrics_http->port()});
+  }
   loop.AddSocket(workers->socket(), [this] { OnWorkers(); });
   loop.AddSocket(control->socket(), [this] { OnControl(); });
   signals.AddTo(loop);
@@ -719,6 +806,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       CoreOutput out;
       core.OnTick(now, &out);
       Dispatch(out);
+      if (metrics_http) metrics_http->OnTick();
       next_tick = now + tick;
     }
     Status st = loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now()) +
@@ -734,6 +822,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   }
   if (metrics) std::fclose(metrics);
   // Closing the sockets lingers briefly so CampaignEnd reaches the workers.
+  metrics_http.reset();  // before the loop it is registered with goes
   workers.reset();
   control.reset();
   return exit_code;

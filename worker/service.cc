@@ -3,11 +3,13 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <limits>
 #include <thread>
 
 #include "common/event_loop.h"
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "common/metrics_http.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
 #include "worker/core.h"
@@ -75,11 +77,64 @@ struct WorkerService::Impl {
   bool exit = false;
   int exit_code = 0;
 
+  // What GET /metrics reports (loop thread).
+  struct Figures {
+    uint64_t bytes_up = 0, bytes_down = 0, messages_up = 0, messages_down = 0;
+    uint64_t uploads = 0, upload_bytes = 0, malformed = 0;
+    double train_loss = std::numeric_limits<double>::quiet_NaN();
+    double val_loss = std::numeric_limits<double>::quiet_NaN();
+    double step_time_ms = std::numeric_limits<double>::quiet_NaN();
+    uint32_t last_round = 0;
+  } figures;
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+
+  std::string RenderMetrics() const {
+    PromText t;
+    const Figures& f = figures;
+    t.Add("lowband_worker_registered", "gauge", "1 while the coordinator knows this site.", core->registered());
+    t.Add("lowband_worker_round", "gauge", "Round of the parameters this replica holds (after queued jobs).",
+          core->synced_round().value_or(0));
+    t.Add("lowband_worker_uploads_total", "counter", "Delta uploads sent.", static_cast<double>(f.uploads));
+    t.Add("lowband_worker_upload_bytes_total", "counter", "Bytes of the delta uploads sent, headers included.",
+          static_cast<double>(f.upload_bytes));
+    t.Add("lowband_worker_train_loss", "gauge", "Mean training loss of the last round trained.", f.train_loss);
+    t.Add("lowband_worker_val_loss", "gauge", "Validation loss of the last evaluation.", f.val_loss);
+    t.Add("lowband_worker_step_time_ms", "gauge", "Mean inner step time of the last round trained.", f.step_time_ms);
+    t.Add("lowband_bytes_total", "counter", "Bytes of every message sent (up) or received (down).",
+          static_cast<double>(f.bytes_up), {{"direction", "up"}});
+    t.Add("lowband_bytes_total", "counter", "", static_cast<double>(f.bytes_down), {{"direction", "down"}});
+    t.Add("lowband_messages_total", "counter", "Messages sent (up) or received (down).",
+          static_cast<double>(f.messages_up), {{"direction", "up"}});
+    t.Add("lowband_messages_total", "counter", "", static_cast<double>(f.messages_down), {{"direction", "down"}});
+    t.Add("lowband_rejected_messages_total", "counter", "Messages from the coordinator this worker refused.",
+          static_cast<double>(core->rejected_messages()));
+    t.Add("lowband_malformed_messages_total", "counter", "Inbound messages that failed decoding.",
+          static_cast<double>(f.malformed));
+    return t.str();
+  }
+
   void Dispatch(WorkerOutput& out) {
     for (Message& m : out.messages) {
       if (const auto* up = std::get_if<DeltaUpload>(&m.body)) FailPoint("worker_upload", up->round);
-      Status st = link->Send("", EncodeMessage(m));
-      if (!st.ok()) LOG_WARN("send failed", {"kind", BodyName(m.body)}, {"reason", st.ToString()});
+      Frames frames = EncodeMessage(m);
+      uint64_t bytes = 0;
+      for (const auto& fr : frames) bytes += fr.size();
+      Status st = link->Send("", std::move(frames));
+      if (!st.ok()) {
+        LOG_WARN("send failed", {"kind", BodyName(m.body)}, {"reason", st.ToString()});
+        continue;
+      }
+      figures.bytes_up += bytes;
+      ++figures.messages_up;
+      if (const auto* up = std::get_if<DeltaUpload>(&m.body)) {
+        ++figures.uploads;
+        figures.upload_bytes += bytes;
+        figures.train_loss = up->train_loss;
+        figures.step_time_ms = up->step_time_ms;
+        figures.last_round = up->round;
+      } else if (const auto* ev = std::get_if<EvalReport>(&m.body)) {
+        figures.val_loss = ev->val_loss;
+      }
     }
     for (Job& j : out.jobs) jobs.Push(std::move(j));
     if (out.exit) {
@@ -93,8 +148,11 @@ struct WorkerService::Impl {
     Inbound in;
     for (int i = 0; i < 256 && link->TryReceive(&in); ++i) {
       WorkerOutput out;
+      for (const auto& fr : in.frames) figures.bytes_down += fr.size();
+      ++figures.messages_down;
       auto msg = DecodeMessage(std::move(in.frames), limits);
       if (!msg.ok()) {
+        ++figures.malformed;
         core->HandleMalformed(msg.status(), &out);
       } else {
         core->HandleMessage(*msg, WorkerClock::now(), &out);
@@ -136,6 +194,18 @@ struct WorkerService::Impl {
       }
     });
     EventLoop loop;
+    if (!site.metrics.empty()) {
+      auto m = MetricsHttpServer::Listen(site.metrics, [this] { return RenderMetrics(); });
+      if (!m.ok()) {
+        LOG_ERROR("cannot serve metrics", {"address", site.metrics}, {"reason", m.status().ToString()});
+        jobs.Close();
+        trainer.join();
+        return 69;
+      }
+      metrics_http = std::move(m).value();
+      metrics_http->AddTo(loop);
+      LOG_INFO("metrics endpoint", {"url", "http://" + site.metrics + "/metrics"}, {"port", metrics_http->port()});
+    }
     loop.AddSocket(link->socket(), [this] { OnLink(); });
     loop.AddFd(results->fd(), [this] { OnResults(); });
     signals.AddTo(loop);
@@ -153,6 +223,7 @@ struct WorkerService::Impl {
         WorkerOutput o;
         core->OnTick(now, &o);
         Dispatch(o);
+        if (metrics_http) metrics_http->OnTick();
         next_tick = now + tick;
       }
       Status st = loop.RunOnce(
@@ -168,6 +239,7 @@ struct WorkerService::Impl {
     // A training step in flight finishes before the thread sees the close.
     jobs.Close();
     trainer.join();
+    metrics_http.reset();  // before the loop it is registered with goes
     link.reset();
     return exit_code;
   }

@@ -871,3 +871,25 @@ TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[uni
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+TEST_CASE("config: checkpoint and metrics settings are read and checked", "[unit]") {
+  auto ok = ParseCampaignYaml(
+      "campaign: {name: c}\ncheckpoint: {every: 5, keep: 2}\nnetwork: {metrics: \"127.0.0.1:9464\"}\n", "c.yaml");
+  REQUIRE(ok.ok());
+  CHECK(ok->checkpoint.every == 5);
+  CHECK(ok->checkpoint.keep == 2);
+  CHECK(ok->network.metrics == "127.0.0.1:9464");
+  const std::string err = CampaignError(
+      "campaign: {name: c}\ncheckpoint: {every: 0, keep: 5000}\nnetwork: {metrics: \"host-without-port\"}\n"
+      "sites:\n  - site: {name: a, metrics: \"*:70000\"}\n    data: {dir: /data/a}\n");
+  CHECK_THAT(err, Contains("c.yaml:2: checkpoint.every: 0 is out of range"));
+  CHECK_THAT(err, Contains("checkpoint.keep: 5000 is out of range"));
+  CHECK_THAT(err, Contains("c.yaml:3: network.metrics: 'host-without-port' is not HOST:PORT"));
+  CHECK_THAT(err, Contains("sites[0].site.metrics: '*:70000' is not HOST:PORT"));
+}
+
+}  // namespace
+}  // namespace lowband
