@@ -17,6 +17,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
+#include "common/systemd.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
 #include "coordinator/state_store.h"
@@ -60,6 +61,7 @@ struct CoordinatorService::Impl {
   bool resumed = false;
   uint32_t started_round = 0;  // the last round whose RoundStart went out
   std::unique_ptr<MetricsHttpServer> metrics_http;
+  SystemdNotifier systemd;
   uint64_t lost_events = 0;  // sites marked lost (stragglers that went silent)
   int restarts = 0;
   std::optional<int> ended_exit;  // the stored campaign had ended: exit code after lingering
@@ -451,6 +453,12 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     std::fflush(metrics);
   }
   FailPoint("metrics_written", r.round);
+  {
+    char status[160];
+    std::snprintf(status, sizeof(status), "campaign %s: round %u/%d committed, val loss %.4f, %d sites",
+                  config.name.c_str(), r.round, config.training.rounds, r.val_loss, r.evaluated);
+    systemd.Status(status);
+  }
   // After the metrics line: a crash between the two leaves the round
   // unrecorded, and a restart drops the line (TrimMetrics) and writes it anew.
   Status st = store->RecordRound(r, LedgerRowsSince(ledger_saved_from));
@@ -788,6 +796,9 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   LOG_INFO("coordinator listening", {"campaign", config.name}, {"bind", config.network.bind},
            {"control", config.network.control}, {"parameters", static_cast<unsigned long>(core.params().values.size())},
            {"expected_workers", config.quorum.expected_workers}, {"rounds", config.training.rounds});
+  systemd.Ready("campaign " + config.name + ": round " + std::to_string(core.committed_round()) + "/" +
+                std::to_string(config.training.rounds) + ", waiting for " +
+                std::to_string(config.quorum.expected_workers) + " workers on " + config.network.bind);
   if (options.progress) {
     std::printf("coordinator: %zu parameters, waiting for %d workers on %s\n", core.params().values.size(),
                 config.quorum.expected_workers, config.network.bind.c_str());
@@ -807,6 +818,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       core.OnTick(now, &out);
       Dispatch(out);
       if (metrics_http) metrics_http->OnTick();
+      systemd.Tick(now);
       next_tick = now + tick;
     }
     Status st = loop.RunOnce(std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now()) +
@@ -820,6 +832,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   if (signals.stop_requested() && !done) {
     LOG_INFO("stopping on signal", {"round", core.committed_round()});
   }
+  systemd.Stopping("campaign " + config.name + ": stopping at round " + std::to_string(core.committed_round()));
   if (metrics) std::fclose(metrics);
   // Closing the sockets lingers briefly so CampaignEnd reaches the workers.
   metrics_http.reset();  // before the loop it is registered with goes

@@ -10,6 +10,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
+#include "common/systemd.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
 #include "worker/core.h"
@@ -87,6 +88,7 @@ struct WorkerService::Impl {
     uint32_t last_round = 0;
   } figures;
   std::unique_ptr<MetricsHttpServer> metrics_http;
+  SystemdNotifier systemd;
 
   std::string RenderMetrics() const {
     PromText t;
@@ -132,6 +134,10 @@ struct WorkerService::Impl {
         figures.train_loss = up->train_loss;
         figures.step_time_ms = up->step_time_ms;
         figures.last_round = up->round;
+        char status[160];
+        std::snprintf(status, sizeof(status), "site %s: round %u uploaded (%llu bytes), train loss %.4f",
+                      site.name.c_str(), up->round, static_cast<unsigned long long>(bytes), up->train_loss);
+        systemd.Status(status);
       } else if (const auto* ev = std::get_if<EvalReport>(&m.body)) {
         figures.val_loss = ev->val_loss;
       }
@@ -215,6 +221,7 @@ struct WorkerService::Impl {
     WorkerOutput out;
     core->Start(WorkerClock::now(), &out);
     Dispatch(out);
+    systemd.Ready("site " + site.name + ": joining the coordinator at " + site.coordinator);
     const auto tick = std::chrono::milliseconds(50);
     auto next_tick = WorkerClock::now() + tick;
     while (!exit && !signals.stop_requested()) {
@@ -224,6 +231,7 @@ struct WorkerService::Impl {
         core->OnTick(now, &o);
         Dispatch(o);
         if (metrics_http) metrics_http->OnTick();
+        systemd.Tick(now);
         next_tick = now + tick;
       }
       Status st = loop.RunOnce(
@@ -236,6 +244,7 @@ struct WorkerService::Impl {
       }
     }
     if (signals.stop_requested()) LOG_INFO("stopping on signal");
+    systemd.Stopping("site " + site.name + ": stopping");
     // A training step in flight finishes before the thread sees the close.
     jobs.Close();
     trainer.join();
