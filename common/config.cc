@@ -863,6 +863,7 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
              "1 to quorum.expected_workers");
   }
   c->DoubleRange("quorum.round_deadline_s", q.round_deadline_s, 0, false, INFINITY, false);
+  if (q.max_norm_ratio != 0) c->DoubleRange("quorum.max_norm_ratio", q.max_norm_ratio, 1, false, INFINITY, false);
   c->DoubleRange("quorum.start_timeout_s", q.start_timeout_s, 0, false, INFINITY, false);
 
   const NetworkConfig& n = cfg.network;
@@ -948,7 +949,7 @@ const std::vector<std::string> kCodecNames = {"dense_fp32", "dense_bf16", "int8"
 const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback"};
 const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
-                                              "start_timeout_s", "aggregation"};
+                                              "start_timeout_s", "aggregation", "max_norm_ratio"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
                                                "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics"};
 const std::vector<std::string> kOutputKeys = {"run_dir", "metrics_file"};
@@ -1209,6 +1210,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "expected_workers", &cfg->quorum.expected_workers);
       p.Int(m, "min_workers", &cfg->quorum.min_workers);
       p.Double(m, "round_deadline_s", &cfg->quorum.round_deadline_s);
+      p.Double(m, "max_norm_ratio", &cfg->quorum.max_norm_ratio);
       p.Double(m, "start_timeout_s", &cfg->quorum.start_timeout_s);
       int rule = 0;
       if (p.Enum(m, "aggregation", kAggregationNames, &rule)) {

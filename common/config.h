@@ -80,6 +80,9 @@ struct QuorumConfig {
   double round_deadline_s = 300;  // after this, close with >= min_workers uploads
   double start_timeout_s = 120;   // give up if expected workers never join
   AggregationRule aggregation = AggregationRule::kMeanAll;
+  // With 3 or more uploads, one whose L2 norm exceeds this many times the
+  // median of the round's norms is rejected as an outlier (0 = no check).
+  double max_norm_ratio = 10;
 };
 
 struct NetworkConfig {

@@ -142,9 +142,9 @@ Message CoordinatorCore::Make(Body body) {
 }
 
 void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round,
-                            CoreOutput* out) {
+                            CoreOutput* out, const char* reason) {
   ++rejected_;
-  ++rejected_by_reason_[ErrorCodeName(code)];
+  ++rejected_by_reason_[reason ? reason : ErrorCodeName(code)];
   std::string site = SiteOfPeer(peer);
   if (auto it = workers_.find(site); it != workers_.end()) ++it->second.rejected;
   LOG_WARN("message rejected", {"peer", site.empty() ? std::string("unknown") : site},
@@ -364,7 +364,9 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
           m.round, out);
     return;
   }
-  uploads_[w.site] = Upload{std::move(delta).value(), m.train_loss, m.tokens};
+  double sum_sq = 0;
+  for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
+  uploads_[w.site] = Upload{std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq)};
   w.last_step_time_ms = m.step_time_ms;
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
   MaybeCloseRound(now, false, out);
@@ -375,8 +377,33 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
   CloseRound(now, deadline_passed ? "deadline" : "complete", out);
 }
 
+void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
+  const double ratio = config_.quorum.max_norm_ratio;
+  if (ratio <= 0 || uploads_.size() < 3) return;
+  std::vector<double> norms;
+  for (const auto& [site, up] : uploads_) norms.push_back(up.norm);
+  std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
+  const double median = norms[norms.size() / 2];
+  const uint32_t round = committed_round_ + 1;
+  for (auto it = uploads_.begin(); it != uploads_.end();) {
+    if (it->second.norm > ratio * median) {
+      char what[200];
+      std::snprintf(what, sizeof(what),
+                    "upload rejected: its norm %.6g is %.1fx the median %.6g of this round's %zu uploads (limit %gx)",
+                    it->second.norm, it->second.norm / median, median, norms.size(), ratio);
+      auto w = workers_.find(it->first);
+      Reply(w != workers_.end() ? w->second.peer : std::string(), ErrorCode::kBadPayload, what, round, out,
+            "norm_outlier");
+      it = uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
   LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
+  RejectNormOutliers(out);
   const int have = static_cast<int>(uploads_.size());
 
   // Mean over the R workers that uploaded (or over those that chose each

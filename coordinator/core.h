@@ -178,10 +178,15 @@ class CoordinatorCore {
     Update delta;
     double train_loss;
     uint64_t tokens;
+    double norm;  // L2 norm of the delta
   };
 
   Message Make(Body body);
-  void Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round, CoreOutput* out);
+  // Error reply; counted under `reason` (default: the code's name).
+  void Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round, CoreOutput* out,
+             const char* reason = nullptr);
+  // Drops uploads whose norm is far above the round's median (Error reply).
+  void RejectNormOutliers(CoreOutput* out);
   void HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out);
   void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
   void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);

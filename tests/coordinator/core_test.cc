@@ -469,6 +469,53 @@ TEST_CASE("control: an evicted site may rejoin by saying hello again", "[unit][c
 }
 
 
+TEST_CASE("an upload whose norm is far above its peers' is rejected and left out of the round", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 3);
+  config.quorum.max_norm_ratio = 10;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  CoordinatorCore& core = c.coordinator();
+  const uint64_t digest0 = core.digest();
+  auto upload = [&](float scale) {
+    DeltaUpload up;
+    up.round = 1;
+    up.base_digest = digest0;
+    up.train_loss = 1.0;
+    up.tokens = 10;
+    std::vector<float> delta(TinyParams().values.size());
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] = scale * (0.01f + 0.001f * static_cast<float>(i % 5));
+    auto enc = PackDenseFp32(TinyParams().layout, delta);
+    up.blob = enc->header;
+    Message m = Wrap(up);
+    m.bulk = enc->bulk;
+    return m;
+  };
+  CoreOutput out;
+  core.HandleMessage("site-a", upload(1.0f), c.now(), &out);
+  core.HandleMessage("site-b", upload(-1.5f), c.now(), &out);
+  core.HandleMessage("site-c", upload(400.0f), c.now(), &out);  // finite, under the magnitude cap, 400x the others
+  REQUIRE(Bodies<Error>(out, "site-c").size() == 1);
+  CHECK(Bodies<Error>(out, "site-c")[0]->code == ErrorCode::kBadPayload);
+  CHECK_THAT(Bodies<Error>(out, "site-c")[0]->message, Catch::Matchers::Contains("median"));
+  CHECK(Bodies<Error>(out, "site-a").empty());
+  REQUIRE(out.commit.has_value());
+  CHECK(out.commit->record.contributors == 2);
+  CHECK_FALSE(out.commit->record.sites.count("site-c"));
+  CHECK(core.rejected_by_reason().at("norm_outlier") == 1);
+
+  // The same three uploads with the check off: all three count.
+  auto off = TinyCampaign(3, 3);
+  off.quorum.max_norm_ratio = 0;
+  Cluster c2(off, kSites);
+  StartRounds(c2);
+  CoreOutput out2;
+  c2.coordinator().HandleMessage("site-a", upload(1.0f), c2.now(), &out2);
+  c2.coordinator().HandleMessage("site-b", upload(-1.5f), c2.now(), &out2);
+  c2.coordinator().HandleMessage("site-c", upload(400.0f), c2.now(), &out2);
+  REQUIRE(out2.commit.has_value());
+  CHECK(out2.commit->record.contributors == 3);
+}
+
 CampaignConfig ResumableCampaign() {
   auto config = TinyCampaign(3, 5);
   config.codec.kind = CodecKind::kSparseLoCo;  // sparse logged gradients
