@@ -29,11 +29,17 @@ struct ControlOptions {
   std::string campaign_file;
   bool json = false;
   int timeout_ms = 3000;
+  std::string key;         // CurveZMQ: the operator's secret key file
+  std::string server_key;  // CurveZMQ: the coordinator's public key file
 };
 // Sends one control request (command, args) and prints the answer: its
 // message (or its JSON with --json). Returns 0 when the coordinator accepted
 // it, 1 when it refused it (ok=false; the message also goes to stderr), 64 on
 // usage errors, 78 on a bad campaign file, 69 when no answer came.
 int Control(const ControlOptions& options, const std::string& command, const std::vector<std::string>& args);
+
+// `lowband keys generate NAME --dir DIR`: writes DIR/NAME.key (0600) and
+// DIR/NAME.pub (0644). Returns 0, or 1 with the reason on stderr.
+int KeysGenerate(const std::string& name, const std::string& dir);
 
 }  // namespace lowband::cli

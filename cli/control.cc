@@ -1,8 +1,10 @@
 #include <chrono>
 #include <cstdio>
+#include <optional>
 
 #include "cli/commands.h"
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/event_loop.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
@@ -28,8 +30,23 @@ int Control(const ControlOptions& options, const std::string& name, const std::v
     endpoint = config->network.control;
     campaign = config->name;
   }
+  std::optional<CurveClientOptions> curve;
+  if (!options.key.empty() || !options.server_key.empty()) {
+    if (options.key.empty() || options.server_key.empty()) {
+      std::fprintf(stderr, "lowband %s: CurveZMQ needs both --key (yours) and --server-key (the coordinator's)\n",
+                   command.c_str());
+      return 64;
+    }
+    auto key = ReadCurveKeyFile(options.key, /*secret_required=*/true);
+    auto server = key.ok() ? ReadCurveKeyFile(options.server_key, /*secret_required=*/false) : key.status();
+    if (!server.ok()) {
+      std::fprintf(stderr, "lowband %s: %s\n", command.c_str(), server.status().ToString().c_str());
+      return kExitConfig;
+    }
+    curve = CurveClientOptions{server->public_key, key->public_key, key->secret_key};
+  }
   zmq::context_t ctx{1};
-  auto link = ZmqClientTransport::Connect(ctx, endpoint, "", 64 << 20);
+  auto link = ZmqClientTransport::Connect(ctx, endpoint, "", 64 << 20, curve ? &*curve : nullptr);
   if (!link.ok()) {
     std::fprintf(stderr, "lowband %s: %s\n", command.c_str(), link.status().ToString().c_str());
     return 69;
@@ -77,11 +94,25 @@ int Control(const ControlOptions& options, const std::string& name, const std::v
     }
   }
   if (!answered) {
-    std::fprintf(stderr, "lowband %s: no answer from %s within %d ms (is the coordinator running?)\n",
-                 command.c_str(), endpoint.c_str(), options.timeout_ms);
+    std::fprintf(stderr, "lowband %s: no answer from %s within %d ms (is the coordinator running%s?)\n",
+                 command.c_str(), endpoint.c_str(), options.timeout_ms,
+                 curve ? ", and is your key in its operator allow-list"
+                       : "; with network.security curve, pass --key and --server-key");
     return 69;
   }
   return code;
+}
+
+int KeysGenerate(const std::string& name, const std::string& dir) {
+  auto key = GenerateCurveKey();
+  Status st = key.ok() ? WriteCurveKeyFiles(dir, name, *key) : key.status();
+  if (!st.ok()) {
+    std::fprintf(stderr, "lowband keys generate: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  std::printf("%s/%s.key (secret, mode 0600)\n%s/%s.pub (public: %s)\n", dir.c_str(), name.c_str(), dir.c_str(),
+              name.c_str(), key->public_key.c_str());
+  return 0;
 }
 
 }  // namespace lowband::cli

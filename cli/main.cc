@@ -42,6 +42,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--campaign,-c", ctl.campaign_file, "campaign file (its network.control endpoint is used)");
     cmd->add_flag("--json", ctl.json, "print the machine-readable answer");
     cmd->add_option("--timeout-ms", ctl.timeout_ms, "how long to wait for an answer")->check(CLI::Range(1, 600000));
+    cmd->add_option("--key", ctl.key, "CurveZMQ: your operator secret key file (NAME.key)")
+        ->envname("LOWBAND_KEY");
+    cmd->add_option("--server-key", ctl.server_key, "CurveZMQ: the coordinator's public key file (NAME.pub)")
+        ->envname("LOWBAND_SERVER_KEY");
     control_cmds.push_back({std::move(words), cmd});
     return cmd;
   };
@@ -64,6 +68,12 @@ int main(int argc, char** argv) {
               {"worker", "evict"})
       ->add_option("site", evict_site, "site name")
       ->required();
+  std::string key_name, key_dir = ".";
+  auto* keys_cmd = app.add_subcommand("keys", "CurveZMQ key pairs");
+  keys_cmd->require_subcommand(1);
+  auto* keys_gen = keys_cmd->add_subcommand("generate", "write NAME.key (secret, 0600) and NAME.pub into --dir");
+  keys_gen->add_option("name", key_name, "key name: a site name, `coordinator`, or an operator")->required();
+  keys_gen->add_option("--dir,-d", key_dir, "directory for the two files (default: .)");
   add_control(&app, "checkpoint", "write RUN_DIR/checkpoint-round-N.lbck of the last committed round now",
               {"checkpoint"});
   try {
@@ -72,6 +82,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 64;
   }
   if (run_cmd->parsed()) return lowband::cli::Run(run);
+  if (keys_gen->parsed()) return lowband::cli::KeysGenerate(key_name, key_dir);
   for (auto& [words, cmd] : control_cmds) {
     if (!cmd->parsed()) continue;
     std::vector<std::string> args(words.begin() + 1, words.end());

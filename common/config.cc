@@ -640,7 +640,8 @@ class Parser {
 };
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
-const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics"};
+const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
+                                            "server_key"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -661,6 +662,8 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       p->String(s, "device", &site->device);
       p->Int(s, "threads", &site->threads);
       p->String(s, "metrics", &site->metrics);
+      if (p->String(s, "key", &site->key)) site->key = ResolveRelative(base_file, site->key);
+      if (p->String(s, "server_key", &site->server_key)) site->server_key = ResolveRelative(base_file, site->server_key);
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -790,6 +793,11 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   }
   c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
   CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
+  // CurveZMQ needs both our secret key and the coordinator's public key.
+  if (site.key.empty() != site.server_key.empty()) {
+    c->Error(prefix + (site.key.empty() ? "site.key" : "site.server_key"), "missing: key and server_key go together",
+             "both (CurveZMQ) or neither (plain TCP on loopback)");
+  }
   c->Required(prefix + "data.dir", site.data.dir);
   for (size_t i = 0; i < site.data.files.size(); ++i) {
     const std::string& f = site.data.files[i];
@@ -884,9 +892,15 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->IntRange("network.max_message_bytes", n.max_message_bytes, 1, std::numeric_limits<int64_t>::max());
   CheckMetricsAddress("network.metrics", n.metrics, c);
   const bool plain = n.security == "none";
-  if (!plain && !c->Bad("network.security")) {
+  const bool curve = n.security == "curve";
+  if (!plain && !curve && !c->Bad("network.security")) {
     c->Error("network.security", "unsupported value '" + n.security + "'",
-             "none, on loopback endpoints only; CurveZMQ is not implemented yet");
+             "none (loopback endpoints only) or curve");
+  }
+  if (curve) {
+    c->Required("network.server_key", n.server_key);
+    c->Required("network.site_keys", n.site_keys);
+    c->Required("network.operator_keys", n.operator_keys);
   }
   // Plain TCP carries model updates in the clear and lets anyone join, so it
   // is only acceptable where nothing outside this host can reach it.
@@ -917,6 +931,12 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
         c->Error(prefix + "site.name", "duplicate site name '" + site.name + "' (first defined at " + at + ")",
                  "unique site names");
       }
+    }
+    if (curve) {
+      c->Required(prefix + "site.key", site.key);
+      c->Required(prefix + "site.server_key", site.server_key);
+    } else if (plain && !site.key.empty()) {
+      c->Error(prefix + "site.key", "a site key needs network.security: curve", "no key with security none");
     }
     Endpoint ep;
     const std::string coord_key = prefix + "site.coordinator";
@@ -951,7 +971,8 @@ const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
                                               "start_timeout_s", "aggregation", "max_norm_ratio"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
-                                               "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics"};
+                                               "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics",
+                                               "server_key", "site_keys", "operator_keys"};
 const std::vector<std::string> kOutputKeys = {"run_dir", "metrics_file"};
 const std::vector<std::string> kSiteItemKeys = {"file", "site", "data"};
 
@@ -1229,6 +1250,11 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.String(m, "security", &cfg->network.security);
       p.Int64(m, "max_message_bytes", &cfg->network.max_message_bytes);
       p.String(m, "metrics", &cfg->network.metrics);
+      for (auto [key, field] : {std::pair<const char*, std::string*>{"server_key", &cfg->network.server_key},
+                                {"site_keys", &cfg->network.site_keys},
+                                {"operator_keys", &cfg->network.operator_keys}}) {
+        if (p.String(m, key, field)) *field = ResolveRelative(source, *field);
+      }
     }
   }
 
@@ -1455,6 +1481,9 @@ void AnchorSitePaths(YAML::Node root, const std::string& source) {
     if (!v.IsDefined() || !v.IsScalar() || v.Scalar().empty() || fs::path(v.Scalar()).is_absolute()) return;
     map[key] = fs::absolute(ResolveRelative(source, v.Scalar())).lexically_normal().string();
   };
+  if (const YAML::Node net = find(root, "network"); net.IsDefined() && net.IsMap()) {
+    for (const char* key : {"server_key", "site_keys", "operator_keys"}) anchor(net, key);
+  }
   const YAML::Node sites = find(root, "sites");
   if (!sites.IsDefined() || !sites.IsSequence()) return;
   for (size_t i = 0; i < sites.size(); ++i) {
@@ -1462,8 +1491,12 @@ void AnchorSitePaths(YAML::Node root, const std::string& source) {
     if (!item.IsMap()) continue;
     if (find(item, "file").IsDefined()) {
       anchor(item, "file");
-    } else if (const YAML::Node data = find(item, "data"); data.IsDefined() && data.IsMap()) {
-      anchor(data, "dir");
+    } else {
+      if (const YAML::Node data = find(item, "data"); data.IsDefined() && data.IsMap()) anchor(data, "dir");
+      if (const YAML::Node site = find(item, "site"); site.IsDefined() && site.IsMap()) {
+        anchor(site, "key");
+        anchor(site, "server_key");
+      }
     }
   }
 }

@@ -90,7 +90,12 @@ struct NetworkConfig {
   std::string control = "tcp://127.0.0.1:5556";  // CLI endpoint
   int heartbeat_interval_ms = 500;
   int heartbeat_timeout_ms = 10000;
-  std::string security = "none";  // only "none" for now (loopback)
+  // "none" (plain TCP, loopback endpoints only) or "curve" (CurveZMQ on both
+  // endpoints, with the three key settings below).
+  std::string security = "none";
+  std::string server_key;     // curve: the coordinator's secret key file (NAME.key)
+  std::string site_keys;      // curve: directory of SITE.pub files, the workers' allow-list
+  std::string operator_keys;  // curve: directory of NAME.pub files allowed on the control endpoint
   int64_t max_message_bytes = 256ll << 20;  // bound on any inbound bulk frame
   std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
 };
@@ -107,6 +112,8 @@ struct SiteConfig {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   int threads = 1;             // intra-op threads for LibTorch
   std::string metrics;         // HOST:PORT of the worker's Prometheus endpoint ("" = none)
+  std::string key;             // CurveZMQ: this site's secret key file ("" = plain TCP)
+  std::string server_key;      // CurveZMQ: the coordinator's public key file (NAME.pub)
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

@@ -19,6 +19,7 @@ namespace lowband {
 struct Inbound {
   std::string peer;  // routing id of the sender (server side)
   Frames frames;
+  std::string user_id;  // CurveZMQ: who the ZAP handler authenticated (key name); "" otherwise
 };
 
 class Transport {

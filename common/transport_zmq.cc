@@ -86,7 +86,7 @@ enum class RecvResult { kNone, kMessage, kDropped, kError };
 // first part is the sender's routing id. Oversized or over-long messages are
 // drained part by part and discarded; their bytes are never copied.
 RecvResult RecvMultipart(zmq::socket_t& socket, bool has_routing_id, int64_t max_message_bytes, Inbound* out,
-                         std::string* why_dropped) {
+                         std::string* why_dropped, bool curve) {
   try {
     zmq::message_t part;
     if (!socket.recv(part, zmq::recv_flags::dontwait)) return RecvResult::kNone;
@@ -100,6 +100,11 @@ RecvResult RecvMultipart(zmq::socket_t& socket, bool has_routing_id, int64_t max
       if (first && has_routing_id) {
         peer.assign(static_cast<const char*>(part.data()), part.size());
       } else {
+        if (curve && data_frames == 0) {
+          // Set by the ZAP handler for the connection this came over.
+          const char* user = zmq_msg_gets(part.handle(), "User-Id");
+          out->user_id = user ? user : "";
+        }
         ++data_frames;
         total_bytes += part.size();
         if (data_frames > ZmqSocketOptions::kMaxDataFrames) {
@@ -145,11 +150,11 @@ RecvResult RecvMultipart(zmq::socket_t& socket, bool has_routing_id, int64_t max
 
 // Shared TryReceive body for both transports.
 bool ReceiveLoop(zmq::socket_t& socket, bool has_routing_id, int64_t max_message_bytes,
-                 const std::string& fixed_peer, uint64_t* dropped, Inbound* out) {
+                 const std::string& fixed_peer, uint64_t* dropped, Inbound* out, bool curve = false) {
   for (int attempt = 0; attempt < kMaxDropsPerReceive; ++attempt) {
     Inbound in;
     std::string why;
-    switch (RecvMultipart(socket, has_routing_id, max_message_bytes, &in, &why)) {
+    switch (RecvMultipart(socket, has_routing_id, max_message_bytes, &in, &why, curve)) {
       case RecvResult::kNone: return false;
       case RecvResult::kMessage:
         if (!has_routing_id) in.peer = fixed_peer;
@@ -172,8 +177,9 @@ bool ReceiveLoop(zmq::socket_t& socket, bool has_routing_id, int64_t max_message
 
 // ------------------------------------------------------------------ server
 
-ZmqServerTransport::ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes)
-    : socket_(std::move(socket)), endpoint_(std::move(endpoint)), max_message_bytes_(max_message_bytes) {}
+ZmqServerTransport::ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes,
+                                       bool curve)
+    : socket_(std::move(socket)), endpoint_(std::move(endpoint)), max_message_bytes_(max_message_bytes), curve_(curve) {}
 
 ZmqServerTransport::~ZmqServerTransport() {
   try {
@@ -185,7 +191,8 @@ ZmqServerTransport::~ZmqServerTransport() {
 
 StatusOr<std::unique_ptr<ZmqServerTransport>> ZmqServerTransport::Bind(zmq::context_t& ctx,
                                                                       const std::string& endpoint,
-                                                                      int64_t max_message_bytes) {
+                                                                      int64_t max_message_bytes,
+                                                                      const CurveServerOptions* curve) {
   if (max_message_bytes <= 0) {
     return InvalidArgument("max_message_bytes must be positive, got " + std::to_string(max_message_bytes));
   }
@@ -198,6 +205,11 @@ StatusOr<std::unique_ptr<ZmqServerTransport>> ZmqServerTransport::Bind(zmq::cont
     // A worker that restarts with the same routing id takes over its old
     // identity instead of being refused while the old connection times out.
     socket.set(zmq::sockopt::router_handover, true);
+    if (curve) {
+      socket.set(zmq::sockopt::zap_domain, curve->zap_domain);
+      socket.set(zmq::sockopt::curve_server, true);
+      socket.set(zmq::sockopt::curve_secretkey, curve->secret_key);
+    }
     try {
       socket.bind(endpoint);
     } catch (const zmq::error_t& e) {
@@ -208,7 +220,7 @@ StatusOr<std::unique_ptr<ZmqServerTransport>> ZmqServerTransport::Bind(zmq::cont
     }
     std::string resolved = socket.get(zmq::sockopt::last_endpoint);
     return std::unique_ptr<ZmqServerTransport>(
-        new ZmqServerTransport(std::move(socket), std::move(resolved), max_message_bytes));
+        new ZmqServerTransport(std::move(socket), std::move(resolved), max_message_bytes, curve != nullptr));
   } catch (const zmq::error_t& e) {
     return Unavailable("cannot create ROUTER socket for " + endpoint + ": " + ErrorText(e));
   }
@@ -220,7 +232,7 @@ Status ZmqServerTransport::Send(const std::string& peer, Frames frames) {
 }
 
 bool ZmqServerTransport::TryReceive(Inbound* out) {
-  return ReceiveLoop(socket_, /*has_routing_id=*/true, max_message_bytes_, endpoint_, &dropped_, out);
+  return ReceiveLoop(socket_, /*has_routing_id=*/true, max_message_bytes_, endpoint_, &dropped_, out, curve_);
 }
 
 // ------------------------------------------------------------------ client
@@ -242,7 +254,8 @@ ZmqClientTransport::~ZmqClientTransport() {
 StatusOr<std::unique_ptr<ZmqClientTransport>> ZmqClientTransport::Connect(zmq::context_t& ctx,
                                                                         const std::string& endpoint,
                                                                         const std::string& routing_id,
-                                                                        int64_t max_message_bytes) {
+                                                                        int64_t max_message_bytes,
+                                                                        const CurveClientOptions* curve) {
   if (max_message_bytes <= 0) {
     return InvalidArgument("max_message_bytes must be positive, got " + std::to_string(max_message_bytes));
   }
@@ -258,6 +271,11 @@ StatusOr<std::unique_ptr<ZmqClientTransport>> ZmqClientTransport::Connect(zmq::c
     socket.set(zmq::sockopt::reconnect_ivl, ZmqSocketOptions::kReconnectIvlMs);
     socket.set(zmq::sockopt::reconnect_ivl_max, ZmqSocketOptions::kReconnectIvlMaxMs);
     if (!routing_id.empty()) socket.set(zmq::sockopt::routing_id, routing_id);
+    if (curve) {
+      socket.set(zmq::sockopt::curve_serverkey, curve->server_public_key);
+      socket.set(zmq::sockopt::curve_publickey, curve->public_key);
+      socket.set(zmq::sockopt::curve_secretkey, curve->secret_key);
+    }
     try {
       socket.connect(endpoint);
     } catch (const zmq::error_t& e) {

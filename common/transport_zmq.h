@@ -48,14 +48,31 @@ struct ZmqSocketOptions {
   static constexpr int kReconnectIvlMaxMs = 5000;
 };
 
+// CurveZMQ on a server socket: its secret key and the ZAP domain whose
+// allow-list admits clients (common/curve.h). Keys are Z85 text.
+struct CurveServerOptions {
+  std::string secret_key;
+  std::string zap_domain;
+};
+// CurveZMQ on a client socket: the server's public key and our own pair.
+struct CurveClientOptions {
+  std::string server_public_key;
+  std::string public_key;
+  std::string secret_key;
+};
+
 class ZmqServerTransport : public Transport {
  public:
   // Creates a ROUTER socket in `ctx` and binds it to `endpoint` (e.g.
   // "tcp://127.0.0.1:5555", or "tcp://127.0.0.1:*" for an ephemeral port).
   // InvalidArgument if max_message_bytes <= 0; Unavailable with the endpoint
   // and strerror if the bind fails (address in use, bad interface, ...).
+  // With `curve`, the socket is a CurveZMQ server: every message is
+  // encrypted and only clients the ZAP handler admits connect; Inbound
+  // carries their user id.
   static StatusOr<std::unique_ptr<ZmqServerTransport>> Bind(zmq::context_t& ctx, const std::string& endpoint,
-                                                            int64_t max_message_bytes);
+                                                            int64_t max_message_bytes,
+                                                            const CurveServerOptions* curve = nullptr);
 
   ~ZmqServerTransport() override;
   ZmqServerTransport(const ZmqServerTransport&) = delete;
@@ -75,11 +92,12 @@ class ZmqServerTransport : public Transport {
   uint64_t dropped_messages() const { return dropped_; }
 
  private:
-  ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes);
+  ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes, bool curve);
 
   zmq::socket_t socket_;
   std::string endpoint_;
   int64_t max_message_bytes_;
+  bool curve_;
   uint64_t dropped_ = 0;
 };
 
@@ -93,7 +111,8 @@ class ZmqClientTransport : public Transport {
   // endpoint and strerror); Unavailable if the socket cannot be created.
   static StatusOr<std::unique_ptr<ZmqClientTransport>> Connect(zmq::context_t& ctx, const std::string& endpoint,
                                                                const std::string& routing_id,
-                                                               int64_t max_message_bytes);
+                                                               int64_t max_message_bytes,
+                                                               const CurveClientOptions* curve = nullptr);
 
   ~ZmqClientTransport() override;
   ZmqClientTransport(const ZmqClientTransport&) = delete;

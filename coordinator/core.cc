@@ -178,6 +178,10 @@ void CoordinatorCore::HandleMalformed(const std::string& peer, const Status& why
   Reply(peer, ErrorCode::kMalformed, why.ToString(), 0, out);
 }
 
+void CoordinatorCore::HandleUnauthorized(const std::string& peer, const std::string& why, CoreOutput* out) {
+  Reply(peer, ErrorCode::kNotRegistered, why, 0, out, "unauthorized");
+}
+
 void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg, TimePoint now,
                                     CoreOutput* out) {
   if (msg.protocol_version != kProtocolVersion) {

@@ -144,6 +144,9 @@ class CoordinatorCore {
   void HandleMessage(const std::string& peer, const Message& msg, TimePoint now, CoreOutput* out);
   // Bytes from `peer` that failed wire decoding: Error reply, nothing else.
   void HandleMalformed(const std::string& peer, const Status& why, CoreOutput* out);
+  // A message the transport's authentication rules out (a CurveZMQ key
+  // speaking for another site): Error reply, counted as "unauthorized".
+  void HandleUnauthorized(const std::string& peer, const std::string& why, CoreOutput* out);
   // Timers: heartbeats, liveness, round deadline, start timeout.
   void OnTick(TimePoint now, CoreOutput* out);
   // An operator command (status, workers, round pause|resume|close,

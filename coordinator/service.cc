@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "common/checkpoint.h"
+#include "common/curve.h"
 #include "common/event_loop.h"
 #include "common/failpoint.h"
 #include "common/json.h"
@@ -54,6 +55,7 @@ struct CoordinatorService::Impl {
   zmq::context_t ctx{1};
   std::unique_ptr<ZmqServerTransport> workers;
   std::unique_ptr<ZmqServerTransport> control;
+  std::unique_ptr<ZapHandler> zap;  // CurveZMQ: admits allow-listed keys
   BandwidthLedger ledger;
   std::unique_ptr<StateStore> store;
   uint32_t ledger_saved_from = 0;  // ledger rounds >= this may have changed since the last save
@@ -233,8 +235,16 @@ void CoordinatorService::Impl::OnWorkers() {
     CoreOutput out;
     auto msg = DecodeMessage(std::move(in.frames), limits);
     std::string kind = "malformed";
+    const Hello* hello = msg.ok() ? std::get_if<Hello>(&msg->body) : nullptr;
     if (!msg.ok()) {
       core.HandleMalformed(in.peer, msg.status(), &out);
+    } else if (zap && hello && hello->site != in.user_id) {
+      // The key decides who a peer is: site-a's key cannot say hello as site-b.
+      kind = BodyName(msg->body);
+      LOG_WARN("hello refused: key belongs to another site", {"claimed", hello->site}, {"key_of", in.user_id});
+      core.HandleUnauthorized(in.peer,
+                              "hello as '" + hello->site + "' over a connection authenticated as '" + in.user_id + "'",
+                              &out);
     } else {
       kind = BodyName(msg->body);
       core.HandleMessage(in.peer, *msg, Clock::now(), &out);
@@ -359,6 +369,11 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
         static_cast<double>(core.rejected_messages()), {{"reason", "all"}});
   for (const auto& [reason, n] : core.rejected_by_reason()) {
     t.Add("lowband_rejected_messages_total", "counter", "", static_cast<double>(n), {{"reason", reason}});
+  }
+  if (zap) {
+    t.Add("lowband_auth_refused_total", "counter", "CurveZMQ handshakes refused by the ZAP handler (unknown keys).",
+          static_cast<double>(zap->refused()));
+    t.Add("lowband_auth_accepted_total", "counter", "CurveZMQ handshakes accepted.", static_cast<double>(zap->accepted()));
   }
   t.Add("lowband_coordinator_restarts_total", "counter", "Restarts this campaign has resumed from.", restarts);
   t.Add("lowband_campaign_finished", "gauge", "1 once the campaign has ended.",
@@ -764,14 +779,36 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       return 1;
     }
   }
+  std::optional<CurveServerOptions> worker_curve, control_curve;
+  if (config.network.security == "curve") {
+    auto key = ReadCurveKeyFile(config.network.server_key, /*secret_required=*/true);
+    auto sites = key.ok() ? ReadAllowList(config.network.site_keys) : key.status();
+    auto operators = sites.ok() ? ReadAllowList(config.network.operator_keys) : sites.status();
+    if (!operators.ok()) {
+      std::fprintf(stderr, "lowband-coordinator: CurveZMQ keys: %s\n", operators.status().ToString().c_str());
+      LOG_ERROR("cannot load CurveZMQ keys", {"reason", operators.status().ToString()});
+      return kExitConfig;
+    }
+    auto handler = ZapHandler::Create(ctx, {{"workers", *sites}, {"control", *operators}});
+    if (!handler.ok()) {
+      LOG_ERROR("cannot start the ZAP handler", {"reason", handler.status().ToString()});
+      return 1;
+    }
+    zap = std::move(handler).value();
+    worker_curve = CurveServerOptions{key->secret_key, "workers"};
+    control_curve = CurveServerOptions{key->secret_key, "control"};
+    LOG_INFO("CurveZMQ on", {"public_key", key->public_key}, {"sites", static_cast<uint64_t>(sites->size())},
+             {"operators", static_cast<uint64_t>(operators->size())});
+  }
   auto w = ZmqServerTransport::Bind(ctx, config.network.bind,
-                                    config.network.max_message_bytes + static_cast<int64_t>(limits.max_header_bytes));
+                                    config.network.max_message_bytes + static_cast<int64_t>(limits.max_header_bytes),
+                                    worker_curve ? &*worker_curve : nullptr);
   if (!w.ok()) {
     LOG_ERROR("cannot bind worker endpoint", {"endpoint", config.network.bind}, {"reason", w.status().ToString()});
     return kExitUnavailable;
   }
   workers = std::move(w).value();
-  auto c = ZmqServerTransport::Bind(ctx, config.network.control, 1 << 20);
+  auto c = ZmqServerTransport::Bind(ctx, config.network.control, 1 << 20, control_curve ? &*control_curve : nullptr);
   if (!c.ok()) {
     LOG_ERROR("cannot bind control endpoint", {"endpoint", config.network.control},
               {"reason", c.status().ToString()});
@@ -790,6 +827,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     LOG_INFO("metrics endpoint", {"url", "http://" + config.network.metrics + "/metrics"},
              {"port", metrics_http->port()});
   }
+  if (zap) loop.AddSocket(zap->socket(), [this] { zap->OnReadable(); });
   loop.AddSocket(workers->socket(), [this] { OnWorkers(); });
   loop.AddSocket(control->socket(), [this] { OnControl(); });
   signals.AddTo(loop);
@@ -837,6 +875,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   // Closing the sockets lingers briefly so CampaignEnd reaches the workers.
   metrics_http.reset();  // before the loop it is registered with goes
   workers.reset();
+  zap.reset();
   control.reset();
   return exit_code;
 }

@@ -1,12 +1,15 @@
 #include "worker/service.h"
 
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <limits>
 #include <thread>
 
 #include "common/event_loop.h"
+#include "common/curve.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/metrics_http.h"
@@ -177,8 +180,20 @@ struct WorkerService::Impl {
 
   int Run(SignalWatcher& signals) {
     limits.max_bulk_bytes = 1u << 30;
+    std::optional<CurveClientOptions> curve;
+    if (!site.key.empty()) {
+      auto key = ReadCurveKeyFile(site.key, /*secret_required=*/true);
+      auto server = key.ok() ? ReadCurveKeyFile(site.server_key, /*secret_required=*/false) : key.status();
+      if (!server.ok()) {
+        std::fprintf(stderr, "lowband-worker: CurveZMQ keys: %s\n", server.status().ToString().c_str());
+        LOG_ERROR("cannot load CurveZMQ keys", {"reason", server.status().ToString()});
+        return kExitConfig;
+      }
+      curve = CurveClientOptions{server->public_key, key->public_key, key->secret_key};
+    }
     auto l = ZmqClientTransport::Connect(ctx, site.coordinator, "",
-                                         static_cast<int64_t>(limits.max_bulk_bytes + limits.max_header_bytes));
+                                         static_cast<int64_t>(limits.max_bulk_bytes + limits.max_header_bytes),
+                                         curve ? &*curve : nullptr);
     if (!l.ok()) {
       LOG_ERROR("cannot connect", {"endpoint", site.coordinator}, {"reason", l.status().ToString()});
       return 69;

@@ -255,7 +255,7 @@ TEST_CASE("config: several errors are reported at once, one per line", "[unit]")
   std::string msg = CampaignError(R"(campaign: {name: "bad name!"}
 model: {layers: -1, color: blue}
 outer_optimizer: {name: nope}
-network: {security: curve}
+network: {security: tls}
 )");
   auto lines = Lines(msg);
   CHECK(lines.size() == 5);
@@ -264,7 +264,7 @@ network: {security: curve}
   CHECK_THAT(msg, Contains("c.yaml:2: model.layers"));
   CHECK_THAT(msg, Contains("c.yaml:2: model.color: unknown key"));
   CHECK_THAT(msg, Contains("c.yaml:3: outer_optimizer.name"));
-  CHECK_THAT(msg, Contains("c.yaml:4: network.security: unsupported value 'curve' (allowed: none"));
+  CHECK_THAT(msg, Contains("c.yaml:4: network.security: unsupported value 'tls' (allowed: none"));
   // Sorted by line, so the report reads like the file.
   CHECK_THAT(lines.front(), Catch::Matchers::StartsWith("c.yaml:1:"));
   CHECK_THAT(lines.back(), Catch::Matchers::StartsWith("c.yaml:4:"));
