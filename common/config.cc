@@ -787,7 +787,13 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
     c->Error(name_key, "invalid name '" + site.name + "'", kNameChars);
   }
   Endpoint ep;
-  c->CheckEndpoint(prefix + "site.coordinator", site.coordinator, /*allow_wildcard=*/false, &ep);
+  const bool ep_ok = c->CheckEndpoint(prefix + "site.coordinator", site.coordinator, /*allow_wildcard=*/false, &ep);
+  // A standalone site file (the campaign checks its inline sites itself):
+  // without a key it would speak plain TCP, acceptable on loopback only.
+  if (prefix.empty() && ep_ok && site.key.empty() && site.server_key.empty() && !IsLoopback(ep)) {
+    c->Error("site.coordinator", "plain TCP to a non-loopback coordinator '" + site.coordinator + "'",
+             "a loopback endpoint, or CurveZMQ: site.key and site.server_key");
+  }
   if (!ValidDevice(site.device)) {
     c->Error(prefix + "site.device", "unknown device '" + site.device + "'", "cpu, cuda, cuda:N");
   }

@@ -244,10 +244,25 @@ TEST_CASE("config: devices and endpoints", "[unit]") {
     REQUIRE_FALSE(r.ok());
     CHECK_THAT(r.status().message(), Contains("s.yaml:1: site.coordinator:"));
   }
-  for (const char* ep : {"tcp://10.0.0.7:5555", "tcp://coord.example.org:5555", "tcp://[::1]:5555", "ipc:///run/lb"}) {
+  for (const char* ep : {"tcp://[::1]:5555", "ipc:///run/lb", "tcp://127.0.0.1:5555"}) {
     auto r = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep + "\"}\ndata: {dir: /d}\n", "s.yaml");
     INFO(ep);
     CHECK(r.ok());
+  }
+  // Off loopback a site needs CurveZMQ keys.
+  for (const char* ep : {"tcp://10.0.0.7:5555", "tcp://coord.example.org:5555"}) {
+    INFO(ep);
+    auto plain = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep + "\"}\ndata: {dir: /d}\n", "s.yaml");
+    REQUIRE_FALSE(plain.ok());
+    CHECK_THAT(plain.status().message(), Contains("s.yaml:1: site.coordinator: plain TCP to a non-loopback"));
+    auto curve = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep +
+                                   "\", key: k/s.key, server_key: k/coordinator.pub}\ndata: {dir: /d}\n",
+                               "s.yaml");
+    CHECK(curve.ok());
+    auto half = ParseSiteYaml(std::string("site: {name: s, coordinator: \"") + ep + "\", key: k/s.key}\ndata: {dir: /d}\n",
+                              "s.yaml");
+    REQUIRE_FALSE(half.ok());
+    CHECK_THAT(half.status().message(), Contains("site.server_key: missing: key and server_key go together"));
   }
 }
 
@@ -431,6 +446,7 @@ TEST_CASE("config: site files", "[unit]") {
   TempDir dir;
   std::string path = dir.Write("s/site.yaml",
                                "site:\n  name: east\n  coordinator: \"tcp://10.1.1.1:5555\"\n  device: cuda:0\n"
+                               "  key: keys/east.key\n  server_key: /etc/lowband/coordinator.pub\n"
                                "data:\n  dir: text\n  files: [a.txt]\n");
   auto r = LoadSiteFile(path);
   INFO((r.ok() ? "" : r.status().message()));
@@ -439,6 +455,8 @@ TEST_CASE("config: site files", "[unit]") {
   CHECK(r->coordinator == "tcp://10.1.1.1:5555");
   CHECK(r->device == "cuda:0");
   CHECK(r->data.dir == (fs::path(dir.path()) / "s/text").string());
+  CHECK(r->key == (fs::path(dir.path()) / "s/keys/east.key").string());  // relative to the file
+  CHECK(r->server_key == "/etc/lowband/coordinator.pub");
   CHECK(r->data.validation_fraction == 0.1);
   CHECK(r->source == path);
 

@@ -33,12 +33,12 @@ constexpr size_t kTightLimit = 64;
 
 // ---- fuzz_update
 constexpr size_t kUpdatePrefixBytes = 8;
-constexpr uint8_t kUpdateBadChecksum = 1 << 0;  // checksum ^= perturb | 1
-constexpr uint8_t kUpdateBadLength = 1 << 1;    // byte_length += (int32) perturb
-constexpr uint8_t kUpdateBadElements = 1 << 2;  // num_elements += (int32) perturb
-constexpr uint8_t kUpdateBadDigest = 1 << 3;    // layout_digest ^= perturb | 1
-constexpr uint8_t kUpdateRawTopk = 1 << 4;      // header.topk = perturb
-constexpr uint8_t kUpdateMeanChoosers = 1 << 5; // AggregationRule::kMeanChoosers
+constexpr uint8_t kUpdateBadChecksum = 1 << 0;   // checksum ^= perturb | 1
+constexpr uint8_t kUpdateBadLength = 1 << 1;     // byte_length += (int32) perturb
+constexpr uint8_t kUpdateBadElements = 1 << 2;   // num_elements += (int32) perturb
+constexpr uint8_t kUpdateBadDigest = 1 << 3;     // layout_digest ^= perturb | 1
+constexpr uint8_t kUpdateRawTopk = 1 << 4;       // header.topk = perturb
+constexpr uint8_t kUpdateMeanChoosers = 1 << 5;  // AggregationRule::kMeanChoosers
 // bits 6..7: the second update aggregated with a parsed one
 constexpr int kUpdatePartnerShift = 6;
 enum class Partner { kNone = 0, kSelf = 1, kDense = 2, kSparse = 3 };

@@ -107,8 +107,9 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
   out.emplace_back("round_start", Wrap(RoundStart{5, 0x77ull, 30, 60000}));
   {
     Bytes bulk = MakeBulk(48, 2);
-    out.emplace_back("delta_upload",
-                     Wrap(DeltaUpload{9, 0x1111ull, 2.375, 123456, 33.25, BlobFor(bulk, CodecKind::kSparseLoCo)}, bulk));
+    out.emplace_back(
+        "delta_upload",
+        Wrap(DeltaUpload{9, 0x1111ull, 2.375, 123456, 33.25, BlobFor(bulk, CodecKind::kSparseLoCo)}, bulk));
   }
   {
     Bytes bulk = MakeBulk(40, 3);

@@ -61,7 +61,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   StatusOr<Message> msg = DecodeMessage(frames, limits);
   StatusOr<Message> moved = DecodeMessage(Frames(frames), limits);
-  if (Verbose()) std::fprintf(stderr, "fuzz_message: %s\n", msg.ok() ? BodyName(msg->body) : msg.status().ToString().c_str());
+  if (Verbose())
+    std::fprintf(stderr, "fuzz_message: %s\n", msg.ok() ? BodyName(msg->body) : msg.status().ToString().c_str());
   if (msg.ok() != moved.ok()) Fail("const& and && overloads disagree", msg.ok() ? moved.status() : msg.status());
   if (!msg.ok()) return 0;
 

@@ -5,9 +5,10 @@
 // (length, checksum) unless a flag breaks one field, so the parsers' content
 // checks see mutated bulk bytes rather than stopping at the checksum.
 //
-// An accepted update then goes through what the coordinator does with one:
-// ApplyUpdate (and its size check), AggregateMean with a partner update,
-// Densify, PackAggregate; checked properties:
+// CheckBlob runs on every input too. An accepted update then goes through
+// what the coordinator does with one: ApplyUpdate (and its size check),
+// AggregateMean with a partner update, Densify, PackAggregate. Checked:
+//   * CheckBlob accepts what ParseUpdate accepts, for its codec only;
 //   * a parsed update passes ApplyUpdate;
 //   * PackAggregate of an aggregate with finite values parses again at the
 //     same plan, to the same values bit for bit.
@@ -67,6 +68,9 @@ Update SparseEnds(const LayoutPlan& plan) {
   return u;
 }
 
+// perturb as a signed 32-bit offset, added modulo 2^64.
+uint64_t SignExtend(uint32_t v) { return static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(v))); }
+
 bool AllFiniteUpdate(const Update& u) { return AllFinite(u.dense ? u.values : u.value); }
 
 bool BitEqual(const std::vector<float>& a, const std::vector<float>& b) {
@@ -87,10 +91,17 @@ void Exercise(const LayoutPlan& plan, const Update& u, uint8_t flags) {
   const Update sparse = SparseEnds(plan);
   std::vector<const Update*> inputs{&u};
   switch (static_cast<Partner>(flags >> kUpdatePartnerShift)) {
-    case Partner::kNone: break;
-    case Partner::kSelf: inputs.push_back(&u); break;
-    case Partner::kDense: inputs.push_back(&dense); break;
-    case Partner::kSparse: inputs.insert(inputs.begin(), &sparse); break;
+    case Partner::kNone:
+      break;
+    case Partner::kSelf:
+      inputs.push_back(&u);
+      break;
+    case Partner::kDense:
+      inputs.push_back(&dense);
+      break;
+    case Partner::kSparse:
+      inputs.insert(inputs.begin(), &sparse);
+      break;
   }
   const Update agg = AggregateMean(plan, inputs, rule);
   const std::vector<float> agg_dense = Densify(plan, agg);
@@ -130,17 +141,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   header.checksum = Fnv1a64(bulk.data(), bulk.size());
   header.topk = codec == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0;
   if (flags & kUpdateBadChecksum) header.checksum ^= perturb | 1;
-  if (flags & kUpdateBadLength) header.byte_length += static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(perturb)));
-  if (flags & kUpdateBadElements) header.num_elements += static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(perturb)));
+  if (flags & kUpdateBadLength) header.byte_length += SignExtend(perturb);
+  if (flags & kUpdateBadElements) header.num_elements += SignExtend(perturb);
   if (flags & kUpdateBadDigest) header.layout_digest ^= perturb | 1;
   if (flags & kUpdateRawTopk) header.topk = perturb;
 
+  // CheckBlob is the cheaper check a receiver may run first; it must accept
+  // whatever ParseUpdate accepts, and only for the payload's own codec.
+  const Status blob = CheckBlob(layout, codec, header, bulk);
+  const auto other = static_cast<CodecKind>((static_cast<int>(codec) + 1) % 5);
+  if (CheckBlob(layout, other, header, bulk).ok()) Fail("CheckBlob accepted a payload of another codec", Status::Ok());
   StatusOr<Update> u = ParseUpdate(layout, plan, header, bulk);
   if (Verbose()) {
     std::fprintf(stderr, "fuzz_update: %s topk %d: %s\n", CodecName(codec), plan.topk,
                  u.ok() ? (u->dense ? "dense update" : "sparse update") : u.status().ToString().c_str());
   }
   if (!u.ok()) return 0;
+  if (!blob.ok()) Fail("CheckBlob rejected a payload ParseUpdate accepted", blob);
   Exercise(plan, *u, flags);
   return 0;
 }
