@@ -370,6 +370,9 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
   for (const auto& [reason, n] : core.rejected_by_reason()) {
     t.Add("lowband_rejected_messages_total", "counter", "", static_cast<double>(n), {{"reason", reason}});
   }
+  t.Add("lowband_dropped_messages_total", "counter",
+        "Inbound messages dropped by the transport (too many frames, or larger than max_message_bytes).",
+        static_cast<double>(workers ? workers->dropped_messages() : 0));
   if (zap) {
     t.Add("lowband_auth_refused_total", "counter", "CurveZMQ handshakes refused by the ZAP handler (unknown keys).",
           static_cast<double>(zap->refused()));
