@@ -11,7 +11,7 @@ class InprocTransport : public Transport {
     auto it = net_->queues_.find(peer);
     if (it == net_->queues_.end()) return Unavailable("no inproc endpoint named '" + peer + "'");
     if (net_->partitioned_[peer]) return Status::Ok();  // silently lost, like a cut link
-    it->second.push_back(Inbound{name_, std::move(frames)});
+    it->second.push_back(Inbound{name_, std::move(frames), ""});
     return Status::Ok();
   }
 
