@@ -41,6 +41,15 @@ const char* OuterOptimizerName(OuterOptimizerKind kind) {
   return "unknown";
 }
 
+const char* WireDtypeName(WireDtype d) {
+  switch (d) {
+    case WireDtype::kFp32: return "fp32";
+    case WireDtype::kBf16: return "bf16";
+    case WireDtype::kFp16: return "fp16";
+  }
+  return "unknown";
+}
+
 const char* CodecName(CodecKind kind) {
   switch (kind) {
     case CodecKind::kDenseFp32: return "dense_fp32";
@@ -922,6 +931,40 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 
   c->Required("output.run_dir", cfg.output.run_dir);
   c->IntRange("checkpoint.every", cfg.checkpoint.every, 1, kIntMax);
+  const PipelineConfig& pc = cfg.pipeline;
+  c->IntRange("pipeline.stages", pc.stages, 1, 64);
+  c->IntRange("pipeline.replicas", pc.replicas, 1, 64);
+  c->IntRange("pipeline.ratio", pc.ratio, 1, 65536);
+  c->IntRange("pipeline.micro_batches", pc.micro_batches, 1, 4096);
+  if (pc.stages > cfg.model.layers && !c->Bad("pipeline.stages")) {
+    c->Error("pipeline.stages", std::to_string(pc.stages) + " stages for " + std::to_string(cfg.model.layers) +
+                                    " transformer blocks", "at most model.layers");
+  }
+  if (pc.ratio >= 1 && cfg.model.d_model >= 1 && cfg.model.d_model % pc.ratio != 0 && !c->Bad("pipeline.ratio")) {
+    c->Error("pipeline.ratio", std::to_string(pc.ratio) + " does not divide d_model " +
+                                   std::to_string(cfg.model.d_model),
+             "a divisor of model.d_model (b = d_model / ratio numbers per token cross a boundary)");
+  }
+  if (pc.micro_batches >= 1 && cfg.training.batch_size % pc.micro_batches != 0 && !c->Bad("pipeline.micro_batches")) {
+    c->Error("pipeline.micro_batches", std::to_string(pc.micro_batches) + " does not divide training.batch_size " +
+                                           std::to_string(cfg.training.batch_size),
+             "a divisor of training.batch_size");
+  }
+  if (!pc.split.empty() && !c->Bad("pipeline.split")) {
+    long total = 0;
+    for (int v : pc.split) total += v;
+    if (static_cast<int>(pc.split.size()) != pc.stages || total != cfg.model.layers) {
+      c->Error("pipeline.split", std::to_string(pc.split.size()) + " entries summing to " + std::to_string(total),
+               std::to_string(pc.stages) + " entries (one per stage) summing to model.layers = " +
+                   std::to_string(cfg.model.layers));
+    }
+  }
+  if (pc.stages > 1 && cfg.quorum.expected_workers != pc.stages * pc.replicas && !c->Bad("quorum.expected_workers")) {
+    c->Error("quorum.expected_workers",
+             std::to_string(cfg.quorum.expected_workers) + ", but the pipeline has " + std::to_string(pc.stages) +
+                 " stages x " + std::to_string(pc.replicas) + " replicas",
+             std::to_string(pc.stages * pc.replicas) + " (pipeline.stages x pipeline.replicas)");
+  }
   c->IntRange("checkpoint.keep", cfg.checkpoint.keep, 1, 1000);
 
   std::map<std::string, size_t> first_by_name;
@@ -961,7 +1004,9 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 }
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
-                                            "quorum",   "network", "output",  "checkpoint", "sites"};
+                                            "quorum",   "network", "output",  "checkpoint", "pipeline", "sites"};
+const std::vector<std::string> kPipelineKeys = {"stages", "replicas", "ratio", "wire_dtype", "split", "micro_batches"};
+const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
@@ -1269,6 +1314,39 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
     if (p.Map(f->value, "output", kOutputKeys, &m)) {
       p.String(m, "run_dir", &cfg->output.run_dir);
       p.String(m, "metrics_file", &cfg->output.metrics_file);
+    }
+  }
+
+  if (const auto* f = top.Find("pipeline")) {
+    MapFields m;
+    if (p.Map(f->value, "pipeline", kPipelineKeys, &m)) {
+      PipelineConfig& pc = cfg->pipeline;
+      p.Int(m, "stages", &pc.stages);
+      p.Int(m, "replicas", &pc.replicas);
+      p.Int(m, "ratio", &pc.ratio);
+      int dtype = 0;
+      if (p.Enum(m, "wire_dtype", kWireDtypeNames, &dtype)) pc.wire_dtype = static_cast<WireDtype>(dtype);
+      p.Int(m, "micro_batches", &pc.micro_batches);
+      if (const auto* sp = m.Find("split")) {
+        const std::string path = "pipeline.split";
+        if (!sp->value.IsSequence()) {
+          p.TypeError(path, sp->value, "a list of block counts, one per stage");
+          p.MarkBad(path);
+        } else {
+          for (size_t i = 0; i < sp->value.size(); ++i) {
+            const YAML::Node item = sp->value[i];
+            const std::string item_path = path + "[" + std::to_string(i) + "]";
+            p.Record(item_path, item);
+            int64_t v = 0;
+            if (!item.IsScalar() || !ParseInt64(item.Scalar(), &v) || v < 0 || v > 100000) {
+              p.TypeError(item_path, item, "a block count >= 0");
+              p.MarkBad(path);
+            } else {
+              pc.split.push_back(static_cast<int>(v));
+            }
+          }
+        }
+      }
     }
   }
 

@@ -85,6 +85,19 @@ struct QuorumConfig {
   double max_norm_ratio = 10;
 };
 
+// Pipeline stages across sites with ResBM bottlenecks (docs/configuration.md
+// `pipeline:`). stages = 1: no pipeline, every worker holds the whole model.
+enum class WireDtype { kFp32, kBf16, kFp16 };
+const char* WireDtypeName(WireDtype d);
+struct PipelineConfig {
+  int stages = 1;
+  int replicas = 1;        // workers per stage, kept in sync through the update codec
+  int ratio = 128;         // ResBM: b = d_model / ratio numbers per token cross a boundary; 1 = no bottleneck
+  WireDtype wire_dtype = WireDtype::kBf16;
+  std::vector<int> split;  // transformer blocks per stage; empty = as even as possible
+  int micro_batches = 4;   // per step; training.batch_size must divide evenly
+};
+
 struct NetworkConfig {
   std::string bind = "tcp://127.0.0.1:5555";     // worker ROUTER endpoint
   std::string control = "tcp://127.0.0.1:5556";  // CLI endpoint
@@ -140,6 +153,7 @@ struct CampaignConfig {
   TrainingConfig training;
   OuterOptimizerConfig outer;
   CodecConfig codec;
+  PipelineConfig pipeline;
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;

@@ -911,3 +911,36 @@ TEST_CASE("config: checkpoint and metrics settings are read and checked", "[unit
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+TEST_CASE("config: pipeline settings are read and checked against the model", "[unit]") {
+  auto ok = ParseCampaignYaml(
+      "campaign: {name: c}\nmodel: {layers: 4, d_model: 128}\ntraining: {batch_size: 16}\n"
+      "pipeline: {stages: 2, replicas: 2, ratio: 128, wire_dtype: fp16, split: [1, 3], micro_batches: 4}\n"
+      "quorum: {expected_workers: 4}\n",
+      "c.yaml");
+  INFO((ok.ok() ? "" : ok.status().message()));
+  REQUIRE(ok.ok());
+  CHECK(ok->pipeline.stages == 2);
+  CHECK(ok->pipeline.replicas == 2);
+  CHECK(ok->pipeline.ratio == 128);
+  CHECK(ok->pipeline.wire_dtype == WireDtype::kFp16);
+  CHECK(ok->pipeline.split == std::vector<int>{1, 3});
+  CHECK(ok->pipeline.micro_batches == 4);
+  const std::string err = CampaignError(
+      "campaign: {name: c}\nmodel: {layers: 4, d_model: 128}\ntraining: {batch_size: 16}\n"
+      "pipeline: {stages: 2, ratio: 3, wire_dtype: int4, split: [1, 1], micro_batches: 5}\n"
+      "quorum: {expected_workers: 3}\n");
+  CHECK_THAT(err, Contains("pipeline.ratio: 3 does not divide d_model 128"));
+  CHECK_THAT(err, Contains("pipeline.wire_dtype: unknown value 'int4' (allowed: fp32, bf16, fp16)"));
+  CHECK_THAT(err, Contains("pipeline.split: 2 entries summing to 2"));
+  CHECK_THAT(err, Contains("pipeline.micro_batches: 5 does not divide training.batch_size 16"));
+  CHECK_THAT(err, Contains("quorum.expected_workers: 3, but the pipeline has 2 stages x 1 replicas"));
+  CHECK_THAT(CampaignError("campaign: {name: c}\nmodel: {layers: 2}\npipeline: {stages: 3}\nquorum: {expected_workers: 3}\n"),
+             Contains("pipeline.stages: 3 stages for 2 transformer blocks"));
+}
+
+}  // namespace
+}  // namespace lowband
