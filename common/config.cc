@@ -940,12 +940,16 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
     c->Error("pipeline.stages", std::to_string(pc.stages) + " stages for " + std::to_string(cfg.model.layers) +
                                     " transformer blocks", "at most model.layers");
   }
-  if (pc.ratio >= 1 && cfg.model.d_model >= 1 && cfg.model.d_model % pc.ratio != 0 && !c->Bad("pipeline.ratio")) {
+  // ratio and micro_batches only matter with stage boundaries.
+  const bool piped = pc.stages > 1;
+  if (piped && pc.ratio >= 1 && cfg.model.d_model >= 1 && cfg.model.d_model % pc.ratio != 0 &&
+      !c->Bad("pipeline.ratio")) {
     c->Error("pipeline.ratio", std::to_string(pc.ratio) + " does not divide d_model " +
                                    std::to_string(cfg.model.d_model),
              "a divisor of model.d_model (b = d_model / ratio numbers per token cross a boundary)");
   }
-  if (pc.micro_batches >= 1 && cfg.training.batch_size % pc.micro_batches != 0 && !c->Bad("pipeline.micro_batches")) {
+  if (piped && pc.micro_batches >= 1 && cfg.training.batch_size % pc.micro_batches != 0 &&
+      !c->Bad("pipeline.micro_batches")) {
     c->Error("pipeline.micro_batches", std::to_string(pc.micro_batches) + " does not divide training.batch_size " +
                                            std::to_string(cfg.training.batch_size),
              "a divisor of training.batch_size");
