@@ -936,7 +936,7 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->IntRange("pipeline.replicas", pc.replicas, 1, 64);
   c->IntRange("pipeline.ratio", pc.ratio, 1, 65536);
   c->IntRange("pipeline.micro_batches", pc.micro_batches, 1, 4096);
-  if (pc.stages > cfg.model.layers && !c->Bad("pipeline.stages")) {
+  if (pc.stages > 1 && cfg.model.layers >= 1 && pc.stages > cfg.model.layers && !c->Bad("pipeline.stages")) {
     c->Error("pipeline.stages", std::to_string(pc.stages) + " stages for " + std::to_string(cfg.model.layers) +
                                     " transformer blocks", "at most model.layers");
   }
