@@ -154,6 +154,119 @@ torch::Tensor GptImpl::Loss(const torch::Tensor& tokens, const torch::Tensor& ta
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 
+namespace {
+
+// GPT-2 init of a module tree: N(0, 0.02) weights, zero biases, unit
+// LayerNorm gains (names containing "ln_").
+void InitGpt2(torch::nn::Module& m) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : m.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    if (name.find("ln_") != std::string::npos) {
+      if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) {
+        p.fill_(1.0);
+      } else {
+        p.zero_();
+      }
+    } else if (p.dim() == 1) {
+      p.zero_();
+    } else {
+      p.normal_(0.0, 0.02);
+    }
+  }
+}
+
+// ResBM MLP hidden width: small next to the blocks' 4 * d_model.
+int64_t BoundaryHidden(int64_t d_model, int64_t b) { return std::max<int64_t>(b, d_model / 4); }
+
+}  // namespace
+
+GptStageImpl::GptStageImpl(const ModelConfig& config, const StageSpec& spec)
+    : config_(config), spec_(spec), b_(config.d_model / std::max(spec.ratio, 1)) {
+  TORCH_CHECK(spec.stages >= 1 && spec.stage >= 0 && spec.stage < spec.stages, "bad stage index");
+  TORCH_CHECK(spec.ratio >= 1 && config.d_model % spec.ratio == 0, "ratio must divide d_model");
+  TORCH_CHECK(config.d_model % config.heads == 0, "d_model must be divisible by heads");
+  const int64_t d = config.d_model, h = BoundaryHidden(d, b_);
+  const bool bottleneck = spec.ratio > 1;
+  if (first()) {
+    tok_emb_ = register_module("tok_emb", torch::nn::Embedding(config.vocab, config.d_model));
+    pos_emb_ = register_module("pos_emb", torch::nn::Embedding(config.context, config.d_model));
+  } else if (bottleneck) {
+    dec_fc1_ = register_module("dec_fc1", torch::nn::Linear(b_, h));
+    dec_fc2_ = register_module("dec_fc2", torch::nn::Linear(h, d));
+  }
+  blocks_ = register_module("blocks", torch::nn::ModuleList());
+  for (int i = 0; i < spec.blocks; ++i) blocks_->push_back(Block(config.d_model, config.heads, config.context));
+  if (!last() && bottleneck) {
+    enc_fc1_ = register_module("enc_fc1", torch::nn::Linear(d, h));
+    enc_fc2_ = register_module("enc_fc2", torch::nn::Linear(h, b_));
+  }
+  if (last()) {
+    ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+    head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(d, config.vocab).bias(false)));
+  }
+  InitGpt2(*this);
+  torch::NoGradGuard no_grad;
+  // Residual projections scaled by 1/sqrt(2 * layers of the whole model), as
+  // in the unsplit model; boundary output layers near zero (rank-b identity).
+  const double residual_std = 0.02 / std::sqrt(2.0 * config.layers);
+  for (size_t i = 0; i < blocks_->size(); ++i) {
+    auto block = blocks_->ptr<BlockImpl>(i);
+    block->attn_proj_weight().normal_(0.0, residual_std);
+    block->mlp_proj_weight().normal_(0.0, residual_std);
+  }
+  if (dec_fc2_) dec_fc2_->weight.normal_(0.0, 1e-3);
+  if (enc_fc2_) enc_fc2_->weight.normal_(0.0, 1e-3);
+}
+
+torch::Tensor GptStageImpl::Encode(const torch::Tensor& x) {
+  if (!enc_fc1_) return x;
+  using torch::indexing::Slice;
+  return enc_fc2_->forward(torch::gelu(enc_fc1_->forward(x))) + x.index({"...", Slice(0, b_)});
+}
+
+torch::Tensor GptStageImpl::Decode(const torch::Tensor& z) {
+  if (!dec_fc1_) return z;
+  return dec_fc2_->forward(torch::gelu(dec_fc1_->forward(z))) +
+         torch::nn::functional::pad(z, torch::nn::functional::PadFuncOptions({0, config_.d_model - b_}));
+}
+
+torch::Tensor GptStageImpl::forward(const torch::Tensor& input) {
+  torch::Tensor x;
+  if (first()) {
+    TORCH_CHECK(input.dim() == 2, "stage 0 takes tokens [B, T]");
+    const int64_t t = input.size(1);
+    TORCH_CHECK(t >= 1 && t <= config_.context, "sequence length ", t, " exceeds context ", config_.context);
+    auto pos = torch::arange(t, torch::TensorOptions().dtype(torch::kInt64).device(input.device()));
+    x = tok_emb_->forward(input) + pos_emb_->forward(pos).unsqueeze(0);
+  } else {
+    const int64_t width = spec_.ratio > 1 ? b_ : config_.d_model;
+    TORCH_CHECK(input.dim() == 3 && input.size(2) == width, "stage ", spec_.stage, " takes [B, T, ", width,
+                "] from the previous stage");
+    x = Decode(input);
+  }
+  for (size_t i = 0; i < blocks_->size(); ++i) x = blocks_->ptr<BlockImpl>(i)->forward(x);
+  if (last()) return head_->forward(ln_f_->forward(x));
+  return Encode(x);
+}
+
+GptStage MakeGptStage(const ModelConfig& config, const StageSpec& spec, uint64_t seed) {
+  torch::manual_seed(seed * 1000003ull + static_cast<uint64_t>(spec.stage));
+  return GptStage(config, spec);
+}
+
+torch::Tensor ToWire(const torch::Tensor& z, WireDtype dtype) {
+  switch (dtype) {
+    case WireDtype::kFp32: return z.to(torch::kFloat32);
+    case WireDtype::kBf16: return z.to(torch::kBFloat16);
+    case WireDtype::kFp16: return z.to(torch::kFloat16);
+  }
+  return z;
+}
+
+torch::Tensor FromWire(const torch::Tensor& z) { return z.to(torch::kFloat32); }
+
 Gpt MakeGpt(const ModelConfig& config, uint64_t seed) {
   torch::manual_seed(seed);
   return Gpt(config);
