@@ -28,6 +28,20 @@ std::vector<const T*> Bodies(const CoreOutput& out, const std::string& peer) {
   return v;
 }
 
+// A dense fp32 DeltaUpload message of `delta` for `round`, trained from `base`.
+Message DenseUpload(uint32_t round, uint64_t base, const std::vector<float>& delta) {
+  DeltaUpload up;
+  up.round = round;
+  up.base_digest = base;
+  up.train_loss = 1.0;
+  up.tokens = 10;
+  auto enc = PackDenseFp32(TinyParams().layout, delta);
+  up.blob = enc->header;
+  Message m = Wrap(up);
+  m.bulk = enc->bulk;
+  return m;
+}
+
 // Brings a cluster to the point where round 1 collects uploads.
 void StartRounds(Cluster& c) {
   REQUIRE(c.RunUntil([&] { return c.coordinator().phase() == CoordinatorCore::Phase::kTraining; }));
@@ -135,17 +149,7 @@ TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothi
   const uint64_t digest0 = core.digest();
 
   auto upload = [&](uint32_t round, uint64_t base) {
-    DeltaUpload up;
-    up.round = round;
-    up.base_digest = base;
-    up.train_loss = 1.0;
-    up.tokens = 10;
-    std::vector<float> zeros(TinyParams().values.size(), 0.0f);
-    auto enc = PackDenseFp32(TinyParams().layout, zeros);
-    up.blob = enc->header;
-    Message m = Wrap(up);
-    m.bulk = enc->bulk;
-    return m;
+    return DenseUpload(round, base, std::vector<float>(TinyParams().values.size(), 0.0f));
   };
 
   CoreOutput out;
@@ -477,18 +481,9 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   CoordinatorCore& core = c.coordinator();
   const uint64_t digest0 = core.digest();
   auto upload = [&](float scale) {
-    DeltaUpload up;
-    up.round = 1;
-    up.base_digest = digest0;
-    up.train_loss = 1.0;
-    up.tokens = 10;
     std::vector<float> delta(TinyParams().values.size());
     for (size_t i = 0; i < delta.size(); ++i) delta[i] = scale * (0.01f + 0.001f * static_cast<float>(i % 5));
-    auto enc = PackDenseFp32(TinyParams().layout, delta);
-    up.blob = enc->header;
-    Message m = Wrap(up);
-    m.bulk = enc->bulk;
-    return m;
+    return DenseUpload(1, digest0, delta);
   };
   CoreOutput out;
   core.HandleMessage("site-a", upload(1.0f), c.now(), &out);
