@@ -115,6 +115,22 @@ struct Error {
   uint32_t round = 0;
 };
 
+// A pipeline boundary tensor (forward z or backward dL/dz) between stages;
+// bulk: batch * tokens * width values of `dtype`, little-endian. Checked
+// against what the receiver expects with CheckActivation (common/pipeline_wire.h).
+struct Activation {
+  uint32_t round = 0;
+  uint32_t step = 0;
+  uint32_t micro_batch = 0;
+  uint32_t stage = 0;  // sender's stage
+  bool backward = false;
+  uint32_t batch = 0;
+  uint32_t tokens = 0;
+  uint32_t width = 0;
+  WireDtype dtype = WireDtype::kBf16;
+  BlobHeader blob;
+};
+
 struct ControlRequest {
   std::string command;
   std::vector<std::string> args;
@@ -127,7 +143,7 @@ struct ControlResponse {
 };
 
 using Body = std::variant<Hello, Welcome, ModelSync, Heartbeat, CampaignEnd, RoundStart, DeltaUpload,
-                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse>;
+                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation>;
 
 // Short lower-case name of the body kind ("hello", "delta_upload", ...),
 // used in logs and in the bandwidth ledger.

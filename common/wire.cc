@@ -44,6 +44,7 @@ const char* BodyName(const Body& body) {
     const char* operator()(const DeltaUpload&) const { return "delta_upload"; }
     const char* operator()(const Aggregate&) const { return "aggregate"; }
     const char* operator()(const EvalReport&) const { return "eval_report"; }
+    const char* operator()(const Activation&) const { return "activation"; }
     const char* operator()(const Error&) const { return "error"; }
     const char* operator()(const ControlRequest&) const { return "control_request"; }
     const char* operator()(const ControlResponse&) const { return "control_response"; }
@@ -153,6 +154,14 @@ class BodyEncoder {
             wire::CreateAggregate(fbb_, m.round, m.digest, m.contributors, blob).Union()};
   }
 
+  EncodedBody operator()(const Activation& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::Activation,
+            wire::CreateActivation(fbb_, m.round, m.step, m.micro_batch, m.stage, m.backward, m.batch, m.tokens,
+                                   m.width, static_cast<wire::WireDtype>(m.dtype), blob)
+                .Union()};
+  }
+
   EncodedBody operator()(const EvalReport& m) {
     return {wire::Body::EvalReport,
             wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest).Union()};
@@ -186,13 +195,14 @@ class BodyEncoder {
 
 bool CarriesBlob(const Body& body) {
   return std::holds_alternative<ModelSync>(body) || std::holds_alternative<DeltaUpload>(body) ||
-         std::holds_alternative<Aggregate>(body);
+         std::holds_alternative<Aggregate>(body) || std::holds_alternative<Activation>(body);
 }
 
 const BlobHeader* BlobOf(const Body& body) {
   if (const auto* m = std::get_if<ModelSync>(&body)) return &m->blob;
   if (const auto* m = std::get_if<DeltaUpload>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Aggregate>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<Activation>(&body)) return &m->blob;
   return nullptr;
 }
 
@@ -371,6 +381,24 @@ Status DecodeRoundStart(const wire::RoundStart& t, RoundStart* m) {
   return Status::Ok();
 }
 
+Status DecodeActivation(const wire::Activation& t, Activation* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "Activation.blob", &m->blob));
+  const auto dtype = static_cast<unsigned>(t.dtype());
+  if (dtype > static_cast<unsigned>(WireDtype::kFp16)) {
+    return InvalidArgument("Activation.dtype has unknown value " + std::to_string(dtype));
+  }
+  m->round = t.round();
+  m->step = t.step();
+  m->micro_batch = t.micro_batch();
+  m->stage = t.stage();
+  m->backward = t.backward();
+  m->batch = t.batch();
+  m->tokens = t.tokens();
+  m->width = t.width();
+  m->dtype = static_cast<WireDtype>(dtype);
+  return Status::Ok();
+}
+
 Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   LOWBAND_RETURN_IF_ERROR(RequireFinite(t.train_loss(), "DeltaUpload.train_loss"));
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "DeltaUpload.step_time_ms"));
@@ -468,6 +496,8 @@ Status DecodeBody(const wire::Envelope& env, Body* out) {
       return DecodeAs(env.body_as_ControlRequest(), "ControlRequest", &DecodeControlRequest, out);
     case wire::Body::ControlResponse:
       return DecodeAs(env.body_as_ControlResponse(), "ControlResponse", &DecodeControlResponse, out);
+    case wire::Body::Activation:
+      return DecodeAs(env.body_as_Activation(), "Activation", &DecodeActivation, out);
   }
   return InvalidArgument("Envelope.body_type has unknown value " +
                          std::to_string(static_cast<unsigned>(type)));

@@ -1,6 +1,7 @@
 // Wire format: round trips of every body kind, and hostile input. Decode must
 // reject (never crash on) random bytes, truncations, flipped bytes, bad
 // versions/identifiers, size and frame-count violations and blob mismatches.
+#include "common/pipeline_wire.h"
 #include "common/wire.h"
 
 #include <cmath>
@@ -121,10 +122,32 @@ Message SampleError() { return Wrap(Error{ErrorCode::kWrongRound, "round 3 is st
 Message SampleControlRequest() { return Wrap(ControlRequest{"workers", {"--json", "", "x y"}}); }
 Message SampleControlResponse() { return Wrap(ControlResponse{true, "2 workers", "{\"workers\":2}"}); }
 
+// A bf16 boundary tensor [2, 3, 4] for stage 1's micro-batch 2.
+Message SampleActivation() {
+  Activation a;
+  a.round = 7;
+  a.step = 3;
+  a.micro_batch = 2;
+  a.stage = 1;
+  a.backward = true;
+  a.batch = 2;
+  a.tokens = 3;
+  a.width = 4;
+  a.dtype = WireDtype::kBf16;
+  Bytes bulk(2 * 3 * 4 * 2);
+  for (size_t i = 0; i < bulk.size(); i += 2) bulk[i + 1] = 0x3f;  // bf16 values near 0.5..1
+  a.blob = BlobFor(bulk);
+  a.blob.num_elements = 24;
+  Message m = Wrap(a);
+  m.bulk = bulk;
+  return m;
+}
+
 std::vector<Message> AllSamples() {
   return {SampleHello(),     SampleWelcome(),    SampleModelSync(),  SampleHeartbeat(),
           SampleCampaignEnd(), SampleRoundStart(), SampleDeltaUpload(), SampleAggregate(),
-          SampleEvalReport(), SampleError(),      SampleControlRequest(), SampleControlResponse()};
+          SampleEvalReport(), SampleError(),      SampleControlRequest(), SampleControlResponse(),
+          SampleActivation()};
 }
 
 // ---------------------------------------------------------------- equality
@@ -185,6 +208,12 @@ bool Same(const ControlRequest& a, const ControlRequest& b) {
 }
 bool Same(const ControlResponse& a, const ControlResponse& b) {
   return std::tie(a.ok, a.message, a.json) == std::tie(b.ok, b.message, b.json);
+}
+
+bool Same(const Activation& a, const Activation& b) {
+  return std::tie(a.round, a.step, a.micro_batch, a.stage, a.backward, a.batch, a.tokens, a.width, a.dtype) ==
+             std::tie(b.round, b.step, b.micro_batch, b.stage, b.backward, b.batch, b.tokens, b.width, b.dtype) &&
+         Tie(a.blob) == Tie(b.blob);
 }
 
 bool SameMessage(const Message& a, const Message& b) {
@@ -267,7 +296,8 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
     Frames frames = EncodeMessage(original);
     const bool blob = std::holds_alternative<ModelSync>(original.body) ||
                       std::holds_alternative<DeltaUpload>(original.body) ||
-                      std::holds_alternative<Aggregate>(original.body);
+                      std::holds_alternative<Aggregate>(original.body) ||
+                      std::holds_alternative<Activation>(original.body);
     REQUIRE(frames.size() == (blob ? 2u : 1u));
     if (blob) CHECK(frames[1] == original.bulk);
 
@@ -309,7 +339,7 @@ TEST_CASE("wire: BodyName names every kind", "[unit]") {
   for (const Message& m : AllSamples()) names.push_back(BodyName(m.body));
   CHECK(names == std::vector<std::string>{"hello", "welcome", "model_sync", "heartbeat", "campaign_end",
                                           "round_start", "delta_upload", "aggregate", "eval_report", "error",
-                                          "control_request", "control_response"});
+                                          "control_request", "control_response", "activation"});
 }
 
 TEST_CASE("wire: random bytes are rejected without crashing", "[unit]") {
@@ -594,6 +624,58 @@ TEST_CASE("wire: strings keep embedded zero bytes and non-ASCII", "[unit]") {
   auto decoded = DecodeMessage(EncodeMessage(m), WireLimits{});
   REQUIRE(decoded.ok());
   CHECK(std::get<ControlRequest>(decoded->body).args == std::get<ControlRequest>(m.body).args);
+}
+
+TEST_CASE("wire: an activation is checked against what its receiver expects", "[unit]") {
+  Message m = SampleActivation();
+  auto decoded = DecodeMessage(EncodeMessage(m), WireLimits{});
+  REQUIRE(decoded.ok());
+  const auto& a = std::get<Activation>(decoded->body);
+  ActivationExpect want{7, 3, 4, 1, true, 2, 3, 4, WireDtype::kBf16};
+  CHECK(CheckActivation(a, decoded->bulk, want).ok());
+  auto refused = [&](ActivationExpect w, const std::string& needle) {
+    Status st = CheckActivation(a, decoded->bulk, w);
+    INFO(st.ToString());
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK(Contains(st, needle));
+  };
+  auto w = want;
+  w.round = 8;
+  refused(w, "round is 7, expected 8");
+  w = want;
+  w.step = 0;
+  refused(w, "step is 3");
+  w = want;
+  w.micro_batches = 2;
+  refused(w, "micro_batch 2 is not below 2");
+  w = want;
+  w.from_stage = 0;
+  refused(w, "stage is 1");
+  w = want;
+  w.backward = false;
+  refused(w, "goes backward, expected forward");
+  w = want;
+  w.width = 8;
+  refused(w, "width is 4, expected 8");
+  w = want;
+  w.tokens = 4;
+  refused(w, "tokens is 3");
+  w = want;
+  w.dtype = WireDtype::kFp32;
+  refused(w, "dtype is bf16, expected fp32");
+  // The payload: wrong length, and a NaN among the values.
+  Bytes short_bulk(decoded->bulk.begin(), decoded->bulk.end() - 2);
+  CHECK(Contains(CheckActivation(a, short_bulk, want), "payload bytes is 46, expected 48"));
+  Bytes nan = decoded->bulk;
+  nan[10] = 0xc1;  // bf16 0x7fc1: NaN (value 5)
+  nan[11] = 0x7f;
+  CHECK(Contains(CheckActivation(a, nan, want), "value 5 is not finite"));
+  // An unknown dtype does not decode at all.
+  Activation bad = a;
+  bad.dtype = static_cast<WireDtype>(7);
+  Message mb = Wrap(bad);
+  mb.bulk = decoded->bulk;
+  CHECK(Contains(DecodeMessage(EncodeMessage(mb), WireLimits{}).status(), "Activation.dtype has unknown value 7"));
 }
 
 }  // namespace

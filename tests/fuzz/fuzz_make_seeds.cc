@@ -120,6 +120,12 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
   out.emplace_back("error", Wrap(Error{ErrorCode::kWrongRound, "round 3 is stale", 3}));
   out.emplace_back("control_request", Wrap(ControlRequest{"workers", {"--json", "", "x y"}}));
   out.emplace_back("control_response", Wrap(ControlResponse{true, "2 workers", "{\"workers\":2}"}));
+  {
+    Bytes bulk = MakeBulk(2 * 4 * 8 * 2, 4);  // bf16 [2, 4, 8]
+    BlobHeader blob = BlobFor(bulk, CodecKind::kDenseFp32);
+    blob.num_elements = 2 * 4 * 8;
+    out.emplace_back("activation", Wrap(Activation{3, 1, 0, 0, false, 2, 4, 8, WireDtype::kBf16, blob}, bulk));
+  }
   return out;
 }
 

@@ -1,0 +1,34 @@
+// Pipeline boundary messages (ResBM, issue 6): what a stage expects from its
+// neighbour for one micro-batch, and the check every inbound Activation
+// passes before its bytes become a tensor. Torch-free; any thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/messages.h"
+#include "common/status.h"
+
+namespace lowband {
+
+size_t WireDtypeBytes(WireDtype dtype);
+
+struct ActivationExpect {
+  uint32_t round = 0;
+  uint32_t step = 0;
+  uint32_t micro_batches = 1;  // valid micro-batch ids: 0 .. micro_batches-1
+  uint32_t from_stage = 0;
+  bool backward = false;
+  uint32_t batch = 0;   // micro-batch size
+  uint32_t tokens = 0;  // sequence length
+  uint32_t width = 0;   // b = d_model / ratio (d_model with ratio 1)
+  WireDtype dtype = WireDtype::kBf16;
+};
+
+// InvalidArgument naming the first field that differs from `want` (round,
+// step, micro-batch id, stage, direction, shape, dtype, byte length), or a
+// non-finite value in `bulk`. Nothing is allocated from the message's own
+// numbers before they are checked.
+Status CheckActivation(const Activation& a, const Bytes& bulk, const ActivationExpect& want);
+
+}  // namespace lowband
