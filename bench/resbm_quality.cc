@@ -8,7 +8,7 @@
 // 1's. Boundaries are exchanged as they would cross a link (detached,
 // converted to the wire dtype and back), GPipe fill-drain over micro-batches.
 //
-//   build/bin/resbm_quality [--steps 300] [--ratios 1,16,128] [--stages 2] [--wire bf16]
+//   build/bin/resbm_quality [--steps 300] [--ratios 1,16,128] [--stages 2] [--wire bf16] [--d-model 128]
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -144,6 +144,9 @@ int main(int argc, char** argv) {
   app.add_option("--micro-batches", micro, "micro-batches per step (must divide --batch)")->check(CLI::Range(1, 4096));
   app.add_option("--wire", wire_name, "boundary dtype: fp32, bf16, fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_option("--data", data_dir, "directory of text files");
+  int d_model = 128, layers = 4;
+  app.add_option("--d-model", d_model, "model width (the quickstart's 128 by default)")->check(CLI::Range(8, 4096));
+  app.add_option("--layers", layers, "transformer blocks")->check(CLI::Range(2, 64));
   CLI11_PARSE(app, argc, argv);
   if (batch % micro != 0) {
     std::fprintf(stderr, "resbm_quality: --micro-batches %d does not divide --batch %d\n", micro, batch);
@@ -152,6 +155,13 @@ int main(int argc, char** argv) {
   const WireDtype wire = wire_name == "fp32" ? WireDtype::kFp32 : wire_name == "fp16" ? WireDtype::kFp16 : WireDtype::kBf16;
   torch::set_num_threads(1);
   lowband::ModelConfig model;  // the quickstart model: 4 layers, d_model 128, context 64, bytes
+  model.d_model = d_model;
+  model.layers = layers;
+  if (d_model % model.heads != 0 || layers < stages) {
+    std::fprintf(stderr, "resbm_quality: --d-model must be a multiple of %d heads and --layers >= --stages\n",
+                 model.heads);
+    return 64;
+  }
   lowband::DataConfig data;
   data.dir = data_dir;
   auto corpus = lowband::Corpus::Load(data);
