@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <functional>
 // Hand-built envelopes for cases the encoder cannot produce (no body, unknown
 // union or enum values, missing sub-tables). Only the raw builder is used,
 // not the generated headers, which stay private to common/wire.cc.
@@ -633,36 +634,23 @@ TEST_CASE("wire: an activation is checked against what its receiver expects", "[
   const auto& a = std::get<Activation>(decoded->body);
   ActivationExpect want{7, 3, 4, 1, true, 2, 3, 4, WireDtype::kBf16};
   CHECK(CheckActivation(a, decoded->bulk, want).ok());
-  auto refused = [&](ActivationExpect w, const std::string& needle) {
+  // One field of the expectation changed: refused, naming that field.
+  auto refused = [&](const std::function<void(ActivationExpect&)>& change, const std::string& needle) {
+    ActivationExpect w = want;
+    change(w);
     Status st = CheckActivation(a, decoded->bulk, w);
     INFO(st.ToString());
     CHECK(st.code() == StatusCode::kInvalidArgument);
     CHECK(Contains(st, needle));
   };
-  auto w = want;
-  w.round = 8;
-  refused(w, "round is 7, expected 8");
-  w = want;
-  w.step = 0;
-  refused(w, "step is 3");
-  w = want;
-  w.micro_batches = 2;
-  refused(w, "micro_batch 2 is not below 2");
-  w = want;
-  w.from_stage = 0;
-  refused(w, "stage is 1");
-  w = want;
-  w.backward = false;
-  refused(w, "goes backward, expected forward");
-  w = want;
-  w.width = 8;
-  refused(w, "width is 4, expected 8");
-  w = want;
-  w.tokens = 4;
-  refused(w, "tokens is 3");
-  w = want;
-  w.dtype = WireDtype::kFp32;
-  refused(w, "dtype is bf16, expected fp32");
+  refused([](ActivationExpect& w) { w.round = 8; }, "round is 7, expected 8");
+  refused([](ActivationExpect& w) { w.step = 0; }, "step is 3");
+  refused([](ActivationExpect& w) { w.micro_batches = 2; }, "micro_batch 2 is not below 2");
+  refused([](ActivationExpect& w) { w.from_stage = 0; }, "stage is 1");
+  refused([](ActivationExpect& w) { w.backward = false; }, "goes backward, expected forward");
+  refused([](ActivationExpect& w) { w.width = 8; }, "width is 4, expected 8");
+  refused([](ActivationExpect& w) { w.tokens = 4; }, "tokens is 3");
+  refused([](ActivationExpect& w) { w.dtype = WireDtype::kFp32; }, "dtype is bf16, expected fp32");
   // The payload: wrong length, and a NaN among the values.
   Bytes short_bulk(decoded->bulk.begin(), decoded->bulk.end() - 2);
   CHECK(Contains(CheckActivation(a, short_bulk, want), "payload bytes is 46, expected 48"));

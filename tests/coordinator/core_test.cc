@@ -472,7 +472,6 @@ TEST_CASE("control: an evicted site may rejoin by saying hello again", "[unit][c
   CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
 }
 
-
 TEST_CASE("an upload whose norm is far above its peers' is rejected and left out of the round", "[unit][coordinator]") {
   auto config = TinyCampaign(3, 3);
   config.quorum.max_norm_ratio = 10;
