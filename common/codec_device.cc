@@ -356,6 +356,10 @@ struct DeviceEncoder::Impl {
   torch::Tensor int8_out;  // [P rounded up to 4, then 4 * chunks] int8: q, then the scales' bytes
   int64_t int8_scale_offset = 0;
   torch::Tensor int8_scratch;  // [P] fp32, bucket order
+  // 127 as a one-element tensor on the device: dividing by a host scalar
+  // makes CUDA multiply by the reciprocal, an ulp away from the CPU's true
+  // division, and the scales must agree bit for bit across devices.
+  torch::Tensor int8_127;
   Int8Parts int8_parts;        // reused host buffers
   // dense_bf16
   torch::Tensor bf16_out;           // [P] bf16
@@ -567,6 +571,7 @@ Status DeviceEncoder::Impl::Build() {
     int8_out = torch::empty({int8_scale_offset + 4 * static_cast<int64_t>(plan.chunks.size())},
                             torch::TensorOptions().dtype(torch::kInt8).device(device));
     int8_scratch = torch::empty({P}, F32());
+    int8_127 = torch::full({1}, 127.0f, F32());
   }
 
   if (config.kind == CodecKind::kSparseLoCo && !cpu_kernel) {
@@ -850,7 +855,7 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeInt8(std::vector<torch::Tensor>* se
     const torch::Tensor& x = b.matrix;
     torch::Tensor t = int8_scratch.narrow(0, b.ws_offset, x.numel()).view_as(x);
     auto minmax = torch::aminmax(x, /*dim=*/1, /*keepdim=*/true);
-    torch::Tensor scale = torch::maximum(std::get<0>(minmax).abs(), std::get<1>(minmax)).div_(127.0f);  // [count, 1]
+    torch::Tensor scale = torch::maximum(std::get<0>(minmax).abs(), std::get<1>(minmax)).div_(int8_127);  // [count, 1]
     torch::Tensor safe = torch::where(scale > 0, scale, torch::ones_like(scale));
     torch::div_out(t, x, safe).round_().clamp_(-127, 127);  // q; all zero where scale is 0
     torch::Tensor q8_b = q8.narrow(0, b.ws_offset, x.numel()).view_as(x);
