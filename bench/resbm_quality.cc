@@ -6,18 +6,22 @@
 // Activation message: header frame + bulk, at the chosen wire dtype), the
 // ratio of those bytes to ratio 1's, and the validation loss against ratio
 // 1's. Boundaries are exchanged as they would cross a link (detached,
-// converted to the wire dtype and back), GPipe fill-drain over micro-batches.
+// converted to the wire dtype and back), GPipe fill-drain over micro-batches,
+// each stage a StageTrainer (worker/stage_trainer.h) as on a real site.
 //
 //   build/bin/resbm_quality [--steps 300] [--ratios 1,16,128] [--stages 2] [--wire bf16] [--d-model 128]
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 
 #include "common/corpus.h"
 #include "common/model.h"
 #include "common/wire.h"
+#include "worker/stage_trainer.h"
 
 namespace {
 
@@ -51,20 +55,41 @@ uint64_t MessageBytes(int batch, int tokens, int64_t width, WireDtype dtype) {
   return bytes;
 }
 
+// Fails with a message on stderr and exit 1: a bench has no one to return to.
+template <typename T>
+T OrDie(lowband::StatusOr<T> v) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "resbm_quality: %s\n", v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(v).value();
+}
+void OrDie(const lowband::Status& st) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "resbm_quality: %s\n", st.ToString().c_str());
+    std::exit(1);
+  }
+}
+
 Result Train(const lowband::ModelConfig& model, int stages_n, int ratio, int steps, int batch, int micro,
              WireDtype wire, const lowband::Corpus& corpus, int eval_batches) {
-  std::vector<lowband::GptStage> stages;
+  // The quickstart's inner optimizer: AdamW 3e-3, betas (0.9, 0.95), weight
+  // decay 0.1, 20 warm-up steps, clipped at 1.0 by the norm over all stages.
+  lowband::InnerOptimizerConfig opt;
+  opt.lr = 3e-3;
+  opt.beta1 = 0.9;
+  opt.beta2 = 0.95;
+  opt.weight_decay = 0.1;
+  opt.grad_clip = 1.0;
+  opt.warmup_steps = 20;
+  std::vector<std::unique_ptr<lowband::StageTrainer>> stages;
   int first = 0;
   for (int s = 0; s < stages_n; ++s) {
     const int blocks = model.layers / stages_n + (s < model.layers % stages_n ? 1 : 0);
-    stages.push_back(lowband::MakeGptStage(model, {s, stages_n, first, blocks, ratio}, 1234));
+    stages.push_back(OrDie(lowband::StageTrainer::Create(model, {s, stages_n, first, blocks, ratio}, opt, wire, micro,
+                                                         torch::Device(torch::kCPU), 1234)));
     first += blocks;
   }
-  std::vector<torch::Tensor> params;
-  for (auto& s : stages) {
-    for (auto& p : s->parameters()) params.push_back(p);
-  }
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(3e-3).betas({0.9, 0.95}).weight_decay(0.1));
   std::mt19937_64 rng(42);  // the same batches for every ratio
   const int mb = batch / micro;
   auto to_tensor = [](const std::vector<int64_t>& v, int rows, int cols) {
@@ -72,55 +97,35 @@ Result Train(const lowband::ModelConfig& model, int stages_n, int ratio, int ste
   };
   const auto start = std::chrono::steady_clock::now();
   for (int step = 0; step < steps; ++step) {
-    const double lr = 3e-3 * std::min(1.0, (step + 1) / 20.0);  // the quickstart's warm-up
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     lowband::TokenBatch b = corpus.SampleTrain(batch, model.context, &rng);
     auto x = to_tensor(b.inputs, b.batch, b.length), y = to_tensor(b.targets, b.batch, b.length);
-    opt.zero_grad();
-    struct Hop {
-      torch::Tensor sent, received;
-    };
-    std::vector<std::vector<Hop>> hops(static_cast<size_t>(micro));
-    std::vector<torch::Tensor> losses;
+    // GPipe fill-drain; each boundary crosses as the wire carries it (the
+    // stage trainers hand out and take wire-dtype tensors).
     for (int m = 0; m < micro; ++m) {
       torch::Tensor h = x.narrow(0, m * mb, mb);
-      for (size_t s = 0; s < stages.size(); ++s) {
-        auto out = stages[s]->forward(h);
-        if (s + 1 == stages.size()) {
-          h = out;
-          break;
-        }
-        auto received = lowband::FromWire(lowband::ToWire(out.detach(), wire)).requires_grad_(true);
-        hops[static_cast<size_t>(m)].push_back({out, received});
-        h = received;
-      }
-      losses.push_back(torch::nn::functional::cross_entropy(h.reshape({-1, h.size(-1)}),
-                                                            y.narrow(0, m * mb, mb).reshape({-1})) /
-                       micro);
+      const torch::Tensor t = y.narrow(0, m * mb, mb);
+      for (auto& s : stages) h = OrDie(s->Forward(m, h, t));
     }
     for (int m = micro - 1; m >= 0; --m) {
-      losses[static_cast<size_t>(m)].backward();
-      auto& hs = hops[static_cast<size_t>(m)];
-      for (size_t k = hs.size(); k-- > 0;) {
-        hs[k].sent.backward(lowband::FromWire(lowband::ToWire(hs[k].received.grad(), wire)));
-      }
+      torch::Tensor g;  // the last stage's gradient source is its own loss
+      for (size_t s = stages.size(); s-- > 0;) g = OrDie(stages[s]->Backward(m, g));
     }
-    torch::nn::utils::clip_grad_norm_(params, 1.0);
-    opt.step();
+    double squared = 0;
+    for (auto& s : stages) squared += OrDie(s->GradSquaredNorm());
+    for (auto& s : stages) OrDie(s->Step(std::sqrt(squared)));
   }
   Result r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  torch::NoGradGuard no_grad;
   double sum = 0;
   uint64_t tokens = 0;
   for (int i = 0; i < eval_batches; ++i) {
     lowband::TokenBatch b = corpus.ValidationBatch(i, batch, model.context);
     if (b.batch == 0) break;
     torch::Tensor h = to_tensor(b.inputs, b.batch, b.length);
-    for (auto& s : stages) h = s->forward(h);
-    auto y = to_tensor(b.targets, b.batch, b.length);
+    const torch::Tensor y = to_tensor(b.targets, b.batch, b.length);
+    for (auto& s : stages) h = OrDie(s->Evaluate(h, y));
     const uint64_t n = static_cast<uint64_t>(b.batch) * b.length;
-    sum += torch::nn::functional::cross_entropy(h.reshape({-1, h.size(-1)}), y.reshape({-1})).item<double>() * n;
+    sum += h.item<double>() * n;
     tokens += n;
   }
   r.ratio = ratio;

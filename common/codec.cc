@@ -192,7 +192,7 @@ Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Bytes b
   out.header.num_elements = static_cast<uint64_t>(layout.numel());
   out.header.layout_digest = layout.Digest();
   out.header.byte_length = bulk.size();
-  out.header.checksum = Fnv1a64(bulk.data(), bulk.size());
+  out.header.checksum = BulkChecksum(bulk.data(), bulk.size());
   out.header.topk = topk;
   out.bulk = std::move(bulk);
   return out;
@@ -234,7 +234,7 @@ Status CheckHeader(const ParamLayout& layout, const BlobHeader& header, const By
 }
 
 Status CheckChecksum(const BlobHeader& header, const Bytes& bulk) {
-  if (Fnv1a64(bulk.data(), bulk.size()) != header.checksum) {
+  if (BulkChecksum(bulk.data(), bulk.size()) != header.checksum) {
     return Corruption(std::string(CodecName(header.codec)) + " bulk frame checksum mismatch");
   }
   return Status::Ok();

@@ -22,7 +22,7 @@ struct BlobHeader {
   uint64_t num_elements = 0;
   uint64_t layout_digest = 0;
   uint64_t byte_length = 0;
-  uint64_t checksum = 0;  // Fnv1a64 of the bulk bytes
+  uint64_t checksum = 0;  // BulkChecksum (XXH64) of the bulk bytes
   uint32_t topk = 0;      // sparseloco: kept values per full chunk; 0 for other codecs
 };
 

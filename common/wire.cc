@@ -569,7 +569,7 @@ Status DecodeWithoutBulk(const Frames& frames, const WireLimits& limits, Message
       return Corruption(std::string(name) + ".blob.byte_length is " + std::to_string(blob->byte_length) +
                         " but the bulk frame is " + std::to_string(bulk.size()) + " bytes");
     }
-    const uint64_t checksum = Fnv1a64(bulk.data(), bulk.size());
+    const uint64_t checksum = BulkChecksum(bulk.data(), bulk.size());
     if (checksum != blob->checksum) {
       return Corruption(std::string(name) + ".blob.checksum mismatch: header says " +
                         DigestHex(blob->checksum) + ", bulk frame hashes to " + DigestHex(checksum));

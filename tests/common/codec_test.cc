@@ -110,7 +110,7 @@ bool SameUpdate(const Update& a, const Update& b) {
 // the parser's content checks (not the checksum) must catch it.
 void Reseal(Encoded* e) {
   e->header.byte_length = e->bulk.size();
-  e->header.checksum = Fnv1a64(e->bulk.data(), e->bulk.size());
+  e->header.checksum = BulkChecksum(e->bulk.data(), e->bulk.size());
 }
 
 // Independent 12-bit writer (keeps the neighbouring nibble).
@@ -352,7 +352,7 @@ TEST_CASE("sparseloco byte layout: 12-bit pairs, odd tail, 2-bit codes", "[unit]
   CHECK(e->header.num_elements == 4096);
   CHECK(e->header.layout_digest == layout.Digest());
   CHECK(e->header.byte_length == 22);
-  CHECK(e->header.checksum == Fnv1a64(e->bulk.data(), e->bulk.size()));
+  CHECK(e->header.checksum == BulkChecksum(e->bulk.data(), e->bulk.size()));
   auto u = ParseUpdate(layout, plan, e->header, e->bulk);
   REQUIRE(u.ok());
   CHECK(u->index == std::vector<uint16_t>{0x123, 0x456, 0xabc});
@@ -1060,7 +1060,7 @@ TEST_CASE("PackAggregate picks the smaller downlink format", "[unit]") {
     const bool want_sparse = m <= m_star;
     CHECK((e->header.codec == CodecKind::kSparseFp32) == want_sparse);
     CHECK(e->bulk.size() == (want_sparse ? BulkBytes(plan, CodecKind::kSparseFp32, m) : dense_bytes));
-    CHECK(e->header.checksum == Fnv1a64(e->bulk.data(), e->bulk.size()));
+    CHECK(e->header.checksum == BulkChecksum(e->bulk.data(), e->bulk.size()));
     auto back = ParseUpdate(layout, plan, e->header, e->bulk);
     REQUIRE(back.ok());
     if (want_sparse) {

@@ -125,7 +125,7 @@ Message DeltaWithBulk(size_t bytes, uint32_t round) {
   d.train_loss = 3.5;
   d.blob.num_elements = bytes / 4;
   d.blob.byte_length = bytes;
-  d.blob.checksum = Fnv1a64(bulk.data(), bulk.size());
+  d.blob.checksum = BulkChecksum(bulk.data(), bulk.size());
   Message m;
   m.sender_id = "client";
   m.body = d;
@@ -138,7 +138,7 @@ Message AggregateWithBulk(const Bytes& bulk, uint32_t round) {
   a.round = round;
   a.contributors = 1;
   a.blob.byte_length = bulk.size();
-  a.blob.checksum = Fnv1a64(bulk.data(), bulk.size());
+  a.blob.checksum = BulkChecksum(bulk.data(), bulk.size());
   Message m;
   m.sender_id = "server";
   m.body = a;

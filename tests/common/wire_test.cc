@@ -38,7 +38,7 @@ BlobHeader BlobFor(const Bytes& bulk) {
   h.num_elements = bulk.size() / 4;
   h.layout_digest = 0x1234'5678'9abc'def0ull;
   h.byte_length = bulk.size();
-  h.checksum = Fnv1a64(bulk.data(), bulk.size());
+  h.checksum = BulkChecksum(bulk.data(), bulk.size());
   return h;
 }
 
@@ -280,7 +280,7 @@ flatbuffers::uoffset_t ModelSyncTable(flatbuffers::FlatBufferBuilder& fbb, bool 
     const auto b = fbb.StartTable();
     fbb.AddElement<uint8_t>(Field(0), codec, 0);
     fbb.AddElement<uint64_t>(Field(3), bulk.size(), 0);
-    fbb.AddElement<uint64_t>(Field(4), Fnv1a64(bulk.data(), bulk.size()), 0);
+    fbb.AddElement<uint64_t>(Field(4), BulkChecksum(bulk.data(), bulk.size()), 0);
     blob = fbb.EndTable(b);
   }
   const auto start = fbb.StartTable();

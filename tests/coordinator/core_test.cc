@@ -192,7 +192,7 @@ TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothi
     Message m = upload(1, digest0);
     m.bulk.pop_back();
     std::get<DeltaUpload>(m.body).blob.byte_length = m.bulk.size();
-    std::get<DeltaUpload>(m.body).blob.checksum = Fnv1a64(m.bulk.data(), m.bulk.size());
+    std::get<DeltaUpload>(m.body).blob.checksum = BulkChecksum(m.bulk.data(), m.bulk.size());
     core.HandleMessage("site-a", m, c.now(), &out);
     REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
     CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);

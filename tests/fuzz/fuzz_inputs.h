@@ -10,7 +10,7 @@
 // fuzz_update      [u8 codec][u8 flags][i16 topk][u32 perturb][bulk]
 //                  codec % 8 (5..7 are unknown values). The BlobHeader is
 //                  made correct for the fixed layout (FuzzLayout) and the bulk
-//                  (length, Fnv1a64 checksum, element count, digest, topk)
+//                  (length, XXH64 checksum, element count, digest, topk)
 //                  unless a kUpdate* flag breaks one field with `perturb`.
 // fuzz_checkpoint  [u8 mode][file bytes]; mode & 1: the target appends the
 //                  Fnv1a64 trailer itself, so mutations get past the checksum.

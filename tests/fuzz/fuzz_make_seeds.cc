@@ -71,7 +71,7 @@ BlobHeader BlobFor(const Bytes& bulk, CodecKind codec) {
   h.num_elements = bulk.size() / 4;
   h.layout_digest = 0x1234'5678'9abc'def0ull;
   h.byte_length = bulk.size();
-  h.checksum = Fnv1a64(bulk.data(), bulk.size());
+  h.checksum = BulkChecksum(bulk.data(), bulk.size());
   h.topk = codec == CodecKind::kSparseLoCo ? 64 : 0;
   return h;
 }

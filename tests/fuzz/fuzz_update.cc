@@ -138,7 +138,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   header.num_elements = static_cast<uint64_t>(layout.numel());
   header.layout_digest = layout.Digest();
   header.byte_length = bulk.size();
-  header.checksum = Fnv1a64(bulk.data(), bulk.size());
+  header.checksum = BulkChecksum(bulk.data(), bulk.size());
   header.topk = codec == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0;
   if (flags & kUpdateBadChecksum) header.checksum ^= perturb | 1;
   if (flags & kUpdateBadLength) header.byte_length += SignExtend(perturb);
