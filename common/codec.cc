@@ -612,6 +612,16 @@ StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
   return Finish(layout, kKind, static_cast<uint32_t>(plan.topk), std::move(bulk));
 }
 
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk) {
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  const uint64_t want = BulkBytes(plan, kind);
+  if (kind == CodecKind::kSparseFp32 || bulk.size() != want) {
+    return InvalidArgument(std::string(CodecName(kind)) + " packed bulk is " + Num(bulk.size()) + " bytes, the plan needs " +
+                           Num(want));
+  }
+  return Finish(layout, kind, kind == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0, std::move(bulk));
+}
+
 StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts) {
   constexpr CodecKind kKind = CodecKind::kInt8;
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));

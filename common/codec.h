@@ -150,6 +150,11 @@ struct Int8Parts {
 // tables/values, int8 q == -128 or a scale not finite and >= 0, bf16 NaN/Inf
 // bit patterns. Everything a packer accepts, ParseUpdate accepts.
 StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& plan, const SparseLoCoParts& parts);
+// The header for a bulk already packed in `kind`'s format (the CUDA encoder
+// packs on the device): fills codec, element count, layout digest, topk,
+// length and checksum. InvalidArgument unless the size is BulkBytes(plan,
+// kind); the content is the packer's responsibility.
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk);
 StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts);
 StatusOr<Encoded> PackDenseFp32(const ParamLayout& layout, const std::vector<float>& values);
 StatusOr<Encoded> PackDenseBf16(const ParamLayout& layout, const std::vector<uint16_t>& bits);

@@ -48,6 +48,11 @@ struct DeviceEncoderOptions {
   // the error buffer) instead of torch::topk on gathered chunk matrices (the
   // path CUDA takes). Both give the same result; tests run both.
   bool cpu_select_kernel = true;
+  // CUDA only, in builds with the CUDA kernels (common/codec_cuda.h): run
+  // sparseloco as fused kernels that pack the bulk on the device, instead
+  // of torch ops plus host packing. Same bytes up to the last bit of a
+  // table entry (fp64 sums in another order); tests compare both.
+  bool cuda_kernels = true;
 };
 
 class DeviceEncoder {

@@ -48,7 +48,8 @@ CodecConfig Config(CodecKind kind, int topk, double beta) {
 std::unique_ptr<DeviceEncoder> MakeEncoder(const ParamLayout& layout, const CodecConfig& config,
                                            torch::Device device = torch::kCPU, bool cpu_kernel = true) {
   DeviceEncoderOptions options;
-  options.cpu_select_kernel = cpu_kernel;
+  options.cpu_select_kernel = cpu_kernel;  // false: the torch-op path on either device
+  options.cuda_kernels = cpu_kernel;
   auto enc = DeviceEncoder::Create(layout, config, device, options);
   INFO(enc.status().ToString());
   REQUIRE(enc.ok());
@@ -457,7 +458,12 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
   }
   const torch::Device cuda(torch::kCUDA, 0);
   const ParamLayout layout = EdgeLayout();
-  for (int topk : {64, 63, 4096}) RunRounds(layout, CodecKind::kSparseLoCo, topk, 0.95, cuda);
+  for (int topk : {64, 63, 4096}) {
+    for (double beta : {0.95, 0.0}) {
+      RunRounds(layout, CodecKind::kSparseLoCo, topk, beta, cuda);         // fused kernels (when built)
+      RunRounds(layout, CodecKind::kSparseLoCo, topk, beta, cuda, false);  // torch ops
+    }
+  }
   for (CodecKind kind : {CodecKind::kInt8, CodecKind::kDenseBf16, CodecKind::kDenseFp32}) {
     for (double beta : {0.0, 0.95}) RunRounds(layout, kind, 64, beta, cuda);
   }
@@ -465,10 +471,13 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
   // Reset each round: the error-feedback multiply-add may be fused on one
   // device and not the other, which moves e by an ulp.
   const ParamLayout big = MakeLayout({{"w", {1000, 700}}, {"v", {50000}}, {"b", {300}}});
-  for (CodecKind kind : {CodecKind::kSparseLoCo, CodecKind::kInt8, CodecKind::kDenseBf16}) {
-    INFO(CodecName(kind));
+  for (const auto& [kind, kernel] : std::vector<std::pair<CodecKind, bool>>{{CodecKind::kSparseLoCo, true},
+                                                                             {CodecKind::kSparseLoCo, false},
+                                                                             {CodecKind::kInt8, true},
+                                                                             {CodecKind::kDenseBf16, true}}) {
+    INFO(CodecName(kind) << (kernel ? "" : " (torch ops)"));
     auto c = MakeEncoder(big, Config(kind, 64, 0.95), torch::kCPU);
-    auto g = MakeEncoder(big, Config(kind, 64, 0.95), cuda);
+    auto g = MakeEncoder(big, Config(kind, 64, 0.95), cuda, kernel);
     for (int round = 0; round < 3; ++round) {
       c->Reset();
       g->Reset();
@@ -487,6 +496,18 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
       } else {
         CHECK(ec->bulk == eg->bulk);
       }
+    }
+  }
+  {  // The device path is deterministic: the same deltas give the same bytes.
+    auto g1 = MakeEncoder(big, Config(CodecKind::kSparseLoCo, 64, 0.95), cuda);
+    auto g2 = MakeEncoder(big, Config(CodecKind::kSparseLoCo, 64, 0.95), cuda);
+    for (int round = 0; round < 2; ++round) {
+      auto deltas = To(RandnDeltas(big, 90 + round), cuda);
+      auto e1 = g1->Encode(deltas);
+      auto e2 = g2->Encode(deltas);
+      REQUIRE(e1.ok());
+      REQUIRE(e2.ok());
+      CHECK(e1->bulk == e2->bulk);
     }
   }
   // Applying on the GPU is bit-identical to the host.
