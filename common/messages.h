@@ -129,6 +129,8 @@ struct Activation {
   uint32_t width = 0;
   WireDtype dtype = WireDtype::kBf16;
   BlobHeader blob;
+  bool labels = false;  // stage 0 -> last stage: int32 target ids [batch, tokens], width 1, dtype unused
+  bool eval = false;    // a validation pass (forward only); step is the eval batch index
 };
 
 struct ControlRequest {

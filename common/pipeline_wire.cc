@@ -46,18 +46,27 @@ Status CheckActivation(const Activation& a, const Bytes& bulk, const ActivationE
     return InvalidArgument(std::string("activation goes ") + (a.backward ? "backward" : "forward") + ", expected " +
                            (want.backward ? "backward" : "forward"));
   }
+  if (a.labels != want.labels) {
+    return InvalidArgument(std::string("activation ") + (a.labels ? "carries labels" : "carries values") +
+                           ", expected " + (want.labels ? "labels" : "values"));
+  }
+  if (a.eval != want.eval) {
+    return InvalidArgument(std::string("activation is ") + (a.eval ? "an evaluation pass" : "a training pass") +
+                           ", expected " + (want.eval ? "an evaluation pass" : "a training pass"));
+  }
   if (a.batch != want.batch) return InvalidArgument(Field("batch", a.batch, want.batch));
   if (a.tokens != want.tokens) return InvalidArgument(Field("tokens", a.tokens, want.tokens));
   if (a.width != want.width) return InvalidArgument(Field("width", a.width, want.width));
-  if (a.dtype != want.dtype) {
+  if (!want.labels && a.dtype != want.dtype) {
     return InvalidArgument(std::string("activation dtype is ") + WireDtypeName(a.dtype) + ", expected " +
                            WireDtypeName(want.dtype));
   }
   // All factors are checked against the expectation, so this cannot overflow.
   const uint64_t numel = static_cast<uint64_t>(want.batch) * want.tokens * want.width;
   if (a.blob.num_elements != numel) return InvalidArgument(Field("num_elements", a.blob.num_elements, numel));
-  const uint64_t bytes = numel * WireDtypeBytes(want.dtype);
+  const uint64_t bytes = numel * (want.labels ? 4 : WireDtypeBytes(want.dtype));
   if (bulk.size() != bytes) return InvalidArgument(Field("payload bytes", bulk.size(), bytes));
+  if (want.labels) return Status::Ok();
   if (const int64_t at = FirstNonFinite(bulk, want.dtype); at >= 0) {
     return InvalidArgument("activation value " + std::to_string(at) + " is not finite");
   }

@@ -23,11 +23,14 @@ struct ActivationExpect {
   uint32_t tokens = 0;  // sequence length
   uint32_t width = 0;   // b = d_model / ratio (d_model with ratio 1)
   WireDtype dtype = WireDtype::kBf16;
+  bool labels = false;  // int32 target ids, width 1, 4 bytes each; dtype not checked
+  bool eval = false;
 };
 
 // InvalidArgument naming the first field that differs from `want` (round,
-// step, micro-batch id, stage, direction, shape, dtype, byte length), or a
-// non-finite value in `bulk`. Nothing is allocated from the message's own
+// step, micro-batch id, stage, direction, labels/eval kind, shape, dtype,
+// byte length), or a non-finite value in `bulk` (labels: values are ids,
+// their range is the trainer's check). Nothing is allocated from the message's own
 // numbers before they are checked.
 Status CheckActivation(const Activation& a, const Bytes& bulk, const ActivationExpect& want);
 

@@ -158,7 +158,7 @@ class BodyEncoder {
     auto blob = EncodeBlob(fbb_, m.blob);
     return {wire::Body::Activation,
             wire::CreateActivation(fbb_, m.round, m.step, m.micro_batch, m.stage, m.backward, m.batch, m.tokens,
-                                   m.width, static_cast<wire::WireDtype>(m.dtype), blob)
+                                   m.width, static_cast<wire::WireDtype>(m.dtype), blob, m.labels, m.eval)
                 .Union()};
   }
 
@@ -396,6 +396,8 @@ Status DecodeActivation(const wire::Activation& t, Activation* m) {
   m->tokens = t.tokens();
   m->width = t.width();
   m->dtype = static_cast<WireDtype>(dtype);
+  m->labels = t.labels();
+  m->eval = t.eval();
   return Status::Ok();
 }
 

@@ -651,6 +651,8 @@ TEST_CASE("wire: an activation is checked against what its receiver expects", "[
   refused([](ActivationExpect& w) { w.width = 8; }, "width is 4, expected 8");
   refused([](ActivationExpect& w) { w.tokens = 4; }, "tokens is 3");
   refused([](ActivationExpect& w) { w.dtype = WireDtype::kFp32; }, "dtype is bf16, expected fp32");
+  refused([](ActivationExpect& w) { w.labels = true; }, "carries values, expected labels");
+  refused([](ActivationExpect& w) { w.eval = true; }, "a training pass, expected an evaluation pass");
   // The payload: wrong length, and a NaN among the values.
   Bytes short_bulk(decoded->bulk.begin(), decoded->bulk.end() - 2);
   CHECK(Contains(CheckActivation(a, short_bulk, want), "payload bytes is 46, expected 48"));
@@ -658,6 +660,25 @@ TEST_CASE("wire: an activation is checked against what its receiver expects", "[
   nan[10] = 0xc1;  // bf16 0x7fc1: NaN (value 5)
   nan[11] = 0x7f;
   CHECK(Contains(CheckActivation(a, nan, want), "value 5 is not finite"));
+  // Labels: int32 ids, 4 bytes each, width 1; both flags survive the wire.
+  Activation labels = a;
+  labels.labels = true;
+  labels.eval = true;
+  labels.backward = false;
+  labels.width = 1;
+  labels.blob.num_elements = 6;
+  const Bytes ids(24, 0);
+  labels.blob.byte_length = ids.size();
+  labels.blob.checksum = BulkChecksum(ids.data(), ids.size());
+  Message ml = Wrap(labels, ids);
+  auto dl = DecodeMessage(EncodeMessage(ml), WireLimits{});
+  REQUIRE(dl.ok());
+  const auto& got = std::get<Activation>(dl->body);
+  CHECK(got.labels);
+  CHECK(got.eval);
+  ActivationExpect wl{7, 3, 4, 1, false, 2, 3, 1, WireDtype::kFp32, true, true};
+  CHECK(CheckActivation(got, dl->bulk, wl).ok());
+  CHECK(Contains(CheckActivation(got, Bytes(12, 0), wl), "payload bytes is 12, expected 24"));
   // An unknown dtype does not decode at all.
   Activation bad = a;
   bad.dtype = static_cast<WireDtype>(7);
