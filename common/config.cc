@@ -650,7 +650,7 @@ class Parser {
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
 const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
-                                            "server_key"};
+                                            "server_key", "peer"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -673,6 +673,7 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       p->String(s, "metrics", &site->metrics);
       if (p->String(s, "key", &site->key)) site->key = ResolveRelative(base_file, site->key);
       if (p->String(s, "server_key", &site->server_key)) site->server_key = ResolveRelative(base_file, site->server_key);
+      p->String(s, "peer", &site->peer);
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -808,6 +809,14 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   }
   c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
   CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
+  if (!site.peer.empty()) {
+    Endpoint peer_ep;
+    if (c->CheckEndpoint(prefix + "site.peer", site.peer, /*allow_wildcard=*/false, &peer_ep) && site.key.empty() &&
+        !IsLoopback(peer_ep)) {
+      c->Error(prefix + "site.peer", "plain TCP between stages on a non-loopback endpoint '" + site.peer + "'",
+               "a loopback endpoint (stage links are not encrypted yet)");
+    }
+  }
   // CurveZMQ needs both our secret key and the coordinator's public key.
   if (site.key.empty() != site.server_key.empty()) {
     c->Error(prefix + (site.key.empty() ? "site.key" : "site.server_key"), "missing: key and server_key go together",
@@ -936,6 +945,10 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->IntRange("pipeline.replicas", pc.replicas, 1, 64);
   c->IntRange("pipeline.ratio", pc.ratio, 1, 65536);
   c->IntRange("pipeline.micro_batches", pc.micro_batches, 1, 4096);
+  c->IntRange("pipeline.peer_timeout_ms", pc.peer_timeout_ms, 100, 3600000);
+  if (!(pc.link_mbit >= 0 && pc.link_mbit <= 1e6) && !c->Bad("pipeline.link_mbit")) {
+    c->Error("pipeline.link_mbit", "is " + std::to_string(pc.link_mbit), "0 (no limit) to 1000000");
+  }
   if (pc.stages > 1 && cfg.model.layers >= 1 && pc.stages > cfg.model.layers && !c->Bad("pipeline.stages")) {
     c->Error("pipeline.stages", std::to_string(pc.stages) + " stages for " + std::to_string(cfg.model.layers) +
                                     " transformer blocks", "at most model.layers");
@@ -975,6 +988,10 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   for (size_t i = 0; i < cfg.sites.size(); ++i) {
     const SiteConfig& site = cfg.sites[i];
     const std::string prefix = "sites[" + std::to_string(i) + "].";
+    if (pc.stages > 1 && site.peer.empty()) {
+      c->Error(prefix + "site.peer", "missing: a pipeline campaign's workers talk to their neighbour stages",
+               "an endpoint this site binds for its neighbours, e.g. tcp://127.0.0.1:5601");
+    }
     CheckSite(site, prefix, c);
     if (!site.name.empty()) {
       auto [it, inserted] = first_by_name.emplace(site.name, i);
@@ -1009,7 +1026,9 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
                                             "quorum",   "network", "output",  "checkpoint", "pipeline", "sites"};
-const std::vector<std::string> kPipelineKeys = {"stages", "replicas", "ratio", "wire_dtype", "split", "micro_batches"};
+const std::vector<std::string> kPipelineKeys = {"stages",        "replicas", "ratio",     "wire_dtype",     "split",
+                                                "micro_batches", "schedule", "link_mbit", "peer_timeout_ms"};
+const std::vector<std::string> kScheduleNames = {"gpipe", "1f1b"};
 const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
@@ -1331,6 +1350,10 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       int dtype = 0;
       if (p.Enum(m, "wire_dtype", kWireDtypeNames, &dtype)) pc.wire_dtype = static_cast<WireDtype>(dtype);
       p.Int(m, "micro_batches", &pc.micro_batches);
+      int schedule = 1;
+      if (p.Enum(m, "schedule", kScheduleNames, &schedule)) pc.schedule = kScheduleNames[schedule];
+      p.Double(m, "link_mbit", &pc.link_mbit);
+      p.Int(m, "peer_timeout_ms", &pc.peer_timeout_ms);
       if (const auto* sp = m.Find("split")) {
         const std::string path = "pipeline.split";
         if (!sp->value.IsSequence()) {

@@ -96,6 +96,11 @@ struct PipelineConfig {
   WireDtype wire_dtype = WireDtype::kBf16;
   std::vector<int> split;  // transformer blocks per stage; empty = as even as possible
   int micro_batches = 4;   // per step; training.batch_size must divide evenly
+  std::string schedule = "1f1b";  // "gpipe" or "1f1b" (worker/pipeline_schedule.h)
+  // Emulated link between stages for benchmarks: each worker throttles what
+  // it sends to its neighbours to this rate (0 = as fast as the network).
+  double link_mbit = 0;
+  int peer_timeout_ms = 30000;  // a step fails when a neighbour is silent this long
 };
 
 struct NetworkConfig {
@@ -127,6 +132,9 @@ struct SiteConfig {
   std::string metrics;         // HOST:PORT of the worker's Prometheus endpoint ("" = none)
   std::string key;             // CurveZMQ: this site's secret key file ("" = plain TCP)
   std::string server_key;      // CurveZMQ: the coordinator's public key file (NAME.pub)
+  // Pipeline campaigns: where this worker binds for its neighbour stages
+  // (e.g. tcp://127.0.0.1:5601); its neighbours connect there.
+  std::string peer;
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

@@ -33,6 +33,7 @@ struct Hello {
   double step_time_ms = 0;
   uint64_t train_tokens = 0;
   uint64_t val_tokens = 0;
+  std::string peer_endpoint;  // pipeline campaigns: where its neighbour stages connect
 };
 
 struct Welcome {
@@ -44,6 +45,10 @@ struct Welcome {
   int worker_index = 0;
   uint32_t heartbeat_interval_ms = 0;
   uint32_t heartbeat_timeout_ms = 0;
+  PipelineConfig pipeline;  // stages 1: data-parallel campaign
+  int stage = 0;            // this worker's slot
+  int replica = 0;
+  std::vector<std::string> stage_endpoints;  // peer endpoint of each stage of its replica
 };
 
 struct ModelSync {  // bulk: full parameters

@@ -97,8 +97,9 @@ class BodyEncoder {
   EncodedBody operator()(const Hello& m) {
     auto site = fbb_.CreateString(m.site);
     auto device = fbb_.CreateString(m.device);
+    auto peer = m.peer_endpoint.empty() ? 0 : fbb_.CreateString(m.peer_endpoint);
     return {wire::Body::Hello, wire::CreateHello(fbb_, site, device, m.free_memory_bytes, m.step_time_ms,
-                                                 m.train_tokens, m.val_tokens)
+                                                 m.train_tokens, m.val_tokens, peer)
                                    .Union()};
   }
 
@@ -113,9 +114,20 @@ class BodyEncoder {
     auto training = wire::CreateTrainingSpec(fbb_, t.rounds, t.inner_steps, t.batch_size,
                                              t.eval_batches, t.seed, inner, CodecToWire(m.codec.kind),
                                              static_cast<uint32_t>(m.codec.topk), m.codec.error_feedback);
+    flatbuffers::Offset<wire::PipelineSpec> pipeline = 0;
+    flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> endpoints = 0;
+    if (m.pipeline.stages > 1) {
+      const PipelineConfig& p = m.pipeline;
+      auto split = fbb_.CreateVector(p.split);
+      auto schedule = fbb_.CreateString(p.schedule);
+      pipeline = wire::CreatePipelineSpec(fbb_, p.stages, p.replicas, p.ratio, static_cast<uint8_t>(p.wire_dtype), split,
+                                          p.micro_batches, schedule, p.link_mbit, p.peer_timeout_ms);
+      endpoints = fbb_.CreateVectorOfStrings(m.stage_endpoints);
+    }
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
-                                m.heartbeat_interval_ms, m.heartbeat_timeout_ms)
+                                m.heartbeat_interval_ms, m.heartbeat_timeout_ms, pipeline, m.stage, m.replica,
+                                endpoints)
                 .Union()};
   }
 
@@ -283,6 +295,67 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
   m->step_time_ms = t.step_time_ms();
   m->train_tokens = t.train_tokens();
   m->val_tokens = t.val_tokens();
+  m->peer_endpoint = StrOrEmpty(t.peer_endpoint());
+  if (m->peer_endpoint.size() > 1024) return InvalidArgument("Hello.peer_endpoint is longer than 1024 bytes");
+  return Status::Ok();
+}
+
+// Welcome.pipeline and the slot: absent means a data-parallel campaign.
+// Checked as the worker will use them (it builds its stage from these).
+Status DecodePipeline(const wire::Welcome& t, Welcome* m) {
+  const wire::PipelineSpec* p = t.pipeline();
+  if (p == nullptr) return Status::Ok();
+  auto bad = [](const std::string& what) { return InvalidArgument("Welcome.pipeline." + what); };
+  PipelineConfig& pc = m->pipeline;
+  if (p->stages() < 2 || p->stages() > 64) return bad("stages is " + std::to_string(p->stages()) + " (allowed: 2 to 64)");
+  if (p->replicas() < 1 || p->replicas() > 64) return bad("replicas is " + std::to_string(p->replicas()) + " (allowed: 1 to 64)");
+  if (p->ratio() < 1 || m->model.d_model % p->ratio() != 0) {
+    return bad("ratio " + std::to_string(p->ratio()) + " does not divide d_model " + std::to_string(m->model.d_model));
+  }
+  if (p->wire_dtype() > static_cast<uint8_t>(WireDtype::kFp16)) return bad("wire_dtype has unknown value " + std::to_string(p->wire_dtype()));
+  if (p->micro_batches() < 1 || m->training.batch_size % p->micro_batches() != 0) {
+    return bad("micro_batches " + std::to_string(p->micro_batches()) + " does not divide batch_size " +
+               std::to_string(m->training.batch_size));
+  }
+  const std::string schedule = StrOrEmpty(p->schedule());
+  if (schedule != "gpipe" && schedule != "1f1b") return bad("schedule is '" + schedule + "' (allowed: gpipe, 1f1b)");
+  if (!(p->link_mbit() >= 0 && p->link_mbit() <= 1e6)) return bad("link_mbit is out of range");
+  if (p->peer_timeout_ms() < 1) return bad("peer_timeout_ms must be positive");
+  pc.split.clear();
+  if (p->split() != nullptr) {
+    int64_t total = 0;
+    for (int v : *p->split()) {
+      if (v < 0) return bad("split has a negative entry");
+      total += v;
+      pc.split.push_back(v);
+    }
+    if (!pc.split.empty() && (static_cast<int>(pc.split.size()) != p->stages() || total != m->model.layers)) {
+      return bad("split does not give " + std::to_string(p->stages()) + " stages summing to " +
+                 std::to_string(m->model.layers) + " blocks");
+    }
+  }
+  if (t.stage() < 0 || t.stage() >= p->stages() || t.replica() < 0 || t.replica() >= p->replicas()) {
+    return InvalidArgument("Welcome slot (stage " + std::to_string(t.stage()) + ", replica " +
+                           std::to_string(t.replica()) + ") is outside the pipeline");
+  }
+  if (t.stage_endpoints() == nullptr || static_cast<int>(t.stage_endpoints()->size()) != p->stages()) {
+    return InvalidArgument("Welcome.stage_endpoints needs one endpoint per stage");
+  }
+  m->stage_endpoints.clear();
+  for (const auto* e : *t.stage_endpoints()) {
+    if (e == nullptr || e->size() == 0 || e->size() > 1024) return InvalidArgument("Welcome.stage_endpoints has an empty or oversized entry");
+    m->stage_endpoints.push_back(e->str());
+  }
+  pc.stages = p->stages();
+  pc.replicas = p->replicas();
+  pc.ratio = p->ratio();
+  pc.wire_dtype = static_cast<WireDtype>(p->wire_dtype());
+  pc.micro_batches = p->micro_batches();
+  pc.schedule = schedule;
+  pc.link_mbit = p->link_mbit();
+  pc.peer_timeout_ms = p->peer_timeout_ms();
+  m->stage = t.stage();
+  m->replica = t.replica();
   return Status::Ok();
 }
 
@@ -350,7 +423,7 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   m->worker_index = t.worker_index();
   m->heartbeat_interval_ms = t.heartbeat_interval_ms();
   m->heartbeat_timeout_ms = t.heartbeat_timeout_ms();
-  return Status::Ok();
+  return DecodePipeline(t, m);
 }
 
 Status DecodeModelSync(const wire::ModelSync& t, ModelSync* m) {

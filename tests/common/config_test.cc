@@ -940,6 +940,19 @@ TEST_CASE("config: pipeline settings are read and checked against the model", "[
   CHECK_THAT(err, Contains("quorum.expected_workers: 3, but the pipeline has 2 stages x 1 replicas"));
   CHECK_THAT(CampaignError("campaign: {name: c}\nmodel: {layers: 2}\npipeline: {stages: 3}\nquorum: {expected_workers: 3}\n"),
              Contains("pipeline.stages: 3 stages for 2 transformer blocks"));
+  CHECK(ok->pipeline.schedule == "1f1b");
+  CHECK(ok->pipeline.link_mbit == 0);
+  const std::string more = CampaignError(
+      "campaign: {name: c}\nmodel: {layers: 4, d_model: 128}\ntraining: {batch_size: 16}\n"
+      "pipeline: {stages: 2, schedule: zigzag, link_mbit: -1, peer_timeout_ms: 5}\n"
+      "quorum: {expected_workers: 2}\n"
+      "sites:\n  - site: {name: a}\n    data: {dir: /tmp}\n"
+      "  - site: {name: b, peer: 'tcp://10.0.0.1:5601'}\n    data: {dir: /tmp}\n");
+  CHECK_THAT(more, Contains("pipeline.schedule: unknown value 'zigzag' (allowed: gpipe, 1f1b)"));
+  CHECK_THAT(more, Contains("pipeline.link_mbit: is -1"));
+  CHECK_THAT(more, Contains("pipeline.peer_timeout_ms"));
+  CHECK_THAT(more, Contains("sites[0].site.peer: missing"));
+  CHECK_THAT(more, Contains("sites[1].site.peer: plain TCP between stages on a non-loopback endpoint"));
 }
 
 }  // namespace

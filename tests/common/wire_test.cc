@@ -689,3 +689,62 @@ TEST_CASE("wire: an activation is checked against what its receiver expects", "[
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+TEST_CASE("wire: a pipeline welcome carries the stage slot and its neighbours", "[unit]") {
+  Message m = SampleWelcome();
+  Welcome& w = std::get<Welcome>(m.body);
+  w.model.layers = 4;
+  w.model.d_model = 128;
+  w.training.batch_size = 16;
+  w.pipeline.stages = 2;
+  w.pipeline.replicas = 1;
+  w.pipeline.ratio = 128;
+  w.pipeline.split = {1, 3};
+  w.pipeline.micro_batches = 4;
+  w.pipeline.schedule = "gpipe";
+  w.pipeline.link_mbit = 80;
+  w.stage = 1;
+  w.stage_endpoints = {"tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"};
+  auto d = DecodeMessage(EncodeMessage(m), WireLimits{});
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  const Welcome& got = std::get<Welcome>(d->body);
+  CHECK(got.pipeline.stages == 2);
+  CHECK(got.pipeline.ratio == 128);
+  CHECK(got.pipeline.split == std::vector<int>{1, 3});
+  CHECK(got.pipeline.schedule == "gpipe");
+  CHECK(got.pipeline.link_mbit == 80);
+  CHECK(got.stage == 1);
+  CHECK(got.stage_endpoints == w.stage_endpoints);
+  // Inconsistent settings are refused by name.
+  auto refused = [&](Welcome changed, const std::string& needle) {
+    Message c = m;
+    c.body = changed;
+    auto r = DecodeMessage(EncodeMessage(c), WireLimits{});
+    CHECK(Contains(r.status(), needle));
+  };
+  Welcome bad = w;
+  bad.pipeline.ratio = 3;
+  refused(bad, "Welcome.pipeline.ratio 3 does not divide d_model 128");
+  bad = w;
+  bad.stage = 2;
+  refused(bad, "Welcome slot (stage 2, replica 0) is outside the pipeline");
+  bad = w;
+  bad.stage_endpoints = {"tcp://127.0.0.1:5601"};
+  refused(bad, "Welcome.stage_endpoints needs one endpoint per stage");
+  bad = w;
+  bad.pipeline.split = {2, 3};
+  refused(bad, "Welcome.pipeline.split does not give 2 stages summing to 4 blocks");
+  // A hello's peer endpoint survives the wire.
+  Message h = SampleHello();
+  std::get<Hello>(h.body).peer_endpoint = "tcp://127.0.0.1:5601";
+  auto dh = DecodeMessage(EncodeMessage(h), WireLimits{});
+  REQUIRE(dh.ok());
+  CHECK(std::get<Hello>(dh->body).peer_endpoint == "tcp://127.0.0.1:5601");
+}
+
+}  // namespace
+}  // namespace lowband
