@@ -1741,4 +1741,14 @@ Status ValidateCampaign(const CampaignConfig& config) {
   return diag.ToStatus();
 }
 
+std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline) {
+  if (!pipeline.split.empty()) return pipeline.split;
+  const int s = std::max(pipeline.stages, 1);
+  std::vector<int> blocks(static_cast<size_t>(s), layers / s);
+  for (int i = 0; i < layers % s; ++i) ++blocks[static_cast<size_t>(i)];
+  return blocks;
+}
+
+std::string StagePrefix(int stage) { return "stage" + std::to_string(stage) + "."; }
+
 }  // namespace lowband

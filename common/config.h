@@ -103,6 +103,13 @@ struct PipelineConfig {
   int peer_timeout_ms = 30000;  // a step fails when a neighbour is silent this long
 };
 
+// Transformer blocks per stage: pipeline.split, or as even as possible with
+// the earlier stages taking one extra block each.
+std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline);
+// "stage<S>.": the prefix of stage S's tensors in a pipeline campaign's
+// global parameter layout (common/model_init.h).
+std::string StagePrefix(int stage);
+
 struct NetworkConfig {
   std::string bind = "tcp://127.0.0.1:5555";     // worker ROUTER endpoint
   std::string control = "tcp://127.0.0.1:5556";  // CLI endpoint

@@ -340,6 +340,31 @@ StatusOr<ParamSet> InitialParameters(const ModelConfig& config, uint64_t seed) {
   }
 }
 
+StatusOr<ParamSet> InitialPipelineParameters(const ModelConfig& config, const PipelineConfig& pipeline, uint64_t seed) {
+  LOWBAND_RETURN_IF_ERROR(ValidateModelConfig(config));
+  try {
+    ParamSet out;
+    const std::vector<int> blocks = StageBlocks(config.layers, pipeline);
+    int first = 0;
+    for (int s = 0; s < pipeline.stages; ++s) {
+      const StageSpec spec{s, pipeline.stages, first, blocks[static_cast<size_t>(s)], pipeline.ratio};
+      first += spec.blocks;
+      GptStage stage = MakeGptStage(config, spec, seed + 7919u * static_cast<uint64_t>(s));
+      for (const auto& item : stage->named_parameters(/*recurse=*/true)) {
+        torch::Tensor v = item.value().detach().to(torch::kCPU).contiguous();
+        out.layout.tensors.push_back(TensorSpec{StagePrefix(s) + item.key(), v.sizes().vec()});
+        const float* p = v.data_ptr<float>();
+        out.values.insert(out.values.end(), p, p + v.numel());
+      }
+    }
+    return out;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("InitialPipelineParameters: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Internal(std::string("InitialPipelineParameters: ") + e.what());
+  }
+}
+
 StatusOr<ParamLayout> ModelLayout(const ModelConfig& config) {
   LOWBAND_RETURN_IF_ERROR(ValidateModelConfig(config));
   try {

@@ -61,6 +61,93 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
       round_start_(now) {
   LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
   pending_.round = 0;
+  if (config_.pipeline.stages > 1) BuildParts();
+}
+
+void CoordinatorCore::BuildParts() {
+  const int stages = config_.pipeline.stages;
+  parts_.assign(static_cast<size_t>(stages), Part{});
+  size_t t = 0;
+  int64_t offset = 0;
+  for (int s = 0; s < stages; ++s) {
+    Part& part = parts_[static_cast<size_t>(s)];
+    const std::string prefix = StagePrefix(s);
+    part.first_tensor = t;
+    part.offset = offset;
+    part.first_chunk = t < plan_.tensors.size() ? plan_.tensors[t].first_chunk : plan_.chunks.size();
+    for (; t < params_.layout.tensors.size() && params_.layout.tensors[t].name.rfind(prefix, 0) == 0; ++t) {
+      TensorSpec local = params_.layout.tensors[t];
+      local.name = local.name.substr(prefix.size());
+      part.slice_layout_only.layout.tensors.push_back(local);
+      part.numel += local.numel();
+      part.num_chunks += plan_.tensors[t].num_chunks;
+    }
+    part.num_tensors = t - part.first_tensor;
+    offset += part.numel;
+    // The layout comes from InitialPipelineParameters for this config; a
+    // stage without tensors means the caller built the wrong model.
+    LOWBAND_CHECK(part.num_tensors > 0);
+    part.plan = PlanLayout(part.slice_layout_only.layout, config_.codec.topk);
+  }
+  LOWBAND_CHECK(t == params_.layout.tensors.size());
+  topology_ = std::make_unique<Topology>(stages, config_.pipeline.replicas);
+  ComputePartDigests();
+}
+
+void CoordinatorCore::ComputePartDigests() {
+  part_digests_.clear();
+  for (const Part& part : parts_) {
+    part_digests_.push_back(Fnv1a64(params_.values.data() + part.offset, static_cast<size_t>(part.numel) * sizeof(float)));
+  }
+}
+
+Update CoordinatorCore::SliceUpdate(const Update& u, const Part& part) const {
+  Update out;
+  out.dense = u.dense;
+  if (u.dense) {
+    out.values.assign(u.values.begin() + part.offset, u.values.begin() + part.offset + part.numel);
+    return out;
+  }
+  const uint32_t first = u.begin[part.first_chunk];
+  const uint32_t last = u.begin[part.first_chunk + part.num_chunks];
+  for (size_t c = 0; c <= part.num_chunks; ++c) out.begin.push_back(u.begin[part.first_chunk + c] - first);
+  out.index.assign(u.index.begin() + first, u.index.begin() + last);
+  out.value.assign(u.value.begin() + first, u.value.begin() + last);
+  return out;
+}
+
+Update CoordinatorCore::AggregatePipeline() const {
+  const bool sparse = config_.codec.kind == CodecKind::kSparseLoCo;
+  Update g;
+  g.dense = !sparse;
+  if (sparse) g.begin.push_back(0);
+  for (size_t s = 0; s < parts_.size(); ++s) {
+    const Part& part = parts_[s];
+    std::vector<const Update*> deltas;
+    for (const auto& [site, up] : uploads_) {
+      if (up.stage == static_cast<int>(s)) deltas.push_back(&up.delta);
+    }
+    Update mean;
+    if (!deltas.empty()) {
+      mean = AggregateMean(part.plan, deltas, config_.quorum.aggregation);
+    } else if (sparse) {  // nobody trained this stage: it stays where it is
+      mean.dense = false;
+      mean.begin.assign(part.num_chunks + 1, 0);
+    } else {
+      mean.values.assign(static_cast<size_t>(part.numel), 0.0f);
+    }
+    if (!sparse) {
+      if (!mean.dense) mean.values = Densify(part.plan, mean);
+      g.values.insert(g.values.end(), mean.values.begin(), mean.values.end());
+      continue;
+    }
+    LOWBAND_CHECK(!mean.dense);
+    const uint32_t base = static_cast<uint32_t>(g.value.size());
+    for (size_t c = 1; c < mean.begin.size(); ++c) g.begin.push_back(base + mean.begin[c]);
+    g.index.insert(g.index.end(), mean.index.begin(), mean.index.end());
+    g.value.insert(g.value.end(), mean.value.begin(), mean.value.end());
+  }
+  return g;
 }
 
 Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
@@ -83,6 +170,7 @@ Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<flo
   if (!momentum.empty()) outer_.set_momentum(std::move(momentum));
   params_ = std::move(params);
   digest_ = params_.Digest();
+  ComputePartDigests();
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
@@ -107,6 +195,7 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
   Update update = outer_.Step(plan_, std::move(g).value());
   LOWBAND_RETURN_IF_ERROR(ApplyUpdate(plan_, update, &params_.values));
   digest_ = params_.Digest();
+  ComputePartDigests();
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
@@ -241,6 +330,27 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   }
   auto existing = workers_.find(m.site);
   const bool rejoin = existing != workers_.end();
+  std::optional<StageSlot> slot;
+  if (pipelined()) {
+    if (m.peer_endpoint.empty()) {
+      Reply(peer, ErrorCode::kMalformed, "a pipeline campaign needs the worker's peer endpoint (site.peer)", 0, out);
+      return;
+    }
+    if (rejoin && !existing->second.welcomed && existing->second.state == WorkerState::kJoined &&
+        existing->second.peer == peer) {
+      existing->second.last_seen = now;  // still waiting for its replica: a repeated hello
+      existing->second.hello = m;
+      return;
+    }
+    slot = topology_->Assign(m.site);
+    if (!slot) {
+      Reply(peer, ErrorCode::kUnexpected,
+            "every pipeline slot (" + std::to_string(config_.pipeline.stages) + " stages x " +
+                std::to_string(config_.pipeline.replicas) + " replicas) is held",
+            0, out);
+      return;
+    }
+  }
   if (!rejoin && static_cast<int>(workers_.size()) >= std::max(config_.quorum.expected_workers, 1) * 4) {
     Reply(peer, ErrorCode::kUnexpected, "too many sites registered", 0, out);
     return;
@@ -262,18 +372,21 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
            {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
            {"round", committed_round_});
 
-  Welcome wel;
-  wel.worker_id = m.site;
-  wel.model = config_.model;
-  wel.training = config_.training;
-  wel.codec = config_.codec;
-  wel.data_seed = DataSeedFor(config_.training.seed, m.site);
-  wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(m.site)));
-  wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
-  wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
-  out->messages.push_back({peer, Make(wel)});
-  SendSync(w, out);
-  if (phase_ == Phase::kTraining) SendRoundStart(w, out);
+  if (pipelined()) {
+    w.stage = slot->stage;
+    w.replica = slot->replica;
+    w.welcomed = false;
+    if (topology_->ReplicaComplete(w.replica)) {
+      WelcomeReplica(w.replica, out);
+    } else {
+      LOG_INFO("pipeline slot assigned, waiting for the rest of its replica", {"site", m.site},
+               {"stage", w.stage}, {"replica", w.replica});
+    }
+  } else {
+    SendWelcome(w, out);
+    SendSync(w, out);
+    if (phase_ == Phase::kTraining) SendRoundStart(w, out);
+  }
   if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
     phase_ = Phase::kEvaluating;  // round 0: evaluate the initial parameters
     phase_start_ = now;
@@ -282,11 +395,58 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   MaybeFinishEval(now, false, out);
 }
 
+void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
+  Welcome wel;
+  wel.worker_id = w.site;
+  wel.model = config_.model;
+  wel.training = config_.training;
+  wel.codec = config_.codec;
+  wel.data_seed = DataSeedFor(config_.training.seed, w.site);
+  wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
+  wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
+  wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
+  if (pipelined()) {
+    wel.pipeline = config_.pipeline;
+    wel.stage = w.stage;
+    wel.replica = w.replica;
+    // Replicas of a stage sample different data; the stages of one replica
+    // see the same batches, which stage 0 reads and the last stage's labels
+    // come from: seed by replica, not by site.
+    wel.data_seed = DataSeedFor(config_.training.seed, "replica-" + std::to_string(w.replica));
+    for (int s = 0; s < config_.pipeline.stages; ++s) {
+      auto it = workers_.find(topology_->SiteAt(StageSlot{s, w.replica}));
+      wel.stage_endpoints.push_back(it == workers_.end() ? std::string() : it->second.hello.peer_endpoint);
+    }
+  }
+  out->messages.push_back({w.peer, Make(wel)});
+}
+
+void CoordinatorCore::WelcomeReplica(int replica, CoreOutput* out) {
+  for (int s = 0; s < config_.pipeline.stages; ++s) {
+    auto it = workers_.find(topology_->SiteAt(StageSlot{s, replica}));
+    if (it == workers_.end()) continue;
+    WorkerInfo& w = it->second;
+    w.welcomed = true;
+    uploads_.erase(w.site);  // a re-configured stage trains the round again
+    SendWelcome(w, out);
+    SendSync(w, out);
+    if (phase_ == Phase::kTraining) SendRoundStart(w, out);
+  }
+  LOG_INFO("pipeline replica complete", {"replica", replica}, {"stages", config_.pipeline.stages});
+}
+
 void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
-  auto enc = PackDenseFp32(params_.layout, params_.values);
+  StatusOr<Encoded> enc = Status::Ok();
+  if (pipelined()) {
+    const Part& part = parts_[static_cast<size_t>(w.stage)];
+    std::vector<float> slice(params_.values.begin() + part.offset, params_.values.begin() + part.offset + part.numel);
+    enc = PackDenseFp32(part.slice_layout_only.layout, slice);
+  } else {
+    enc = PackDenseFp32(params_.layout, params_.values);
+  }
   // Dense fp32 of our own parameters cannot fail; a failure is a bug.
   LOWBAND_CHECK(enc.ok());
-  Message m = Make(ModelSync{committed_round_, digest_, enc->header});
+  Message m = Make(ModelSync{committed_round_, DigestFor(w), enc->header});
   m.bulk = std::move(enc->bulk);
   w.synced_round = committed_round_;
   out->messages.push_back({w.peer, std::move(m)});
@@ -295,7 +455,7 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
 void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out) {
   RoundStart rs;
   rs.round = committed_round_ + 1;
-  rs.model_version = digest_;
+  rs.model_version = DigestFor(w);
   rs.inner_steps = config_.training.inner_steps;
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
   out->messages.push_back({w.peer, Make(rs)});
@@ -337,10 +497,10 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
     Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
     return;
   }
-  if (m.base_digest != digest_) {
+  if (m.base_digest != DigestFor(w)) {
     Reply(w.peer, ErrorCode::kDigestMismatch,
           "upload trained from parameters " + DigestHex(m.base_digest) + ", round " +
-              std::to_string(committed_round_) + " parameters are " + DigestHex(digest_),
+              std::to_string(committed_round_) + " parameters are " + DigestHex(DigestFor(w)),
           m.round, out);
     return;
   }
@@ -355,7 +515,9 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
           m.round, out);
     return;
   }
-  auto delta = ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
+  const Part* part = pipelined() ? &parts_[static_cast<size_t>(w.stage)] : nullptr;
+  auto delta = part ? ParseUpdate(part->slice_layout_only.layout, part->plan, m.blob, msg.bulk)
+                    : ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
   if (!delta.ok()) {
     Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
     return;
@@ -370,7 +532,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   }
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
-  uploads_[w.site] = Upload{std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq)};
+  uploads_[w.site] = Upload{w.stage, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq)};
   w.last_step_time_ms = m.step_time_ms;
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
   MaybeCloseRound(now, false, out);
@@ -383,18 +545,26 @@ void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreO
 
 void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
   const double ratio = config_.quorum.max_norm_ratio;
-  if (ratio <= 0 || uploads_.size() < 3) return;
-  std::vector<double> norms;
-  for (const auto& [site, up] : uploads_) norms.push_back(up.norm);
-  std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
-  const double median = norms[norms.size() / 2];
+  if (ratio <= 0) return;
+  // Deltas of different pipeline stages are not comparable: one median per stage.
+  std::map<int, std::vector<double>> norms_by_stage;
+  for (const auto& [site, up] : uploads_) norms_by_stage[up.stage].push_back(up.norm);
+  std::map<int, double> median_of;
+  for (auto& [stage, norms] : norms_by_stage) {
+    if (norms.size() < 3) continue;
+    std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
+    median_of[stage] = norms[norms.size() / 2];
+  }
   const uint32_t round = committed_round_ + 1;
   for (auto it = uploads_.begin(); it != uploads_.end();) {
-    if (it->second.norm > ratio * median) {
+    auto med = median_of.find(it->second.stage);
+    const double median = med == median_of.end() ? 0.0 : med->second;
+    const size_t count = norms_by_stage[it->second.stage].size();
+    if (med != median_of.end() && it->second.norm > ratio * median) {
       char what[200];
       std::snprintf(what, sizeof(what),
                     "upload rejected: its norm %.6g is %.1fx the median %.6g of this round's %zu uploads (limit %gx)",
-                    it->second.norm, it->second.norm / median, median, norms.size(), ratio);
+                    it->second.norm, it->second.norm / median, median, count, ratio);
       auto w = workers_.find(it->first);
       Reply(w != workers_.end() ? w->second.peer : std::string(), ErrorCode::kBadPayload, what, round, out,
             "norm_outlier");
@@ -414,19 +584,27 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   // coordinate); sites in name order so the float sum is the same on every
   // run. Sparse uploads stay sparse through aggregation and a stateless
   // outer step.
+  // Pipeline: only the last stage computes the loss; every stage's worker
+  // reports the tokens its replica trained on.
+  const int loss_stage = pipelined() ? config_.pipeline.stages - 1 : 0;
   std::vector<const Update*> deltas;
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, up] : uploads_) {
     deltas.push_back(&up.delta);
-    loss_sum += up.train_loss * static_cast<double>(up.tokens);
-    tokens += up.tokens;
     SiteRoundStats& s = pending_.sites[site];
-    s.train_loss = up.train_loss;
     s.tokens = up.tokens;
     s.uploaded = true;
+    if (up.stage != loss_stage) continue;
+    loss_sum += up.train_loss * static_cast<double>(up.tokens);
+    tokens += up.tokens;
+    s.train_loss = up.train_loss;
   }
-  Update g = AggregateMean(plan_, deltas, config_.quorum.aggregation);
+  if (tokens == 0) {  // no last-stage upload this round: the loss is unknown
+    loss_sum = std::numeric_limits<double>::quiet_NaN();
+    tokens = 1;
+  }
+  Update g = pipelined() ? AggregatePipeline() : AggregateMean(plan_, deltas, config_.quorum.aggregation);
   // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.
   auto logged = PackAggregate(params_.layout, plan_, g);
@@ -444,6 +622,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   }
   LOWBAND_CHECK(ApplyUpdate(plan_, update, &params_.values).ok());
   digest_ = params_.Digest();
+  ComputePartDigests();
   committed_round_ += 1;
   pending_.train_loss = loss_sum / static_cast<double>(tokens);
   pending_.tokens = tokens;
@@ -456,14 +635,22 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   pending_.aggregate_nnz = update.nnz();
   pending_.round = committed_round_;
   out->commit = RoundCommit{pending_, std::move(logged).value()};
+  // Pipeline: each stage's workers get their stage's slice of the update.
+  std::vector<Encoded> stage_enc;
+  for (const Part& part : parts_) {
+    auto e = PackAggregate(part.slice_layout_only.layout, part.plan, SliceUpdate(update, part));
+    LOWBAND_CHECK(e.ok());  // a slice of an update that packed whole
+    stage_enc.push_back(std::move(e).value());
+  }
   for (auto& [site, w] : workers_) {
-    if (w.state != WorkerState::kJoined) continue;
+    if (w.state != WorkerState::kJoined || !w.welcomed) continue;
     if (w.synced_round + 1 != committed_round_) {
       SendSync(w, out);  // it missed a round: full parameters instead
       continue;
     }
-    Message m = Make(Aggregate{committed_round_, digest_, static_cast<uint32_t>(have), enc->header});
-    m.bulk = enc->bulk;
+    const Encoded& down = pipelined() ? stage_enc[static_cast<size_t>(w.stage)] : *enc;
+    Message m = Make(Aggregate{committed_round_, DigestFor(w), static_cast<uint32_t>(have), down.header});
+    m.bulk = down.bulk;
     w.synced_round = committed_round_;
     out->messages.push_back({w.peer, std::move(m)});
   }
@@ -487,14 +674,14 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
   }
   w.last_eval_round = m.round;
   w.last_val_loss = m.val_loss;
-  if (m.digest != digest_) {
+  if (m.digest != DigestFor(w)) {
     ++pending_.digest_mismatches;
     pending_.sites[w.site].digest_ok = false;
     LOG_ERROR("parameter digest mismatch", {"site", w.site}, {"round", m.round},
-              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(digest_)});
+              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(DigestFor(w))});
     out->messages.push_back({w.peer, Make(Error{ErrorCode::kDigestMismatch,
                                                 "replica digest " + DigestHex(m.digest) + " differs from " +
-                                                    DigestHex(digest_) + "; re-syncing",
+                                                    DigestHex(DigestFor(w)) + "; re-syncing",
                                                 m.round})});
     SendSync(w, out);  // its next EvalReport replaces this one
     return;
@@ -513,13 +700,15 @@ void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreO
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, ev] : evals_) {
+    // Pipeline: the loss is the last stage's; the others report digests only.
+    if (pipelined() && workers_.at(site).stage != config_.pipeline.stages - 1) continue;
     const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
     loss_sum += ev.val_loss * weight;
     tokens += std::max<uint64_t>(ev.val_tokens, 1);
     pending_.sites[site].val_loss = ev.val_loss;
   }
   pending_.round = committed_round_;
-  pending_.val_loss = loss_sum / static_cast<double>(tokens);
+  pending_.val_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();
   pending_.evaluated = have;
   pending_.digest = digest_;
   pending_.wall_s = Seconds(now - round_start_);
@@ -543,6 +732,7 @@ void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreO
 
 void CoordinatorCore::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
   w.state = WorkerState::kLost;
+  if (topology_) topology_->Release(w.site);
   uploads_.erase(w.site);
   evals_.erase(w.site);
   LOG_WARN("worker lost", {"site", w.site}, {"reason", why}, {"round", committed_round_}, {"live", LiveWorkers()});
@@ -611,6 +801,7 @@ std::string CoordinatorCore::StatusJson() const {
       .Add("paused", paused_)
       .Add("uploads", static_cast<int>(uploads_.size()))
       .Add("digest", DigestHex(digest_))
+      .Add("pipeline_stages", config_.pipeline.stages)
       .Add("parameters", static_cast<uint64_t>(params_.values.size()))
       .Add("rejected_messages", rejected_);
   if (!history_.empty()) {
@@ -714,6 +905,7 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
     if (w.state == WorkerState::kEvicted) return refuse("site '" + site + "' is already evicted");
     const bool was_joined = w.state == WorkerState::kJoined;
     w.state = WorkerState::kEvicted;
+    if (topology_) topology_->Release(site);
     uploads_.erase(site);
     evals_.erase(site);
     if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{"evicted by operator", committed_round_})});

@@ -41,6 +41,7 @@
 #include "common/messages.h"
 #include "common/params.h"
 #include "coordinator/outer_optimizer.h"
+#include "coordinator/topology.h"
 
 namespace lowband {
 
@@ -114,6 +115,11 @@ struct WorkerInfo {
   double last_val_loss = std::numeric_limits<double>::quiet_NaN();
   double last_step_time_ms = 0;
   uint64_t rejected = 0;
+  // Pipeline campaigns: its slot, and whether it has been welcomed (a worker
+  // waits, unwelcomed, until every stage of its replica has a worker).
+  int stage = 0;
+  int replica = 0;
+  bool welcomed = true;
 };
 
 class CoordinatorCore {
@@ -178,6 +184,7 @@ class CoordinatorCore {
 
  private:
   struct Upload {
+    int stage = 0;  // pipeline: the stage whose parameters the delta covers
     Update delta;
     double train_loss;
     uint64_t tokens;
@@ -210,8 +217,36 @@ class CoordinatorCore {
   std::string StatusJson() const;
   std::string WorkersJson(TimePoint now) const;
 
+  // Pipeline campaigns: the global parameters are every stage's tensors in
+  // stage order ("stage<S>." prefixes, common/model_init.h); a Part is one
+  // stage's slice. Workers of stage S see only their part: syncs, round
+  // starts, uploads, aggregates and digests are per part; the outer step,
+  // checkpoints and the round log stay on the whole.
+  struct Part {
+    size_t first_tensor = 0, num_tensors = 0;
+    int64_t offset = 0, numel = 0;
+    size_t first_chunk = 0, num_chunks = 0;  // in plan_
+    ParamSet slice_layout_only;              // layout with local names (values empty)
+    LayoutPlan plan;
+  };
+  bool pipelined() const { return !parts_.empty(); }
+  void BuildParts();
+  void ComputePartDigests();
+  uint64_t DigestFor(const WorkerInfo& w) const { return pipelined() ? part_digests_[w.stage] : digest_; }
+  // Welcome (+ ModelSync, + RoundStart while training) to every worker of
+  // `replica`, once all its stages are held: neighbours learn each other's
+  // endpoints, a replacement's neighbours re-configure.
+  void WelcomeReplica(int replica, CoreOutput* out);
+  void SendWelcome(WorkerInfo& w, CoreOutput* out);
+  // Per-stage means of the uploads, joined into one update of the whole layout.
+  Update AggregatePipeline() const;
+  Update SliceUpdate(const Update& u, const Part& part) const;
+
   CampaignConfig config_;
   LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
+  std::vector<Part> parts_;
+  std::vector<uint64_t> part_digests_;
+  std::unique_ptr<Topology> topology_;
   OuterOptimizer outer_;
   ParamSet params_;
   uint64_t digest_ = 0;

@@ -40,7 +40,9 @@ int main(int argc, char** argv) {
     return lowband::kExitConfig;
   }
   lowband::log::SetRole("coordinator", config->name);
-  auto initial = lowband::InitialParameters(config->model, config->training.seed);
+  auto initial = config->pipeline.stages > 1
+                     ? lowband::InitialPipelineParameters(config->model, config->pipeline, config->training.seed)
+                     : lowband::InitialParameters(config->model, config->training.seed);
   if (!initial.ok()) {
     LOG_ERROR("cannot build the initial model", {"reason", initial.status().ToString()});
     return 1;

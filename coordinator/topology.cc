@@ -4,14 +4,6 @@
 
 namespace lowband {
 
-std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline) {
-  if (!pipeline.split.empty()) return pipeline.split;
-  const int s = std::max(pipeline.stages, 1);
-  std::vector<int> blocks(static_cast<size_t>(s), layers / s);
-  for (int i = 0; i < layers % s; ++i) ++blocks[static_cast<size_t>(i)];
-  return blocks;
-}
-
 Topology::Topology(int stages, int replicas)
     : stages_(std::max(stages, 1)), replicas_(std::max(replicas, 1)),
       holder_(static_cast<size_t>(stages_ * replicas_)) {}

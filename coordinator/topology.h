@@ -25,10 +25,6 @@ struct StageSlot {
   bool operator==(const StageSlot& o) const { return stage == o.stage && replica == o.replica; }
 };
 
-// Transformer blocks per stage: pipeline.split, or as even as possible with
-// the earlier stages taking one extra block each.
-std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline);
-
 class Topology {
  public:
   Topology(int stages, int replicas);

@@ -612,3 +612,110 @@ TEST_CASE("resume: a restored coordinator re-evaluates, continues and ends where
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+// A 2-stage pipeline campaign's global parameters: stage 0 owns "stage0.*",
+// stage 1 owns "stage1.*" (the names InitialPipelineParameters gives).
+ParamSet TwoStageParams() {
+  ParamSet p;
+  p.layout.tensors = {{"stage0.emb", {4, 2}}, {"stage0.b", {3}}, {"stage1.head", {2, 5}}};
+  p.values.resize(21);
+  for (size_t i = 0; i < p.values.size(); ++i) p.values[i] = 0.1f * static_cast<float>(i);
+  return p;
+}
+
+Message PipelineHello(const std::string& site, const std::string& endpoint) {
+  Hello h = testing::HelloFrom(site);
+  h.peer_endpoint = endpoint;
+  return Wrap(h, "");
+}
+
+TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregates", "[unit][coordinator]") {
+  CampaignConfig cfg = TinyCampaign(2, 2);
+  cfg.pipeline.stages = 2;
+  cfg.outer.lr = 1.0;
+  cfg.outer.momentum = 0.0;
+  cfg.outer.kind = OuterOptimizerKind::kSgd;
+  const ParamSet initial = TwoStageParams();
+  const TimePoint t0 = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(cfg, initial, t0);
+
+  CoreOutput out;
+  core.HandleMessage("pa", PipelineHello("site-a", "tcp://127.0.0.1:5601"), t0, &out);
+  // Alone, its replica is incomplete: no welcome yet; a repeated hello is quiet.
+  CHECK(Bodies<Welcome>(out, "pa").empty());
+  core.HandleMessage("pa", PipelineHello("site-a", "tcp://127.0.0.1:5601"), t0, &out);
+  CHECK(out.messages.empty());
+  // Without a peer endpoint a worker cannot join a pipeline.
+  core.HandleMessage("px", PipelineHello("site-x", ""), t0, &out);
+  CHECK(Bodies<Error>(out, "px").size() == 1);
+  out = CoreOutput{};
+  core.HandleMessage("pb", PipelineHello("site-b", "tcp://127.0.0.1:5602"), t0, &out);
+  auto wa = Bodies<Welcome>(out, "pa");
+  auto wb = Bodies<Welcome>(out, "pb");
+  REQUIRE(wa.size() == 1);
+  REQUIRE(wb.size() == 1);
+  CHECK(wa[0]->stage == 0);
+  CHECK(wb[0]->stage == 1);
+  CHECK(wb[0]->stage_endpoints == std::vector<std::string>{"tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"});
+  CHECK(wa[0]->data_seed == wb[0]->data_seed);  // one replica reads one data stream
+  // Each stage is synced with its own slice under local names.
+  auto sa = std::find_if(out.messages.begin(), out.messages.end(),
+                         [](const Outgoing& o) { return o.peer == "pa" && std::holds_alternative<ModelSync>(o.msg.body); });
+  REQUIRE(sa != out.messages.end());
+  CHECK(sa->msg.bulk.size() == 11 * sizeof(float));
+  const uint64_t digest_a = std::get<ModelSync>(sa->msg.body).digest;
+  CHECK(digest_a == Fnv1a64(initial.values.data(), 11 * sizeof(float)));
+  const uint64_t digest_b = Fnv1a64(initial.values.data() + 11, 10 * sizeof(float));
+
+  // Round 0 evaluation: only the last stage's loss counts.
+  out = CoreOutput{};
+  core.HandleMessage("pa", Wrap(EvalReport{0, 0.0, 0, digest_a}), t0, &out);
+  core.HandleMessage("pb", Wrap(EvalReport{0, 4.5, 100, digest_b}), t0, &out);
+  REQUIRE(out.committed.size() == 1);
+  CHECK(out.committed[0].val_loss == Approx(4.5));
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+
+  // Round 1: each stage uploads a delta of its own slice.
+  auto upload = [&](const std::string& peer, uint64_t base, const ParamLayout& layout, std::vector<float> delta,
+                    double loss) {
+    DeltaUpload up;
+    up.round = 1;
+    up.base_digest = base;
+    up.train_loss = loss;
+    up.tokens = 10;
+    auto enc = PackDenseFp32(layout, delta);
+    up.blob = enc->header;
+    Message m = Wrap(up);
+    m.bulk = enc->bulk;
+    core.HandleMessage(peer, m, t0, &out);
+  };
+  ParamLayout la, lb;
+  la.tensors = {{"emb", {4, 2}}, {"b", {3}}};
+  lb.tensors = {{"head", {2, 5}}};
+  // An upload against the other stage's layout is refused.
+  out = CoreOutput{};
+  upload("pa", digest_a, lb, std::vector<float>(10, 0.5f), 2.0);
+  CHECK(Bodies<Error>(out, "pa").size() == 1);
+  upload("pa", digest_a, la, std::vector<float>(11, 0.5f), 0.0);
+  upload("pb", digest_b, lb, std::vector<float>(10, -1.0f), 3.0);
+  REQUIRE(out.commit.has_value());
+  CHECK(out.commit->record.train_loss == Approx(3.0));  // the last stage's
+  auto aa = Bodies<Aggregate>(out, "pa");
+  auto ab = Bodies<Aggregate>(out, "pb");
+  REQUIRE(aa.size() == 1);
+  REQUIRE(ab.size() == 1);
+  CHECK(aa[0]->blob.num_elements == 11);
+  CHECK(ab[0]->blob.num_elements == 10);
+  // theta <- theta - u with u = the stage's delta (SGD, lr 1): digests per slice.
+  const std::vector<float>& theta = core.params().values;
+  CHECK(theta[0] == Approx(initial.values[0] - 0.5f));
+  CHECK(theta[20] == Approx(initial.values[20] + 1.0f));
+  CHECK(aa[0]->digest == Fnv1a64(theta.data(), 11 * sizeof(float)));
+  CHECK(ab[0]->digest == Fnv1a64(theta.data() + 11, 10 * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace lowband

@@ -336,7 +336,7 @@ TEST_CASE("pipeline runner: a ratio-16 bf16 pipeline learns a fixed batch", "[un
   for (const auto& st : status) REQUIRE(st.ok());
   INFO("loss " << losses.front() << " -> " << losses.back());
   CHECK(std::isfinite(losses.back()));
-  CHECK(losses.back() < 0.8 * losses.front());
+  CHECK(losses.back() < 0.5 * losses.front());
 }
 
 TEST_CASE("pipeline runner: faults fail the step cleanly", "[unit][pipeline_runner]") {
@@ -398,10 +398,18 @@ TEST_CASE("pipeline runner: faults fail the step cleanly", "[unit][pipeline_runn
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().code() == StatusCode::kInvalidArgument);
     CHECK(r.status().message().find("inputs must be int64 [8, 8]") != std::string::npos);
-    r = s0.TrainStep(0, 0, b.x, b.y.to(torch::kInt32));
+    r = s0.TrainStep(0, 1, b.x, b.y.to(torch::kInt32));
     CHECK(r.status().code() == StatusCode::kInvalidArgument);
     CHECK(p->net.Pending(1) == 0);
+    next_step = 2;
     recovers();
+    // A step key that does not increase is refused before anything runs.
+    r = s0.TrainStep(0, 2, b.x, b.y);
+    CHECK(r.status().code() == StatusCode::kFailedPrecondition);
+    CHECK(r.status().message().find("not after the last one begun, round 0 step 2") != std::string::npos);
+    CHECK(p->trainers[0]->step_count() == 1);
+    // Eval keys are separate: this one fails only for lack of a batch.
+    CHECK(s0.EvalBatch(0, 0).status().code() == StatusCode::kInvalidArgument);
   }
 
   SECTION("bad messages: InvalidArgument naming the problem, no crash") {
