@@ -16,18 +16,27 @@ bool SameCodec(const CodecConfig& a, const CodecConfig& b) {
   return a.kind == b.kind && a.topk == b.topk && a.error_feedback == b.error_feedback;
 }
 
+bool SamePipeline(const Welcome& a, const Welcome& b) {
+  const PipelineConfig& x = a.pipeline;
+  const PipelineConfig& y = b.pipeline;
+  return x.stages == y.stages && x.ratio == y.ratio && x.wire_dtype == y.wire_dtype && x.split == y.split &&
+         x.micro_batches == y.micro_batches && x.schedule == y.schedule && x.peer_timeout_ms == y.peer_timeout_ms &&
+         a.stage == b.stage && a.training.batch_size == b.training.batch_size;
+}
+
 JobFailed Fail(ErrorCode code, uint32_t round, const Status& st, bool fatal = false) {
   return JobFailed{fatal, code, round, st.ToString()};
 }
 
 }  // namespace
 
-Executor::Executor(SiteConfig site, const Corpus* corpus) : site_(std::move(site)), corpus_(corpus) {}
+Executor::Executor(SiteConfig site, const Corpus* corpus, PeerChannel* peers)
+    : site_(std::move(site)), corpus_(corpus), peers_(peers) {}
 Executor::~Executor() = default;
 
 JobResult Executor::Run(Job job) {
   if (auto* c = std::get_if<ConfigureJob>(&job)) return Configure(c->welcome);
-  if (!trainer_) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
+  if (!configured()) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
   if (auto* s = std::get_if<SyncJob>(&job)) return Sync(*s);
   if (auto* t = std::get_if<TrainJob>(&job)) return Train(*t);
   return Apply(std::get<ApplyJob>(job));
@@ -36,14 +45,31 @@ JobResult Executor::Run(Job job) {
 JobResult Executor::Configure(const Welcome& w) {
   // A re-welcome with the same model (coordinator restart, re-registration)
   // keeps the trainer and with it the inner optimizer state.
-  if (trainer_ && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
-      SameCodec(welcome_->codec, w.codec)) {
+  if (configured() && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
+      SameCodec(welcome_->codec, w.codec) && SamePipeline(*welcome_, w)) {
+    return ConfigureDone{};
+  }
+  if (w.pipeline.stages > 1) {
+    if (peers_ == nullptr) {
+      return Fail(ErrorCode::kInternal, 0, FailedPrecondition("pipeline campaign but this worker has no peer links"),
+                  /*fatal=*/true);
+    }
+    auto stage = StageReplica::Create(w, site_.device, site_.threads, corpus_, peers_);
+    if (!stage.ok()) return Fail(ErrorCode::kInternal, 0, stage.status(), /*fatal=*/true);
+    trainer_.reset();
+    stage_ = std::move(stage).value();
+    last_train_.reset();
+    welcome_ = std::make_unique<Welcome>(w);
+    LOG_INFO("pipeline stage ready", {"device", site_.device}, {"stage", w.stage}, {"stages", w.pipeline.stages},
+             {"replica", w.replica}, {"parameters", static_cast<long long>(stage_->layout().numel())},
+             {"codec", CodecName(w.codec.kind)}, {"schedule", w.pipeline.schedule});
     return ConfigureDone{};
   }
   auto trainer =
       Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
+  stage_.reset();
   last_train_.reset();
   welcome_ = std::make_unique<Welcome>(w);
   LOG_INFO("trainer ready", {"device", site_.device}, {"parameters", static_cast<long long>(trainer_->layout().numel())},
@@ -52,9 +78,9 @@ JobResult Executor::Configure(const Welcome& w) {
 }
 
 JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
-  auto ev = trainer_->Evaluate();
+  auto ev = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
   if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
-  const uint64_t digest = trainer_->global().Digest();
+  const uint64_t digest = global().Digest();
   return EvalDone{round, ev->loss, ev->tokens, digest, digest == announced_digest};
 }
 
@@ -65,22 +91,22 @@ JobResult Executor::Sync(const SyncJob& job) {
                      std::string("model sync payload uses codec ") + CodecName(job.sync.blob.codec) +
                          ", expected dense_fp32"};
   }
-  auto values = ParseUpdate(trainer_->layout(), trainer_->plan(), job.sync.blob, job.bulk);
+  auto values = ParseUpdate(layout(), plan(), job.sync.blob, job.bulk);
   if (!values.ok()) return Fail(ErrorCode::kBadPayload, job.sync.round, values.status());
-  ParamSet p{trainer_->layout(), std::move(values->values)};
+  ParamSet p{layout(), std::move(values->values)};
   if (p.Digest() != job.sync.digest) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.sync.round,
                      "model sync payload digest " + DigestHex(p.Digest()) + " differs from the announced " +
                          DigestHex(job.sync.digest)};
   }
-  Status st = trainer_->SetGlobal(std::move(p));
+  Status st = stage_ ? stage_->SetGlobal(std::move(p)) : trainer_->SetGlobal(std::move(p));
   if (!st.ok()) return Fail(ErrorCode::kBadPayload, job.sync.round, st);
   LOG_INFO("parameters synced", {"round", job.sync.round}, {"digest", DigestHex(job.sync.digest)});
   return EvaluateAt(job.sync.round, job.sync.digest);
 }
 
 JobResult Executor::Train(const TrainJob& job) {
-  const uint64_t base = trainer_->global().Digest();
+  const uint64_t base = global().Digest();
   if (base != job.base_digest) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
                      "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest)};
@@ -90,7 +116,9 @@ JobResult Executor::Train(const TrainJob& job) {
              {"base", DigestHex(base)});
     return *last_train_;
   }
-  auto result = trainer_->TrainRound(job.inner_steps);
+  // A failed pipeline step is not fatal: the coordinator's deadline and
+  // quorum decide what happens to the round.
+  auto result = stage_ ? stage_->TrainRound(job.round, job.inner_steps) : trainer_->TrainRound(job.inner_steps);
   if (!result.ok()) return Fail(ErrorCode::kInternal, job.round, result.status());
   TrainDone done;
   done.upload.round = job.round;
@@ -112,9 +140,9 @@ JobResult Executor::Apply(const ApplyJob& job) {
     return JobFailed{false, ErrorCode::kBadPayload, job.aggregate.round,
                      std::string("aggregate uses codec ") + CodecName(codec) + ", expected dense_fp32 or sparse_fp32"};
   }
-  auto update = ParseUpdate(trainer_->layout(), trainer_->plan(), job.aggregate.blob, job.bulk);
+  auto update = ParseUpdate(layout(), plan(), job.aggregate.blob, job.bulk);
   if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());
-  Status st = trainer_->ApplyUpdate(*update);
+  Status st = stage_ ? stage_->ApplyUpdate(*update) : trainer_->ApplyUpdate(*update);
   if (!st.ok()) return Fail(ErrorCode::kInternal, job.aggregate.round, st);
   return EvaluateAt(job.aggregate.round, job.aggregate.digest);
 }

@@ -12,14 +12,19 @@
 #include "common/config.h"
 #include "common/corpus.h"
 #include "worker/core.h"
+#include "worker/stage_replica.h"
 #include "worker/trainer.h"
 
 namespace lowband {
 
+class PeerChannel;
+
 class Executor {
  public:
-  // The corpus must outlive the executor.
-  Executor(SiteConfig site, const Corpus* corpus);
+  // The corpus must outlive the executor. `peers` (borrowed, may be null
+  // for a data-parallel worker) carries a pipeline stage's activations to
+  // and from its neighbour stages; a pipeline Welcome without it fails.
+  Executor(SiteConfig site, const Corpus* corpus, PeerChannel* peers = nullptr);
   ~Executor();
 
   JobResult Run(Job job);
@@ -30,11 +35,17 @@ class Executor {
   JobResult Train(const TrainJob& job);
   JobResult Apply(const ApplyJob& job);
   JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
+  bool configured() const { return trainer_ || stage_; }
+  const ParamLayout& layout() const { return stage_ ? stage_->layout() : trainer_->layout(); }
+  const LayoutPlan& plan() const { return stage_ ? stage_->plan() : trainer_->plan(); }
+  const ParamSet& global() const { return stage_ ? stage_->global() : trainer_->global(); }
 
   SiteConfig site_;
   const Corpus* corpus_;
   std::unique_ptr<Welcome> welcome_;  // configuration the trainer was built for
-  std::unique_ptr<Trainer> trainer_;
+  PeerChannel* peers_;
+  std::unique_ptr<Trainer> trainer_;     // data-parallel campaign
+  std::unique_ptr<StageReplica> stage_;  // pipeline campaign: this worker's stage
   // The last round trained. A restarted coordinator asks again for the
   // round in flight when it died (same round, same starting parameters);
   // training it again would advance the data position, error feedback and

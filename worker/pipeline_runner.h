@@ -88,25 +88,11 @@
 #include "common/messages.h"
 #include "common/pipeline_wire.h"
 #include "common/status.h"
+#include "worker/peer_channel.h"
 #include "worker/pipeline_schedule.h"
 #include "worker/stage_trainer.h"
 
 namespace lowband {
-
-// The messaging seam between a PipelineRunner and its neighbour stages.
-// Implemented by the worker service (posting to / receiving from its event
-// loop); a fake in tests. Called from the training thread only.
-class PeerChannel {
- public:
-  virtual ~PeerChannel() = default;
-  // Queues a message for stage `to_stage` of this worker's replica; the
-  // header's stage is the sender's. Unavailable if that peer is gone.
-  virtual Status Send(int to_stage, Activation header, Bytes bulk) = 0;
-  // The next inbound Activation for this stage (from any sender), waiting
-  // at most `timeout`. DeadlineExceeded when nothing came in time;
-  // Unavailable if the step must be abandoned (e.g. a neighbour was lost).
-  virtual StatusOr<std::pair<Activation, Bytes>> Receive(std::chrono::milliseconds timeout) = 0;
-};
 
 struct PipelineRunnerOptions {
   ScheduleKind schedule = ScheduleKind::k1F1B;

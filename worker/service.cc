@@ -18,6 +18,7 @@
 #include "common/wire.h"
 #include "worker/core.h"
 #include "worker/executor.h"
+#include "worker/peer_links.h"
 #include "worker/trainer.h"
 
 namespace lowband {
@@ -67,6 +68,7 @@ struct WorkerService::Impl {
     h.step_time_ms = MeasureReferenceStepMs(site.device);
     h.train_tokens = corpus.train_tokens();
     h.val_tokens = corpus.val_tokens();
+    h.peer_endpoint = site.peer;
     core = std::make_unique<WorkerCore>(h, std::move(campaign), WorkerClock::now());
   }
 
@@ -78,6 +80,11 @@ struct WorkerService::Impl {
   WireLimits limits;
   JobQueue jobs;
   std::unique_ptr<Mailbox<JobResult>> results;
+  // Pipeline campaigns (site.peer set): activations between stages.
+  PeerInbox peer_inbox{4096};
+  std::unique_ptr<Mailbox<PeerSend>> peer_out;  // training thread -> loop
+  std::unique_ptr<PeerLinks> peers;
+  std::unique_ptr<ZmqPeerChannel> peer_channel;
   bool exit = false;
   int exit_code = 0;
 
@@ -115,6 +122,25 @@ struct WorkerService::Impl {
           static_cast<double>(core->rejected_messages()));
     t.Add("lowband_malformed_messages_total", "counter", "Inbound messages that failed decoding.",
           static_cast<double>(f.malformed));
+    if (peers) {
+      bool first = true;
+      for (const auto& [stage, b] : peers->boundaries()) {
+        const std::string st = std::to_string(stage);
+        t.Add("lowband_peer_bytes_total", "counter",
+              first ? "Bytes of pipeline activations sent to / received from another stage." : "",
+              static_cast<double>(b.bytes_sent), {{"peer_stage", st}, {"direction", "sent"}});
+        t.Add("lowband_peer_bytes_total", "counter", "", static_cast<double>(b.bytes_received),
+              {{"peer_stage", st}, {"direction", "received"}});
+        t.Add("lowband_peer_messages_total", "counter",
+              first ? "Pipeline activations sent to / received from another stage." : "",
+              static_cast<double>(b.messages_sent), {{"peer_stage", st}, {"direction", "sent"}});
+        t.Add("lowband_peer_messages_total", "counter", "", static_cast<double>(b.messages_received),
+              {{"peer_stage", st}, {"direction", "received"}});
+        first = false;
+      }
+      t.Add("lowband_peer_rejected_messages_total", "counter", "Messages from other stages refused.",
+            static_cast<double>(peers->rejected()));
+    }
     return t.str();
   }
 
@@ -145,12 +171,32 @@ struct WorkerService::Impl {
         figures.val_loss = ev->val_loss;
       }
     }
-    for (Job& j : out.jobs) jobs.Push(std::move(j));
+    for (Job& j : out.jobs) {
+      if (const auto* c = std::get_if<ConfigureJob>(&j); c && c->welcome.pipeline.stages > 1) OnPipelineWelcome(c->welcome);
+      jobs.Push(std::move(j));
+    }
     if (out.exit) {
       exit = true;
       exit_code = out.exit_code;
     }
     out = WorkerOutput{};
+  }
+
+  // A (re-)welcome into a pipeline campaign: a step blocked waiting for a
+  // neighbour belongs to the old configuration, so it is abandoned now; the
+  // links follow the Welcome's stage endpoints.
+  void OnPipelineWelcome(const Welcome& w) {
+    peer_inbox.Cancel();
+    if (!peers) {
+      LOG_ERROR("pipeline campaign but site.peer is not set; stage traffic impossible");
+      return;
+    }
+    Status st = peers->Configure(w, core->campaign());
+    if (!st.ok()) LOG_ERROR("cannot set up the peer links", {"stage", w.stage}, {"reason", st.ToString()});
+  }
+
+  void OnPeerSends() {
+    for (PeerSend& s : peer_out->Drain()) peers->Send(std::move(s));
   }
 
   void OnLink() {
@@ -205,9 +251,25 @@ struct WorkerService::Impl {
       return 1;
     }
     results = std::move(mailbox).value();
+    if (!site.peer.empty()) {
+      WireLimits peer_limits;  // activations: default bulk bound
+      auto p = PeerLinks::Bind(ctx, site.peer, &peer_inbox, peer_limits);
+      if (!p.ok()) {
+        LOG_ERROR("cannot bind the peer endpoint", {"endpoint", site.peer}, {"reason", p.status().ToString()});
+        return 69;
+      }
+      peers = std::move(p).value();
+      auto out_box = Mailbox<PeerSend>::Create(4096);
+      if (!out_box.ok()) {
+        LOG_ERROR("cannot create peer mailbox", {"reason", out_box.status().ToString()});
+        return 1;
+      }
+      peer_out = std::move(out_box).value();
+      peer_channel = std::make_unique<ZmqPeerChannel>(&peer_inbox, peer_out.get());
+    }
     // The training thread: owns the executor; results come back by mailbox.
     std::thread trainer([this] {
-      Executor executor(site, &corpus);
+      Executor executor(site, &corpus, peer_channel.get());
       while (auto job = jobs.Pop()) {
         if (!results->Post(executor.Run(std::move(*job)))) {
           LOG_ERROR("result mailbox full; dropping a job result");
@@ -219,6 +281,7 @@ struct WorkerService::Impl {
       auto m = MetricsHttpServer::Listen(site.metrics, [this] { return RenderMetrics(); });
       if (!m.ok()) {
         LOG_ERROR("cannot serve metrics", {"address", site.metrics}, {"reason", m.status().ToString()});
+        peer_inbox.Close();
         jobs.Close();
         trainer.join();
         return 69;
@@ -229,6 +292,10 @@ struct WorkerService::Impl {
     }
     loop.AddSocket(link->socket(), [this] { OnLink(); });
     loop.AddFd(results->fd(), [this] { OnResults(); });
+    if (peers) {
+      loop.AddSocket(peers->socket(), [this] { peers->OnReadable(); });
+      loop.AddFd(peer_out->fd(), [this] { OnPeerSends(); });
+    }
     signals.AddTo(loop);
     LOG_INFO("worker started", {"site", site.name}, {"coordinator", site.coordinator}, {"device", site.device},
              {"train_tokens", static_cast<unsigned long>(corpus.train_tokens())},
@@ -249,9 +316,16 @@ struct WorkerService::Impl {
         systemd.Tick(now);
         next_tick = now + tick;
       }
-      Status st = loop.RunOnce(
-          std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
-          std::chrono::milliseconds(1));
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
+                  std::chrono::milliseconds(1);
+      if (peers) {
+        // Throttled peer links release due messages only when pumped.
+        if (auto due = peers->Pump()) {
+          wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    *due + std::chrono::microseconds(999)));
+        }
+      }
+      Status st = loop.RunOnce(wait);
       if (!st.ok()) {
         LOG_ERROR("event loop failed", {"reason", st.ToString()});
         exit_code = 1;
@@ -260,11 +334,14 @@ struct WorkerService::Impl {
     }
     if (signals.stop_requested()) LOG_INFO("stopping on signal");
     systemd.Stopping("site " + site.name + ": stopping");
-    // A training step in flight finishes before the thread sees the close.
+    // A training step in flight finishes before the thread sees the close;
+    // one waiting for a neighbour stage gives up at once.
+    peer_inbox.Close();
     jobs.Close();
     trainer.join();
     metrics_http.reset();  // before the loop it is registered with goes
     link.reset();
+    peers.reset();
     return exit_code;
   }
 };
