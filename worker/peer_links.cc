@@ -147,18 +147,47 @@ void PeerLinks::OnReadable() {
   }
 }
 
+const char* PeerLinks::KindName(int kind) {
+  switch (kind) {
+    case kForward: return "forward";
+    case kBackward: return "backward";
+    case kLabels: return "labels";
+    case kEval: return "eval";
+  }
+  return "unknown";
+}
+
+void PeerLinks::LogTotals() const {
+  for (const auto& [to, b] : boundaries_) {
+    auto per = [&b](int k, const uint64_t* bytes) {
+      return b.kind_messages_sent[k] ? static_cast<double>(bytes[k]) / b.kind_messages_sent[k] : 0.0;
+    };
+    LOG_INFO("peer link totals", {"stage", stage_}, {"to_stage", to}, {"bytes_sent", b.bytes_sent},
+             {"bytes_received", b.bytes_received}, {"forward_messages", b.kind_messages_sent[kForward]},
+             {"forward_bytes_per_message", per(kForward, b.kind_bytes_sent)},
+             {"forward_bulk_per_message", per(kForward, b.kind_bulk_bytes_sent)},
+             {"backward_messages", b.kind_messages_sent[kBackward]},
+             {"backward_bytes_per_message", per(kBackward, b.kind_bytes_sent)},
+             {"backward_bulk_per_message", per(kBackward, b.kind_bulk_bytes_sent)},
+             {"labels_bytes", b.kind_bytes_sent[kLabels]},
+             {"eval_bytes", b.kind_bytes_sent[kEval]});
+  }
+}
+
 void PeerLinks::Send(PeerSend s) {
   auto it = links_.find(s.to_stage);
   if (it == links_.end()) {
     LOG_WARN("no peer link for activation", {"stage", stage_}, {"to_stage", s.to_stage});
     return;
   }
+  const int kind = s.header.labels ? kLabels : s.header.eval ? kEval : s.header.backward ? kBackward : kForward;
   Message m;
   m.campaign_id = campaign_;
   m.sender_id = sender_;
   m.seq = ++seq_;
   m.body = std::move(s.header);
   m.bulk = std::move(s.bulk);
+  const uint64_t bulk_bytes = m.bulk.size();
   Frames frames = EncodeMessage(std::move(m));
   uint64_t bytes = 0;
   for (const auto& fr : frames) bytes += fr.size();
@@ -170,6 +199,9 @@ void PeerLinks::Send(PeerSend s) {
   Boundary& b = boundaries_[s.to_stage];
   b.bytes_sent += bytes;
   ++b.messages_sent;
+  b.kind_bytes_sent[kind] += bytes;
+  ++b.kind_messages_sent[kind];
+  b.kind_bulk_bytes_sent[kind] += bulk_bytes;
 }
 
 std::optional<std::chrono::microseconds> PeerLinks::Pump() {

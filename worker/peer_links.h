@@ -93,9 +93,15 @@ class ZmqPeerChannel : public PeerChannel {
 
 class PeerLinks {
  public:
-  struct Boundary {  // traffic with one other stage
+  // What an Activation carries: training values forward, gradients back,
+  // labels (stage 0 -> last), or a validation pass.
+  enum Kind { kForward, kBackward, kLabels, kEval, kKinds };
+  static const char* KindName(int kind);
+  struct Boundary {  // traffic with one other stage (header and bulk frames)
     uint64_t bytes_sent = 0, bytes_received = 0;
     uint64_t messages_sent = 0, messages_received = 0;
+    uint64_t kind_bytes_sent[kKinds] = {}, kind_messages_sent[kKinds] = {};
+    uint64_t kind_bulk_bytes_sent[kKinds] = {};  // the tensor frames alone
   };
 
   // Binds the ROUTER at `endpoint`. Unavailable if the bind fails. `ctx`
@@ -112,6 +118,9 @@ class PeerLinks {
   void Send(PeerSend s);
   // Releases throttled messages that are due; the time until the next one.
   std::optional<std::chrono::microseconds> Pump();
+  // One log line per neighbour with the totals by kind (at shutdown; the
+  // bench reads bytes per micro-batch per boundary from these).
+  void LogTotals() const;
 
   zmq::socket_t& socket() { return server_->socket(); }
   const std::map<int, Boundary>& boundaries() const { return boundaries_; }

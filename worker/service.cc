@@ -341,6 +341,7 @@ struct WorkerService::Impl {
     trainer.join();
     metrics_http.reset();  // before the loop it is registered with goes
     link.reset();
+    if (peers) peers->LogTotals();
     peers.reset();
     return exit_code;
   }
