@@ -49,6 +49,10 @@ struct Welcome {
   int stage = 0;            // this worker's slot
   int replica = 0;
   std::vector<std::string> stage_endpoints;  // peer endpoint of each stage of its replica
+  // Pipeline: bumped each time the coordinator (re)welcomes the replica
+  // (a stage replaced). Stages number their steps from it, so survivors and
+  // a newcomer agree and older activations are recognisably stale.
+  uint32_t pipeline_epoch = 0;
 };
 
 struct ModelSync {  // bulk: full parameters

@@ -127,7 +127,7 @@ class BodyEncoder {
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
                                 m.heartbeat_interval_ms, m.heartbeat_timeout_ms, pipeline, m.stage, m.replica,
-                                endpoints)
+                                endpoints, m.pipeline_epoch)
                 .Union()};
   }
 
@@ -356,6 +356,8 @@ Status DecodePipeline(const wire::Welcome& t, Welcome* m) {
   pc.peer_timeout_ms = p->peer_timeout_ms();
   m->stage = t.stage();
   m->replica = t.replica();
+  m->pipeline_epoch = t.pipeline_epoch();
+  if (m->pipeline_epoch >= 4096) return InvalidArgument("Welcome.pipeline_epoch is " + std::to_string(m->pipeline_epoch) + " (allowed: below 4096)");
   return Status::Ok();
 }
 

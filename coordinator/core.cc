@@ -409,6 +409,7 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
     wel.pipeline = config_.pipeline;
     wel.stage = w.stage;
     wel.replica = w.replica;
+    wel.pipeline_epoch = replica_epoch_[w.replica];
     // Replicas of a stage sample different data; the stages of one replica
     // see the same batches, which stage 0 reads and the last stage's labels
     // come from: seed by replica, not by site.
@@ -422,6 +423,9 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
 }
 
 void CoordinatorCore::WelcomeReplica(int replica, CoreOutput* out) {
+  // Step numbers restart from the new epoch on every stage (common/messages.h).
+  uint32_t& epoch = replica_epoch_[replica];
+  epoch = (epoch + 1) % 4096;
   for (int s = 0; s < config_.pipeline.stages; ++s) {
     auto it = workers_.find(topology_->SiteAt(StageSlot{s, replica}));
     if (it == workers_.end()) continue;

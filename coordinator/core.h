@@ -247,6 +247,7 @@ class CoordinatorCore {
   std::vector<Part> parts_;
   std::vector<uint64_t> part_digests_;
   std::unique_ptr<Topology> topology_;
+  std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
   OuterOptimizer outer_;
   ParamSet params_;
   uint64_t digest_ = 0;

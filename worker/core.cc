@@ -127,6 +127,7 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
       return;
     }
     training_round_ = rs->round;
+    ++trains_outstanding_[rs->round];
     out->jobs.push_back(TrainJob{rs->round, rs->inner_steps, rs->model_version});
     return;
   }
@@ -147,6 +148,15 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
   Reject(ErrorCode::kUnexpected, std::string("a coordinator may not send ") + BodyName(msg.body), 0, out);
 }
 
+bool WorkerCore::SupersededTrain(uint32_t round) {
+  auto it = trains_outstanding_.find(round);
+  if (it == trains_outstanding_.end()) return false;
+  const bool newer_queued = --it->second > 0;
+  if (it->second <= 0) trains_outstanding_.erase(it);
+  if (newer_queued) LOG_INFO("result of a superseded training job dropped", {"round", round});
+  return newer_queued;
+}
+
 void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out) {
   if (std::holds_alternative<ConfigureDone>(result)) return;
   if (auto* ev = std::get_if<EvalDone>(&result)) {
@@ -158,6 +168,7 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
     return;
   }
   if (auto* tr = std::get_if<TrainDone>(&result)) {
+    if (SupersededTrain(tr->upload.round)) return;
     if (training_round_ != tr->upload.round) {
       LOG_WARN("training result for a closed round dropped", {"round", tr->upload.round});
       return;
@@ -170,6 +181,7 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
   }
   auto& failed = std::get<JobFailed>(result);
   LOG_ERROR("job failed", {"round", failed.round}, {"reason", failed.what}, {"fatal", failed.fatal});
+  if (failed.train && SupersededTrain(failed.round) && !failed.fatal) return;
   if (training_round_ == failed.round) training_round_.reset();
   out->messages.push_back(Make(Error{failed.code, failed.what, failed.round}));
   if (failed.fatal) {

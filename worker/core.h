@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <variant>
@@ -61,6 +62,7 @@ struct JobFailed {
   ErrorCode code = ErrorCode::kInternal;
   uint32_t round = 0;
   std::string what;
+  bool train = false;  // the failed job was a TrainJob
 };
 using JobResult = std::variant<ConfigureDone, EvalDone, TrainDone, JobFailed>;
 
@@ -91,6 +93,9 @@ class WorkerCore {
 
  private:
   Message Make(Body body);
+  // A TrainJob of `round` finished: true when a newer one for the same round
+  // is still queued (its result, not this one, answers the coordinator).
+  bool SupersededTrain(uint32_t round);
   void SendHello(WorkerTime now, WorkerOutput* out);
   void Reject(ErrorCode code, const std::string& what, uint32_t round, WorkerOutput* out);
 
@@ -101,6 +106,9 @@ class WorkerCore {
   std::optional<uint32_t> target_round_;  // round of the parameters after queued jobs
   uint64_t target_digest_ = 0;
   std::optional<uint32_t> training_round_;
+  // TrainJobs queued or running, by round. A re-welcome can queue a second
+  // job for the round in flight; only the last one's result counts.
+  std::map<uint32_t, int> trains_outstanding_;
   std::chrono::milliseconds heartbeat_interval_{1000};
   std::chrono::milliseconds heartbeat_timeout_{10000};
   WorkerTime last_from_coordinator_;

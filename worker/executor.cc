@@ -47,6 +47,8 @@ JobResult Executor::Configure(const Welcome& w) {
   // keeps the trainer and with it the inner optimizer state.
   if (configured() && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
       SameCodec(welcome_->codec, w.codec) && SamePipeline(*welcome_, w)) {
+    if (stage_) stage_->SetEpoch(w.pipeline_epoch);
+    welcome_ = std::make_unique<Welcome>(w);
     return ConfigureDone{};
   }
   if (w.pipeline.stages > 1) {
@@ -58,6 +60,7 @@ JobResult Executor::Configure(const Welcome& w) {
     if (!stage.ok()) return Fail(ErrorCode::kInternal, 0, stage.status(), /*fatal=*/true);
     trainer_.reset();
     stage_ = std::move(stage).value();
+    stage_->SetEpoch(w.pipeline_epoch);
     last_train_.reset();
     welcome_ = std::make_unique<Welcome>(w);
     LOG_INFO("pipeline stage ready", {"device", site_.device}, {"stage", w.stage}, {"stages", w.pipeline.stages},
@@ -109,7 +112,7 @@ JobResult Executor::Train(const TrainJob& job) {
   const uint64_t base = global().Digest();
   if (base != job.base_digest) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
-                     "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest)};
+                     "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest), true};
   }
   if (last_train_ && last_train_->upload.round == job.round && last_train_->upload.base_digest == base) {
     LOG_INFO("round already trained from these parameters; sending the same upload again", {"round", job.round},
@@ -119,7 +122,11 @@ JobResult Executor::Train(const TrainJob& job) {
   // A failed pipeline step is not fatal: the coordinator's deadline and
   // quorum decide what happens to the round.
   auto result = stage_ ? stage_->TrainRound(job.round, job.inner_steps) : trainer_->TrainRound(job.inner_steps);
-  if (!result.ok()) return Fail(ErrorCode::kInternal, job.round, result.status());
+  if (!result.ok()) {
+    JobFailed failed = Fail(ErrorCode::kInternal, job.round, result.status());
+    failed.train = true;
+    return failed;
+  }
   TrainDone done;
   done.upload.round = job.round;
   done.upload.base_digest = base;

@@ -59,6 +59,7 @@ struct StageReplica::Impl {
   bool model_is_global = false;
   std::map<uint32_t, uint32_t> train_attempts;  // round -> training attempts begun
   std::map<uint32_t, uint32_t> eval_attempts;   // round -> evaluations begun
+  uint32_t epoch = 0;                           // Welcome.pipeline_epoch
 
   int batch() const { return welcome.training.batch_size; }
   int context() const { return welcome.model.context; }
@@ -174,11 +175,17 @@ Status StageReplica::SetGlobal(ParamSet params) {
   return impl_->LoadGlobal();
 }
 
+void StageReplica::SetEpoch(uint32_t epoch) {
+  impl_->epoch = epoch;
+  impl_->train_attempts.clear();
+  impl_->eval_attempts.clear();
+}
+
 StatusOr<TrainResult> StageReplica::TrainRound(uint32_t round, int inner_steps) {
   if (inner_steps < 1) return InvalidArgument("stage TrainRound: inner_steps must be >= 1");
   Impl& s = *impl_;
   const uint32_t attempt = s.train_attempts[round]++;
-  const uint32_t base_step = attempt * static_cast<uint32_t>(inner_steps);
+  const uint32_t base_step = (s.epoch << 20) + attempt * static_cast<uint32_t>(inner_steps);
   try {
     if (!s.model_is_global) s.RestoreGlobal();
     s.model_is_global = false;
@@ -234,7 +241,7 @@ StatusOr<EvalResult> StageReplica::Evaluate(uint32_t round) {
   Impl& s = *impl_;
   const int batches = std::max(s.welcome.training.eval_batches, 1);
   const uint32_t attempt = s.eval_attempts[round]++;
-  const uint32_t base = attempt * static_cast<uint32_t>(batches);
+  const uint32_t base = (s.epoch << 20) + attempt * static_cast<uint32_t>(batches);
   try {
     if (!s.model_is_global) s.RestoreGlobal();
     EvalResult result;

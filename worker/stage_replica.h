@@ -12,10 +12,13 @@
 // the targets to the last stage; the other stages never see tokens.
 //
 // Keys: the runner needs increasing (round, step) keys per kind, identical
-// on every stage. A round's training attempt a (0 the first time this round
-// is asked for) uses steps a*H .. a*H+H-1; the evaluation of round r's
-// parameters, its e-th time, uses batch keys e*E .. e*E+E-1. Every stage
-// of a replica receives the same job sequence, so the keys agree.
+// on every stage. With E = the Welcome's pipeline epoch (bumped by the
+// coordinator whenever it welcomes the replica again, e.g. after a stage was
+// replaced), a round's training attempt a (0 the first time this round is
+// asked for in this epoch) uses steps E*2^20 + a*H .. + H-1; the e-th
+// evaluation of round r's parameters uses batch keys E*2^20 + e*B ...
+// Every stage of a replica receives the same jobs within an epoch, so the
+// keys agree, and messages of an earlier epoch are stale.
 //
 // Errors: Status, nothing throws. A failed TrainRound leaves the global
 // parameters and the optimizer state as they were; the next round starts
@@ -61,6 +64,9 @@ class StageReplica {
   StatusOr<TrainResult> TrainRound(uint32_t round, int inner_steps);
   // global <- global - update (fp32), then loads it into the stage.
   Status ApplyUpdate(const Update& update);
+  // A new pipeline epoch (the replica was welcomed again): step and batch
+  // keys restart from epoch * 2^20 on every stage alike.
+  void SetEpoch(uint32_t epoch);
   // Forward-only validation of the global parameters over eval_batches
   // batches. Last stage: mean loss and tokens; others: 0 and 0.
   StatusOr<EvalResult> Evaluate(uint32_t round);

@@ -2,6 +2,7 @@
 // lowband, lowband-coordinator and lowband-worker binaries on loopback, two
 // stage workers exchanging activations directly over ZeroMQ.
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <chrono>
 #include <sstream>
 #include <string>
@@ -18,7 +19,7 @@ using std::chrono::milliseconds;
 
 // Two stages x one replica of a tiny model; coordinator at port, port+1;
 // stage links at port+2, port+3, throttled to 4 Mbit/s (ThrottledTransport).
-std::string TinyPipelineCampaign(int port, int rounds) {
+std::string TinyPipelineCampaign(int port, int rounds, int heartbeat_timeout_ms = 5000, int spare_sites = 0) {
   std::ostringstream y;
   y << "campaign: {name: it-pipeline, seed: 7, rounds: " << rounds << "}\n"
     << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
@@ -30,10 +31,10 @@ std::string TinyPipelineCampaign(int port, int rounds) {
        "peer_timeout_ms: 20000, link_mbit: 4}\n"
     << "quorum: {expected_workers: 2, min_workers: 2, round_deadline_s: 120, start_timeout_s: 60}\n"
     << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
-    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
+    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: " << heartbeat_timeout_ms << "}\n"
     << "sites:\n";
-  const char* files[2] = {"[computers, science]", "[literature, wisdom]"};
-  for (int i = 0; i < 2; ++i) {
+  const char* files[3] = {"[computers, science]", "[literature, wisdom]", "[people, work]"};
+  for (int i = 0; i < 2 + spare_sites; ++i) {
     y << "  - site: {name: stage-" << static_cast<char>('a' + i) << ", peer: \"tcp://127.0.0.1:" << port + 2 + i
       << "\"}\n"
       << "    data: {dir: /usr/share/games/fortunes, files: " << files[i] << ", validation_fraction: 0.1}\n";
@@ -71,6 +72,53 @@ TEST_CASE("lowband run: a two-stage pipeline campaign on loopback learns", "[int
   INFO("val_loss " << first << " -> " << last);
   CHECK(last < 0.9 * first);
   CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+// A stage worker SIGKILLed mid-campaign: its neighbour's step fails (the
+// re-welcome cancels its wait), the coordinator frees the slot when the
+// worker goes silent, a replacement site takes it, the replica is welcomed
+// again with the new endpoint, and the campaign finishes every round.
+TEST_CASE("pipeline: a lost stage worker is replaced and the campaign goes on", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string campaign = dir.Path("campaign.yaml");
+  const int rounds = 6;
+  std::string yaml = TinyPipelineCampaign(port, rounds, /*heartbeat_timeout_ms=*/1500, /*spare_sites=*/1);
+  yaml += "output: {run_dir: \"" + dir.path().string() + "\", metrics_file: \"" + dir.Path("metrics.jsonl") + "\"}\n";
+  WriteFile(campaign, yaml);
+  Subprocess co = Start({kBin + "/lowband-coordinator", "--campaign", campaign, "--progress"}, dir.Path("co.out"));
+  Subprocess a = Start({kBin + "/lowband-worker", "--campaign", campaign, "--site", "stage-a"}, dir.Path("a.out"));
+  Subprocess b = Start({kBin + "/lowband-worker", "--campaign", campaign, "--site", "stage-b"}, dir.Path("b.out"));
+  // Wait until round 2 is recorded, then kill stage-b's worker.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (Lines(ReadFile(dir.Path("metrics.jsonl"))).size() < 3 && std::chrono::steady_clock::now() < deadline) {
+    REQUIRE(!co.WaitFor(milliseconds(50)).has_value());
+  }
+  REQUIRE(Lines(ReadFile(dir.Path("metrics.jsonl"))).size() >= 3);
+  b.Signal(SIGKILL);
+  REQUIRE(b.WaitFor(milliseconds(10000)).has_value());
+  Subprocess c = Start({kBin + "/lowband-worker", "--campaign", campaign, "--site", "stage-c"}, dir.Path("c.out"));
+  auto code = co.WaitFor(milliseconds(240000));
+  const std::string co_log = ReadFile(dir.Path("co.out"));
+  INFO(co_log);
+  INFO(ReadFile(dir.Path("a.out")));
+  INFO(ReadFile(dir.Path("c.out")));
+  REQUIRE(code == std::optional<int>(0));
+  CHECK(a.WaitFor(milliseconds(20000)) == std::optional<int>(0));
+  CHECK(c.WaitFor(milliseconds(20000)) == std::optional<int>(0));
+  CHECK(co_log.find("worker lost") != std::string::npos);
+  CHECK(co_log.find("site=stage-c") != std::string::npos);
+  auto records = Lines(ReadFile(dir.Path("metrics.jsonl")));
+  REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
+  for (size_t r = 0; r < records.size(); ++r) {
+    INFO(records[r]);
+    CHECK(Field(records[r], "round") == std::to_string(r));
+  }
+  // The replacement trained: the last round has both stages' uploads, and
+  // every replica's digest matched the coordinator's.
+  CHECK(Field(records.back(), "contributors") == "2");
+  CHECK(Field(records.back(), "digests_match") == "true");
+  CHECK(std::stod(Field(records.back(), "val_loss")) < std::stod(Field(records.front(), "val_loss")));
 }
 
 }  // namespace

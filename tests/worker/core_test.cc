@@ -173,3 +173,43 @@ TEST_CASE("a restarted coordinator's not-registered errors bring one hello, not 
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+// A re-welcome (a pipeline stage replaced) while round 3 trains queues a
+// second TrainJob for round 3; the first job's failure must not close the
+// round, and only the second job's upload goes out.
+TEST_CASE("a superseded training job's result is dropped, the newer one answers", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(2, 42);
+  RoundStart rs;
+  rs.round = 3;
+  rs.model_version = 42;
+  rs.inner_steps = 2;
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 1);
+  // Welcomed again mid-round: configure, sync, and round 3 once more.
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  ModelSync s;
+  s.round = 2;
+  s.digest = 42;
+  f.core.HandleMessage(Wrap(s, "tiny"), f.now, &f.out);
+  f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 2);
+  f.out = WorkerOutput{};
+  JobFailed old{false, ErrorCode::kInternal, 3, "step abandoned: the worker was welcomed again"};
+  old.train = true;
+  f.core.OnJobResult(old, f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 0);
+  CHECK(f.core.training_round() == std::optional<uint32_t>(3));
+  TrainDone done;
+  done.upload.round = 3;
+  done.upload.base_digest = 42;
+  f.core.OnJobResult(done, f.now, &f.out);
+  CHECK(Count<DeltaUpload>(f.out) == 1);
+  CHECK(!f.core.training_round().has_value());
+}
+
+}  // namespace
+}  // namespace lowband
