@@ -1,5 +1,8 @@
 // Bandwidth ledger: every message that crosses a site boundary, counted by
 // site, direction, round and message kind, header frames included.
+// kPeer: pipeline traffic a site sent to another site's stage (worker to
+// worker; reported by the sender with its upload or evaluation, kind
+// "stage<A>-><B>.<forward|backward|labels|eval>").
 // Owned by one event loop.
 #pragma once
 
@@ -10,7 +13,7 @@
 
 namespace lowband {
 
-enum class Direction { kUp, kDown };  // up: worker -> coordinator
+enum class Direction { kUp, kDown, kPeer };  // up: worker -> coordinator; peer: worker -> worker
 
 struct LedgerEntry {
   uint64_t bytes = 0;

@@ -78,6 +78,19 @@ struct RoundStart {
   uint32_t deadline_ms = 0;
 };
 
+// Pipeline: bytes a stage worker sent on one of its stage links since its
+// previous report, by kind (schemas/round.fbs).
+struct PeerTraffic {
+  enum Kind : uint8_t { kForward = 0, kBackward = 1, kLabels = 2, kEval = 3, kKinds = 4 };
+  uint32_t from_stage = 0;
+  uint32_t to_stage = 0;
+  uint8_t kind = kForward;
+  uint64_t messages = 0;
+  uint64_t bytes = 0;         // header and bulk frames
+  uint64_t tensor_bytes = 0;  // bulk frames alone
+};
+const char* PeerTrafficKindName(uint8_t kind);
+
 struct DeltaUpload {  // bulk: theta_global - theta_local
   uint32_t round = 0;
   uint64_t base_digest = 0;
@@ -85,6 +98,7 @@ struct DeltaUpload {  // bulk: theta_global - theta_local
   uint64_t tokens = 0;
   double step_time_ms = 0;
   BlobHeader blob;
+  std::vector<PeerTraffic> peer_traffic;
 };
 
 struct Aggregate {  // bulk: outer update u, applied as theta <- theta - u
@@ -99,6 +113,7 @@ struct EvalReport {
   double val_loss = 0;
   uint64_t val_tokens = 0;
   uint64_t digest = 0;
+  std::vector<PeerTraffic> peer_traffic;
 };
 
 enum class ErrorCode : int {

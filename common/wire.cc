@@ -33,6 +33,16 @@ const char* ErrorCodeName(ErrorCode code) {
   return "unknown";
 }
 
+const char* PeerTrafficKindName(uint8_t kind) {
+  switch (kind) {
+    case PeerTraffic::kForward: return "forward";
+    case PeerTraffic::kBackward: return "backward";
+    case PeerTraffic::kLabels: return "labels";
+    case PeerTraffic::kEval: return "eval";
+    default: return "unknown";
+  }
+}
+
 const char* BodyName(const Body& body) {
   struct Namer {
     const char* operator()(const Hello&) const { return "hello"; }
@@ -154,10 +164,22 @@ class BodyEncoder {
 
   EncodedBody operator()(const DeltaUpload& m) {
     auto blob = EncodeBlob(fbb_, m.blob);
+    auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
-                                    m.step_time_ms, blob)
+                                    m.step_time_ms, blob, traffic)
                 .Union()};
+  }
+
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::PeerTraffic>>> EncodeTraffic(
+      const std::vector<PeerTraffic>& traffic) {
+    if (traffic.empty()) return 0;
+    std::vector<flatbuffers::Offset<wire::PeerTraffic>> v;
+    v.reserve(traffic.size());
+    for (const PeerTraffic& p : traffic) {
+      v.push_back(wire::CreatePeerTraffic(fbb_, p.from_stage, p.to_stage, p.kind, p.messages, p.bytes, p.tensor_bytes));
+    }
+    return fbb_.CreateVector(v);
   }
 
   EncodedBody operator()(const Aggregate& m) {
@@ -175,8 +197,9 @@ class BodyEncoder {
   }
 
   EncodedBody operator()(const EvalReport& m) {
+    auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::EvalReport,
-            wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest).Union()};
+            wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest, traffic).Union()};
   }
 
   EncodedBody operator()(const Error& m) {
@@ -476,6 +499,33 @@ Status DecodeActivation(const wire::Activation& t, Activation* m) {
   return Status::Ok();
 }
 
+// At most one entry per (to_stage, kind) of a 64-stage replica.
+constexpr size_t kMaxPeerTraffic = 64 * PeerTraffic::kKinds;
+
+Status DecodeTraffic(const flatbuffers::Vector<flatbuffers::Offset<wire::PeerTraffic>>* v, const char* field,
+                     std::vector<PeerTraffic>* out) {
+  if (!v) return Status::Ok();
+  if (v->size() > kMaxPeerTraffic) {
+    return InvalidArgument(std::string(field) + " has " + std::to_string(v->size()) + " entries (allowed: at most " +
+                           std::to_string(kMaxPeerTraffic) + ")");
+  }
+  for (flatbuffers::uoffset_t i = 0; i < v->size(); ++i) {
+    const wire::PeerTraffic* t = v->Get(i);
+    const std::string at = std::string(field) + "[" + std::to_string(i) + "]";
+    if (!t) return InvalidArgument(at + " is missing");
+    if (t->from_stage() >= 64 || t->to_stage() >= 64 || t->from_stage() == t->to_stage()) {
+      return InvalidArgument(at + ": stages " + std::to_string(t->from_stage()) + " -> " +
+                             std::to_string(t->to_stage()) + " (allowed: two different stages below 64)");
+    }
+    if (t->kind() >= PeerTraffic::kKinds) {
+      return InvalidArgument(at + ".kind is " + std::to_string(t->kind()) + " (allowed: 0 to 3)");
+    }
+    if (t->tensor_bytes() > t->bytes()) return InvalidArgument(at + ": tensor_bytes exceed bytes");
+    out->push_back(PeerTraffic{t->from_stage(), t->to_stage(), t->kind(), t->messages(), t->bytes(), t->tensor_bytes()});
+  }
+  return Status::Ok();
+}
+
 Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   LOWBAND_RETURN_IF_ERROR(RequireFinite(t.train_loss(), "DeltaUpload.train_loss"));
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "DeltaUpload.step_time_ms"));
@@ -485,7 +535,7 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   m->train_loss = t.train_loss();
   m->tokens = t.tokens();
   m->step_time_ms = t.step_time_ms();
-  return Status::Ok();
+  return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
 }
 
 Status DecodeAggregate(const wire::Aggregate& t, Aggregate* m) {
@@ -502,7 +552,7 @@ Status DecodeEvalReport(const wire::EvalReport& t, EvalReport* m) {
   m->val_loss = t.val_loss();
   m->val_tokens = t.val_tokens();
   m->digest = t.digest();
-  return Status::Ok();
+  return DecodeTraffic(t.peer_traffic(), "EvalReport.peer_traffic", &m->peer_traffic);
 }
 
 Status DecodeError(const wire::Error& t, Error* m) {

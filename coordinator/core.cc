@@ -241,6 +241,18 @@ void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::
   out->messages.push_back({peer, Make(Error{code, what, round})});
 }
 
+int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
+  const int stage = StageOf(site);
+  if (stage < 0) return static_cast<int64_t>(params_.values.size());
+  return parts_[stage].numel;
+}
+
+int CoordinatorCore::StageOf(const std::string& site) const {
+  auto it = workers_.find(site);
+  if (!pipelined() || it == workers_.end()) return -1;
+  return it->second.stage;
+}
+
 std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const {
   auto it = peer_to_site_.find(peer);
   return it == peer_to_site_.end() ? std::string() : it->second;

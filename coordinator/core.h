@@ -175,6 +175,11 @@ class CoordinatorCore {
   uint64_t digest() const { return digest_; }
   const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
   const std::vector<RoundRecord>& history() const { return history_; }
+  // Parameters a site's uploads and aggregates cover: its stage's slice in a
+  // pipeline campaign, every parameter otherwise (and for unknown sites).
+  int64_t ParamsOf(const std::string& site) const;
+  // Pipeline campaigns: the stage a known site holds (or held), else -1.
+  int StageOf(const std::string& site) const;
   // site name for a transport peer, or "" if unknown.
   std::string SiteOfPeer(const std::string& peer) const;
   const CampaignConfig& config() const { return config_; }

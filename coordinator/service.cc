@@ -97,7 +97,17 @@ struct CoordinatorService::Impl {
   void OnFinished(const CoreOutput& out);
   void PrintSummary();
   void WriteSummary(const CoreOutput& out);
-  double Ratio(const LedgerEntry& e) const;
+  // Compression of one message kind against dense fp32 (see the definition).
+  double Ratio(Direction dir, const std::string& kind, int64_t round = -1, const std::string& site = "") const;
+  // Pipeline traffic a worker reported with its upload or evaluation.
+  void RecordPeerTraffic(const std::string& site, uint32_t round, const Message& msg);
+  // Pipeline: the ledger's traffic across boundary b (stages b and b+1).
+  struct BoundaryFigures {
+    LedgerEntry forward, backward, labels, eval;
+    double ratio = 0;  // fp32 full-width activations / bytes, forward and backward
+  };
+  BoundaryFigures Boundary(int b, int64_t round) const;
+  std::string BoundariesJson(int64_t round) const;
   Clock::time_point started = Clock::now();
 };
 
@@ -251,6 +261,7 @@ void CoordinatorService::Impl::OnWorkers() {
     }
     const std::string site = core.SiteOfPeer(in.peer);
     ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, kind, bytes);
+    if (msg.ok() && !site.empty()) RecordPeerTraffic(site, round, *msg);
     if (kind == "delta_upload" && core.phase() == CoordinatorCore::Phase::kTraining && core.uploads_received() == 1) {
       FailPoint("upload", core.committed_round() + 1);  // one upload in, the others still to come
     }
@@ -352,8 +363,8 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
   const uint32_t last = h.empty() ? 0 : h.back().round;
   t.Add("lowband_compression_ratio", "gauge",
         "Dense fp32 bytes over bytes sent, for the last recorded round's uploads (up) and aggregates (down).",
-        Ratio(ledger.KindTotal(Direction::kUp, "delta_upload", last)), {{"direction", "up"}});
-  t.Add("lowband_compression_ratio", "gauge", "", Ratio(ledger.KindTotal(Direction::kDown, "aggregate", last)),
+        Ratio(Direction::kUp, "delta_upload", last), {{"direction", "up"}});
+  t.Add("lowband_compression_ratio", "gauge", "", Ratio(Direction::kDown, "aggregate", last),
         {{"direction", "down"}});
   for (const char* state : {"joined", "lost", "evicted"}) {
     t.Add("lowband_workers", "gauge", "Registered sites by state.", states[state], {{"state", state}});
@@ -385,12 +396,81 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
 }
 
 // Compression of one message kind against dense fp32: the fp32 payload bytes
-// the same messages would carry (4 bytes per parameter each) over the bytes
-// they took (header frames included). 0 when none were sent.
-double CoordinatorService::Impl::Ratio(const LedgerEntry& e) const {
-  if (e.bytes == 0 || e.messages == 0) return 0.0;
-  const double dense = static_cast<double>(e.messages) * static_cast<double>(core.params().values.size()) * 4.0;
-  return dense / static_cast<double>(e.bytes);
+// the same messages would carry (4 bytes per parameter they cover: a
+// pipeline stage's slice, or the whole model) over the bytes they took
+// (header frames included). 0 when none were sent.
+double CoordinatorService::Impl::Ratio(Direction dir, const std::string& kind, int64_t round,
+                                       const std::string& site) const {
+  double dense = 0, bytes = 0;
+  for (const auto& [k, e] : ledger.entries()) {
+    const auto& [s, d, r, kd] = k;
+    if (d != dir || kd != kind || (round >= 0 && r != static_cast<uint32_t>(round)) || (!site.empty() && s != site)) {
+      continue;
+    }
+    dense += static_cast<double>(e.messages) * static_cast<double>(core.ParamsOf(s)) * 4.0;
+    bytes += static_cast<double>(e.bytes);
+  }
+  return bytes > 0 ? dense / bytes : 0.0;
+}
+
+void CoordinatorService::Impl::RecordPeerTraffic(const std::string& site, uint32_t round, const Message& msg) {
+  const std::vector<PeerTraffic>* traffic = nullptr;
+  if (const auto* up = std::get_if<DeltaUpload>(&msg.body)) traffic = &up->peer_traffic;
+  if (const auto* ev = std::get_if<EvalReport>(&msg.body)) traffic = &ev->peer_traffic;
+  if (!traffic || traffic->empty()) return;
+  const int stage = core.StageOf(site);
+  const int stages = config.pipeline.stages;
+  for (const PeerTraffic& t : *traffic) {
+    // Self-reported: only what the site's own stage could have sent counts.
+    if (stage < 0 || static_cast<int>(t.from_stage) != stage || static_cast<int>(t.to_stage) >= stages) {
+      LOG_WARN("peer traffic report ignored", {"site", site}, {"stage", stage},
+               {"from_stage", static_cast<uint64_t>(t.from_stage)}, {"to_stage", static_cast<uint64_t>(t.to_stage)});
+      continue;
+    }
+    const std::string kind = "stage" + std::to_string(t.from_stage) + "->" + std::to_string(t.to_stage) + "." +
+                             PeerTrafficKindName(t.kind);
+    ledger.Add(site, Direction::kPeer, round, kind, LedgerEntry{t.bytes, t.messages});
+  }
+}
+
+CoordinatorService::Impl::BoundaryFigures CoordinatorService::Impl::Boundary(int b, int64_t round) const {
+  auto kind = [](int from, int to, const char* what) {
+    return "stage" + std::to_string(from) + "->" + std::to_string(to) + "." + what;
+  };
+  BoundaryFigures f;
+  f.forward = ledger.KindTotal(Direction::kPeer, kind(b, b + 1, "forward"), round);
+  f.backward = ledger.KindTotal(Direction::kPeer, kind(b + 1, b, "backward"), round);
+  f.eval = ledger.KindTotal(Direction::kPeer, kind(b, b + 1, "eval"), round);
+  const int last = config.pipeline.stages - 1;
+  if (b + 1 == last) f.labels = ledger.KindTotal(Direction::kPeer, kind(0, last, "labels"), round);
+  // Without a bottleneck every micro-batch would carry its activations at
+  // full width in fp32: tokens x d_model x 4 bytes each way.
+  const double mb_tokens = static_cast<double>(config.training.batch_size) / config.pipeline.micro_batches *
+                           config.model.context;
+  const double dense = static_cast<double>(f.forward.messages + f.backward.messages) * mb_tokens *
+                       config.model.d_model * 4.0;
+  const uint64_t bytes = f.forward.bytes + f.backward.bytes;
+  f.ratio = bytes > 0 ? dense / static_cast<double>(bytes) : 0.0;
+  return f;
+}
+
+std::string CoordinatorService::Impl::BoundariesJson(int64_t round) const {
+  std::string json = "[";
+  for (int b = 0; b + 1 < config.pipeline.stages; ++b) {
+    const BoundaryFigures f = Boundary(b, round);
+    if (json.size() > 1) json += ',';
+    JsonObject o;
+    o.Add("boundary", b)
+        .Add("forward_bytes", f.forward.bytes)
+        .Add("forward_messages", f.forward.messages)
+        .Add("backward_bytes", f.backward.bytes)
+        .Add("backward_messages", f.backward.messages)
+        .Add("labels_bytes", f.labels.bytes)
+        .Add("eval_bytes", f.eval.bytes)
+        .Add("compression_ratio", f.ratio);
+    json += o.str();
+  }
+  return json + "]";
 }
 
 void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
@@ -411,8 +491,8 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
   const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, "delta_upload", r.round);
   const LedgerEntry aggregates = ledger.KindTotal(Direction::kDown, "aggregate", r.round);
-  const double ratio_up = Ratio(uploads);
-  const double ratio_down = Ratio(aggregates);
+  const double ratio_up = Ratio(Direction::kUp, "delta_upload", r.round);
+  const double ratio_down = Ratio(Direction::kDown, "aggregate", r.round);
   LOG_INFO("round committed", {"round", r.round}, {"train_loss", r.train_loss}, {"val_loss", r.val_loss},
            {"bytes_up", up}, {"bytes_down", down}, {"ratio_up", ratio_up}, {"ratio_down", ratio_down},
            {"contributors", r.contributors}, {"digest", DigestHex(r.digest)}, {"wall_s", r.wall_s});
@@ -427,6 +507,12 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
                 r.round, config.training.rounds, train, r.val_loss, HumanBytes(up).c_str(), ratio_up,
                 HumanBytes(down).c_str(), ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
                 r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+    for (int b = 0; b + 1 < config.pipeline.stages && r.round > 0; ++b) {
+      const BoundaryFigures f = Boundary(b, r.round);
+      std::printf("             boundary %d|%d: forward %10s  backward %10s  (x%.1f vs fp32 at d_model %d)\n", b,
+                  b + 1, HumanBytes(f.forward.bytes).c_str(), HumanBytes(f.backward.bytes).c_str(), f.ratio,
+                  config.model.d_model);
+    }
     std::fflush(stdout);
   }
   if (metrics) {
@@ -466,6 +552,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("digest", DigestHex(r.digest))
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);
+    if (config.pipeline.stages > 1) o.AddRaw("boundaries", BoundariesJson(r.round));
     const std::string line = o.str() + "\n";
     std::fwrite(line.data(), 1, line.size(), metrics);
     std::fflush(metrics);
@@ -536,8 +623,8 @@ void CoordinatorService::Impl::PrintSummary() {
     const uint64_t total_dn =
         site.empty() ? ledger.Total(Direction::kDown) : ledger.SiteTotal(site, Direction::kDown);
     std::printf("%-16s %12s %12s %12s %9.1fx %12s %9.1fx %7d\n", label.c_str(), HumanBytes(total_up).c_str(),
-                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(up), HumanBytes(dn.bytes).c_str(),
-                Ratio(dn), n);
+                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(Direction::kUp, "delta_upload", -1, site),
+                HumanBytes(dn.bytes).c_str(), Ratio(Direction::kDown, "aggregate", -1, site), n);
   };
   int all_rounds = 0;
   for (const auto& [name, w] : core.workers()) {
@@ -547,6 +634,15 @@ void CoordinatorService::Impl::PrintSummary() {
   row("total", "", all_rounds);
   std::printf("(bytes up/down: every message, headers included; uploads/aggregates: the delta_upload and\n"
               " aggregate messages alone; ratio: dense fp32 bytes of the same messages / bytes sent)\n");
+  for (int b = 0; b + 1 < config.pipeline.stages; ++b) {
+    const BoundaryFigures f = Boundary(b, -1);
+    auto per = [](const LedgerEntry& e) { return e.messages ? static_cast<double>(e.bytes) / e.messages : 0.0; };
+    std::printf("boundary %d|%d: forward %s (%" PRIu64 " micro-batches, %.0f B each), backward %s (%.0f B each), "
+                "labels %s, validation %s; x%.1f vs fp32 activations at d_model %d\n",
+                b, b + 1, HumanBytes(f.forward.bytes).c_str(), f.forward.messages, per(f.forward),
+                HumanBytes(f.backward.bytes).c_str(), per(f.backward), HumanBytes(f.labels.bytes).c_str(),
+                HumanBytes(f.eval.bytes).c_str(), f.ratio, config.model.d_model);
+  }
   const auto& h = core.history();
   if (h.size() >= 2) {
     const double first = h.front().val_loss, last = h.back().val_loss;
@@ -584,8 +680,18 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate");
   std::fprintf(f, "upload_bytes %" PRIu64 "\n", up.bytes);
   std::fprintf(f, "aggregate_bytes %" PRIu64 "\n", dn.bytes);
-  std::fprintf(f, "ratio_up %.2f\n", Ratio(up));
-  std::fprintf(f, "ratio_down %.2f\n", Ratio(dn));
+  std::fprintf(f, "ratio_up %.2f\n", Ratio(Direction::kUp, "delta_upload"));
+  std::fprintf(f, "ratio_down %.2f\n", Ratio(Direction::kDown, "aggregate"));
+  for (int b = 0; b + 1 < config.pipeline.stages; ++b) {
+    // Per micro-batch message, header frames included (bench/resbm_pipeline).
+    const BoundaryFigures bf = Boundary(b, -1);
+    auto per = [](const LedgerEntry& e) { return e.messages ? static_cast<double>(e.bytes) / e.messages : 0.0; };
+    std::fprintf(f, "boundary%d_forward_bytes %" PRIu64 "\n", b, bf.forward.bytes);
+    std::fprintf(f, "boundary%d_backward_bytes %" PRIu64 "\n", b, bf.backward.bytes);
+    std::fprintf(f, "boundary%d_forward_bytes_per_message %.1f\n", b, per(bf.forward));
+    std::fprintf(f, "boundary%d_backward_bytes_per_message %.1f\n", b, per(bf.backward));
+    std::fprintf(f, "boundary%d_ratio %.2f\n", b, bf.ratio);
+  }
   std::fprintf(f, "wall_s %.2f\n", std::chrono::duration<double>(Clock::now() - started).count());
   std::fprintf(f, "final_digest %s\n", DigestHex(core.digest()).c_str());
   std::fclose(f);

@@ -146,7 +146,14 @@ class Transaction {
   bool committed_ = false;
 };
 
-const char* DirName(Direction d) { return d == Direction::kUp ? "up" : "down"; }
+const char* DirName(Direction d) {
+  switch (d) {
+    case Direction::kUp: return "up";
+    case Direction::kDown: return "down";
+    case Direction::kPeer: return "peer";
+  }
+  return "?";
+}
 
 void Mix(uint64_t* h, const void* p, size_t n) { *h = Fnv1a64(p, n, *h); }
 template <typename T>
@@ -480,7 +487,8 @@ StatusOr<std::vector<LedgerRow>> StateStore::Ledger() {
     LedgerRow l;
     l.round = static_cast<uint32_t>(q.ColInt(0));
     l.site = q.ColText(1);
-    l.dir = q.ColText(2) == "up" ? Direction::kUp : Direction::kDown;
+    const std::string dir = q.ColText(2);
+    l.dir = dir == "up" ? Direction::kUp : dir == "peer" ? Direction::kPeer : Direction::kDown;
     l.kind = q.ColText(3);
     l.entry.bytes = q.ColU64(4);
     l.entry.messages = q.ColU64(5);

@@ -164,7 +164,7 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
       LOG_ERROR("replica digest differs from the coordinator's", {"round", ev->round},
                 {"digest", DigestHex(ev->digest)});
     }
-    out->messages.push_back(Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest}));
+    out->messages.push_back(Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest, {}}));
     return;
   }
   if (auto* tr = std::get_if<TrainDone>(&result)) {

@@ -157,6 +157,28 @@ const char* PeerLinks::KindName(int kind) {
   return "unknown";
 }
 
+static_assert(int{PeerLinks::kForward} == int{PeerTraffic::kForward} &&
+                  int{PeerLinks::kBackward} == int{PeerTraffic::kBackward} &&
+                  int{PeerLinks::kLabels} == int{PeerTraffic::kLabels} && int{PeerLinks::kEval} == int{PeerTraffic::kEval} &&
+                  int{PeerLinks::kKinds} == int{PeerTraffic::kKinds},
+              "PeerLinks kinds are the wire's PeerTraffic kinds");
+
+std::vector<PeerTraffic> PeerLinks::TakeTraffic() {
+  std::vector<PeerTraffic> out;
+  for (const auto& [to, b] : boundaries_) {
+    Boundary& seen = reported_[to];
+    for (int k = 0; k < kKinds; ++k) {
+      const uint64_t messages = b.kind_messages_sent[k] - seen.kind_messages_sent[k];
+      if (messages == 0) continue;
+      out.push_back(PeerTraffic{static_cast<uint32_t>(stage_), static_cast<uint32_t>(to), static_cast<uint8_t>(k),
+                                messages, b.kind_bytes_sent[k] - seen.kind_bytes_sent[k],
+                                b.kind_bulk_bytes_sent[k] - seen.kind_bulk_bytes_sent[k]});
+    }
+    seen = b;
+  }
+  return out;
+}
+
 void PeerLinks::LogTotals() const {
   for (const auto& [to, b] : boundaries_) {
     auto per = [&b](int k, const uint64_t* bytes) {

@@ -33,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -122,6 +123,10 @@ class PeerLinks {
   // bench reads bytes per micro-batch per boundary from these).
   void LogTotals() const;
 
+  // This worker's traffic since the previous call, one entry per (stage,
+  // kind) with anything sent (for DeltaUpload/EvalReport.peer_traffic).
+  std::vector<PeerTraffic> TakeTraffic();
+
   zmq::socket_t& socket() { return server_->socket(); }
   const std::map<int, Boundary>& boundaries() const { return boundaries_; }
   uint64_t rejected() const { return rejected_; }
@@ -142,6 +147,7 @@ class PeerLinks {
   WireLimits limits_;
   std::map<int, Link> links_;  // by destination stage
   std::map<int, Boundary> boundaries_;
+  std::map<int, Boundary> reported_;  // boundaries_ at the last TakeTraffic
   int stage_ = 0;
   int stages_ = 1;
   double link_mbit_ = 0;

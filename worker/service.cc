@@ -144,9 +144,21 @@ struct WorkerService::Impl {
     return t.str();
   }
 
+  // Pipeline: what this stage sent to the others since its last report rides
+  // with its upload or evaluation (the coordinator's ledger per boundary).
+  void AttachPeerTraffic(Message& m) {
+    if (!peers) return;
+    auto* up = std::get_if<DeltaUpload>(&m.body);
+    auto* ev = std::get_if<EvalReport>(&m.body);
+    if (!up && !ev) return;
+    OnPeerSends();  // the step's last sends may still be queued for the loop
+    (up ? up->peer_traffic : ev->peer_traffic) = peers->TakeTraffic();
+  }
+
   void Dispatch(WorkerOutput& out) {
     for (Message& m : out.messages) {
       if (const auto* up = std::get_if<DeltaUpload>(&m.body)) FailPoint("worker_upload", up->round);
+      AttachPeerTraffic(m);
       Frames frames = EncodeMessage(m);
       uint64_t bytes = 0;
       for (const auto& fr : frames) bytes += fr.size();

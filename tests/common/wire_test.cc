@@ -105,6 +105,8 @@ Message SampleDeltaUpload() {
   d.tokens = 123456;
   d.step_time_ms = 33.25;
   d.blob = BlobFor(bulk);
+  d.peer_traffic = {PeerTraffic{0, 1, PeerTraffic::kForward, 20, 14080, 10240},
+                    PeerTraffic{0, 1, PeerTraffic::kLabels, 5, 2000, 1280}};
   return Wrap(d, std::move(bulk));
 }
 
@@ -118,7 +120,9 @@ Message SampleAggregate() {
   return Wrap(a, std::move(bulk));
 }
 
-Message SampleEvalReport() { return Wrap(EvalReport{9, 1.875, 4096, 0x3333ull}); }
+Message SampleEvalReport() {
+  return Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {PeerTraffic{1, 0, PeerTraffic::kBackward, 3, 900, 600}}});
+}
 Message SampleError() { return Wrap(Error{ErrorCode::kWrongRound, "round 3 is stale", 3}); }
 Message SampleControlRequest() { return Wrap(ControlRequest{"workers", {"--json", "", "x y"}}); }
 Message SampleControlResponse() { return Wrap(ControlResponse{true, "2 workers", "{\"workers\":2}"}); }
@@ -188,10 +192,20 @@ bool Same(const RoundStart& a, const RoundStart& b) {
   return std::tie(a.round, a.model_version, a.inner_steps, a.deadline_ms) ==
          std::tie(b.round, b.model_version, b.inner_steps, b.deadline_ms);
 }
+bool Same(const std::vector<PeerTraffic>& a, const std::vector<PeerTraffic>& b) {
+  auto tie = [](const PeerTraffic& t) {
+    return std::tie(t.from_stage, t.to_stage, t.kind, t.messages, t.bytes, t.tensor_bytes);
+  };
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (tie(a[i]) != tie(b[i])) return false;
+  }
+  return true;
+}
 bool Same(const DeltaUpload& a, const DeltaUpload& b) {
   return std::tie(a.round, a.base_digest, a.train_loss, a.tokens, a.step_time_ms) ==
              std::tie(b.round, b.base_digest, b.train_loss, b.tokens, b.step_time_ms) &&
-         Tie(a.blob) == Tie(b.blob);
+         Tie(a.blob) == Tie(b.blob) && Same(a.peer_traffic, b.peer_traffic);
 }
 bool Same(const Aggregate& a, const Aggregate& b) {
   return std::tie(a.round, a.digest, a.contributors) == std::tie(b.round, b.digest, b.contributors) &&
@@ -199,7 +213,8 @@ bool Same(const Aggregate& a, const Aggregate& b) {
 }
 bool Same(const EvalReport& a, const EvalReport& b) {
   return std::tie(a.round, a.val_loss, a.val_tokens, a.digest) ==
-         std::tie(b.round, b.val_loss, b.val_tokens, b.digest);
+             std::tie(b.round, b.val_loss, b.val_tokens, b.digest) &&
+         Same(a.peer_traffic, b.peer_traffic);
 }
 bool Same(const Error& a, const Error& b) {
   return std::tie(a.code, a.message, a.round) == std::tie(b.code, b.message, b.round);
@@ -607,6 +622,20 @@ TEST_CASE("wire: required fields and numeric sanity", "[unit]") {
   Message eval = SampleEvalReport();
   std::get<EvalReport>(eval.body).val_loss = -inf;
   rejects(eval, "EvalReport.val_loss");
+
+  // Pipeline traffic reports: stages, kind and byte counts are checked.
+  auto traffic = [](auto mutate) {
+    Message m = SampleDeltaUpload();
+    mutate(std::get<DeltaUpload>(m.body).peer_traffic[1]);
+    return m;
+  };
+  rejects(traffic([](PeerTraffic& t) { t.to_stage = t.from_stage; }), "DeltaUpload.peer_traffic[1]: stages 0 -> 0");
+  rejects(traffic([](PeerTraffic& t) { t.from_stage = 64; }), "DeltaUpload.peer_traffic[1]: stages 64 -> 1");
+  rejects(traffic([](PeerTraffic& t) { t.kind = 4; }), "DeltaUpload.peer_traffic[1].kind is 4");
+  rejects(traffic([](PeerTraffic& t) { t.tensor_bytes = t.bytes + 1; }), "tensor_bytes exceed bytes");
+  Message flood = SampleEvalReport();
+  std::get<EvalReport>(flood.body).peer_traffic.assign(257, PeerTraffic{0, 1, PeerTraffic::kEval, 1, 10, 5});
+  CHECK_FALSE(DecodeStatus(EncodeMessage(flood)).ok());  // the verifier's table budget or the entry bound
 
   Message hello_time = SampleHello();
   std::get<Hello>(hello_time.body).step_time_ms = nan;

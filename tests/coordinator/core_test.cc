@@ -672,8 +672,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
 
   // Round 0 evaluation: only the last stage's loss counts.
   out = CoreOutput{};
-  core.HandleMessage("pa", Wrap(EvalReport{0, 0.0, 0, digest_a}), t0, &out);
-  core.HandleMessage("pb", Wrap(EvalReport{0, 4.5, 100, digest_b}), t0, &out);
+  core.HandleMessage("pa", Wrap(EvalReport{0, 0.0, 0, digest_a, {}}), t0, &out);
+  core.HandleMessage("pb", Wrap(EvalReport{0, 4.5, 100, digest_b, {}}), t0, &out);
   REQUIRE(out.committed.size() == 1);
   CHECK(out.committed[0].val_loss == Approx(4.5));
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);

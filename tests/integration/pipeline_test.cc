@@ -62,9 +62,24 @@ TEST_CASE("lowband run: a two-stage pipeline campaign on loopback learns", "[int
     INFO(records[r]);
     CHECK(Field(records[r], "round") == std::to_string(r));
     CHECK(Field(records[r], "digests_match") == "true");
+    // The coordinator's ledger per boundary, from the stages' reports.
+    const auto at = records[r].find("\"boundaries\":");
+    REQUIRE(at != std::string::npos);
+    const std::string boundary = records[r].substr(at);
+    CHECK(Field(boundary, "boundary") == "0");
+    CHECK(std::stoull(Field(boundary, "eval_bytes")) > 0);  // the evaluation of round r's parameters
     if (r > 0) {
       CHECK(Field(records[r], "contributors") == "2");
       CHECK(std::stoull(Field(records[r], "bytes_up")) > 0);
+      // 10 inner steps x 4 micro-batches each way; labels once per step.
+      CHECK(Field(boundary, "forward_messages") == "40");
+      CHECK(Field(boundary, "backward_messages") == "40");
+      CHECK(std::stoull(Field(boundary, "labels_bytes")) > 0);
+      // Ratio 16 in bf16 is 32x fewer tensor bytes than d_model in fp32;
+      // a micro-batch is 64 tokens, so the header frames weigh in.
+      const double ratio = std::stod(Field(boundary, "compression_ratio"));
+      CHECK(ratio > 16.0);
+      CHECK(ratio < 32.0);
     }
   }
   const double first = std::stod(Field(records.front(), "val_loss"));
