@@ -223,7 +223,8 @@ GptStageImpl::GptStageImpl(const ModelConfig& config, const StageSpec& spec)
 torch::Tensor GptStageImpl::Encode(const torch::Tensor& x) {
   if (!enc_fc1_) return x;
   using torch::indexing::Slice;
-  return enc_fc2_->forward(torch::gelu(enc_fc1_->forward(x))) + x.index({"...", Slice(0, b_)});
+  auto xn = torch::nn::functional::layer_norm(x, torch::nn::functional::LayerNormFuncOptions({x.size(-1)}));
+  return enc_fc2_->forward(torch::gelu(enc_fc1_->forward(xn))) + x.index({"...", Slice(0, b_)});
 }
 
 torch::Tensor GptStageImpl::Decode(const torch::Tensor& z) {

@@ -37,10 +37,13 @@ Gpt MakeGpt(const ModelConfig& config, uint64_t seed);
 // 0 holds the embeddings, the last stage the final LayerNorm and an untied
 // output head; in between, `blocks` transformer blocks starting at block
 // `first_block`. At a boundary with ratio > 1 the sending stage ends with the
-// residual encoder z = E(x) + x[..., :b] and the receiving stage starts with
-// x_hat = D(z) + pad(z), b = d_model / ratio; E and D are two-layer GELU
+// residual encoder z = E(LN(x)) + x[..., :b] and the receiving stage starts
+// with x_hat = D(z) + pad(z), b = d_model / ratio; E and D are two-layer GELU
 // MLPs whose output layers start near zero, so a fresh boundary is a rank-b
-// identity. ratio 1: no bottleneck, x crosses as it is.
+// identity. LN is a parameter-free LayerNorm: the residual stream's scale
+// grows with depth, and E on the normalised stream trained to a lower loss
+// (bench/resbm_quality at ratio 128: +7.3% against ratio 1 instead of +9.2%).
+// ratio 1: no bottleneck, x crosses as it is.
 struct StageSpec {
   int stage = 0;
   int stages = 1;
