@@ -153,7 +153,7 @@ struct Activation {
   uint32_t width = 0;
   WireDtype dtype = WireDtype::kBf16;
   BlobHeader blob;
-  bool labels = false;  // stage 0 -> last stage: int32 target ids [batch, tokens], width 1, dtype unused
+  bool labels = false;  // stage 0 -> last stage: target ids [batch, tokens], width 1, dtype unused (LabelBytes)
   bool eval = false;    // a validation pass (forward only); step is the eval batch index
 };
 

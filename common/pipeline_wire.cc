@@ -34,6 +34,8 @@ int64_t FirstNonFinite(const Bytes& bulk, WireDtype dtype) {
 
 size_t WireDtypeBytes(WireDtype dtype) { return dtype == WireDtype::kFp32 ? 4 : 2; }
 
+uint32_t LabelBytes(int64_t vocab) { return vocab <= 256 ? 1 : vocab <= 32768 ? 2 : 4; }
+
 Status CheckActivation(const Activation& a, const Bytes& bulk, const ActivationExpect& want) {
   if (a.round != want.round) return InvalidArgument(Field("round", a.round, want.round));
   if (a.step != want.step) return InvalidArgument(Field("step", a.step, want.step));
@@ -64,7 +66,7 @@ Status CheckActivation(const Activation& a, const Bytes& bulk, const ActivationE
   // All factors are checked against the expectation, so this cannot overflow.
   const uint64_t numel = static_cast<uint64_t>(want.batch) * want.tokens * want.width;
   if (a.blob.num_elements != numel) return InvalidArgument(Field("num_elements", a.blob.num_elements, numel));
-  const uint64_t bytes = numel * (want.labels ? 4 : WireDtypeBytes(want.dtype));
+  const uint64_t bytes = numel * (want.labels ? want.label_bytes : WireDtypeBytes(want.dtype));
   if (bulk.size() != bytes) return InvalidArgument(Field("payload bytes", bulk.size(), bytes));
   if (want.labels) return Status::Ok();
   if (const int64_t at = FirstNonFinite(bulk, want.dtype); at >= 0) {

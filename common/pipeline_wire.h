@@ -12,6 +12,10 @@
 namespace lowband {
 
 size_t WireDtypeBytes(WireDtype dtype);
+// Bytes per target id in a labels message: the narrowest integer that holds
+// every id of the vocabulary (1: uint8 up to 256, 2: int16 up to 32768, 4:
+// int32). Both stages know the vocabulary from the Welcome.
+uint32_t LabelBytes(int64_t vocab);
 
 struct ActivationExpect {
   uint32_t round = 0;
@@ -23,8 +27,9 @@ struct ActivationExpect {
   uint32_t tokens = 0;  // sequence length
   uint32_t width = 0;   // b = d_model / ratio (d_model with ratio 1)
   WireDtype dtype = WireDtype::kBf16;
-  bool labels = false;  // int32 target ids, width 1, 4 bytes each; dtype not checked
+  bool labels = false;  // target ids, width 1, label_bytes each; dtype not checked
   bool eval = false;
+  uint32_t label_bytes = 4;  // LabelBytes(vocab)
 };
 
 // InvalidArgument naming the first field that differs from `want` (round,

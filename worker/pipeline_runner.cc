@@ -175,7 +175,7 @@ Status PipelineRunner::SendTensor(int to_stage, Kind kind, int micro_batch, cons
   a.tokens = static_cast<uint32_t>(options_.tokens);
   a.width = kind == Kind::kLabels ? 1 : static_cast<uint32_t>(width_);
   a.dtype = options_.wire;
-  const torch::Dtype want = kind == Kind::kLabels ? torch::kInt32 : WireScalar(options_.wire);
+  const torch::Dtype want = kind == Kind::kLabels ? LabelScalar() : WireScalar(options_.wire);
   if (t.scalar_type() != want || t.numel() != static_cast<int64_t>(a.batch) * a.tokens * a.width) {
     // The trainer's output disagrees with the configuration: a bug, but the
     // trainer's, so a Status rather than an abort.
@@ -199,10 +199,19 @@ Status PipelineRunner::SendTensor(int to_stage, Kind kind, int micro_batch, cons
   return Status::Ok();
 }
 
+// Target ids cross as the narrowest integer type for the vocabulary.
+torch::Dtype PipelineRunner::LabelScalar() const {
+  switch (LabelBytes(trainer_->model_config().vocab)) {
+    case 1: return torch::kUInt8;
+    case 2: return torch::kInt16;
+    default: return torch::kInt32;
+  }
+}
+
 Status PipelineRunner::SendLabels(const torch::Tensor& targets) {
   for (int m = 0; m < slots_; ++m) {
     LOWBAND_RETURN_IF_ERROR(
-        SendTensor(stages_ - 1, Kind::kLabels, m, targets.narrow(0, m * rows_, rows_).to(torch::kInt32)));
+        SendTensor(stages_ - 1, Kind::kLabels, m, targets.narrow(0, m * rows_, rows_).to(LabelScalar())));
   }
   return Status::Ok();
 }
@@ -214,6 +223,7 @@ ActivationExpect PipelineRunner::Expect(Kind kind) const {
   e.micro_batches = static_cast<uint32_t>(slots_);
   e.backward = kind == Kind::kGradient;
   e.labels = kind == Kind::kLabels;
+  e.label_bytes = LabelBytes(trainer_->model_config().vocab);
   e.eval = eval_;
   e.from_stage = static_cast<uint32_t>(kind == Kind::kLabels ? 0 : kind == Kind::kInput ? stage_ - 1 : stage_ + 1);
   e.batch = static_cast<uint32_t>(rows_);
@@ -255,7 +265,7 @@ Status PipelineRunner::Accept(const Activation& a, const Bytes& bulk) {
   if (got[i]) return InvalidArgument(what + ": duplicate, already received in this " + (eval_ ? "pass" : "step"));
   try {
     if (kind == Kind::kLabels) {
-      labels_[i] = TensorFromBytes(bulk, torch::kInt32, {rows_, options_.tokens}).to(torch::kInt64);
+      labels_[i] = TensorFromBytes(bulk, LabelScalar(), {rows_, options_.tokens}).to(torch::kInt64);
     } else {
       torch::Tensor t = TensorFromBytes(bulk, WireScalar(options_.wire), {rows_, options_.tokens, width_});
       (kind == Kind::kInput ? inputs_ : grads_)[i] = std::move(t);

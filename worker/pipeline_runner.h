@@ -177,6 +177,7 @@ class PipelineRunner {
   Status CheckBatch(const torch::Tensor& inputs, const torch::Tensor& targets) const;
   // Stage 0: sends micro-batch-sized slices of the targets to the last stage.
   Status SendLabels(const torch::Tensor& targets);
+  torch::Dtype LabelScalar() const;
   Status SendTensor(int to_stage, Kind kind, int micro_batch, const torch::Tensor& t);
   // Feeds the held messages that belong to the current call.
   Status ReplayHeld();

@@ -129,6 +129,7 @@ class StageTrainer {
   // Optimizer steps taken (drives the warm-up).
   int64_t step_count() const { return step_count_; }
   const StageSpec& spec() const { return spec_; }
+  const ModelConfig& model_config() const { return model_config_; }
   int micro_batches() const { return static_cast<int>(slots_.size()); }
   // Width of this stage's boundary tensors (d_model / ratio).
   int64_t boundary_width() const;

@@ -708,6 +708,14 @@ TEST_CASE("wire: an activation is checked against what its receiver expects", "[
   ActivationExpect wl{7, 3, 4, 1, false, 2, 3, 1, WireDtype::kFp32, true, true};
   CHECK(CheckActivation(got, dl->bulk, wl).ok());
   CHECK(Contains(CheckActivation(got, Bytes(12, 0), wl), "payload bytes is 12, expected 24"));
+  // Narrow ids for small vocabularies: one byte each up to 256 ids.
+  CHECK(LabelBytes(256) == 1);
+  CHECK(LabelBytes(257) == 2);
+  CHECK(LabelBytes(32768) == 2);
+  CHECK(LabelBytes(50257) == 4);
+  wl.label_bytes = 1;
+  CHECK(Contains(CheckActivation(got, dl->bulk, wl), "payload bytes is 24, expected 6"));
+  CHECK(CheckActivation(got, Bytes(6, 0), wl).ok());
   // An unknown dtype does not decode at all.
   Activation bad = a;
   bad.dtype = static_cast<WireDtype>(7);

@@ -298,9 +298,9 @@ TEST_CASE("pipeline runner: a threaded step equals the sequential stage chain", 
         CHECK(p->runners[static_cast<size_t>(s)]->held() == 0);
         CHECK(p->net.Pending(s) == 0);
       }
-      // Bulk bytes: fp32 boundaries of d_model, int32 labels.
+      // Bulk bytes: fp32 boundaries of d_model, one-byte labels (vocab 32).
       const uint64_t boundary = kBatch * m.context * m.d_model * 4;
-      const uint64_t labels = kBatch * m.context * 4;
+      const uint64_t labels = kBatch * m.context * 1;
       CHECK(results[0]->bytes_sent == boundary + labels);
       CHECK(results[0]->bytes_received == boundary);
       CHECK(results.back()->bytes_received == boundary + labels);
