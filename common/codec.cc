@@ -755,9 +755,24 @@ StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, 
 
 // ---------------------------------------------------------------- aggregation
 
-Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule) {
+Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule,
+                     const std::vector<double>& weights) {
   LOWBAND_CHECK(!updates.empty());
   const size_t r_total = updates.size();
+  // w[i]: weight of update i normalised to mean 1 (all 1.0f when unweighted,
+  // or when the weights are equal: R * w / (R * w) is exactly 1).
+  std::vector<float> w(r_total, 1.0f);
+  if (!weights.empty()) {
+    LOWBAND_CHECK(weights.size() == r_total);
+    double total = 0;
+    for (double x : weights) {
+      LOWBAND_CHECK(std::isfinite(x) && x > 0);
+      total += x;
+    }
+    for (size_t i = 0; i < r_total; ++i) w[i] = static_cast<float>(weights[i] * static_cast<double>(r_total) / total);
+  }
+  float w_all = 0.0f;  // sum of the weights, in update order
+  for (float x : w) w_all += x;
   size_t n_dense = 0;
   uint64_t nnz_bound = 0;
   for (const Update* u : updates) {
@@ -765,14 +780,19 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& u
     if (u->dense) ++n_dense;
     nnz_bound += u->nnz();
   }
-  // inv[n] = 1/n in fp32; kMeanAll uses inv[R] for every coordinate.
-  std::vector<float> inv(r_total + 1, 0.0f);
-  for (size_t n = 1; n <= r_total; ++n) inv[n] = 1.0f / static_cast<float>(n);
+  // kMeanAll divides every coordinate by the sum of all weights (R when
+  // unweighted); kMeanChoosers by the weight of the updates with an entry.
   const bool all = rule == AggregationRule::kMeanAll;
+  const float inv_all = 1.0f / w_all;
+  float w_dense = 0.0f;
+  for (size_t i = 0; i < r_total; ++i) {
+    if (updates[i]->dense) w_dense += w[i];
+  }
 
-  // Chunk-sized scratch: sums, chooser counts, touched local indices.
+  // Chunk-sized scratch: sums, chooser counts and weights, touched local indices.
   std::vector<float> sum(kChunkElems, 0.0f);
   std::vector<uint32_t> cnt(kChunkElems, 0);
+  std::vector<float> wsum(kChunkElems, 0.0f);
   std::vector<uint16_t> touched;
   touched.reserve(kChunkElems);
 
@@ -794,18 +814,20 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& u
       const int64_t n_c = ch.numel();
       if (out.dense) {
         std::fill(sum.begin(), sum.begin() + n_c, 0.0f);
-        std::fill(cnt.begin(), cnt.begin() + n_c, 0u);
-        for (const Update* u : updates) {
+        std::fill(wsum.begin(), wsum.begin() + n_c, 0.0f);
+        for (size_t i = 0; i < r_total; ++i) {
+          const Update* u = updates[i];
+          const float wi = w[i];
           if (u->dense) {
             for (int64_t r = 0; r < ch.rows; ++r) {
               const float* src = u->values.data() + RowBase(tp, ch, r);
               float* s = sum.data() + r * ch.cols;
-              for (int32_t col = 0; col < ch.cols; ++col) s[col] += src[col];
+              for (int32_t col = 0; col < ch.cols; ++col) s[col] += wi * src[col];
             }
           } else {
             for (uint32_t e = u->begin[c]; e < u->begin[c + 1]; ++e) {
-              sum[u->index[e]] += u->value[e];
-              ++cnt[u->index[e]];
+              sum[u->index[e]] += wi * u->value[e];
+              wsum[u->index[e]] += wi;
             }
           }
         }
@@ -813,26 +835,30 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& u
           float* dst = out.values.data() + RowBase(tp, ch, r);
           for (int32_t col = 0; col < ch.cols; ++col) {
             const int64_t l = r * ch.cols + col;
-            dst[col] = sum[l] * (all ? inv[r_total] : inv[n_dense + cnt[l]]);
+            dst[col] = sum[l] * (all ? inv_all : 1.0f / (w_dense + wsum[l]));
           }
         }
         continue;
       }
       touched.clear();
-      for (const Update* u : updates) {
+      for (size_t i = 0; i < r_total; ++i) {
+        const Update* u = updates[i];
+        const float wi = w[i];
         for (uint32_t e = u->begin[c]; e < u->begin[c + 1]; ++e) {
           const uint16_t l = u->index[e];
           if (cnt[l] == 0) {
             touched.push_back(l);
             sum[l] = 0.0f;
+            wsum[l] = 0.0f;
           }
-          sum[l] += u->value[e];
+          sum[l] += wi * u->value[e];
+          wsum[l] += wi;
           ++cnt[l];
         }
       }
       auto emit = [&](uint16_t l) {
         out.index.push_back(l);
-        out.value.push_back(sum[l] * (all ? inv[r_total] : inv[cnt[l]]));
+        out.value.push_back(sum[l] * (all ? inv_all : 1.0f / wsum[l]));
         cnt[l] = 0;
       };
       if (touched.size() * 8 > static_cast<size_t>(n_c)) {

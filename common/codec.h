@@ -198,6 +198,13 @@ Status CheckBlob(const ParamLayout& layout, CodecKind expected_codec, const Blob
 // entries in update order, then is multiplied by the fp32 1.0f / R (or
 // 1.0f / n): bit-identical to the same sum done densely in the same order.
 // Inputs must be well formed for the plan (CHECK).
-Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule);
+// Weighted (`weights` not empty, one positive finite weight per update,
+// e.g. tokens processed): update i counts w_i times; each coordinate's sum
+// adds w_i * entry and is divided by the sum of the weights (kMeanAll) or of
+// the weights of the updates with an entry there (kMeanChoosers). Weights
+// are normalised to mean 1 first, so equal weights give exactly the
+// unweighted result.
+Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule,
+                     const std::vector<double>& weights = {});
 
 }  // namespace lowband

@@ -61,6 +61,10 @@ const char* CodecName(CodecKind kind) {
   return "unknown";
 }
 
+const char* WeightingName(AggregationWeighting w) {
+  return w == AggregationWeighting::kTokens ? "tokens" : "uniform";
+}
+
 const char* AggregationName(AggregationRule rule) {
   switch (rule) {
     case AggregationRule::kMeanAll: return "mean";
@@ -650,7 +654,7 @@ class Parser {
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
 const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
-                                            "server_key", "peer"};
+                                            "server_key", "peer", "slowdown"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -674,6 +678,7 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       if (p->String(s, "key", &site->key)) site->key = ResolveRelative(base_file, site->key);
       if (p->String(s, "server_key", &site->server_key)) site->server_key = ResolveRelative(base_file, site->server_key);
       p->String(s, "peer", &site->peer);
+      p->Double(s, "slowdown", &site->slowdown);
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -808,6 +813,7 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
     c->Error(prefix + "site.device", "unknown device '" + site.device + "'", "cpu, cuda, cuda:N");
   }
   c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
+  c->DoubleRange(prefix + "site.slowdown", site.slowdown, 1, true, 1000, true);
   CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
   if (!site.peer.empty()) {
     Endpoint peer_ep;
@@ -871,6 +877,29 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->DoubleRange(io + "weight_decay", in.weight_decay, 0, true, INFINITY, false);
   c->DoubleRange(io + "grad_clip", in.grad_clip, 0, true, INFINITY, false);
   c->IntRange(io + "warmup_steps", in.warmup_steps, 0, kIntMax);
+  const AdaptiveStepsConfig& ad = t.adaptive;
+  const std::string as = "training.adaptive_steps.";
+  c->DoubleRange(as + "round_time_s", ad.round_time_s, 0, true, INFINITY, false);
+  c->IntRange(as + "min_inner_steps", ad.min_inner_steps, 1, kIntMax);
+  c->IntRange(as + "max_inner_steps", ad.max_inner_steps, 0, kIntMax);
+  if (ad.enabled) {
+    const int max_h = ad.max_inner_steps > 0 ? ad.max_inner_steps : t.inner_steps;
+    if (ad.min_inner_steps > max_h && !c->Bad(as + "min_inner_steps")) {
+      c->Error(as + "min_inner_steps",
+               std::to_string(ad.min_inner_steps) + " exceeds the most steps a site may run (" +
+                   std::to_string(max_h) + ")",
+               "at most max_inner_steps (or training.inner_steps when that is 0)");
+    }
+    if (ad.round_time_s >= cfg.quorum.round_deadline_s && !c->Bad(as + "round_time_s")) {
+      c->Error(as + "round_time_s",
+               "round time " + std::to_string(ad.round_time_s) + " s leaves no margin before quorum.round_deadline_s",
+               "below quorum.round_deadline_s");
+    }
+    if (cfg.pipeline.stages > 1) {
+      c->Error(as + "enabled", "adaptive steps with a pipeline (the stages of a replica step together)",
+               "false when pipeline.stages > 1");
+    }
+  }
 
   c->DoubleRange("outer_optimizer.lr", cfg.outer.lr, 0, false, INFINITY, false);
   c->DoubleRange("outer_optimizer.momentum", cfg.outer.momentum, 0, true, 1, false);
@@ -1033,7 +1062,10 @@ const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
-const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer"};
+const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer",
+                                                "adaptive_steps"};
+const std::vector<std::string> kAdaptiveKeys = {"enabled", "round_time_s", "min_inner_steps", "max_inner_steps"};
+const std::vector<std::string> kWeightingNames = {"tokens", "uniform"};
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
                                              "weight_decay", "grad_clip", "warmup_steps"};
 const std::vector<std::string> kOuterNames = {"nesterov", "sgd", "fedavg"};
@@ -1043,7 +1075,7 @@ const std::vector<std::string> kCodecNames = {"dense_fp32", "dense_bf16", "int8"
 const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback"};
 const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
-                                              "start_timeout_s", "aggregation", "max_norm_ratio"};
+                                              "start_timeout_s", "aggregation", "max_norm_ratio", "weighting"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
                                                "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics",
                                                "server_key", "site_keys", "operator_keys"};
@@ -1256,6 +1288,17 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "inner_steps", &cfg->training.inner_steps);
       p.Int(m, "batch_size", &cfg->training.batch_size);
       p.Int(m, "eval_batches", &cfg->training.eval_batches);
+      if (const auto* g = m.Find("adaptive_steps")) {
+        MapFields a;
+        AdaptiveStepsConfig& ad = cfg->training.adaptive;
+        if (p.Map(g->value, "training.adaptive_steps", kAdaptiveKeys, &a)) {
+          int enabled = ad.enabled ? 1 : 0;
+          if (p.Enum(a, "enabled", {"false", "true"}, &enabled)) ad.enabled = enabled == 1;
+          p.Double(a, "round_time_s", &ad.round_time_s);
+          p.Int(a, "min_inner_steps", &ad.min_inner_steps);
+          p.Int(a, "max_inner_steps", &ad.max_inner_steps);
+        }
+      }
       if (const auto* g = m.Find("inner_optimizer")) {
         MapFields o;
         InnerOptimizerConfig& in = cfg->training.inner;
@@ -1310,6 +1353,10 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       int rule = 0;
       if (p.Enum(m, "aggregation", kAggregationNames, &rule)) {
         cfg->quorum.aggregation = static_cast<AggregationRule>(rule);
+      }
+      int weighting = 0;
+      if (p.Enum(m, "weighting", kWeightingNames, &weighting)) {
+        cfg->quorum.weighting = static_cast<AggregationWeighting>(weighting);
       }
     }
   }

@@ -41,6 +41,19 @@ struct InnerOptimizerConfig {  // AdamW, the only inner optimizer for now
   int warmup_steps = 0;    // linear warm-up over the first inner steps of the campaign
 };
 
+// Photon-style adaptive local steps (docs/configuration.md,
+// `training.adaptive_steps`): the coordinator gives each worker its own H_i
+// from its measured step time so that every site finishes a round's
+// training in about the same wall time.
+struct AdaptiveStepsConfig {
+  bool enabled = false;
+  // Training time per round to aim at; 0 = the fastest site's time for
+  // training.inner_steps steps (so it runs H, slower sites fewer).
+  double round_time_s = 0;
+  int min_inner_steps = 1;
+  int max_inner_steps = 0;  // 0 = training.inner_steps
+};
+
 struct TrainingConfig {
   int rounds = 10;
   int inner_steps = 10;  // H
@@ -48,6 +61,7 @@ struct TrainingConfig {
   int eval_batches = 8;  // validation batches per evaluation
   uint64_t seed = 1234;
   InnerOptimizerConfig inner;
+  AdaptiveStepsConfig adaptive;
 };
 
 enum class OuterOptimizerKind { kNesterov, kSgd, kFedAvg };
@@ -73,6 +87,10 @@ const char* CodecName(CodecKind kind);
 // coordinate (dense uploads choose every coordinate).
 enum class AggregationRule { kMeanAll, kMeanChoosers };
 const char* AggregationName(AggregationRule rule);
+// How much each upload counts in the mean: equally, or by the tokens its
+// site trained on this round (sites with different H_i).
+enum class AggregationWeighting { kTokens, kUniform };
+const char* WeightingName(AggregationWeighting w);
 
 struct QuorumConfig {
   int expected_workers = 1;     // rounds start once this many have joined
@@ -80,6 +98,7 @@ struct QuorumConfig {
   double round_deadline_s = 300;  // after this, close with >= min_workers uploads
   double start_timeout_s = 120;   // give up if expected workers never join
   AggregationRule aggregation = AggregationRule::kMeanAll;
+  AggregationWeighting weighting = AggregationWeighting::kTokens;
   // With 3 or more uploads, one whose L2 norm exceeds this many times the
   // median of the round's norms is rejected as an outlier (0 = no check).
   double max_norm_ratio = 10;
@@ -142,6 +161,9 @@ struct SiteConfig {
   // Pipeline campaigns: where this worker binds for its neighbour stages
   // (e.g. tcp://127.0.0.1:5601); its neighbours connect there.
   std::string peer;
+  // Emulated slower hardware (tests, benchmarks): after each inner step the
+  // worker idles (slowdown - 1) times the step's duration. 1 = full speed.
+  double slowdown = 1.0;
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

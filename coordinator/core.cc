@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/json.h"
+#include "coordinator/adaptive_steps.h"
 #include "common/log.h"
 
 namespace lowband {
@@ -124,12 +125,16 @@ Update CoordinatorCore::AggregatePipeline() const {
   for (size_t s = 0; s < parts_.size(); ++s) {
     const Part& part = parts_[s];
     std::vector<const Update*> deltas;
+    std::vector<double> weights;
     for (const auto& [site, up] : uploads_) {
-      if (up.stage == static_cast<int>(s)) deltas.push_back(&up.delta);
+      if (up.stage != static_cast<int>(s)) continue;
+      deltas.push_back(&up.delta);
+      weights.push_back(static_cast<double>(up.tokens));
     }
+    if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
     Update mean;
     if (!deltas.empty()) {
-      mean = AggregateMean(part.plan, deltas, config_.quorum.aggregation);
+      mean = AggregateMean(part.plan, deltas, config_.quorum.aggregation, weights);
     } else if (sparse) {  // nobody trained this stage: it stays where it is
       mean.dense = false;
       mean.begin.assign(part.num_chunks + 1, 0);
@@ -472,9 +477,26 @@ void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out) {
   RoundStart rs;
   rs.round = committed_round_ + 1;
   rs.model_version = DigestFor(w);
-  rs.inner_steps = config_.training.inner_steps;
+  rs.inner_steps = StepsFor(w);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
   out->messages.push_back({w.peer, Make(rs)});
+}
+
+int CoordinatorCore::StepsFor(const WorkerInfo& w) {
+  auto it = round_steps_.find(w.site);
+  if (it != round_steps_.end()) return it->second;
+  if (!config_.training.adaptive.enabled) return round_steps_[w.site] = config_.training.inner_steps;
+  // Assigned once per round for every live worker (StartRound); a worker
+  // joining mid-round gets its share against the same field.
+  std::map<std::string, StepTimes> times;
+  for (const auto& [site, o] : workers_) {
+    if (o.state != WorkerState::kJoined && site != w.site) continue;
+    times[site] = StepTimes{o.step_ms, o.hello.step_time_ms};
+  }
+  const auto steps = AssignInnerSteps(config_.training, times);
+  const int h = steps.at(w.site);
+  round_steps_[w.site] = h;
+  return h;
 }
 
 void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
@@ -485,6 +507,14 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   evals_.clear();
   pending_ = RoundRecord{};
   pending_.round = committed_round_ + 1;
+  round_steps_.clear();
+  if (config_.training.adaptive.enabled) {
+    std::map<std::string, StepTimes> times;
+    for (const auto& [site, w] : workers_) {
+      if (w.state == WorkerState::kJoined) times[site] = StepTimes{w.step_ms, w.hello.step_time_ms};
+    }
+    round_steps_ = AssignInnerSteps(config_.training, times);
+  }
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined) continue;
     SendRoundStart(w, out);
@@ -497,7 +527,14 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   const uint32_t open_round = committed_round_ + 1;
   if (phase_ != Phase::kTraining || m.round != open_round) {
     if (m.round <= committed_round_ && m.round >= 1) {
-      if (m.round == committed_round_) ++pending_.late_uploads;
+      // Too late for its round (closed at the deadline or quorum); its step
+      // time still tells how much the site can do next time.
+      w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
+      w.last_step_time_ms = m.step_time_ms;
+      if (m.round == committed_round_) {
+        ++pending_.late_uploads;
+        LOG_INFO("late upload dropped", {"site", w.site}, {"round", m.round}, {"step_time_ms", m.step_time_ms});
+      }
       Reply(w.peer, ErrorCode::kWrongRound,
             "upload for round " + std::to_string(m.round) + " arrived after the round closed", m.round, out);
     } else {
@@ -524,6 +561,17 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
     Reply(w.peer, ErrorCode::kBadPayload, "upload needs a finite train_loss and tokens > 0", m.round, out);
     return;
   }
+  // Tokens weight the aggregate: no site may claim more than the most steps
+  // any site can be given.
+  const uint64_t max_tokens = static_cast<uint64_t>(MaxInnerSteps(config_.training)) *
+                              static_cast<uint64_t>(config_.training.batch_size) *
+                              static_cast<uint64_t>(config_.model.context);
+  if (m.tokens > max_tokens) {
+    Reply(w.peer, ErrorCode::kBadPayload,
+          "upload claims " + std::to_string(m.tokens) + " tokens; a round has at most " + std::to_string(max_tokens),
+          m.round, out);
+    return;
+  }
   if (m.blob.codec != config_.codec.kind) {
     Reply(w.peer, ErrorCode::kBadPayload,
           std::string("delta payload uses codec ") + CodecName(m.blob.codec) + ", the campaign uses " +
@@ -548,8 +596,9 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   }
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
-  uploads_[w.site] = Upload{w.stage, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq)};
+  uploads_[w.site] = Upload{w.stage, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq), m.step_time_ms};
   w.last_step_time_ms = m.step_time_ms;
+  w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
   MaybeCloseRound(now, false, out);
 }
@@ -557,6 +606,27 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
 void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
   if (phase_ != Phase::kTraining || !Complete(uploads_, deadline_passed)) return;
   CloseRound(now, deadline_passed ? "deadline" : "complete", out);
+}
+
+// Live workers asked to train this round whose upload is not in at the
+// deadline: left out of the round (their upload, should it come, is refused
+// as late) and counted. Not finishing H_i steps in the time elapsed means a
+// step takes at least elapsed / H_i: the estimate rises to that, so adaptive
+// steps give the site less next round even though it reported nothing.
+void CoordinatorCore::MarkStragglers(TimePoint now) {
+  const double elapsed_ms = Seconds(now - round_start_) * 1000.0;
+  for (auto& [site, w] : workers_) {
+    auto st = round_steps_.find(site);
+    if (w.state != WorkerState::kJoined || uploads_.count(site) || st == round_steps_.end()) continue;
+    SiteRoundStats& s = pending_.sites[site];
+    s.late = true;
+    s.inner_steps = st->second;
+    ++pending_.stragglers;
+    const double floor_ms = elapsed_ms / std::max(st->second, 1);
+    if (floor_ms > w.step_ms) w.step_ms = floor_ms;
+    LOG_INFO("straggler left out of the round", {"site", site}, {"round", pending_.round},
+             {"inner_steps", st->second}, {"step_ms_at_least", floor_ms});
+  }
 }
 
 void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
@@ -594,6 +664,7 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
 void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
   LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
   RejectNormOutliers(out);
+  if (std::string(why) == "deadline") MarkStragglers(now);
   const int have = static_cast<int>(uploads_.size());
 
   // Mean over the R workers that uploaded (or over those that chose each
@@ -604,13 +675,17 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   // reports the tokens its replica trained on.
   const int loss_stage = pipelined() ? config_.pipeline.stages - 1 : 0;
   std::vector<const Update*> deltas;
+  std::vector<double> weights;
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, up] : uploads_) {
     deltas.push_back(&up.delta);
+    weights.push_back(static_cast<double>(up.tokens));
     SiteRoundStats& s = pending_.sites[site];
     s.tokens = up.tokens;
     s.uploaded = true;
+    if (auto st = round_steps_.find(site); st != round_steps_.end()) s.inner_steps = st->second;
+    s.step_time_ms = up.step_time_ms;
     if (up.stage != loss_stage) continue;
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
     tokens += up.tokens;
@@ -620,7 +695,8 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     loss_sum = std::numeric_limits<double>::quiet_NaN();
     tokens = 1;
   }
-  Update g = pipelined() ? AggregatePipeline() : AggregateMean(plan_, deltas, config_.quorum.aggregation);
+  if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
+  Update g = pipelined() ? AggregatePipeline() : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
   // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.
   auto logged = PackAggregate(params_.layout, plan_, g);

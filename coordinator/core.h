@@ -59,6 +59,9 @@ struct SiteRoundStats {
   double val_loss = std::numeric_limits<double>::quiet_NaN();
   bool uploaded = false;
   bool digest_ok = true;
+  int inner_steps = 0;  // H_i the round asked of the site (0: not started)
+  double step_time_ms = std::numeric_limits<double>::quiet_NaN();  // its reported mean step time
+  bool late = false;    // asked to train, no upload by the deadline (left out)
 };
 
 // One committed round (round 0 = evaluation of the initial parameters).
@@ -70,6 +73,7 @@ struct RoundRecord {
   int contributors = 0;  // uploads aggregated
   int evaluated = 0;     // eval reports received
   int late_uploads = 0;  // rejected because the round had closed
+  int stragglers = 0;    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
   double wall_s = 0;
   uint64_t digest = 0;
@@ -114,6 +118,7 @@ struct WorkerInfo {
   std::optional<uint32_t> last_eval_round;
   double last_val_loss = std::numeric_limits<double>::quiet_NaN();
   double last_step_time_ms = 0;
+  double step_ms = 0;  // smoothed reported step time (adaptive steps)
   uint64_t rejected = 0;
   // Pipeline campaigns: its slot, and whether it has been welcomed (a worker
   // waits, unwelcomed, until every stage of its replica has a worker).
@@ -194,6 +199,7 @@ class CoordinatorCore {
     double train_loss;
     uint64_t tokens;
     double norm;  // L2 norm of the delta
+    double step_time_ms = 0;
   };
 
   Message Make(Body body);
@@ -202,6 +208,7 @@ class CoordinatorCore {
              const char* reason = nullptr);
   // Drops uploads whose norm is far above the round's median (Error reply).
   void RejectNormOutliers(CoreOutput* out);
+  void MarkStragglers(TimePoint now);
   void HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out);
   void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
   void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);
@@ -253,6 +260,9 @@ class CoordinatorCore {
   std::vector<uint64_t> part_digests_;
   std::unique_ptr<Topology> topology_;
   std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
+  // H_i of the open round by site (adaptive steps; docs/configuration.md).
+  std::map<std::string, int> round_steps_;
+  int StepsFor(const WorkerInfo& w);
   OuterOptimizer outer_;
   ParamSet params_;
   uint64_t digest_ = 0;

@@ -507,6 +507,19 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
                 r.round, config.training.rounds, train, r.val_loss, HumanBytes(up).c_str(), ratio_up,
                 HumanBytes(down).c_str(), ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
                 r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+    if (config.training.adaptive.enabled && r.round > 0) {
+      // H_i per site and its step time; stragglers whose previous upload came too late.
+      std::string line;
+      for (const auto& [name, s] : r.sites) {
+        if (s.inner_steps <= 0) continue;
+        char item[128];
+        std::snprintf(item, sizeof(item), "%s%s H %d (%.0f ms/step%s)", line.empty() ? "" : ", ", name.c_str(),
+                      s.inner_steps, s.step_time_ms, s.uploaded ? "" : ", no upload");
+        line += item;
+      }
+      std::printf("             steps: %s%s\n", line.c_str(),
+                  r.stragglers ? ("; stragglers left out: " + std::to_string(r.stragglers)).c_str() : "");
+    }
     for (int b = 0; b + 1 < config.pipeline.stages && r.round > 0; ++b) {
       const BoundaryFigures f = Boundary(b, r.round);
       std::printf("             boundary %d|%d: forward %10s  backward %10s  (x%.1f vs fp32 at d_model %d)\n", b,
@@ -525,6 +538,9 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
           .Add("tokens", s.tokens)
           .Add("uploaded", s.uploaded)
           .Add("digest_ok", s.digest_ok)
+          .Add("inner_steps", s.inner_steps)
+          .Add("step_time_ms", s.step_time_ms)
+          .Add("straggler", s.late)
           .Add("bytes_up", ledger.SiteRoundTotal(name, r.round, Direction::kUp))
           .Add("bytes_down", ledger.SiteRoundTotal(name, r.round, Direction::kDown))
           .Add("upload_bytes", ledger.KindTotal(Direction::kUp, "delta_upload", r.round, name).bytes);
@@ -549,6 +565,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("contributors", r.contributors)
         .Add("evaluated", r.evaluated)
         .Add("late_uploads", r.late_uploads)
+        .Add("stragglers", r.stragglers)
         .Add("digest", DigestHex(r.digest))
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);

@@ -186,6 +186,16 @@ uint64_t CampaignFingerprint(const CampaignConfig& c) {
   MixValue(&h, c.codec.topk);
   MixValue(&h, c.codec.error_feedback);
   MixValue(&h, static_cast<int>(c.quorum.aggregation));
+  // Only with adaptive steps do sites train on different token counts, so
+  // only then can the weighting or the step policy change the parameters
+  // (older state databases keep their fingerprint).
+  const AdaptiveStepsConfig& a = c.training.adaptive;
+  if (a.enabled) {
+    MixValue(&h, static_cast<int>(c.quorum.weighting));
+    MixValue(&h, a.round_time_s);
+    MixValue(&h, a.min_inner_steps);
+    MixValue(&h, a.max_inner_steps);
+  }
   return h;
 }
 

@@ -72,6 +72,7 @@ JobResult Executor::Configure(const Welcome& w) {
       Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
+  trainer_->SetSlowdown(site_.slowdown);
   stage_.reset();
   last_train_.reset();
   welcome_ = std::make_unique<Welcome>(w);

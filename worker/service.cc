@@ -65,7 +65,7 @@ struct WorkerService::Impl {
     h.site = site.name;
     h.device = site.device;
     h.free_memory_bytes = FreeMemoryBytes(site.device);
-    h.step_time_ms = MeasureReferenceStepMs(site.device);
+    h.step_time_ms = MeasureReferenceStepMs(site.device) * site.slowdown;  // site.slowdown emulates slower hardware
     h.train_tokens = corpus.train_tokens();
     h.val_tokens = corpus.val_tokens();
     h.peer_endpoint = site.peer;

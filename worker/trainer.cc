@@ -8,6 +8,7 @@
 #include <exception>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "common/codec_device.h"
 #include "common/model.h"
@@ -60,6 +61,7 @@ struct Trainer::Impl {
   torch::Device device;
   const Corpus* corpus;
   std::mt19937_64 rng;  // batch sampling; state persists across rounds
+  double slowdown = 1.0;  // site.slowdown
 
   Gpt model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;  // state persists across rounds
@@ -192,6 +194,8 @@ Status Trainer::SetGlobal(ParamSet params) {
   return impl_->LoadGlobal();
 }
 
+void Trainer::SetSlowdown(double factor) { impl_->slowdown = factor; }
+
 StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
   if (inner_steps < 1) return InvalidArgument("TrainRound: inner_steps must be >= 1");
   Impl& s = *impl_;
@@ -220,6 +224,9 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
       }
       s.optimizer->step();
       loss_sum += loss.item<double>();  // also synchronizes CUDA before the clock stops
+      if (s.slowdown > 1) {
+        std::this_thread::sleep_for(std::chrono::duration<double, std::milli>((s.slowdown - 1) * MsSince(start)));
+      }
       time_ms += MsSince(start);
       ++s.inner_steps_done;
       result.tokens += static_cast<uint64_t>(batch) * context;

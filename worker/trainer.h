@@ -54,6 +54,9 @@ class Trainer {
   Status ApplyUpdate(const std::vector<float>& dense_update);
   // The chunk plan of the layout at the codec's topk.
   const LayoutPlan& plan() const;
+  // Emulated slower hardware (site.slowdown): after each inner step, idle
+  // (factor - 1) times its duration; reported step times include the idling.
+  void SetSlowdown(double factor);
   // Validation loss of the global parameters on the corpus validation split.
   StatusOr<EvalResult> Evaluate();
 

@@ -984,6 +984,50 @@ TEST_CASE("AggregateMean with a dense input gives a dense result", "[unit]") {
   }
 }
 
+TEST_CASE("AggregateMean weighted by tokens: each update counts its weight", "[unit]") {
+  const ParamLayout layout = MakeLayout({{"v", {8}}});
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  auto sparse = [](std::vector<uint16_t> idx, std::vector<float> val) {
+    Update u;
+    u.dense = false;
+    u.begin = {0, static_cast<uint32_t>(idx.size())};
+    u.index = std::move(idx);
+    u.value = std::move(val);
+    return u;
+  };
+  const Update a = sparse({1, 3}, {4.0f, 8.0f}), b = sparse({1}, {1.0f});
+  // Weights 3000 : 1000 tokens -> normalised 1.5 : 0.5.
+  const Update all = AggregateMean(plan, {&a, &b}, AggregationRule::kMeanAll, {3000, 1000});
+  CHECK(all.index == std::vector<uint16_t>{1, 3});
+  CHECK(all.value[0] == Approx((3 * 4.0 + 1 * 1.0) / 4));
+  CHECK(all.value[1] == Approx(3 * 8.0 / 4));
+  // Choosers: coordinate 3 was chosen by a alone, so it is a's value.
+  const Update ch = AggregateMean(plan, {&a, &b}, AggregationRule::kMeanChoosers, {3000, 1000});
+  CHECK(ch.value[0] == Approx((3 * 4.0 + 1 * 1.0) / 4));
+  CHECK(ch.value[1] == 8.0f);
+  // Dense inputs take the same weights.
+  Update d1, d2;
+  d1.values.assign(8, 2.0f);
+  d2.values.assign(8, 6.0f);
+  const Update dw = AggregateMean(plan, {&d1, &d2}, AggregationRule::kMeanAll, {1, 3});
+  REQUIRE(dw.dense);
+  for (float v : dw.values) CHECK(v == Approx(5.0));
+  // Equal weights are exactly the unweighted mean, on both paths.
+  std::mt19937_64 rng(31);
+  const ParamLayout big = MakeLayout({{"emb", {130, 70}}, {"b", {4097}}});
+  const LayoutPlan bplan = PlanLayout(big, 64);
+  for (AggregationRule rule : {AggregationRule::kMeanAll, AggregationRule::kMeanChoosers}) {
+    const Update s1 = RandomSparse(bplan, rng, 300), s2 = RandomSparse(bplan, rng, 300), dd = RandomDense(bplan, rng);
+    const Update plain = AggregateMean(bplan, {&s1, &s2}, rule);
+    const Update equal = AggregateMean(bplan, {&s1, &s2}, rule, {4096, 4096});
+    CHECK(plain.index == equal.index);
+    CHECK(SameFloats(plain.value, equal.value));
+    const Update pd = AggregateMean(bplan, {&s1, &dd}, rule);
+    const Update ed = AggregateMean(bplan, {&s1, &dd}, rule, {7, 7});
+    CHECK(SameFloats(pd.values, ed.values));
+  }
+}
+
 TEST_CASE("ApplyUpdate: sparse equals its densified form, bit for bit", "[unit]") {
   std::mt19937_64 rng(29);
   const ParamLayout layout = EdgeLayout();

@@ -140,6 +140,97 @@ TEST_CASE("below quorum the round waits, and a rejoining worker is re-synced and
   CHECK(c.records()[1].contributors == 3);
 }
 
+TEST_CASE("a straggler past the deadline: its upload is dropped and counted, the aggregate re-syncs it",
+          "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 3);
+  config.quorum.min_workers = 2;
+  config.quorum.round_deadline_s = 5;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  c.HoldJobs("site-c", true);  // still training round 1 when the deadline passes
+  REQUIRE(c.RunUntil([&] { return c.records().size() >= 2; }, 100000));
+  CHECK(c.records()[1].contributors == 2);
+  CHECK_FALSE(c.records()[1].sites.at("site-c").uploaded);
+  c.HoldJobs("site-c", false);  // it finishes round 1 late, then carries on
+  REQUIRE(c.RunUntil([&] { return c.finished(); }, 100000));
+  c.Step();
+  REQUIRE(c.records().size() == 4);
+  // Left out of round 1 and counted there; its result for the closed round
+  // is not sent (the worker knows the round closed).
+  CHECK(c.records()[1].stragglers == 1);
+  CHECK(c.records()[1].sites.at("site-c").late);
+  CHECK(c.records()[1].sites.at("site-c").inner_steps == 2);
+  // Re-synced by the aggregate (no full model_sync), it contributes again.
+  CHECK(c.records()[2].contributors + c.records()[3].contributors >= 5);
+  CHECK(c.records()[3].sites.at("site-c").uploaded);
+  CHECK(c.exec("site-c").global().Digest() == c.coordinator().digest());
+  for (const auto& r : c.records()) CHECK(r.digest_mismatches == 0);
+}
+
+TEST_CASE("adaptive steps: H_i from step times, a token-weighted mean, token claims capped",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 3);
+  config.training.inner_steps = 8;
+  config.training.adaptive.enabled = true;
+  config.outer = {OuterOptimizerKind::kSgd, 1.0, 0.0};  // theta_1 = theta_0 - mean delta
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  // Reference speeds 1 : 1 : 4 in the hellos.
+  const double reference[] = {1, 1, 4};
+  for (size_t i = 0; i < kSites.size(); ++i) {
+    Hello h = HelloFrom(kSites[i]);
+    h.step_time_ms = reference[i];
+    core.HandleMessage(kSites[i], Wrap(h), now, &out);
+  }
+  const uint64_t d0 = core.digest();
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{0, 2.0, 100, d0, {}}), now, &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+  auto steps = [&](const std::string& site) {
+    auto starts = Bodies<RoundStart>(out, site);
+    REQUIRE_FALSE(starts.empty());
+    return starts.back()->inner_steps;
+  };
+  CHECK(steps("site-a") == 8);
+  CHECK(steps("site-b") == 8);
+  CHECK(steps("site-c") == 2);
+
+  // A claim of more tokens than 8 steps of 16 x 64 is refused.
+  const size_t n = TinyParams().values.size();
+  Message greedy = DenseUpload(1, d0, std::vector<float>(n, 9.0f));
+  std::get<DeltaUpload>(greedy.body).tokens = 8 * 16 * 64 + 1;
+  core.HandleMessage("site-a", greedy, now, &out);
+  REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+  CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kBadPayload);
+  CHECK(Bodies<Error>(out, "site-a")[0]->message.find("tokens") != std::string::npos);
+
+  // Deltas 1, 0.5, 0.5 with tokens 3000, 1000, 1000 and step times 10, 10, 80 ms.
+  const double step_ms[] = {10, 10, 80};
+  const uint64_t tokens[] = {3000, 1000, 1000};
+  for (size_t i = 0; i < kSites.size(); ++i) {
+    Message m = DenseUpload(1, d0, std::vector<float>(n, i == 0 ? 1.0f : 0.5f));
+    auto& up = std::get<DeltaUpload>(m.body);
+    up.tokens = tokens[i];
+    up.step_time_ms = step_ms[i];
+    core.HandleMessage(kSites[i], m, now, &out);
+  }
+  REQUIRE(core.committed_round() == 1);
+  const ParamSet p0 = TinyParams();
+  for (size_t i = 0; i < n; ++i) CHECK(core.params().values[i] == Approx(p0.values[i] - 0.8f).margin(1e-6));  // (3 + 0.5 + 0.5) / 5
+
+  // Round 2 follows the measured times: 8 x 10 ms of work, 80 ms per step on site-c.
+  out = CoreOutput{};
+  const uint64_t d1 = core.digest();
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{1, 2.0, 100, d1, {}}), now, &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+  REQUIRE(core.history().back().round == 1);
+  CHECK(core.history().back().sites.at("site-c").inner_steps == 2);
+  CHECK(core.history().back().sites.at("site-c").step_time_ms == 80);
+  CHECK(core.history().back().sites.at("site-a").tokens == 3000);
+  CHECK(steps("site-a") == 8);
+  CHECK(steps("site-c") == 1);
+}
+
 TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothing", "[unit][coordinator]") {
   auto config = TinyCampaign(3, 3);
   config.quorum.min_workers = 2;
