@@ -665,6 +665,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
   RejectNormOutliers(out);
   if (std::string(why) == "deadline") MarkStragglers(now);
+  pending_.train_s = Seconds(now - round_start_);
   const int have = static_cast<int>(uploads_.size());
 
   // Mean over the R workers that uploaded (or over those that chose each

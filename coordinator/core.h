@@ -73,7 +73,8 @@ struct RoundRecord {
   int contributors = 0;  // uploads aggregated
   int evaluated = 0;     // eval reports received
   int late_uploads = 0;  // rejected because the round had closed
-  int stragglers = 0;    // live sites with no upload when the round closed at its deadline
+  int stragglers = 0;
+  double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
   double wall_s = 0;
   uint64_t digest = 0;

@@ -566,6 +566,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("evaluated", r.evaluated)
         .Add("late_uploads", r.late_uploads)
         .Add("stragglers", r.stragglers)
+        .Add("train_s", r.train_s)
         .Add("digest", DigestHex(r.digest))
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);

@@ -658,6 +658,45 @@ TEST_CASE("config: quorum aggregation", "[unit]") {
         AggregationRule::kMeanChoosers);
 }
 
+TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
+  const CampaignConfig d = Campaign("campaign: {name: x}\n");
+  CHECK_FALSE(d.training.adaptive.enabled);
+  CHECK(d.quorum.weighting == AggregationWeighting::kTokens);
+  const CampaignConfig c = Campaign(
+      "campaign: {name: x}\n"
+      "training:\n  inner_steps: 12\n"
+      "  adaptive_steps: {enabled: true, round_time_s: 2.5, min_inner_steps: 2, max_inner_steps: 40}\n"
+      "quorum: {weighting: uniform, round_deadline_s: 60}\n"
+      "sites:\n  - site: {name: slow, slowdown: 3.5}\n    data: {dir: /d}\n");
+  CHECK(c.training.adaptive.enabled);
+  CHECK(c.training.adaptive.round_time_s == 2.5);
+  CHECK(c.training.adaptive.min_inner_steps == 2);
+  CHECK(c.training.adaptive.max_inner_steps == 40);
+  CHECK(c.quorum.weighting == AggregationWeighting::kUniform);
+  REQUIRE(c.sites.size() == 1);
+  CHECK(c.sites[0].slowdown == 3.5);
+
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {adaptive_steps: {enabled: maybe}}\n"),
+             Catch::Contains("training.adaptive_steps.enabled") && Catch::Contains("false, true"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {adaptive_steps: {enabled: true, often: 1}}\n"),
+             Catch::Contains("often"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {inner_steps: 4, adaptive_steps: {enabled: true, "
+                           "min_inner_steps: 5}}\n"),
+             Catch::Contains("training.adaptive_steps.min_inner_steps") && Catch::Contains("exceeds"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {adaptive_steps: {enabled: true, round_time_s: 90}}\n"
+                           "quorum: {round_deadline_s: 60}\n"),
+             Catch::Contains("round_time_s") && Catch::Contains("round_deadline_s"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {adaptive_steps: {round_time_s: -1}}\n"),
+             Catch::Contains("training.adaptive_steps.round_time_s"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nquorum: {weighting: loudest}\n"),
+             Catch::Contains("quorum.weighting") && Catch::Contains("tokens, uniform"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nsites:\n  - site: {name: s, slowdown: 0.5}\n    data: {dir: /d}\n"),
+             Catch::Contains("site.slowdown"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 4}\ntraining: {adaptive_steps: {enabled: true}}\n"
+                           "pipeline: {stages: 2}\n"),
+             Catch::Contains("training.adaptive_steps.enabled") && Catch::Contains("pipeline"));
+}
+
 // ---------------------------------------------------------------------------
 // --set overrides
 

@@ -1,0 +1,91 @@
+// Multi-process tests of heterogeneous sites (issue 7): the real binaries on
+// loopback, one site slowed down with site.slowdown.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <sstream>
+#include <string>
+
+#include "common/process.h"
+#include "tests/fakes/temp_dir.h"
+#include "tests/integration/helpers.h"
+
+namespace lowband {
+namespace {
+
+using namespace itest;  // NOLINT
+using std::chrono::milliseconds;
+
+// The per-site object of a metrics record ("sites":{"site-a":{...},...}).
+std::string SiteRecord(const std::string& record, const std::string& site) {
+  const auto at = record.find("\"" + site + "\":{");
+  if (at == std::string::npos) return "";
+  const auto end = record.find('}', at);
+  return record.substr(at, end - at + 1);
+}
+
+// The three test sites, site-c emulating hardware 6x slower per step.
+std::string SlowSiteC() {
+  std::string y = ThreeSitesYaml();
+  const std::string from = "{name: site-c}";
+  y.replace(y.find(from), from.size(), "{name: site-c, slowdown: 6}");
+  return y;
+}
+
+TEST_CASE("adaptive steps: a slowed site gets a smaller H and rounds do not wait for it", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const int rounds = 4, inner_steps = 16;
+  std::ostringstream y;
+  y << "campaign: {name: it-hetero, seed: 7, rounds: " << rounds << "}\n"
+    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
+    << "training:\n  inner_steps: " << inner_steps << "\n  batch_size: 8\n  eval_batches: 4\n"
+    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
+    << "  adaptive_steps: {enabled: true}\n"
+    << "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
+    << "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"
+    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, "
+       "aggregation: mean_of_choosers, weighting: tokens}\n"
+    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
+    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
+    << SlowSiteC();
+  const std::string campaign = dir.Path("campaign.yaml");
+  WriteFile(campaign, y.str());
+  const std::string metrics = dir.Path("metrics.jsonl");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out",
+                          metrics},
+                         dir.Path("run.out"));
+  auto code = run.WaitFor(milliseconds(300000));
+  INFO(ReadFile(dir.Path("run.out")));
+  REQUIRE(code.has_value());
+  REQUIRE(*code == 0);
+
+  auto records = Lines(ReadFile(metrics));
+  REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
+  for (size_t r = 1; r < records.size(); ++r) {
+    INFO(records[r]);
+    const std::string a = SiteRecord(records[r], "site-a"), c = SiteRecord(records[r], "site-c");
+    REQUIRE_FALSE(a.empty());
+    REQUIRE_FALSE(c.empty());
+    // Every site finishes and counts, weighted by the tokens it trained on.
+    CHECK(Field(records[r], "contributors") == "3");
+    CHECK(Field(records[r], "stragglers") == "0");
+    CHECK(Field(records[r], "digests_match") == "true");
+    const int h_a = std::stoi(Field(a, "inner_steps")), h_c = std::stoi(Field(c, "inner_steps"));
+    const double step_a = std::stod(Field(a, "step_time_ms")), step_c = std::stod(Field(c, "step_time_ms"));
+    CHECK(std::stoull(Field(c, "tokens")) == static_cast<uint64_t>(h_c) * 8 * 32);
+    if (r < 2) continue;  // from round 2 on, every site's own step time is known
+    // The slowed site (6x per step) is given fewer steps...
+    CHECK(step_c > 3 * step_a);
+    CHECK(h_c < h_a);
+    CHECK(h_c <= inner_steps / 3);
+    // ...so the training phase lasts well under what the straggler would
+    // need for the full H: the round does not follow it.
+    const double train_s = std::stod(Field(records[r], "train_s"));
+    CHECK(train_s < 0.6 * inner_steps * step_c / 1000.0);
+  }
+  CHECK(std::stod(Field(records.back(), "val_loss")) < std::stod(Field(records.front(), "val_loss")));
+  CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+}  // namespace
+}  // namespace lowband
