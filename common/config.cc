@@ -9,6 +9,7 @@
 //     only decides where an error is reported.
 // yaml-cpp throws; every call into it stays inside this file under a catch.
 #include "common/config.h"
+#include "common/params.h"
 
 #include <arpa/inet.h>
 
@@ -660,6 +661,29 @@ const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction
 // Parses the {site:, data:} body shared by site files and inline sites.
 // `base_file` anchors a relative data.dir. Sets *coordinator_set when the
 // site names its coordinator (inline sites otherwise inherit network.bind).
+// A list of counts (pipeline.split: blocks per stage; parablock.split:
+// layers per block), each an integer in [0, 100000].
+void ParseCountList(Parser* p, const YAML::Node& node, const std::string& path, const std::string& what,
+                    std::vector<int>* out) {
+  if (!node.IsSequence()) {
+    p->TypeError(path, node, "a list of " + what + " counts");
+    p->MarkBad(path);
+    return;
+  }
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    const std::string item_path = path + "[" + std::to_string(i) + "]";
+    p->Record(item_path, item);
+    int64_t v = 0;
+    if (!item.IsScalar() || !ParseInt64(item.Scalar(), &v) || v < 0 || v > 100000) {
+      p->TypeError(item_path, item, "a " + what + " count >= 0");
+      p->MarkBad(path);
+    } else {
+      out->push_back(static_cast<int>(v));
+    }
+  }
+}
+
 bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
                    const std::vector<std::string>& allowed, const std::string& base_file,
                    SiteConfig* site, bool* coordinator_set) {
@@ -1005,6 +1029,29 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
                    std::to_string(cfg.model.layers));
     }
   }
+  const ParaBlockConfig& pb = cfg.parablock;
+  c->IntRange("parablock.blocks", pb.blocks, 1, 64);
+  if (pb.blocks > 1 && cfg.model.layers >= 1 && pb.blocks > cfg.model.layers && !c->Bad("parablock.blocks")) {
+    c->Error("parablock.blocks", std::to_string(pb.blocks) + " blocks of " + std::to_string(cfg.model.layers) + " layers",
+             "at most model.layers");
+  }
+  if (!pb.split.empty() && !c->Bad("parablock.split")) {
+    long total = 0;
+    bool empty_block = false;
+    for (int v : pb.split) {
+      total += v;
+      empty_block = empty_block || v == 0;
+    }
+    if (static_cast<int>(pb.split.size()) != pb.blocks || total != cfg.model.layers || empty_block) {
+      c->Error("parablock.split", std::to_string(pb.split.size()) + " entries summing to " + std::to_string(total),
+               std::to_string(pb.blocks) + " entries (one per block, each >= 1) summing to model.layers = " +
+                   std::to_string(cfg.model.layers));
+    }
+  }
+  if (pb.blocks > 1 && pc.stages > 1) {
+    c->Error("parablock.blocks", "block rounds with a pipeline (each stage already trains its own layers)",
+             "1 when pipeline.stages > 1");
+  }
   if (pc.stages > 1 && cfg.quorum.expected_workers != pc.stages * pc.replicas && !c->Bad("quorum.expected_workers")) {
     c->Error("quorum.expected_workers",
              std::to_string(cfg.quorum.expected_workers) + ", but the pipeline has " + std::to_string(pc.stages) +
@@ -1054,10 +1101,12 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 }
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
-                                            "quorum",   "network", "output",  "checkpoint", "pipeline", "sites"};
+                                            "quorum",   "network", "output",  "checkpoint", "pipeline", "sites",
+                                            "parablock"};
 const std::vector<std::string> kPipelineKeys = {"stages",        "replicas", "ratio",     "wire_dtype",     "split",
                                                 "micro_batches", "schedule", "link_mbit", "peer_timeout_ms"};
 const std::vector<std::string> kScheduleNames = {"gpipe", "1f1b"};
+const std::vector<std::string> kParaBlockKeys = {"blocks", "split", "schedule", "assignment"};
 const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
@@ -1401,26 +1450,20 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       if (p.Enum(m, "schedule", kScheduleNames, &schedule)) pc.schedule = kScheduleNames[schedule];
       p.Double(m, "link_mbit", &pc.link_mbit);
       p.Int(m, "peer_timeout_ms", &pc.peer_timeout_ms);
-      if (const auto* sp = m.Find("split")) {
-        const std::string path = "pipeline.split";
-        if (!sp->value.IsSequence()) {
-          p.TypeError(path, sp->value, "a list of block counts, one per stage");
-          p.MarkBad(path);
-        } else {
-          for (size_t i = 0; i < sp->value.size(); ++i) {
-            const YAML::Node item = sp->value[i];
-            const std::string item_path = path + "[" + std::to_string(i) + "]";
-            p.Record(item_path, item);
-            int64_t v = 0;
-            if (!item.IsScalar() || !ParseInt64(item.Scalar(), &v) || v < 0 || v > 100000) {
-              p.TypeError(item_path, item, "a block count >= 0");
-              p.MarkBad(path);
-            } else {
-              pc.split.push_back(static_cast<int>(v));
-            }
-          }
-        }
-      }
+      if (const auto* sp = m.Find("split")) ParseCountList(&p, sp->value, "pipeline.split", "block", &pc.split);
+    }
+  }
+
+  if (const auto* f = top.Find("parablock")) {
+    MapFields m;
+    if (p.Map(f->value, "parablock", kParaBlockKeys, &m)) {
+      ParaBlockConfig& pb = cfg->parablock;
+      p.Int(m, "blocks", &pb.blocks);
+      int schedule = 0;
+      if (p.Enum(m, "schedule", {"cyclic", "random"}, &schedule)) pb.random = schedule == 1;
+      int assignment = 0;
+      if (p.Enum(m, "assignment", {"per_worker", "shared"}, &assignment)) pb.per_worker = assignment == 0;
+      if (const auto* sp = m.Find("split")) ParseCountList(&p, sp->value, "parablock.split", "layers", &pb.split);
     }
   }
 
@@ -1797,5 +1840,34 @@ std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline) {
 }
 
 std::string StagePrefix(int stage) { return "stage" + std::to_string(stage) + "."; }
+
+std::vector<int> LayerBlocks(int layers, const ParaBlockConfig& parablock) {
+  if (parablock.blocks <= 1) return {};
+  PipelineConfig even;  // the same split rule as pipeline stages
+  even.stages = parablock.blocks;
+  even.split = parablock.split;
+  std::vector<int> of_layer;
+  const std::vector<int> per_block = StageBlocks(layers, even);
+  for (size_t b = 0; b < per_block.size(); ++b) of_layer.insert(of_layer.end(), per_block[b], static_cast<int>(b));
+  return of_layer;
+}
+
+int BlockForRound(const ParaBlockConfig& parablock, uint64_t seed, uint32_t round, int worker_position,
+                  const std::string& site) {
+  const int b = std::max(parablock.blocks, 1);
+  const uint64_t r = round >= 1 ? round - 1 : 0;
+  if (!parablock.random) {
+    const uint64_t offset = parablock.per_worker ? static_cast<uint64_t>(std::max(worker_position, 0)) : 0;
+    return static_cast<int>((r + offset) % static_cast<uint64_t>(b));
+  }
+  // SplitMix64 over (seed, round[, site]): the same on every run.
+  uint64_t x = seed ^ (0x9e3779b97f4a7c15ull * (r + 1));
+  if (parablock.per_worker) x ^= Fnv1a64(site.data(), site.size(), 0xcbf29ce484222325ull);
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return static_cast<int>(x % static_cast<uint64_t>(b));
+}
 
 }  // namespace lowband

@@ -125,6 +125,26 @@ struct PipelineConfig {
 // Transformer blocks per stage: pipeline.split, or as even as possible with
 // the earlier stages taking one extra block each.
 std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline);
+
+// ParaBlock block-coordinate rounds (DESIGN.md 3.4, docs/configuration.md
+// `parablock:`): the transformer layers grouped into `blocks` contiguous
+// blocks (the embeddings go with the first, the final LayerNorm with the
+// last); each round a worker trains one block and uploads only its delta.
+// blocks = 1: off, every worker trains the whole model.
+struct ParaBlockConfig {
+  int blocks = 1;
+  std::vector<int> split;   // layers per block; empty = as even as possible
+  bool random = false;      // schedule: false = cyclic, true = random (seeded by campaign.seed)
+  bool per_worker = true;   // assignment: each worker its own block, or all the same block
+};
+// The block of each transformer layer (size model.layers), or empty when
+// block rounds are off.
+std::vector<int> LayerBlocks(int layers, const ParaBlockConfig& parablock);
+// The block a worker trains in `round` (>= 1): cyclic shared (r-1) mod B,
+// cyclic per worker (r-1+i) mod B with i the worker's position among the
+// round's workers, random: a hash of (seed, round) or (seed, round, site).
+int BlockForRound(const ParaBlockConfig& parablock, uint64_t seed, uint32_t round, int worker_position,
+                  const std::string& site);
 // "stage<S>.": the prefix of stage S's tensors in a pipeline campaign's
 // global parameter layout (common/model_init.h).
 std::string StagePrefix(int stage);
@@ -191,6 +211,7 @@ struct CampaignConfig {
   OuterOptimizerConfig outer;
   CodecConfig codec;
   PipelineConfig pipeline;
+  ParaBlockConfig parablock;
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;

@@ -53,6 +53,10 @@ struct Welcome {
   // (a stage replaced). Stages number their steps from it, so survivors and
   // a newcomer agree and older activations are recognisably stale.
   uint32_t pipeline_epoch = 0;
+  // ParaBlock: the block of each transformer layer (empty: whole-model
+  // rounds). Block b's tensors: its layers, plus the embeddings for the
+  // first block and the final LayerNorm for the last (common/blocks.h).
+  std::vector<int> layer_blocks;
 };
 
 struct ModelSync {  // bulk: full parameters
@@ -76,6 +80,7 @@ struct RoundStart {
   uint64_t model_version = 0;  // digest of the parameters to start from
   int inner_steps = 0;
   uint32_t deadline_ms = 0;
+  int block = -1;  // ParaBlock: the block to train (-1: the whole model)
 };
 
 // Pipeline: bytes a stage worker sent on one of its stage links since its
@@ -99,6 +104,7 @@ struct DeltaUpload {  // bulk: theta_global - theta_local
   double step_time_ms = 0;
   BlobHeader blob;
   std::vector<PeerTraffic> peer_traffic;
+  int block = -1;  // ParaBlock: the block the delta covers (-1: the whole model)
 };
 
 struct Aggregate {  // bulk: outer update u, applied as theta <- theta - u

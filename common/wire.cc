@@ -137,7 +137,8 @@ class BodyEncoder {
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
                                 m.heartbeat_interval_ms, m.heartbeat_timeout_ms, pipeline, m.stage, m.replica,
-                                endpoints, m.pipeline_epoch)
+                                endpoints, m.pipeline_epoch,
+                                m.layer_blocks.empty() ? 0 : fbb_.CreateVector(m.layer_blocks))
                 .Union()};
   }
 
@@ -158,7 +159,7 @@ class BodyEncoder {
 
   EncodedBody operator()(const RoundStart& m) {
     return {wire::Body::RoundStart,
-            wire::CreateRoundStart(fbb_, m.round, m.model_version, m.inner_steps, m.deadline_ms)
+            wire::CreateRoundStart(fbb_, m.round, m.model_version, m.inner_steps, m.deadline_ms, m.block)
                 .Union()};
   }
 
@@ -167,7 +168,7 @@ class BodyEncoder {
     auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
-                                    m.step_time_ms, blob, traffic)
+                                    m.step_time_ms, blob, traffic, m.block)
                 .Union()};
   }
 
@@ -448,6 +449,24 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   m->worker_index = t.worker_index();
   m->heartbeat_interval_ms = t.heartbeat_interval_ms();
   m->heartbeat_timeout_ms = t.heartbeat_timeout_ms();
+  if (const auto* lb = t.layer_blocks(); lb && lb->size() > 0) {
+    // Contiguous blocks 0, 1, ..., B-1, one entry per layer.
+    if (static_cast<int>(lb->size()) != m->model.layers) {
+      return InvalidArgument("Welcome.layer_blocks has " + std::to_string(lb->size()) + " entries for " +
+                             std::to_string(m->model.layers) + " layers");
+    }
+    int prev = -1;
+    for (flatbuffers::uoffset_t i = 0; i < lb->size(); ++i) {
+      const int b = lb->Get(i);
+      if (i == 0 ? b != 0 : (b != prev && b != prev + 1)) {
+        return InvalidArgument("Welcome.layer_blocks[" + std::to_string(i) + "] is " + std::to_string(b) +
+                               " (allowed: contiguous blocks numbered from 0)");
+      }
+      prev = b;
+      m->layer_blocks.push_back(b);
+    }
+    if (prev < 1) return InvalidArgument("Welcome.layer_blocks names a single block (allowed: 2 or more)");
+  }
   return DecodePipeline(t, m);
 }
 
@@ -476,6 +495,10 @@ Status DecodeRoundStart(const wire::RoundStart& t, RoundStart* m) {
   m->model_version = t.model_version();
   m->inner_steps = t.inner_steps();
   m->deadline_ms = t.deadline_ms();
+  m->block = t.block();
+  if (m->block < -1 || m->block >= 64) {
+    return InvalidArgument("RoundStart.block is " + std::to_string(m->block) + " (allowed: -1 to 63)");
+  }
   return Status::Ok();
 }
 
@@ -535,6 +558,10 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   m->train_loss = t.train_loss();
   m->tokens = t.tokens();
   m->step_time_ms = t.step_time_ms();
+  m->block = t.block();
+  if (m->block < -1 || m->block >= 64) {
+    return InvalidArgument("DeltaUpload.block is " + std::to_string(m->block) + " (allowed: -1 to 63)");
+  }
   return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/json.h"
+#include "common/blocks.h"
 #include "coordinator/adaptive_steps.h"
 #include "common/log.h"
 
@@ -63,6 +64,41 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
   LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
   pending_.round = 0;
   if (config_.pipeline.stages > 1) BuildParts();
+  if (config_.parablock.blocks > 1 && config_.pipeline.stages <= 1) BuildBlockParts();
+}
+
+void CoordinatorCore::BuildBlockParts() {
+  layer_blocks_ = LayerBlocks(config_.model.layers, config_.parablock);
+  auto ranges = BlockTensorRanges(params_.layout, layer_blocks_);
+  // The layout comes from InitialParameters for this model config.
+  LOWBAND_CHECK(ranges.ok());
+  for (const TensorRange& r : *ranges) {
+    Part part;
+    part.first_tensor = r.first;
+    part.num_tensors = r.count;
+    part.offset = r.offset;
+    part.numel = r.numel;
+    part.first_chunk = plan_.tensors[r.first].first_chunk;
+    for (size_t t = r.first; t < r.first + r.count; ++t) part.num_chunks += plan_.tensors[t].num_chunks;
+    part.slice_layout_only.layout = SliceLayout(params_.layout, r);
+    part.plan = PlanLayout(part.slice_layout_only.layout, config_.codec.topk);
+    block_parts_.push_back(std::move(part));
+  }
+}
+
+int CoordinatorCore::BlockFor(const WorkerInfo& w) {
+  if (block_parts_.empty()) return -1;
+  auto it = round_blocks_.find(w.site);
+  if (it != round_blocks_.end()) return it->second;
+  // The worker's position among the round's live workers, by name.
+  int position = 0;
+  for (const auto& [site, o] : workers_) {
+    if (site == w.site) break;
+    if (o.state == WorkerState::kJoined) ++position;
+  }
+  const int b = BlockForRound(config_.parablock, config_.training.seed, committed_round_ + 1, position, w.site);
+  round_blocks_[w.site] = b;
+  return b;
 }
 
 void CoordinatorCore::BuildParts() {
@@ -117,17 +153,17 @@ Update CoordinatorCore::SliceUpdate(const Update& u, const Part& part) const {
   return out;
 }
 
-Update CoordinatorCore::AggregatePipeline() const {
+Update CoordinatorCore::AggregateParts(const std::vector<Part>& parts) const {
   const bool sparse = config_.codec.kind == CodecKind::kSparseLoCo;
   Update g;
   g.dense = !sparse;
   if (sparse) g.begin.push_back(0);
-  for (size_t s = 0; s < parts_.size(); ++s) {
-    const Part& part = parts_[s];
+  for (size_t s = 0; s < parts.size(); ++s) {
+    const Part& part = parts[s];
     std::vector<const Update*> deltas;
     std::vector<double> weights;
     for (const auto& [site, up] : uploads_) {
-      if (up.stage != static_cast<int>(s)) continue;
+      if (up.part != static_cast<int>(s)) continue;
       deltas.push_back(&up.delta);
       weights.push_back(static_cast<double>(up.tokens));
     }
@@ -135,7 +171,7 @@ Update CoordinatorCore::AggregatePipeline() const {
     Update mean;
     if (!deltas.empty()) {
       mean = AggregateMean(part.plan, deltas, config_.quorum.aggregation, weights);
-    } else if (sparse) {  // nobody trained this stage: it stays where it is
+    } else if (sparse) {  // nobody trained this stage or block: it stays where it is
       mean.dense = false;
       mean.begin.assign(part.num_chunks + 1, 0);
     } else {
@@ -244,6 +280,20 @@ void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::
   LOG_WARN("message rejected", {"peer", site.empty() ? std::string("unknown") : site},
            {"code", static_cast<int>(code)}, {"round", round}, {"reason", what});
   out->messages.push_back({peer, Make(Error{code, what, round})});
+}
+
+int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round) const {
+  if (!block_parts_.empty()) {
+    const RoundRecord* rec = round == pending_.round ? &pending_ : nullptr;
+    for (auto r = history_.rbegin(); !rec && r != history_.rend(); ++r) {
+      if (r->round == round) rec = &*r;
+    }
+    if (rec) {
+      auto s = rec->sites.find(site);
+      if (s != rec->sites.end() && s->second.block >= 0) return block_parts_[static_cast<size_t>(s->second.block)].numel;
+    }
+  }
+  return ParamsOf(site);
 }
 
 int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
@@ -422,6 +472,7 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
   wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
   wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
   wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
+  wel.layer_blocks = layer_blocks_;
   if (pipelined()) {
     wel.pipeline = config_.pipeline;
     wel.stage = w.stage;
@@ -478,6 +529,7 @@ void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out) {
   rs.round = committed_round_ + 1;
   rs.model_version = DigestFor(w);
   rs.inner_steps = StepsFor(w);
+  rs.block = BlockFor(w);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
   out->messages.push_back({w.peer, Make(rs)});
 }
@@ -508,6 +560,7 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   pending_ = RoundRecord{};
   pending_.round = committed_round_ + 1;
   round_steps_.clear();
+  round_blocks_.clear();
   if (config_.training.adaptive.enabled) {
     std::map<std::string, StepTimes> times;
     for (const auto& [site, w] : workers_) {
@@ -579,7 +632,25 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
           m.round, out);
     return;
   }
+  // Pipeline: the worker's stage; ParaBlock: the block the round asked of it.
   const Part* part = pipelined() ? &parts_[static_cast<size_t>(w.stage)] : nullptr;
+  int part_index = pipelined() ? w.stage : 0;
+  if (!block_parts_.empty()) {
+    auto assigned = round_blocks_.find(w.site);
+    if (assigned == round_blocks_.end() || m.block != assigned->second) {
+      Reply(w.peer, ErrorCode::kBadPayload,
+            "upload covers block " + std::to_string(m.block) + ", round " + std::to_string(m.round) + " asked for " +
+                (assigned == round_blocks_.end() ? std::string("none") : "block " + std::to_string(assigned->second)),
+            m.round, out);
+      return;
+    }
+    part_index = assigned->second;
+    part = &block_parts_[static_cast<size_t>(part_index)];
+  } else if (m.block != -1) {
+    Reply(w.peer, ErrorCode::kBadPayload, "upload covers block " + std::to_string(m.block) + "; this campaign trains whole models",
+          m.round, out);
+    return;
+  }
   auto delta = part ? ParseUpdate(part->slice_layout_only.layout, part->plan, m.blob, msg.bulk)
                     : ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
   if (!delta.ok()) {
@@ -596,7 +667,8 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   }
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
-  uploads_[w.site] = Upload{w.stage, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq), m.step_time_ms};
+  uploads_[w.site] = Upload{w.stage, part_index, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq),
+                            m.step_time_ms};
   w.last_step_time_ms = m.step_time_ms;
   w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
@@ -634,7 +706,7 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
   if (ratio <= 0) return;
   // Deltas of different pipeline stages are not comparable: one median per stage.
   std::map<int, std::vector<double>> norms_by_stage;
-  for (const auto& [site, up] : uploads_) norms_by_stage[up.stage].push_back(up.norm);
+  for (const auto& [site, up] : uploads_) norms_by_stage[up.part].push_back(up.norm);
   std::map<int, double> median_of;
   for (auto& [stage, norms] : norms_by_stage) {
     if (norms.size() < 3) continue;
@@ -643,9 +715,9 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
   }
   const uint32_t round = committed_round_ + 1;
   for (auto it = uploads_.begin(); it != uploads_.end();) {
-    auto med = median_of.find(it->second.stage);
+    auto med = median_of.find(it->second.part);
     const double median = med == median_of.end() ? 0.0 : med->second;
-    const size_t count = norms_by_stage[it->second.stage].size();
+    const size_t count = norms_by_stage[it->second.part].size();
     if (med != median_of.end() && it->second.norm > ratio * median) {
       char what[200];
       std::snprintf(what, sizeof(what),
@@ -686,6 +758,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     s.tokens = up.tokens;
     s.uploaded = true;
     if (auto st = round_steps_.find(site); st != round_steps_.end()) s.inner_steps = st->second;
+    s.block = block_parts_.empty() ? -1 : up.part;
     s.step_time_ms = up.step_time_ms;
     if (up.stage != loss_stage) continue;
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
@@ -697,7 +770,9 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     tokens = 1;
   }
   if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
-  Update g = pipelined() ? AggregatePipeline() : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
+  Update g = pipelined()               ? AggregateParts(parts_)
+             : !block_parts_.empty() ? AggregateParts(block_parts_)
+                                     : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
   // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.
   auto logged = PackAggregate(params_.layout, plan_, g);

@@ -60,6 +60,7 @@ struct SiteRoundStats {
   bool uploaded = false;
   bool digest_ok = true;
   int inner_steps = 0;  // H_i the round asked of the site (0: not started)
+  int block = -1;       // ParaBlock: the block it trained (-1: whole model)
   double step_time_ms = std::numeric_limits<double>::quiet_NaN();  // its reported mean step time
   bool late = false;    // asked to train, no upload by the deadline (left out)
 };
@@ -184,6 +185,9 @@ class CoordinatorCore {
   // Parameters a site's uploads and aggregates cover: its stage's slice in a
   // pipeline campaign, every parameter otherwise (and for unknown sites).
   int64_t ParamsOf(const std::string& site) const;
+  // What a site's upload of `round` covers: ParamsOf, or with ParaBlock the
+  // block it trained that round.
+  int64_t UploadParamsOf(const std::string& site, uint32_t round) const;
   // Pipeline campaigns: the stage a known site holds (or held), else -1.
   int StageOf(const std::string& site) const;
   // site name for a transport peer, or "" if unknown.
@@ -196,6 +200,7 @@ class CoordinatorCore {
  private:
   struct Upload {
     int stage = 0;  // pipeline: the stage whose parameters the delta covers
+    int part = 0;   // the slice it covers: the stage (pipeline), the block (ParaBlock), else 0
     Update delta;
     double train_loss;
     uint64_t tokens;
@@ -251,8 +256,12 @@ class CoordinatorCore {
   // endpoints, a replacement's neighbours re-configure.
   void WelcomeReplica(int replica, CoreOutput* out);
   void SendWelcome(WorkerInfo& w, CoreOutput* out);
-  // Per-stage means of the uploads, joined into one update of the whole layout.
-  Update AggregatePipeline() const;
+  // Per-part means of the uploads (Upload.part), joined into one update of
+  // the whole layout; a part nobody uploaded stays where it is.
+  Update AggregateParts(const std::vector<Part>& parts) const;
+  // ParaBlock: one Part per block (common/blocks.h), full tensor names.
+  void BuildBlockParts();
+  int BlockFor(const WorkerInfo& w);
   Update SliceUpdate(const Update& u, const Part& part) const;
 
   CampaignConfig config_;
@@ -263,6 +272,9 @@ class CoordinatorCore {
   std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
   // H_i of the open round by site (adaptive steps; docs/configuration.md).
   std::map<std::string, int> round_steps_;
+  std::vector<int> layer_blocks_;             // ParaBlock: block of each layer (empty: off)
+  std::vector<Part> block_parts_;
+  std::map<std::string, int> round_blocks_;   // block of the open round by site
   int StepsFor(const WorkerInfo& w);
   OuterOptimizer outer_;
   ParamSet params_;

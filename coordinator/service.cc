@@ -407,7 +407,8 @@ double CoordinatorService::Impl::Ratio(Direction dir, const std::string& kind, i
     if (d != dir || kd != kind || (round >= 0 && r != static_cast<uint32_t>(round)) || (!site.empty() && s != site)) {
       continue;
     }
-    dense += static_cast<double>(e.messages) * static_cast<double>(core.ParamsOf(s)) * 4.0;
+    const int64_t covered = kind == "delta_upload" ? core.UploadParamsOf(s, r) : core.ParamsOf(s);
+    dense += static_cast<double>(e.messages) * static_cast<double>(covered) * 4.0;
     bytes += static_cast<double>(e.bytes);
   }
   return bytes > 0 ? dense / bytes : 0.0;
@@ -539,6 +540,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
           .Add("uploaded", s.uploaded)
           .Add("digest_ok", s.digest_ok)
           .Add("inner_steps", s.inner_steps)
+          .Add("block", s.block)
           .Add("step_time_ms", s.step_time_ms)
           .Add("straggler", s.late)
           .Add("bytes_up", ledger.SiteRoundTotal(name, r.round, Direction::kUp))

@@ -189,6 +189,12 @@ uint64_t CampaignFingerprint(const CampaignConfig& c) {
   // Only with adaptive steps do sites train on different token counts, so
   // only then can the weighting or the step policy change the parameters
   // (older state databases keep their fingerprint).
+  if (c.parablock.blocks > 1) {
+    MixValue(&h, c.parablock.blocks);
+    for (int v : c.parablock.split) MixValue(&h, v);
+    MixValue(&h, c.parablock.random);
+    MixValue(&h, c.parablock.per_worker);
+  }
   const AdaptiveStepsConfig& a = c.training.adaptive;
   if (a.enabled) {
     MixValue(&h, static_cast<int>(c.quorum.weighting));

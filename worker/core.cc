@@ -128,7 +128,7 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     }
     training_round_ = rs->round;
     ++trains_outstanding_[rs->round];
-    out->jobs.push_back(TrainJob{rs->round, rs->inner_steps, rs->model_version});
+    out->jobs.push_back(TrainJob{rs->round, rs->inner_steps, rs->model_version, rs->block});
     return;
   }
   if (const auto* agg = std::get_if<Aggregate>(&msg.body)) {

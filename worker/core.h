@@ -38,6 +38,7 @@ struct TrainJob {
   uint32_t round = 0;
   int inner_steps = 0;
   uint64_t base_digest = 0;
+  int block = -1;  // ParaBlock: the only block to train (-1: the whole model)
 };
 struct ApplyJob {  // apply the outer update, then evaluate
   Aggregate aggregate;

@@ -46,7 +46,7 @@ JobResult Executor::Configure(const Welcome& w) {
   // A re-welcome with the same model (coordinator restart, re-registration)
   // keeps the trainer and with it the inner optimizer state.
   if (configured() && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
-      SameCodec(welcome_->codec, w.codec) && SamePipeline(*welcome_, w)) {
+      SameCodec(welcome_->codec, w.codec) && SamePipeline(*welcome_, w) && welcome_->layer_blocks == w.layer_blocks) {
     if (stage_) stage_->SetEpoch(w.pipeline_epoch);
     welcome_ = std::make_unique<Welcome>(w);
     return ConfigureDone{};
@@ -73,6 +73,10 @@ JobResult Executor::Configure(const Welcome& w) {
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
   trainer_->SetSlowdown(site_.slowdown);
+  if (!w.layer_blocks.empty()) {
+    Status st = trainer_->SetBlocks(w.layer_blocks);
+    if (!st.ok()) return Fail(ErrorCode::kBadPayload, 0, st, /*fatal=*/true);
+  }
   stage_.reset();
   last_train_.reset();
   welcome_ = std::make_unique<Welcome>(w);
@@ -115,14 +119,20 @@ JobResult Executor::Train(const TrainJob& job) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
                      "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest), true};
   }
-  if (last_train_ && last_train_->upload.round == job.round && last_train_->upload.base_digest == base) {
+  if (last_train_ && last_train_->upload.round == job.round && last_train_->upload.base_digest == base &&
+      last_train_->upload.block == job.block) {
     LOG_INFO("round already trained from these parameters; sending the same upload again", {"round", job.round},
              {"base", DigestHex(base)});
     return *last_train_;
   }
   // A failed pipeline step is not fatal: the coordinator's deadline and
   // quorum decide what happens to the round.
-  auto result = stage_ ? stage_->TrainRound(job.round, job.inner_steps) : trainer_->TrainRound(job.inner_steps);
+  if (job.block >= 0 && (stage_ || !trainer_->has_blocks())) {
+    return JobFailed{false, ErrorCode::kBadPayload, job.round,
+                     "round asks for block " + std::to_string(job.block) + " but the Welcome set up no blocks", true};
+  }
+  auto result = stage_ ? stage_->TrainRound(job.round, job.inner_steps)
+                       : trainer_->TrainRound(job.inner_steps, job.block);
   if (!result.ok()) {
     JobFailed failed = Fail(ErrorCode::kInternal, job.round, result.status());
     failed.train = true;
@@ -134,6 +144,7 @@ JobResult Executor::Train(const TrainJob& job) {
   done.upload.train_loss = result->mean_loss;
   done.upload.tokens = result->tokens;
   done.upload.step_time_ms = result->step_time_ms;
+  done.upload.block = job.block;
   done.upload.blob = result->upload.header;
   done.bulk = std::move(result->upload.bulk);
   last_train_ = done;

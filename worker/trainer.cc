@@ -7,9 +7,11 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
+#include "common/blocks.h"
 #include "common/codec_device.h"
 #include "common/model.h"
 
@@ -71,6 +73,10 @@ struct Trainer::Impl {
   torch::Tensor global_flat;              // the same values on the device, flat, layout order
   std::vector<torch::Tensor> global_dev;  // views of global_flat, one per parameter
   std::unique_ptr<DeviceEncoder> encoder;
+  CodecConfig codec;
+  // ParaBlock: tensor range and encoder (own error feedback) of each block.
+  std::vector<TensorRange> blocks;
+  std::vector<std::unique_ptr<DeviceEncoder>> block_encoders;
   bool model_is_global = false;  // false after TrainRound left local weights in the model
   int64_t inner_steps_done = 0;  // across the campaign, for the warm-up schedule
 
@@ -152,6 +158,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
     }
     LOWBAND_RETURN_IF_ERROR(impl->LoadGlobal());
     LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(impl->layout, codec, dev));
+    impl->codec = codec;
 
     // Decoupled weight decay on matrices (linear weights, embeddings) only;
     // biases and LayerNorm parameters are not decayed (GPT-2 / nanoGPT).
@@ -196,13 +203,67 @@ Status Trainer::SetGlobal(ParamSet params) {
 
 void Trainer::SetSlowdown(double factor) { impl_->slowdown = factor; }
 
-StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
+bool Trainer::has_blocks() const { return !impl_->blocks.empty(); }
+
+Status Trainer::SetBlocks(const std::vector<int>& layer_blocks) {
+  Impl& s = *impl_;
+  if (static_cast<int>(layer_blocks.size()) != s.model_config.layers) {
+    return InvalidArgument("SetBlocks: " + std::to_string(layer_blocks.size()) + " layer entries for a model of " +
+                           std::to_string(s.model_config.layers) + " layers");
+  }
+  LOWBAND_ASSIGN_OR_RETURN(auto ranges, BlockTensorRanges(s.layout, layer_blocks));
+  std::vector<std::unique_ptr<DeviceEncoder>> encoders;
+  for (const TensorRange& r : ranges) {
+    LOWBAND_ASSIGN_OR_RETURN(auto enc, DeviceEncoder::Create(SliceLayout(s.layout, r), s.codec, s.device));
+    encoders.push_back(std::move(enc));
+  }
+  s.blocks = std::move(ranges);
+  s.block_encoders = std::move(encoders);
+  s.encoder.reset();  // the blocks' encoders hold the error feedback now
+  return Status::Ok();
+}
+
+ParamSet Trainer::LocalParams() const {
+  ParamSet out;
+  out.layout = impl_->layout;
+  torch::NoGradGuard no_grad;
+  for (const auto& p : impl_->model->parameters()) {
+    auto cpu = p.detach().to(torch::kCPU).contiguous().view({-1});
+    out.values.insert(out.values.end(), cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+  }
+  return out;
+}
+
+StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
   if (inner_steps < 1) return InvalidArgument("TrainRound: inner_steps must be >= 1");
   Impl& s = *impl_;
+  if (block >= static_cast<int>(s.blocks.size()) || block < -1 || (block >= 0 && s.blocks.empty()) ||
+      (block < 0 && !s.blocks.empty())) {
+    return InvalidArgument("TrainRound: block " + std::to_string(block) + " (this model has " +
+                           std::to_string(s.blocks.size()) + " blocks)");
+  }
+  // The tensors that train this round: [first, last).
+  const size_t first = block >= 0 ? s.blocks[static_cast<size_t>(block)].first : 0;
+  const size_t last = block >= 0 ? first + s.blocks[static_cast<size_t>(block)].count : s.layout.tensors.size();
+  auto params = s.model->parameters();
+  // Frozen tensors: no gradient at all, so AdamW skips them (no step, no
+  // weight decay, moments untouched) and gradient clipping ignores them.
+  auto freeze = [&](bool frozen) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (i >= first && i < last) continue;
+      params[i].set_requires_grad(!frozen);
+      if (frozen) params[i].mutable_grad() = torch::Tensor();
+    }
+  };
+  struct Unfreeze {  // every parameter trainable again, however the round ends
+    std::function<void()> fn;
+    ~Unfreeze() { fn(); }
+  } unfreeze{[&] { if (block >= 0) freeze(false); }};
   try {
     if (!s.model_is_global) s.RestoreGlobal();
     s.model->train();
     s.model_is_global = false;
+    if (block >= 0) freeze(true);
     TrainResult result;
     double loss_sum = 0;
     double time_ms = 0;
@@ -217,6 +278,11 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
       TokenBatch b = s.corpus->SampleTrain(batch, context, &s.rng);
       auto [x, y] = s.ToTensors(b);
       s.optimizer->zero_grad();
+      if (block >= 0) {
+        for (size_t i = 0; i < params.size(); ++i) {
+          if (i < first || i >= last) params[i].mutable_grad() = torch::Tensor();
+        }
+      }
       auto loss = s.model->Loss(x, y);
       loss.backward();
       if (s.training.inner.grad_clip > 0) {
@@ -241,8 +307,7 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
     std::vector<torch::Tensor> peaks;
     {
       torch::NoGradGuard no_grad;
-      auto params = s.model->parameters();
-      for (size_t i = 0; i < params.size(); ++i) {
+      for (size_t i = first; i < last; ++i) {
         delta.push_back(s.global_dev[i] - params[i].detach());
         peaks.push_back(delta.back().abs().max());
       }
@@ -252,7 +317,8 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps) {
       return Internal("TrainRound: non-finite parameters after " + std::to_string(inner_steps) +
                       " inner steps (mean loss " + std::to_string(result.mean_loss) + "); training diverged");
     }
-    LOWBAND_ASSIGN_OR_RETURN(result.upload, s.encoder->Encode(delta));
+    DeviceEncoder& encoder = block >= 0 ? *s.block_encoders[static_cast<size_t>(block)] : *s.encoder;
+    LOWBAND_ASSIGN_OR_RETURN(result.upload, encoder.Encode(delta));
     return result;
   } catch (const c10::Error& e) {
     return Internal(TorchMessage("TrainRound", e));

@@ -47,8 +47,20 @@ class Trainer {
   // Replaces the global parameters (join, re-sync). Layout must match.
   Status SetGlobal(ParamSet params);
   const ParamSet& global() const;
-  // H inner AdamW steps starting from the global parameters.
-  StatusOr<TrainResult> TrainRound(int inner_steps);
+  // H inner AdamW steps starting from the global parameters. block >= 0
+  // (ParaBlock, after SetBlocks): only that block's tensors train; every
+  // other parameter keeps its global value bit for bit (no gradient, no
+  // AdamW step, no weight decay) and the upload covers the block's tensors
+  // alone, encoded with that block's own error-feedback buffers.
+  StatusOr<TrainResult> TrainRound(int inner_steps, int block = -1);
+  // ParaBlock: the block of each layer (Welcome.layer_blocks). InvalidArgument
+  // if they do not partition this model's layout (common/blocks.h). From
+  // then on every TrainRound names a block.
+  Status SetBlocks(const std::vector<int>& layer_blocks);
+  bool has_blocks() const;
+  // The model's current (local) parameters on the CPU, layout order: after
+  // TrainRound, the trained weights (tests, diagnostics).
+  ParamSet LocalParams() const;
   // global <- global - update (fp32, on the CPU copy), then loads it.
   Status ApplyUpdate(const Update& update);
   Status ApplyUpdate(const std::vector<float>& dense_update);

@@ -2,8 +2,10 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <string>
 
+#include "common/blocks.h"
 #include "common/model_init.h"
 
 namespace lowband {
@@ -233,6 +235,61 @@ TEST_CASE("A SparseLoCo trainer sends a compressed delta and still learns from s
   REQUIRE(eval1.ok());
   INFO("val loss " << eval0->loss << " -> " << eval1->loss);
   CHECK(eval1->loss < eval0->loss - 0.3);
+}
+
+}  // namespace lowband
+
+namespace lowband {
+namespace {
+
+bool SameBits(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
+
+}  // namespace
+
+TEST_CASE("ParaBlock: TrainRound(block) trains that block alone, the rest bit for bit frozen", "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  const std::vector<int> layer_blocks = {0, 1};
+  REQUIRE(trainer->SetBlocks(layer_blocks).ok());
+  CHECK(trainer->has_blocks());
+  auto ranges = BlockTensorRanges(trainer->layout(), layer_blocks);
+  REQUIRE(ranges.ok());
+  REQUIRE(ranges->size() == 2);
+  CHECK(trainer->TrainRound(3).status().code() == StatusCode::kInvalidArgument);     // a block is required
+  CHECK(trainer->TrainRound(3, 2).status().code() == StatusCode::kInvalidArgument);  // no block 2
+
+  // Block 1 first (its AdamW moments become non-zero), then block 0, then
+  // block 1 again: each time the other block must not move at all, which
+  // it would through momentum or weight decay if it were merely zero-graded.
+  for (int block : {1, 0, 1}) {
+    INFO("block " << block);
+    const TensorRange& r = (*ranges)[static_cast<size_t>(block)];
+    auto result = trainer->TrainRound(3, block);
+    REQUIRE(result.ok());
+    const ParamSet local = trainer->LocalParams();
+    const ParamSet& global = trainer->global();
+    REQUIRE(local.values.size() == global.values.size());
+    const int64_t end = r.offset + r.numel;
+    const int64_t total = static_cast<int64_t>(global.values.size());
+    CHECK(SameBits(local.values.data(), global.values.data(), r.offset));
+    CHECK(SameBits(local.values.data() + end, global.values.data() + end, total - end));
+    CHECK_FALSE(SameBits(local.values.data() + r.offset, global.values.data() + r.offset, r.numel));
+    // The upload covers the block's tensors alone.
+    const ParamLayout slice = SliceLayout(trainer->layout(), r);
+    const LayoutPlan plan = PlanLayout(slice, 64);
+    auto u = ParseUpdate(slice, plan, result->upload.header, result->upload.bulk);
+    REQUIRE(u.ok());
+    const std::vector<float> delta = Densify(plan, *u);
+    REQUIRE(static_cast<int64_t>(delta.size()) == r.numel);
+    // Apply it to the block's slice of the global parameters, as the
+    // coordinator's aggregate of this single upload would.
+    std::vector<float> whole(global.values.size(), 0.0f);
+    std::copy(delta.begin(), delta.end(), whole.begin() + r.offset);
+    REQUIRE(trainer->ApplyUpdate(whole).ok());
+  }
+  // A layer partition that leaves a block empty is refused.
+  auto other = MakeTrainer(&corpus);
+  CHECK(other->SetBlocks({0, 1, 2}).code() == StatusCode::kInvalidArgument);
 }
 
 }  // namespace lowband
