@@ -697,6 +697,35 @@ TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
              Catch::Contains("training.adaptive_steps.enabled") && Catch::Contains("pipeline"));
 }
 
+TEST_CASE("config: parablock settings are read and checked against the model", "[unit]") {
+  const CampaignConfig off = Campaign("campaign: {name: x}\n");
+  CHECK(off.parablock.blocks == 1);
+  CHECK(LayerBlocks(off.model.layers, off.parablock).empty());
+  const CampaignConfig c = Campaign(
+      "campaign: {name: x}\nmodel: {layers: 5}\n"
+      "parablock: {blocks: 3, split: [1, 2, 2], schedule: random, assignment: shared}\n");
+  CHECK(c.parablock.blocks == 3);
+  CHECK(c.parablock.split == std::vector<int>{1, 2, 2});
+  CHECK(c.parablock.random);
+  CHECK_FALSE(c.parablock.per_worker);
+  CHECK(LayerBlocks(5, c.parablock) == std::vector<int>{0, 1, 1, 2, 2});
+
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 2}\nparablock: {blocks: 3}\n"),
+             Catch::Contains("parablock.blocks") && Catch::Contains("at most model.layers"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 4}\nparablock: {blocks: 2, split: [4, 0]}\n"),
+             Catch::Contains("parablock.split") && Catch::Contains("each >= 1"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 4}\nparablock: {blocks: 2, split: [1, 2]}\n"),
+             Catch::Contains("summing to model.layers = 4"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nparablock: {blocks: 2, schedule: zigzag}\n"),
+             Catch::Contains("parablock.schedule") && Catch::Contains("cyclic, random"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nparablock: {blocks: 2, assignment: everyone}\n"),
+             Catch::Contains("parablock.assignment") && Catch::Contains("per_worker, shared"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nparablock: {blocks: 0}\n"), Catch::Contains("parablock.blocks"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 4}\nparablock: {blocks: 2}\n"
+                           "pipeline: {stages: 2}\nquorum: {expected_workers: 2}\n"),
+             Catch::Contains("parablock.blocks") && Catch::Contains("pipeline"));
+}
+
 // ---------------------------------------------------------------------------
 // --set overrides
 

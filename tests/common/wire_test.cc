@@ -80,6 +80,7 @@ Message SampleWelcome() {
   w.worker_index = 3;
   w.heartbeat_interval_ms = 250;
   w.heartbeat_timeout_ms = 5000;
+  w.layer_blocks = {0, 0, 1, 1, 1, 2};
   return Wrap(w);
 }
 
@@ -94,7 +95,7 @@ Message SampleModelSync() {
 
 Message SampleHeartbeat() { return Wrap(Heartbeat{12, "training"}); }
 Message SampleCampaignEnd() { return Wrap(CampaignEnd{"all rounds done", 41}); }
-Message SampleRoundStart() { return Wrap(RoundStart{5, 0x77ull, 30, 60000}); }
+Message SampleRoundStart() { return Wrap(RoundStart{5, 0x77ull, 30, 60000, 2}); }
 
 Message SampleDeltaUpload() {
   Bytes bulk = MakeBulk(400, 2);
@@ -105,6 +106,7 @@ Message SampleDeltaUpload() {
   d.tokens = 123456;
   d.step_time_ms = 33.25;
   d.blob = BlobFor(bulk);
+  d.block = 1;
   d.peer_traffic = {PeerTraffic{0, 1, PeerTraffic::kForward, 20, 14080, 10240},
                     PeerTraffic{0, 1, PeerTraffic::kLabels, 5, 2000, 1280}};
   return Wrap(d, std::move(bulk));
@@ -179,7 +181,8 @@ bool Same(const Welcome& a, const Welcome& b) {
          std::tie(at.rounds, at.inner_steps, at.batch_size, at.eval_batches, at.seed) ==
              std::tie(bt.rounds, bt.inner_steps, bt.batch_size, bt.eval_batches, bt.seed) &&
          std::tie(ai.lr, ai.beta1, ai.beta2, ai.eps, ai.weight_decay, ai.grad_clip, ai.warmup_steps) ==
-             std::tie(bi.lr, bi.beta1, bi.beta2, bi.eps, bi.weight_decay, bi.grad_clip, bi.warmup_steps);
+             std::tie(bi.lr, bi.beta1, bi.beta2, bi.eps, bi.weight_decay, bi.grad_clip, bi.warmup_steps) &&
+         a.layer_blocks == b.layer_blocks;
 }
 bool Same(const ModelSync& a, const ModelSync& b) {
   return std::tie(a.round, a.digest) == std::tie(b.round, b.digest) && Tie(a.blob) == Tie(b.blob);
@@ -189,8 +192,8 @@ bool Same(const CampaignEnd& a, const CampaignEnd& b) {
   return std::tie(a.reason, a.final_round) == std::tie(b.reason, b.final_round);
 }
 bool Same(const RoundStart& a, const RoundStart& b) {
-  return std::tie(a.round, a.model_version, a.inner_steps, a.deadline_ms) ==
-         std::tie(b.round, b.model_version, b.inner_steps, b.deadline_ms);
+  return std::tie(a.round, a.model_version, a.inner_steps, a.deadline_ms, a.block) ==
+         std::tie(b.round, b.model_version, b.inner_steps, b.deadline_ms, b.block);
 }
 bool Same(const std::vector<PeerTraffic>& a, const std::vector<PeerTraffic>& b) {
   auto tie = [](const PeerTraffic& t) {
@@ -203,8 +206,8 @@ bool Same(const std::vector<PeerTraffic>& a, const std::vector<PeerTraffic>& b) 
   return true;
 }
 bool Same(const DeltaUpload& a, const DeltaUpload& b) {
-  return std::tie(a.round, a.base_digest, a.train_loss, a.tokens, a.step_time_ms) ==
-             std::tie(b.round, b.base_digest, b.train_loss, b.tokens, b.step_time_ms) &&
+  return std::tie(a.round, a.base_digest, a.train_loss, a.tokens, a.step_time_ms, a.block) ==
+             std::tie(b.round, b.base_digest, b.train_loss, b.tokens, b.step_time_ms, b.block) &&
          Tie(a.blob) == Tie(b.blob) && Same(a.peer_traffic, b.peer_traffic);
 }
 bool Same(const Aggregate& a, const Aggregate& b) {
@@ -623,6 +626,26 @@ TEST_CASE("wire: required fields and numeric sanity", "[unit]") {
   std::get<EvalReport>(eval.body).val_loss = -inf;
   rejects(eval, "EvalReport.val_loss");
 
+  // ParaBlock fields: block ids in range, layer blocks contiguous from 0.
+  Message rs = SampleRoundStart();
+  std::get<RoundStart>(rs.body).block = 64;
+  rejects(rs, "RoundStart.block is 64");
+  std::get<RoundStart>(rs.body).block = -2;
+  rejects(rs, "RoundStart.block is -2");
+  Message up_block = SampleDeltaUpload();
+  std::get<DeltaUpload>(up_block.body).block = 99;
+  rejects(up_block, "DeltaUpload.block is 99");
+  auto layer_blocks = [&](std::vector<int> blocks, const std::string& needle) {
+    Message w = SampleWelcome();
+    std::get<Welcome>(w.body).layer_blocks = std::move(blocks);
+    rejects(w, needle);
+  };
+  layer_blocks({0, 0, 1}, "Welcome.layer_blocks has 3 entries for 6 layers");
+  layer_blocks({1, 1, 1, 2, 2, 2}, "Welcome.layer_blocks[0] is 1");
+  layer_blocks({0, 0, 2, 2, 2, 2}, "Welcome.layer_blocks[2] is 2");
+  layer_blocks({0, 1, 0, 1, 1, 1}, "Welcome.layer_blocks[2] is 0");
+  layer_blocks({0, 0, 0, 0, 0, 0}, "a single block");
+
   // Pipeline traffic reports: stages, kind and byte counts are checked.
   auto traffic = [](auto mutate) {
     Message m = SampleDeltaUpload();
@@ -734,6 +757,7 @@ TEST_CASE("wire: a pipeline welcome carries the stage slot and its neighbours", 
   Message m = SampleWelcome();
   Welcome& w = std::get<Welcome>(m.body);
   w.model.layers = 4;
+  w.layer_blocks.clear();  // no block rounds in a pipeline
   w.model.d_model = 128;
   w.training.batch_size = 16;
   w.pipeline.stages = 2;
