@@ -655,7 +655,7 @@ class Parser {
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
 const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
-                                            "server_key", "peer", "slowdown"};
+                                            "server_key", "peer", "slowdown", "link_mbit"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -703,6 +703,7 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       if (p->String(s, "server_key", &site->server_key)) site->server_key = ResolveRelative(base_file, site->server_key);
       p->String(s, "peer", &site->peer);
       p->Double(s, "slowdown", &site->slowdown);
+      p->Double(s, "link_mbit", &site->link_mbit);
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -838,6 +839,7 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   }
   c->IntRange(prefix + "site.threads", site.threads, 1, kMaxThreads);
   c->DoubleRange(prefix + "site.slowdown", site.slowdown, 1, true, 1000, true);
+  c->DoubleRange(prefix + "site.link_mbit", site.link_mbit, 0, true, 1e6, true);
   CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
   if (!site.peer.empty()) {
     Endpoint peer_ep;

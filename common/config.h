@@ -184,6 +184,10 @@ struct SiteConfig {
   // Emulated slower hardware (tests, benchmarks): after each inner step the
   // worker idles (slowdown - 1) times the step's duration. 1 = full speed.
   double slowdown = 1.0;
+  // Emulated thin link to the coordinator (tests, benchmarks): the worker
+  // holds what it sends and what it receives behind a serial link of this
+  // many Mbit/s each way. 0 = as fast as the network.
+  double link_mbit = 0;
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

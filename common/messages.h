@@ -105,6 +105,9 @@ struct DeltaUpload {  // bulk: theta_global - theta_local
   BlobHeader blob;
   std::vector<PeerTraffic> peer_traffic;
   int block = -1;  // ParaBlock: the block the delta covers (-1: the whole model)
+  // Exposed communication: how long the site's training thread sat idle,
+  // waiting for its next job from the network, since its previous upload.
+  double wait_ms = 0;
 };
 
 struct Aggregate {  // bulk: outer update u, applied as theta <- theta - u

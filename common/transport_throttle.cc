@@ -69,7 +69,24 @@ Status ThrottledTransport::Send(const std::string& peer, Frames frames) {
   return Status::Ok();
 }
 
-bool ThrottledTransport::TryReceive(Inbound* out) { return inner_->TryReceive(out); }
+bool ThrottledTransport::TryReceive(Inbound* out) {
+  if (!throttle_receive_) return inner_->TryReceive(out);
+  const TimePoint now = clock_();
+  Inbound in;
+  while (inner_->TryReceive(&in)) {
+    int64_t bytes = 0;
+    for (const Bytes& f : in.frames) bytes += static_cast<int64_t>(f.size());
+    const TimePoint start = std::max(now, in_link_free_);
+    in_link_free_ = start + TransmitTime(bytes, bits_per_s_);
+    in_queue_.push_back(Arriving{std::move(in), in_link_free_ + latency_});
+    in = Inbound{};
+  }
+  if (in_queue_.empty() || in_queue_.front().arrive_at > now) return false;
+  *out = std::move(in_queue_.front().message);
+  for (const Bytes& f : out->frames) bytes_received_ += static_cast<int64_t>(f.size());
+  in_queue_.pop_front();
+  return true;
+}
 
 std::optional<std::chrono::microseconds> ThrottledTransport::Pump() {
   const TimePoint now = clock_();
@@ -86,8 +103,11 @@ std::optional<std::chrono::microseconds> ThrottledTransport::Pump() {
       last_release_error_ = std::move(st);
     }
   }
-  if (queue_.empty()) return std::nullopt;
-  return std::chrono::ceil<std::chrono::microseconds>(queue_.front().release_at - now);
+  std::optional<TimePoint> next;
+  if (!queue_.empty()) next = queue_.front().release_at;
+  if (!in_queue_.empty() && (!next || in_queue_.front().arrive_at < *next)) next = in_queue_.front().arrive_at;
+  if (!next) return std::nullopt;
+  return std::chrono::ceil<std::chrono::microseconds>(std::max(*next - now, TimePoint::duration::zero()));
 }
 
 }  // namespace lowband

@@ -6,9 +6,14 @@
 // FIFO order; a message of B bytes (the sum of its frames' sizes) sent at
 // `now` finishes transmission at
 //     link_free = max(now, link_free) + B * 8 / bits_per_s
-// and is handed to the inner transport at link_free + latency. Only sends are
-// throttled; TryReceive passes straight through (each side throttles its own
-// sends, so a pair of wrappers models a full-duplex link).
+// and is handed to the inner transport at link_free + latency. By default
+// only sends are throttled and TryReceive passes straight through (each side
+// throttles its own sends, so a pair of wrappers models a full-duplex link).
+// With ThrottleReceive() the wrapper also models the other direction on its
+// own (a site's downlink when the far end is not throttled): what inner
+// delivers is held behind a second serial link of the same rate and handed
+// out by TryReceive once it has "arrived"; Pump() then also reports the time
+// until the next arrival, and the owner calls TryReceive after each pump.
 //
 // Thread: lives on one thread (the daemon's event loop), like every
 // Transport; no locks. Nothing happens in the background: due messages are
@@ -58,8 +63,11 @@ class ThrottledTransport : public Transport {
   // queued (inner failures surface later, see above); Unavailable if the
   // queue limit would be exceeded.
   Status Send(const std::string& peer, Frames frames) override;
-  // Pass-through to inner.
+  // Pass-through to inner, or (ThrottleReceive) the next message whose
+  // arrival time has come.
   bool TryReceive(Inbound* out) override;
+  // Throttle the receiving direction too, at the same rate and latency.
+  void ThrottleReceive() { throttle_receive_ = true; }
 
   // Hands every message whose release time has come to inner, in order.
   // Returns how long until the next release (rounded up to whole
@@ -79,6 +87,9 @@ class ThrottledTransport : public Transport {
   int64_t dropped_messages() const { return dropped_messages_; }
   // Released but refused by inner->Send.
   int64_t failed_releases() const { return failed_releases_; }
+  // ThrottleReceive: bytes handed out by TryReceive, and still held.
+  int64_t bytes_received() const { return bytes_received_; }
+  size_t held_messages() const { return in_queue_.size(); }
   const Status& last_release_error() const { return last_release_error_; }
   // Sum over accepted messages of the time each waited for the link to
   // finish earlier messages before its own transmission began (zero on an
@@ -106,6 +117,14 @@ class ThrottledTransport : public Transport {
   // front is always the next one due.
   std::deque<Pending> queue_;
   TimePoint link_free_{};
+  bool throttle_receive_ = false;
+  struct Arriving {
+    Inbound message;
+    TimePoint arrive_at;
+  };
+  std::deque<Arriving> in_queue_;  // non-decreasing arrival times
+  TimePoint in_link_free_{};
+  int64_t bytes_received_ = 0;
   int64_t bytes_sent_ = 0;
   int64_t messages_sent_ = 0;
   int64_t queued_bytes_ = 0;

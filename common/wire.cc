@@ -168,7 +168,7 @@ class BodyEncoder {
     auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
-                                    m.step_time_ms, blob, traffic, m.block)
+                                    m.step_time_ms, blob, traffic, m.block, m.wait_ms)
                 .Union()};
   }
 
@@ -562,6 +562,8 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   if (m->block < -1 || m->block >= 64) {
     return InvalidArgument("DeltaUpload.block is " + std::to_string(m->block) + " (allowed: -1 to 63)");
   }
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.wait_ms(), "DeltaUpload.wait_ms"));
+  m->wait_ms = t.wait_ms();
   return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
 }
 

@@ -668,7 +668,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
   uploads_[w.site] = Upload{w.stage, part_index, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq),
-                            m.step_time_ms};
+                            m.step_time_ms, m.wait_ms};
   w.last_step_time_ms = m.step_time_ms;
   w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
@@ -760,6 +760,8 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     if (auto st = round_steps_.find(site); st != round_steps_.end()) s.inner_steps = st->second;
     s.block = block_parts_.empty() ? -1 : up.part;
     s.step_time_ms = up.step_time_ms;
+    s.wait_s = up.wait_ms / 1000.0;
+    pending_.exposed_comm_s = std::max(pending_.exposed_comm_s, s.wait_s);
     if (up.stage != loss_stage) continue;
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
     tokens += up.tokens;

@@ -63,6 +63,7 @@ struct SiteRoundStats {
   int block = -1;       // ParaBlock: the block it trained (-1: whole model)
   double step_time_ms = std::numeric_limits<double>::quiet_NaN();  // its reported mean step time
   bool late = false;    // asked to train, no upload by the deadline (left out)
+  double wait_s = 0;    // exposed communication: its training thread's idle time before this round's training
 };
 
 // One committed round (round 0 = evaluation of the initial parameters).
@@ -75,6 +76,7 @@ struct RoundRecord {
   int evaluated = 0;     // eval reports received
   int late_uploads = 0;  // rejected because the round had closed
   int stragglers = 0;
+  double exposed_comm_s = 0;  // the largest wait_s of the round's sites
   double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
   double wall_s = 0;
@@ -206,6 +208,7 @@ class CoordinatorCore {
     uint64_t tokens;
     double norm;  // L2 norm of the delta
     double step_time_ms = 0;
+    double wait_ms = 0;
   };
 
   Message Make(Body body);

@@ -504,10 +504,11 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     } else {
       std::snprintf(train, sizeof(train), "   -  ");
     }
-    std::printf("round %3u/%-3d train %s  val %.4f  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  sites %d%s\n",
+    std::printf("round %3u/%-3d train %s  val %.4f  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  wait %5.2f s  "
+                "sites %d%s\n",
                 r.round, config.training.rounds, train, r.val_loss, HumanBytes(up).c_str(), ratio_up,
                 HumanBytes(down).c_str(), ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
-                r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+                r.exposed_comm_s, r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
     if (config.training.adaptive.enabled && r.round > 0) {
       // H_i per site and its step time; stragglers whose previous upload came too late.
       std::string line;
@@ -543,6 +544,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
           .Add("block", s.block)
           .Add("step_time_ms", s.step_time_ms)
           .Add("straggler", s.late)
+          .Add("wait_s", s.wait_s)
           .Add("bytes_up", ledger.SiteRoundTotal(name, r.round, Direction::kUp))
           .Add("bytes_down", ledger.SiteRoundTotal(name, r.round, Direction::kDown))
           .Add("upload_bytes", ledger.KindTotal(Direction::kUp, "delta_upload", r.round, name).bytes);
@@ -569,6 +571,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("late_uploads", r.late_uploads)
         .Add("stragglers", r.stragglers)
         .Add("train_s", r.train_s)
+        .Add("exposed_comm_s", r.exposed_comm_s)
         .Add("digest", DigestHex(r.digest))
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);

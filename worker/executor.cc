@@ -145,6 +145,8 @@ JobResult Executor::Train(const TrainJob& job) {
   done.upload.tokens = result->tokens;
   done.upload.step_time_ms = result->step_time_ms;
   done.upload.block = job.block;
+  done.upload.wait_ms = idle_ms_;
+  idle_ms_ = 0;
   done.upload.blob = result->upload.header;
   done.bulk = std::move(result->upload.bulk);
   last_train_ = done;

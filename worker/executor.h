@@ -21,6 +21,9 @@ class PeerChannel;
 
 class Executor {
  public:
+  // Time the training thread sat idle waiting for a job (the network and
+  // the round barrier); reported with the next upload, then reset.
+  void AddIdle(double ms) { idle_ms_ += ms; }
   // The corpus must outlive the executor. `peers` (borrowed, may be null
   // for a data-parallel worker) carries a pipeline stage's activations to
   // and from its neighbour stages; a pipeline Welcome without it fails.
@@ -30,6 +33,7 @@ class Executor {
   JobResult Run(Job job);
 
  private:
+  double idle_ms_ = 0;
   JobResult Configure(const Welcome& w);
   JobResult Sync(const SyncJob& job);
   JobResult Train(const TrainJob& job);

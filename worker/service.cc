@@ -8,6 +8,7 @@
 #include <limits>
 #include <thread>
 
+#include "common/transport_throttle.h"
 #include "common/event_loop.h"
 #include "common/curve.h"
 #include "common/failpoint.h"
@@ -76,7 +77,9 @@ struct WorkerService::Impl {
   Corpus corpus;
   std::unique_ptr<WorkerCore> core;
   zmq::context_t ctx{1};
-  std::unique_ptr<ZmqClientTransport> link;
+  std::unique_ptr<Transport> link;   // the coordinator link, throttled when site.link_mbit > 0
+  zmq::socket_t* link_socket = nullptr;  // its ZeroMQ socket, for the loop
+  ThrottledTransport* link_throttle = nullptr;
   WireLimits limits;
   JobQueue jobs;
   std::unique_ptr<Mailbox<JobResult>> results;
@@ -256,7 +259,21 @@ struct WorkerService::Impl {
       LOG_ERROR("cannot connect", {"endpoint", site.coordinator}, {"reason", l.status().ToString()});
       return 69;
     }
-    link = std::move(l).value();
+    link_socket = &(*l)->socket();
+    if (site.link_mbit > 0) {
+      // An emulated thin link to the coordinator, both directions (benchmarks).
+      auto t = ThrottledTransport::Create(std::move(l).value(), site.link_mbit * 1e6, std::chrono::microseconds(0));
+      if (!t.ok()) {
+        LOG_ERROR("cannot throttle the coordinator link", {"reason", t.status().ToString()});
+        return kExitConfig;
+      }
+      (*t)->ThrottleReceive();
+      link_throttle = t->get();
+      link = std::move(t).value();
+      LOG_INFO("coordinator link throttled", {"mbit_per_s", site.link_mbit});
+    } else {
+      link = std::move(l).value();
+    }
     auto mailbox = Mailbox<JobResult>::Create(64);
     if (!mailbox.ok()) {
       LOG_ERROR("cannot create result mailbox", {"reason", mailbox.status().ToString()});
@@ -282,10 +299,13 @@ struct WorkerService::Impl {
     // The training thread: owns the executor; results come back by mailbox.
     std::thread trainer([this] {
       Executor executor(site, &corpus, peer_channel.get());
+      auto idle_since = std::chrono::steady_clock::now();
       while (auto job = jobs.Pop()) {
+        executor.AddIdle(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - idle_since).count());
         if (!results->Post(executor.Run(std::move(*job)))) {
           LOG_ERROR("result mailbox full; dropping a job result");
         }
+        idle_since = std::chrono::steady_clock::now();
       }
     });
     EventLoop loop;
@@ -302,7 +322,7 @@ struct WorkerService::Impl {
       metrics_http->AddTo(loop);
       LOG_INFO("metrics endpoint", {"url", "http://" + site.metrics + "/metrics"}, {"port", metrics_http->port()});
     }
-    loop.AddSocket(link->socket(), [this] { OnLink(); });
+    loop.AddSocket(*link_socket, [this] { OnLink(); });
     loop.AddFd(results->fd(), [this] { OnResults(); });
     if (peers) {
       loop.AddSocket(peers->socket(), [this] { peers->OnReadable(); });
@@ -330,6 +350,15 @@ struct WorkerService::Impl {
       }
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
                   std::chrono::milliseconds(1);
+      if (link_throttle) {
+        // Held messages are released (sends) and delivered (receives) only
+        // when pumped and polled.
+        OnLink();
+        if (auto due = link_throttle->Pump()) {
+          wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    *due + std::chrono::microseconds(999)));
+        }
+      }
       if (peers) {
         // Throttled peer links release due messages only when pumped.
         if (auto due = peers->Pump()) {

@@ -667,7 +667,7 @@ TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
       "training:\n  inner_steps: 12\n"
       "  adaptive_steps: {enabled: true, round_time_s: 2.5, min_inner_steps: 2, max_inner_steps: 40}\n"
       "quorum: {weighting: uniform, round_deadline_s: 60}\n"
-      "sites:\n  - site: {name: slow, slowdown: 3.5}\n    data: {dir: /d}\n");
+      "sites:\n  - site: {name: slow, slowdown: 3.5, link_mbit: 12.5}\n    data: {dir: /d}\n");
   CHECK(c.training.adaptive.enabled);
   CHECK(c.training.adaptive.round_time_s == 2.5);
   CHECK(c.training.adaptive.min_inner_steps == 2);
@@ -675,6 +675,9 @@ TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
   CHECK(c.quorum.weighting == AggregationWeighting::kUniform);
   REQUIRE(c.sites.size() == 1);
   CHECK(c.sites[0].slowdown == 3.5);
+  CHECK(c.sites[0].link_mbit == 12.5);
+  CHECK_THAT(CampaignError("campaign: {name: x}\nsites:\n  - site: {name: s, link_mbit: -2}\n    data: {dir: /d}\n"),
+             Catch::Contains("site.link_mbit"));
 
   CHECK_THAT(CampaignError("campaign: {name: x}\ntraining: {adaptive_steps: {enabled: maybe}}\n"),
              Catch::Contains("training.adaptive_steps.enabled") && Catch::Contains("false, true"));

@@ -236,6 +236,37 @@ TEST_CASE("throttle: receiving passes through unthrottled", "[unit][throttle]") 
   CHECK_FALSE(l.a->TryReceive(&in));
 }
 
+TEST_CASE("throttle: ThrottleReceive holds inbound messages behind a link of the same rate", "[unit][throttle]") {
+  Link l(8e6, 2ms);  // 1,000 bytes take 1 ms, then 2 ms of latency
+  l.a->ThrottleReceive();
+  for (uint8_t i = 0; i < 3; ++i) REQUIRE(l.b->Send("a", Message(1000, i)).ok());
+  Inbound in;
+  // All three reach inner at once; they arrive at 3, 4 and 5 ms.
+  CHECK_FALSE(l.a->TryReceive(&in));
+  CHECK(l.a->held_messages() == 3);
+  auto wait = l.a->Pump();
+  REQUIRE(wait.has_value());
+  CHECK(*wait == 3000us);
+  std::vector<uint8_t> tags;
+  for (int ms : {3, 4, 5}) {
+    l.clock.now = TimePoint{} + std::chrono::milliseconds(ms) - 1ns;
+    CHECK_FALSE(l.a->TryReceive(&in));
+    l.clock.now = TimePoint{} + std::chrono::milliseconds(ms);
+    REQUIRE(l.a->TryReceive(&in));
+    tags.push_back(TagOf(in));
+    CHECK(in.peer == "b");
+  }
+  CHECK(tags == std::vector<uint8_t>{0, 1, 2});
+  CHECK(l.a->bytes_received() == 3000);
+  CHECK_FALSE(l.a->Pump().has_value());
+  // Sends are throttled independently of the receiving direction.
+  REQUIRE(l.a->Send("b", Message(1000, 7)).ok());
+  CHECK(l.Drain(*l.b) == 0);
+  l.clock.now += 3ms;
+  l.a->Pump();
+  CHECK(l.Drain(*l.b) == 1);
+}
+
 TEST_CASE("throttle: invalid Create arguments are rejected", "[unit][throttle]") {
   InprocNetwork net;
   auto bad = [&](double bps, std::chrono::microseconds lat, int64_t max_q, const std::string& what) {

@@ -107,6 +107,7 @@ Message SampleDeltaUpload() {
   d.step_time_ms = 33.25;
   d.blob = BlobFor(bulk);
   d.block = 1;
+  d.wait_ms = 125.5;
   d.peer_traffic = {PeerTraffic{0, 1, PeerTraffic::kForward, 20, 14080, 10240},
                     PeerTraffic{0, 1, PeerTraffic::kLabels, 5, 2000, 1280}};
   return Wrap(d, std::move(bulk));
@@ -206,8 +207,8 @@ bool Same(const std::vector<PeerTraffic>& a, const std::vector<PeerTraffic>& b) 
   return true;
 }
 bool Same(const DeltaUpload& a, const DeltaUpload& b) {
-  return std::tie(a.round, a.base_digest, a.train_loss, a.tokens, a.step_time_ms, a.block) ==
-             std::tie(b.round, b.base_digest, b.train_loss, b.tokens, b.step_time_ms, b.block) &&
+  return std::tie(a.round, a.base_digest, a.train_loss, a.tokens, a.step_time_ms, a.block, a.wait_ms) ==
+             std::tie(b.round, b.base_digest, b.train_loss, b.tokens, b.step_time_ms, b.block, b.wait_ms) &&
          Tie(a.blob) == Tie(b.blob) && Same(a.peer_traffic, b.peer_traffic);
 }
 bool Same(const Aggregate& a, const Aggregate& b) {
@@ -635,6 +636,9 @@ TEST_CASE("wire: required fields and numeric sanity", "[unit]") {
   Message up_block = SampleDeltaUpload();
   std::get<DeltaUpload>(up_block.body).block = 99;
   rejects(up_block, "DeltaUpload.block is 99");
+  Message up_wait = SampleDeltaUpload();
+  std::get<DeltaUpload>(up_wait.body).wait_ms = -1;
+  rejects(up_wait, "DeltaUpload.wait_ms");
   auto layer_blocks = [&](std::vector<int> blocks, const std::string& needle) {
     Message w = SampleWelcome();
     std::get<Welcome>(w.body).layer_blocks = std::move(blocks);
