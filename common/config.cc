@@ -1050,6 +1050,13 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
                    std::to_string(cfg.model.layers));
     }
   }
+  if (cfg.training.overlap && pc.stages > 1) {
+    c->Error("training.overlap", "overlapped rounds with a pipeline", "false when pipeline.stages > 1");
+  }
+  if (cfg.training.overlap && cfg.training.adaptive.enabled) {
+    c->Error("training.overlap", "overlapped rounds with adaptive steps (not supported yet)",
+             "false when training.adaptive_steps.enabled");
+  }
   if (pb.blocks > 1 && pc.stages > 1) {
     c->Error("parablock.blocks", "block rounds with a pipeline (each stage already trains its own layers)",
              "1 when pipeline.stages > 1");
@@ -1114,7 +1121,7 @@ const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
 const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer",
-                                                "adaptive_steps"};
+                                                "adaptive_steps", "overlap"};
 const std::vector<std::string> kAdaptiveKeys = {"enabled", "round_time_s", "min_inner_steps", "max_inner_steps"};
 const std::vector<std::string> kWeightingNames = {"tokens", "uniform"};
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
@@ -1339,6 +1346,8 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "inner_steps", &cfg->training.inner_steps);
       p.Int(m, "batch_size", &cfg->training.batch_size);
       p.Int(m, "eval_batches", &cfg->training.eval_batches);
+      int overlap = 0;
+      if (p.Enum(m, "overlap", {"false", "true"}, &overlap)) cfg->training.overlap = overlap == 1;
       if (const auto* g = m.Find("adaptive_steps")) {
         MapFields a;
         AdaptiveStepsConfig& ad = cfg->training.adaptive;

@@ -62,6 +62,10 @@ struct TrainingConfig {
   uint64_t seed = 1234;
   InnerOptimizerConfig inner;
   AdaptiveStepsConfig adaptive;
+  // Rounds overlap communication with compute (docs/overlap.md): each
+  // worker trains round t+1 while round t's upload and aggregate travel,
+  // and applies the aggregate one round late with a correction.
+  bool overlap = false;
 };
 
 enum class OuterOptimizerKind { kNesterov, kSgd, kFedAvg };

@@ -123,7 +123,8 @@ class BodyEncoder {
     const TrainingConfig& t = m.training;
     auto training = wire::CreateTrainingSpec(fbb_, t.rounds, t.inner_steps, t.batch_size,
                                              t.eval_batches, t.seed, inner, CodecToWire(m.codec.kind),
-                                             static_cast<uint32_t>(m.codec.topk), m.codec.error_feedback);
+                                             static_cast<uint32_t>(m.codec.topk), m.codec.error_feedback,
+                                             t.overlap);
     flatbuffers::Offset<wire::PipelineSpec> pipeline = 0;
     flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> endpoints = 0;
     if (m.pipeline.stages > 1) {
@@ -445,6 +446,7 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   m->training.inner.weight_decay = inner->weight_decay();
   m->training.inner.grad_clip = inner->grad_clip();
   m->training.inner.warmup_steps = inner->warmup_steps();
+  m->training.overlap = training->overlap();
   m->data_seed = t.data_seed();
   m->worker_index = t.worker_index();
   m->heartbeat_interval_ms = t.heartbeat_interval_ms();

@@ -86,18 +86,19 @@ void CoordinatorCore::BuildBlockParts() {
   }
 }
 
-int CoordinatorCore::BlockFor(const WorkerInfo& w) {
+int CoordinatorCore::BlockFor(const WorkerInfo& w, uint32_t round) {
   if (block_parts_.empty()) return -1;
-  auto it = round_blocks_.find(w.site);
-  if (it != round_blocks_.end()) return it->second;
+  auto& of_round = round_blocks_[round];
+  auto it = of_round.find(w.site);
+  if (it != of_round.end()) return it->second;
   // The worker's position among the round's live workers, by name.
   int position = 0;
   for (const auto& [site, o] : workers_) {
     if (site == w.site) break;
     if (o.state == WorkerState::kJoined) ++position;
   }
-  const int b = BlockForRound(config_.parablock, config_.training.seed, committed_round_ + 1, position, w.site);
-  round_blocks_[w.site] = b;
+  const int b = BlockForRound(config_.parablock, config_.training.seed, round, position, w.site);
+  of_round[w.site] = b;
   return b;
 }
 
@@ -378,7 +379,10 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
     if (err->code == ErrorCode::kDigestMismatch || err->code == ErrorCode::kBadPayload) {
       // The worker's replica is not at theta_c: give it the parameters again.
       SendSync(w, out);
-      if (phase_ == Phase::kTraining && !uploads_.count(w.site)) SendRoundStart(w, out);
+      if (phase_ == Phase::kTraining && !uploads_.count(w.site)) {
+        w.announced_round = committed_round_;  // its replica starts over from theta_c
+        SendRoundStarts(w, out);
+      }
     }
   } else {
     Reply(peer, ErrorCode::kUnexpected,
@@ -452,7 +456,8 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   } else {
     SendWelcome(w, out);
     SendSync(w, out);
-    if (phase_ == Phase::kTraining) SendRoundStart(w, out);
+    w.announced_round = committed_round_;
+    if (phase_ == Phase::kTraining) SendRoundStarts(w, out);
   }
   if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
     phase_ = Phase::kEvaluating;  // round 0: evaluate the initial parameters
@@ -524,14 +529,36 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
   out->messages.push_back({w.peer, std::move(m)});
 }
 
-void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out) {
+void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round) {
   RoundStart rs;
-  rs.round = committed_round_ + 1;
+  rs.round = round == 0 ? committed_round_ + 1 : round;
   rs.model_version = DigestFor(w);
   rs.inner_steps = StepsFor(w);
-  rs.block = BlockFor(w);
+  rs.block = BlockFor(w, rs.round);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
+  w.announced_round = std::max(w.announced_round, rs.round);
   out->messages.push_back({w.peer, Make(rs)});
+}
+
+// Overlapped rounds (training.overlap, docs/overlap.md): every worker always
+// knows the round after the one it is training. A worker (re)joining the
+// open round r hears of r and r+1; afterwards CloseRound(t) announces t+2
+// right behind the aggregate of t.
+void CoordinatorCore::SendRoundStarts(WorkerInfo& w, CoreOutput* out) {
+  const uint32_t open = committed_round_ + 1;
+  if (w.announced_round < open) SendRoundStart(w, out, open);
+  if (config_.training.overlap && open + 1 <= static_cast<uint32_t>(config_.training.rounds) &&
+      w.announced_round < open + 1) {
+    SendRoundStart(w, out, open + 1);
+  }
+}
+
+uint64_t CoordinatorCore::DigestOfRound(uint32_t round) const {
+  if (round == committed_round_) return digest_;
+  for (auto r = history_.rbegin(); r != history_.rend(); ++r) {
+    if (r->round == round && !r->reevaluated) return r->digest;
+  }
+  return 0;
 }
 
 int CoordinatorCore::StepsFor(const WorkerInfo& w) {
@@ -560,7 +587,7 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   pending_ = RoundRecord{};
   pending_.round = committed_round_ + 1;
   round_steps_.clear();
-  round_blocks_.clear();
+  round_blocks_.erase(round_blocks_.begin(), round_blocks_.lower_bound(committed_round_ + 1));
   if (config_.training.adaptive.enabled) {
     std::map<std::string, StepTimes> times;
     for (const auto& [site, w] : workers_) {
@@ -570,14 +597,48 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   }
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined) continue;
-    SendRoundStart(w, out);
+    SendRoundStarts(w, out);
   }
   LOG_DEBUG("round started", {"round", pending_.round}, {"workers", LiveWorkers()});
+  // Overlap: uploads of this round that came while the previous one was
+  // still open or being evaluated.
+  std::vector<std::pair<std::string, Message>> due;
+  for (auto it = early_uploads_.begin(); it != early_uploads_.end();) {
+    if (it->first.first <= pending_.round) {
+      if (it->first.first == pending_.round) due.emplace_back(it->first.second, std::move(it->second));
+      it = early_uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [site, msg] : due) {
+    auto w = workers_.find(site);
+    const auto* up = std::get_if<DeltaUpload>(&msg.body);
+    if (w == workers_.end() || w->second.state != WorkerState::kJoined || !up) continue;
+    HandleUpload(w->second, msg, *up, now, out);
+    if (phase_ != Phase::kTraining) break;  // the round closed (and maybe the campaign ended)
+  }
 }
 
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
                                    CoreOutput* out) {
   const uint32_t open_round = committed_round_ + 1;
+  if (config_.training.overlap) {
+    // Overlap: uploads of rounds not open yet are held, up to committed + 2
+    // (the furthest round announced: a fast site can finish round t+2 while
+    // a slower one is still evaluating round t).
+    const bool ahead = phase_ == Phase::kTraining ? m.round > open_round : m.round >= open_round;
+    if (ahead && m.round <= committed_round_ + 2 && phase_ != Phase::kFinished) {
+      const auto key = std::make_pair(m.round, w.site);
+      if (early_uploads_.count(key)) {
+        Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
+      } else {
+        early_uploads_[key] = msg;
+        LOG_DEBUG("upload held until its round opens", {"site", w.site}, {"round", m.round});
+      }
+      return;
+    }
+  }
   if (phase_ != Phase::kTraining || m.round != open_round) {
     if (m.round <= committed_round_ && m.round >= 1) {
       // Too late for its round (closed at the deadline or quorum); its step
@@ -603,7 +664,11 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
     Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
     return;
   }
-  if (m.base_digest != DigestFor(w)) {
+  // Overlap: round r trains from theta_{r-2} plus the site's own progress
+  // (or from theta_{r-1} right after a sync).
+  const bool base_ok = m.base_digest == DigestFor(w) ||
+                       (config_.training.overlap && m.round >= 2 && m.base_digest == DigestOfRound(m.round - 2));
+  if (!base_ok) {
     Reply(w.peer, ErrorCode::kDigestMismatch,
           "upload trained from parameters " + DigestHex(m.base_digest) + ", round " +
               std::to_string(committed_round_) + " parameters are " + DigestHex(DigestFor(w)),
@@ -636,11 +701,12 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   const Part* part = pipelined() ? &parts_[static_cast<size_t>(w.stage)] : nullptr;
   int part_index = pipelined() ? w.stage : 0;
   if (!block_parts_.empty()) {
-    auto assigned = round_blocks_.find(w.site);
-    if (assigned == round_blocks_.end() || m.block != assigned->second) {
+    const auto& of_round = round_blocks_[m.round];
+    auto assigned = of_round.find(w.site);
+    if (assigned == of_round.end() || m.block != assigned->second) {
       Reply(w.peer, ErrorCode::kBadPayload,
             "upload covers block " + std::to_string(m.block) + ", round " + std::to_string(m.round) + " asked for " +
-                (assigned == round_blocks_.end() ? std::string("none") : "block " + std::to_string(assigned->second)),
+                (assigned == of_round.end() ? std::string("none") : "block " + std::to_string(assigned->second)),
             m.round, out);
       return;
     }
@@ -823,6 +889,16 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     m.bulk = down.bulk;
     w.synced_round = committed_round_;
     out->messages.push_back({w.peer, std::move(m)});
+  }
+  if (config_.training.overlap) {
+    // Right behind the aggregate of t: the round after the one every worker
+    // is training now (t+2), so nobody waits for it (docs/overlap.md).
+    for (auto& [site, w] : workers_) {
+      if (w.state != WorkerState::kJoined || !w.welcomed) continue;
+      for (uint32_t r = committed_round_ + 1; r <= committed_round_ + 2; ++r) {
+        if (r <= static_cast<uint32_t>(config_.training.rounds) && w.announced_round < r) SendRoundStart(w, out, r);
+      }
+    }
   }
   phase_ = Phase::kEvaluating;
   phase_start_ = now;

@@ -119,6 +119,7 @@ struct WorkerInfo {
   TimePoint last_seen;
   TimePoint last_heartbeat_sent;
   uint32_t synced_round = 0;  // round of the parameters it was last sent
+  uint32_t announced_round = 0;  // newest round it was sent a RoundStart for
   std::optional<uint32_t> last_eval_round;
   double last_val_loss = std::numeric_limits<double>::quiet_NaN();
   double last_step_time_ms = 0;
@@ -222,7 +223,13 @@ class CoordinatorCore {
   void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
   void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);
   void SendSync(WorkerInfo& w, CoreOutput* out);
-  void SendRoundStart(WorkerInfo& w, CoreOutput* out);
+  // RoundStart for `round` (0: the open round, committed + 1).
+  void SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round = 0);
+  void SendRoundStarts(WorkerInfo& w, CoreOutput* out);
+  // The digest of the parameters after `round` (0 if unknown).
+  uint64_t DigestOfRound(uint32_t round) const;
+  // Overlap: uploads for the round after the open one, held until it opens.
+  std::map<std::pair<uint32_t, std::string>, Message> early_uploads_;  // by (round, site)
   void StartRound(TimePoint now, CoreOutput* out);
   void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
   // Aggregates the uploads received and commits the round (>= 1 upload).
@@ -264,7 +271,7 @@ class CoordinatorCore {
   Update AggregateParts(const std::vector<Part>& parts) const;
   // ParaBlock: one Part per block (common/blocks.h), full tensor names.
   void BuildBlockParts();
-  int BlockFor(const WorkerInfo& w);
+  int BlockFor(const WorkerInfo& w, uint32_t round);
   Update SliceUpdate(const Update& u, const Part& part) const;
 
   CampaignConfig config_;
@@ -277,7 +284,7 @@ class CoordinatorCore {
   std::map<std::string, int> round_steps_;
   std::vector<int> layer_blocks_;             // ParaBlock: block of each layer (empty: off)
   std::vector<Part> block_parts_;
-  std::map<std::string, int> round_blocks_;   // block of the open round by site
+  std::map<uint32_t, std::map<std::string, int>> round_blocks_;  // block by round and site
   int StepsFor(const WorkerInfo& w);
   OuterOptimizer outer_;
   ParamSet params_;

@@ -189,6 +189,7 @@ uint64_t CampaignFingerprint(const CampaignConfig& c) {
   // Only with adaptive steps do sites train on different token counts, so
   // only then can the weighting or the step policy change the parameters
   // (older state databases keep their fingerprint).
+  if (c.training.overlap) MixValue(&h, 1);
   if (c.parablock.blocks > 1) {
     MixValue(&h, c.parablock.blocks);
     for (int v : c.parablock.split) MixValue(&h, v);

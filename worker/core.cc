@@ -68,6 +68,7 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     }
     registered_ = true;
     configured_ = true;
+    overlap_ = w->training.overlap;
     target_round_.reset();
     training_round_.reset();
     heartbeat_interval_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_interval_ms, 10));
@@ -109,8 +110,13 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     return;
   }
   if (const auto* rs = std::get_if<RoundStart>(&msg.body)) {
-    if (training_round_ == rs->round) return;  // already training it
-    if (!target_round_ || *target_round_ + 1 != rs->round) {
+    if (training_round_ == rs->round && !overlap_) return;  // already training it
+    if (overlap_ && trains_outstanding_.count(rs->round)) return;  // already queued
+    // Overlap: the round after the next may be announced before the
+    // aggregate in between arrives (docs/overlap.md).
+    const bool follows = target_round_ && (*target_round_ + 1 == rs->round ||
+                                           (overlap_ && *target_round_ + 2 == rs->round));
+    if (!follows) {
       Reject(ErrorCode::kWrongRound,
              "round " + std::to_string(rs->round) + " starts from round " + std::to_string(rs->round - 1) +
                  " but this replica is at " + (target_round_ ? std::to_string(*target_round_) : "none"),
@@ -169,6 +175,18 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
   }
   if (auto* tr = std::get_if<TrainDone>(&result)) {
     if (SupersededTrain(tr->upload.round)) return;
+    if (overlap_) {
+      // Several rounds are in flight; a round is closed once its aggregate
+      // (or a later sync) has come.
+      if (target_round_ && tr->upload.round > *target_round_) {
+        Message m = Make(tr->upload);
+        m.bulk = std::move(tr->bulk);
+        out->messages.push_back(std::move(m));
+      } else {
+        LOG_WARN("training result for a closed round dropped", {"round", tr->upload.round});
+      }
+      return;
+    }
     if (training_round_ != tr->upload.round) {
       LOG_WARN("training result for a closed round dropped", {"round", tr->upload.round});
       return;

@@ -107,6 +107,7 @@ class WorkerCore {
   std::optional<uint32_t> target_round_;  // round of the parameters after queued jobs
   uint64_t target_digest_ = 0;
   std::optional<uint32_t> training_round_;
+  bool overlap_ = false;  // Welcome.training.overlap: rounds in flight back to back
   // TrainJobs queued or running, by round. A re-welcome can queue a second
   // job for the round in flight; only the last one's result counts.
   std::map<uint32_t, int> trains_outstanding_;

@@ -73,6 +73,7 @@ JobResult Executor::Configure(const Welcome& w) {
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
   trainer_->SetSlowdown(site_.slowdown);
+  trainer_->SetOverlap(w.training.overlap);
   if (!w.layer_blocks.empty()) {
     Status st = trainer_->SetBlocks(w.layer_blocks);
     if (!st.ok()) return Fail(ErrorCode::kBadPayload, 0, st, /*fatal=*/true);

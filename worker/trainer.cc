@@ -78,6 +78,13 @@ struct Trainer::Impl {
   std::vector<TensorRange> blocks;
   std::vector<std::unique_ptr<DeviceEncoder>> block_encoders;
   bool model_is_global = false;  // false after TrainRound left local weights in the model
+  // Overlap: the model holds local progress to continue from; the
+  // parameters at the start of the last round trained; whether a round was
+  // trained since the last ApplyUpdate.
+  bool overlap = false;
+  bool local_valid = false;
+  std::vector<torch::Tensor> round_start;
+  bool trained_since_apply = false;
   int64_t inner_steps_done = 0;  // across the campaign, for the warm-up schedule
 
   // The whole CPU copy to the device (start-up, join, re-sync), then into
@@ -198,10 +205,18 @@ Status Trainer::SetGlobal(ParamSet params) {
   }
   impl_->global = std::move(params);
   impl_->model_is_global = false;
+  impl_->local_valid = false;  // a (re)sync: the next round starts from these parameters
+  impl_->trained_since_apply = false;
   return impl_->LoadGlobal();
 }
 
 void Trainer::SetSlowdown(double factor) { impl_->slowdown = factor; }
+
+void Trainer::SetOverlap(bool overlap) {
+  impl_->overlap = overlap;
+  impl_->local_valid = false;
+  impl_->trained_since_apply = false;
+}
 
 bool Trainer::has_blocks() const { return !impl_->blocks.empty(); }
 
@@ -260,7 +275,16 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
     ~Unfreeze() { fn(); }
   } unfreeze{[&] { if (block >= 0) freeze(false); }};
   try {
-    if (!s.model_is_global) s.RestoreGlobal();
+    // Overlap: continue from the local model (docs/overlap.md).
+    const bool continue_local = s.overlap && s.local_valid;
+    if (!s.model_is_global && !continue_local) s.RestoreGlobal();
+    {
+      torch::NoGradGuard no_grad;
+      s.round_start.clear();
+      if (continue_local) {
+        for (const auto& p : params) s.round_start.push_back(p.detach().clone());
+      }
+    }
     s.model->train();
     s.model_is_global = false;
     if (block >= 0) freeze(true);
@@ -307,10 +331,20 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
     std::vector<torch::Tensor> peaks;
     {
       torch::NoGradGuard no_grad;
+      // Start minus end: the global parameters, or (overlap) the model as
+      // this round found it.
+      const std::vector<torch::Tensor>& start = continue_local ? s.round_start : s.global_dev;
       for (size_t i = first; i < last; ++i) {
-        delta.push_back(s.global_dev[i] - params[i].detach());
+        delta.push_back(start[i] - params[i].detach());
         peaks.push_back(delta.back().abs().max());
       }
+      if (s.overlap && !continue_local) {
+        for (size_t i = 0; i < s.global_dev.size(); ++i) s.round_start.push_back(s.global_dev[i].clone());
+      }
+    }
+    if (s.overlap) {
+      s.local_valid = true;
+      s.trained_since_apply = true;
     }
     const double peak = torch::stack(peaks).max().item<double>();  // one sync for the whole model
     if (!std::isfinite(peak)) {
@@ -332,10 +366,32 @@ Status Trainer::ApplyUpdate(const Update& update) {
   // The coordinator's own function on the CPU copy (the digest's source),
   // and the same fp32 subtraction on the device copy, moving only the
   // update's entries there, not the model.
+  // Overlap: the progress of the round trained since the last apply, kept
+  // across the update: model <- new global + (model - round start).
+  std::vector<torch::Tensor> progress;
+  if (s.overlap && s.local_valid && s.trained_since_apply) {
+    torch::NoGradGuard no_grad;
+    auto params = s.model->parameters();
+    for (size_t i = 0; i < params.size(); ++i) progress.push_back(params[i].detach() - s.round_start[i]);
+  }
   LOWBAND_RETURN_IF_ERROR(lowband::ApplyUpdate(s.plan, update, &s.global.values));
   s.model_is_global = false;
   Status st = ApplyUpdateOnDevice(s.plan, update, s.global_flat);
-  if (!st.ok()) return s.LoadGlobal();  // the device copy is unknown now: reload it whole
+  if (!st.ok()) st = s.LoadGlobal();  // the device copy is unknown now: reload it whole
+  if (!st.ok()) return st;
+  s.trained_since_apply = false;
+  if (progress.empty()) {
+    s.local_valid = false;  // nothing trained since: the next round starts from the global parameters
+    return st;
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    auto params = s.model->parameters();
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(s.global_dev[i] + progress[i]);
+  } catch (const c10::Error& e) {
+    s.local_valid = false;
+    return Internal(TorchMessage("ApplyUpdate: overlap correction", e));
+  }
   return st;
 }
 
@@ -348,6 +404,23 @@ Status Trainer::ApplyUpdate(const std::vector<float>& dense_update) {
 StatusOr<EvalResult> Trainer::Evaluate() {
   Impl& s = *impl_;
   try {
+    // Overlap: the model holds local progress the next round continues from.
+    std::vector<torch::Tensor> local;
+    if (s.overlap && s.local_valid && !s.model_is_global) {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : s.model->parameters()) local.push_back(p.detach().clone());
+    }
+    struct PutBack {
+      Impl& s;
+      std::vector<torch::Tensor>& local;
+      ~PutBack() {
+        if (local.empty()) return;
+        torch::NoGradGuard no_grad;
+        auto params = s.model->parameters();
+        for (size_t i = 0; i < params.size(); ++i) params[i].copy_(local[i]);
+        s.model_is_global = false;
+      }
+    } put_back{s, local};
     if (!s.model_is_global) s.RestoreGlobal();
     torch::NoGradGuard no_grad;
     s.model->eval();

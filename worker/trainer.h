@@ -66,6 +66,14 @@ class Trainer {
   Status ApplyUpdate(const std::vector<float>& dense_update);
   // The chunk plan of the layout at the codec's topk.
   const LayoutPlan& plan() const;
+  // Overlapped rounds (training.overlap, docs/overlap.md). A round then
+  // continues from the model as the previous one left it (not from the
+  // global parameters) and uploads its own progress, start - end; the next
+  // ApplyUpdate sets the model to the new global parameters plus the
+  // progress of the round trained since the previous apply (the delayed
+  // correction), and Evaluate measures the global parameters without
+  // disturbing the model.
+  void SetOverlap(bool overlap);
   // Emulated slower hardware (site.slowdown): after each inner step, idle
   // (factor - 1) times its duration; reported step times include the idling.
   void SetSlowdown(double factor);

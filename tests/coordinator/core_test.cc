@@ -96,6 +96,24 @@ TEST_CASE("a full campaign runs and every replica stays bit-identical", "[unit][
   CHECK(c.coordinator().rejected_messages() == 0);
 }
 
+TEST_CASE("overlap: rounds are announced one ahead, early uploads are held, replicas stay identical",
+          "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 5);
+  config.training.overlap = true;
+  Cluster c(config, kSites);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  c.Step();
+  REQUIRE(c.records().size() == 6);
+  for (uint32_t r = 1; r <= 5; ++r) {
+    INFO("round " << r);
+    CHECK(c.records()[r].contributors == 3);
+    CHECK(c.records()[r].digest_mismatches == 0);
+  }
+  for (const auto& s : kSites) CHECK(c.exec(s).global().Digest() == c.coordinator().digest());
+  CHECK(c.coordinator().rejected_messages() == 0);
+  CHECK(c.records().back().val_loss < c.records().front().val_loss);
+}
+
 TEST_CASE("the aggregate is the outer optimizer applied to the mean delta", "[unit][coordinator][inproc]") {
   auto config = TinyCampaign(3, 1);
   config.outer = {OuterOptimizerKind::kSgd, 1.0, 0.0};  // theta_1 = mean of local models

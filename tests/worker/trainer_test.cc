@@ -293,3 +293,71 @@ TEST_CASE("ParaBlock: TrainRound(block) trains that block alone, the rest bit fo
 }
 
 }  // namespace lowband
+
+namespace lowband {
+
+TEST_CASE("overlap: rounds continue from the model, and the late aggregate keeps the newest progress",
+          "[unit]") {
+  Corpus corpus = Corpus::FromText(Text(200), Text(40));
+  auto trainer = MakeTrainer(&corpus);
+  trainer->SetOverlap(true);
+  const ParamSet g0 = trainer->global();
+
+  // T1 starts from the global parameters.
+  auto r1 = trainer->TrainRound(3);
+  REQUIRE(r1.ok());
+  const ParamSet end1 = trainer->LocalParams();
+  const std::vector<float> d1 = SentDelta(*trainer, *r1);
+  for (size_t i = 0; i < d1.size(); ++i) REQUIRE(d1[i] == g0.values[i] - end1.values[i]);
+
+  // T2 continues from where T1 stopped (no aggregate has come yet); its
+  // upload is its own progress.
+  auto r2 = trainer->TrainRound(3);
+  REQUIRE(r2.ok());
+  const ParamSet end2 = trainer->LocalParams();
+  const std::vector<float> d2 = SentDelta(*trainer, *r2);
+  for (size_t i = 0; i < d2.size(); ++i) REQUIRE(d2[i] == end1.values[i] - end2.values[i]);
+
+  // A1: the aggregate of round 1 (here: half the site's own delta) lands
+  // one round late; the model becomes G1 + (end2 - end1).
+  std::vector<float> u1(d1.size());
+  for (size_t i = 0; i < u1.size(); ++i) u1[i] = 0.5f * d1[i];
+  REQUIRE(trainer->ApplyUpdate(u1).ok());
+  const ParamSet& g1 = trainer->global();
+  for (size_t i = 0; i < u1.size(); ++i) REQUIRE(g1.values[i] == g0.values[i] - u1[i]);
+  const ParamSet corrected = trainer->LocalParams();
+  double worst = 0;
+  for (size_t i = 0; i < u1.size(); ++i) {
+    const float reference = g1.values[i] + (end2.values[i] - end1.values[i]);
+    worst = std::max(worst, static_cast<double>(std::abs(corrected.values[i] - reference)));
+  }
+  CHECK(worst <= 1e-6);
+
+  // Evaluate measures G1 and leaves the corrected model in place.
+  auto eval = trainer->Evaluate();
+  REQUIRE(eval.ok());
+  const ParamSet after_eval = trainer->LocalParams();
+  CHECK(std::memcmp(after_eval.values.data(), corrected.values.data(), sizeof(float) * corrected.values.size()) == 0);
+  auto reference = MakeTrainer(&corpus);
+  REQUIRE(reference->SetGlobal(g1).ok());
+  auto ref_eval = reference->Evaluate();
+  REQUIRE(ref_eval.ok());
+  CHECK(eval->loss == ref_eval->loss);
+
+  // T3 continues from the corrected model.
+  auto r3 = trainer->TrainRound(2);
+  REQUIRE(r3.ok());
+  const ParamSet end3 = trainer->LocalParams();
+  const std::vector<float> d3 = SentDelta(*trainer, *r3);
+  for (size_t i = 0; i < d3.size(); ++i) REQUIRE(d3[i] == corrected.values[i] - end3.values[i]);
+
+  // A re-sync drops the local progress: the next round starts from it.
+  REQUIRE(trainer->SetGlobal(g0).ok());
+  auto r4 = trainer->TrainRound(1);
+  REQUIRE(r4.ok());
+  const ParamSet end4 = trainer->LocalParams();
+  const std::vector<float> d4 = SentDelta(*trainer, *r4);
+  for (size_t i = 0; i < d4.size(); ++i) REQUIRE(d4[i] == g0.values[i] - end4.values[i]);
+}
+
+}  // namespace lowband
