@@ -940,19 +940,21 @@ TEST_CASE("AggregateMean of sparse updates is bit-exact with the dense reference
   }
 }
 
+// A sparse update of a single-chunk layout.
+Update OneChunkSparse(std::vector<uint16_t> idx, std::vector<float> val) {
+  Update u;
+  u.dense = false;
+  u.begin = {0, static_cast<uint32_t>(idx.size())};
+  u.index = std::move(idx);
+  u.value = std::move(val);
+  return u;
+}
+
 TEST_CASE("AggregateMean: the order of the sum and the rule matter as specified", "[unit]") {
   const ParamLayout layout = MakeLayout({{"v", {8}}});
   const LayoutPlan plan = PlanLayout(layout, 64);
-  auto sparse = [](std::vector<uint16_t> idx, std::vector<float> val) {
-    Update u;
-    u.dense = false;
-    u.begin = {0, static_cast<uint32_t>(idx.size())};
-    u.index = std::move(idx);
-    u.value = std::move(val);
-    return u;
-  };
   // 1e8 + 1 - 1e8 is 0 in fp32 when summed left to right; 1 when not.
-  const Update a = sparse({2, 5}, {1e8f, 3.0f}), b = sparse({2}, {1.0f}), c = sparse({2, 7}, {-1e8f, 6.0f});
+  const Update a = OneChunkSparse({2, 5}, {1e8f, 3.0f}), b = OneChunkSparse({2}, {1.0f}), c = OneChunkSparse({2, 7}, {-1e8f, 6.0f});
   const Update all = AggregateMean(plan, {&a, &b, &c}, AggregationRule::kMeanAll);
   CHECK(all.index == std::vector<uint16_t>{2, 5, 7});
   CHECK(all.value == std::vector<float>{0.0f, 3.0f * (1.0f / 3.0f), 6.0f * (1.0f / 3.0f)});
@@ -961,7 +963,7 @@ TEST_CASE("AggregateMean: the order of the sum and the rule matter as specified"
   const Update reordered = AggregateMean(plan, {&a, &c, &b}, AggregationRule::kMeanChoosers);
   CHECK(reordered.value[0] == 1.0f * (1.0f / 3.0f));
   // Every sum starts from +0.0f, so a lone -0.0f entry comes out as +0.0f.
-  const Update neg = sparse({4}, {-0.0f});
+  const Update neg = OneChunkSparse({4}, {-0.0f});
   for (AggregationRule rule : {AggregationRule::kMeanAll, AggregationRule::kMeanChoosers}) {
     const Update z = AggregateMean(plan, {&neg}, rule);
     REQUIRE(z.value.size() == 1);
@@ -987,15 +989,7 @@ TEST_CASE("AggregateMean with a dense input gives a dense result", "[unit]") {
 TEST_CASE("AggregateMean weighted by tokens: each update counts its weight", "[unit]") {
   const ParamLayout layout = MakeLayout({{"v", {8}}});
   const LayoutPlan plan = PlanLayout(layout, 64);
-  auto sparse = [](std::vector<uint16_t> idx, std::vector<float> val) {
-    Update u;
-    u.dense = false;
-    u.begin = {0, static_cast<uint32_t>(idx.size())};
-    u.index = std::move(idx);
-    u.value = std::move(val);
-    return u;
-  };
-  const Update a = sparse({1, 3}, {4.0f, 8.0f}), b = sparse({1}, {1.0f});
+  const Update a = OneChunkSparse({1, 3}, {4.0f, 8.0f}), b = OneChunkSparse({1}, {1.0f});
   // Weights 3000 : 1000 tokens -> normalised 1.5 : 0.5.
   const Update all = AggregateMean(plan, {&a, &b}, AggregationRule::kMeanAll, {3000, 1000});
   CHECK(all.index == std::vector<uint16_t>{1, 3});

@@ -23,6 +23,41 @@ std::string SiteRecord(const std::string& record, const std::string& site) {
   return record.substr(at, end - at + 1);
 }
 
+// A 3-site campaign of the tiny model on loopback at `port`, port+1: the
+// training map's lines (indented), extra top-level lines, and the sites.
+std::string Campaign(const std::string& name, int port, int rounds, const std::string& training,
+                     const std::string& extra, const std::string& sites) {
+  std::ostringstream y;
+  y << "campaign: {name: " << name << ", seed: 7, rounds: " << rounds << "}\n"
+    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
+    << "training:\n  batch_size: 8\n" << training
+    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
+    << "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
+    << "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"
+    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, "
+       "aggregation: mean_of_choosers}\n"
+    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
+    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
+    << extra << sites;
+  return y.str();
+}
+
+// Runs `lowband run` on the campaign text in `dir`; the metrics records.
+std::vector<std::string> RunCampaign(TempDir& dir, const std::string& text, std::string* campaign_path) {
+  const std::string campaign = dir.Path("campaign.yaml");
+  *campaign_path = campaign;
+  WriteFile(campaign, text);
+  const std::string metrics = dir.Path("metrics.jsonl");
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out",
+                          metrics},
+                         dir.Path("run.out"));
+  auto code = run.WaitFor(milliseconds(300000));
+  INFO(ReadFile(dir.Path("run.out")));
+  REQUIRE(code.has_value());
+  REQUIRE(*code == 0);
+  return Lines(ReadFile(metrics));
+}
+
 // The three test sites, site-c emulating hardware 6x slower per step.
 std::string SlowSiteC() {
   std::string y = ThreeSitesYaml();
@@ -35,31 +70,14 @@ TEST_CASE("adaptive steps: a slowed site gets a smaller H and rounds do not wait
   TempDir dir;
   const int port = FreePortBase();
   const int rounds = 4, inner_steps = 16;
-  std::ostringstream y;
-  y << "campaign: {name: it-hetero, seed: 7, rounds: " << rounds << "}\n"
-    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
-    << "training:\n  inner_steps: " << inner_steps << "\n  batch_size: 8\n  eval_batches: 4\n"
-    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
-    << "  adaptive_steps: {enabled: true}\n"
-    << "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
-    << "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"
-    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, "
-       "aggregation: mean_of_choosers, weighting: tokens}\n"
-    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
-    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
-    << SlowSiteC();
-  const std::string campaign = dir.Path("campaign.yaml");
-  WriteFile(campaign, y.str());
-  const std::string metrics = dir.Path("metrics.jsonl");
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out",
-                          metrics},
-                         dir.Path("run.out"));
-  auto code = run.WaitFor(milliseconds(300000));
-  INFO(ReadFile(dir.Path("run.out")));
-  REQUIRE(code.has_value());
-  REQUIRE(*code == 0);
-
-  auto records = Lines(ReadFile(metrics));
+  std::string campaign;
+  auto records = RunCampaign(
+      dir,
+      Campaign("it-hetero", port, rounds,
+               "  inner_steps: " + std::to_string(inner_steps) +
+                   "\n  eval_batches: 4\n  adaptive_steps: {enabled: true}\n",
+               "", SlowSiteC()),
+      &campaign);
   REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
   for (size_t r = 1; r < records.size(); ++r) {
     INFO(records[r]);
@@ -99,31 +117,12 @@ TEST_CASE("parablock: each site trains and uploads one block a round, cyclic per
   TempDir dir;
   const int port = FreePortBase();
   const int rounds = 4;
-  std::ostringstream y;
-  y << "campaign: {name: it-parablock, seed: 7, rounds: " << rounds << "}\n"
-    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
-    << "training:\n  inner_steps: 12\n  batch_size: 8\n  eval_batches: 4\n"
-    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
-    << "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
-    << "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"
-    << "parablock: {blocks: 2, schedule: cyclic, assignment: per_worker}\n"
-    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, "
-       "aggregation: mean_of_choosers}\n"
-    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
-    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
-    << ThreeSitesYaml();
-  const std::string campaign = dir.Path("campaign.yaml");
-  WriteFile(campaign, y.str());
-  const std::string metrics = dir.Path("metrics.jsonl");
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out",
-                          metrics},
-                         dir.Path("run.out"));
-  auto code = run.WaitFor(milliseconds(300000));
-  INFO(ReadFile(dir.Path("run.out")));
-  REQUIRE(code.has_value());
-  REQUIRE(*code == 0);
-
-  auto records = Lines(ReadFile(metrics));
+  std::string campaign;
+  auto records = RunCampaign(dir,
+                             Campaign("it-parablock", port, rounds, "  inner_steps: 12\n  eval_batches: 4\n",
+                                      "parablock: {blocks: 2, schedule: cyclic, assignment: per_worker}\n",
+                                      ThreeSitesYaml()),
+                             &campaign);
   REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
   const char* sites[3] = {"site-a", "site-b", "site-c"};
   for (size_t r = 1; r < records.size(); ++r) {
@@ -156,30 +155,12 @@ TEST_CASE("overlap: overlapped block rounds on loopback learn and keep replicas 
   TempDir dir;
   const int port = FreePortBase();
   const int rounds = 5;
-  std::ostringstream y;
-  y << "campaign: {name: it-overlap, seed: 7, rounds: " << rounds << "}\n"
-    << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
-    << "training:\n  inner_steps: 8\n  batch_size: 8\n  eval_batches: 2\n  overlap: true\n"
-    << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
-    << "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0.0}\n"
-    << "codec: {name: sparseloco, topk: 64, error_feedback: 0.95}\n"
-    << "parablock: {blocks: 2}\n"
-    << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, "
-       "aggregation: mean_of_choosers}\n"
-    << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
-    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000}\n"
-    << ThreeSitesYaml();
-  const std::string campaign = dir.Path("campaign.yaml");
-  WriteFile(campaign, y.str());
-  const std::string metrics = dir.Path("metrics.jsonl");
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out",
-                          metrics},
-                         dir.Path("run.out"));
-  auto code = run.WaitFor(milliseconds(300000));
-  INFO(ReadFile(dir.Path("run.out")));
-  REQUIRE(code.has_value());
-  REQUIRE(*code == 0);
-  auto records = Lines(ReadFile(metrics));
+  std::string campaign;
+  auto records = RunCampaign(
+      dir,
+      Campaign("it-overlap", port, rounds, "  inner_steps: 8\n  eval_batches: 2\n  overlap: true\n",
+               "parablock: {blocks: 2}\n", ThreeSitesYaml()),
+      &campaign);
   REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
   for (size_t r = 1; r < records.size(); ++r) {
     INFO(records[r]);
