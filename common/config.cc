@@ -1050,6 +1050,25 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
                    std::to_string(cfg.model.layers));
     }
   }
+  const PersonalizationConfig& per = cfg.personalization;
+  if (!per.tensors.empty() || !per.clusters.empty()) {
+    if (per.tensors.empty()) {
+      c->Error("personalization.tensors", "clusters without personalised tensors", "a list of tensor name prefixes");
+    }
+    std::set<std::string> seen;
+    for (const auto& [name, sites] : per.clusters) {
+      if (!ValidName(name)) c->Error("personalization.clusters." + name, "invalid cluster name", "[A-Za-z0-9_.-]+");
+      for (const std::string& site : sites) {
+        if (!seen.insert(site).second) {
+          c->Error("personalization.clusters." + name, "site '" + site + "' is in two clusters", "each site in one cluster");
+        }
+      }
+    }
+    if (pc.stages > 1 || pb.blocks > 1 || cfg.training.overlap) {
+      c->Error("personalization.tensors", "personalisation with pipeline stages, parablock or overlap (not supported yet)",
+               "no personalization there");
+    }
+  }
   if (cfg.training.overlap && pc.stages > 1) {
     c->Error("training.overlap", "overlapped rounds with a pipeline", "false when pipeline.stages > 1");
   }
@@ -1111,11 +1130,12 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
                                             "quorum",   "network", "output",  "checkpoint", "pipeline", "sites",
-                                            "parablock"};
+                                            "parablock", "personalization"};
 const std::vector<std::string> kPipelineKeys = {"stages",        "replicas", "ratio",     "wire_dtype",     "split",
                                                 "micro_batches", "schedule", "link_mbit", "peer_timeout_ms"};
 const std::vector<std::string> kScheduleNames = {"gpipe", "1f1b"};
 const std::vector<std::string> kParaBlockKeys = {"blocks", "split", "schedule", "assignment"};
+const std::vector<std::string> kPersonalizationKeys = {"tensors", "clusters"};
 const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
@@ -1462,6 +1482,31 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Double(m, "link_mbit", &pc.link_mbit);
       p.Int(m, "peer_timeout_ms", &pc.peer_timeout_ms);
       if (const auto* sp = m.Find("split")) ParseCountList(&p, sp->value, "pipeline.split", "block", &pc.split);
+    }
+  }
+
+  if (const auto* f = top.Find("personalization")) {
+    MapFields m;
+    if (p.Map(f->value, "personalization", kPersonalizationKeys, &m)) {
+      PersonalizationConfig& pc = cfg->personalization;
+      p.StringList(m, "tensors", &pc.tensors);
+      if (const auto* cl = m.Find("clusters")) {
+        const std::string path = "personalization.clusters";
+        if (!cl->value.IsMap()) {
+          p.TypeError(path, cl->value, "a map of cluster name to a list of site names");
+          p.MarkBad(path);
+        } else {
+          MapFields clusters;
+          std::vector<std::string> names;
+          for (const auto& kv : cl->value) names.push_back(kv.first.Scalar());
+          if (p.Map(cl->value, path, names, &clusters)) {
+            for (const std::string& name : names) {
+              std::vector<std::string> sites;
+              if (p.StringList(clusters, name, &sites)) pc.clusters.emplace_back(name, std::move(sites));
+            }
+          }
+        }
+      }
     }
   }
 

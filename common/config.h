@@ -135,6 +135,15 @@ std::vector<int> StageBlocks(int layers, const PipelineConfig& pipeline);
 // blocks (the embeddings go with the first, the final LayerNorm with the
 // last); each round a worker trains one block and uploads only its delta.
 // blocks = 1: off, every worker trains the whole model.
+// Partial personalisation (WorldLM-style, DESIGN.md 3.5;
+// docs/configuration.md `personalization:`): tensors whose names start with
+// one of `tensors` are aggregated only among the sites of one cluster; the
+// rest globally. Sites in no cluster share one more copy.
+struct PersonalizationConfig {
+  std::vector<std::string> tensors;                          // name prefixes; empty = off
+  std::vector<std::pair<std::string, std::vector<std::string>>> clusters;  // name -> sites, in file order
+};
+
 struct ParaBlockConfig {
   int blocks = 1;
   std::vector<int> split;   // layers per block; empty = as even as possible
@@ -220,6 +229,7 @@ struct CampaignConfig {
   CodecConfig codec;
   PipelineConfig pipeline;
   ParaBlockConfig parablock;
+  PersonalizationConfig personalization;
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;

@@ -65,6 +65,181 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
   pending_.round = 0;
   if (config_.pipeline.stages > 1) BuildParts();
   if (config_.parablock.blocks > 1 && config_.pipeline.stages <= 1) BuildBlockParts();
+  if (!config_.personalization.tensors.empty() && config_.pipeline.stages <= 1) {
+    BuildViews();
+    ComputePartDigests();
+  }
+}
+
+namespace {
+const char* const kClusterPrefix = "cluster/";
+bool Personalised(const PersonalizationConfig& per, const std::string& name) {
+  for (const std::string& p : per.tensors) {
+    if (name.rfind(p, 0) == 0) return true;
+  }
+  return false;
+}
+}  // namespace
+
+StatusOr<ParamSet> CoordinatorCore::ClusterLayout(const CampaignConfig& config, const ParamSet& model) {
+  const PersonalizationConfig& per = config.personalization;
+  if (per.tensors.empty()) return model;
+  for (const std::string& p : per.tensors) {
+    bool any = false;
+    for (const TensorSpec& t : model.layout.tensors) any = any || t.name.rfind(p, 0) == 0;
+    if (!any) {
+      std::string names;
+      for (const TensorSpec& t : model.layout.tensors) names += (names.empty() ? "" : ", ") + t.name;
+      return InvalidArgument("personalization.tensors: no tensor of the model starts with '" + p +
+                             "' (tensors: " + names + ")");
+    }
+  }
+  ParamSet out = model;
+  for (const auto& [cluster, sites] : per.clusters) {
+    int64_t offset = 0;
+    for (const TensorSpec& t : model.layout.tensors) {
+      if (Personalised(per, t.name)) {
+        TensorSpec copy = t;
+        copy.name = kClusterPrefix + cluster + "/" + t.name;
+        out.layout.tensors.push_back(copy);
+        out.values.insert(out.values.end(), model.values.begin() + offset, model.values.begin() + offset + t.numel());
+      }
+      offset += t.numel();
+    }
+  }
+  return out;
+}
+
+void CoordinatorCore::BuildViews() {
+  const PersonalizationConfig& per = config_.personalization;
+  size_t n = 0;
+  while (n < params_.layout.tensors.size() && params_.layout.tensors[n].name.rfind(kClusterPrefix, 0) != 0) ++n;
+  model_layout_.tensors.assign(params_.layout.tensors.begin(), params_.layout.tensors.begin() + static_cast<std::ptrdiff_t>(n));
+  model_plan_ = PlanLayout(model_layout_, config_.codec.topk);
+  std::map<std::string, size_t> index_of;
+  for (size_t j = 0; j < params_.layout.tensors.size(); ++j) index_of[params_.layout.tensors[j].name] = j;
+  personal_tensor_.assign(n, false);
+  std::vector<size_t> own(n);
+  for (size_t i = 0; i < n; ++i) {
+    own[i] = i;
+    personal_tensor_[i] = Personalised(per, model_layout_.tensors[i].name);
+  }
+  views_.assign(1, own);  // cluster 0: sites in no cluster
+  for (const auto& [cluster, sites] : per.clusters) {
+    std::vector<size_t> view = own;
+    for (size_t i = 0; i < n; ++i) {
+      if (!personal_tensor_[i]) continue;
+      auto it = index_of.find(kClusterPrefix + cluster + "/" + model_layout_.tensors[i].name);
+      LOWBAND_CHECK(it != index_of.end());  // the caller extended the layout with ClusterLayout
+      view[i] = it->second;
+    }
+    views_.push_back(std::move(view));
+    for (const std::string& site : sites) cluster_of_site_[site] = static_cast<int>(views_.size()) - 1;
+  }
+}
+
+int CoordinatorCore::ClusterIndex(const std::string& site) const {
+  auto it = cluster_of_site_.find(site);
+  return it == cluster_of_site_.end() ? 0 : it->second;
+}
+
+std::string CoordinatorCore::ClusterOf(const std::string& site) const {
+  const int k = ClusterIndex(site);
+  return k == 0 ? std::string() : config_.personalization.clusters[static_cast<size_t>(k - 1)].first;
+}
+
+std::vector<float> CoordinatorCore::ViewValues(int cluster) const {
+  std::vector<float> v;
+  v.reserve(static_cast<size_t>(model_layout_.numel()));
+  for (size_t j : views_[static_cast<size_t>(cluster)]) {
+    const TensorPlan& tp = plan_.tensors[j];
+    v.insert(v.end(), params_.values.begin() + tp.offset, params_.values.begin() + tp.offset + tp.numel);
+  }
+  return v;
+}
+
+Update CoordinatorCore::ViewOf(const Update& u, int cluster) const {
+  Update out;
+  out.dense = u.dense;
+  if (!u.dense) out.begin.push_back(0);
+  for (size_t j : views_[static_cast<size_t>(cluster)]) {
+    const TensorPlan& tp = plan_.tensors[j];
+    if (u.dense) {
+      out.values.insert(out.values.end(), u.values.begin() + tp.offset, u.values.begin() + tp.offset + tp.numel);
+      continue;
+    }
+    for (size_t ch = tp.first_chunk; ch < tp.first_chunk + tp.num_chunks; ++ch) {
+      out.index.insert(out.index.end(), u.index.begin() + u.begin[ch], u.index.begin() + u.begin[ch + 1]);
+      out.value.insert(out.value.end(), u.value.begin() + u.begin[ch], u.value.begin() + u.begin[ch + 1]);
+      out.begin.push_back(static_cast<uint32_t>(out.index.size()));
+    }
+  }
+  return out;
+}
+
+// Shared tensors: the mean over every upload; personalised tensors of
+// cluster k: the mean over cluster k's uploads (cluster 0's for the model's
+// own copies); a group without uploads stays where it is.
+Update CoordinatorCore::AggregatePersonal(CoreOutput* /*out*/) const {
+  const bool uniform = config_.quorum.weighting == AggregationWeighting::kUniform;
+  auto mean_of = [&](int cluster) -> std::optional<Update> {
+    std::vector<const Update*> deltas;
+    std::vector<double> weights;
+    for (const auto& [site, up] : uploads_) {
+      if (cluster >= 0 && up.part != cluster) continue;
+      deltas.push_back(&up.delta);
+      weights.push_back(static_cast<double>(up.tokens));
+    }
+    if (deltas.empty()) return std::nullopt;
+    if (uniform) weights.clear();
+    return AggregateMean(model_plan_, deltas, config_.quorum.aggregation, weights);
+  };
+  std::vector<std::optional<Update>> groups;  // [0] all, [1 + k] cluster k
+  groups.push_back(mean_of(-1));
+  for (size_t k = 0; k < views_.size(); ++k) groups.push_back(mean_of(static_cast<int>(k)));
+  bool dense = false;
+  for (const auto& g : groups) dense = dense || (g && g->dense);
+  if (dense) {
+    for (auto& g : groups) {
+      if (g && !g->dense) {
+        Update d;
+        d.values = Densify(model_plan_, *g);
+        g = std::move(d);
+      }
+    }
+  }
+  // The group each extended tensor takes its mean from, and which model tensor.
+  std::vector<std::pair<int, size_t>> source(plan_.tensors.size());
+  for (size_t i = 0; i < personal_tensor_.size(); ++i) source[i] = {personal_tensor_[i] ? 1 : 0, i};
+  for (size_t k = 1; k < views_.size(); ++k) {
+    for (size_t i = 0; i < personal_tensor_.size(); ++i) {
+      if (personal_tensor_[i]) source[views_[k][i]] = {static_cast<int>(1 + k), i};
+    }
+  }
+  Update g;
+  g.dense = dense;
+  if (!dense) g.begin.push_back(0);
+  for (size_t j = 0; j < plan_.tensors.size(); ++j) {
+    const auto& [group, i] = source[j];
+    const std::optional<Update>& src = groups[static_cast<size_t>(group)];
+    const TensorPlan& mp = model_plan_.tensors[i];
+    if (dense) {
+      if (src) {
+        g.values.insert(g.values.end(), src->values.begin() + mp.offset, src->values.begin() + mp.offset + mp.numel);
+      } else {
+        g.values.insert(g.values.end(), static_cast<size_t>(mp.numel), 0.0f);
+      }
+      continue;
+    }
+    for (size_t ch = mp.first_chunk; ch < mp.first_chunk + mp.num_chunks; ++ch) {
+      if (src) {
+        g.index.insert(g.index.end(), src->index.begin() + src->begin[ch], src->index.begin() + src->begin[ch + 1]);
+        g.value.insert(g.value.end(), src->value.begin() + src->begin[ch], src->value.begin() + src->begin[ch + 1]);
+      }
+      g.begin.push_back(static_cast<uint32_t>(g.index.size()));
+    }
+  }
+  return g;
 }
 
 void CoordinatorCore::BuildBlockParts() {
@@ -133,6 +308,10 @@ void CoordinatorCore::BuildParts() {
 }
 
 void CoordinatorCore::ComputePartDigests() {
+  view_digests_.clear();
+  for (size_t k = 0; k < views_.size(); ++k) {
+    view_digests_.push_back(ParamSet{model_layout_, ViewValues(static_cast<int>(k))}.Digest());
+  }
   part_digests_.clear();
   for (const Part& part : parts_) {
     part_digests_.push_back(Fnv1a64(params_.values.data() + part.offset, static_cast<size_t>(part.numel) * sizeof(float)));
@@ -298,6 +477,7 @@ int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round)
 }
 
 int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
+  if (personal()) return model_layout_.numel();
   const int stage = StageOf(site);
   if (stage < 0) return static_cast<int64_t>(params_.values.size());
   return parts_[stage].numel;
@@ -518,6 +698,8 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
     const Part& part = parts_[static_cast<size_t>(w.stage)];
     std::vector<float> slice(params_.values.begin() + part.offset, params_.values.begin() + part.offset + part.numel);
     enc = PackDenseFp32(part.slice_layout_only.layout, slice);
+  } else if (personal()) {
+    enc = PackDenseFp32(model_layout_, ViewValues(ClusterIndex(w.site)));
   } else {
     enc = PackDenseFp32(params_.layout, params_.values);
   }
@@ -717,8 +899,10 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
           m.round, out);
     return;
   }
-  auto delta = part ? ParseUpdate(part->slice_layout_only.layout, part->plan, m.blob, msg.bulk)
-                    : ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
+  if (personal()) part_index = ClusterIndex(w.site);  // aggregated with its cluster (AggregatePersonal)
+  auto delta = part         ? ParseUpdate(part->slice_layout_only.layout, part->plan, m.blob, msg.bulk)
+               : personal() ? ParseUpdate(model_layout_, model_plan_, m.blob, msg.bulk)
+                            : ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
   if (!delta.ok()) {
     Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
     return;
@@ -840,6 +1024,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
   Update g = pipelined()               ? AggregateParts(parts_)
              : !block_parts_.empty() ? AggregateParts(block_parts_)
+             : personal()            ? AggregatePersonal(out)
                                      : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
   // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.
@@ -878,13 +1063,22 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     LOWBAND_CHECK(e.ok());  // a slice of an update that packed whole
     stage_enc.push_back(std::move(e).value());
   }
+  std::map<int, Encoded> cluster_enc;
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined || !w.welcomed) continue;
     if (w.synced_round + 1 != committed_round_) {
       SendSync(w, out);  // it missed a round: full parameters instead
       continue;
     }
-    const Encoded& down = pipelined() ? stage_enc[static_cast<size_t>(w.stage)] : *enc;
+    // Personalisation: each cluster's view of the update, encoded once.
+    if (personal() && !cluster_enc.count(ClusterIndex(site))) {
+      auto e = PackAggregate(model_layout_, model_plan_, ViewOf(update, ClusterIndex(site)));
+      LOWBAND_CHECK(e.ok());  // a view of an update that packed whole
+      cluster_enc.emplace(ClusterIndex(site), std::move(e).value());
+    }
+    const Encoded& down = pipelined()  ? stage_enc[static_cast<size_t>(w.stage)]
+                          : personal() ? cluster_enc.at(ClusterIndex(site))
+                                       : *enc;
     Message m = Make(Aggregate{committed_round_, DigestFor(w), static_cast<uint32_t>(have), down.header});
     m.bulk = down.bulk;
     w.synced_round = committed_round_;
@@ -952,6 +1146,18 @@ void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreO
     loss_sum += ev.val_loss * weight;
     tokens += std::max<uint64_t>(ev.val_tokens, 1);
     pending_.sites[site].val_loss = ev.val_loss;
+  }
+  if (personal()) {
+    // Validation loss per cluster (token-weighted over its sites).
+    std::map<std::string, std::pair<double, double>> per;
+    for (const auto& [site, ev] : evals_) {
+      auto& [sum, n] = per[ClusterOf(site).empty() ? "(none)" : ClusterOf(site)];
+      const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
+      sum += ev.val_loss * weight;
+      n += weight;
+    }
+    pending_.cluster_val_loss.clear();
+    for (const auto& [name, sn] : per) pending_.cluster_val_loss[name] = sn.first / sn.second;
   }
   pending_.round = committed_round_;
   pending_.val_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();

@@ -77,6 +77,7 @@ struct RoundRecord {
   int late_uploads = 0;  // rejected because the round had closed
   int stragglers = 0;
   double exposed_comm_s = 0;  // the largest wait_s of the round's sites
+  std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
   double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
   double wall_s = 0;
@@ -138,7 +139,16 @@ class CoordinatorCore {
   // `round resume`.
   enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kFinished };
 
+  // `initial` is the model's layout; with personalisation the core extends
+  // it with one copy of the personalised tensors per cluster (the layout of
+  // checkpoints and the round log), see ClusterLayout.
   CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now);
+
+  // Personalisation: the model layout extended with "cluster/<name>/<tensor>"
+  // copies of the tensors whose names start with a personalised prefix, one
+  // set per cluster, values copied from the model's. InvalidArgument if no
+  // tensor matches a prefix. Without personalisation: the model unchanged.
+  static StatusOr<ParamSet> ClusterLayout(const CampaignConfig& config, const ParamSet& model);
 
   // Resuming after a restart, before any message is handled: Restore puts
   // the core at committed round `round` with a checkpoint's parameters and
@@ -193,6 +203,8 @@ class CoordinatorCore {
   int64_t UploadParamsOf(const std::string& site, uint32_t round) const;
   // Pipeline campaigns: the stage a known site holds (or held), else -1.
   int StageOf(const std::string& site) const;
+  // Personalisation: the site's cluster name ("" for none).
+  std::string ClusterOf(const std::string& site) const;
   // site name for a transport peer, or "" if unknown.
   std::string SiteOfPeer(const std::string& peer) const;
   const CampaignConfig& config() const { return config_; }
@@ -260,7 +272,20 @@ class CoordinatorCore {
   bool pipelined() const { return !parts_.empty(); }
   void BuildParts();
   void ComputePartDigests();
-  uint64_t DigestFor(const WorkerInfo& w) const { return pipelined() ? part_digests_[w.stage] : digest_; }
+  uint64_t DigestFor(const WorkerInfo& w) const {
+    if (pipelined()) return part_digests_[w.stage];
+    if (personal()) return view_digests_[ClusterIndex(w.site)];
+    return digest_;
+  }
+  // Personalisation (ClusterLayout): cluster 0 = sites in no cluster (the
+  // model's own copies), 1.. = the named clusters. A worker sees the model
+  // layout: its view maps each model tensor to the extended tensor it reads.
+  bool personal() const { return !views_.empty(); }
+  void BuildViews();
+  int ClusterIndex(const std::string& site) const;
+  std::vector<float> ViewValues(int cluster) const;
+  Update ViewOf(const Update& extended, int cluster) const;
+  Update AggregatePersonal(CoreOutput* out) const;
   // Welcome (+ ModelSync, + RoundStart while training) to every worker of
   // `replica`, once all its stages are held: neighbours learn each other's
   // endpoints, a replacement's neighbours re-configure.
@@ -285,6 +310,12 @@ class CoordinatorCore {
   std::vector<int> layer_blocks_;             // ParaBlock: block of each layer (empty: off)
   std::vector<Part> block_parts_;
   std::map<uint32_t, std::map<std::string, int>> round_blocks_;  // block by round and site
+  ParamLayout model_layout_;                 // personalisation: what workers hold
+  LayoutPlan model_plan_;
+  std::vector<std::vector<size_t>> views_;   // per cluster index: model tensor -> extended tensor
+  std::vector<bool> personal_tensor_;        // per model tensor
+  std::map<std::string, int> cluster_of_site_;
+  std::vector<uint64_t> view_digests_;
   int StepsFor(const WorkerInfo& w);
   OuterOptimizer outer_;
   ParamSet params_;

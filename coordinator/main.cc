@@ -47,6 +47,13 @@ int main(int argc, char** argv) {
     LOG_ERROR("cannot build the initial model", {"reason", initial.status().ToString()});
     return 1;
   }
+  // Personalisation: one copy of the personalised tensors per cluster.
+  initial = lowband::CoordinatorCore::ClusterLayout(*config, *initial);
+  if (!initial.ok()) {
+    std::fprintf(stderr, "lowband-coordinator: invalid campaign: %s\n", initial.status().message().c_str());
+    LOG_ERROR("invalid personalization", {"reason", initial.status().ToString()});
+    return lowband::kExitConfig;
+  }
   lowband::CoordinatorOptions options;
   options.metrics_out = metrics_out.empty() ? config->output.metrics_file : metrics_out;
   options.run_dir = run_dir.empty() ? config->output.run_dir : run_dir;

@@ -522,6 +522,15 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
       std::printf("             steps: %s%s\n", line.c_str(),
                   r.stragglers ? ("; stragglers left out: " + std::to_string(r.stragglers)).c_str() : "");
     }
+    if (!r.cluster_val_loss.empty()) {
+      std::string line;
+      for (const auto& [name, loss] : r.cluster_val_loss) {
+        char item[96];
+        std::snprintf(item, sizeof(item), "%s%s %.4f", line.empty() ? "" : ", ", name.c_str(), loss);
+        line += item;
+      }
+      std::printf("             val by cluster: %s\n", line.c_str());
+    }
     for (int b = 0; b + 1 < config.pipeline.stages && r.round > 0; ++b) {
       const BoundaryFigures f = Boundary(b, r.round);
       std::printf("             boundary %d|%d: forward %10s  backward %10s  (x%.1f vs fp32 at d_model %d)\n", b,
@@ -576,6 +585,11 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);
     if (config.pipeline.stages > 1) o.AddRaw("boundaries", BoundariesJson(r.round));
+    if (!r.cluster_val_loss.empty()) {
+      JsonObject clusters;
+      for (const auto& [name, loss] : r.cluster_val_loss) clusters.Add(name, loss);
+      o.AddRaw("cluster_val_loss", clusters.str());
+    }
     const std::string line = o.str() + "\n";
     std::fwrite(line.data(), 1, line.size(), metrics);
     std::fflush(metrics);

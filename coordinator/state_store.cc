@@ -190,6 +190,11 @@ uint64_t CampaignFingerprint(const CampaignConfig& c) {
   // only then can the weighting or the step policy change the parameters
   // (older state databases keep their fingerprint).
   if (c.training.overlap) MixValue(&h, 1);
+  for (const std::string& t : c.personalization.tensors) MixString(&h, t);
+  for (const auto& [name, sites] : c.personalization.clusters) {
+    MixString(&h, name);
+    for (const std::string& s : sites) MixString(&h, s);
+  }
   if (c.parablock.blocks > 1) {
     MixValue(&h, c.parablock.blocks);
     for (int v : c.parablock.split) MixValue(&h, v);

@@ -114,6 +114,51 @@ TEST_CASE("overlap: rounds are announced one ahead, early uploads are held, repl
   CHECK(c.records().back().val_loss < c.records().front().val_loss);
 }
 
+TEST_CASE("personalisation: personalised tensors are averaged within their cluster, the rest over all",
+          "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 1);
+  config.outer = {OuterOptimizerKind::kSgd, 1.0, 0.0};  // theta_1 = mean of the local models
+  config.personalization.tensors = {"b"};
+  config.personalization.clusters = {{"x", {"site-a", "site-b"}}, {"y", {"site-c"}}};
+  auto extended = CoordinatorCore::ClusterLayout(config, TinyParams());
+  REQUIRE(extended.ok());
+  REQUIRE(extended->layout.tensors.size() == 4);
+  CHECK(extended->layout.tensors[2].name == "cluster/x/b");
+  CHECK(extended->layout.tensors[3].name == "cluster/y/b");
+  auto bad = config;
+  bad.personalization.tensors = {"nope"};
+  CHECK(CoordinatorCore::ClusterLayout(bad, TinyParams()).status().message().find("'nope'") != std::string::npos);
+
+  Cluster c(config, kSites);
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  c.Step();
+  REQUIRE(c.records().size() == 2);
+  CHECK(c.records()[1].digest_mismatches == 0);
+  CHECK(c.records()[1].cluster_val_loss.count("x") == 1);
+  CHECK(c.records()[1].cluster_val_loss.count("y") == 1);
+  // Local model of a site: theta + 0.5 (target - theta) (the fake executor).
+  const ParamSet p0 = TinyParams();
+  auto local = [&](float v, float target) { return v + 0.5f * (target - v); };
+  for (size_t i = 0; i < p0.values.size(); ++i) {
+    const float v = p0.values[i];
+    const float a = local(v, 1.0f), b = local(v, -1.0f), cc = local(v, 0.5f);
+    INFO("parameter " << i);
+    if (i < 16) {  // "w" is shared: the mean over all three sites
+      const float all = (a + b + cc) / 3;
+      CHECK(c.exec("site-a").global().values[i] == Approx(all).margin(1e-6));
+      CHECK(c.exec("site-c").global().values[i] == Approx(all).margin(1e-6));
+    } else {  // "b" is personalised: cluster x = {a, b}, cluster y = {c}
+      CHECK(c.exec("site-a").global().values[i] == Approx((a + b) / 2).margin(1e-6));
+      CHECK(c.exec("site-b").global().values[i] == Approx((a + b) / 2).margin(1e-6));
+      CHECK(c.exec("site-c").global().values[i] == Approx(cc).margin(1e-6));
+    }
+  }
+  // The coordinator keeps both copies; each site holds its cluster's view.
+  CHECK(c.coordinator().params().layout.tensors.size() == 4);
+  CHECK(c.exec("site-a").global().Digest() == c.exec("site-b").global().Digest());
+  CHECK(c.exec("site-a").global().Digest() != c.exec("site-c").global().Digest());
+}
+
 TEST_CASE("the aggregate is the outer optimizer applied to the mean delta", "[unit][coordinator][inproc]") {
   auto config = TinyCampaign(3, 1);
   config.outer = {OuterOptimizerKind::kSgd, 1.0, 0.0};  // theta_1 = mean of local models

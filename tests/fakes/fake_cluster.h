@@ -165,7 +165,7 @@ class Cluster {
   explicit Cluster(CampaignConfig config, std::vector<std::string> sites,
                    const std::function<void(CoordinatorCore&)>& prepare = nullptr)
       : now_(TimePoint{} + std::chrono::hours(1)),
-        coordinator_(config, TinyParams(), now_),
+        coordinator_(config, CoordinatorCore::ClusterLayout(config, TinyParams()).value(), now_),
         coord_link_(net_.CreateEndpoint("coordinator")) {
     if (prepare) prepare(coordinator_);
     for (const auto& s : sites) AddWorker(s);
