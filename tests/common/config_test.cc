@@ -729,6 +729,27 @@ TEST_CASE("config: parablock settings are read and checked against the model", "
              Catch::Contains("parablock.blocks") && Catch::Contains("pipeline"));
 }
 
+TEST_CASE("config: personalization clusters are read and checked", "[unit]") {
+  const CampaignConfig c = Campaign(
+      "campaign: {name: x}\n"
+      "personalization: {tensors: [blocks.3., ln_f.], clusters: {tech: [site-a], arts: [site-b, site-c]}}\n");
+  CHECK(c.personalization.tensors == std::vector<std::string>{"blocks.3.", "ln_f."});
+  REQUIRE(c.personalization.clusters.size() == 2);
+  CHECK(c.personalization.clusters[0].first == "tech");
+  CHECK(c.personalization.clusters[1].second == std::vector<std::string>{"site-b", "site-c"});
+  CHECK_THAT(CampaignError("campaign: {name: x}\npersonalization: {clusters: {a: [s1]}}\n"),
+             Catch::Contains("personalization.tensors"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\npersonalization: {tensors: [ln_f.], clusters: {a: [s1], b: [s1]}}\n"),
+             Catch::Contains("site 's1' is in two clusters"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\npersonalization: {tensors: [ln_f.], clusters: [a, b]}\n"),
+             Catch::Contains("personalization.clusters"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\npersonalization: {tensors: [ln_f.], color: red}\n"),
+             Catch::Contains("color"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\nmodel: {layers: 4}\ntraining: {overlap: true}\n"
+                           "personalization: {tensors: [ln_f.]}\n"),
+             Catch::Contains("personalization") && Catch::Contains("not supported yet"));
+}
+
 // ---------------------------------------------------------------------------
 // --set overrides
 
