@@ -177,3 +177,50 @@ TEST_CASE("overlap: overlapped block rounds on loopback learn and keep replicas 
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+using namespace itest;  // NOLINT
+
+TEST_CASE("personalization: per-cluster layers on loopback, validation loss per cluster", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const int rounds = 3;
+  std::string campaign;
+  auto records = RunCampaign(
+      dir,
+      Campaign("it-personal", port, rounds, "  inner_steps: 8\n  eval_batches: 2\n",
+               "personalization: {tensors: [blocks.1., ln_f.], clusters: {x: [site-a], y: [site-b, site-c]}}\n",
+               ThreeSitesYaml()),
+      &campaign);
+  REQUIRE(records.size() == static_cast<size_t>(rounds + 1));
+  for (size_t r = 0; r < records.size(); ++r) {
+    INFO(records[r]);
+    // Each site's replica matches its cluster's view on the coordinator.
+    CHECK(Field(records[r], "digests_match") == "true");
+    const auto at = records[r].find("\"cluster_val_loss\":");
+    REQUIRE(at != std::string::npos);
+    CHECK(std::stod(Field(records[r].substr(at), "x")) > 0);
+    CHECK(std::stod(Field(records[r].substr(at), "y")) > 0);
+  }
+  CHECK(std::stod(Field(records.back(), "val_loss")) < std::stod(Field(records.front(), "val_loss")));
+  CHECK(ProcessesMentioning(campaign) == 0);
+}
+
+TEST_CASE("personalization: a prefix that names no tensor stops the coordinator with exit 78", "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  WriteFile(dir.Path("campaign.yaml"),
+            Campaign("it-personal-bad", port, 1, "  inner_steps: 2\n", "personalization: {tensors: [head.]}\n", ""));
+  Subprocess coord = Start({kBin + "/lowband-coordinator", "--campaign", dir.Path("campaign.yaml"), "--run-dir",
+                            dir.path().string()},
+                           dir.Path("coordinator.out"));
+  auto code = coord.WaitFor(milliseconds(60000));
+  REQUIRE(code.has_value());
+  CHECK(*code == 78);
+  CHECK(ReadFile(dir.Path("coordinator.out")).find("no tensor of the model starts with 'head.'") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowband
