@@ -180,7 +180,7 @@ Update CoordinatorCore::ViewOf(const Update& u, int cluster) const {
 // Shared tensors: the mean over every upload; personalised tensors of
 // cluster k: the mean over cluster k's uploads (cluster 0's for the model's
 // own copies); a group without uploads stays where it is.
-Update CoordinatorCore::AggregatePersonal(CoreOutput* /*out*/) const {
+Update CoordinatorCore::AggregatePersonal() const {
   const bool uniform = config_.quorum.weighting == AggregationWeighting::kUniform;
   auto mean_of = [&](int cluster) -> std::optional<Update> {
     std::vector<const Update*> deltas;
@@ -1024,7 +1024,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
   Update g = pipelined()               ? AggregateParts(parts_)
              : !block_parts_.empty() ? AggregateParts(block_parts_)
-             : personal()            ? AggregatePersonal(out)
+             : personal()            ? AggregatePersonal()
                                      : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
   // Bounded uploads keep these finite; should one ever not be, fail the
   // campaign with the parameters of the last committed round intact.

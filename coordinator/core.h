@@ -285,7 +285,7 @@ class CoordinatorCore {
   int ClusterIndex(const std::string& site) const;
   std::vector<float> ViewValues(int cluster) const;
   Update ViewOf(const Update& extended, int cluster) const;
-  Update AggregatePersonal(CoreOutput* out) const;
+  Update AggregatePersonal() const;
   // Welcome (+ ModelSync, + RoundStart while training) to every worker of
   // `replica`, once all its stages are held: neighbours learn each other's
   // endpoints, a replacement's neighbours re-configure.
