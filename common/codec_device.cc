@@ -1163,6 +1163,21 @@ torch::Device DeviceEncoder::device() const { return impl_->device; }
 
 // ---- applying an update on the device -----------------------------------------
 
+void MirrorToDevice(const ParamSet& params, torch::Device device, torch::Tensor* flat,
+                    std::vector<torch::Tensor>* views) {
+  const int64_t n = static_cast<int64_t>(params.values.size());
+  if (!flat->defined()) {
+    *flat = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+    views->clear();
+    int64_t offset = 0;
+    for (const auto& t : params.layout.tensors) {
+      views->push_back(flat->narrow(0, offset, t.numel()).view(t.shape));
+      offset += t.numel();
+    }
+  }
+  flat->copy_(torch::from_blob(const_cast<float*>(params.values.data()), {n}, torch::kFloat32));
+}
+
 Status ApplyUpdateOnDevice(const LayoutPlan& plan, const Update& u, torch::Tensor& theta) {
   if (!theta.defined() || theta.scalar_type() != torch::kFloat32 || theta.dim() != 1 || !theta.is_contiguous() ||
       theta.numel() != plan.numel) {

@@ -93,6 +93,13 @@ class DeviceEncoder {
   std::unique_ptr<Impl> impl_;
 };
 
+// The device mirror of CPU parameters: `flat`, one fp32 buffer on `device`
+// in layout order, and `views`, one view of it per layout tensor, allocated
+// on first use (when `flat` is undefined); then `params` are copied in.
+// Throws c10::Error like any LibTorch call.
+void MirrorToDevice(const ParamSet& params, torch::Device device, torch::Tensor* flat,
+                    std::vector<torch::Tensor>* views);
+
 // theta <- theta - u on the device, `theta` a flat contiguous fp32 tensor of
 // plan.numel elements in layout order. Same fp32 arithmetic as ApplyUpdate,
 // hence bit-identical to it. Host work: flat indices of a sparse update; one

@@ -66,16 +66,7 @@ struct StageReplica::Impl {
 
   Status LoadGlobal() try {
     torch::NoGradGuard no_grad;
-    const int64_t n = static_cast<int64_t>(global.values.size());
-    if (!global_flat.defined()) {
-      global_flat = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
-      int64_t offset = 0;
-      for (const auto& t : global.layout.tensors) {
-        global_dev.push_back(global_flat.narrow(0, offset, t.numel()).view(t.shape));
-        offset += t.numel();
-      }
-    }
-    global_flat.copy_(torch::from_blob(global.values.data(), {n}, torch::kFloat32));
+    MirrorToDevice(global, device, &global_flat, &global_dev);
     RestoreGlobal();
     return Status::Ok();
   } catch (const c10::Error& e) {
