@@ -12,6 +12,7 @@ struct RunOptions {
   std::string metrics_out;  // JSONL of round records; default RUN_DIR/metrics.jsonl
   std::string run_dir;      // default: the campaign's output.run_dir
   bool verbose = false;     // daemon logs to the terminal instead of files
+  std::string log_level;    // passed to every daemon (--log-level) when set
   bool resume = false;      // continue the unfinished campaign in RUN_DIR
   bool fresh = false;       // discard RUN_DIR's campaign state and start over
 };

@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--metrics-out", run.metrics_out, "JSONL file of round records (default RUN_DIR/metrics.jsonl)");
   run_cmd->add_option("--run-dir", run.run_dir, "directory for logs, metrics and checkpoints");
   run_cmd->add_flag("--verbose,-v", run.verbose, "show daemon logs on the terminal");
+  run_cmd->add_option("--log-level", run.log_level, "daemon log level: debug, info (default), warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
   auto* resume_flag = run_cmd->add_flag(
       "--resume", run.resume, "continue the unfinished campaign whose state is in RUN_DIR (state.db, checkpoints)");
   run_cmd->add_flag("--fresh", run.fresh, "discard the campaign state in RUN_DIR and start over")

@@ -169,6 +169,7 @@ int Run(const RunOptions& options) {
   SpawnOptions co;
   co.argv = {bin + "/lowband-coordinator", "--campaign", campaign_file, "--metrics-out", metrics,
              "--run-dir", run_dir, "--progress"};
+  if (!options.log_level.empty()) co.argv.insert(co.argv.end(), {"--log-level", options.log_level});
   co.extra_env = one_thread;
   if (!options.verbose) co.stderr_path = run_dir + "/coordinator.log";
   auto coordinator = Subprocess::Spawn(co);
@@ -180,6 +181,7 @@ int Run(const RunOptions& options) {
   for (const SiteConfig& site : config->sites) {
     SpawnOptions wo;
     wo.argv = {bin + "/lowband-worker", "--campaign", campaign_file, "--site", site.name};
+    if (!options.log_level.empty()) wo.argv.insert(wo.argv.end(), {"--log-level", options.log_level});
     wo.extra_env = one_thread;
     if (!options.verbose) {
       wo.stdout_path = run_dir + "/" + site.name + ".log";

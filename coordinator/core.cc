@@ -63,6 +63,7 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
       round_start_(now) {
   LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
   pending_.round = 0;
+  OpenEvalRecord(pending_, now, now);  // round 0: the initial parameters
   if (config_.pipeline.stages > 1) BuildParts();
   if (config_.parablock.blocks > 1 && config_.pipeline.stages <= 1) BuildBlockParts();
   if (!config_.personalization.tensors.empty() && config_.pipeline.stages <= 1) {
@@ -395,6 +396,8 @@ Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<flo
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
+  evaluating_.clear();
+  OpenEvalRecord(pending_, campaign_start_, campaign_start_);
   return Status::Ok();
 }
 
@@ -420,6 +423,8 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
+  evaluating_.clear();
+  OpenEvalRecord(pending_, campaign_start_, campaign_start_);
   if (digest_ != digest) {
     return Corruption("replay: round " + std::to_string(round) + " gives parameters " + DigestHex(digest_) +
                       ", the log recorded " + DigestHex(digest));
@@ -430,9 +435,11 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
 void CoordinatorCore::RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded) {
   history_ = std::move(recorded);
   if (unrecorded && unrecorded->round == committed_round_) {
-    pending_ = *unrecorded;
-    pending_.val_loss = std::numeric_limits<double>::quiet_NaN();
-    pending_.evaluated = 0;
+    RoundRecord r = *unrecorded;
+    r.val_loss = std::numeric_limits<double>::quiet_NaN();
+    r.evaluated = 0;
+    evaluating_.clear();
+    OpenEvalRecord(std::move(r), campaign_start_, campaign_start_);
   }
 }
 
@@ -618,7 +625,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   w.last_step_time_ms = m.step_time_ms;
   peer_to_site_[peer] = m.site;
   uploads_.erase(m.site);  // a restarted worker's earlier upload, if any, is void
-  evals_.erase(m.site);
+  ForgetEvals(m.site);     // it evaluates what it is synced to next
   LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device},
            {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
            {"round", committed_round_});
@@ -640,11 +647,12 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
     if (phase_ == Phase::kTraining) SendRoundStarts(w, out);
   }
   if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
-    phase_ = Phase::kEvaluating;  // round 0: evaluate the initial parameters
+    phase_ = Phase::kEvaluating;  // round 0 (or a restart's committed round): evaluate it
     phase_start_ = now;
+    for (auto& [round, e] : evaluating_) e.eval_start = now;
     LOG_INFO("all expected workers joined", {"workers", LiveWorkers()});
   }
-  MaybeFinishEval(now, false, out);
+  MaybeFinishEvals(now, out);
 }
 
 void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
@@ -708,6 +716,9 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
   Message m = Make(ModelSync{committed_round_, DigestFor(w), enc->header});
   m.bulk = std::move(enc->bulk);
   w.synced_round = committed_round_;
+  // It evaluates the committed round next and no earlier pending one.
+  ForgetEvals(w.site);
+  if (auto e = evaluating_.find(committed_round_); e != evaluating_.end()) e->second.expected.insert(w.site);
   out->messages.push_back({w.peer, std::move(m)});
 }
 
@@ -737,10 +748,28 @@ void CoordinatorCore::SendRoundStarts(WorkerInfo& w, CoreOutput* out) {
 
 uint64_t CoordinatorCore::DigestOfRound(uint32_t round) const {
   if (round == committed_round_) return digest_;
+  if (auto e = evaluating_.find(round); e != evaluating_.end()) return e->second.record.digest;
   for (auto r = history_.rbegin(); r != history_.rend(); ++r) {
     if (r->round == round && !r->reevaluated) return r->digest;
   }
   return 0;
+}
+
+uint32_t CoordinatorCore::LedgerRoundOf(const Message& m, uint32_t fallback) const {
+  uint32_t named = 0;
+  if (const auto* up = std::get_if<DeltaUpload>(&m.body)) {
+    named = up->round;
+  } else if (const auto* ev = std::get_if<EvalReport>(&m.body)) {
+    named = ev->round;
+  } else if (const auto* agg = std::get_if<Aggregate>(&m.body)) {
+    named = agg->round;
+  } else if (const auto* rs = std::get_if<RoundStart>(&m.body)) {
+    named = rs->round;
+  } else {
+    return fallback;
+  }
+  const bool near = static_cast<uint64_t>(named) + 2 >= committed_round_ && named <= committed_round_ + 2ull;
+  return near ? named : fallback;
 }
 
 int CoordinatorCore::StepsFor(const WorkerInfo& w) {
@@ -765,7 +794,6 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   phase_start_ = now;
   round_start_ = now;
   uploads_.clear();
-  evals_.clear();
   pending_ = RoundRecord{};
   pending_.round = committed_round_ + 1;
   round_steps_.clear();
@@ -827,8 +855,8 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
       // time still tells how much the site can do next time.
       w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
       w.last_step_time_ms = m.step_time_ms;
-      if (m.round == committed_round_) {
-        ++pending_.late_uploads;
+      if (auto e = evaluating_.find(m.round); e != evaluating_.end()) {
+        ++e->second.record.late_uploads;
         LOG_INFO("late upload dropped", {"site", w.site}, {"round", m.round}, {"step_time_ms", m.step_time_ms});
       }
       Reply(w.peer, ErrorCode::kWrongRound,
@@ -1007,7 +1035,13 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     SiteRoundStats& s = pending_.sites[site];
     s.tokens = up.tokens;
     s.uploaded = true;
-    if (auto st = round_steps_.find(site); st != round_steps_.end()) s.inner_steps = st->second;
+    // Overlap announces rounds ahead, so the H_i map may already be the next
+    // round's; without adaptive steps H is the campaign's.
+    if (!config_.training.adaptive.enabled) {
+      s.inner_steps = config_.training.inner_steps;
+    } else if (auto st = round_steps_.find(site); st != round_steps_.end()) {
+      s.inner_steps = st->second;
+    }
     s.block = block_parts_.empty() ? -1 : up.part;
     s.step_time_ms = up.step_time_ms;
     s.wait_s = up.wait_ms / 1000.0;
@@ -1050,12 +1084,12 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   pending_.contributors = have;
   pending_.digest = digest_;
   uploads_.clear();
-  evals_.clear();
 
   pending_.down_codec = enc->header.codec;
   pending_.aggregate_nnz = update.nnz();
   pending_.round = committed_round_;
-  out->commit = RoundCommit{pending_, std::move(logged).value()};
+  out->commits.push_back(RoundCommit{pending_, std::move(logged).value()});
+  EvalRecord& evaluation = OpenEvalRecord(pending_, round_start_, now);
   // Pipeline: each stage's workers get their stage's slice of the update.
   std::vector<Encoded> stage_enc;
   for (const Part& part : parts_) {
@@ -1082,6 +1116,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     Message m = Make(Aggregate{committed_round_, DigestFor(w), static_cast<uint32_t>(have), down.header});
     m.bulk = down.bulk;
     w.synced_round = committed_round_;
+    evaluation.expected.insert(site);
     out->messages.push_back({w.peer, std::move(m)});
   }
   if (config_.training.overlap) {
@@ -1094,11 +1129,48 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
       }
     }
   }
-  phase_ = Phase::kEvaluating;
-  phase_start_ = now;
   LOG_DEBUG("round closed", {"round", committed_round_}, {"contributors", have},
             {"digest", DigestHex(digest_)}, {"why", why});
-  MaybeFinishEval(now, false, out);
+  if (config_.training.overlap && committed_round_ < static_cast<uint32_t>(config_.training.rounds)) {
+    // Overlap: the next round opens now; this one's record waits for its
+    // evaluations, which the workers run after training the next round
+    // (docs/overlap.md).
+    if (paused_) {
+      phase_ = Phase::kHeld;
+      phase_start_ = now;
+      LOG_INFO("round held by operator pause", {"round", committed_round_ + 1});
+    } else {
+      StartRound(now, out);
+    }
+  } else {
+    phase_ = Phase::kEvaluating;
+    phase_start_ = now;
+  }
+  MaybeFinishEvals(now, out);
+}
+
+CoordinatorCore::EvalRecord& CoordinatorCore::OpenEvalRecord(RoundRecord record, TimePoint round_start,
+                                                             TimePoint now) {
+  record.digest = digest_;
+  EvalRecord& e = evaluating_[record.round];
+  e = EvalRecord{};
+  e.record = std::move(record);
+  e.round_start = round_start;
+  e.eval_start = now;
+  return e;
+}
+
+void CoordinatorCore::ForgetEvals(const std::string& site) {
+  for (auto& [round, e] : evaluating_) e.expected.erase(site);
+}
+
+// The digest a site's evaluation of `round` must show: its view of the
+// committed parameters, or an earlier pending round's (overlap only, where
+// every site holds the whole model).
+uint64_t CoordinatorCore::EvalDigestFor(const WorkerInfo& w, uint32_t round) const {
+  if (round == committed_round_) return DigestFor(w);
+  auto e = evaluating_.find(round);
+  return e == evaluating_.end() ? 0 : e->second.record.digest;
 }
 
 void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out) {
@@ -1106,90 +1178,118 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
     Reply(w.peer, ErrorCode::kBadPayload, "eval report needs a finite, non-negative val_loss", m.round, out);
     return;
   }
-  if (m.round != committed_round_) {
-    // Stale or early: it does not describe the current parameters.
+  auto pending = evaluating_.find(m.round);
+  if (m.round != committed_round_ && pending == evaluating_.end()) {
+    // Stale or early: it describes no parameters a record waits for.
     LOG_DEBUG("eval report for another round ignored", {"site", w.site}, {"round", m.round},
               {"committed", committed_round_});
     return;
   }
   w.last_eval_round = m.round;
   w.last_val_loss = m.val_loss;
-  if (m.digest != DigestFor(w)) {
-    ++pending_.digest_mismatches;
-    pending_.sites[w.site].digest_ok = false;
+  const uint64_t expected = EvalDigestFor(w, m.round);
+  if (m.digest != expected) {
+    if (pending != evaluating_.end()) {
+      ++pending->second.record.digest_mismatches;
+      pending->second.record.sites[w.site].digest_ok = false;
+    }
     LOG_ERROR("parameter digest mismatch", {"site", w.site}, {"round", m.round},
-              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(DigestFor(w))});
+              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(expected)});
     out->messages.push_back({w.peer, Make(Error{ErrorCode::kDigestMismatch,
                                                 "replica digest " + DigestHex(m.digest) + " differs from " +
-                                                    DigestHex(DigestFor(w)) + "; re-syncing",
+                                                    DigestHex(expected) + "; re-syncing",
                                                 m.round})});
-    SendSync(w, out);  // its next EvalReport replaces this one
+    SendSync(w, out);  // its report of the committed round replaces this one
     return;
   }
-  // Reports during training come from a worker that re-synced to theta_c
-  // mid-round; they belong to a record that is already written.
-  if (phase_ != Phase::kEvaluating && phase_ != Phase::kWaiting) return;
-  evals_[w.site] = m;
-  MaybeFinishEval(now, false, out);
+  // Reports of a round whose record is already written come from a worker
+  // that re-synced to theta_c mid-round.
+  if (pending == evaluating_.end()) return;
+  pending->second.evals[w.site] = m;
+  MaybeFinishEvals(now, out);
 }
 
-void CoordinatorCore::MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out) {
-  if (phase_ != Phase::kEvaluating || !Complete(evals_, deadline_passed)) return;
-  const int have = static_cast<int>(evals_.size());
+// Complete when every expected live site has reported, with at least
+// min_workers reports for the committed round (an earlier overlapped round
+// needs no more than its sites can still send), or at the deadline.
+bool CoordinatorCore::EvalComplete(const EvalRecord& e, TimePoint now) const {
+  const int have = static_cast<int>(e.evals.size());
+  const bool enough = have >= std::max(config_.quorum.min_workers, 1) || e.record.round < committed_round_;
+  bool waiting = false;
+  for (const std::string& site : e.expected) {
+    auto w = workers_.find(site);
+    if (w != workers_.end() && w->second.state == WorkerState::kJoined && !e.evals.count(site)) waiting = true;
+  }
+  if (!waiting) return enough;
+  const auto deadline = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config_.quorum.round_deadline_s));
+  return now - e.eval_start > deadline && enough;
+}
 
+void CoordinatorCore::MaybeFinishEvals(TimePoint now, CoreOutput* out) {
+  while (!evaluating_.empty() && phase_ != Phase::kWaiting && phase_ != Phase::kFinished) {
+    auto oldest = evaluating_.begin();
+    if (!EvalComplete(oldest->second, now)) return;
+    EvalRecord e = std::move(oldest->second);
+    evaluating_.erase(oldest);
+    const uint32_t round = e.record.round;
+    FinishEvalRecord(std::move(e), now, out);
+    if (round >= static_cast<uint32_t>(config_.training.rounds)) {
+      Finish("completed " + std::to_string(round) + " rounds", false, out);
+      return;
+    }
+    if (phase_ != Phase::kEvaluating || round != committed_round_) continue;
+    if (paused_) {
+      phase_ = Phase::kHeld;
+      phase_start_ = now;
+      LOG_INFO("round held by operator pause", {"round", committed_round_ + 1});
+      return;
+    }
+    StartRound(now, out);
+  }
+}
+
+void CoordinatorCore::FinishEvalRecord(EvalRecord e, TimePoint now, CoreOutput* out) {
+  RoundRecord& r = e.record;
   double loss_sum = 0;
   uint64_t tokens = 0;
-  for (const auto& [site, ev] : evals_) {
+  for (const auto& [site, ev] : e.evals) {
     // Pipeline: the loss is the last stage's; the others report digests only.
     if (pipelined() && workers_.at(site).stage != config_.pipeline.stages - 1) continue;
     const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
     loss_sum += ev.val_loss * weight;
     tokens += std::max<uint64_t>(ev.val_tokens, 1);
-    pending_.sites[site].val_loss = ev.val_loss;
+    r.sites[site].val_loss = ev.val_loss;
   }
   if (personal()) {
     // Validation loss per cluster (token-weighted over its sites).
     std::map<std::string, std::pair<double, double>> per;
-    for (const auto& [site, ev] : evals_) {
+    for (const auto& [site, ev] : e.evals) {
       auto& [sum, n] = per[ClusterOf(site).empty() ? "(none)" : ClusterOf(site)];
       const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
       sum += ev.val_loss * weight;
       n += weight;
     }
-    pending_.cluster_val_loss.clear();
-    for (const auto& [name, sn] : per) pending_.cluster_val_loss[name] = sn.first / sn.second;
+    r.cluster_val_loss.clear();
+    for (const auto& [name, sn] : per) r.cluster_val_loss[name] = sn.first / sn.second;
   }
-  pending_.round = committed_round_;
-  pending_.val_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();
-  pending_.evaluated = have;
-  pending_.digest = digest_;
-  pending_.wall_s = Seconds(now - round_start_);
-  pending_.reevaluated = !history_.empty() && history_.back().round == committed_round_;
-  if (!pending_.reevaluated) history_.push_back(pending_);
-  out->committed.push_back(pending_);
-  evals_.clear();
-
-  if (committed_round_ >= static_cast<uint32_t>(config_.training.rounds)) {
-    Finish("completed " + std::to_string(committed_round_) + " rounds", false, out);
-    return;
-  }
-  if (paused_) {
-    phase_ = Phase::kHeld;
-    phase_start_ = now;
-    LOG_INFO("round held by operator pause", {"round", committed_round_ + 1});
-    return;
-  }
-  StartRound(now, out);
+  r.val_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();
+  r.evaluated = static_cast<int>(e.evals.size());
+  r.wall_s = Seconds(now - e.round_start);
+  r.elapsed_s = Seconds(now - campaign_start_);
+  r.reevaluated = !history_.empty() && history_.back().round == r.round;
+  if (!r.reevaluated) history_.push_back(r);
+  out->committed.push_back(std::move(r));
 }
 
 void CoordinatorCore::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
   w.state = WorkerState::kLost;
   if (topology_) topology_->Release(w.site);
   uploads_.erase(w.site);
-  evals_.erase(w.site);
+  ForgetEvals(w.site);
   LOG_WARN("worker lost", {"site", w.site}, {"reason", why}, {"round", committed_round_}, {"live", LiveWorkers()});
   MaybeCloseRound(now, false, out);
-  MaybeFinishEval(now, false, out);
+  MaybeFinishEvals(now, out);
 }
 
 void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
@@ -1218,9 +1318,8 @@ void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
     }
   } else if (phase_ == Phase::kTraining && now - phase_start_ > deadline) {
     MaybeCloseRound(now, true, out);
-  } else if (phase_ == Phase::kEvaluating && now - phase_start_ > deadline) {
-    MaybeFinishEval(now, true, out);
   }
+  if (phase_ != Phase::kWaiting) MaybeFinishEvals(now, out);  // evaluation deadlines
 }
 
 void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput* out) {
@@ -1359,11 +1458,11 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
     w.state = WorkerState::kEvicted;
     if (topology_) topology_->Release(site);
     uploads_.erase(site);
-    evals_.erase(site);
+    ForgetEvals(site);
     if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{"evicted by operator", committed_round_})});
     LOG_WARN("worker evicted by operator", {"site", site}, {"round", committed_round_}, {"live", LiveWorkers()});
     MaybeCloseRound(now, false, out);
-    MaybeFinishEval(now, false, out);
+    MaybeFinishEvals(now, out);
     return {true, "site " + site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
   }
   return {false,

@@ -33,6 +33,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -80,7 +81,8 @@ struct RoundRecord {
   std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
   double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
-  double wall_s = 0;
+  double wall_s = 0;     // the round's start to its record (with overlap, the next round overlaps it)
+  double elapsed_s = 0;  // the coordinator's start (this run) to the record
   uint64_t digest = 0;
   CodecKind down_codec = CodecKind::kDenseFp32;  // how the aggregate went down
   uint64_t aggregate_nnz = 0;                    // nonzero entries of the outer update
@@ -100,8 +102,9 @@ struct RoundCommit {
 };
 
 struct CoreOutput {
-  // Set when a round closed: the caller persists it before sending `messages`.
-  std::optional<RoundCommit> commit;
+  // Rounds closed, in order (overlapped rounds can close two at once): the
+  // caller persists them before sending `messages`.
+  std::vector<RoundCommit> commits;
   std::vector<Outgoing> messages;
   std::vector<RoundRecord> committed;
   bool finished = false;
@@ -187,6 +190,11 @@ class CoordinatorCore {
   static const char* PhaseName(Phase p);
   // The round whose record is being formed (for the bandwidth ledger).
   uint32_t ledger_round() const { return phase_ == Phase::kTraining ? committed_round_ + 1 : committed_round_; }
+  // The round a message's bytes are booked under: the round an upload,
+  // evaluation, aggregate or round start names (within two of the committed
+  // round: overlapped rounds run ahead), else `fallback` (ledger_round()
+  // when the message was received or sent).
+  uint32_t LedgerRoundOf(const Message& m, uint32_t fallback) const;
   uint32_t committed_round() const { return committed_round_; }
   const ParamSet& params() const { return params_; }
   const std::vector<float>& outer_momentum() const { return outer_.momentum(); }
@@ -246,7 +254,27 @@ class CoordinatorCore {
   void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
   // Aggregates the uploads received and commits the round (>= 1 upload).
   void CloseRound(TimePoint now, const char* why, CoreOutput* out);
-  void MaybeFinishEval(TimePoint now, bool deadline_passed, CoreOutput* out);
+  // Round records waiting for evaluations: the committed round's and, with
+  // overlap, earlier ones. `expected`: the sites sent round r's parameters
+  // (aggregate or sync) that have not moved past them since (a later sync,
+  // loss, eviction, a new hello).
+  struct EvalRecord {
+    RoundRecord record;
+    std::map<std::string, EvalReport> evals;  // by site
+    std::set<std::string> expected;
+    TimePoint round_start;
+    TimePoint eval_start;
+  };
+  EvalRecord& OpenEvalRecord(RoundRecord record, TimePoint round_start, TimePoint now);
+  bool EvalComplete(const EvalRecord& e, TimePoint now) const;
+  // Writes every pending record that is complete, oldest first, stopping at
+  // the first one that is not; after the committed round's record, starts
+  // the next round (synchronous) or ends the campaign.
+  void MaybeFinishEvals(TimePoint now, CoreOutput* out);
+  void FinishEvalRecord(EvalRecord e, TimePoint now, CoreOutput* out);
+  // The site will not evaluate any pending round (lost, evicted, said hello).
+  void ForgetEvals(const std::string& site);
+  uint64_t EvalDigestFor(const WorkerInfo& w, uint32_t round) const;
   void MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
   void Finish(const std::string& reason, bool failed, CoreOutput* out);
   // True when every live worker has reported (uploads or evaluations) and
@@ -328,8 +356,8 @@ class CoordinatorCore {
   std::map<std::string, WorkerInfo> workers_;  // by site name
   std::map<std::string, std::string> peer_to_site_;
   std::map<std::string, Upload> uploads_;      // current round, by site
-  std::map<std::string, EvalReport> evals_;    // current eval round, by site
-  RoundRecord pending_;                        // record being formed
+  std::map<uint32_t, EvalRecord> evaluating_;  // by round
+  RoundRecord pending_;                        // the open round's record
   std::vector<RoundRecord> history_;
   uint64_t seq_ = 0;
   uint64_t rejected_ = 0;

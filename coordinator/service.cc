@@ -88,6 +88,7 @@ struct CoordinatorService::Impl {
   std::string RenderMetrics() const;
   Status TrimMetrics(uint32_t last_recorded);
   uint32_t last_recorded = 0;  // newest round whose record the state database holds
+  std::vector<RoundRecord> unevaluated;  // resumed: committed rounds older than the newest, never evaluated
   void OnWorkers();
   void OnControl();
   ControlResponse WriteCheckpointNow();
@@ -117,7 +118,8 @@ CoordinatorService::~CoordinatorService() = default;
 int CoordinatorService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
-  if (out.commit && !Persist(*out.commit)) {
+  for (const RoundCommit& c : out.commits) {
+    if (Persist(c)) continue;
     // Nobody may hear of a round that is not durable: stop here, with the
     // state on disk at the previous round; a restart redoes this one.
     done = true;
@@ -140,7 +142,7 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
       LOG_WARN("send failed", {"peer", site}, {"kind", kind}, {"reason", st.ToString()});
       continue;
     }
-    if (!site.empty()) ledger.Record(site, Direction::kDown, core.ledger_round(), kind, bytes);
+    if (!site.empty()) ledger.Record(site, Direction::kDown, core.LedgerRoundOf(o.msg, core.ledger_round()), kind, bytes);
     if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
       // A join after round 0: a restarted or returning site (or a restarted
       // coordinator's sites) catching up, whatever it missed, in one message.
@@ -152,7 +154,7 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
       }
     }
   }
-  if (out.commit) FailPoint("aggregate_sent", out.commit->record.round);
+  for (const RoundCommit& c : out.commits) FailPoint("aggregate_sent", c.record.round);
   if (core.phase() == CoordinatorCore::Phase::kTraining && core.committed_round() + 1 != started_round) {
     started_round = core.committed_round() + 1;
     FailPoint("round_started", started_round);
@@ -241,9 +243,10 @@ void CoordinatorService::Impl::OnWorkers() {
   for (int i = 0; i < 256 && workers->TryReceive(&in); ++i) {
     uint64_t bytes = 0;
     for (const auto& f : in.frames) bytes += f.size();
-    const uint32_t round = core.ledger_round();
+    const uint32_t open_round = core.ledger_round();
     CoreOutput out;
     auto msg = DecodeMessage(std::move(in.frames), limits);
+    const uint32_t round = msg.ok() ? core.LedgerRoundOf(*msg, open_round) : open_round;
     std::string kind = "malformed";
     const Hello* hello = msg.ok() ? std::get_if<Hello>(&msg->body) : nullptr;
     if (!msg.ok()) {
@@ -574,6 +577,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("down_codec", CodecName(r.down_codec))
         .Add("aggregate_nnz", r.aggregate_nnz)
         .Add("wall_s", r.wall_s)
+        .Add("elapsed_s", r.elapsed_s)
         .Add("tokens", r.tokens)
         .Add("contributors", r.contributors)
         .Add("evaluated", r.evaluated)
@@ -879,6 +883,12 @@ int CoordinatorService::Impl::Resume(const CampaignRow& row) {
       recorded.push_back(std::move(s.record));
     } else if (r == row.committed_round) {
       unrecorded = std::move(s.record);
+    } else {
+      // Overlapped rounds: committed, but the restart came before its
+      // evaluations. Recorded as it is (no validation loss) once the
+      // metrics file is open; the campaign goes on from the newest round.
+      recorded.push_back(s.record);
+      unevaluated.push_back(std::move(s.record));
     }
   }
   if (core.committed_round() != row.committed_round) {
@@ -925,6 +935,11 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       return 1;
     }
   }
+  for (const RoundRecord& r : unevaluated) {
+    LOG_WARN("round recorded without evaluations: the restart came first", {"round", r.round});
+    OnCommitted(r);
+  }
+  unevaluated.clear();
   std::optional<CurveServerOptions> worker_curve, control_curve;
   if (config.network.security == "curve") {
     auto key = ReadCurveKeyFile(config.network.server_key, /*secret_required=*/true);

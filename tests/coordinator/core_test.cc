@@ -294,6 +294,139 @@ TEST_CASE("adaptive steps: H_i from step times, a token-weighted mean, token cla
   CHECK(steps("site-c") == 1);
 }
 
+// Overlap driven message by message: round r+1 opens when round r closes,
+// before anyone has evaluated round r; records wait for their evaluations
+// and still come out in round order.
+TEST_CASE("overlap: the next round opens at the close, records wait for evaluations in order",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 4);
+  config.training.overlap = true;
+  config.network.heartbeat_timeout_ms = 600000;  // nobody is lost by the clock here
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(HelloFrom(s)), now, &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
+  std::map<uint32_t, uint64_t> digest_of{{0, core.digest()}};
+  auto eval = [&](const std::string& site, uint32_t round, uint64_t digest, CoreOutput* o) {
+    core.HandleMessage(site, Wrap(EvalReport{round, 2.0 + round, 100, digest, {}}), now, o);
+  };
+  auto upload = [&](const std::string& site, uint32_t round, CoreOutput* o) {
+    std::vector<float> delta(TinyParams().values.size(), 0.01f * static_cast<float>(round));
+    core.HandleMessage(site, DenseUpload(round, digest_of.at(round >= 2 ? round - 2 : 0), delta), now, o);
+  };
+  for (const auto& s : kSites) eval(s, 0, digest_of[0], &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+  REQUIRE(core.history().size() == 1);
+
+  out = CoreOutput{};
+  for (const auto& s : kSites) upload(s, 1, &out);
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.round == 1);
+  digest_of[1] = core.digest();
+  // Round 2 is open already; round 1's record waits.
+  CHECK(core.committed_round() == 1);
+  CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
+  CHECK(out.committed.empty());
+  REQUIRE(Bodies<RoundStart>(out, "site-a").size() == 1);
+  CHECK(Bodies<RoundStart>(out, "site-a")[0]->round == 3);  // right behind aggregate 1
+
+  out = CoreOutput{};
+  for (const auto& s : kSites) upload(s, 2, &out);  // trained from theta_0 plus local progress
+  REQUIRE(out.commits.size() == 1);
+  digest_of[2] = core.digest();
+  CHECK(core.committed_round() == 2);
+  CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
+  CHECK(Bodies<Error>(out, "site-a").empty());
+
+  SECTION("evaluations of a later round wait for the earlier record") {
+    out = CoreOutput{};
+    for (const auto& s : kSites) eval(s, 2, digest_of[2], &out);
+    CHECK(out.committed.empty());
+    for (const auto& s : kSites) eval(s, 1, digest_of[1], &out);
+    REQUIRE(out.committed.size() == 2);
+    CHECK(out.committed[0].round == 1);
+    CHECK(out.committed[0].val_loss == Approx(3.0));
+    CHECK(out.committed[0].evaluated == 3);
+    CHECK(out.committed[0].digest == digest_of[1]);
+    CHECK(out.committed[1].round == 2);
+    CHECK(out.committed[1].val_loss == Approx(4.0));
+    CHECK(Bodies<Error>(out, "site-a").empty());
+
+    // Uploads of round 4 come while round 3 is open: held; round 3's close
+    // opens round 4, which closes in the same step. Two commits, in order.
+    out = CoreOutput{};
+    for (const auto& s : kSites) upload(s, 4, &out);
+    CHECK(out.commits.empty());
+    for (const auto& s : kSites) upload(s, 3, &out);
+    REQUIRE(out.commits.size() == 2);
+    CHECK(out.commits[0].record.round == 3);
+    CHECK(out.commits[1].record.round == 4);
+    CHECK(core.committed_round() == 4);
+    CHECK(core.phase() == CoordinatorCore::Phase::kEvaluating);  // the last round: nothing more opens
+    const uint64_t digest4 = core.digest();
+    const uint64_t digest3 = out.commits[0].record.digest;
+    out = CoreOutput{};
+    for (const auto& s : kSites) eval(s, 4, digest4, &out);
+    CHECK_FALSE(out.finished);
+    for (const auto& s : kSites) eval(s, 3, digest3, &out);
+    REQUIRE(out.committed.size() == 2);
+    CHECK(out.committed[1].round == 4);
+    CHECK(out.finished);
+    CHECK_FALSE(out.failed);
+    CHECK(core.history().size() == 5);
+  }
+  SECTION("an evaluation showing another round's parameters is a mismatch: re-synced, not counted") {
+    out = CoreOutput{};
+    eval("site-a", 1, digest_of[2], &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDigestMismatch);
+    REQUIRE(Bodies<ModelSync>(out, "site-a").size() == 1);
+    CHECK(Bodies<ModelSync>(out, "site-a")[0]->round == 2);
+    // site-a now evaluates round 2, not round 1: round 1's record needs the others only.
+    eval("site-b", 1, digest_of[1], &out);
+    eval("site-c", 1, digest_of[1], &out);
+    REQUIRE(out.committed.size() == 1);
+    CHECK(out.committed[0].evaluated == 2);
+    CHECK(out.committed[0].digest_mismatches == 1);
+    CHECK_FALSE(out.committed[0].sites.at("site-a").digest_ok);
+  }
+  SECTION("a site that never evaluates holds a record only until the deadline") {
+    out = CoreOutput{};
+    eval("site-a", 1, digest_of[1], &out);
+    eval("site-b", 1, digest_of[1], &out);
+    CHECK(out.committed.empty());
+    core.OnTick(now + std::chrono::seconds(29), &out);
+    CHECK(out.committed.empty());
+    core.OnTick(now + std::chrono::seconds(31), &out);
+    CHECK(core.workers().at("site-c").state == WorkerState::kJoined);
+    REQUIRE_FALSE(out.committed.empty());
+    CHECK(out.committed[0].round == 1);
+    CHECK(out.committed[0].evaluated == 2);
+  }
+  SECTION("a site that leaves is not waited for") {
+    out = CoreOutput{};
+    eval("site-a", 1, digest_of[1], &out);
+    eval("site-b", 1, digest_of[1], &out);
+    CHECK(out.committed.empty());
+    REQUIRE(core.HandleControl(ControlRequest{"worker evict", {"site-c"}}, now, &out).ok);
+    REQUIRE_FALSE(out.committed.empty());
+    CHECK(out.committed[0].round == 1);
+    CHECK(out.committed[0].evaluated == 2);
+  }
+}
+
+TEST_CASE("the ledger books a message under the round it names, near the committed one", "[unit][coordinator]") {
+  auto now = TimePoint{};
+  CoordinatorCore core(TinyCampaign(), TinyParams(), now);
+  CHECK(core.LedgerRoundOf(Wrap(EvalReport{2, 1.0, 1, 0, {}}), 0) == 2);
+  CHECK(core.LedgerRoundOf(Wrap(EvalReport{3, 1.0, 1, 0, {}}), 0) == 0);  // beyond committed + 2: hostile or stale
+  CHECK(core.LedgerRoundOf(Wrap(Heartbeat{1, "idle"}), 0) == 0);
+  RoundStart rs;
+  rs.round = 1;
+  CHECK(core.LedgerRoundOf(Wrap(rs), 0) == 1);
+}
+
 TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothing", "[unit][coordinator]") {
   auto config = TinyCampaign(3, 3);
   config.quorum.min_workers = 2;
@@ -646,9 +779,9 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   CHECK(Bodies<Error>(out, "site-c")[0]->code == ErrorCode::kBadPayload);
   CHECK_THAT(Bodies<Error>(out, "site-c")[0]->message, Catch::Matchers::Contains("median"));
   CHECK(Bodies<Error>(out, "site-a").empty());
-  REQUIRE(out.commit.has_value());
-  CHECK(out.commit->record.contributors == 2);
-  CHECK_FALSE(out.commit->record.sites.count("site-c"));
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.contributors == 2);
+  CHECK_FALSE(out.commits[0].record.sites.count("site-c"));
   CHECK(core.rejected_by_reason().at("norm_outlier") == 1);
 
   // The same three uploads with the check off: all three count.
@@ -660,8 +793,8 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   c2.coordinator().HandleMessage("site-a", upload(1.0f), c2.now(), &out2);
   c2.coordinator().HandleMessage("site-b", upload(-1.5f), c2.now(), &out2);
   c2.coordinator().HandleMessage("site-c", upload(400.0f), c2.now(), &out2);
-  REQUIRE(out2.commit.has_value());
-  CHECK(out2.commit->record.contributors == 3);
+  REQUIRE(out2.commits.size() == 1);
+  CHECK(out2.commits[0].record.contributors == 3);
 }
 
 CampaignConfig ResumableCampaign() {
@@ -855,8 +988,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
   CHECK(Bodies<Error>(out, "pa").size() == 1);
   upload("pa", digest_a, la, std::vector<float>(11, 0.5f), 0.0);
   upload("pb", digest_b, lb, std::vector<float>(10, -1.0f), 3.0);
-  REQUIRE(out.commit.has_value());
-  CHECK(out.commit->record.train_loss == Approx(3.0));  // the last stage's
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.train_loss == Approx(3.0));  // the last stage's
   auto aa = Bodies<Aggregate>(out, "pa");
   auto ab = Bodies<Aggregate>(out, "pb");
   REQUIRE(aa.size() == 1);

@@ -297,7 +297,7 @@ class Cluster {
   }
 
   void ApplyCoordinator(CoreOutput& out) {
-    if (out.commit) commits_.push_back(*out.commit);
+    for (auto& c : out.commits) commits_.push_back(c);
     for (auto& o : out.messages) {
       if (std::holds_alternative<Error>(o.msg.body) && sites_.count(o.peer)) sites_[o.peer]->errors.push_back(o.msg);
       (void)coord_link_->Send(o.peer, EncodeMessage(o.msg));
