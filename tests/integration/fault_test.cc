@@ -30,11 +30,13 @@ constexpr int kKilled = 128 + SIGKILL;
 // Three sites on loopback. Nesterov keeps outer momentum, so a resume that
 // lost the optimizer state would change the digest; SparseLoCo makes the
 // logged gradients sparse.
-std::string DurableCampaign(int port, int rounds, int min_workers, const std::string& run_dir, int inner_steps = 6) {
+std::string DurableCampaign(int port, int rounds, int min_workers, const std::string& run_dir, int inner_steps = 6,
+                            bool overlap = false) {
   std::ostringstream y;
   y << "campaign: {name: fault-campaign, seed: 11, rounds: " << rounds << "}\n"
     << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
     << "training:\n  inner_steps: " << inner_steps << "\n  batch_size: 8\n  eval_batches: 2\n"
+    << (overlap ? "  overlap: true\n" : "")
     << "  inner_optimizer: {name: adamw, lr: 3.0e-3, warmup_steps: 5}\n"
     << "outer_optimizer: {name: nesterov, lr: 0.7, momentum: 0.9}\n"
     << "codec: {name: sparseloco, topk: 64}\n"
@@ -263,6 +265,67 @@ TEST_CASE("resume: a coordinator SIGKILLed at six points of a round ends with th
   CHECK(ReadFile(dir.Path("co-again.out")).find("already ended at round 7") != std::string::npos);
   CHECK(ReadFile(dir.Path("late.out")).find("campaign already finished") != std::string::npos);
   CHECK(ReadFile(run_dir + "/metrics.jsonl") == before);
+}
+
+// Overlap: when round r commits, round r-1's record still waits for its
+// evaluations (each site evaluates r-1 after training r). A coordinator
+// killed right then leaves round r-1 committed but never evaluated: the
+// restarted one records it without a validation loss, re-evaluates round r
+// and finishes; every round is recorded once and the replicas agree.
+TEST_CASE("resume: an overlapped campaign whose coordinator is SIGKILLed with a record pending finishes",
+          "[integration]") {
+  TempDir dir;
+  const int port = FreePortBase();
+  const int rounds = 6;
+  const std::string run_dir = dir.Path("run");
+  const std::string yaml =
+      dir.Write("overlap.yaml", DurableCampaign(port, rounds, 3, run_dir, /*inner_steps=*/4, /*overlap=*/true));
+  const std::vector<std::string> kills = {"committed@3", "aggregate_sent@5"};
+  Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
+  Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
+  Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));
+  Procs guard{{&a, &b, &c}};
+  for (size_t i = 0; i < kills.size(); ++i) {
+    const std::string out = dir.Path("co-" + std::to_string(i) + ".out");
+    Subprocess co = Coordinator(yaml, out, kills[i]);
+    Procs one{{&co}};
+    auto code = co.WaitFor(milliseconds(120000));
+    INFO(kills[i] << "\n" << ReadFile(out));
+    REQUIRE(code == std::optional<int>(kKilled));
+  }
+  Subprocess last = Coordinator(yaml, dir.Path("co-last.out"));
+  Procs one{{&last}};
+  auto code = last.WaitFor(milliseconds(120000));
+  INFO(ReadFile(dir.Path("co-last.out")));
+  REQUIRE(code == std::optional<int>(0));
+  for (Subprocess* w : {&a, &b, &c}) CHECK(w->WaitFor(milliseconds(20000)) == std::optional<int>(0));
+
+  // Rounds 2 and 4 were pending at the kills (committed, not evaluated).
+  const auto digests = RoundDigests(run_dir + "/metrics.jsonl");
+  REQUIRE(digests.size() == static_cast<size_t>(rounds + 1));
+  for (const std::string& line : Lines(ReadFile(run_dir + "/metrics.jsonl"))) {
+    const int round = std::stoi(Field(line, "round"));
+    INFO(line);
+    if (round == 2 || round == 4) {
+      CHECK(Field(line, "val_loss") == "null");
+      CHECK(Field(line, "evaluated") == "0");
+      CHECK(Field(line, "contributors") == "3");
+    } else {
+      CHECK(Field(line, "val_loss") != "null");
+      CHECK(Field(line, "evaluated") == "3");
+    }
+  }
+  CHECK(ReadFile(dir.Path("co-0.out")).find("without evaluations") == std::string::npos);
+  CHECK(ReadFile(dir.Path("co-1.out")).find("round recorded without evaluations") != std::string::npos);
+  CHECK(ReadFile(dir.Path("co-last.out")).find("round recorded without evaluations") != std::string::npos);
+  const std::string final_digest = SummaryValue(run_dir, "final_digest");
+  CHECK(final_digest == digests.at(rounds));
+  auto store = StateStore::Open(run_dir + "/state.db");
+  REQUIRE(store.ok());
+  auto stored = (*store)->Rounds(false);
+  REQUIRE(stored.ok());
+  REQUIRE(stored->size() == static_cast<size_t>(rounds + 1));
+  for (const StoredRound& s : *stored) CHECK(s.recorded);
 }
 
 TEST_CASE("fault: a worker killed as it uploads does not stall the round, then rejoins and contributes",
