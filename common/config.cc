@@ -655,7 +655,8 @@ class Parser {
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
 const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
-                                            "server_key", "peer", "slowdown", "link_mbit"};
+                                            "server_key", "peer", "slowdown", "link_mbit", "model"};
+const std::vector<std::string> kSiteModelKeys = {"layers", "d_model", "heads"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
 // Parses the {site:, data:} body shared by site files and inline sites.
@@ -704,6 +705,15 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       p->String(s, "peer", &site->peer);
       p->Double(s, "slowdown", &site->slowdown);
       p->Double(s, "link_mbit", &site->link_mbit);
+      if (const auto* mf = s.Find("model")) {
+        MapFields mm;
+        if (p->Map(mf->value, Join(path, "site.model"), kSiteModelKeys, &mm)) {
+          site->model = ModelConfig{4, 128, 4, 0, 0};  // context and vocab: the campaign's
+          p->Int(mm, "layers", &site->model.layers);
+          p->Int(mm, "d_model", &site->model.d_model);
+          p->Int(mm, "heads", &site->model.heads);
+        }
+      }
     }
   }
   if (const auto* f = top.Find("data")) {
@@ -865,6 +875,17 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
     }
   }
   c->DoubleRange(prefix + "data.validation_fraction", site.data.validation_fraction, 0, false, 1, false);
+  if (site.model.layers != 0 || site.model.d_model != 0) {
+    const ModelConfig& m = site.model;
+    c->IntRange(prefix + "site.model.layers", m.layers, 1, kMaxLayers);
+    c->IntRange(prefix + "site.model.d_model", m.d_model, 1, kMaxDModel);
+    c->IntRange(prefix + "site.model.heads", m.heads, 1, kMaxDModel);
+    if (m.d_model >= 1 && m.heads >= 1 && m.d_model % m.heads != 0) {
+      c->Error(prefix + "site.model.d_model",
+               "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads),
+               "a multiple of site.model.heads");
+    }
+  }
 }
 
 void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
@@ -1072,6 +1093,37 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   if (cfg.training.overlap && pc.stages > 1) {
     c->Error("training.overlap", "overlapped rounds with a pipeline", "false when pipeline.stages > 1");
   }
+  const FpldConfig& fp = cfg.fpld;
+  if (fp.enabled) {
+    c->Required("fpld.probes.dir", fp.probes.dir);
+    c->DoubleRange("fpld.probes.validation_fraction", fp.probes.validation_fraction, 0, false, 1, false);
+    c->IntRange("fpld.contexts", fp.contexts, 1, 1 << 16);
+    c->IntRange("fpld.positions", fp.positions, 1, std::max(cfg.model.context, 1));
+    c->IntRange("fpld.bits", fp.bits, 0, 16);
+    c->DoubleRange("fpld.clip", fp.clip, 0, false, 1e4, true);
+    c->IntRange("fpld.topk", fp.topk, 0, kByteVocab);
+    c->IntRange("fpld.student_steps", fp.student_steps, 0, 1 << 20);
+    c->DoubleRange("fpld.student_lr", fp.student_lr, 0, false, 10, true);
+    c->IntRange("fpld.student_batch", fp.student_batch, 1, 1 << 16);
+    c->IntRange("fpld.student_eval_batches", fp.student_eval_batches, 1, 1 << 16);
+    if (pc.stages > 1 || pb.blocks > 1 || cfg.training.overlap || !per.tensors.empty()) {
+      c->Error("fpld", "FPLD with pipeline stages, parablock, overlap or personalization",
+               "none of those in an FPLD campaign");
+    }
+    // The student is the global model: each round's "aggregate" is exactly
+    // theta - student, applied as it is.
+    const OuterOptimizerConfig& o = cfg.outer;
+    if (o.kind != OuterOptimizerKind::kSgd || o.lr != 1.0 || o.momentum != 0.0) {
+      c->Error("outer_optimizer", "an outer optimizer other than plain SGD with lr 1 in an FPLD campaign",
+               "{name: sgd, lr: 1.0, momentum: 0} (the coordinator's student is the global model)");
+    }
+  }
+  for (size_t i = 0; i < cfg.sites.size(); ++i) {
+    if (cfg.sites[i].model.layers != 0 && !fp.enabled) {
+      c->Error("sites[" + std::to_string(i) + "].site.model", "a site model of its own outside an FPLD campaign",
+               "no site.model (only FPLD campaigns mix architectures)");
+    }
+  }
   if (cfg.training.overlap && cfg.training.adaptive.enabled) {
     c->Error("training.overlap", "overlapped rounds with adaptive steps (not supported yet)",
              "false when training.adaptive_steps.enabled");
@@ -1130,7 +1182,10 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
                                             "quorum",   "network", "output",  "checkpoint", "pipeline", "sites",
-                                            "parablock", "personalization"};
+                                            "parablock", "personalization", "fpld"};
+const std::vector<std::string> kFpldKeys = {"probes",        "contexts",      "positions",      "bits",
+                                            "clip",          "topk",          "student_steps",  "student_lr",
+                                            "student_batch", "student_eval_batches", "exact_reference"};
 const std::vector<std::string> kPipelineKeys = {"stages",        "replicas", "ratio",     "wire_dtype",     "split",
                                                 "micro_batches", "schedule", "link_mbit", "peer_timeout_ms"};
 const std::vector<std::string> kScheduleNames = {"gpipe", "1f1b"};
@@ -1507,6 +1562,33 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
           }
         }
       }
+    }
+  }
+
+  if (const auto* f = top.Find("fpld")) {
+    MapFields m;
+    if (p.Map(f->value, "fpld", kFpldKeys, &m)) {
+      FpldConfig& fc = cfg->fpld;
+      fc.enabled = true;
+      if (const auto* pr = m.Find("probes")) {
+        MapFields d;
+        if (p.Map(pr->value, "fpld.probes", kDataKeys, &d)) {
+          if (p.String(d, "dir", &fc.probes.dir)) fc.probes.dir = ResolveRelative(source, fc.probes.dir);
+          p.StringList(d, "files", &fc.probes.files);
+          p.Double(d, "validation_fraction", &fc.probes.validation_fraction);
+        }
+      }
+      p.Int(m, "contexts", &fc.contexts);
+      p.Int(m, "positions", &fc.positions);
+      p.Int(m, "bits", &fc.bits);
+      p.Double(m, "clip", &fc.clip);
+      p.Int(m, "topk", &fc.topk);
+      p.Int(m, "student_steps", &fc.student_steps);
+      p.Double(m, "student_lr", &fc.student_lr);
+      p.Int(m, "student_batch", &fc.student_batch);
+      p.Int(m, "student_eval_batches", &fc.student_eval_batches);
+      int exact = 0;
+      if (p.Enum(m, "exact_reference", {"false", "true"}, &exact)) fc.exact_reference = exact == 1;
     }
   }
 

@@ -183,8 +183,32 @@ struct DataConfig {
   double validation_fraction = 0.1;
 };
 
+// FPLD campaigns (docs/fpld.md): sites train their own models and send only
+// quantized logits on a public probe set; the coordinator distils a student.
+struct FpldConfig {
+  bool enabled = false;  // set by the presence of `fpld:`
+  // Public text shared with every site: probe contexts come from its
+  // training split, the student's public validation from its validation split.
+  DataConfig probes;
+  int contexts = 64;      // m probe contexts of model.context tokens
+  int positions = 8;      // logits of each context's last `positions` positions
+  int bits = 4;           // per logit coordinate, 1..16 with subtractive dither; 0 = unquantized fp32
+  double clip = 8;        // L: centred logits clipped to [-L, L]
+  int topk = 0;           // 0: every vocabulary entry; k: the k largest of each row
+  int student_steps = 30;     // distillation steps per round on the coordinator
+  double student_lr = 3e-3;   // its AdamW learning rate
+  int student_batch = 16;     // probe contexts per distillation step
+  int student_eval_batches = 4;  // public validation batches for the student's loss
+  // Benchmarks: sites also send their unquantized logits (not used for the
+  // teacher) so the coordinator can report KL to the unquantized teacher.
+  bool exact_reference = false;
+};
+
 struct SiteConfig {
   std::string name;
+  // FPLD: this site's own model (another architecture than the campaign's
+  // student; same context and vocab). layers 0 = the campaign's model.
+  ModelConfig model{0, 0, 0, 0, 0};
   std::string coordinator = "tcp://127.0.0.1:5555";
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   int threads = 1;             // intra-op threads for LibTorch
@@ -230,6 +254,7 @@ struct CampaignConfig {
   PipelineConfig pipeline;
   ParaBlockConfig parablock;
   PersonalizationConfig personalization;
+  FpldConfig fpld;
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;

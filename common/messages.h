@@ -34,6 +34,21 @@ struct Hello {
   uint64_t train_tokens = 0;
   uint64_t val_tokens = 0;
   std::string peer_endpoint;  // pipeline campaigns: where its neighbour stages connect
+  // FPLD: the site trains a model of its own (layers, d_model, heads; the
+  // campaign's context and vocab); layers 0 = the campaign's model.
+  ModelConfig own_model{0, 0, 0, 0, 0};
+};
+
+// FPLD settings and the public probe set, sent with Welcome.
+struct FpldWelcome {
+  bool enabled = false;
+  int bits = 4;  // 0 = fp32
+  float clip = 8;
+  int topk = 0;
+  int positions = 8;
+  int contexts = 0;
+  bool exact_reference = false;
+  std::vector<uint8_t> probe_tokens;  // contexts x model.context byte tokens
 };
 
 struct Welcome {
@@ -57,6 +72,7 @@ struct Welcome {
   // rounds). Block b's tensors: its layers, plus the embeddings for the
   // first block and the final LayerNorm for the last (common/blocks.h).
   std::vector<int> layer_blocks;
+  FpldWelcome fpld;
 };
 
 struct ModelSync {  // bulk: full parameters
@@ -107,6 +123,24 @@ struct DeltaUpload {  // bulk: theta_global - theta_local
   int block = -1;  // ParaBlock: the block the delta covers (-1: the whole model)
   // Exposed communication: how long the site's training thread sat idle,
   // waiting for its next job from the network, since its previous upload.
+  double wait_ms = 0;
+};
+
+// FPLD: a site's probe logits after its round of local training (bulk:
+// common/logit_codec.h payload of rows x vocab, then, with exact_bytes > 0,
+// the same logits as fp32 for the benchmarks' reference).
+struct LogitUpload {
+  uint32_t round = 0;
+  double train_loss = 0;
+  uint64_t tokens = 0;
+  double step_time_ms = 0;
+  uint32_t rows = 0;   // contexts x positions
+  uint32_t vocab = 0;
+  int bits = 0;
+  float clip = 0;
+  int topk = 0;
+  uint64_t exact_bytes = 0;
+  BlobHeader blob;     // codec unused; byte_length and checksum of the bulk
   double wait_ms = 0;
 };
 
@@ -178,7 +212,7 @@ struct ControlResponse {
 };
 
 using Body = std::variant<Hello, Welcome, ModelSync, Heartbeat, CampaignEnd, RoundStart, DeltaUpload,
-                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation>;
+                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation, LogitUpload>;
 
 // Short lower-case name of the body kind ("hello", "delta_upload", ...),
 // used in logs and in the bandwidth ledger.

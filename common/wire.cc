@@ -52,6 +52,7 @@ const char* BodyName(const Body& body) {
     const char* operator()(const CampaignEnd&) const { return "campaign_end"; }
     const char* operator()(const RoundStart&) const { return "round_start"; }
     const char* operator()(const DeltaUpload&) const { return "delta_upload"; }
+    const char* operator()(const LogitUpload&) const { return "logit_upload"; }
     const char* operator()(const Aggregate&) const { return "aggregate"; }
     const char* operator()(const EvalReport&) const { return "eval_report"; }
     const char* operator()(const Activation&) const { return "activation"; }
@@ -108,8 +109,13 @@ class BodyEncoder {
     auto site = fbb_.CreateString(m.site);
     auto device = fbb_.CreateString(m.device);
     auto peer = m.peer_endpoint.empty() ? 0 : fbb_.CreateString(m.peer_endpoint);
+    flatbuffers::Offset<wire::ModelSpec> own = 0;
+    if (m.own_model.layers > 0) {
+      own = wire::CreateModelSpec(fbb_, m.own_model.layers, m.own_model.d_model, m.own_model.heads,
+                                  m.own_model.context, m.own_model.vocab);
+    }
     return {wire::Body::Hello, wire::CreateHello(fbb_, site, device, m.free_memory_bytes, m.step_time_ms,
-                                                 m.train_tokens, m.val_tokens, peer)
+                                                 m.train_tokens, m.val_tokens, peer, own)
                                    .Union()};
   }
 
@@ -135,11 +141,17 @@ class BodyEncoder {
                                           p.micro_batches, schedule, p.link_mbit, p.peer_timeout_ms);
       endpoints = fbb_.CreateVectorOfStrings(m.stage_endpoints);
     }
+    flatbuffers::Offset<wire::FpldSpec> fpld = 0;
+    if (m.fpld.enabled) {
+      const FpldWelcome& f = m.fpld;
+      auto probes = fbb_.CreateVector(f.probe_tokens);
+      fpld = wire::CreateFpldSpec(fbb_, f.bits, f.clip, f.topk, f.positions, f.contexts, f.exact_reference, probes);
+    }
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
                                 m.heartbeat_interval_ms, m.heartbeat_timeout_ms, pipeline, m.stage, m.replica,
                                 endpoints, m.pipeline_epoch,
-                                m.layer_blocks.empty() ? 0 : fbb_.CreateVector(m.layer_blocks))
+                                m.layer_blocks.empty() ? 0 : fbb_.CreateVector(m.layer_blocks), fpld)
                 .Union()};
   }
 
@@ -170,6 +182,14 @@ class BodyEncoder {
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
                                     m.step_time_ms, blob, traffic, m.block, m.wait_ms)
+                .Union()};
+  }
+
+  EncodedBody operator()(const LogitUpload& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::LogitUpload,
+            wire::CreateLogitUpload(fbb_, m.round, m.train_loss, m.tokens, m.step_time_ms, m.rows, m.vocab, m.bits,
+                                    m.clip, m.topk, m.exact_bytes, blob, m.wait_ms)
                 .Union()};
   }
 
@@ -232,7 +252,8 @@ class BodyEncoder {
 
 bool CarriesBlob(const Body& body) {
   return std::holds_alternative<ModelSync>(body) || std::holds_alternative<DeltaUpload>(body) ||
-         std::holds_alternative<Aggregate>(body) || std::holds_alternative<Activation>(body);
+         std::holds_alternative<Aggregate>(body) || std::holds_alternative<Activation>(body) ||
+         std::holds_alternative<LogitUpload>(body);
 }
 
 const BlobHeader* BlobOf(const Body& body) {
@@ -240,6 +261,7 @@ const BlobHeader* BlobOf(const Body& body) {
   if (const auto* m = std::get_if<DeltaUpload>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Aggregate>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Activation>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<LogitUpload>(&body)) return &m->blob;
   return nullptr;
 }
 
@@ -322,6 +344,16 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
   m->val_tokens = t.val_tokens();
   m->peer_endpoint = StrOrEmpty(t.peer_endpoint());
   if (m->peer_endpoint.size() > 1024) return InvalidArgument("Hello.peer_endpoint is longer than 1024 bytes");
+  if (const wire::ModelSpec* own = t.own_model()) {
+    LOWBAND_RETURN_IF_ERROR(RequirePositive(own->layers(), "Hello.own_model.layers"));
+    LOWBAND_RETURN_IF_ERROR(RequirePositive(own->d_model(), "Hello.own_model.d_model"));
+    LOWBAND_RETURN_IF_ERROR(RequirePositive(own->heads(), "Hello.own_model.heads"));
+    if (own->layers() > 1024 || own->d_model() > 65536 || own->d_model() % own->heads() != 0) {
+      return InvalidArgument("Hello.own_model is not a valid architecture (layers <= 1024, d_model <= 65536, "
+                             "d_model a multiple of heads)");
+    }
+    m->own_model = ModelConfig{own->layers(), own->d_model(), own->heads(), own->context(), own->vocab()};
+  }
   return Status::Ok();
 }
 
@@ -469,6 +501,28 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
     }
     if (prev < 1) return InvalidArgument("Welcome.layer_blocks names a single block (allowed: 2 or more)");
   }
+  if (const wire::FpldSpec* f = t.fpld()) {
+    FpldWelcome& w = m->fpld;
+    w.enabled = true;
+    w.bits = f->bits();
+    w.clip = f->clip();
+    w.topk = f->topk();
+    w.positions = f->positions();
+    w.contexts = f->contexts();
+    w.exact_reference = f->exact_reference();
+    if (w.bits < 0 || w.bits > 16 || !(w.clip > 0) || !std::isfinite(w.clip) || w.topk < 0 ||
+        w.topk > m->model.vocab || w.positions < 1 || w.positions > m->model.context || w.contexts < 1) {
+      return InvalidArgument("Welcome.fpld has out-of-range settings (bits 0..16, clip > 0, topk 0..vocab, "
+                             "positions 1..context, contexts >= 1)");
+    }
+    const auto* probes = f->probe_tokens();
+    const uint64_t want = static_cast<uint64_t>(w.contexts) * static_cast<uint64_t>(m->model.context);
+    if (probes == nullptr || probes->size() != want) {
+      return InvalidArgument("Welcome.fpld.probe_tokens has " + std::to_string(probes ? probes->size() : 0) +
+                             " tokens, expected contexts x context = " + std::to_string(want));
+    }
+    w.probe_tokens.assign(probes->begin(), probes->end());
+  }
   return DecodePipeline(t, m);
 }
 
@@ -569,6 +623,32 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
 }
 
+Status DecodeLogitUpload(const wire::LogitUpload& t, LogitUpload* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "LogitUpload.blob", &m->blob));
+  LOWBAND_RETURN_IF_ERROR(RequireFinite(t.train_loss(), "LogitUpload.train_loss"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "LogitUpload.step_time_ms"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.wait_ms(), "LogitUpload.wait_ms"));
+  if (!std::isfinite(t.clip()) || t.clip() <= 0) return InvalidArgument("LogitUpload.clip must be finite and > 0");
+  if (t.bits() < 0 || t.bits() > 16) {
+    return InvalidArgument("LogitUpload.bits is " + std::to_string(t.bits()) + " (allowed: 0 to 16)");
+  }
+  if (t.exact_bytes() > t.blob()->byte_length()) {
+    return InvalidArgument("LogitUpload.exact_bytes exceeds the bulk frame");
+  }
+  m->round = t.round();
+  m->train_loss = t.train_loss();
+  m->tokens = t.tokens();
+  m->step_time_ms = t.step_time_ms();
+  m->rows = t.rows();
+  m->vocab = t.vocab();
+  m->bits = t.bits();
+  m->clip = t.clip();
+  m->topk = t.topk();
+  m->exact_bytes = t.exact_bytes();
+  m->wait_ms = t.wait_ms();
+  return Status::Ok();
+}
+
 Status DecodeAggregate(const wire::Aggregate& t, Aggregate* m) {
   LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "Aggregate.blob", &m->blob));
   m->round = t.round();
@@ -656,6 +736,8 @@ Status DecodeBody(const wire::Envelope& env, Body* out) {
       return DecodeAs(env.body_as_ControlResponse(), "ControlResponse", &DecodeControlResponse, out);
     case wire::Body::Activation:
       return DecodeAs(env.body_as_Activation(), "Activation", &DecodeActivation, out);
+    case wire::Body::LogitUpload:
+      return DecodeAs(env.body_as_LogitUpload(), "LogitUpload", &DecodeLogitUpload, out);
   }
   return InvalidArgument("Envelope.body_type has unknown value " +
                          std::to_string(static_cast<unsigned>(type)));

@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <optional>
 
 #include "common/json.h"
 #include "common/blocks.h"
+#include "common/fpld.h"
+#include "common/logit_codec.h"
 #include "coordinator/adaptive_steps.h"
 #include "common/log.h"
 
@@ -558,6 +562,8 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
   if (std::holds_alternative<Heartbeat>(msg.body)) return;
   if (const auto* up = std::get_if<DeltaUpload>(&msg.body)) {
     HandleUpload(w, msg, *up, now, out);
+  } else if (const auto* lu = std::get_if<LogitUpload>(&msg.body)) {
+    HandleLogitUpload(w, msg, *lu, now, out);
   } else if (const auto* ev = std::get_if<EvalReport>(&msg.body)) {
     HandleEvalReport(w, *ev, now, out);
   } else if (const auto* err = std::get_if<Error>(&msg.body)) {
@@ -642,7 +648,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
     }
   } else {
     SendWelcome(w, out);
-    SendSync(w, out);
+    if (Adopts(w)) SendSync(w, out);
     w.announced_round = committed_round_;
     if (phase_ == Phase::kTraining) SendRoundStarts(w, out);
   }
@@ -666,6 +672,18 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
   wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
   wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
   wel.layer_blocks = layer_blocks_;
+  if (fpld()) {
+    // Only logits cross the wire: the parameters' codec does not matter.
+    wel.codec = CodecConfig{};
+    wel.fpld.enabled = true;
+    wel.fpld.bits = config_.fpld.bits;
+    wel.fpld.clip = static_cast<float>(config_.fpld.clip);
+    wel.fpld.topk = config_.fpld.topk;
+    wel.fpld.positions = config_.fpld.positions;
+    wel.fpld.contexts = config_.fpld.contexts;
+    wel.fpld.exact_reference = config_.fpld.exact_reference;
+    wel.fpld.probe_tokens = probes_;
+  }
   if (pipelined()) {
     wel.pipeline = config_.pipeline;
     wel.stage = w.stage;
@@ -725,7 +743,7 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
 void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round) {
   RoundStart rs;
   rs.round = round == 0 ? committed_round_ + 1 : round;
-  rs.model_version = DigestFor(w);
+  rs.model_version = Adopts(w) ? DigestFor(w) : 0;
   rs.inner_steps = StepsFor(w);
   rs.block = BlockFor(w, rs.round);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
@@ -759,6 +777,8 @@ uint32_t CoordinatorCore::LedgerRoundOf(const Message& m, uint32_t fallback) con
   uint32_t named = 0;
   if (const auto* up = std::get_if<DeltaUpload>(&m.body)) {
     named = up->round;
+  } else if (const auto* lu = std::get_if<LogitUpload>(&m.body)) {
+    named = lu->round;
   } else if (const auto* ev = std::get_if<EvalReport>(&m.body)) {
     named = ev->round;
   } else if (const auto* agg = std::get_if<Aggregate>(&m.body)) {
@@ -828,6 +848,134 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
     HandleUpload(w->second, msg, *up, now, out);
     if (phase_ != Phase::kTraining) break;  // the round closed (and maybe the campaign ended)
   }
+}
+
+void CoordinatorCore::SetFpld(std::vector<uint8_t> probes, DistilFn distil) {
+  probes_ = std::move(probes);
+  distil_ = std::move(distil);
+}
+
+bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
+  const ModelConfig& own = w.hello.own_model;
+  return !fpld() || own.layers == 0 ||
+         (own.layers == config_.model.layers && own.d_model == config_.model.d_model &&
+          own.heads == config_.model.heads);
+}
+
+// FPLD: a site's probe logits after its round of local training. Checked
+// against the campaign's encoding and decoded (common/logit_codec.h) before
+// anything is kept; a bad upload changes nothing.
+void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now,
+                                        CoreOutput* out) {
+  const uint32_t open_round = committed_round_ + 1;
+  if (!fpld()) {
+    Reply(w.peer, ErrorCode::kUnexpected, "logit upload in a campaign that is not an FPLD campaign", m.round, out);
+    return;
+  }
+  if (phase_ != Phase::kTraining || m.round != open_round) {
+    if (auto e = evaluating_.find(m.round); e != evaluating_.end()) ++e->second.record.late_uploads;
+    Reply(w.peer, ErrorCode::kWrongRound,
+          "logit upload for round " + std::to_string(m.round) + " but " +
+              (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
+                                          : std::string("no round is collecting uploads")),
+          m.round, out);
+    return;
+  }
+  if (uploads_.count(w.site)) {
+    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
+    return;
+  }
+  const FpldConfig& f = config_.fpld;
+  const uint32_t rows = static_cast<uint32_t>(f.contexts) * static_cast<uint32_t>(f.positions);
+  const uint64_t max_tokens = static_cast<uint64_t>(config_.training.inner_steps) *
+                              static_cast<uint64_t>(config_.training.batch_size) *
+                              static_cast<uint64_t>(config_.model.context);
+  std::string bad;
+  if (!std::isfinite(m.train_loss) || m.tokens == 0 || m.tokens > max_tokens) {
+    bad = "needs a finite train_loss and 1.." + std::to_string(max_tokens) + " tokens";
+  } else if (m.rows != rows || m.vocab != static_cast<uint32_t>(config_.model.vocab)) {
+    bad = "covers " + std::to_string(m.rows) + " x " + std::to_string(m.vocab) + " logits, the probe set has " +
+          std::to_string(rows) + " x " + std::to_string(config_.model.vocab);
+  } else if (m.bits != f.bits || m.clip != static_cast<float>(f.clip) || m.topk != f.topk) {
+    bad = "is encoded at bits " + std::to_string(m.bits) + ", topk " + std::to_string(m.topk) +
+          ", clip " + JsonNumber(m.clip) + "; the campaign uses bits " + std::to_string(f.bits) + ", topk " +
+          std::to_string(f.topk) + ", clip " + JsonNumber(f.clip);
+  } else if (m.exact_bytes != (f.exact_reference ? uint64_t{rows} * m.vocab * sizeof(float) : 0)) {
+    bad = "carries " + std::to_string(m.exact_bytes) + " bytes of reference logits, the campaign expects " +
+          (f.exact_reference ? std::to_string(uint64_t{rows} * m.vocab * sizeof(float)) : std::string("none"));
+  }
+  if (!bad.empty()) {
+    Reply(w.peer, ErrorCode::kBadPayload, "logit upload " + bad, m.round, out);
+    return;
+  }
+  const LogitCodec codec{f.bits, static_cast<float>(f.clip), f.topk};
+  const size_t payload = msg.bulk.size() - m.exact_bytes;
+  auto logits = DecodeLogits(codec, static_cast<int>(rows), config_.model.vocab, msg.bulk.data(), payload,
+                             FpldDitherSeed(config_.training.seed, m.round, w.site));
+  if (!logits.ok()) {
+    Reply(w.peer, ErrorCode::kBadPayload, "logit payload rejected: " + logits.status().ToString(), m.round, out);
+    return;
+  }
+  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms};
+  up.logits = std::move(logits).value();
+  up.logit_bytes = payload;
+  if (m.exact_bytes > 0) {
+    up.exact.resize(m.exact_bytes / sizeof(float));
+    std::memcpy(up.exact.data(), msg.bulk.data() + payload, m.exact_bytes);
+    for (float v : up.exact) {
+      if (!std::isfinite(v)) {
+        Reply(w.peer, ErrorCode::kBadPayload, "reference logits hold a non-finite value", m.round, out);
+        return;
+      }
+    }
+  }
+  uploads_[w.site] = std::move(up);
+  w.last_step_time_ms = m.step_time_ms;
+  w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
+  LOG_DEBUG("logit upload accepted", {"site", w.site}, {"round", m.round}, {"bytes", static_cast<uint64_t>(payload)});
+  MaybeCloseRound(now, false, out);
+}
+
+// The teacher is the plain mean of the sites' dequantized logits (each
+// centred and clipped by its site); the student starts from theta and is
+// distilled on it. The round's "pseudo-gradient" is theta - student, so the
+// usual path (outer SGD with lr 1, apply, digest) makes the student the
+// global model bit for bit on every adopting site.
+StatusOr<Update> CoordinatorCore::FpldAggregate(uint32_t round) {
+  if (!distil_) return FailedPrecondition("no distiller configured");
+  const size_t n = uploads_.begin()->second.logits.size();
+  std::vector<float> teacher(n, 0.0f), exact;
+  bool have_exact = true;
+  for (const auto& [site, up] : uploads_) {
+    for (size_t i = 0; i < n; ++i) teacher[i] += up.logits[i];
+    have_exact = have_exact && up.exact.size() == n;
+  }
+  const float inv = 1.0f / static_cast<float>(uploads_.size());
+  for (float& v : teacher) v *= inv;
+  RoundRecord::Fpld& rec = pending_.fpld;
+  for (const auto& [site, up] : uploads_) {
+    rec.payload_bytes += up.logit_bytes;
+    rec.fp32_bytes += n * sizeof(float);
+  }
+  if (have_exact) {
+    exact.assign(n, 0.0f);
+    for (const auto& [site, up] : uploads_) {
+      for (size_t i = 0; i < n; ++i) exact[i] += up.exact[i];
+    }
+    for (float& v : exact) v *= inv;
+    rec.teacher_kl = MeanKl(exact.data(), teacher.data(), static_cast<int>(n / config_.model.vocab), config_.model.vocab);
+  }
+  auto outcome = distil_(round, params_, teacher, have_exact ? &exact : nullptr);
+  if (!outcome.ok()) return outcome.status();
+  if (outcome->student.size() != params_.values.size()) return Internal("the student has another layout");
+  rec.student_kl = outcome->student_kl;
+  rec.distill_loss = outcome->distill_loss;
+  rec.public_val_loss = outcome->public_val_loss;
+  Update g;
+  g.dense = true;
+  g.values.resize(params_.values.size());
+  for (size_t i = 0; i < g.values.size(); ++i) g.values[i] = params_.values[i] - outcome->student[i];
+  return g;
 }
 
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
@@ -1013,7 +1161,7 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
 
 void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
   LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
-  RejectNormOutliers(out);
+  if (!fpld()) RejectNormOutliers(out);
   if (std::string(why) == "deadline") MarkStragglers(now);
   pending_.train_s = Seconds(now - round_start_);
   const int have = static_cast<int>(uploads_.size());
@@ -1056,7 +1204,18 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     tokens = 1;
   }
   if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
-  Update g = pipelined()               ? AggregateParts(parts_)
+  std::optional<Update> distilled;  // FPLD: theta - student
+  if (fpld()) {
+    auto d = FpldAggregate(committed_round_ + 1);
+    if (!d.ok()) {
+      Finish("round " + std::to_string(committed_round_ + 1) + ": distillation failed: " + d.status().ToString(),
+             true, out);
+      return;
+    }
+    distilled = std::move(d).value();
+  }
+  Update g = distilled                 ? std::move(*distilled)
+             : pipelined()             ? AggregateParts(parts_)
              : !block_parts_.empty() ? AggregateParts(block_parts_)
              : personal()            ? AggregatePersonal()
                                      : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
@@ -1099,7 +1258,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   }
   std::map<int, Encoded> cluster_enc;
   for (auto& [site, w] : workers_) {
-    if (w.state != WorkerState::kJoined || !w.welcomed) continue;
+    if (w.state != WorkerState::kJoined || !w.welcomed || !Adopts(w)) continue;
     if (w.synced_round + 1 != committed_round_) {
       SendSync(w, out);  // it missed a round: full parameters instead
       continue;
@@ -1214,12 +1373,18 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
 // needs no more than its sites can still send), or at the deadline.
 bool CoordinatorCore::EvalComplete(const EvalRecord& e, TimePoint now) const {
   const int have = static_cast<int>(e.evals.size());
-  const bool enough = have >= std::max(config_.quorum.min_workers, 1) || e.record.round < committed_round_;
   bool waiting = false;
+  int live_expected = 0;
   for (const std::string& site : e.expected) {
     auto w = workers_.find(site);
-    if (w != workers_.end() && w->second.state == WorkerState::kJoined && !e.evals.count(site)) waiting = true;
+    if (w == workers_.end() || w->second.state != WorkerState::kJoined) continue;
+    ++live_expected;
+    if (!e.evals.count(site)) waiting = true;
   }
+  // FPLD: sites with models of their own evaluate nothing of the student's.
+  const int need = fpld() ? std::min(std::max(config_.quorum.min_workers, 1), live_expected)
+                          : std::max(config_.quorum.min_workers, 1);
+  const bool enough = have >= need || e.record.round < committed_round_;
   if (!waiting) return enough;
   const auto deadline = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.quorum.round_deadline_s));

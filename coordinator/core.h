@@ -41,8 +41,11 @@
 #include "common/config.h"
 #include "common/messages.h"
 #include "common/params.h"
+#include "coordinator/distiller.h"
 #include "coordinator/outer_optimizer.h"
 #include "coordinator/topology.h"
+
+#include <functional>
 
 namespace lowband {
 
@@ -79,6 +82,15 @@ struct RoundRecord {
   int stragglers = 0;
   double exposed_comm_s = 0;  // the largest wait_s of the round's sites
   std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
+  // FPLD (docs/fpld.md): the round's logit uploads and its student.
+  struct Fpld {
+    uint64_t payload_bytes = 0;  // logit payloads (quantized part) of the round's uploads
+    uint64_t fp32_bytes = 0;     // the same logits as fp32
+    double teacher_kl = std::numeric_limits<double>::quiet_NaN();  // KL(exact mean || quantized mean), probes
+    double student_kl = std::numeric_limits<double>::quiet_NaN();  // KL(exact mean || student), probes
+    double distill_loss = std::numeric_limits<double>::quiet_NaN();
+    double public_val_loss = std::numeric_limits<double>::quiet_NaN();  // student, public validation text
+  } fpld;
   double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
   int digest_mismatches = 0;
   double wall_s = 0;     // the round's start to its record (with overlap, the next round overlaps it)
@@ -146,6 +158,14 @@ class CoordinatorCore {
   // it with one copy of the personalised tensors per cluster (the layout of
   // checkpoints and the round log), see ClusterLayout.
   CoordinatorCore(CampaignConfig config, ParamSet initial, TimePoint now);
+
+  // FPLD campaigns: the public probe set (fpld.contexts x model.context
+  // tokens, sent with every Welcome) and the student's distillation, called
+  // when a round closes with the mean of the sites' dequantized logits.
+  using DistilFn = std::function<StatusOr<DistilOutcome>(uint32_t round, const ParamSet& start,
+                                                         const std::vector<float>& teacher,
+                                                         const std::vector<float>* exact)>;
+  void SetFpld(std::vector<uint8_t> probes, DistilFn distil);
 
   // Personalisation: the model layout extended with "cluster/<name>/<tensor>"
   // copies of the tensors whose names start with a personalised prefix, one
@@ -230,7 +250,18 @@ class CoordinatorCore {
     double norm;  // L2 norm of the delta
     double step_time_ms = 0;
     double wait_ms = 0;
+    std::vector<float> logits, exact;  // FPLD: dequantized probe logits (and the fp32 reference)
+    uint64_t logit_bytes = 0;          // FPLD: the quantized payload
   };
+  bool fpld() const { return config_.fpld.enabled; }
+  // FPLD: a site with a model of its own takes no part in the student's
+  // parameters (no sync, aggregate or evaluation; round starts name no digest).
+  bool Adopts(const WorkerInfo& w) const;
+  void HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now, CoreOutput* out);
+  // The mean teacher of the round's uploads, distilled: g = theta - student.
+  StatusOr<Update> FpldAggregate(uint32_t round);
+  std::vector<uint8_t> probes_;
+  DistilFn distil_;
 
   Message Make(Body body);
   // Error reply; counted under `reason` (default: the code's name).

@@ -3,9 +3,12 @@
 #include <cstdio>
 
 #include "common/config.h"
+#include "common/corpus.h"
+#include "common/fpld.h"
 #include "common/event_loop.h"
 #include "common/log.h"
 #include "common/model_init.h"
+#include "coordinator/distiller.h"
 #include "coordinator/service.h"
 
 int main(int argc, char** argv) {
@@ -55,6 +58,36 @@ int main(int argc, char** argv) {
     return lowband::kExitConfig;
   }
   lowband::CoordinatorOptions options;
+  // FPLD: the public probe text, its probe set and the student's distiller
+  // live as long as the service.
+  std::unique_ptr<lowband::Corpus> probe_text;
+  std::unique_ptr<lowband::Distiller> distiller;
+  if (config->fpld.enabled) {
+    auto text = lowband::Corpus::Load(config->fpld.probes);
+    auto probes = text.ok() ? lowband::BuildProbeSet(*text, config->fpld.contexts, config->model.context,
+                                                     config->training.seed)
+                            : lowband::StatusOr<std::vector<uint8_t>>(text.status());
+    if (!probes.ok()) {
+      std::fprintf(stderr, "lowband-coordinator: invalid campaign: fpld.probes: %s\n",
+                   probes.status().ToString().c_str());
+      return lowband::kExitConfig;
+    }
+    probe_text = std::make_unique<lowband::Corpus>(std::move(text).value());
+    auto d = lowband::Distiller::Create(*config, *probes, probe_text.get());
+    if (!d.ok()) {
+      LOG_ERROR("cannot build the FPLD student", {"reason", d.status().ToString()});
+      return 1;
+    }
+    distiller = std::move(d).value();
+    options.fpld_probes = std::move(probes).value();
+    options.distil = [d = distiller.get()](uint32_t round, const lowband::ParamSet& start,
+                                           const std::vector<float>& teacher, const std::vector<float>* exact) {
+      return d->Distil(round, start, teacher, exact);
+    };
+    LOG_INFO("FPLD student ready", {"probe_contexts", config->fpld.contexts}, {"positions", config->fpld.positions},
+             {"bits", config->fpld.bits}, {"public_train_tokens", static_cast<uint64_t>(probe_text->train_tokens())},
+             {"public_val_tokens", static_cast<uint64_t>(probe_text->val_tokens())});
+  }
   options.metrics_out = metrics_out.empty() ? config->output.metrics_file : metrics_out;
   options.run_dir = run_dir.empty() ? config->output.run_dir : run_dir;
   options.progress = progress;

@@ -45,6 +45,7 @@ std::string HumanBytes(double b) {
 struct CoordinatorService::Impl {
   Impl(CampaignConfig c, ParamSet initial, CoordinatorOptions o)
       : config(std::move(c)), options(std::move(o)), core(config, std::move(initial), Clock::now()) {
+    if (config.fpld.enabled) core.SetFpld(options.fpld_probes, options.distil);
     limits.max_bulk_bytes = static_cast<size_t>(config.network.max_message_bytes);
   }
 
@@ -109,6 +110,8 @@ struct CoordinatorService::Impl {
   };
   BoundaryFigures Boundary(int b, int64_t round) const;
   std::string BoundariesJson(int64_t round) const;
+  // What a site's round upload is: its pseudo-gradient, or FPLD probe logits.
+  const char* UploadKind() const { return config.fpld.enabled ? "logit_upload" : "delta_upload"; }
   Clock::time_point started = Clock::now();
 };
 
@@ -353,7 +356,7 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
   }
   for (const auto& [site, w] : core.workers()) {
     t.Add("lowband_upload_bytes_total", "counter", "Bytes of a site's delta uploads.",
-          static_cast<double>(ledger.KindTotal(Direction::kUp, "delta_upload", -1, site).bytes), {{"site", site}});
+          static_cast<double>(ledger.KindTotal(Direction::kUp, UploadKind(), -1, site).bytes), {{"site", site}});
   }
   for (const auto& [site, w] : core.workers()) {
     t.Add("lowband_aggregate_bytes_total", "counter", "Bytes of the aggregates sent to a site.",
@@ -366,7 +369,7 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
   const uint32_t last = h.empty() ? 0 : h.back().round;
   t.Add("lowband_compression_ratio", "gauge",
         "Dense fp32 bytes over bytes sent, for the last recorded round's uploads (up) and aggregates (down).",
-        Ratio(Direction::kUp, "delta_upload", last), {{"direction", "up"}});
+        Ratio(Direction::kUp, UploadKind(), last), {{"direction", "up"}});
   t.Add("lowband_compression_ratio", "gauge", "", Ratio(Direction::kDown, "aggregate", last),
         {{"direction", "down"}});
   for (const char* state : {"joined", "lost", "evicted"}) {
@@ -410,7 +413,11 @@ double CoordinatorService::Impl::Ratio(Direction dir, const std::string& kind, i
     if (d != dir || kd != kind || (round >= 0 && r != static_cast<uint32_t>(round)) || (!site.empty() && s != site)) {
       continue;
     }
-    const int64_t covered = kind == "delta_upload" ? core.UploadParamsOf(s, r) : core.ParamsOf(s);
+    // FPLD: against the same probe logits as fp32.
+    const int64_t covered = kind == "logit_upload" ? static_cast<int64_t>(config.fpld.contexts) *
+                                                         config.fpld.positions * config.model.vocab
+                            : kind == "delta_upload" ? core.UploadParamsOf(s, r)
+                                                     : core.ParamsOf(s);
     dense += static_cast<double>(e.messages) * static_cast<double>(covered) * 4.0;
     bytes += static_cast<double>(e.bytes);
   }
@@ -493,9 +500,9 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   }
   const uint64_t up = ledger.RoundTotal(r.round, Direction::kUp);
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
-  const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, "delta_upload", r.round);
+  const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, UploadKind(), r.round);
   const LedgerEntry aggregates = ledger.KindTotal(Direction::kDown, "aggregate", r.round);
-  const double ratio_up = Ratio(Direction::kUp, "delta_upload", r.round);
+  const double ratio_up = Ratio(Direction::kUp, UploadKind(), r.round);
   const double ratio_down = Ratio(Direction::kDown, "aggregate", r.round);
   LOG_INFO("round committed", {"round", r.round}, {"train_loss", r.train_loss}, {"val_loss", r.val_loss},
            {"bytes_up", up}, {"bytes_down", down}, {"ratio_up", ratio_up}, {"ratio_down", ratio_down},
@@ -524,6 +531,17 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
       }
       std::printf("             steps: %s%s\n", line.c_str(),
                   r.stragglers ? ("; stragglers left out: " + std::to_string(r.stragglers)).c_str() : "");
+    }
+    if (config.fpld.enabled && r.round > 0) {
+      std::printf("             fpld: logits %s up (x%.1f vs fp32)  student: public val %.4f  distil KL %.4f%s\n",
+                  HumanBytes(static_cast<double>(r.fpld.payload_bytes)).c_str(),
+                  r.fpld.payload_bytes ? static_cast<double>(r.fpld.fp32_bytes) / r.fpld.payload_bytes : 0.0,
+                  r.fpld.public_val_loss, r.fpld.distill_loss,
+                  std::isfinite(r.fpld.teacher_kl)
+                      ? ("  KL to the unquantized teacher: teacher " + JsonNumber(r.fpld.teacher_kl) + ", student " +
+                         JsonNumber(r.fpld.student_kl))
+                            .c_str()
+                      : "");
     }
     if (!r.cluster_val_loss.empty()) {
       std::string line;
@@ -559,7 +577,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
           .Add("wait_s", s.wait_s)
           .Add("bytes_up", ledger.SiteRoundTotal(name, r.round, Direction::kUp))
           .Add("bytes_down", ledger.SiteRoundTotal(name, r.round, Direction::kDown))
-          .Add("upload_bytes", ledger.KindTotal(Direction::kUp, "delta_upload", r.round, name).bytes);
+          .Add("upload_bytes", ledger.KindTotal(Direction::kUp, UploadKind(), r.round, name).bytes);
       sites += JsonString(name) + ":" + o.str();
     }
     sites += "}";
@@ -589,6 +607,17 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
         .Add("digests_match", r.digest_mismatches == 0)
         .AddRaw("sites", sites);
     if (config.pipeline.stages > 1) o.AddRaw("boundaries", BoundariesJson(r.round));
+    if (config.fpld.enabled) {
+      JsonObject f;
+      f.Add("logit_payload_bytes", r.fpld.payload_bytes)
+          .Add("logit_fp32_bytes", r.fpld.fp32_bytes)
+          .Add("bits", config.fpld.bits)
+          .Add("teacher_kl", r.fpld.teacher_kl)
+          .Add("student_kl", r.fpld.student_kl)
+          .Add("distill_loss", r.fpld.distill_loss)
+          .Add("student_public_val_loss", r.fpld.public_val_loss);
+      o.AddRaw("fpld", f.str());
+    }
     if (!r.cluster_val_loss.empty()) {
       JsonObject clusters;
       for (const auto& [name, loss] : r.cluster_val_loss) clusters.Add(name, loss);
@@ -658,13 +687,13 @@ void CoordinatorService::Impl::PrintSummary() {
     for (const auto& [name, s] : r.sites) rounds[name] += s.uploaded;
   }
   auto row = [&](const std::string& label, const std::string& site, int n) {
-    const LedgerEntry up = ledger.KindTotal(Direction::kUp, "delta_upload", -1, site);
+    const LedgerEntry up = ledger.KindTotal(Direction::kUp, UploadKind(), -1, site);
     const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate", -1, site);
     const uint64_t total_up = site.empty() ? ledger.Total(Direction::kUp) : ledger.SiteTotal(site, Direction::kUp);
     const uint64_t total_dn =
         site.empty() ? ledger.Total(Direction::kDown) : ledger.SiteTotal(site, Direction::kDown);
     std::printf("%-16s %12s %12s %12s %9.1fx %12s %9.1fx %7d\n", label.c_str(), HumanBytes(total_up).c_str(),
-                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(Direction::kUp, "delta_upload", -1, site),
+                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(Direction::kUp, UploadKind(), -1, site),
                 HumanBytes(dn.bytes).c_str(), Ratio(Direction::kDown, "aggregate", -1, site), n);
   };
   int all_rounds = 0;
@@ -717,11 +746,11 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   std::fprintf(f, "final_val_loss %.6f\n", h.empty() ? nan : h.back().val_loss);
   std::fprintf(f, "bytes_up %" PRIu64 "\n", ledger.Total(Direction::kUp));
   std::fprintf(f, "bytes_down %" PRIu64 "\n", ledger.Total(Direction::kDown));
-  const LedgerEntry up = ledger.KindTotal(Direction::kUp, "delta_upload");
+  const LedgerEntry up = ledger.KindTotal(Direction::kUp, UploadKind());
   const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate");
   std::fprintf(f, "upload_bytes %" PRIu64 "\n", up.bytes);
   std::fprintf(f, "aggregate_bytes %" PRIu64 "\n", dn.bytes);
-  std::fprintf(f, "ratio_up %.2f\n", Ratio(Direction::kUp, "delta_upload"));
+  std::fprintf(f, "ratio_up %.2f\n", Ratio(Direction::kUp, UploadKind()));
   std::fprintf(f, "ratio_down %.2f\n", Ratio(Direction::kDown, "aggregate"));
   for (int b = 0; b + 1 < config.pipeline.stages; ++b) {
     // Per micro-batch message, header frames included (bench/resbm_pipeline).

@@ -23,6 +23,10 @@ struct CoordinatorOptions {
   std::string metrics_out;  // JSONL round records ("" = none)
   std::string run_dir;      // final checkpoint goes here
   bool progress = false;    // human progress lines on stdout
+  // FPLD campaigns: the public probe set and the student's distillation
+  // (coordinator/distiller.h), handed to the core (CoordinatorCore::SetFpld).
+  std::vector<uint8_t> fpld_probes;
+  CoordinatorCore::DistilFn distil;
 };
 
 class CoordinatorService {

@@ -69,6 +69,9 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     registered_ = true;
     configured_ = true;
     overlap_ = w->training.overlap;
+    const ModelConfig& own = hello_.own_model;
+    fpld_own_ = w->fpld.enabled && own.layers > 0 &&
+                !(own.layers == w->model.layers && own.d_model == w->model.d_model && own.heads == w->model.heads);
     target_round_.reset();
     training_round_.reset();
     heartbeat_interval_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_interval_ms, 10));
@@ -114,8 +117,8 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     if (overlap_ && trains_outstanding_.count(rs->round)) return;  // already queued
     // Overlap: the round after the next may be announced before the
     // aggregate in between arrives (docs/overlap.md).
-    const bool follows = target_round_ && (*target_round_ + 1 == rs->round ||
-                                           (overlap_ && *target_round_ + 2 == rs->round));
+    const bool follows = fpld_own_ || (target_round_ && (*target_round_ + 1 == rs->round ||
+                                                         (overlap_ && *target_round_ + 2 == rs->round)));
     if (!follows) {
       Reject(ErrorCode::kWrongRound,
              "round " + std::to_string(rs->round) + " starts from round " + std::to_string(rs->round - 1) +
@@ -123,7 +126,7 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
              rs->round, out);
       return;
     }
-    if (rs->model_version != target_digest_) {
+    if (!fpld_own_ && rs->model_version != target_digest_) {
       Reject(ErrorCode::kDigestMismatch, "round start names parameters this replica does not hold", rs->round,
              out);
       return;
@@ -192,7 +195,7 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
       return;
     }
     training_round_.reset();
-    Message m = Make(tr->upload);
+    Message m = tr->logits ? Make(*tr->logits) : Make(tr->upload);
     m.bulk = std::move(tr->bulk);
     out->messages.push_back(std::move(m));
     return;

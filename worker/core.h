@@ -55,7 +55,8 @@ struct EvalDone {
   bool digest_ok = true;  // digest equals what the coordinator announced
 };
 struct TrainDone {
-  DeltaUpload upload;  // blob filled in
+  DeltaUpload upload;  // blob filled in (FPLD: only the round and figures)
+  std::optional<LogitUpload> logits;  // FPLD: sent instead of the delta
   Bytes bulk;
 };
 struct JobFailed {
@@ -107,6 +108,9 @@ class WorkerCore {
   std::optional<uint32_t> target_round_;  // round of the parameters after queued jobs
   uint64_t target_digest_ = 0;
   std::optional<uint32_t> training_round_;
+  // FPLD, a site with a model of its own: no digests to follow, round
+  // starts name none.
+  bool fpld_own_ = false;
   bool overlap_ = false;  // Welcome.training.overlap: rounds in flight back to back
   // TrainJobs queued or running, by round. A re-welcome can queue a second
   // job for the round in flight; only the last one's result counts.

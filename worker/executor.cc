@@ -2,7 +2,9 @@
 
 #include <chrono>
 
+#include "common/fpld.h"
 #include "common/log.h"
+#include "common/logit_codec.h"
 
 namespace lowband {
 namespace {
@@ -42,7 +44,14 @@ JobResult Executor::Run(Job job) {
   return Apply(std::get<ApplyJob>(job));
 }
 
-JobResult Executor::Configure(const Welcome& w) {
+JobResult Executor::Configure(const Welcome& welcome) {
+  // FPLD: a site may train a model of its own (same context and vocab).
+  Welcome w = welcome;
+  if (w.fpld.enabled && site_.model.layers > 0) {
+    w.model.layers = site_.model.layers;
+    w.model.d_model = site_.model.d_model;
+    w.model.heads = site_.model.heads;
+  }
   // A re-welcome with the same model (coordinator restart, re-registration)
   // keeps the trainer and with it the inner optimizer state.
   if (configured() && welcome_ && SameModel(welcome_->model, w.model) && welcome_->data_seed == w.data_seed &&
@@ -116,7 +125,9 @@ JobResult Executor::Sync(const SyncJob& job) {
 
 JobResult Executor::Train(const TrainJob& job) {
   const uint64_t base = global().Digest();
-  if (base != job.base_digest) {
+  // FPLD sites with models of their own are told no digest (0).
+  const bool own_model = welcome_->fpld.enabled && job.base_digest == 0;
+  if (base != job.base_digest && !own_model) {
     return JobFailed{false, ErrorCode::kDigestMismatch, job.round,
                      "replica holds " + DigestHex(base) + ", round starts from " + DigestHex(job.base_digest), true};
   }
@@ -150,10 +161,57 @@ JobResult Executor::Train(const TrainJob& job) {
   idle_ms_ = 0;
   done.upload.blob = result->upload.header;
   done.bulk = std::move(result->upload.bulk);
+  if (welcome_->fpld.enabled) {
+    JobResult logits = ProbeLogits(job.round, own_model, &done);
+    if (!std::holds_alternative<TrainDone>(logits)) return logits;
+    done = std::get<TrainDone>(std::move(logits));
+  }
   last_train_ = done;
   LOG_DEBUG("round trained", {"round", job.round}, {"train_loss", result->mean_loss},
             {"step_time_ms", result->step_time_ms});
   return done;
+}
+
+// FPLD: the trained model's logits on the probe set, encoded as the
+// campaign says (common/logit_codec.h), replace the delta. A site with a
+// model of its own keeps training it: its trained weights become its
+// starting point for the next round.
+JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done) {
+  const FpldWelcome& f = welcome_->fpld;
+  auto logits = trainer_->ProbeLogits(f.probe_tokens, f.contexts, f.positions);
+  if (!logits.ok()) return Fail(ErrorCode::kInternal, round, logits.status());
+  if (own_model) {
+    Status st = trainer_->SetGlobal(trainer_->LocalParams());
+    if (!st.ok()) return Fail(ErrorCode::kInternal, round, st);
+  }
+  const int vocab = welcome_->model.vocab;
+  const int rows = f.contexts * f.positions;
+  const LogitCodec codec{f.bits, f.clip, f.topk};
+  Bytes bulk = EncodeLogits(codec, rows, vocab, logits->data(),
+                            FpldDitherSeed(welcome_->training.seed, round, site_.name));
+  LogitUpload up;
+  up.round = round;
+  up.train_loss = done->upload.train_loss;
+  up.tokens = done->upload.tokens;
+  up.step_time_ms = done->upload.step_time_ms;
+  up.wait_ms = done->upload.wait_ms;
+  up.rows = static_cast<uint32_t>(rows);
+  up.vocab = static_cast<uint32_t>(vocab);
+  up.bits = f.bits;
+  up.clip = f.clip;
+  up.topk = f.topk;
+  if (f.exact_reference) {
+    // Benchmarks only: the unquantized logits behind the payload.
+    const auto* raw = reinterpret_cast<const uint8_t*>(logits->data());
+    up.exact_bytes = logits->size() * sizeof(float);
+    bulk.insert(bulk.end(), raw, raw + up.exact_bytes);
+  }
+  up.blob.codec = CodecKind::kDenseFp32;
+  up.blob.byte_length = bulk.size();
+  up.blob.checksum = BulkChecksum(bulk.data(), bulk.size());
+  done->logits = up;
+  done->bulk = std::move(bulk);
+  return std::move(*done);
 }
 
 JobResult Executor::Apply(const ApplyJob& job) {

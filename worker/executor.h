@@ -38,6 +38,7 @@ class Executor {
   JobResult Sync(const SyncJob& job);
   JobResult Train(const TrainJob& job);
   JobResult Apply(const ApplyJob& job);
+  JobResult ProbeLogits(uint32_t round, bool own_model, TrainDone* done);
   JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
   bool configured() const { return trainer_ || stage_; }
   const ParamLayout& layout() const { return stage_ ? stage_->layout() : trainer_->layout(); }

@@ -70,6 +70,7 @@ struct WorkerService::Impl {
     h.train_tokens = corpus.train_tokens();
     h.val_tokens = corpus.val_tokens();
     h.peer_endpoint = site.peer;
+    h.own_model = site.model;  // FPLD: a model of its own (layers 0: the campaign's)
     core = std::make_unique<WorkerCore>(h, std::move(campaign), WorkerClock::now());
   }
 

@@ -392,6 +392,37 @@ Status Trainer::ApplyUpdate(const std::vector<float>& dense_update) {
   return ApplyUpdate(u);
 }
 
+StatusOr<std::vector<float>> Trainer::ProbeLogits(const std::vector<uint8_t>& tokens, int contexts, int positions) {
+  Impl& s = *impl_;
+  const int context = s.model_config.context;
+  if (contexts < 1 || positions < 1 || positions > context ||
+      tokens.size() != static_cast<size_t>(contexts) * static_cast<size_t>(context)) {
+    return InvalidArgument("ProbeLogits: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(contexts) +
+                           " contexts of " + std::to_string(context) + ", " + std::to_string(positions) + " positions");
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    s.model->eval();
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    std::vector<float> out;
+    out.reserve(static_cast<size_t>(contexts) * positions * s.model_config.vocab);
+    const int chunk = std::max(1, s.training.batch_size);
+    for (int first = 0; first < contexts; first += chunk) {
+      const int n = std::min(chunk, contexts - first);
+      auto x = torch::from_blob(ids.data() + static_cast<size_t>(first) * context, {n, context}, torch::kInt64)
+                   .to(s.device);
+      auto logits = s.model->forward(x).slice(1, context - positions, context).to(torch::kFloat32).to(torch::kCPU)
+                        .contiguous();
+      out.insert(out.end(), logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+    }
+    s.model->train();
+    return out;
+  } catch (const c10::Error& e) {
+    s.model->train();
+    return Internal(TorchMessage("ProbeLogits", e));
+  }
+}
+
 StatusOr<EvalResult> Trainer::Evaluate() {
   Impl& s = *impl_;
   try {

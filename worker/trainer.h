@@ -79,6 +79,11 @@ class Trainer {
   void SetSlowdown(double factor);
   // Validation loss of the global parameters on the corpus validation split.
   StatusOr<EvalResult> Evaluate();
+  // FPLD: logits of the model as it is now (after TrainRound: the trained
+  // local weights) on `contexts` probe windows of model.context tokens
+  // (row-major), at each window's last `positions` positions: a
+  // [contexts * positions, vocab] row-major block.
+  StatusOr<std::vector<float>> ProbeLogits(const std::vector<uint8_t>& tokens, int contexts, int positions);
 
  private:
   struct Impl;

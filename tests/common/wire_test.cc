@@ -60,6 +60,7 @@ Message SampleHello() {
   h.step_time_ms = 12.5;
   h.train_tokens = 1'000'000;
   h.val_tokens = 100'000;
+  h.own_model = ModelConfig{2, 96, 4, 128, 256};
   return Wrap(h);
 }
 
@@ -81,6 +82,14 @@ Message SampleWelcome() {
   w.heartbeat_interval_ms = 250;
   w.heartbeat_timeout_ms = 5000;
   w.layer_blocks = {0, 0, 1, 1, 1, 2};
+  w.fpld.enabled = true;
+  w.fpld.bits = 4;
+  w.fpld.clip = 6.5f;
+  w.fpld.topk = 32;
+  w.fpld.positions = 8;
+  w.fpld.contexts = 3;
+  w.fpld.exact_reference = true;
+  for (int i = 0; i < 3 * 128; ++i) w.fpld.probe_tokens.push_back(static_cast<uint8_t>(i * 7));
   return Wrap(w);
 }
 
@@ -151,11 +160,29 @@ Message SampleActivation() {
   return m;
 }
 
+Message SampleLogitUpload() {
+  Bytes bulk = MakeBulk(96, 4);
+  LogitUpload u;
+  u.round = 4;
+  u.train_loss = 2.5;
+  u.tokens = 5120;
+  u.step_time_ms = 41.5;
+  u.rows = 12;
+  u.vocab = 256;
+  u.bits = 2;
+  u.clip = 8;
+  u.topk = 0;
+  u.exact_bytes = 16;
+  u.wait_ms = 3.25;
+  u.blob = BlobFor(bulk);
+  return Wrap(u, std::move(bulk));
+}
+
 std::vector<Message> AllSamples() {
   return {SampleHello(),     SampleWelcome(),    SampleModelSync(),  SampleHeartbeat(),
           SampleCampaignEnd(), SampleRoundStart(), SampleDeltaUpload(), SampleAggregate(),
           SampleEvalReport(), SampleError(),      SampleControlRequest(), SampleControlResponse(),
-          SampleActivation()};
+          SampleActivation(), SampleLogitUpload()};
 }
 
 // ---------------------------------------------------------------- equality
@@ -164,8 +191,22 @@ auto Tie(const BlobHeader& b) {
   return std::tie(b.codec, b.num_elements, b.layout_digest, b.byte_length, b.checksum, b.topk);
 }
 bool Same(const Hello& a, const Hello& b) {
+  const auto& am = a.own_model;
+  const auto& bm = b.own_model;
   return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens) ==
-         std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms, b.train_tokens, b.val_tokens);
+             std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms, b.train_tokens, b.val_tokens) &&
+         std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
+             std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab);
+}
+bool Same(const FpldWelcome& a, const FpldWelcome& b) {
+  return std::tie(a.enabled, a.bits, a.clip, a.topk, a.positions, a.contexts, a.exact_reference, a.probe_tokens) ==
+         std::tie(b.enabled, b.bits, b.clip, b.topk, b.positions, b.contexts, b.exact_reference, b.probe_tokens);
+}
+bool Same(const LogitUpload& a, const LogitUpload& b) {
+  return std::tie(a.round, a.train_loss, a.tokens, a.step_time_ms, a.rows, a.vocab, a.bits, a.clip, a.topk,
+                  a.exact_bytes, a.wait_ms) == std::tie(b.round, b.train_loss, b.tokens, b.step_time_ms, b.rows,
+                                                        b.vocab, b.bits, b.clip, b.topk, b.exact_bytes, b.wait_ms) &&
+         Tie(a.blob) == Tie(b.blob);
 }
 bool Same(const Welcome& a, const Welcome& b) {
   const auto& am = a.model;
@@ -183,7 +224,7 @@ bool Same(const Welcome& a, const Welcome& b) {
              std::tie(bt.rounds, bt.inner_steps, bt.batch_size, bt.eval_batches, bt.seed) &&
          std::tie(ai.lr, ai.beta1, ai.beta2, ai.eps, ai.weight_decay, ai.grad_clip, ai.warmup_steps) ==
              std::tie(bi.lr, bi.beta1, bi.beta2, bi.eps, bi.weight_decay, bi.grad_clip, bi.warmup_steps) &&
-         a.layer_blocks == b.layer_blocks;
+         a.layer_blocks == b.layer_blocks && Same(a.fpld, b.fpld);
 }
 bool Same(const ModelSync& a, const ModelSync& b) {
   return std::tie(a.round, a.digest) == std::tie(b.round, b.digest) && Tie(a.blob) == Tie(b.blob);
@@ -317,7 +358,8 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
     const bool blob = std::holds_alternative<ModelSync>(original.body) ||
                       std::holds_alternative<DeltaUpload>(original.body) ||
                       std::holds_alternative<Aggregate>(original.body) ||
-                      std::holds_alternative<Activation>(original.body);
+                      std::holds_alternative<Activation>(original.body) ||
+                      std::holds_alternative<LogitUpload>(original.body);
     REQUIRE(frames.size() == (blob ? 2u : 1u));
     if (blob) CHECK(frames[1] == original.bulk);
 
@@ -359,7 +401,7 @@ TEST_CASE("wire: BodyName names every kind", "[unit]") {
   for (const Message& m : AllSamples()) names.push_back(BodyName(m.body));
   CHECK(names == std::vector<std::string>{"hello", "welcome", "model_sync", "heartbeat", "campaign_end",
                                           "round_start", "delta_upload", "aggregate", "eval_report", "error",
-                                          "control_request", "control_response", "activation"});
+                                          "control_request", "control_response", "activation", "logit_upload"});
 }
 
 TEST_CASE("wire: random bytes are rejected without crashing", "[unit]") {
