@@ -981,6 +981,11 @@ StatusOr<Update> CoordinatorCore::FpldAggregate(uint32_t round) {
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
                                    CoreOutput* out) {
   const uint32_t open_round = committed_round_ + 1;
+  if (fpld()) {
+    Reply(w.peer, ErrorCode::kUnexpected, "a parameter delta in an FPLD campaign (sites send probe logits)", m.round,
+          out);
+    return;
+  }
   if (config_.training.overlap) {
     // Overlap: uploads of rounds not open yet are held, up to committed + 2
     // (the furthest round announced: a fast site can finish round t+2 while

@@ -266,7 +266,12 @@ void CoordinatorService::Impl::OnWorkers() {
       core.HandleMessage(in.peer, *msg, Clock::now(), &out);
     }
     const std::string site = core.SiteOfPeer(in.peer);
-    ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, kind, bytes);
+    // FPLD benchmarks: the fp32 reference logits behind a payload are
+    // booked apart, so the upload's own bytes (and ratio) stay its own.
+    const auto* logits = msg.ok() ? std::get_if<LogitUpload>(&msg->body) : nullptr;
+    const uint64_t reference = logits && logits->exact_bytes <= bytes ? logits->exact_bytes : 0;
+    ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, kind, bytes - reference);
+    if (reference > 0) ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, "logit_reference", reference);
     if (msg.ok() && !site.empty()) RecordPeerTraffic(site, round, *msg);
     if (kind == "delta_upload" && core.phase() == CoordinatorCore::Phase::kTraining && core.uploads_received() == 1) {
       FailPoint("upload", core.committed_round() + 1);  // one upload in, the others still to come

@@ -750,6 +750,45 @@ TEST_CASE("config: personalization clusters are read and checked", "[unit]") {
              Catch::Contains("personalization") && Catch::Contains("not supported yet"));
 }
 
+TEST_CASE("config: fpld is read and checked; site models only in FPLD campaigns", "[unit]") {
+  const std::string base =
+      "campaign: {name: x}\n"
+      "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0}\n";
+  const CampaignConfig c = Campaign(base +
+                                    "fpld: {probes: {dir: /tmp, files: [a]}, contexts: 32, positions: 4, bits: 2, "
+                                    "clip: 6, topk: 16, student_steps: 5, exact_reference: true}\n");
+  CHECK(c.fpld.enabled);
+  CHECK(c.fpld.probes.dir == "/tmp");
+  CHECK(c.fpld.contexts == 32);
+  CHECK(c.fpld.positions == 4);
+  CHECK(c.fpld.bits == 2);
+  CHECK(c.fpld.clip == 6);
+  CHECK(c.fpld.topk == 16);
+  CHECK(c.fpld.student_steps == 5);
+  CHECK(c.fpld.exact_reference);
+  CHECK_FALSE(Campaign("campaign: {name: x}\n").fpld.enabled);
+  const std::string probes = "fpld: {probes: {dir: /tmp}";
+  CHECK_THAT(CampaignError(base + probes + ", bits: 17}\n"), Catch::Contains("fpld.bits"));
+  CHECK_THAT(CampaignError(base + probes + ", positions: 65}\n"), Catch::Contains("fpld.positions"));
+  CHECK_THAT(CampaignError(base + probes + ", clip: 0}\n"), Catch::Contains("fpld.clip"));
+  CHECK_THAT(CampaignError(base + "fpld: {contexts: 8}\n"), Catch::Contains("fpld.probes.dir"));
+  CHECK_THAT(CampaignError(base + probes + ", colour: red}\n"), Catch::Contains("colour"));
+  CHECK_THAT(CampaignError("campaign: {name: x}\n" + probes + "}\n"),
+             Catch::Contains("outer_optimizer") && Catch::Contains("plain SGD with lr 1"));
+  CHECK_THAT(CampaignError(base + "training: {overlap: true}\n" + probes + "}\n"), Catch::Contains("FPLD with"));
+  const std::string site_model =
+      "sites:\n  - site: {name: s1, model: {layers: 2, d_model: 96, heads: 4}}\n    data: {dir: /tmp}\n";
+  const CampaignConfig mixed = Campaign(base + probes + "}\n" + site_model);
+  REQUIRE(mixed.sites.size() == 1);
+  CHECK(mixed.sites[0].model.layers == 2);
+  CHECK(mixed.sites[0].model.d_model == 96);
+  CHECK_THAT(CampaignError("campaign: {name: x}\n" + site_model),
+             Catch::Contains("sites[0].site.model") && Catch::Contains("outside an FPLD campaign"));
+  CHECK_THAT(CampaignError(base + probes + "}\nsites:\n  - site: {name: s1, model: {layers: 2, d_model: 90, heads: 4}}\n"
+                                           "    data: {dir: /tmp}\n"),
+             Catch::Contains("site.model.d_model"));
+}
+
 // ---------------------------------------------------------------------------
 // --set overrides
 

@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 #include <random>
 
+#include "common/fpld.h"
+#include "common/logit_codec.h"
 #include "tests/fakes/fake_cluster.h"
 
 namespace lowband {
@@ -413,6 +415,124 @@ TEST_CASE("overlap: the next round opens at the close, records wait for evaluati
     REQUIRE_FALSE(out.committed.empty());
     CHECK(out.committed[0].round == 1);
     CHECK(out.committed[0].evaluated == 2);
+  }
+}
+
+// FPLD: sites send probe logits; the coordinator checks and decodes them,
+// averages the teacher, has the student distilled (a stand-in here) and
+// sends theta - student as the round's aggregate to the sites of the
+// student's architecture only.
+TEST_CASE("fpld: logit uploads are checked, averaged and distilled; own-model sites get no parameters",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  config.fpld.enabled = true;
+  config.fpld.contexts = 2;
+  config.fpld.positions = 2;
+  config.fpld.bits = 6;
+  config.fpld.clip = 8;
+  config.outer = OuterOptimizerConfig{OuterOptimizerKind::kSgd, 1.0, 0.0};
+  const int rows = 4, vocab = config.model.vocab;
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  std::vector<float> seen_teacher;
+  core.SetFpld(std::vector<uint8_t>(2 * static_cast<size_t>(config.model.context), 'x'),
+               [&](uint32_t, const ParamSet& start, const std::vector<float>& teacher, const std::vector<float>*) {
+                 seen_teacher = teacher;
+                 DistilOutcome o;
+                 o.student = start.values;
+                 for (float& v : o.student) v += 0.5f;
+                 o.public_val_loss = 2.0;
+                 return StatusOr<DistilOutcome>(o);
+               });
+  CoreOutput out;
+  Hello own = HelloFrom("site-c");
+  own.own_model = ModelConfig{2, 96, 4, 0, 0};
+  core.HandleMessage("site-a", Wrap(HelloFrom("site-a")), now, &out);
+  core.HandleMessage("site-b", Wrap(HelloFrom("site-b")), now, &out);
+  core.HandleMessage("site-c", Wrap(own), now, &out);
+  REQUIRE(Bodies<Welcome>(out, "site-c").size() == 1);
+  CHECK(Bodies<Welcome>(out, "site-c")[0]->fpld.enabled);
+  CHECK(Bodies<Welcome>(out, "site-c")[0]->fpld.probe_tokens.size() == 2u * config.model.context);
+  CHECK(Bodies<ModelSync>(out, "site-c").empty());  // its model is its own
+  CHECK(Bodies<ModelSync>(out, "site-a").size() == 1);
+  const uint64_t digest0 = core.digest();
+  for (const char* s : {"site-a", "site-b"}) {
+    core.HandleMessage(s, Wrap(EvalReport{0, 5.0, 100, digest0, {}}), now, &out);
+  }
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);  // site-c evaluates nothing of the student's
+  REQUIRE(Bodies<RoundStart>(out, "site-c").size() == 1);
+  CHECK(Bodies<RoundStart>(out, "site-c")[0]->model_version == 0);
+  CHECK(Bodies<RoundStart>(out, "site-a")[0]->model_version == digest0);
+
+  const LogitCodec codec{6, 8.0f, 0};
+  auto upload = [&](const std::string& site, float level) {
+    std::vector<float> logits(static_cast<size_t>(rows) * vocab, 0.0f);
+    for (int r = 0; r < rows; ++r) logits[static_cast<size_t>(r) * vocab + r] = level;  // one peaked entry a row
+    Bytes bulk = EncodeLogits(codec, rows, vocab, logits.data(), FpldDitherSeed(config.training.seed, 1, site));
+    LogitUpload u;
+    u.round = 1;
+    u.train_loss = 3.0;
+    u.tokens = 10;
+    u.rows = rows;
+    u.vocab = static_cast<uint32_t>(vocab);
+    u.bits = 6;
+    u.clip = 8.0f;
+    u.blob.byte_length = bulk.size();
+    Message m = Wrap(u);
+    m.bulk = bulk;
+    return m;
+  };
+  SECTION("malformed uploads are refused and change nothing") {
+    auto refused = [&](Message m, ErrorCode code) {
+      CoreOutput o;
+      core.HandleMessage("site-a", m, now, &o);
+      REQUIRE(Bodies<Error>(o, "site-a").size() == 1);
+      CHECK(Bodies<Error>(o, "site-a")[0]->code == code);
+      CHECK(core.uploads_received() == 0);
+    };
+    Message wrong_rows = upload("site-a", 4.0f);
+    std::get<LogitUpload>(wrong_rows.body).rows = 3;
+    refused(wrong_rows, ErrorCode::kBadPayload);
+    Message wrong_bits = upload("site-a", 4.0f);
+    std::get<LogitUpload>(wrong_bits.body).bits = 8;
+    refused(wrong_bits, ErrorCode::kBadPayload);
+    Message short_payload = upload("site-a", 4.0f);
+    short_payload.bulk.pop_back();
+    refused(short_payload, ErrorCode::kBadPayload);
+    Message no_tokens = upload("site-a", 4.0f);
+    std::get<LogitUpload>(no_tokens.body).tokens = 0;
+    refused(no_tokens, ErrorCode::kBadPayload);
+    Message exact_unasked = upload("site-a", 4.0f);
+    std::get<LogitUpload>(exact_unasked.body).exact_bytes = 16;
+    exact_unasked.bulk.resize(exact_unasked.bulk.size() + 16);
+    refused(exact_unasked, ErrorCode::kBadPayload);
+    Message later = upload("site-a", 4.0f);
+    std::get<LogitUpload>(later.body).round = 2;
+    refused(later, ErrorCode::kWrongRound);
+    refused(DenseUpload(1, digest0, std::vector<float>(TinyParams().values.size(), 0.0f)), ErrorCode::kUnexpected);
+  }
+  SECTION("the teacher is the mean of the dequantized logits; the student goes to its architecture's sites") {
+    core.HandleMessage("site-a", upload("site-a", 6.0f), now, &out);
+    core.HandleMessage("site-b", upload("site-b", 2.0f), now, &out);
+    out = CoreOutput{};
+    core.HandleMessage("site-c", upload("site-c", 4.0f), now, &out);
+    REQUIRE(out.commits.size() == 1);
+    const auto& rec = out.commits[0].record;
+    CHECK(rec.contributors == 3);
+    CHECK(rec.fpld.payload_bytes == 3 * LogitPayloadBytes(codec, rows, vocab));
+    CHECK(rec.fpld.fp32_bytes == 3u * rows * vocab * sizeof(float));
+    CHECK(rec.fpld.public_val_loss == 2.0);
+    // Each row, centred: the peak is level * (1 - 1/V), the rest -level / V.
+    REQUIRE(seen_teacher.size() == static_cast<size_t>(rows) * vocab);
+    const double step = 16.0 / 63.0;
+    CHECK(seen_teacher[0] == Approx(4.0 * (1 - 1.0 / vocab)).margin(step));
+    CHECK(seen_teacher[1] == Approx(-4.0 / vocab).margin(step));
+    CHECK(Bodies<Aggregate>(out, "site-a").size() == 1);
+    CHECK(Bodies<Aggregate>(out, "site-c").empty());
+    for (size_t i = 0; i < TinyParams().values.size(); ++i) {
+      CHECK(core.params().values[i] == Approx(TinyParams().values[i] + 0.5f).margin(1e-6));
+    }
+    CHECK(Bodies<Aggregate>(out, "site-a")[0]->digest == core.digest());
   }
 }
 

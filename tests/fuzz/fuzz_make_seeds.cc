@@ -99,6 +99,31 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
   w.heartbeat_timeout_ms = 10000;
   out.emplace_back("welcome", Wrap(w));
   {
+    Welcome f = w;  // FPLD: settings and a probe set of 2 contexts
+    f.model.context = 16;
+    f.fpld.enabled = true;
+    f.fpld.contexts = 2;
+    f.fpld.positions = 4;
+    f.fpld.probe_tokens.assign(2 * 16, 'a');
+    out.emplace_back("welcome_fpld", Wrap(f));
+    Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100};
+    h.own_model = ModelConfig{2, 96, 4, 0, 0};
+    out.emplace_back("hello_own_model", Wrap(h));
+  }
+  {
+    Bytes bulk = MakeBulk(64, 5);
+    LogitUpload u;
+    u.round = 3;
+    u.train_loss = 2.5;
+    u.tokens = 5120;
+    u.rows = 2;
+    u.vocab = 256;
+    u.bits = 1;
+    u.clip = 8;
+    u.blob = BlobFor(bulk, CodecKind::kDenseFp32);
+    out.emplace_back("logit_upload", Wrap(u, bulk));
+  }
+  {
     Bytes bulk = MakeBulk(64, 1);
     out.emplace_back("model_sync", Wrap(ModelSync{7, 0xabcdefull, BlobFor(bulk, CodecKind::kDenseFp32)}, bulk));
   }
