@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "common/json.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"lowband: train language models across sites joined by thin links"};
@@ -78,6 +79,26 @@ int main(int argc, char** argv) {
   keys_gen->add_option("--dir,-d", key_dir, "directory for the two files (default: .)");
   add_control(&app, "checkpoint", "write RUN_DIR/checkpoint-round-N.lbck of the last committed round now",
               {"checkpoint"});
+  // FC-RAG (docs/fcrag.md): answered once the sites have.
+  double cal_alpha = 0;
+  int cal_score_bits = -1, cal_summary_bits = -1, cal_trials = 0;
+  std::vector<std::string> predict_text;
+  auto* calibrate_cmd = add_control(&app, "calibrate",
+                                    "FC-RAG: the split-conformal threshold at --alpha from the sites' pooled "
+                                    "calibration summaries, its coverage bound, and (with --trials) the coverage "
+                                    "and set size measured on the sites' test queries",
+                                    {"calibrate"});
+  calibrate_cmd->add_option("--alpha", cal_alpha, "miscoverage in (0, 1) (default: fcrag.alpha)")
+      ->check(CLI::Range(1e-9, 1 - 1e-9));
+  calibrate_cmd->add_option("--score-bits", cal_score_bits, "B_i: bits per site score, 0 = fp32 (default: fcrag.score_bits)")
+      ->check(CLI::Range(0, 16));
+  calibrate_cmd->add_option("--summary-bits", cal_summary_bits, "B_cal: bits per calibration order statistic (default: fcrag.summary_bits)")
+      ->check(CLI::Range(1, 15));
+  calibrate_cmd->add_option("--trials", cal_trials, "random calibration/test splits to measure (default 1)")
+      ->check(CLI::Range(1, 10000));
+  auto* predict_cmd = add_control(&app, "predict", "FC-RAG: the prediction set of TEXT under the newest threshold",
+                                  {"predict"});
+  predict_cmd->add_option("text", predict_text, "the query text")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -89,6 +110,16 @@ int main(int argc, char** argv) {
     if (!cmd->parsed()) continue;
     std::vector<std::string> args(words.begin() + 1, words.end());
     if (words == std::vector<std::string>{"worker", "evict"}) args.push_back(evict_site);
+    if (cmd == calibrate_cmd) {
+      auto opt = [&](const char* name, const std::string& v) { args.insert(args.end(), {name, v}); };
+      if (cal_alpha > 0) opt("--alpha", lowband::JsonNumber(cal_alpha));
+      if (cal_score_bits >= 0) opt("--score-bits", std::to_string(cal_score_bits));
+      if (cal_summary_bits >= 0) opt("--summary-bits", std::to_string(cal_summary_bits));
+      if (cal_trials > 0) opt("--trials", std::to_string(cal_trials));
+    }
+    if (cmd == predict_cmd) args = predict_text;
+    // The sites answer these: allow them time unless told otherwise.
+    if ((cmd == calibrate_cmd || cmd == predict_cmd) && cmd->count("--timeout-ms") == 0) ctl.timeout_ms = 300000;
     return lowband::cli::Control(ctl, words[0], args);
   }
   return 64;

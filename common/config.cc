@@ -895,7 +895,8 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
     c->Error("campaign.name", "invalid name '" + cfg.name + "'", kNameChars);
   }
   const int kIntMax = std::numeric_limits<int>::max();
-  c->IntRange("campaign.rounds", cfg.training.rounds, 1, kIntMax);
+  // An FC-RAG campaign may calibrate without training first.
+  c->IntRange("campaign.rounds", cfg.training.rounds, cfg.fcrag.enabled ? 0 : 1, kIntMax);
 
   const ModelConfig& m = cfg.model;
   c->IntRange("model.layers", m.layers, 1, kMaxLayers);
@@ -1118,6 +1119,29 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
                "{name: sgd, lr: 1.0, momentum: 0} (the coordinator's student is the global model)");
     }
   }
+  const FcragConfig& fr = cfg.fcrag;
+  if (fr.enabled) {
+    if (fr.labels.size() < 2) {
+      c->Error("fcrag.labels", std::to_string(fr.labels.size()) + " labels", "a list of at least 2 collection (file) names");
+    }
+    std::set<std::string> seen;
+    for (const std::string& l : fr.labels) {
+      if (l.empty() || !seen.insert(l).second) c->Error("fcrag.labels", "empty or repeated label '" + l + "'", "distinct file names");
+    }
+    c->IntRange("fcrag.retrieve_k", fr.retrieve_k, 1, 10000);
+    c->DoubleRange("fcrag.smoothing", fr.smoothing, 0, false, 1e6, true);
+    c->IntRange("fcrag.score_bits", fr.score_bits, 0, 16);
+    c->DoubleRange("fcrag.score_max", fr.score_max, 0, false, 1e6, true);
+    c->IntRange("fcrag.summary_bits", fr.summary_bits, 1, 15);
+    c->DoubleRange("fcrag.alpha", fr.alpha, 0, false, 1, false);
+    c->DoubleRange("fcrag.calibration_fraction", fr.calibration_fraction, 0, false, 1, false);
+    c->IntRange("fcrag.trials", fr.trials, 1, 100000);
+    c->IntRange("fcrag.min_chars", fr.min_chars, 1, 1 << 20);
+    c->IntRange("fcrag.max_chars", fr.max_chars, std::max(fr.min_chars, 1), 1 << 20);
+    if (pc.stages > 1 || fp.enabled) {
+      c->Error("fcrag", "FC-RAG with pipeline stages or FPLD", "neither in an FC-RAG campaign");
+    }
+  }
   for (size_t i = 0; i < cfg.sites.size(); ++i) {
     if (cfg.sites[i].model.layers != 0 && !fp.enabled) {
       c->Error("sites[" + std::to_string(i) + "].site.model", "a site model of its own outside an FPLD campaign",
@@ -1182,7 +1206,10 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
 
 const std::vector<std::string> kRootKeys = {"campaign", "model",  "training", "outer_optimizer", "codec",
                                             "quorum",   "network", "output",  "checkpoint", "pipeline", "sites",
-                                            "parablock", "personalization", "fpld"};
+                                            "parablock", "personalization", "fpld", "fcrag"};
+const std::vector<std::string> kFcragKeys = {"labels",     "retrieve_k", "smoothing", "score_bits",
+                                             "score_max",  "summary_bits", "alpha",   "calibration_fraction",
+                                             "trials",     "min_chars",  "max_chars", "serve"};
 const std::vector<std::string> kFpldKeys = {"probes",        "contexts",      "positions",      "bits",
                                             "clip",          "topk",          "student_steps",  "student_lr",
                                             "student_batch", "student_eval_batches", "exact_reference"};
@@ -1589,6 +1616,27 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "student_eval_batches", &fc.student_eval_batches);
       int exact = 0;
       if (p.Enum(m, "exact_reference", {"false", "true"}, &exact)) fc.exact_reference = exact == 1;
+    }
+  }
+
+  if (const auto* f = top.Find("fcrag")) {
+    MapFields m;
+    if (p.Map(f->value, "fcrag", kFcragKeys, &m)) {
+      FcragConfig& fc = cfg->fcrag;
+      fc.enabled = true;
+      p.StringList(m, "labels", &fc.labels);
+      p.Int(m, "retrieve_k", &fc.retrieve_k);
+      p.Double(m, "smoothing", &fc.smoothing);
+      p.Int(m, "score_bits", &fc.score_bits);
+      p.Double(m, "score_max", &fc.score_max);
+      p.Int(m, "summary_bits", &fc.summary_bits);
+      p.Double(m, "alpha", &fc.alpha);
+      p.Double(m, "calibration_fraction", &fc.calibration_fraction);
+      p.Int(m, "trials", &fc.trials);
+      p.Int(m, "min_chars", &fc.min_chars);
+      p.Int(m, "max_chars", &fc.max_chars);
+      int serve = 0;
+      if (p.Enum(m, "serve", {"false", "true"}, &serve)) fc.serve = serve == 1;
     }
   }
 

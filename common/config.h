@@ -204,6 +204,26 @@ struct FpldConfig {
   bool exact_reference = false;
 };
 
+// FC-RAG campaigns (docs/fcrag.md): federated conformal prediction sets
+// over sites' private document stores. After the training rounds (there
+// may be none) the coordinator gathers the sites' queries, has every site
+// score them, averages, and calibrates from B_cal-bit summaries.
+struct FcragConfig {
+  bool enabled = false;             // set by the presence of `fcrag:`
+  std::vector<std::string> labels;  // the candidate labels: collection (file) names
+  int retrieve_k = 10;              // documents retrieved per query (BM25)
+  double smoothing = 1.0;           // P(y | X, Z) smoothing mass per label
+  int score_bits = 8;               // B_i: bits per score a site sends (0 = fp32)
+  double score_max = 10;            // scores clipped to [0, score_max] for the wire
+  int summary_bits = 6;             // B_cal: bits per quantized calibration order statistic
+  double alpha = 0.1;               // miscoverage of the campaign's own calibration
+  double calibration_fraction = 0.5;  // of each site's queries, per random split
+  int trials = 20;                  // random calibration/test splits measured
+  int min_chars = 20;               // records shorter than this are dropped
+  int max_chars = 2000;             // and longer ones cut
+  bool serve = false;               // stay up for `lowband calibrate` / `predict` after the campaign's own
+};
+
 struct SiteConfig {
   std::string name;
   // FPLD: this site's own model (another architecture than the campaign's
@@ -255,6 +275,7 @@ struct CampaignConfig {
   ParaBlockConfig parablock;
   PersonalizationConfig personalization;
   FpldConfig fpld;
+  FcragConfig fcrag;
   QuorumConfig quorum;
   NetworkConfig network;
   OutputConfig output;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/status.h"
 
 namespace lowband {
 
@@ -51,6 +52,16 @@ struct FpldWelcome {
   std::vector<uint8_t> probe_tokens;  // contexts x model.context byte tokens
 };
 
+// FC-RAG settings a site needs for its store and scores, sent with Welcome.
+struct FcragWelcome {
+  bool enabled = false;
+  std::vector<std::string> labels;
+  int retrieve_k = 10;
+  double smoothing = 1.0;
+  int min_chars = 20;
+  int max_chars = 2000;
+};
+
 struct Welcome {
   std::string worker_id;
   ModelConfig model;
@@ -73,6 +84,7 @@ struct Welcome {
   // first block and the final LayerNorm for the last (common/blocks.h).
   std::vector<int> layer_blocks;
   FpldWelcome fpld;
+  FcragWelcome fcrag;
 };
 
 struct ModelSync {  // bulk: full parameters
@@ -144,6 +156,42 @@ struct LogitUpload {
   double wait_ms = 0;
 };
 
+// FC-RAG exchanges (docs/fcrag.md), hub to site and back, matched by id.
+enum class FcragKind : uint8_t {
+  kQueries = 0,    // site -> hub: its query texts (bulk: TextList), labels stay at the site
+  kScore = 1,      // hub -> site: texts (TextList); site -> hub: count x labels scores at `bits`, dithered
+  kCalibrate = 2,  // hub -> site: mean scores of its queries (fp32, count x labels) and a split seed;
+                   // site -> hub: its calibration scores as a B_cal-bit summary, and its local QQ statistic
+  kTest = 3,       // hub -> site: thresholds; site -> hub: coverage and set sizes on its test queries
+};
+const char* FcragKindName(FcragKind kind);
+
+struct FcragRequest {
+  uint64_t id = 0;
+  FcragKind kind = FcragKind::kQueries;
+  int bits = 0;               // score: B_i (0 fp32); calibrate: B_cal
+  uint64_t seed = 0;          // score: dither seed; calibrate: split seed (the test reuses the split)
+  double score_max = 10;      // the score range [0, score_max]
+  uint32_t count = 0;         // texts (score) or score rows (calibrate)
+  double calibration_fraction = 0.5;
+  uint32_t qq_k = 0;          // calibrate: the local order statistic FedCP-QQ asks for (0: none)
+  double threshold = 0;       // test: the pooled split-conformal threshold
+  double threshold_qq = 0;    // test: the FedCP-QQ threshold
+  BlobHeader blob;            // bulk, when the kind carries one
+};
+
+struct FcragReply {
+  uint64_t id = 0;
+  FcragKind kind = FcragKind::kQueries;
+  uint32_t count = 0;         // queries, score rows or calibration scores
+  uint32_t covered = 0;       // test: test queries whose set holds the true label (pooled threshold)
+  uint64_t set_size = 0;      // test: total labels in their sets
+  uint32_t covered_qq = 0;    // the same with the FedCP-QQ threshold
+  uint64_t set_size_qq = 0;
+  double local_qq = 0;        // calibrate: the site's qq_k-th smallest calibration score
+  BlobHeader blob;
+};
+
 struct Aggregate {  // bulk: outer update u, applied as theta <- theta - u
   uint32_t round = 0;
   uint64_t digest = 0;  // digest after applying
@@ -212,7 +260,13 @@ struct ControlResponse {
 };
 
 using Body = std::variant<Hello, Welcome, ModelSync, Heartbeat, CampaignEnd, RoundStart, DeltaUpload,
-                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation, LogitUpload>;
+                          Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation, LogitUpload,
+                          FcragRequest, FcragReply>;
+
+// FC-RAG texts in a bulk frame: for each, its byte length (uint32 LE) then
+// its bytes. Decoding refuses a count or lengths that do not fit exactly.
+Bytes PackTextList(const std::vector<std::string>& texts);
+StatusOr<std::vector<std::string>> UnpackTextList(const Bytes& bulk, uint32_t count);
 
 // Short lower-case name of the body kind ("hello", "delta_upload", ...),
 // used in logs and in the bandwidth ledger.

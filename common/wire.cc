@@ -43,6 +43,42 @@ const char* PeerTrafficKindName(uint8_t kind) {
   }
 }
 
+const char* FcragKindName(FcragKind kind) {
+  switch (kind) {
+    case FcragKind::kQueries: return "queries";
+    case FcragKind::kScore: return "score";
+    case FcragKind::kCalibrate: return "calibrate";
+    case FcragKind::kTest: return "test";
+  }
+  return "unknown";
+}
+
+Bytes PackTextList(const std::vector<std::string>& texts) {
+  Bytes out;
+  for (const std::string& t : texts) {
+    const uint32_t n = static_cast<uint32_t>(t.size());
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(n >> (8 * i)));
+    out.insert(out.end(), t.begin(), t.end());
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::string>> UnpackTextList(const Bytes& bulk, uint32_t count) {
+  std::vector<std::string> texts;
+  size_t at = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (bulk.size() - at < 4) return InvalidArgument("text list: entry " + std::to_string(i) + " of " + std::to_string(count) + " is cut short");
+    uint32_t n = 0;
+    for (int b = 0; b < 4; ++b) n |= static_cast<uint32_t>(bulk[at + b]) << (8 * b);
+    at += 4;
+    if (n > bulk.size() - at) return InvalidArgument("text list: entry " + std::to_string(i) + " claims " + std::to_string(n) + " bytes, " + std::to_string(bulk.size() - at) + " left");
+    texts.emplace_back(reinterpret_cast<const char*>(bulk.data() + at), n);
+    at += n;
+  }
+  if (at != bulk.size()) return InvalidArgument("text list: " + std::to_string(bulk.size() - at) + " bytes after the last of " + std::to_string(count) + " texts");
+  return texts;
+}
+
 const char* BodyName(const Body& body) {
   struct Namer {
     const char* operator()(const Hello&) const { return "hello"; }
@@ -53,6 +89,8 @@ const char* BodyName(const Body& body) {
     const char* operator()(const RoundStart&) const { return "round_start"; }
     const char* operator()(const DeltaUpload&) const { return "delta_upload"; }
     const char* operator()(const LogitUpload&) const { return "logit_upload"; }
+    const char* operator()(const FcragRequest&) const { return "fcrag_request"; }
+    const char* operator()(const FcragReply&) const { return "fcrag_reply"; }
     const char* operator()(const Aggregate&) const { return "aggregate"; }
     const char* operator()(const EvalReport&) const { return "eval_report"; }
     const char* operator()(const Activation&) const { return "activation"; }
@@ -147,11 +185,17 @@ class BodyEncoder {
       auto probes = fbb_.CreateVector(f.probe_tokens);
       fpld = wire::CreateFpldSpec(fbb_, f.bits, f.clip, f.topk, f.positions, f.contexts, f.exact_reference, probes);
     }
+    flatbuffers::Offset<wire::FcragSpec> fcrag = 0;
+    if (m.fcrag.enabled) {
+      const FcragWelcome& f = m.fcrag;
+      auto labels = fbb_.CreateVectorOfStrings(f.labels);
+      fcrag = wire::CreateFcragSpec(fbb_, labels, f.retrieve_k, f.smoothing, f.min_chars, f.max_chars);
+    }
     return {wire::Body::Welcome,
             wire::CreateWelcome(fbb_, worker_id, model, training, m.data_seed, m.worker_index,
                                 m.heartbeat_interval_ms, m.heartbeat_timeout_ms, pipeline, m.stage, m.replica,
                                 endpoints, m.pipeline_epoch,
-                                m.layer_blocks.empty() ? 0 : fbb_.CreateVector(m.layer_blocks), fpld)
+                                m.layer_blocks.empty() ? 0 : fbb_.CreateVector(m.layer_blocks), fpld, fcrag)
                 .Union()};
   }
 
@@ -182,6 +226,22 @@ class BodyEncoder {
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
                                     m.step_time_ms, blob, traffic, m.block, m.wait_ms)
+                .Union()};
+  }
+
+  EncodedBody operator()(const FcragRequest& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::FcragRequest,
+            wire::CreateFcragRequest(fbb_, m.id, static_cast<uint8_t>(m.kind), m.bits, m.seed, m.score_max, m.count,
+                                     m.calibration_fraction, m.qq_k, m.threshold, m.threshold_qq, blob)
+                .Union()};
+  }
+
+  EncodedBody operator()(const FcragReply& m) {
+    auto blob = EncodeBlob(fbb_, m.blob);
+    return {wire::Body::FcragReply,
+            wire::CreateFcragReply(fbb_, m.id, static_cast<uint8_t>(m.kind), m.count, m.covered, m.set_size,
+                                   m.covered_qq, m.set_size_qq, m.local_qq, blob)
                 .Union()};
   }
 
@@ -253,7 +313,8 @@ class BodyEncoder {
 bool CarriesBlob(const Body& body) {
   return std::holds_alternative<ModelSync>(body) || std::holds_alternative<DeltaUpload>(body) ||
          std::holds_alternative<Aggregate>(body) || std::holds_alternative<Activation>(body) ||
-         std::holds_alternative<LogitUpload>(body);
+         std::holds_alternative<LogitUpload>(body) || std::holds_alternative<FcragRequest>(body) ||
+         std::holds_alternative<FcragReply>(body);
 }
 
 const BlobHeader* BlobOf(const Body& body) {
@@ -262,6 +323,8 @@ const BlobHeader* BlobOf(const Body& body) {
   if (const auto* m = std::get_if<Aggregate>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Activation>(&body)) return &m->blob;
   if (const auto* m = std::get_if<LogitUpload>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<FcragRequest>(&body)) return &m->blob;
+  if (const auto* m = std::get_if<FcragReply>(&body)) return &m->blob;
   return nullptr;
 }
 
@@ -523,6 +586,26 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
     }
     w.probe_tokens.assign(probes->begin(), probes->end());
   }
+  if (const wire::FcragSpec* f = t.fcrag()) {
+    FcragWelcome& w = m->fcrag;
+    w.enabled = true;
+    if (f->labels() == nullptr || f->labels()->size() < 2 || f->labels()->size() > 4096) {
+      return InvalidArgument("Welcome.fcrag.labels needs 2 to 4096 labels");
+    }
+    for (const auto* l : *f->labels()) {
+      if (l == nullptr || l->size() == 0 || l->size() > 256) return InvalidArgument("Welcome.fcrag.labels has an empty or oversized label");
+      w.labels.push_back(l->str());
+    }
+    w.retrieve_k = f->retrieve_k();
+    w.smoothing = f->smoothing();
+    w.min_chars = f->min_chars();
+    w.max_chars = f->max_chars();
+    if (w.retrieve_k < 1 || w.retrieve_k > 10000 || !(w.smoothing > 0) || !std::isfinite(w.smoothing) ||
+        w.min_chars < 1 || w.max_chars < w.min_chars) {
+      return InvalidArgument("Welcome.fcrag has out-of-range settings (retrieve_k 1..10000, smoothing > 0, "
+                             "1 <= min_chars <= max_chars)");
+    }
+  }
   return DecodePipeline(t, m);
 }
 
@@ -621,6 +704,49 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.wait_ms(), "DeltaUpload.wait_ms"));
   m->wait_ms = t.wait_ms();
   return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
+}
+
+Status DecodeFcragKind(uint8_t kind, const char* field, FcragKind* out) {
+  if (kind > static_cast<uint8_t>(FcragKind::kTest)) {
+    return InvalidArgument(std::string(field) + " has unknown value " + std::to_string(kind));
+  }
+  *out = static_cast<FcragKind>(kind);
+  return Status::Ok();
+}
+
+Status DecodeFcragRequest(const wire::FcragRequest& t, FcragRequest* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "FcragRequest.blob", &m->blob));
+  LOWBAND_RETURN_IF_ERROR(DecodeFcragKind(t.kind(), "FcragRequest.kind", &m->kind));
+  if (t.bits() < 0 || t.bits() > 16) return InvalidArgument("FcragRequest.bits is " + std::to_string(t.bits()) + " (allowed: 0 to 16)");
+  if (!std::isfinite(t.score_max()) || t.score_max() <= 0) return InvalidArgument("FcragRequest.score_max must be finite and > 0");
+  if (!(t.calibration_fraction() > 0 && t.calibration_fraction() < 1)) {
+    return InvalidArgument("FcragRequest.calibration_fraction must lie in (0, 1)");
+  }
+  if (std::isnan(t.threshold()) || std::isnan(t.threshold_qq())) return InvalidArgument("FcragRequest thresholds are NaN");
+  m->id = t.id();
+  m->bits = t.bits();
+  m->seed = t.seed();
+  m->score_max = t.score_max();
+  m->count = t.count();
+  m->calibration_fraction = t.calibration_fraction();
+  m->qq_k = t.qq_k();
+  m->threshold = t.threshold();
+  m->threshold_qq = t.threshold_qq();
+  return Status::Ok();
+}
+
+Status DecodeFcragReply(const wire::FcragReply& t, FcragReply* m) {
+  LOWBAND_RETURN_IF_ERROR(DecodeBlob(t.blob(), "FcragReply.blob", &m->blob));
+  LOWBAND_RETURN_IF_ERROR(DecodeFcragKind(t.kind(), "FcragReply.kind", &m->kind));
+  if (std::isnan(t.local_qq())) return InvalidArgument("FcragReply.local_qq is NaN");
+  m->id = t.id();
+  m->count = t.count();
+  m->covered = t.covered();
+  m->set_size = t.set_size();
+  m->covered_qq = t.covered_qq();
+  m->set_size_qq = t.set_size_qq();
+  m->local_qq = t.local_qq();
+  return Status::Ok();
 }
 
 Status DecodeLogitUpload(const wire::LogitUpload& t, LogitUpload* m) {
@@ -738,6 +864,10 @@ Status DecodeBody(const wire::Envelope& env, Body* out) {
       return DecodeAs(env.body_as_Activation(), "Activation", &DecodeActivation, out);
     case wire::Body::LogitUpload:
       return DecodeAs(env.body_as_LogitUpload(), "LogitUpload", &DecodeLogitUpload, out);
+    case wire::Body::FcragRequest:
+      return DecodeAs(env.body_as_FcragRequest(), "FcragRequest", &DecodeFcragRequest, out);
+    case wire::Body::FcragReply:
+      return DecodeAs(env.body_as_FcragReply(), "FcragReply", &DecodeFcragReply, out);
   }
   return InvalidArgument("Envelope.body_type has unknown value " +
                          std::to_string(static_cast<unsigned>(type)));

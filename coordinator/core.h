@@ -42,6 +42,7 @@
 #include "common/messages.h"
 #include "common/params.h"
 #include "coordinator/distiller.h"
+#include "coordinator/fcrag_hub.h"
 #include "coordinator/outer_optimizer.h"
 #include "coordinator/topology.h"
 
@@ -122,6 +123,12 @@ struct CoreOutput {
   bool finished = false;
   bool failed = false;
   std::string finish_reason;
+  // FC-RAG results (the campaign's own calibration has ticket 0; others
+  // answer the deferred control request of that ticket).
+  std::vector<FcragResult> fcrag_results;
+  // Set when HandleControl's answer comes later, as the fcrag result of
+  // this ticket.
+  uint64_t deferred_ticket = 0;
 };
 
 enum class WorkerState { kJoined, kLost, kEvicted };
@@ -152,7 +159,8 @@ class CoordinatorCore {
  public:
   // kHeld: a round was committed while paused; the next round waits for
   // `round resume`.
-  enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kFinished };
+  // kCalibrating: FC-RAG, after the training rounds (docs/fcrag.md).
+  enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kCalibrating, kFinished };
 
   // `initial` is the model's layout; with personalisation the core extends
   // it with one copy of the personalised tensors per cluster (the layout of
@@ -262,6 +270,14 @@ class CoordinatorCore {
   StatusOr<Update> FpldAggregate(uint32_t round);
   std::vector<uint8_t> probes_;
   DistilFn distil_;
+  // FC-RAG: the hub's exchanges, started once training is over.
+  std::unique_ptr<FcragHub> fcrag_hub_;
+  uint64_t next_ticket_ = 1;
+  void StartCalibration(TimePoint now, CoreOutput* out);
+  void PumpFcrag(TimePoint now, CoreOutput* out);
+  FcragHub::Send FcragSender(CoreOutput* out);
+  void OnFcragResults(std::vector<FcragResult> results, CoreOutput* out);
+  ControlResponse FcragControl(const std::vector<std::string>& words, TimePoint now, CoreOutput* out);
 
   Message Make(Body body);
   // Error reply; counted under `reason` (default: the code's name).

@@ -70,6 +70,11 @@ struct CoordinatorService::Impl {
   std::optional<int> ended_exit;  // the stored campaign had ended: exit code after lingering
   Clock::time_point linger_until;
   FILE* metrics = nullptr;
+  // FC-RAG: control requests answered when the sites have (ticket -> peer),
+  // and the campaign's own calibration result.
+  std::map<uint64_t, std::string> deferred_controls;
+  std::string fcrag_result;
+  void OnFcragResult(const FcragResult& r);
   bool done = false;
   int exit_code = 0;
 
@@ -133,6 +138,7 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
   // Records and the end of the campaign reach the disk before the workers
   // hear of them (the next RoundStart, CampaignEnd).
   for (const RoundRecord& r : out.committed) OnCommitted(r);
+  for (const FcragResult& r : out.fcrag_results) OnFcragResult(r);
   if (out.finished) FinishDurably(out);
   for (Outgoing& o : out.messages) {
     const char* kind = BodyName(o.msg.body);
@@ -295,6 +301,12 @@ void CoordinatorService::Impl::OnControl() {
       LOG_INFO("control request", {"command", req->command}, {"ok", resp.ok}, {"reply", resp.message});
     } else {
       resp = {false, std::string("control endpoint expects control_request, got ") + BodyName(msg->body), ""};
+    }
+    if (out.deferred_ticket != 0) {
+      deferred_controls[out.deferred_ticket] = in.peer;  // answered with its FC-RAG result
+      Dispatch(out);
+      if (done) return;
+      continue;
     }
     Message reply;
     reply.campaign_id = config.name;
@@ -649,6 +661,35 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   }
 }
 
+// The campaign's own calibration goes to RUN_DIR/fcrag.json, the progress
+// output and summary.txt; an operator's calibrate/predict to its caller.
+void CoordinatorService::Impl::OnFcragResult(const FcragResult& r) {
+  if (r.ticket == 0) {
+    fcrag_result = r.json;
+    if (options.progress) {
+      std::printf("fc-rag %s: %s\n", r.ok ? "calibration" : "calibration failed", r.message.c_str());
+      std::fflush(stdout);
+    }
+    if (r.ok) {
+      const std::string path = options.run_dir + "/fcrag.json";
+      if (FILE* f = std::fopen(path.c_str(), "w")) {
+        std::fprintf(f, "%s\n", r.json.c_str());
+        std::fclose(f);
+      }
+    }
+    return;
+  }
+  auto it = deferred_controls.find(r.ticket);
+  if (it == deferred_controls.end()) return;
+  Message reply;
+  reply.campaign_id = config.name;
+  reply.sender_id = "coordinator";
+  reply.body = ControlResponse{r.ok, r.message, r.json};
+  Status st = control->Send(it->second, EncodeMessage(reply));
+  if (!st.ok()) LOG_WARN("control reply failed", {"reason", st.ToString()});
+  deferred_controls.erase(it);
+}
+
 // A restart keeps the metrics records of the rounds the state database has
 // recorded and drops any later line (written just before a crash), so that
 // every round appears exactly once.
@@ -767,6 +808,7 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
     std::fprintf(f, "boundary%d_backward_bytes_per_message %.1f\n", b, per(bf.backward));
     std::fprintf(f, "boundary%d_ratio %.2f\n", b, bf.ratio);
   }
+  if (!fcrag_result.empty()) std::fprintf(f, "fcrag %s\n", fcrag_result.c_str());
   std::fprintf(f, "wall_s %.2f\n", std::chrono::duration<double>(Clock::now() - started).count());
   std::fprintf(f, "final_digest %s\n", DigestHex(core.digest()).c_str());
   std::fclose(f);

@@ -140,6 +140,10 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     out->jobs.push_back(TrainJob{rs->round, rs->inner_steps, rs->model_version, rs->block});
     return;
   }
+  if (const auto* fr = std::get_if<FcragRequest>(&msg.body)) {
+    out->jobs.push_back(FcragJob{*fr, msg.bulk});
+    return;
+  }
   if (const auto* agg = std::get_if<Aggregate>(&msg.body)) {
     if (!target_round_ || *target_round_ + 1 != agg->round) {
       Reject(ErrorCode::kDigestMismatch,
@@ -168,6 +172,12 @@ bool WorkerCore::SupersededTrain(uint32_t round) {
 
 void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out) {
   if (std::holds_alternative<ConfigureDone>(result)) return;
+  if (auto* fr = std::get_if<FcragDone>(&result)) {
+    Message m = Make(fr->reply);
+    m.bulk = std::move(fr->bulk);
+    out->messages.push_back(std::move(m));
+    return;
+  }
   if (auto* ev = std::get_if<EvalDone>(&result)) {
     if (!ev->digest_ok) {
       LOG_ERROR("replica digest differs from the coordinator's", {"round", ev->round},

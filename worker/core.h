@@ -44,7 +44,11 @@ struct ApplyJob {  // apply the outer update, then evaluate
   Aggregate aggregate;
   Bytes bulk;
 };
-using Job = std::variant<ConfigureJob, SyncJob, TrainJob, ApplyJob>;
+struct FcragJob {  // FC-RAG: answer the hub's request from the site's store and queries
+  FcragRequest request;
+  Bytes bulk;
+};
+using Job = std::variant<ConfigureJob, SyncJob, TrainJob, ApplyJob, FcragJob>;
 
 struct ConfigureDone {};
 struct EvalDone {
@@ -66,7 +70,11 @@ struct JobFailed {
   std::string what;
   bool train = false;  // the failed job was a TrainJob
 };
-using JobResult = std::variant<ConfigureDone, EvalDone, TrainDone, JobFailed>;
+struct FcragDone {
+  FcragReply reply;  // blob filled in
+  Bytes bulk;
+};
+using JobResult = std::variant<ConfigureDone, EvalDone, TrainDone, JobFailed, FcragDone>;
 
 struct WorkerOutput {
   std::vector<Message> messages;

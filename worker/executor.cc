@@ -1,6 +1,10 @@
 #include "worker/executor.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "common/fpld.h"
 #include "common/log.h"
@@ -41,6 +45,7 @@ JobResult Executor::Run(Job job) {
   if (!configured()) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
   if (auto* s = std::get_if<SyncJob>(&job)) return Sync(*s);
   if (auto* t = std::get_if<TrainJob>(&job)) return Train(*t);
+  if (auto* f = std::get_if<FcragJob>(&job)) return Fcrag(*f);
   return Apply(std::get<ApplyJob>(job));
 }
 
@@ -76,6 +81,15 @@ JobResult Executor::Configure(const Welcome& welcome) {
              {"replica", w.replica}, {"parameters", static_cast<long long>(stage_->layout().numel())},
              {"codec", CodecName(w.codec.kind)}, {"schedule", w.pipeline.schedule});
     return ConfigureDone{};
+  }
+  if (w.fcrag.enabled) {
+    // Labels are file names: a data file that is not a label is a config error.
+    auto data = LoadFcragData(site_.data, w.fcrag.labels, w.fcrag.min_chars, w.fcrag.max_chars);
+    if (!data.ok()) return Fail(ErrorCode::kBadPayload, 0, data.status(), /*fatal=*/true);
+    fcrag_ = std::make_unique<FcragData>(std::move(data).value());
+    bm25_ = std::make_unique<Bm25Index>(fcrag_->store);
+    LOG_INFO("FC-RAG store ready", {"documents", static_cast<uint64_t>(fcrag_->store.size())},
+             {"queries", static_cast<uint64_t>(fcrag_->queries.size())}, {"terms", static_cast<uint64_t>(bm25_->num_terms())});
   }
   auto trainer =
       Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
@@ -212,6 +226,87 @@ JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done)
   done->logits = up;
   done->bulk = std::move(bulk);
   return std::move(*done);
+}
+
+// FC-RAG (docs/fcrag.md): the site answers from its own store and queries;
+// documents and labels never leave it.
+JobResult Executor::Fcrag(const FcragJob& job) {
+  const FcragRequest& rq = job.request;
+  auto fail = [&](const std::string& what) {
+    return JobFailed{false, ErrorCode::kBadPayload, 0, std::string("fcrag ") + FcragKindName(rq.kind) + ": " + what};
+  };
+  if (!fcrag_) return fail("this campaign set up no FC-RAG store");
+  const size_t labels = welcome_->fcrag.labels.size();
+  const ScoreRange range{0.0, rq.score_max};
+  FcragDone done;
+  done.reply.id = rq.id;
+  done.reply.kind = rq.kind;
+  switch (rq.kind) {
+    case FcragKind::kQueries: {
+      std::vector<std::string> texts;
+      for (const LabeledText& q : fcrag_->queries) texts.push_back(q.text);
+      done.bulk = PackTextList(texts);
+      done.reply.count = static_cast<uint32_t>(texts.size());
+      break;
+    }
+    case FcragKind::kScore: {
+      auto texts = UnpackTextList(job.bulk, rq.count);
+      if (!texts.ok()) return fail(texts.status().ToString());
+      std::vector<double> scores;
+      scores.reserve(texts->size() * labels);
+      for (const std::string& t : *texts) {
+        auto s = LabelScores(*bm25_, fcrag_->store, t, static_cast<int>(labels), welcome_->fcrag.retrieve_k,
+                             welcome_->fcrag.smoothing);
+        scores.insert(scores.end(), s.begin(), s.end());
+      }
+      done.bulk = EncodeScores(scores, range, rq.bits, FpldDitherSeed(rq.seed, static_cast<uint32_t>(rq.id), site_.name));
+      done.reply.count = rq.count;
+      break;
+    }
+    case FcragKind::kCalibrate: {
+      const size_t n = fcrag_->queries.size();
+      if (rq.count != n || job.bulk.size() != n * labels * sizeof(float)) {
+        return fail("mean scores for " + std::to_string(rq.count) + " queries (" + std::to_string(job.bulk.size()) +
+                    " bytes); this site holds " + std::to_string(n) + " queries of " + std::to_string(labels) + " labels");
+      }
+      mean_scores_.assign(n * labels, 0.0);
+      for (size_t i = 0; i < mean_scores_.size(); ++i) {
+        float v;
+        std::memcpy(&v, job.bulk.data() + i * sizeof(float), sizeof(float));
+        if (!std::isfinite(v)) return fail("a mean score is not finite");
+        mean_scores_[i] = v;
+      }
+      std::vector<size_t> cal;
+      SplitQueries(n, rq.calibration_fraction, rq.seed, &cal, &test_);
+      std::vector<double> conformity;
+      for (size_t j : cal) conformity.push_back(mean_scores_[j * labels + static_cast<size_t>(fcrag_->queries[j].label)]);
+      done.bulk = PackSummary(SummarizeScores(conformity, range, rq.bits));
+      done.reply.count = static_cast<uint32_t>(conformity.size());
+      done.reply.local_qq = rq.qq_k == 0 || rq.qq_k > conformity.size()
+                                ? std::numeric_limits<double>::infinity()
+                                : LocalOrderStatistic(conformity, rq.qq_k);
+      break;
+    }
+    case FcragKind::kTest: {
+      if (mean_scores_.empty()) return fail("a test before any calibration");
+      for (size_t j : test_) {
+        const std::vector<double> row(mean_scores_.begin() + j * labels, mean_scores_.begin() + (j + 1) * labels);
+        const int truth = fcrag_->queries[j].label;
+        const auto set = PredictionSet(row, rq.threshold);
+        const auto set_qq = PredictionSet(row, rq.threshold_qq);
+        done.reply.covered += std::count(set.begin(), set.end(), truth) > 0;
+        done.reply.set_size += set.size();
+        done.reply.covered_qq += std::count(set_qq.begin(), set_qq.end(), truth) > 0;
+        done.reply.set_size_qq += set_qq.size();
+      }
+      done.reply.count = static_cast<uint32_t>(test_.size());
+      break;
+    }
+  }
+  done.reply.blob.codec = CodecKind::kDenseFp32;
+  done.reply.blob.byte_length = done.bulk.size();
+  done.reply.blob.checksum = BulkChecksum(done.bulk.data(), done.bulk.size());
+  return done;
 }
 
 JobResult Executor::Apply(const ApplyJob& job) {

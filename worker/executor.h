@@ -11,6 +11,7 @@
 #include "common/codec.h"
 #include "common/config.h"
 #include "common/corpus.h"
+#include "common/fcrag.h"
 #include "worker/core.h"
 #include "worker/stage_replica.h"
 #include "worker/trainer.h"
@@ -39,6 +40,13 @@ class Executor {
   JobResult Train(const TrainJob& job);
   JobResult Apply(const ApplyJob& job);
   JobResult ProbeLogits(uint32_t round, bool own_model, TrainDone* done);
+  JobResult Fcrag(const FcragJob& job);
+  // FC-RAG: the site's document store and labelled queries, its retriever,
+  // and what the last calibration left for the test that follows it.
+  std::unique_ptr<FcragData> fcrag_;
+  std::unique_ptr<Bm25Index> bm25_;
+  std::vector<double> mean_scores_;  // the hub's mean scores of this site's queries, row per query
+  std::vector<size_t> test_;         // the last split's test queries
   JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
   bool configured() const { return trainer_ || stage_; }
   const ParamLayout& layout() const { return stage_ ? stage_->layout() : trainer_->layout(); }

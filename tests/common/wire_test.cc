@@ -178,11 +178,43 @@ Message SampleLogitUpload() {
   return Wrap(u, std::move(bulk));
 }
 
+Message SampleFcragRequest() {
+  Bytes bulk = PackTextList({"what is a monad", "", "wisdom of the ages"});
+  FcragRequest r;
+  r.id = 17;
+  r.kind = FcragKind::kScore;
+  r.bits = 6;
+  r.seed = 0x1234ull;
+  r.score_max = 12.5;
+  r.count = 3;
+  r.calibration_fraction = 0.4;
+  r.qq_k = 5;
+  r.threshold = 2.25;
+  r.threshold_qq = std::numeric_limits<double>::infinity();
+  r.blob = BlobFor(bulk);
+  return Wrap(r, std::move(bulk));
+}
+
+Message SampleFcragReply() {
+  Bytes bulk = MakeBulk(12, 6);
+  FcragReply r;
+  r.id = 17;
+  r.kind = FcragKind::kTest;
+  r.count = 40;
+  r.covered = 37;
+  r.set_size = 91;
+  r.covered_qq = 38;
+  r.set_size_qq = 99;
+  r.local_qq = 3.5;
+  r.blob = BlobFor(bulk);
+  return Wrap(r, std::move(bulk));
+}
+
 std::vector<Message> AllSamples() {
   return {SampleHello(),     SampleWelcome(),    SampleModelSync(),  SampleHeartbeat(),
           SampleCampaignEnd(), SampleRoundStart(), SampleDeltaUpload(), SampleAggregate(),
           SampleEvalReport(), SampleError(),      SampleControlRequest(), SampleControlResponse(),
-          SampleActivation(), SampleLogitUpload()};
+          SampleActivation(), SampleLogitUpload(), SampleFcragRequest(), SampleFcragReply()};
 }
 
 // ---------------------------------------------------------------- equality
@@ -201,6 +233,17 @@ bool Same(const Hello& a, const Hello& b) {
 bool Same(const FpldWelcome& a, const FpldWelcome& b) {
   return std::tie(a.enabled, a.bits, a.clip, a.topk, a.positions, a.contexts, a.exact_reference, a.probe_tokens) ==
          std::tie(b.enabled, b.bits, b.clip, b.topk, b.positions, b.contexts, b.exact_reference, b.probe_tokens);
+}
+bool Same(const FcragRequest& a, const FcragRequest& b) {
+  return std::tie(a.id, a.kind, a.bits, a.seed, a.score_max, a.count, a.calibration_fraction, a.qq_k, a.threshold,
+                  a.threshold_qq) == std::tie(b.id, b.kind, b.bits, b.seed, b.score_max, b.count,
+                                              b.calibration_fraction, b.qq_k, b.threshold, b.threshold_qq) &&
+         Tie(a.blob) == Tie(b.blob);
+}
+bool Same(const FcragReply& a, const FcragReply& b) {
+  return std::tie(a.id, a.kind, a.count, a.covered, a.set_size, a.covered_qq, a.set_size_qq, a.local_qq) ==
+             std::tie(b.id, b.kind, b.count, b.covered, b.set_size, b.covered_qq, b.set_size_qq, b.local_qq) &&
+         Tie(a.blob) == Tie(b.blob);
 }
 bool Same(const LogitUpload& a, const LogitUpload& b) {
   return std::tie(a.round, a.train_loss, a.tokens, a.step_time_ms, a.rows, a.vocab, a.bits, a.clip, a.topk,
@@ -359,7 +402,9 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
                       std::holds_alternative<DeltaUpload>(original.body) ||
                       std::holds_alternative<Aggregate>(original.body) ||
                       std::holds_alternative<Activation>(original.body) ||
-                      std::holds_alternative<LogitUpload>(original.body);
+                      std::holds_alternative<LogitUpload>(original.body) ||
+                      std::holds_alternative<FcragRequest>(original.body) ||
+                      std::holds_alternative<FcragReply>(original.body);
     REQUIRE(frames.size() == (blob ? 2u : 1u));
     if (blob) CHECK(frames[1] == original.bulk);
 
@@ -396,12 +441,27 @@ TEST_CASE("wire: default-constructed bodies round-trip where valid", "[unit]") {
   }
 }
 
+TEST_CASE("wire: FC-RAG text lists round-trip; malformed ones are refused", "[unit]") {
+  const std::vector<std::string> texts{"a", "", std::string(300, 'x')};
+  const Bytes packed = PackTextList(texts);
+  auto back = UnpackTextList(packed, 3);
+  REQUIRE(back.ok());
+  CHECK(*back == texts);
+  CHECK_FALSE(UnpackTextList(packed, 4).ok());  // a count beyond the frame
+  CHECK_FALSE(UnpackTextList(packed, 2).ok());  // bytes left over
+  Bytes lying = packed;
+  lying[0] = 0xff;  // the first length claims more than there is
+  CHECK_FALSE(UnpackTextList(lying, 3).ok());
+  CHECK(UnpackTextList(Bytes{}, 0).ok());
+}
+
 TEST_CASE("wire: BodyName names every kind", "[unit]") {
   std::vector<std::string> names;
   for (const Message& m : AllSamples()) names.push_back(BodyName(m.body));
   CHECK(names == std::vector<std::string>{"hello", "welcome", "model_sync", "heartbeat", "campaign_end",
                                           "round_start", "delta_upload", "aggregate", "eval_report", "error",
-                                          "control_request", "control_response", "activation", "logit_upload"});
+                                          "control_request", "control_response", "activation", "logit_upload",
+                                          "fcrag_request", "fcrag_reply"});
 }
 
 TEST_CASE("wire: random bytes are rejected without crashing", "[unit]") {
