@@ -352,8 +352,9 @@ std::vector<std::pair<int, double>> Bm25Index::Search(const std::string& query, 
 // ---- label scores -------------------------------------------------------------------
 
 std::vector<double> LabelScores(const Bm25Index& index, const std::vector<Document>& store,
-                                const std::string& query, int num_labels, int k, double smoothing) {
+                                const std::string& query, int num_labels, int k, double smoothing, double mass_scale) {
   LOWBAND_CHECK(index.size() == store.size());
+  LOWBAND_CHECK(mass_scale > 0.0 && std::isfinite(mass_scale));
   LOWBAND_CHECK(num_labels >= 1);
   LOWBAND_CHECK(smoothing > 0.0 && std::isfinite(smoothing));
   std::vector<double> mass(static_cast<size_t>(num_labels), smoothing);
@@ -361,8 +362,8 @@ std::vector<double> LabelScores(const Bm25Index& index, const std::vector<Docume
   for (const auto& [doc, score] : index.Search(query, k)) {
     const int label = store[doc].label;
     LOWBAND_CHECK(label >= 0 && label < num_labels);
-    mass[label] += score;
-    total += score;
+    mass[label] += score / mass_scale;
+    total += score / mass_scale;
   }
   // -log(m / total) as log(total) - log(m): both logs are of positive,
   // finite values, and nothing retrieved gives exactly log(num_labels).
@@ -370,6 +371,18 @@ std::vector<double> LabelScores(const Bm25Index& index, const std::vector<Docume
   std::vector<double> scores(mass.size());
   for (size_t y = 0; y < mass.size(); ++y) scores[y] = log_total - std::log(mass[y]);
   return scores;
+}
+
+double TypicalMass(const Bm25Index& index, const std::vector<LabeledText>& queries, int k) {
+  std::vector<double> masses;
+  for (const LabeledText& q : queries) {
+    double m = 0;
+    for (const auto& [doc, score] : index.Search(q.text, k)) m += score;
+    if (m > 0) masses.push_back(m);
+  }
+  if (masses.empty()) return 1.0;
+  std::nth_element(masses.begin(), masses.begin() + masses.size() / 2, masses.end());
+  return masses[masses.size() / 2];
 }
 
 // ---- wire -----------------------------------------------------------------------------

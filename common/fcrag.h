@@ -123,7 +123,14 @@ class Bm25Index {
 // Requires index built from store, num_labels >= 1, every store label in
 // [0, num_labels), smoothing > 0 and finite (CHECK).
 std::vector<double> LabelScores(const Bm25Index& index, const std::vector<Document>& store,
-                                const std::string& query, int num_labels, int k, double smoothing);
+                                const std::string& query, int num_labels, int k, double smoothing, double mass_scale = 1.0);
+
+// A site's scale for BM25 mass: the median total top-k score of its own
+// queries (1 if none retrieves anything). Dividing by it makes evidence
+// comparable across sites whose stores differ in size and vocabulary: a
+// query as relevant to the site as its own typical query carries mass ~1
+// against the smoothing (LabelScores' mass_scale).
+double TypicalMass(const Bm25Index& index, const std::vector<LabeledText>& queries, int k);
 
 // ---- scores on the wire ---------------------------------------------------------------
 // Scores are clipped to `range` (NaN to range.lo) and sent as

@@ -88,6 +88,7 @@ JobResult Executor::Configure(const Welcome& welcome) {
     if (!data.ok()) return Fail(ErrorCode::kBadPayload, 0, data.status(), /*fatal=*/true);
     fcrag_ = std::make_unique<FcragData>(std::move(data).value());
     bm25_ = std::make_unique<Bm25Index>(fcrag_->store);
+    mass_scale_ = TypicalMass(*bm25_, fcrag_->queries, w.fcrag.retrieve_k);
     LOG_INFO("FC-RAG store ready", {"documents", static_cast<uint64_t>(fcrag_->store.size())},
              {"queries", static_cast<uint64_t>(fcrag_->queries.size())}, {"terms", static_cast<uint64_t>(bm25_->num_terms())});
   }
@@ -256,7 +257,7 @@ JobResult Executor::Fcrag(const FcragJob& job) {
       scores.reserve(texts->size() * labels);
       for (const std::string& t : *texts) {
         auto s = LabelScores(*bm25_, fcrag_->store, t, static_cast<int>(labels), welcome_->fcrag.retrieve_k,
-                             welcome_->fcrag.smoothing);
+                             welcome_->fcrag.smoothing, mass_scale_);
         scores.insert(scores.end(), s.begin(), s.end());
       }
       done.bulk = EncodeScores(scores, range, rq.bits, FpldDitherSeed(rq.seed, static_cast<uint32_t>(rq.id), site_.name));

@@ -45,6 +45,7 @@ class Executor {
   // and what the last calibration left for the test that follows it.
   std::unique_ptr<FcragData> fcrag_;
   std::unique_ptr<Bm25Index> bm25_;
+  double mass_scale_ = 1.0;  // TypicalMass of its own queries
   std::vector<double> mean_scores_;  // the hub's mean scores of this site's queries, row per query
   std::vector<size_t> test_;         // the last split's test queries
   JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
