@@ -212,9 +212,9 @@ struct FcragConfig {
   bool enabled = false;             // set by the presence of `fcrag:`
   std::vector<std::string> labels;  // the candidate labels: collection (file) names
   int retrieve_k = 10;              // documents retrieved per query (BM25)
-  double smoothing = 1.0;           // P(y | X, Z) smoothing mass per label
+  double smoothing = 0.1;           // P(y | X, Z) smoothing mass per label (evidence scaled by the site's typical query)
   int score_bits = 8;               // B_i: bits per score a site sends (0 = fp32)
-  double score_max = 10;            // scores clipped to [0, score_max] for the wire
+  double score_max = 4;             // scores clipped to [0, score_max] for the wire
   int summary_bits = 6;             // B_cal: bits per quantized calibration order statistic
   double alpha = 0.1;               // miscoverage of the campaign's own calibration
   double calibration_fraction = 0.5;  // of each site's queries, per random split

@@ -111,6 +111,27 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     out.emplace_back("hello_own_model", Wrap(h));
   }
   {
+    Bytes texts = PackTextList({"what is a monad", "wisdom"});
+    FcragRequest rq;
+    rq.id = 4;
+    rq.kind = FcragKind::kScore;
+    rq.bits = 8;
+    rq.count = 2;
+    rq.blob = BlobFor(texts, CodecKind::kDenseFp32);
+    out.emplace_back("fcrag_request", Wrap(rq, texts));
+    Bytes bulk = MakeBulk(24, 6);
+    FcragReply rp;
+    rp.id = 4;
+    rp.kind = FcragKind::kCalibrate;
+    rp.count = 12;
+    rp.blob = BlobFor(bulk, CodecKind::kDenseFp32);
+    out.emplace_back("fcrag_reply", Wrap(rp, bulk));
+    Welcome f = w;
+    f.fcrag.enabled = true;
+    f.fcrag.labels = {"computers", "science", "food"};
+    out.emplace_back("welcome_fcrag", Wrap(f));
+  }
+  {
     Bytes bulk = MakeBulk(64, 5);
     LogitUpload u;
     u.round = 3;
