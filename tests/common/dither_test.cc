@@ -25,7 +25,7 @@ TEST_CASE("ValidateGrid refuses bad bounds and bit widths", "[unit][common]") {
   CHECK(DitherVariance({-1.0f, 1.0f, 2}) == Approx(4.0 / 9 / 12));
 }
 
-TEST_CASE("DitherAt is reproducible, in [-0.5, 0.5) and about uniform", "[unit][common]") {
+TEST_CASE("DitherAt is reproducible, within half a step either side and about uniform", "[unit][common]") {
   double sum = 0.0, sum_sq = 0.0;
   const int n = 100000;
   for (int j = 0; j < n; ++j) {
