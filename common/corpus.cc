@@ -13,12 +13,7 @@
 namespace lowband {
 namespace fs = std::filesystem;
 
-namespace {
-
-// Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF) that also
-// rejects NUL, which never appears in text but is common in binary files.
-// Returns an empty string when valid, else a short reason.
-std::string CheckText(const std::string& s) {
+std::string TextProblem(const std::string& s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
   size_t i = 0;
@@ -56,6 +51,8 @@ std::string CheckText(const std::string& s) {
 
 // Splits text into lines without their terminators; a final unterminated
 // line counts, a trailing empty one does not.
+namespace {
+
 std::vector<std::string> SplitLines(const std::string& text) {
   std::vector<std::string> lines;
   size_t start = 0;
@@ -74,7 +71,9 @@ std::vector<std::string> SplitLines(const std::string& text) {
 // lines (separators dropped, each record keeps its trailing newline, so
 // joined entries are separated by a blank line; blank-only records are
 // dropped), else one record per line.
-std::vector<std::string> Records(const std::string& text) {
+}  // namespace
+
+std::vector<std::string> TextRecords(const std::string& text) {
   const std::vector<std::string> lines = SplitLines(text);
   const bool fortune = std::find(lines.begin(), lines.end(), "%") != lines.end();
   std::vector<std::string> records;
@@ -99,6 +98,8 @@ std::vector<std::string> Records(const std::string& text) {
   return records;
 }
 
+namespace {
+
 // Joins records with "\n" (so fortune entries are separated by a blank line).
 void AppendRecords(const std::vector<std::string>& records, size_t begin, size_t end, std::string* out) {
   for (size_t i = begin; i < end; ++i) {
@@ -111,7 +112,7 @@ void AppendRecords(const std::vector<std::string>& records, size_t begin, size_t
 // validation (at least one, leaving at least one for training). A file with a
 // single record is split by bytes at a UTF-8 character boundary instead.
 void SplitFile(const std::string& text, double validation_fraction, std::string* train, std::string* val) {
-  const std::vector<std::string> records = Records(text);
+  const std::vector<std::string> records = TextRecords(text);
   if (records.empty()) return;
   if (records.size() == 1) {
     const std::string& r = records[0];
@@ -130,15 +131,19 @@ void SplitFile(const std::string& text, double validation_fraction, std::string*
   AppendRecords(records, first_val, n, val);
 }
 
-Status ReadFile(const fs::path& path, std::string* out) {
+}  // namespace
+
+Status ReadTextFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open " + path.string());
+  if (!in) return NotFound("cannot open " + path);
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (in.bad()) return InvalidArgument("error reading " + path.string());
+  if (in.bad()) return InvalidArgument("error reading " + path);
   *out = ss.str();
   return Status::Ok();
 }
+
+namespace {
 
 bool HasSuffix(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -221,8 +226,8 @@ StatusOr<Corpus> Corpus::Load(const DataConfig& data) {
       continue;
     }
     std::string text;
-    LOWBAND_RETURN_IF_ERROR(ReadFile(path, &text));
-    const std::string problem = CheckText(text);
+    LOWBAND_RETURN_IF_ERROR(ReadTextFile(path, &text));
+    const std::string problem = TextProblem(text);
     if (!problem.empty()) {
       if (named) return InvalidArgument("data file is not UTF-8 text: " + path.string() + ": " + problem);
       LOG_WARN("corpus: skipped non-text file", {"path", path.string()}, {"reason", problem});

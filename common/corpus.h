@@ -21,6 +21,18 @@ struct TokenBatch {
   std::vector<int64_t> targets;   // batch*length, inputs shifted by one
 };
 
+// Text-file helpers shared by the corpus and FC-RAG's document stores.
+// Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF) that also
+// rejects NUL, which never appears in text but is common in binary files:
+// empty when valid, else what is wrong and at which offset.
+std::string TextProblem(const std::string& s);
+// The file's records: fortune(6) entries when the text has "%" separator
+// lines (separators dropped, each record keeps its trailing newline;
+// blank-only records dropped), else one record per line.
+std::vector<std::string> TextRecords(const std::string& text);
+// The whole file; NotFound / InvalidArgument name the path.
+Status ReadTextFile(const std::string& path, std::string* out);
+
 class Corpus {
  public:
   // Reads data.files (or every text file) under data.dir. Files that are not

@@ -13,6 +13,7 @@
 #include <system_error>
 #include <unordered_set>
 
+#include "common/corpus.h"
 #include "common/dither.h"
 #include "common/log.h"
 
@@ -23,92 +24,19 @@ namespace {
 
 // ---- loading ----------------------------------------------------------------------
 
-// Empty when `s` is strict UTF-8 without NUL bytes (no overlong forms, no
-// surrogates, nothing above U+10FFFF), else what is wrong and where.
-std::string Utf8Problem(const std::string& s) {
-  const auto* b = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned lead = b[i];
-    if (lead == 0) return "NUL byte at offset " + std::to_string(i);
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    // Sequence length and the smallest code point it may carry.
-    size_t extra = 0;
-    uint32_t cp = 0, least = 0;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      extra = 1, cp = lead & 0x1F, least = 0x80;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      extra = 2, cp = lead & 0x0F, least = 0x800;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      extra = 3, cp = lead & 0x07, least = 0x10000;
-    } else {
-      return "invalid UTF-8 lead byte at offset " + std::to_string(i);
-    }
-    if (n - i <= extra) return "truncated UTF-8 sequence at offset " + std::to_string(i);
-    for (size_t k = 1; k <= extra; ++k) {
-      const unsigned c = b[i + k];
-      if ((c & 0xC0) != 0x80) return "invalid UTF-8 continuation at offset " + std::to_string(i + k);
-      cp = (cp << 6) | (c & 0x3F);
-    }
-    if (cp < least || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return "invalid UTF-8 code point at offset " + std::to_string(i);
-    }
-    i += extra + 1;
-  }
-  return "";
-}
-
-Status ReadWholeFile(const fs::path& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open " + path.string());
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) return InvalidArgument("error reading " + path.string());
-  *out = std::move(buffer).str();
-  return Status::Ok();
-}
-
 void TrimTrailingSpace(std::string* s) {
   const size_t keep = s->find_last_not_of(" \t\r\n");
   s->erase(keep == std::string::npos ? 0 : keep + 1);
 }
 
-// fortune(6) records when some line is exactly "%", else one record per line.
-// Records are trimmed at the end; blank ones are dropped.
+// The file's records (common/corpus.h TextRecords), trimmed at the end;
+// blank ones dropped.
 std::vector<std::string> SplitRecords(const std::string& text) {
-  std::vector<std::string_view> lines;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    std::string_view line(text.data() + pos, end - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    lines.push_back(line);
-    pos = end + 1;
-  }
-  const bool fortune = std::find(lines.begin(), lines.end(), std::string_view("%")) != lines.end();
   std::vector<std::string> records;
-  auto emit = [&records](std::string record) {
+  for (std::string record : TextRecords(text)) {
     TrimTrailingSpace(&record);
     if (!record.empty()) records.push_back(std::move(record));
-  };
-  if (!fortune) {
-    for (std::string_view line : lines) emit(std::string(line));
-    return records;
   }
-  std::string current;
-  for (std::string_view line : lines) {
-    if (line == "%") {
-      emit(std::move(current));
-      current.clear();
-      continue;
-    }
-    current.append(line);
-    current += '\n';
-  }
-  emit(std::move(current));
   return records;
 }
 
@@ -232,8 +160,8 @@ StatusOr<FcragData> LoadFcragData(const DataConfig& data, const std::vector<std:
     if (ec || !fs::exists(st)) return NotFound("data file not found: " + path.string());
     if (!fs::is_regular_file(st)) return InvalidArgument("data file is not a regular file: " + path.string());
     std::string text;
-    LOWBAND_RETURN_IF_ERROR(ReadWholeFile(path, &text));
-    const std::string problem = Utf8Problem(text);
+    LOWBAND_RETURN_IF_ERROR(ReadTextFile(path, &text));
+    const std::string problem = TextProblem(text);
     if (!problem.empty()) return InvalidArgument("data file is not UTF-8 text: " + path.string() + ": " + problem);
 
     std::vector<std::string> records;

@@ -95,7 +95,7 @@ CampaignConfig Config() {
 TEST_CASE("fcrag hub: queries, scores, calibration and test over fake sites; scores are cached per B_i",
           "[unit][coordinator]") {
   FcragHub hub(Config());
-  std::map<std::string, FakeSite> sites{{"s1", FakeSite{"s1", 40}}, {"s2", FakeSite{"s2", 60}}};
+  std::map<std::string, FakeSite> sites{{"s1", FakeSite{"s1", 40, 4, {}, {}}}, {"s2", FakeSite{"s2", 60, 4, {}, {}}}};
   std::vector<Sent> outbox;
   const FcragHub::Send send = [&](const std::string& site, FcragRequest rq, Bytes bulk) {
     outbox.push_back({site, rq, std::move(bulk)});
