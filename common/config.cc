@@ -1238,7 +1238,7 @@ const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers",
                                               "start_timeout_s", "aggregation", "max_norm_ratio", "weighting"};
 const std::vector<std::string> kNetworkKeys = {"bind",     "control",          "heartbeat_interval_ms",
                                                "heartbeat_timeout_ms", "security", "max_message_bytes", "metrics",
-                                               "server_key", "site_keys", "operator_keys"};
+                                               "server_key", "site_keys", "operator_keys", "dashboard_token"};
 const std::vector<std::string> kOutputKeys = {"run_dir", "metrics_file"};
 const std::vector<std::string> kSiteItemKeys = {"file", "site", "data"};
 
@@ -1535,7 +1535,8 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.String(m, "metrics", &cfg->network.metrics);
       for (auto [key, field] : {std::pair<const char*, std::string*>{"server_key", &cfg->network.server_key},
                                 {"site_keys", &cfg->network.site_keys},
-                                {"operator_keys", &cfg->network.operator_keys}}) {
+                                {"operator_keys", &cfg->network.operator_keys},
+                                {"dashboard_token", &cfg->network.dashboard_token}}) {
         if (p.String(m, key, field)) *field = ResolveRelative(source, *field);
       }
     }
@@ -1869,7 +1870,7 @@ void AnchorSitePaths(YAML::Node root, const std::string& source) {
     map[key] = fs::absolute(ResolveRelative(source, v.Scalar())).lexically_normal().string();
   };
   if (const YAML::Node net = find(root, "network"); net.IsDefined() && net.IsMap()) {
-    for (const char* key : {"server_key", "site_keys", "operator_keys"}) anchor(net, key);
+    for (const char* key : {"server_key", "site_keys", "operator_keys", "dashboard_token"}) anchor(net, key);
   }
   const YAML::Node sites = find(root, "sites");
   if (!sites.IsDefined() || !sites.IsSequence()) return;

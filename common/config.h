@@ -174,7 +174,10 @@ struct NetworkConfig {
   std::string site_keys;      // curve: directory of SITE.pub files, the workers' allow-list
   std::string operator_keys;  // curve: directory of NAME.pub files allowed on the control endpoint
   int64_t max_message_bytes = 256ll << 20;  // bound on any inbound bulk frame
-  std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
+  std::string metrics;  // HOST:PORT of the Prometheus endpoint and the dashboard ("" = none)
+  // The operator credential of the dashboard's round controls: a file whose
+  // first line is the token (Authorization: Bearer TOKEN). "" = read-only.
+  std::string dashboard_token;
 };
 
 struct DataConfig {

@@ -9,6 +9,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <cerrno>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -86,8 +87,48 @@ struct MetricsHttpServer::Conn {
   Conn() { parser.header_limit(kMaxRequestBytes); }
 };
 
+std::string QueryParam(const std::string& query, const std::string& key) {
+  size_t start = 0;
+  while (start <= query.size()) {
+    size_t end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    const std::string pair = query.substr(start, end - start);
+    const size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == key) {
+      const std::string raw = eq == std::string::npos ? "" : pair.substr(eq + 1);
+      std::string out;
+      for (size_t i = 0; i < raw.size(); ++i) {
+        if (raw[i] == '+') {
+          out += ' ';
+        } else if (raw[i] == '%') {
+          if (i + 2 >= raw.size() || !std::isxdigit(static_cast<unsigned char>(raw[i + 1])) ||
+              !std::isxdigit(static_cast<unsigned char>(raw[i + 2]))) {
+            return "";
+          }
+          out += static_cast<char>(std::stoi(raw.substr(i + 1, 2), nullptr, 16));
+          i += 2;
+        } else {
+          out += raw[i];
+        }
+      }
+      return out;
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
 StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Listen(const std::string& address,
                                                                        std::function<std::string()> render) {
+  return Listen(address, [render = std::move(render)](const HttpRequest& req) {
+    if (req.method != "GET" && req.method != "HEAD") return HttpResponse{405, "text/plain", "only GET\n"};
+    if (req.path == "/metrics") return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", render()};
+    if (req.path == "/") return HttpResponse{200, "text/plain", "lowband metrics: GET /metrics\n"};
+    return HttpResponse{404, "text/plain", "not found; metrics are at /metrics\n"};
+  });
+}
+
+StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Listen(const std::string& address, Handler handler) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon + 1 >= address.size()) {
     return InvalidArgument("metrics address '" + address + "' is not HOST:PORT");
@@ -121,11 +162,11 @@ StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Listen(const std
   }
   socklen_t len = sizeof(sa);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer(fd, ntohs(sa.sin_port), std::move(render)));
+  return std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer(fd, ntohs(sa.sin_port), std::move(handler)));
 }
 
-MetricsHttpServer::MetricsHttpServer(int fd, int port, std::function<std::string()> render)
-    : listen_fd_(fd), port_(port), render_(std::move(render)) {}
+MetricsHttpServer::MetricsHttpServer(int fd, int port, Handler handler)
+    : listen_fd_(fd), port_(port), handler_(std::move(handler)) {}
 
 MetricsHttpServer::~MetricsHttpServer() {
   if (loop_) RemoveFrom(*loop_);
@@ -189,15 +230,23 @@ void MetricsHttpServer::OnReadable(int fd) {
   if (!c.parser.is_header_done()) return;  // wait for the rest of the header
   const auto& req = c.parser.get();
   ++requests_;
-  if (req.method() != http::verb::get && req.method() != http::verb::head) {
-    Respond(c, 405, "text/plain", "only GET\n");
-  } else if (req.target() == "/metrics") {
-    Respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", render_());
-  } else if (req.target() == "/") {
-    Respond(c, 200, "text/plain", "lowband metrics: GET /metrics\n");
-  } else {
-    Respond(c, 404, "text/plain", "not found; metrics are at /metrics\n");
+  if (req.has_content_length() && req[http::field::content_length] != "0") {
+    Respond(c, 413, "text/plain", "request bodies are not accepted; parameters go in the query string\n");
+    return;
   }
+  if (req.method() != http::verb::get && req.method() != http::verb::head && req.method() != http::verb::post) {
+    Respond(c, 405, "text/plain", "only GET, HEAD and POST\n");
+    return;
+  }
+  HttpRequest r;
+  r.method = std::string(req.method_string());
+  const std::string target(req.target());
+  const size_t q = target.find('?');
+  r.path = target.substr(0, q);
+  r.query = q == std::string::npos ? "" : target.substr(q + 1);
+  r.authorization = std::string(req[http::field::authorization]);
+  HttpResponse res = handler_(r);
+  Respond(c, res.status, res.content_type, std::move(res.body));
 }
 
 void MetricsHttpServer::Respond(Conn& c, unsigned status, const std::string& content_type, std::string body) {

@@ -40,12 +40,34 @@ class PromText {
   std::string text_;
 };
 
+// A request as the handler sees it: method, path and query (split at '?'),
+// the Authorization header. Bodies are not read (requests carrying one are
+// refused): parameters travel in the query string.
+struct HttpRequest {
+  std::string method;  // "GET", "HEAD", "POST"
+  std::string path;
+  std::string query;   // after '?', undecoded
+  std::string authorization;
+};
+struct HttpResponse {
+  unsigned status = 200;
+  std::string content_type = "text/plain";
+  std::string body;
+};
+// The value of `key` in an application/x-www-form-urlencoded query
+// (percent-decoded, '+' as space); "" when absent or malformed.
+std::string QueryParam(const std::string& query, const std::string& key);
+
 class MetricsHttpServer {
  public:
+  using Handler = std::function<HttpResponse(const HttpRequest&)>;
   // `address` is HOST:PORT (HOST a dotted IPv4 address, `localhost` or `*`
   // / 0.0.0.0 for every interface; PORT 0 picks a free one, see port()).
+  // Serves GET /metrics from `render`.
   static StatusOr<std::unique_ptr<MetricsHttpServer>> Listen(const std::string& address,
                                                              std::function<std::string()> render);
+  // Every request goes to `handler` (the coordinator's dashboard and API).
+  static StatusOr<std::unique_ptr<MetricsHttpServer>> Listen(const std::string& address, Handler handler);
   ~MetricsHttpServer();
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
@@ -60,7 +82,7 @@ class MetricsHttpServer {
 
  private:
   struct Conn;
-  MetricsHttpServer(int fd, int port, std::function<std::string()> render);
+  MetricsHttpServer(int fd, int port, Handler handler);
   void OnAccept();
   void OnReadable(int fd);
   void Respond(Conn& c, unsigned status, const std::string& content_type, std::string body);
@@ -69,7 +91,7 @@ class MetricsHttpServer {
 
   int listen_fd_;
   int port_;
-  std::function<std::string()> render_;
+  Handler handler_;
   EventLoop* loop_ = nullptr;
   std::map<int, std::unique_ptr<Conn>> conns_;
   uint64_t requests_ = 0;

@@ -17,7 +17,9 @@
 #include "common/failpoint.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/corpus.h"
 #include "common/metrics_http.h"
+#include "coordinator/dashboard.h"
 #include "common/systemd.h"
 #include "common/transport_zmq.h"
 #include "common/wire.h"
@@ -73,6 +75,12 @@ struct CoordinatorService::Impl {
   // FC-RAG: control requests answered when the sites have (ticket -> peer),
   // and the campaign's own calibration result.
   std::map<uint64_t, std::string> deferred_controls;
+  // Dashboard (coordinator/dashboard.h): every round record as written to
+  // the metrics file, and the operator token ("" = read-only).
+  std::vector<std::string> record_lines;
+  std::string dashboard_token;
+  HttpResponse HandleHttp(const HttpRequest& req);
+  std::string StateJson();
   std::string fcrag_result;
   void OnFcragResult(const FcragResult& r);
   bool done = false;
@@ -577,7 +585,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     }
     std::fflush(stdout);
   }
-  if (metrics) {
+  {
     std::string sites = "{";
     for (const auto& [name, s] : r.sites) {
       if (sites.size() > 1) sites += ',';
@@ -640,9 +648,12 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
       for (const auto& [name, loss] : r.cluster_val_loss) clusters.Add(name, loss);
       o.AddRaw("cluster_val_loss", clusters.str());
     }
-    const std::string line = o.str() + "\n";
-    std::fwrite(line.data(), 1, line.size(), metrics);
-    std::fflush(metrics);
+    record_lines.push_back(o.str());  // the dashboard's history
+    if (metrics) {
+      const std::string line = o.str() + "\n";
+      std::fwrite(line.data(), 1, line.size(), metrics);
+      std::fflush(metrics);
+    }
   }
   FailPoint("metrics_written", r.round);
   {
@@ -659,6 +670,66 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   } else {
     LOG_WARN("cannot record the round", {"round", r.round}, {"reason", st.ToString()});
   }
+}
+
+// The dashboard's routes: the page, its state, its round controls, and the
+// Prometheus text. Runs on the loop thread like every other handler.
+HttpResponse CoordinatorService::Impl::HandleHttp(const HttpRequest& req) {
+  const bool read = req.method == "GET" || req.method == "HEAD";
+  if (req.path == "/metrics" && read) return {200, "text/plain; version=0.0.4; charset=utf-8", RenderMetrics()};
+  if ((req.path == "/" || req.path == "/index.html") && read) return {200, "text/html; charset=utf-8", DashboardPage()};
+  if (req.path == "/api/state" && read) return {200, "application/json", StateJson()};
+  if (req.path == "/api/control") {
+    auto answer = [](unsigned status, bool ok, const std::string& message) {
+      JsonObject o;
+      o.Add("ok", ok).Add("message", message);
+      return HttpResponse{status, "application/json", o.str()};
+    };
+    if (req.method != "POST") return answer(405, false, "round controls are POST requests");
+    if (dashboard_token.empty()) return answer(403, false, "read-only dashboard: no network.dashboard_token configured");
+    const std::string given = req.authorization.rfind("Bearer ", 0) == 0 ? req.authorization.substr(7) : "";
+    // Compare in constant time: the token is a secret.
+    unsigned diff = given.size() != dashboard_token.size();
+    for (size_t i = 0; i < dashboard_token.size(); ++i) {
+      diff |= static_cast<unsigned char>(i < given.size() ? given[i] : 0) ^ static_cast<unsigned char>(dashboard_token[i]);
+    }
+    if (diff != 0) {
+      LOG_WARN("dashboard control refused: bad or missing operator token");
+      return answer(401, false, "the operator token is missing or wrong");
+    }
+    const std::string command = QueryParam(req.query, "command");
+    ControlRequest cr;
+    if (command == "pause" || command == "resume" || command == "close") {
+      cr.command = "round " + command;
+    } else if (command == "evict") {
+      cr.command = "worker evict";
+      cr.args = {QueryParam(req.query, "site")};
+    } else {
+      return answer(400, false, "unknown command '" + command + "' (allowed: pause, resume, close, evict&site=SITE)");
+    }
+    CoreOutput out;
+    const ControlResponse resp = core.HandleControl(cr, Clock::now(), &out);
+    LOG_INFO("dashboard control", {"command", cr.command}, {"ok", resp.ok}, {"reply", resp.message});
+    Dispatch(out);
+    return answer(resp.ok ? 200 : 409, resp.ok, resp.message);
+  }
+  return {404, "text/plain", "not found: the dashboard is at /, its state at /api/state, metrics at /metrics\n"};
+}
+
+std::string CoordinatorService::Impl::StateJson() {
+  CoreOutput none;
+  const ControlResponse status = core.HandleControl(ControlRequest{"status", {}}, Clock::now(), &none);
+  const ControlResponse workers = core.HandleControl(ControlRequest{"workers", {}}, Clock::now(), &none);
+  std::string records = "[";
+  for (const std::string& line : record_lines) {
+    if (records.size() > 1) records += ',';
+    records += line;
+  }
+  records += "]";
+  JsonObject o;
+  o.AddRaw("status", status.json).AddRaw("workers", workers.json).AddRaw("records", records)
+      .Add("control", !dashboard_token.empty()).AddRaw("fcrag", fcrag_result.empty() ? "null" : fcrag_result);
+  return o.str();
 }
 
 // The campaign's own calibration goes to RUN_DIR/fcrag.json, the progress
@@ -1000,6 +1071,10 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       LOG_ERROR("cannot trim the metrics file", {"reason", st.ToString()});
       return 1;
     }
+    std::ifstream kept(options.metrics_out);
+    for (std::string line; std::getline(kept, line);) {
+      if (!line.empty()) record_lines.push_back(line);  // the dashboard's history before the restart
+    }
   }
   if (!options.metrics_out.empty() && !ended_exit) {
     std::error_code ec;
@@ -1054,7 +1129,20 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
   control = std::move(c).value();
   EventLoop loop;
   if (!config.network.metrics.empty()) {
-    auto m = MetricsHttpServer::Listen(config.network.metrics, [this] { return RenderMetrics(); });
+    if (!config.network.dashboard_token.empty()) {
+      std::string token;
+      const Status st = ReadTextFile(config.network.dashboard_token, &token);
+      token = token.substr(0, token.find('\n'));
+      while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+      if (!st.ok() || token.size() < 16) {
+        std::fprintf(stderr, "lowband-coordinator: network.dashboard_token: %s\n",
+                     st.ok() ? ("the token in " + config.network.dashboard_token + " is shorter than 16 characters").c_str()
+                             : st.ToString().c_str());
+        return kExitConfig;
+      }
+      dashboard_token = token;
+    }
+    auto m = MetricsHttpServer::Listen(config.network.metrics, [this](const HttpRequest& r) { return HandleHttp(r); });
     if (!m.ok()) {
       LOG_ERROR("cannot serve metrics", {"address", config.network.metrics}, {"reason", m.status().ToString()});
       return kExitUnavailable;
