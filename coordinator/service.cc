@@ -713,6 +713,9 @@ HttpResponse CoordinatorService::Impl::HandleHttp(const HttpRequest& req) {
     Dispatch(out);
     return answer(resp.ok ? 200 : 409, resp.ok, resp.message);
   }
+  if (req.path == "/metrics" || req.path == "/" || req.path == "/index.html" || req.path == "/api/state") {
+    return {405, "text/plain", "only GET or HEAD here\n"};
+  }
   return {404, "text/plain", "not found: the dashboard is at /, its state at /api/state, metrics at /metrics\n"};
 }
 

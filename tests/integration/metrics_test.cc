@@ -57,7 +57,7 @@ std::map<std::string, double> Samples(const std::string& response) {
   return out;
 }
 
-std::string Campaign(int port, int metrics_port, const std::string& run_dir) {
+std::string Campaign(int port, int metrics_port, const std::string& run_dir, const std::string& token_file) {
   std::ostringstream y;
   y << "campaign: {name: metrics-campaign, seed: 5, rounds: 40}\n"
     << "model: {layers: 2, d_model: 64, heads: 4, context: 32, vocab: 256}\n"
@@ -67,7 +67,8 @@ std::string Campaign(int port, int metrics_port, const std::string& run_dir) {
     << "quorum: {expected_workers: 3, min_workers: 3, round_deadline_s: 120, start_timeout_s: 60, aggregation: "
        "mean_of_choosers}\n"
     << "network: {bind: \"tcp://127.0.0.1:" << port << "\", control: \"tcp://127.0.0.1:" << port + 1
-    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000, metrics: \"127.0.0.1:" << metrics_port << "\"}\n"
+    << "\", heartbeat_interval_ms: 200, heartbeat_timeout_ms: 5000, metrics: \"127.0.0.1:" << metrics_port
+    << "\", dashboard_token: \"" << token_file << "\"}\n"
     << "output: {run_dir: \"" << run_dir << "\", metrics_file: \"" << run_dir << "/metrics.jsonl\"}\n"
     << ThreeSitesYaml();
   std::string text = y.str();
@@ -83,7 +84,9 @@ TEST_CASE("metrics: the Prometheus endpoints of a running campaign agree with it
   const int port = FreePortBase();
   const int metrics_port = port + 2;
   const std::string run_dir = dir.Path("run");
-  const std::string yaml = dir.Write("c.yaml", Campaign(port, metrics_port, run_dir));
+  const std::string token = "s3cret-operator-token-0123456789";
+  const std::string yaml =
+      dir.Write("c.yaml", Campaign(port, metrics_port, run_dir, dir.Write("dashboard.token", token + "\n")));
   Subprocess run = Start({kBin + "/lowband", "run", yaml}, dir.Path("run.out"));
 
   // Hold the campaign after a few rounds so that nothing moves while we look.
@@ -148,6 +151,40 @@ TEST_CASE("metrics: the Prometheus endpoints of a running campaign agree with it
             "HTTP/1.1 405", 0) == 0);
   CHECK(HttpRequest(metrics_port, "\x01\x02 garbage\r\n\r\n").rfind("HTTP/1.1 400", 0) == 0);
   CHECK(Get(metrics_port, "/metrics").rfind("HTTP/1.1 200", 0) == 0);
+
+  // The dashboard: its page (self-contained), its state, its controls.
+  const std::string page = Get(metrics_port, "/");
+  CHECK(page.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(page.find("text/html") != std::string::npos);
+  CHECK(page.find("<canvas id=\"c_loss\"") != std::string::npos);
+  CHECK(page.find("http://") == std::string::npos);  // nothing fetched from elsewhere
+  CHECK(page.find("https://") == std::string::npos);
+  const std::string state = Get(metrics_port, "/api/state");
+  INFO(state);
+  REQUIRE(state.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(Field(state, "phase") == "held");
+  CHECK(Field(state, "control") == "true");
+  // Every round record, as in the metrics file.
+  size_t in_state = 0;
+  for (size_t at = state.find("\"round\":"); at != std::string::npos; at = state.find("\"round\":", at + 1)) ++in_state;
+  CHECK(in_state == records.size());
+  CHECK(state.find(last) != std::string::npos);
+  auto post = [&](const std::string& query, const std::string& auth) {
+    return HttpRequest(metrics_port, "POST /api/control?" + query + " HTTP/1.1\r\nHost: x\r\n" +
+                                         (auth.empty() ? "" : "Authorization: Bearer " + auth + "\r\n") +
+                                         "Content-Length: 0\r\n\r\n");
+  };
+  CHECK(post("command=resume", "").rfind("HTTP/1.1 401", 0) == 0);
+  CHECK(post("command=resume", "wrong-token-wrong-token-wrong-tok").rfind("HTTP/1.1 401", 0) == 0);
+  CHECK(post("command=explode", token).rfind("HTTP/1.1 400", 0) == 0);
+  CHECK(post("command=evict&site=nobody", token).rfind("HTTP/1.1 409", 0) == 0);
+  CHECK(HttpRequest(metrics_port, "GET /api/control?command=resume HTTP/1.1\r\nHost: x\r\n\r\n").rfind("HTTP/1.1 405", 0) == 0);
+  CHECK(Field(Get(metrics_port, "/api/state"), "phase") == "held");  // nothing refused changed anything
+  const std::string resumed = post("command=resume", token);
+  INFO(resumed);
+  CHECK(resumed.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(resumed.find("\"ok\":true") != std::string::npos);
+  CHECK(Field(Get(metrics_port, "/api/state"), "paused") == "false");
 
   REQUIRE(Ctl(dir, port, {"campaign", "abort"}).first == 0);
   CHECK(run.WaitFor(milliseconds(60000)).has_value());
