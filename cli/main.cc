@@ -1,9 +1,11 @@
 // lowband: the operator CLI. `run` starts a whole campaign on this machine;
 // the other subcommands talk to a running coordinator's control endpoint.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "cli/commands.h"
 #include "common/json.h"
+#include "coordinator/dashboard.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"lowband: train language models across sites joined by thin links"};
@@ -99,6 +101,12 @@ int main(int argc, char** argv) {
   auto* predict_cmd = add_control(&app, "predict", "FC-RAG: the prediction set of TEXT under the newest threshold",
                                   {"predict"});
   predict_cmd->add_option("text", predict_text, "the query text")->required();
+  std::string report_dir, report_out;
+  auto* report_cmd = app.add_subcommand("report", "write a static HTML report of a campaign from its RUN_DIR "
+                                                  "(metrics.jsonl, summary.txt, fcrag.json): the dashboard's charts, "
+                                                  "no server needed");
+  report_cmd->add_option("run_dir", report_dir, "the campaign's run directory")->required();
+  report_cmd->add_option("--out,-o", report_out, "output file (default RUN_DIR/report.html)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -106,6 +114,21 @@ int main(int argc, char** argv) {
   }
   if (run_cmd->parsed()) return lowband::cli::Run(run);
   if (keys_gen->parsed()) return lowband::cli::KeysGenerate(key_name, key_dir);
+  if (report_cmd->parsed()) {
+    auto page = lowband::ReportPage(report_dir);
+    if (!page.ok()) {
+      std::fprintf(stderr, "lowband report: %s\n", page.status().ToString().c_str());
+      return 66;  // EX_NOINPUT
+    }
+    const std::string out = report_out.empty() ? report_dir + "/report.html" : report_out;
+    std::FILE* f = std::fopen(out.c_str(), "w");
+    if (!f || std::fwrite(page->data(), 1, page->size(), f) != page->size() || std::fclose(f) != 0) {
+      std::fprintf(stderr, "lowband report: cannot write %s\n", out.c_str());
+      return 73;  // EX_CANTCREAT
+    }
+    std::printf("lowband report: wrote %s\n", out.c_str());
+    return 0;
+  }
   for (auto& [words, cmd] : control_cmds) {
     if (!cmd->parsed()) continue;
     std::vector<std::string> args(words.begin() + 1, words.end());

@@ -1,5 +1,10 @@
 #include "coordinator/dashboard.h"
 
+#include <fstream>
+#include <sstream>
+
+#include "common/json.h"
+
 namespace lowband {
 
 const std::string& DashboardPage() {
@@ -129,6 +134,85 @@ window.addEventListener("resize",render);
 poll();
 </script></body></html>
 )LBHTML";
+  return page;
+}
+
+namespace {
+
+// The value after "key": in a flat JSON line (numbers and strings only).
+std::string JsonField(const std::string& line, const std::string& key) {
+  const std::string needle = "\"" + key + "\":";
+  const size_t at = line.find(needle);
+  if (at == std::string::npos) return "";
+  size_t start = at + needle.size();
+  size_t end = start;
+  if (start < line.size() && line[start] == '"') {
+    end = line.find('"', start + 1);
+    return end == std::string::npos ? "" : line.substr(start + 1, end - start - 1);
+  }
+  while (end < line.size() && line[end] != ',' && line[end] != '}') ++end;
+  return line.substr(start, end - start);
+}
+
+}  // namespace
+
+StatusOr<std::string> ReportPage(const std::string& run_dir) {
+  const std::string metrics_path = run_dir + "/metrics.jsonl";
+  std::ifstream metrics(metrics_path);
+  if (!metrics) return NotFound("no " + metrics_path + " (the campaign's round records)");
+  std::string records = "[", last;
+  int n = 0, line_no = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    ++line_no;
+    if (line.empty()) continue;
+    const std::string round = JsonField(line, "round");
+    if (line.front() != '{' || line.back() != '}' || round.empty() || round.size() > 9 ||
+        round.find_first_not_of("0123456789") != std::string::npos) {
+      return InvalidArgument(metrics_path + ":" + std::to_string(line_no) + ": not a round record");
+    }
+    records += (n++ ? "," : "") + line;
+    last = line;
+  }
+  records += "]";
+  if (n == 0) return InvalidArgument(metrics_path + " holds no round records");
+  // summary.txt: "key value" lines.
+  std::string name = "campaign", status = "stopped";
+  std::ifstream summary(run_dir + "/summary.txt");
+  for (std::string key, value; summary >> key && std::getline(summary, value);) {
+    value.erase(0, value.find_first_not_of(' '));
+    if (key == "campaign") name = value;
+    if (key == "status") status = value;
+  }
+  std::string fcrag = "null";
+  if (std::ifstream f(run_dir + "/fcrag.json"); f) {
+    std::stringstream ss;
+    ss << f.rdbuf();
+    fcrag = ss.str();
+    while (!fcrag.empty() && (fcrag.back() == '\n' || fcrag.back() == ' ')) fcrag.pop_back();
+    if (fcrag.empty() || fcrag.front() != '{' || fcrag.back() != '}') return InvalidArgument(run_dir + "/fcrag.json is not a JSON object");
+  }
+  JsonObject st;
+  const std::string round = JsonField(last, "round");
+  st.Add("campaign", name).Add("phase", status).Add("committed_round", static_cast<uint64_t>(std::stoull(round)))
+      .Add("rounds", static_cast<uint64_t>(std::stoull(round)))
+      .Add("live_workers", 0).Add("expected_workers", 0).Add("paused", false);
+  JsonObject state;
+  state.AddRaw("status", st.str()).AddRaw("workers", "[]").AddRaw("records", records).Add("control", false)
+      .AddRaw("fcrag", fcrag);
+  std::string embedded = state.str();
+  // Inside <script>: a "</" could end it early.
+  for (size_t at = embedded.find("</"); at != std::string::npos; at = embedded.find("</", at + 3)) {
+    embedded.replace(at, 2, "<\\/");
+  }
+  std::string page = DashboardPage();
+  const std::string live = "poll();\n</script>";
+  const size_t at = page.rfind(live);
+  if (at == std::string::npos) return Internal("the dashboard page has no poll() to replace");
+  page.replace(at, live.size(),
+               "state=" + embedded + ";render();\ndocument.querySelectorAll(\"section\").forEach(s=>{"
+               "if(s.querySelector(\"#token\"))s.hidden=true});\n</script>");
+  const std::string title = "<title>lowband</title>";
+  page.replace(page.find(title), title.size(), "<title>lowband report: " + name + "</title>");
   return page;
 }
 

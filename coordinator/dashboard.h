@@ -7,8 +7,17 @@
 
 #include <string>
 
+#include "common/status.h"
+
 namespace lowband {
 
 const std::string& DashboardPage();
+
+// `lowband report RUN_DIR`: the same page as a static file of a finished
+// (or stopped) campaign: its state built from RUN_DIR/metrics.jsonl (every
+// round record; required), summary.txt and fcrag.json (when present),
+// embedded in the page, which then draws once and does not poll; no
+// controls. NotFound / InvalidArgument name the file and line.
+StatusOr<std::string> ReportPage(const std::string& run_dir);
 
 }  // namespace lowband
