@@ -67,7 +67,9 @@ function chart(id,series,opts){
   g.strokeStyle="#ccc";g.fillStyle="#555";g.lineWidth=1;
   for(let i=0;i<=4;i++){const y=y0+(y1-y0)*i/4,yy=Y(y);g.beginPath();g.moveTo(L,yy);g.lineTo(L+W,yy);g.stroke();
     g.fillText(opts&&opts.ybytes?fmtBytes(y):(Math.abs(y)>=1000?y.toExponential(1):y.toPrecision(4)),2,yy+4)}
-  for(let i=0;i<=5;i++){const x=x0+(x1-x0)*i/5;g.fillText(opts&&opts.xbytes?fmtBytes(x):(Math.round(x*10)/10).toString(),X(x)-10,T+H+16)}
+  const ints=pts.every(p=>Number.isInteger(p[0]));
+  for(let i=0;i<=5;i++){let x=x0+(x1-x0)*i/5;if(ints&&!(opts&&opts.xbytes))x=Math.round(x);
+    g.fillText(opts&&opts.xbytes?fmtBytes(x):(Math.round(x*10)/10).toString(),X(x)-10,T+H+16)}
   series.forEach((s,k)=>{g.strokeStyle=g.fillStyle=s.color||colors[k%colors.length];
     const p=s.points.filter(q=>num(q[0])&&num(q[1]));
     if(opts&&opts.bars){const bw=Math.max(2,W/Math.max(1,(x1-x0+1))/series.length*0.8);
