@@ -1,10 +1,13 @@
 // lowband: the operator CLI. `run` starts a whole campaign on this machine;
 // the other subcommands talk to a running coordinator's control endpoint.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "common/json.h"
+#include "common/process.h"
 #include "coordinator/dashboard.h"
 
 int main(int argc, char** argv) {
@@ -107,6 +110,8 @@ int main(int argc, char** argv) {
                                                   "no server needed");
   report_cmd->add_option("run_dir", report_dir, "the campaign's run directory")->required();
   report_cmd->add_option("--out,-o", report_out, "output file (default RUN_DIR/report.html)");
+  std::string report_png;
+  report_cmd->add_option("--png", report_png, "also render the report to this PNG file (needs Debian's chromium)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -127,6 +132,23 @@ int main(int argc, char** argv) {
       return 73;  // EX_CANTCREAT
     }
     std::printf("lowband report: wrote %s\n", out.c_str());
+    if (!report_png.empty()) {
+      // Headless chromium draws the page's canvases and takes the picture.
+      lowband::SpawnOptions so;
+      so.argv = {"/usr/bin/env", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--window-size=1400,1500", "--screenshot=" + std::filesystem::absolute(report_png).string(),
+                 "file://" + std::filesystem::absolute(out).string()};
+      so.stdout_path = "/dev/null";
+      so.stderr_path = "stdout";
+      auto p = lowband::Subprocess::Spawn(so);
+      const auto code = p.ok() ? p->WaitFor(std::chrono::milliseconds(60000)) : std::nullopt;
+      if (!code || *code != 0 || !std::filesystem::exists(report_png)) {
+        std::fprintf(stderr, "lowband report: chromium could not render %s (is the chromium package installed?)\n",
+                     report_png.c_str());
+        return 69;  // EX_UNAVAILABLE
+      }
+      std::printf("lowband report: wrote %s\n", report_png.c_str());
+    }
     return 0;
   }
   for (auto& [words, cmd] : control_cmds) {

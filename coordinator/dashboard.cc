@@ -67,8 +67,9 @@ function chart(id,series,opts){
   g.strokeStyle="#ccc";g.fillStyle="#555";g.lineWidth=1;
   for(let i=0;i<=4;i++){const y=y0+(y1-y0)*i/4,yy=Y(y);g.beginPath();g.moveTo(L,yy);g.lineTo(L+W,yy);g.stroke();
     g.fillText(opts&&opts.ybytes?fmtBytes(y):(Math.abs(y)>=1000?y.toExponential(1):y.toPrecision(4)),2,yy+4)}
-  const ints=pts.every(p=>Number.isInteger(p[0]));
-  for(let i=0;i<=5;i++){let x=x0+(x1-x0)*i/5;if(ints&&!(opts&&opts.xbytes))x=Math.round(x);
+  const ints=pts.every(p=>Number.isInteger(p[0]))&&!(opts&&opts.xbytes);
+  const step=ints?Math.max(1,Math.ceil((x1-x0)/6)):(x1-x0)/5;
+  for(let x=x0;x<=x1+1e-9;x+=step){
     g.fillText(opts&&opts.xbytes?fmtBytes(x):(Math.round(x*10)/10).toString(),X(x)-10,T+H+16)}
   series.forEach((s,k)=>{g.strokeStyle=g.fillStyle=s.color||colors[k%colors.length];
     const p=s.points.filter(q=>num(q[0])&&num(q[1]));
@@ -212,7 +213,7 @@ StatusOr<std::string> ReportPage(const std::string& run_dir) {
   if (at == std::string::npos) return Internal("the dashboard page has no poll() to replace");
   page.replace(at, live.size(),
                "state=" + embedded + ";render();\ndocument.querySelectorAll(\"section\").forEach(s=>{"
-               "if(s.querySelector(\"#token\"))s.hidden=true});\n</script>");
+               "if(s.querySelector(\"#token\")||s.querySelector(\"#t_workers\"))s.hidden=true});\n</script>");
   const std::string title = "<title>lowband</title>";
   page.replace(page.find(title), title.size(), "<title>lowband report: " + name + "</title>");
   return page;
