@@ -1569,9 +1569,9 @@ std::string CoordinatorCore::WorkersJson(TimePoint now) const {
     JsonObject o;
     auto steps = round_steps_.find(site);
     o.Add("site", site)
+        .Add("state", WorkerStateName(w.state))
         .Add("stage", pipelined() ? w.stage : -1)
         .Add("inner_steps", steps == round_steps_.end() ? 0 : steps->second)
-        .Add("state", WorkerStateName(w.state))
         .Add("device", w.hello.device)
         .Add("synced_round", w.synced_round)
         .Add("last_seen_s", Seconds(now - w.last_seen))
