@@ -886,24 +886,11 @@ bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
 // anything is kept; a bad upload changes nothing.
 void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now,
                                         CoreOutput* out) {
-  const uint32_t open_round = committed_round_ + 1;
   if (!fpld()) {
     Reply(w.peer, ErrorCode::kUnexpected, "logit upload in a campaign that is not an FPLD campaign", m.round, out);
     return;
   }
-  if (phase_ != Phase::kTraining || m.round != open_round) {
-    if (auto e = evaluating_.find(m.round); e != evaluating_.end()) ++e->second.record.late_uploads;
-    Reply(w.peer, ErrorCode::kWrongRound,
-          "logit upload for round " + std::to_string(m.round) + " but " +
-              (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
-                                          : std::string("no round is collecting uploads")),
-          m.round, out);
-    return;
-  }
-  if (uploads_.count(w.site)) {
-    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
-    return;
-  }
+  if (!UploadIsDue(w, m.round, m.step_time_ms, out)) return;
   const FpldConfig& f = config_.fpld;
   const uint32_t rows = static_cast<uint32_t>(f.contexts) * static_cast<uint32_t>(f.positions);
   const uint64_t max_tokens = static_cast<uint64_t>(config_.training.inner_steps) *
@@ -935,7 +922,7 @@ void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const
     Reply(w.peer, ErrorCode::kBadPayload, "logit payload rejected: " + logits.status().ToString(), m.round, out);
     return;
   }
-  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms};
+  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms, {}, {}, 0};
   up.logits = std::move(logits).value();
   up.logit_bytes = payload;
   if (m.exact_bytes > 0) {
@@ -997,6 +984,40 @@ StatusOr<Update> CoordinatorCore::FpldAggregate(uint32_t round) {
   return g;
 }
 
+// An upload for `round` may be taken now: the open round, nothing from the
+// site yet. Otherwise replies (wrong round, duplicate); a late upload is
+// counted on its round's pending record and its step time still tells how
+// much the site can do next time.
+bool CoordinatorCore::UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out) {
+  const uint32_t open_round = committed_round_ + 1;
+  if (phase_ != Phase::kTraining || round != open_round) {
+    if (round <= committed_round_ && round >= 1) {
+      // Too late for its round (closed at the deadline or quorum); its step
+      // time still tells how much the site can do next time.
+      w.step_ms = SmoothStepTime(w.step_ms, step_time_ms);
+      w.last_step_time_ms = step_time_ms;
+      if (auto e = evaluating_.find(round); e != evaluating_.end()) {
+        ++e->second.record.late_uploads;
+        LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
+      }
+      Reply(w.peer, ErrorCode::kWrongRound,
+            "upload for round " + std::to_string(round) + " arrived after the round closed", round, out);
+    } else {
+      Reply(w.peer, ErrorCode::kWrongRound,
+            "upload for round " + std::to_string(round) + " but " +
+                (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
+                                            : std::string("no round is collecting uploads")),
+            round, out);
+    }
+    return false;
+  }
+  if (uploads_.count(w.site)) {
+    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(round), round, out);
+    return false;
+  }
+  return true;
+}
+
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
                                    CoreOutput* out) {
   const uint32_t open_round = committed_round_ + 1;
@@ -1021,31 +1042,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
       return;
     }
   }
-  if (phase_ != Phase::kTraining || m.round != open_round) {
-    if (m.round <= committed_round_ && m.round >= 1) {
-      // Too late for its round (closed at the deadline or quorum); its step
-      // time still tells how much the site can do next time.
-      w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
-      w.last_step_time_ms = m.step_time_ms;
-      if (auto e = evaluating_.find(m.round); e != evaluating_.end()) {
-        ++e->second.record.late_uploads;
-        LOG_INFO("late upload dropped", {"site", w.site}, {"round", m.round}, {"step_time_ms", m.step_time_ms});
-      }
-      Reply(w.peer, ErrorCode::kWrongRound,
-            "upload for round " + std::to_string(m.round) + " arrived after the round closed", m.round, out);
-    } else {
-      Reply(w.peer, ErrorCode::kWrongRound,
-            "upload for round " + std::to_string(m.round) + " but " +
-                (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
-                                            : std::string("no round is collecting uploads")),
-            m.round, out);
-    }
-    return;
-  }
-  if (uploads_.count(w.site)) {
-    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
-    return;
-  }
+  if (!UploadIsDue(w, m.round, m.step_time_ms, out)) return;
   // Overlap: round r trains from theta_{r-2} plus the site's own progress
   // (or from theta_{r-1} right after a sync).
   const bool base_ok = m.base_digest == DigestFor(w) ||
@@ -1118,7 +1115,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
   uploads_[w.site] = Upload{w.stage, part_index, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq),
-                            m.step_time_ms, m.wait_ms};
+                            m.step_time_ms, m.wait_ms, {}, {}, 0};
   w.last_step_time_ms = m.step_time_ms;
   w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});

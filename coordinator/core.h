@@ -266,6 +266,7 @@ class CoordinatorCore {
   // parameters (no sync, aggregate or evaluation; round starts name no digest).
   bool Adopts(const WorkerInfo& w) const;
   void HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now, CoreOutput* out);
+  bool UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out);
   // The mean teacher of the round's uploads, distilled: g = theta - student.
   StatusOr<Update> FpldAggregate(uint32_t round);
   std::vector<uint8_t> probes_;
