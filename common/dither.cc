@@ -4,6 +4,8 @@
 #include <cmath>
 #include <string>
 
+#include "common/params.h"
+
 namespace lowband {
 
 namespace {
@@ -119,6 +121,11 @@ StatusOr<std::vector<uint16_t>> UnpackBits(const uint8_t* data, size_t len, size
   // What is left in the accumulator is exactly the last byte's pad bits.
   if (acc != 0) return InvalidArgument("packed codes: pad bits of the last byte are not zero");
   return codes;
+}
+
+uint64_t DitherSeedFor(uint64_t seed, uint32_t round, const std::string& site) {
+  const uint64_t s = Fnv1a64(site.data(), site.size(), seed ^ 0xd1b54a32d192ed03ull);
+  return Fnv1a64(&round, sizeof(round), s);
 }
 
 }  // namespace lowband

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -67,5 +68,9 @@ std::vector<uint8_t> PackBits(const std::vector<uint16_t>& codes, int bits);
 // codes of 3 bits"), or when the pad bits are not zero. Allocates n codes
 // only after the length check.
 StatusOr<std::vector<uint16_t>> UnpackBits(const uint8_t* data, size_t len, size_t n, int bits);
+
+// The dither seed of what `site` sends in `round` (FPLD logits, FC-RAG
+// scores), derived from a seed both ends know: it never travels.
+uint64_t DitherSeedFor(uint64_t seed, uint32_t round, const std::string& site);
 
 }  // namespace lowband

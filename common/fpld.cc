@@ -2,7 +2,6 @@
 
 #include <random>
 
-#include "common/params.h"
 
 namespace lowband {
 
@@ -18,11 +17,6 @@ StatusOr<std::vector<uint8_t>> BuildProbeSet(const Corpus& corpus, int contexts,
   out.reserve(b.inputs.size());
   for (int64_t t : b.inputs) out.push_back(static_cast<uint8_t>(t));
   return out;
-}
-
-uint64_t FpldDitherSeed(uint64_t campaign_seed, uint32_t round, const std::string& site) {
-  const uint64_t s = Fnv1a64(site.data(), site.size(), campaign_seed ^ 0xd1b54a32d192ed03ull);
-  return Fnv1a64(&round, sizeof(round), s);
 }
 
 }  // namespace lowband

@@ -7,7 +7,7 @@
 
 #include "common/json.h"
 #include "common/blocks.h"
-#include "common/fpld.h"
+#include "common/dither.h"
 #include "common/logit_codec.h"
 #include "coordinator/adaptive_steps.h"
 #include "common/log.h"
@@ -917,7 +917,7 @@ void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const
   const LogitCodec codec{f.bits, static_cast<float>(f.clip), f.topk};
   const size_t payload = msg.bulk.size() - m.exact_bytes;
   auto logits = DecodeLogits(codec, static_cast<int>(rows), config_.model.vocab, msg.bulk.data(), payload,
-                             FpldDitherSeed(config_.training.seed, m.round, w.site));
+                             DitherSeedFor(config_.training.seed, m.round, w.site));
   if (!logits.ok()) {
     Reply(w.peer, ErrorCode::kBadPayload, "logit payload rejected: " + logits.status().ToString(), m.round, out);
     return;

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "common/fcrag.h"
-#include "common/fpld.h"
+#include "common/dither.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/params.h"
@@ -197,7 +197,7 @@ void FcragHub::Advance(TimePoint now, const Send& send, std::vector<FcragResult>
       uint64_t bytes = 0;
       for (auto& [site, r] : ex.replies) {
         auto scores = DecodeScores(r.second.data(), r.second.size(), sum.size(), range, plan.score_bits,
-                                   FpldDitherSeed(config_.training.seed ^ 0x6a09e667f3bcc908ull,
+                                   DitherSeedFor(config_.training.seed ^ 0x6a09e667f3bcc908ull,
                                                   static_cast<uint32_t>(ex.id), site));
         if (!scores.ok()) {
           LOG_WARN("FC-RAG: scores refused", {"site", site}, {"reason", scores.status().ToString()});

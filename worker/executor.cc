@@ -6,7 +6,7 @@
 #include <cstring>
 #include <limits>
 
-#include "common/fpld.h"
+#include "common/dither.h"
 #include "common/log.h"
 #include "common/logit_codec.h"
 
@@ -203,7 +203,7 @@ JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done)
   const int rows = f.contexts * f.positions;
   const LogitCodec codec{f.bits, f.clip, f.topk};
   Bytes bulk = EncodeLogits(codec, rows, vocab, logits->data(),
-                            FpldDitherSeed(welcome_->training.seed, round, site_.name));
+                            DitherSeedFor(welcome_->training.seed, round, site_.name));
   LogitUpload up;
   up.round = round;
   up.train_loss = done->upload.train_loss;
@@ -260,7 +260,7 @@ JobResult Executor::Fcrag(const FcragJob& job) {
                              welcome_->fcrag.smoothing, mass_scale_);
         scores.insert(scores.end(), s.begin(), s.end());
       }
-      done.bulk = EncodeScores(scores, range, rq.bits, FpldDitherSeed(rq.seed, static_cast<uint32_t>(rq.id), site_.name));
+      done.bulk = EncodeScores(scores, range, rq.bits, DitherSeedFor(rq.seed, static_cast<uint32_t>(rq.id), site_.name));
       done.reply.count = rq.count;
       break;
     }

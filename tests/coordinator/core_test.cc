@@ -4,7 +4,7 @@
 #include <catch2/catch.hpp>
 #include <random>
 
-#include "common/fpld.h"
+#include "common/dither.h"
 #include "common/logit_codec.h"
 #include "tests/fakes/fake_cluster.h"
 
@@ -468,7 +468,7 @@ TEST_CASE("fpld: logit uploads are checked, averaged and distilled; own-model si
   auto upload = [&](const std::string& site, float level) {
     std::vector<float> logits(static_cast<size_t>(rows) * vocab, 0.0f);
     for (int r = 0; r < rows; ++r) logits[static_cast<size_t>(r) * vocab + r] = level;  // one peaked entry a row
-    Bytes bulk = EncodeLogits(codec, rows, vocab, logits.data(), FpldDitherSeed(config.training.seed, 1, site));
+    Bytes bulk = EncodeLogits(codec, rows, vocab, logits.data(), DitherSeedFor(config.training.seed, 1, site));
     LogitUpload u;
     u.round = 1;
     u.train_loss = 3.0;

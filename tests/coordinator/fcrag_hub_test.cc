@@ -7,7 +7,7 @@
 #include <map>
 
 #include "common/fcrag.h"
-#include "common/fpld.h"
+#include "common/dither.h"
 
 namespace lowband {
 namespace {
@@ -50,7 +50,7 @@ struct FakeSite {
         const int truth = std::stoi(t.substr(t.find('#') + 1)) % labels;
         for (int y = 0; y < labels; ++y) scores.push_back(y == truth ? 0.5 : 3.0);
       }
-      *out = EncodeScores(scores, range, rq.bits, FpldDitherSeed(rq.seed, static_cast<uint32_t>(rq.id), name));
+      *out = EncodeScores(scores, range, rq.bits, DitherSeedFor(rq.seed, static_cast<uint32_t>(rq.id), name));
       r.count = rq.count;
     } else if (rq.kind == FcragKind::kCalibrate) {
       REQUIRE(rq.count == static_cast<uint32_t>(n));

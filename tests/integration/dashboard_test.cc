@@ -44,15 +44,9 @@ TEST_CASE("dashboard: a headless browser sees the campaign's real numbers, pause
     << ThreeSitesYaml();
   const std::string campaign = dir.Write("campaign.yaml", y.str());
   Subprocess run = Start({kBin + "/lowband", "run", campaign}, dir.Path("run.out"));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  std::string status;
-  while (run.running() && std::chrono::steady_clock::now() < deadline) {
-    status = Ctl(dir, port, {"status", "--json"}, 1000).second;
-    if (!Field(status, "committed_round").empty() && std::stoi(Field(status, "committed_round")) >= 3) break;
-    run.Poll();
-  }
+  std::string status = WaitStatus(dir, port, [](const std::string& s) { return CommittedRound(s) >= 3; }, run);
   INFO(ReadFile(dir.Path("run.out")));
-  REQUIRE(std::stoi(Field(status, "committed_round")) >= 3);
+  REQUIRE(CommittedRound(status) >= 3);
 
   const std::string shot = dir.Path("dashboard.png");
   Subprocess browser = Start({"/usr/bin/env", "node", std::string(LOWBAND_SOURCE_DIR) + "/tests/browser/dashboard_check.js",

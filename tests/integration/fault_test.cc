@@ -105,18 +105,6 @@ std::map<int, std::string> RoundDigests(const std::string& metrics) {
   return out;
 }
 
-// Polls `lowband status --json` until `done(status)` or the deadline.
-std::string WaitStatus(const TempDir& dir, int port, const std::function<bool(const std::string&)>& done,
-                       Subprocess& coordinator, seconds limit = seconds(60)) {
-  const auto deadline = SteadyClock::now() + limit;
-  std::string status;
-  while (coordinator.running() && SteadyClock::now() < deadline) {
-    status = Ctl(dir, port, {"status", "--json"}, 1000).second;
-    if (done(status)) return status;
-    coordinator.Poll();
-  }
-  return status;
-}
 
 std::string WaitWorkers(const TempDir& dir, int port, const std::string& needle, Subprocess& coordinator) {
   const auto deadline = SteadyClock::now() + seconds(60);
@@ -138,9 +126,20 @@ void Pause(const TempDir& dir, int port) {
   FAIL("round pause was never accepted");
 }
 
-int CommittedRound(const std::string& status) {
-  const std::string v = Field(status, "committed_round");
-  return v.empty() ? -1 : std::stoi(v);
+
+// Starts the coordinator once per failpoint (co-I.out), each run killed
+// there (SIGKILL, so exit 137 proves the point was reached); every run after
+// the first resumes the campaign the previous one left.
+void KillAtEach(const TempDir& dir, const std::string& yaml, const std::vector<std::string>& kills) {
+  for (size_t i = 0; i < kills.size(); ++i) {
+    const std::string out = dir.Path("co-" + std::to_string(i) + ".out");
+    Subprocess co = Coordinator(yaml, out, kills[i]);
+    Procs one{{&co}};
+    auto code = co.WaitFor(milliseconds(120000));
+    INFO(kills[i] << "\n" << ReadFile(out));
+    REQUIRE(code == std::optional<int>(kKilled));
+    if (i > 0) CHECK(ReadFile(out).find("resuming campaign fault-campaign") != std::string::npos);
+  }
 }
 
 std::vector<LedgerRow> StoredLedger(const std::string& run_dir) {
@@ -200,15 +199,7 @@ TEST_CASE("resume: a coordinator SIGKILLed at six points of a round ends with th
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
   Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));
   Procs guard{{&a, &b, &c}};
-  for (size_t i = 0; i < kills.size(); ++i) {
-    const std::string out = dir.Path("co-" + std::to_string(i) + ".out");
-    Subprocess co = Coordinator(yaml, out, kills[i]);
-    Procs one{{&co}};
-    auto code = co.WaitFor(milliseconds(120000));
-    INFO(kills[i] << "\n" << ReadFile(out));
-    REQUIRE(code == std::optional<int>(kKilled));
-    if (i > 0) CHECK(ReadFile(out).find("resuming campaign fault-campaign") != std::string::npos);
-  }
+  KillAtEach(dir, yaml, kills);
   Subprocess last = Coordinator(yaml, dir.Path("co-last.out"));
   Procs one{{&last}};
   auto code = last.WaitFor(milliseconds(120000));
@@ -285,14 +276,7 @@ TEST_CASE("resume: an overlapped campaign whose coordinator is SIGKILLed with a 
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
   Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));
   Procs guard{{&a, &b, &c}};
-  for (size_t i = 0; i < kills.size(); ++i) {
-    const std::string out = dir.Path("co-" + std::to_string(i) + ".out");
-    Subprocess co = Coordinator(yaml, out, kills[i]);
-    Procs one{{&co}};
-    auto code = co.WaitFor(milliseconds(120000));
-    INFO(kills[i] << "\n" << ReadFile(out));
-    REQUIRE(code == std::optional<int>(kKilled));
-  }
+  KillAtEach(dir, yaml, kills);
   Subprocess last = Coordinator(yaml, dir.Path("co-last.out"));
   Procs one{{&last}};
   auto code = last.WaitFor(milliseconds(120000));

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -121,6 +122,26 @@ inline std::pair<int, std::string> Ctl(const TempDir& dir, int port, std::vector
   auto code = p.WaitFor(milliseconds(10000));
   REQUIRE(code.has_value());
   return {*code, ReadFile(dir.Path("ctl.out"))};
+}
+
+// Polls `lowband status --json` until `done(status)`, the process
+// (`lowband run` or the coordinator) ends, or the deadline; the last status.
+inline std::string WaitStatus(const TempDir& dir, int port, const std::function<bool(const std::string&)>& done,
+                              Subprocess& process, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  std::string status;
+  while (process.running() && std::chrono::steady_clock::now() < deadline) {
+    status = Ctl(dir, port, {"status", "--json"}, 1000).second;
+    if (done(status)) return status;
+    process.Poll();
+  }
+  return status;
+}
+
+// committed_round of a status answer, -1 if it has none.
+inline int CommittedRound(const std::string& status) {
+  const std::string v = Field(status, "committed_round");
+  return v.empty() ? -1 : std::stoi(v);
 }
 
 }  // namespace lowband::itest

@@ -90,21 +90,13 @@ TEST_CASE("metrics: the Prometheus endpoints of a running campaign agree with it
   Subprocess run = Start({kBin + "/lowband", "run", yaml}, dir.Path("run.out"));
 
   // Hold the campaign after a few rounds so that nothing moves while we look.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  std::string status;
-  while (run.running() && std::chrono::steady_clock::now() < deadline) {
-    status = Ctl(dir, port, {"status", "--json"}, 1000).second;
-    if (!Field(status, "committed_round").empty() && std::stoi(Field(status, "committed_round")) >= 3) break;
-    run.Poll();
-  }
+  std::string status = WaitStatus(dir, port, [](const std::string& s) { return CommittedRound(s) >= 3; }, run);
   INFO(ReadFile(dir.Path("run.out")));
   for (int i = 0; i < 20; ++i) {
     auto r = Ctl(dir, port, {"round", "pause"}, 1000);
     if (r.first == 0 || r.second.find("already paused") != std::string::npos) break;
   }
-  while (Field(status, "phase") != "held" && run.running() && std::chrono::steady_clock::now() < deadline) {
-    status = Ctl(dir, port, {"status", "--json"}, 1000).second;
-  }
+  status = WaitStatus(dir, port, [](const std::string& s) { return Field(s, "phase") == "held"; }, run);
   REQUIRE(Field(status, "phase") == "held");
   const int held = std::stoi(Field(status, "committed_round"));
 
