@@ -655,13 +655,11 @@ class Parser {
 
 const std::vector<std::string> kSiteFileKeys = {"site", "data"};
 const std::vector<std::string> kSiteKeys = {"name", "coordinator", "device", "threads", "metrics", "key",
-                                            "server_key", "peer", "slowdown", "link_mbit", "model"};
+                                            "server_key", "peer", "slowdown", "link_mbit", "ranks",
+                                            "rendezvous", "local_ranks", "rank_timeout_s", "model"};
 const std::vector<std::string> kSiteModelKeys = {"layers", "d_model", "heads"};
 const std::vector<std::string> kDataKeys = {"dir", "files", "validation_fraction"};
 
-// Parses the {site:, data:} body shared by site files and inline sites.
-// `base_file` anchors a relative data.dir. Sets *coordinator_set when the
-// site names its coordinator (inline sites otherwise inherit network.bind).
 // A list of counts (pipeline.split: blocks per stage; parablock.split:
 // layers per block), each an integer in [0, 100000].
 void ParseCountList(Parser* p, const YAML::Node& node, const std::string& path, const std::string& what,
@@ -685,6 +683,43 @@ void ParseCountList(Parser* p, const YAML::Node& node, const std::string& path, 
   }
 }
 
+// site.local_ranks: a list of rank numbers (null = empty). Each item's line
+// is recorded; the range [0, ranks) and repeats are checked by CheckSite. On
+// a bad item the list stays empty and is marked bad.
+void ParseRankList(Parser* p, const YAML::Node& node, const std::string& path, std::vector<int>* out) {
+  if (node.IsNull()) {
+    out->clear();
+    return;
+  }
+  if (!node.IsSequence()) {
+    p->TypeError(path, node, "a list of rank numbers");
+    return;
+  }
+  std::vector<int> ranks;
+  bool ok = true;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    const std::string item_path = path + "[" + std::to_string(i) + "]";
+    p->Record(item_path, item);
+    int64_t v = 0;
+    if (!item.IsScalar() || !ParseInt64(item.Scalar(), &v) || v < std::numeric_limits<int>::min() ||
+        v > std::numeric_limits<int>::max()) {
+      p->TypeError(item_path, item, "an integer rank");
+      ok = false;
+    } else {
+      ranks.push_back(static_cast<int>(v));
+    }
+  }
+  if (ok) {
+    *out = std::move(ranks);
+  } else {
+    p->MarkBad(path);
+  }
+}
+
+// Parses the {site:, data:} body shared by site files and inline sites.
+// `base_file` anchors a relative data.dir. Sets *coordinator_set when the
+// site names its coordinator (inline sites otherwise inherit network.bind).
 bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
                    const std::vector<std::string>& allowed, const std::string& base_file,
                    SiteConfig* site, bool* coordinator_set) {
@@ -705,6 +740,12 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       p->String(s, "peer", &site->peer);
       p->Double(s, "slowdown", &site->slowdown);
       p->Double(s, "link_mbit", &site->link_mbit);
+      p->Int(s, "ranks", &site->ranks);
+      p->String(s, "rendezvous", &site->rendezvous);
+      if (const auto* lr = s.Find("local_ranks")) {
+        ParseRankList(p, lr->value, Join(path, "site.local_ranks"), &site->local_ranks);
+      }
+      p->Int(s, "rank_timeout_s", &site->rank_timeout_s);
       if (const auto* mf = s.Find("model")) {
         MapFields mm;
         if (p->Map(mf->value, Join(path, "site.model"), kSiteModelKeys, &mm)) {
@@ -829,6 +870,106 @@ void CheckMetricsAddress(const std::string& key, const std::string& v, Checker* 
   if (!ok) c->Error(key, "'" + v + "' is not HOST:PORT", "IPV4:PORT, localhost:PORT or *:PORT (0 to 65535), or empty");
 }
 
+constexpr int kMaxRankTimeoutS = 86400;
+
+// A DNS-style host name: dot-separated labels of letters, digits and '-'
+// (not at either end of a label), at most 253 characters.
+bool ValidDnsName(const std::string& host) {
+  if (host.empty() || host.size() > 253) return false;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = host.find('.', start);
+    const std::string label = host.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+    for (char c : label) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+      if (!ok) return false;
+    }
+    if (dot == std::string::npos) return true;
+    start = dot + 1;
+  }
+}
+
+// site.rendezvous: HOST:PORT of rank 0's c10d store, which the other ranks
+// (possibly on other hosts) dial: an IPv4 address, localhost or a DNS name,
+// and a concrete port 1..65535.
+bool ValidRendezvous(const std::string& v) {
+  const size_t colon = v.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  const std::string host = v.substr(0, colon);
+  const std::string port = v.substr(colon + 1);
+  if (!AllDigits(port) || port.size() > 5) return false;
+  const long p = std::atol(port.c_str());
+  if (p < 1 || p > 65535) return false;
+  if (host == "localhost") return true;
+  in_addr addr{};
+  if (::inet_pton(AF_INET, host.c_str(), &addr) == 1) return true;
+  // Digits and dots only but not an IPv4 address (999.1.1.1, 10.0.0): a typo.
+  if (host.find_first_not_of("0123456789.") == std::string::npos) return false;
+  return ValidDnsName(host);
+}
+
+// Multi-rank sites: ranks, rendezvous, local_ranks, rank_timeout_s, and
+// what ranks >= 2 rules out (cuda:N, a pipeline peer).
+void CheckSiteRanks(const SiteConfig& site, const std::string& prefix, Checker* c) {
+  const std::string ranks_key = prefix + "site.ranks";
+  const std::string rdv_key = prefix + "site.rendezvous";
+  const std::string local_key = prefix + "site.local_ranks";
+  c->IntRange(ranks_key, site.ranks, 1, kMaxSiteRanks);
+  c->IntRange(prefix + "site.rank_timeout_s", site.rank_timeout_s, 1, kMaxRankTimeoutS);
+  if (!site.rendezvous.empty() && !ValidRendezvous(site.rendezvous)) {
+    c->Error(rdv_key, "'" + site.rendezvous + "' is not HOST:PORT",
+             "IPV4:PORT, localhost:PORT or HOSTNAME:PORT with PORT 1 to 65535, or empty");
+  }
+  // The rules below compare with ranks; an unreadable or out-of-range value
+  // has been reported already.
+  if (c->Bad(ranks_key) || site.ranks < 1 || site.ranks > kMaxSiteRanks) return;
+  const std::string ranks_text = std::to_string(site.ranks);
+  if (site.ranks == 1) {
+    if (!site.rendezvous.empty()) {
+      c->Error(rdv_key, "a rendezvous needs ranks >= 2", "empty with site.ranks 1");
+    }
+    if (!site.local_ranks.empty()) {
+      c->Error(local_key, "local_ranks needs ranks >= 2", "empty with site.ranks 1");
+    }
+    return;
+  }
+  if (ValidDevice(site.device) && site.device.rfind("cuda:", 0) == 0) {
+    c->Error(prefix + "site.device", "'" + site.device + "' with ranks " + ranks_text + ": local rank i takes cuda:i",
+             "cpu or cuda when site.ranks >= 2");
+  }
+  if (!site.peer.empty()) {
+    c->Error(ranks_key, ranks_text + " ranks with site.peer: a pipeline stage runs on one rank",
+             "1 when site.peer is set");
+  }
+  if (site.local_ranks.empty() || c->Bad(local_key)) return;
+  std::vector<int> first_at(static_cast<size_t>(site.ranks), -1);  // rank -> index in local_ranks
+  int covered = 0;
+  for (size_t i = 0; i < site.local_ranks.size(); ++i) {
+    const int r = site.local_ranks[i];
+    const std::string item_key = local_key + "[" + std::to_string(i) + "]";
+    if (r < 0 || r >= site.ranks) {
+      c->Error(item_key, "rank " + std::to_string(r) + " is out of range for ranks " + ranks_text,
+               "0 to " + std::to_string(site.ranks - 1));
+      continue;
+    }
+    int& first = first_at[static_cast<size_t>(r)];
+    if (first >= 0) {
+      c->Error(item_key, "rank " + std::to_string(r) + " repeats (first at local_ranks[" + std::to_string(first) + "])",
+               "each rank at most once");
+      continue;
+    }
+    first = static_cast<int>(i);
+    ++covered;
+  }
+  if (covered < site.ranks && site.rendezvous.empty()) {
+    c->Error(rdv_key,
+             "ranks on other hosts need a rendezvous address (local_ranks lists " + std::to_string(covered) + " of " +
+                 ranks_text + " ranks)",
+             "HOST:PORT of rank 0's store, reachable from every host of the site");
+  }
+}
+
 void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   const std::string name_key = prefix + "site.name";
   if (site.name.empty()) {
@@ -851,6 +992,7 @@ void CheckSite(const SiteConfig& site, const std::string& prefix, Checker* c) {
   c->DoubleRange(prefix + "site.slowdown", site.slowdown, 1, true, 1000, true);
   c->DoubleRange(prefix + "site.link_mbit", site.link_mbit, 0, true, 1e6, true);
   CheckMetricsAddress(prefix + "site.metrics", site.metrics, c);
+  CheckSiteRanks(site, prefix, c);
   if (!site.peer.empty()) {
     Endpoint peer_ep;
     if (c->CheckEndpoint(prefix + "site.peer", site.peer, /*allow_wildcard=*/false, &peer_ep) && site.key.empty() &&
@@ -1341,8 +1483,9 @@ void ParseCodec(Parser* p, const YAML::Node& node, CodecConfig* codec) {
 // Keys of a site that checks must skip when the site could not be read:
 // their values are defaults, and the real error was reported already.
 void MarkSiteBad(const std::string& item_path, ParseState* state) {
-  for (const char* k : {".site.name", ".site.coordinator", ".site.device", ".site.threads", ".data.dir",
-                        ".data.files", ".data.validation_fraction"}) {
+  for (const char* k : {".site.name", ".site.coordinator", ".site.device", ".site.threads", ".site.ranks",
+                        ".site.rendezvous", ".site.local_ranks", ".site.rank_timeout_s", ".data.dir", ".data.files",
+                        ".data.validation_fraction"}) {
     state->bad.insert(item_path + k);
   }
 }

@@ -22,6 +22,7 @@
 namespace lowband {
 
 constexpr int kExitConfig = 78;  // EX_CONFIG
+constexpr int kMaxSiteRanks = 64;  // site.ranks
 
 struct ModelConfig {
   int layers = 4;
@@ -248,6 +249,15 @@ struct SiteConfig {
   // holds what it sends and what it receives behind a serial link of this
   // many Mbit/s each way. 0 = as fast as the network.
   double link_mbit = 0;
+  // Several local ranks joined by LibTorch c10d (Gloo on CPU, NCCL on CUDA):
+  // data-parallel inner steps with gradient all-reduce inside the site; only
+  // rank 0 talks to the coordinator.
+  int ranks = 1;                 // 1..64
+  // HOST:PORT of rank 0's c10d TCPStore. "" = every rank on this host, a
+  // loopback store on a free port.
+  std::string rendezvous;
+  std::vector<int> local_ranks;  // ranks this host's worker runs (empty = all)
+  int rank_timeout_s = 300;      // a collective inside the site fails after this long
   DataConfig data;
   std::string source;          // where it was read from (file or file#sites[i])
 };

@@ -38,6 +38,8 @@ struct Hello {
   // FPLD: the site trains a model of its own (layers, d_model, heads; the
   // campaign's context and vocab); layers 0 = the campaign's model.
   ModelConfig own_model{0, 0, 0, 0, 0};
+  // Local ranks (processes, c10d) that train as this site's one replica.
+  uint32_t ranks = 1;
 };
 
 // FPLD settings and the public probe set, sent with Welcome.
@@ -205,6 +207,9 @@ struct EvalReport {
   uint64_t val_tokens = 0;
   uint64_t digest = 0;
   std::vector<PeerTraffic> peer_traffic;
+  // A site of several ranks: each rank's digest (rank 0 first); every one
+  // must equal the round's.
+  std::vector<uint64_t> rank_digests;
 };
 
 enum class ErrorCode : int {
@@ -218,6 +223,7 @@ enum class ErrorCode : int {
   kDigestMismatch = 8,
   kUnexpected = 9,      // message not valid in the receiver's state
   kInternal = 10,
+  kSiteDown = 11,       // a rank of a multi-rank site is gone: the site leaves until restarted
 };
 
 // Short snake_case name of an error code ("malformed", "wrong_round", ...),

@@ -100,11 +100,15 @@ void Subprocess::Signal(int sig) {
   if (running()) kill(pid_, sig);
 }
 
-std::string SelfExeDir() {
+std::string SelfExePath() {
   char buf[4096];
   const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  std::string path(buf, static_cast<size_t>(n));
+  return n <= 0 ? "" : std::string(buf, static_cast<size_t>(n));
+}
+
+std::string SelfExeDir() {
+  const std::string path = SelfExePath();
+  if (path.empty()) return ".";
   const auto slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }

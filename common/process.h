@@ -45,5 +45,7 @@ class Subprocess {
 
 // Directory of the running executable (for finding sibling binaries).
 std::string SelfExeDir();
+// Path of the running executable.
+std::string SelfExePath();
 
 }  // namespace lowband

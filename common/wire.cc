@@ -29,6 +29,7 @@ const char* ErrorCodeName(ErrorCode code) {
     case ErrorCode::kDigestMismatch: return "digest_mismatch";
     case ErrorCode::kUnexpected: return "unexpected";
     case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kSiteDown: return "site_down";
   }
   return "unknown";
 }
@@ -153,7 +154,7 @@ class BodyEncoder {
                                   m.own_model.context, m.own_model.vocab);
     }
     return {wire::Body::Hello, wire::CreateHello(fbb_, site, device, m.free_memory_bytes, m.step_time_ms,
-                                                 m.train_tokens, m.val_tokens, peer, own)
+                                                 m.train_tokens, m.val_tokens, peer, own, m.ranks)
                                    .Union()};
   }
 
@@ -281,7 +282,9 @@ class BodyEncoder {
   EncodedBody operator()(const EvalReport& m) {
     auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::EvalReport,
-            wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest, traffic).Union()};
+            wire::CreateEvalReport(fbb_, m.round, m.val_loss, m.val_tokens, m.digest, traffic,
+                                   m.rank_digests.empty() ? 0 : fbb_.CreateVector(m.rank_digests))
+                .Union()};
   }
 
   EncodedBody operator()(const Error& m) {
@@ -406,6 +409,8 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
   m->train_tokens = t.train_tokens();
   m->val_tokens = t.val_tokens();
   m->peer_endpoint = StrOrEmpty(t.peer_endpoint());
+  if (t.ranks() > 65536) return InvalidArgument("Hello.ranks is " + std::to_string(t.ranks()) + " (at most 65536)");
+  m->ranks = std::max<uint32_t>(1, t.ranks());
   if (m->peer_endpoint.size() > 1024) return InvalidArgument("Hello.peer_endpoint is longer than 1024 bytes");
   if (const wire::ModelSpec* own = t.own_model()) {
     LOWBAND_RETURN_IF_ERROR(RequirePositive(own->layers(), "Hello.own_model.layers"));
@@ -789,12 +794,18 @@ Status DecodeEvalReport(const wire::EvalReport& t, EvalReport* m) {
   m->val_loss = t.val_loss();
   m->val_tokens = t.val_tokens();
   m->digest = t.digest();
+  if (const auto* ranks = t.rank_digests()) {
+    if (ranks->size() > 65536) {
+      return InvalidArgument("EvalReport.rank_digests has " + std::to_string(ranks->size()) + " entries (at most 65536)");
+    }
+    m->rank_digests.assign(ranks->begin(), ranks->end());
+  }
   return DecodeTraffic(t.peer_traffic(), "EvalReport.peer_traffic", &m->peer_traffic);
 }
 
 Status DecodeError(const wire::Error& t, Error* m) {
   const int32_t code = t.code();
-  if (code < static_cast<int32_t>(ErrorCode::kMalformed) || code > static_cast<int32_t>(ErrorCode::kInternal)) {
+  if (code < static_cast<int32_t>(ErrorCode::kMalformed) || code > static_cast<int32_t>(ErrorCode::kSiteDown)) {
     return InvalidArgument("Error.code has unknown value " + std::to_string(code));
   }
   m->code = static_cast<ErrorCode>(code);

@@ -580,6 +580,12 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
   } else if (const auto* err = std::get_if<Error>(&msg.body)) {
     LOG_WARN("worker reported error", {"site", w.site}, {"code", static_cast<int>(err->code)},
              {"round", err->round}, {"reason", err->message});
+    if (err->code == ErrorCode::kSiteDown) {
+      // A rank of a multi-rank site is gone: the site leaves now rather than
+      // at the heartbeat timeout, and says hello again once restarted.
+      if (w.state == WorkerState::kJoined) MarkLost(w, "site down: " + err->message, now, out);
+      return;
+    }
     if (err->code == ErrorCode::kDigestMismatch || err->code == ErrorCode::kBadPayload) {
       // The worker's replica is not at theta_c: give it the parameters again.
       SendSync(w, out);
@@ -601,6 +607,19 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   }
   if (m.site.empty() || m.site.size() > 128) {
     Reply(peer, ErrorCode::kMalformed, "hello needs a site name of 1..128 characters", 0, out);
+    return;
+  }
+  // Ranks multiply the tokens a site may claim (and so its weight): no more
+  // than its site entry says, or the most a site may have.
+  uint32_t max_ranks = kMaxSiteRanks;
+  for (const SiteConfig& s : config_.sites) {
+    if (s.name == m.site) max_ranks = static_cast<uint32_t>(std::max(1, s.ranks));
+  }
+  if (m.ranks > max_ranks) {
+    Reply(peer, ErrorCode::kBadPayload,
+          "hello says site " + m.site + " has " + std::to_string(m.ranks) + " ranks; at most " +
+              std::to_string(max_ranks) + " (its site.ranks)",
+          0, out);
     return;
   }
   auto existing = workers_.find(m.site);
@@ -643,7 +662,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   peer_to_site_[peer] = m.site;
   uploads_.erase(m.site);  // a restarted worker's earlier upload, if any, is void
   ForgetEvals(m.site);     // it evaluates what it is synced to next
-  LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device},
+  LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device}, {"ranks", m.ranks},
            {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
            {"round", committed_round_});
 
@@ -895,7 +914,7 @@ void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const
   const uint32_t rows = static_cast<uint32_t>(f.contexts) * static_cast<uint32_t>(f.positions);
   const uint64_t max_tokens = static_cast<uint64_t>(config_.training.inner_steps) *
                               static_cast<uint64_t>(config_.training.batch_size) *
-                              static_cast<uint64_t>(config_.model.context);
+                              static_cast<uint64_t>(config_.model.context) * w.hello.ranks;
   std::string bad;
   if (!std::isfinite(m.train_loss) || m.tokens == 0 || m.tokens > max_tokens) {
     bad = "needs a finite train_loss and 1.." + std::to_string(max_tokens) + " tokens";
@@ -1059,10 +1078,10 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
     return;
   }
   // Tokens weight the aggregate: no site may claim more than the most steps
-  // any site can be given.
+  // any site can be given, on each of its ranks.
   const uint64_t max_tokens = static_cast<uint64_t>(MaxInnerSteps(config_.training)) *
                               static_cast<uint64_t>(config_.training.batch_size) *
-                              static_cast<uint64_t>(config_.model.context);
+                              static_cast<uint64_t>(config_.model.context) * w.hello.ranks;
   if (m.tokens > max_tokens) {
     Reply(w.peer, ErrorCode::kBadPayload,
           "upload claims " + std::to_string(m.tokens) + " tokens; a round has at most " + std::to_string(max_tokens),
@@ -1368,15 +1387,23 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
   w.last_eval_round = m.round;
   w.last_val_loss = m.val_loss;
   const uint64_t expected = EvalDigestFor(w, m.round);
-  if (m.digest != expected) {
+  // A site of several ranks reports every rank's digest: each must match.
+  uint64_t reported = m.digest;
+  for (size_t r = 0; r < m.rank_digests.size() && reported == expected; ++r) {
+    if (m.rank_digests[r] != expected) {
+      reported = m.rank_digests[r];
+      LOG_ERROR("a rank's replica differs", {"site", w.site}, {"rank", static_cast<uint64_t>(r)}, {"round", m.round});
+    }
+  }
+  if (reported != expected) {
     if (pending != evaluating_.end()) {
       ++pending->second.record.digest_mismatches;
       pending->second.record.sites[w.site].digest_ok = false;
     }
     LOG_ERROR("parameter digest mismatch", {"site", w.site}, {"round", m.round},
-              {"worker_digest", DigestHex(m.digest)}, {"coordinator_digest", DigestHex(expected)});
+              {"worker_digest", DigestHex(reported)}, {"coordinator_digest", DigestHex(expected)});
     out->messages.push_back({w.peer, Make(Error{ErrorCode::kDigestMismatch,
-                                                "replica digest " + DigestHex(m.digest) + " differs from " +
+                                                "replica digest " + DigestHex(reported) + " differs from " +
                                                     DigestHex(expected) + "; re-syncing",
                                                 m.round})});
     SendSync(w, out);  // its report of the committed round replaces this one
@@ -1570,6 +1597,7 @@ std::string CoordinatorCore::WorkersJson(TimePoint now) const {
         .Add("stage", pipelined() ? w.stage : -1)
         .Add("inner_steps", steps == round_steps_.end() ? 0 : steps->second)
         .Add("device", w.hello.device)
+        .Add("ranks", w.hello.ranks)
         .Add("synced_round", w.synced_round)
         .Add("last_seen_s", Seconds(now - w.last_seen))
         .Add("step_time_ms", w.last_step_time_ms)

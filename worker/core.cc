@@ -183,7 +183,8 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
       LOG_ERROR("replica digest differs from the coordinator's", {"round", ev->round},
                 {"digest", DigestHex(ev->digest)});
     }
-    out->messages.push_back(Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest, {}}));
+    out->messages.push_back(
+        Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest, {}, std::move(ev->rank_digests)}));
     return;
   }
   if (auto* tr = std::get_if<TrainDone>(&result)) {
@@ -217,9 +218,18 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
   out->messages.push_back(Make(Error{failed.code, failed.what, failed.round}));
   if (failed.fatal) {
     out->exit = true;
-    out->exit_code = 1;
+    // A site that lost a rank exits for a restart (EX_TEMPFAIL), not as broken.
+    out->exit_code = failed.code == ErrorCode::kSiteDown ? 75 : 1;
     out->exit_reason = failed.what;
   }
+}
+
+void WorkerCore::SiteDown(const std::string& why, WorkerOutput* out) {
+  LOG_ERROR("site down", {"reason", why});
+  out->messages.push_back(Make(Error{ErrorCode::kSiteDown, why, training_round_.value_or(target_round_.value_or(0))}));
+  out->exit = true;
+  out->exit_code = 75;
+  out->exit_reason = why;
 }
 
 void WorkerCore::OnTick(WorkerTime now, WorkerOutput* out) {

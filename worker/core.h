@@ -56,7 +56,8 @@ struct EvalDone {
   double val_loss = 0;
   uint64_t val_tokens = 0;
   uint64_t digest = 0;
-  bool digest_ok = true;  // digest equals what the coordinator announced
+  bool digest_ok = true;  // digest (and every rank's) equals what the coordinator announced
+  std::vector<uint64_t> rank_digests;  // a site of several ranks: each rank's, rank order
 };
 struct TrainDone {
   DeltaUpload upload;  // blob filled in (FPLD: only the round and figures)
@@ -94,6 +95,10 @@ class WorkerCore {
   void HandleMalformed(const Status& why, WorkerOutput* out);
   void OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out);
   void OnTick(WorkerTime now, WorkerOutput* out);
+  // A rank of this site is gone (docs/ranks.md): tell the coordinator, so it
+  // takes the site out of the round at once, and exit with status 75 for a
+  // restart.
+  void SiteDown(const std::string& why, WorkerOutput* out);
 
   bool registered() const { return registered_; }
   std::optional<uint32_t> synced_round() const { return target_round_; }

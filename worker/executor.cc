@@ -9,6 +9,8 @@
 #include "common/dither.h"
 #include "common/log.h"
 #include "common/logit_codec.h"
+#include "worker/job_wire.h"
+#include "worker/site_group.h"
 
 namespace lowband {
 namespace {
@@ -40,7 +42,86 @@ Executor::Executor(SiteConfig site, const Corpus* corpus, PeerChannel* peers)
     : site_(std::move(site)), corpus_(corpus), peers_(peers) {}
 Executor::~Executor() = default;
 
+void Executor::SetGroup(SiteGroup* group) { group_ = group; }
+bool Executor::leader() const { return !group_ || group_->rank() == 0; }
+
+namespace {
+// A failure that depends on this rank alone (a torch error, a collective
+// that failed): the ranks no longer run in step.
+bool RankLocalFailure(const JobResult& r) {
+  const auto* f = std::get_if<JobFailed>(&r);
+  return f && (f->code == ErrorCode::kInternal || f->code == ErrorCode::kSiteDown);
+}
+JobFailed SiteDown(uint32_t round, const std::string& what) {
+  return JobFailed{/*fatal=*/true, ErrorCode::kSiteDown, round, what};
+}
+uint32_t JobRound(const Job& job) {
+  if (const auto* s = std::get_if<SyncJob>(&job)) return s->sync.round;
+  if (const auto* t = std::get_if<TrainJob>(&job)) return t->round;
+  if (const auto* a = std::get_if<ApplyJob>(&job)) return a->aggregate.round;
+  return 0;
+}
+}  // namespace
+
 JobResult Executor::Run(Job job) {
+  if (!group_ || group_->size() < 2 || !ReplicatedJob(job)) return RunJob(job);
+  const uint32_t round = JobRound(job);
+  if (leader()) {
+    Status st = group_->Post(job_seq_++, EncodeJob(job));
+    if (!st.ok()) return SiteDown(round, st.ToString());
+  }
+  JobResult result = RunJob(job);
+  if (RankLocalFailure(result)) {
+    const auto& f = std::get<JobFailed>(result);
+    return SiteDown(f.round, "rank " + std::to_string(group_->rank()) + ": " + f.what);
+  }
+  // Every rank ends the job here: the same outcome everywhere, or the
+  // replicas have parted.
+  std::vector<double> failed{std::holds_alternative<JobFailed>(result) ? 1.0 : 0.0};
+  Status st = group_->AllreduceSum(&failed);
+  if (!st.ok()) return SiteDown(round, st.ToString());
+  if (failed[0] != 0 && failed[0] != group_->size()) {
+    return SiteDown(round, "the ranks' outcomes differ (" + std::to_string(static_cast<int>(failed[0])) + " of " +
+                               std::to_string(group_->size()) + " failed the job)");
+  }
+  return result;
+}
+
+void Executor::StopFollowers() {
+  if (!group_ || !leader()) return;
+  Status st = group_->Post(job_seq_++, {});
+  if (!st.ok()) LOG_WARN("cannot stop the other ranks", {"reason", st.ToString()});
+}
+
+int Executor::RunFollower(const std::function<bool()>& stop) {
+  for (;; ++job_seq_) {
+    auto bytes = group_->Fetch(job_seq_, stop);
+    if (!bytes.ok()) {
+      LOG_ERROR("rank 0 is gone", {"rank", group_->rank()}, {"reason", bytes.status().ToString()});
+      return kExitSiteDown;
+    }
+    if (!bytes->has_value()) return 0;
+    auto job = DecodeJob(**bytes);
+    if (!job.ok()) {
+      LOG_ERROR("unreadable job from rank 0", {"rank", group_->rank()}, {"reason", job.status().ToString()});
+      return kExitSiteDown;
+    }
+    if (!job->has_value()) {
+      LOG_INFO("rank 0 stopped the site", {"rank", group_->rank()});
+      return 0;
+    }
+    JobResult r = Run(std::move(**job));
+    if (const auto* f = std::get_if<JobFailed>(&r)) {
+      if (f->code == ErrorCode::kSiteDown) {
+        LOG_ERROR("site down", {"rank", group_->rank()}, {"reason", f->what});
+        return kExitSiteDown;
+      }
+      LOG_WARN("job failed on every rank", {"rank", group_->rank()}, {"round", f->round}, {"reason", f->what});
+    }
+  }
+}
+
+JobResult Executor::RunJob(Job& job) {
   if (auto* c = std::get_if<ConfigureJob>(&job)) return Configure(c->welcome);
   if (!configured()) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
   if (auto* s = std::get_if<SyncJob>(&job)) return Sync(*s);
@@ -66,6 +147,12 @@ JobResult Executor::Configure(const Welcome& welcome) {
     return ConfigureDone{};
   }
   if (w.pipeline.stages > 1) {
+    if (group_ && group_->size() > 1) {
+      return Fail(ErrorCode::kBadPayload, 0,
+                  FailedPrecondition("a site of " + std::to_string(group_->size()) +
+                                     " ranks cannot be a pipeline stage (set site.ranks: 1)"),
+                  /*fatal=*/true);
+    }
     if (peers_ == nullptr) {
       return Fail(ErrorCode::kInternal, 0, FailedPrecondition("pipeline campaign but this worker has no peer links"),
                   /*fatal=*/true);
@@ -82,7 +169,7 @@ JobResult Executor::Configure(const Welcome& welcome) {
              {"codec", CodecName(w.codec.kind)}, {"schedule", w.pipeline.schedule});
     return ConfigureDone{};
   }
-  if (w.fcrag.enabled) {
+  if (w.fcrag.enabled && leader()) {
     // Labels are file names: a data file that is not a label is a config error.
     auto data = LoadFcragData(site_.data, w.fcrag.labels, w.fcrag.min_chars, w.fcrag.max_chars);
     if (!data.ok()) return Fail(ErrorCode::kBadPayload, 0, data.status(), /*fatal=*/true);
@@ -96,6 +183,7 @@ JobResult Executor::Configure(const Welcome& welcome) {
       Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
+  trainer_->SetGroup(group_);
   trainer_->SetSlowdown(site_.slowdown);
   trainer_->SetOverlap(w.training.overlap);
   if (!w.layer_blocks.empty()) {
@@ -114,7 +202,15 @@ JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
   auto ev = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
   if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
   const uint64_t digest = global().Digest();
-  return EvalDone{round, ev->loss, ev->tokens, digest, digest == announced_digest};
+  EvalDone done{round, ev->loss, ev->tokens, digest, digest == announced_digest, {}};
+  if (group_ && group_->size() > 1) {
+    // The digest check covers every rank's replica.
+    auto all = group_->AllGather(digest);
+    if (!all.ok()) return Fail(ErrorCode::kSiteDown, round, all.status(), /*fatal=*/true);
+    done.rank_digests = std::move(all).value();
+    for (uint64_t d : done.rank_digests) done.digest_ok = done.digest_ok && d == announced_digest;
+  }
+  return done;
 }
 
 JobResult Executor::Sync(const SyncJob& job) {
@@ -193,6 +289,14 @@ JobResult Executor::Train(const TrainJob& job) {
 // starting point for the next round.
 JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done) {
   const FpldWelcome& f = welcome_->fpld;
+  if (!leader()) {
+    // Only rank 0 sends logits; a model of its own moves on everywhere.
+    if (own_model) {
+      Status st = trainer_->SetGlobal(trainer_->LocalParams());
+      if (!st.ok()) return Fail(ErrorCode::kInternal, round, st);
+    }
+    return std::move(*done);
+  }
   auto logits = trainer_->ProbeLogits(f.probe_tokens, f.contexts, f.positions);
   if (!logits.ok()) return Fail(ErrorCode::kInternal, round, logits.status());
   if (own_model) {

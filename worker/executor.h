@@ -4,6 +4,7 @@
 // a JobFailed result, never an exception.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 namespace lowband {
 
 class PeerChannel;
+class SiteGroup;
 
 class Executor {
  public:
@@ -31,9 +33,24 @@ class Executor {
   Executor(SiteConfig site, const Corpus* corpus, PeerChannel* peers = nullptr);
   ~Executor();
 
+  // A site of several ranks (docs/ranks.md), before the first job. Rank 0
+  // posts every job it runs (but FC-RAG's) to the other ranks, which run it
+  // through RunFollower; each job ends with a check that every rank got the
+  // same outcome. A collective that fails (a rank gone) or a torch error
+  // fails the job with kSiteDown, fatally: the site leaves until restarted.
+  void SetGroup(SiteGroup* group);
   JobResult Run(Job job);
+  // Ranks other than 0: runs rank 0's jobs until it posts the stop marker
+  // (0), `stop` says so (0), or the site is down (kExitSiteDown).
+  int RunFollower(const std::function<bool()>& stop);
+  // Rank 0, at the end: the other ranks stop.
+  void StopFollowers();
 
  private:
+  JobResult RunJob(Job& job);
+  SiteGroup* group_ = nullptr;
+  uint64_t job_seq_ = 0;
+  bool leader() const;
   double idle_ms_ = 0;
   JobResult Configure(const Welcome& w);
   JobResult Sync(const SyncJob& job);

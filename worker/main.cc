@@ -1,11 +1,13 @@
 // lowband-worker: one site's daemon.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <optional>
 
 #include "common/config.h"
 #include "common/corpus.h"
 #include "common/event_loop.h"
 #include "common/log.h"
+#include "common/process.h"
 #include "worker/service.h"
 
 int main(int argc, char** argv) {
@@ -17,13 +19,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   CLI::App app{"lowband worker: trains on this site's data for a coordinator's campaign"};
-  std::string site_file, campaign_file, site_name, log_level = "info";
+  std::string site_file, campaign_file, site_name, log_level = "info", rendezvous;
+  std::optional<int> rank;
   auto* by_file = app.add_option("--config,-f", site_file, "site YAML file");
   auto* by_campaign = app.add_option("--campaign", campaign_file, "campaign YAML file listing this site");
   app.add_option("--site", site_name, "site name inside --campaign")->needs(by_campaign);
   by_file->excludes(by_campaign);
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  app.add_option("--rank", rank,
+                 "a site of several ranks: run this rank alone (rank 0 starts the others itself; "
+                 "use on a host that runs a rank of a site spanning hosts)");
+  app.add_option("--rendezvous", rendezvous, "where the site's ranks meet: HOST:PORT (default site.rendezvous)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -66,13 +73,30 @@ int main(int argc, char** argv) {
     }
     campaign_name = c->name;
   }
-  lowband::log::SetRole("worker", site.name);
+  auto plan = lowband::PlanRanks(site, rank, rendezvous);
+  if (!plan.ok()) {
+    std::fprintf(stderr, "lowband-worker: %s: %s\n", site.source.c_str(), plan.status().message().c_str());
+    return lowband::kExitConfig;
+  }
+  const int own_rank = plan->own_rank();
+  lowband::log::SetRole("worker", plan->ranks > 1 && own_rank > 0 ? site.name + "/rank" + std::to_string(own_rank)
+                                                                    : site.name);
+  site.device = lowband::LocalRankDevice(site.device, lowband::LocalIndexOf(site, own_rank), plan->ranks);
   auto corpus = lowband::Corpus::Load(site.data);
   if (!corpus.ok()) {
     std::fprintf(stderr, "lowband-worker: %s: cannot load data: %s\n", site.source.c_str(),
                  corpus.status().ToString().c_str());
     return lowband::kExitConfig;
   }
-  lowband::WorkerService service(std::move(site), campaign_name, std::move(corpus).value());
+  // The command line a started rank repeats, with --rank and --rendezvous.
+  lowband::WorkerRanks ranks{std::move(plan).value(), {lowband::SelfExePath()}};
+  for (const std::string& a : site_file.empty() ? std::vector<std::string>{"--campaign", campaign_file, "--site",
+                                                                          site_name}
+                                                : std::vector<std::string>{"--config", site_file}) {
+    ranks.worker_argv.push_back(a);
+  }
+  ranks.worker_argv.insert(ranks.worker_argv.end(), {"--log-level", log_level});
+  if (own_rank > 0) return lowband::RunFollowerRank(std::move(site), std::move(corpus).value(), ranks, **signals);
+  lowband::WorkerService service(std::move(site), campaign_name, std::move(corpus).value(), std::move(ranks));
   return service.Run(**signals);
 }

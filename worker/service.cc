@@ -20,7 +20,17 @@
 #include "worker/core.h"
 #include "worker/executor.h"
 #include "worker/peer_links.h"
+#include "worker/site_group.h"
 #include "worker/trainer.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
 
 namespace lowband {
 namespace {
@@ -58,10 +68,115 @@ class JobQueue {
   bool closed_ = false;
 };
 
+// The ranks of this site that this process joins, with the local ones it
+// started; the FileStore file it made (rank 0 on one host), removed at the end.
+struct FormedSite {
+  std::unique_ptr<SiteGroup> group;
+  LocalRanks children;
+  std::string own_file;
+  ~FormedSite() {
+    children.StopAll(std::chrono::milliseconds(3000));
+    group.reset();
+    if (!own_file.empty()) ::unlink(own_file.c_str());
+  }
+};
+
+// Opens the store (rank 0 on one host: a new private file), starts the
+// other local ranks and joins every rank. While it waits, a watchdog ends
+// the process if a local rank dies or `stop` says so: nothing is running
+// yet that could be lost, and a join cannot be interrupted.
+StatusOr<std::unique_ptr<FormedSite>> FormSite(const SiteConfig& site, const WorkerRanks& ranks,
+                                                const std::function<bool()>& stop) {
+  const RankPlan& plan = ranks.plan;
+  auto formed = std::make_unique<FormedSite>();
+  std::string where = plan.rendezvous;
+  if (where.empty()) {
+    // Every rank on this host: a private file (mode 0600), nothing listening.
+    const char* tmp = std::getenv("TMPDIR");
+    std::string path = std::string(tmp && *tmp ? tmp : "/tmp") + "/lowband-" + site.name + "-XXXXXX";
+    std::vector<char> buf(path.begin(), path.end());
+    buf.push_back('\0');
+    const int fd = ::mkstemp(buf.data());
+    if (fd < 0) return Unavailable("cannot create the ranks' store file " + path + ": " + std::strerror(errno));
+    ::close(fd);
+    formed->own_file = buf.data();
+    where = "file:" + formed->own_file;
+  }
+  LOWBAND_ASSIGN_OR_RETURN(Rendezvous rv, ParseRendezvous(where));
+  SiteGroupOptions o;
+  o.rank = plan.own_rank();
+  o.size = plan.ranks;
+  o.file = rv.file;
+  o.host = rv.host;
+  o.port = rv.port;
+  o.device = site.device;
+  o.timeout = plan.timeout;
+  LOWBAND_ASSIGN_OR_RETURN(formed->group, SiteGroup::OpenStore(o));
+  LOWBAND_ASSIGN_OR_RETURN(formed->children, LocalRanks::Spawn(ranks.worker_argv, plan, where));
+  LOG_INFO("waiting for the site's ranks", {"rank", o.rank}, {"ranks", plan.ranks},
+           {"local", static_cast<uint64_t>(plan.local.size())}, {"backend", formed->group->backend()},
+           {"rendezvous", where});
+  std::atomic<bool> joined{false};
+  LocalRanks* children = &formed->children;
+  const std::string own_file = formed->own_file;
+  std::thread watchdog([&joined, children, &stop, own_file] {
+    while (!joined.load()) {
+      const std::string why = children->Reap();
+      const bool stopping = stop && stop();
+      if (!why.empty() || stopping) {
+        if (!why.empty()) LOG_ERROR("a rank ended before the site formed", {"reason", why});
+        children->StopAll(std::chrono::milliseconds(2000));
+        if (!own_file.empty()) ::unlink(own_file.c_str());
+        std::fflush(nullptr);
+        std::_Exit(stopping ? 0 : kExitSiteDown);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  Status st = formed->group->Join();
+  joined = true;
+  watchdog.join();
+  if (!st.ok()) return st;
+  LOG_INFO("site ranks joined", {"rank", o.rank}, {"ranks", plan.ranks}, {"backend", formed->group->backend()},
+           {"join_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
+  return formed;
+}
+
 }  // namespace
 
+int RunFollowerRank(SiteConfig site, Corpus corpus, const WorkerRanks& ranks, SignalWatcher& signals) {
+  // No event loop here: SIGTERM and SIGINT end the process (their default),
+  // and so does rank 0's death (the parent-death signal of a started rank).
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  auto formed = FormSite(site, ranks, nullptr);
+  if (!formed.ok()) {
+    LOG_ERROR("cannot join the site's ranks", {"rank", ranks.plan.own_rank()}, {"reason", formed.status().ToString()});
+    return kExitSiteDown;
+  }
+  Executor executor(site, &corpus);
+  executor.SetGroup((*formed)->group.get());
+  LocalRanks& children = (*formed)->children;
+  std::string why;
+  const int code = executor.RunFollower([&] {
+    why = children.Reap();
+    return !why.empty();
+  });
+  if (!why.empty()) {
+    LOG_ERROR("a rank of this host ended", {"reason", why});
+    return kExitSiteDown;
+  }
+  LOG_INFO("rank stopping", {"rank", ranks.plan.own_rank()}, {"exit", code});
+  return code;
+}
+
 struct WorkerService::Impl {
-  Impl(SiteConfig s, std::string campaign, Corpus c) : site(std::move(s)), corpus(std::move(c)) {
+  Impl(SiteConfig s, std::string campaign, Corpus c, WorkerRanks r)
+      : site(std::move(s)), corpus(std::move(c)), ranks(std::move(r)) {
     Hello h;
     h.site = site.name;
     h.device = site.device;
@@ -71,11 +186,15 @@ struct WorkerService::Impl {
     h.val_tokens = corpus.val_tokens();
     h.peer_endpoint = site.peer;
     h.own_model = site.model;  // FPLD: a model of its own (layers 0: the campaign's)
+    h.ranks = static_cast<uint32_t>(ranks.plan.ranks);
     core = std::make_unique<WorkerCore>(h, std::move(campaign), WorkerClock::now());
   }
 
   SiteConfig site;
   Corpus corpus;
+  WorkerRanks ranks;
+  std::unique_ptr<FormedSite> formed;  // a multi-rank site: its group and local ranks
+  std::atomic<bool> site_down{false};
   std::unique_ptr<WorkerCore> core;
   zmq::context_t ctx{1};
   std::unique_ptr<Transport> link;   // the coordinator link, throttled when site.link_mbit > 0
@@ -297,9 +416,22 @@ struct WorkerService::Impl {
       peer_out = std::move(out_box).value();
       peer_channel = std::make_unique<ZmqPeerChannel>(&peer_inbox, peer_out.get());
     }
+    if (ranks.plan.ranks > 1) {
+      auto f = FormSite(site, ranks, [&signals] {
+        signals.OnReadable();
+        return signals.stop_requested();
+      });
+      if (!f.ok()) {
+        LOG_ERROR("cannot form the site's ranks", {"reason", f.status().ToString()});
+        return kExitSiteDown;
+      }
+      formed = std::move(f).value();
+    }
     // The training thread: owns the executor; results come back by mailbox.
-    std::thread trainer([this] {
+    std::atomic<bool> trainer_done{false};
+    std::thread trainer([this, &trainer_done] {
       Executor executor(site, &corpus, peer_channel.get());
+      if (formed) executor.SetGroup(formed->group.get());
       auto idle_since = std::chrono::steady_clock::now();
       while (auto job = jobs.Pop()) {
         executor.AddIdle(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - idle_since).count());
@@ -308,6 +440,8 @@ struct WorkerService::Impl {
         }
         idle_since = std::chrono::steady_clock::now();
       }
+      if (formed && !site_down) executor.StopFollowers();
+      trainer_done = true;
     });
     EventLoop loop;
     if (!site.metrics.empty()) {
@@ -347,6 +481,15 @@ struct WorkerService::Impl {
         Dispatch(o);
         if (metrics_http) metrics_http->OnTick();
         systemd.Tick(now);
+        if (formed && !site_down) {
+          const std::string why = formed->children.Reap();
+          if (!why.empty()) {
+            site_down = true;
+            WorkerOutput down;
+            core->SiteDown(why, &down);
+            Dispatch(down);
+          }
+        }
         next_tick = now + tick;
       }
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - WorkerClock::now()) +
@@ -380,7 +523,23 @@ struct WorkerService::Impl {
     // one waiting for a neighbour stage gives up at once.
     peer_inbox.Close();
     jobs.Close();
+    if (formed && (site_down || exit_code != 0)) {
+      // The other ranks go first: a collective waiting on them then fails at once.
+      formed->children.StopAll(std::chrono::milliseconds(2000));
+    }
+    // A collective that cannot fail fast (NCCL waiting on a lost rank) must
+    // not keep the process: the site is down, nothing durable is lost.
+    for (int i = 0; formed && !trainer_done.load() && i < 200; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (formed && !trainer_done.load()) {
+      LOG_ERROR("training thread stuck in a collective; exiting");
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the link sends what it holds
+      std::fflush(nullptr);
+      std::_Exit(exit_code != 0 ? exit_code : kExitSiteDown);
+    }
     trainer.join();
+    formed.reset();  // the other ranks stop on the marker rank 0 posted, or are stopped
     metrics_http.reset();  // before the loop it is registered with goes
     link.reset();
     if (peers) peers->LogTotals();
@@ -389,8 +548,8 @@ struct WorkerService::Impl {
   }
 };
 
-WorkerService::WorkerService(SiteConfig site, std::string campaign, Corpus corpus)
-    : impl_(std::make_unique<Impl>(std::move(site), std::move(campaign), std::move(corpus))) {}
+WorkerService::WorkerService(SiteConfig site, std::string campaign, Corpus corpus, WorkerRanks ranks)
+    : impl_(std::make_unique<Impl>(std::move(site), std::move(campaign), std::move(corpus), std::move(ranks))) {}
 WorkerService::~WorkerService() = default;
 int WorkerService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 

@@ -14,6 +14,7 @@
 #include "common/blocks.h"
 #include "common/codec_device.h"
 #include "common/model.h"
+#include "worker/site_group.h"
 
 namespace lowband {
 namespace {
@@ -56,14 +57,18 @@ std::string TorchMessage(const char* what, const c10::Error& e) {
 
 struct Trainer::Impl {
   Impl(const ModelConfig& m, const TrainingConfig& t, torch::Device d, const Corpus* c, uint64_t data_seed)
-      : model_config(m), training(t), device(d), corpus(c), rng(data_seed) {}
+      : model_config(m), training(t), device(d), corpus(c), data_seed(data_seed), rng(data_seed) {}
 
   ModelConfig model_config;
   TrainingConfig training;
   torch::Device device;
   const Corpus* corpus;
+  uint64_t data_seed;
   std::mt19937_64 rng;  // batch sampling; state persists across rounds
   double slowdown = 1.0;  // site.slowdown
+  SiteGroup* group = nullptr;  // several ranks: the site's process group
+  int ranks() const { return group ? group->size() : 1; }
+  bool leader() const { return !group || group->rank() == 0; }
 
   Gpt model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;  // state persists across rounds
@@ -105,6 +110,25 @@ struct Trainer::Impl {
     auto params = model->parameters();
     for (size_t i = 0; i < params.size(); ++i) params[i].copy_(global_dev[i]);
     model_is_global = true;
+  }
+
+  // Several ranks: the mean of every rank's gradients, through one flat
+  // all-reduce (the same on every rank, so the AdamW steps stay identical).
+  Status AverageGradients(const std::vector<torch::Tensor>& params, size_t first, size_t last) {
+    std::vector<torch::Tensor> grads;
+    for (size_t i = first; i < last; ++i) {
+      if (params[i].grad().defined()) grads.push_back(params[i].grad().view({-1}));
+    }
+    if (grads.empty()) return Status::Ok();
+    torch::Tensor flat = torch::cat(grads);
+    LOWBAND_RETURN_IF_ERROR(group->AllreduceSum(flat));
+    flat.div_(static_cast<double>(ranks()));
+    int64_t offset = 0;
+    for (auto& g : grads) {
+      g.copy_(flat.narrow(0, offset, g.numel()));
+      offset += g.numel();
+    }
+    return Status::Ok();
   }
 
   double LearningRate() const {
@@ -203,6 +227,14 @@ Status Trainer::SetGlobal(ParamSet params) {
 
 void Trainer::SetSlowdown(double factor) { impl_->slowdown = factor; }
 
+void Trainer::SetGroup(SiteGroup* group) {
+  impl_->group = group;
+  if (group && group->rank() > 0) {
+    // Its own batches: a stream of the site's seed apart from every other rank's.
+    impl_->rng.seed(impl_->data_seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(group->rank())));
+  }
+}
+
 void Trainer::SetOverlap(bool overlap) {
   impl_->overlap = overlap;
   impl_->local_valid = false;
@@ -300,6 +332,7 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
       }
       auto loss = s.model->Loss(x, y);
       loss.backward();
+      if (s.ranks() > 1) LOWBAND_RETURN_IF_ERROR(s.AverageGradients(params, first, last));
       if (s.training.inner.grad_clip > 0) {
         torch::nn::utils::clip_grad_norm_(s.model->parameters(), s.training.inner.grad_clip);
       }
@@ -313,6 +346,12 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
       result.tokens += static_cast<uint64_t>(batch) * context;
     }
     result.steps = inner_steps;
+    if (s.ranks() > 1) {
+      std::vector<double> sum{loss_sum};
+      LOWBAND_RETURN_IF_ERROR(s.group->AllreduceSum(&sum));
+      loss_sum = sum[0] / s.ranks();
+      result.tokens *= static_cast<uint64_t>(s.ranks());
+    }
     result.mean_loss = loss_sum / inner_steps;
     result.step_time_ms = time_ms / inner_steps;
 
@@ -342,6 +381,8 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
       return Internal("TrainRound: non-finite parameters after " + std::to_string(inner_steps) +
                       " inner steps (mean loss " + std::to_string(result.mean_loss) + "); training diverged");
     }
+    // Only rank 0 uploads; the other ranks keep no error feedback.
+    if (!s.leader()) return result;
     DeviceEncoder& encoder = block >= 0 ? *s.block_encoders[static_cast<size_t>(block)] : *s.encoder;
     LOWBAND_ASSIGN_OR_RETURN(result.upload, encoder.Encode(delta));
     return result;
@@ -448,7 +489,10 @@ StatusOr<EvalResult> Trainer::Evaluate() {
     s.model->eval();
     double loss_sum = 0;
     EvalResult result;
-    for (int index = 0; index < s.training.eval_batches; ++index) {
+    // Several ranks: batch i on rank i mod ranks, the sums added up after.
+    const int ranks = s.ranks();
+    const int rank = s.group ? s.group->rank() : 0;
+    for (int index = rank; index < s.training.eval_batches; index += ranks) {
       TokenBatch b = s.corpus->ValidationBatch(index, s.training.batch_size, s.model_config.context);
       if (b.batch == 0) break;
       auto [x, y] = s.ToTensors(b);
@@ -457,6 +501,12 @@ StatusOr<EvalResult> Trainer::Evaluate() {
       result.tokens += tokens;
     }
     s.model->train();
+    if (ranks > 1) {
+      std::vector<double> sums{loss_sum, static_cast<double>(result.tokens)};
+      LOWBAND_RETURN_IF_ERROR(s.group->AllreduceSum(&sums));
+      loss_sum = sums[0];
+      result.tokens = static_cast<uint64_t>(sums[1]);
+    }
     if (result.tokens == 0) return FailedPrecondition("Evaluate: no validation windows");
     result.loss = loss_sum / static_cast<double>(result.tokens);
     return result;

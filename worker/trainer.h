@@ -20,10 +20,12 @@
 
 namespace lowband {
 
+class SiteGroup;
+
 struct TrainResult {
-  Encoded upload;            // the encoded pseudo-gradient theta_global - theta_local
-  double mean_loss = 0;      // mean training loss over the inner steps
-  uint64_t tokens = 0;       // tokens processed
+  Encoded upload;            // the encoded pseudo-gradient theta_global - theta_local (rank 0)
+  double mean_loss = 0;      // mean training loss over the inner steps (and ranks)
+  uint64_t tokens = 0;       // tokens processed (by every rank)
   double step_time_ms = 0;   // mean wall time per inner step
   int steps = 0;
 };
@@ -74,6 +76,13 @@ class Trainer {
   // correction), and Evaluate measures the global parameters without
   // disturbing the model.
   void SetOverlap(bool overlap);
+  // A site of several ranks (docs/ranks.md), before the first round: each
+  // rank draws its own batches (rank 0 keeps the site's data seed), every
+  // inner step all-reduces the gradients (mean over ranks) so the replicas
+  // stay identical, TrainRound reports the loss and tokens of all ranks,
+  // Evaluate splits the validation batches between the ranks, and only
+  // rank 0 encodes an upload. Borrowed; null: one rank.
+  void SetGroup(SiteGroup* group);
   // Emulated slower hardware (site.slowdown): after each inner step, idle
   // (factor - 1) times its duration; reported step times include the idling.
   void SetSlowdown(double factor);

@@ -1086,5 +1086,188 @@ TEST_CASE("config: pipeline settings are read and checked against the model", "[
   CHECK_THAT(more, Contains("sites[1].site.peer: plain TCP between stages on a non-loopback endpoint"));
 }
 
+
+// ---------------------------------------------------------------------------
+// Multi-rank sites
+
+// Parses a site file expected to fail and returns the error message.
+std::string SiteError(const std::string& yaml) {
+  auto r = ParseSiteYaml(yaml, "s.yaml");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  return r.status().message();
+}
+
+SiteConfig Site(const std::string& yaml) {
+  auto r = ParseSiteYaml(yaml, "s.yaml");
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  return *r;
+}
+
+TEST_CASE("config: multi-rank site settings are read with their defaults", "[unit]") {
+  const SiteConfig one = Site("site: {name: s}\ndata: {dir: /d}\n");
+  CHECK(one.ranks == 1);
+  CHECK(one.rendezvous.empty());
+  CHECK(one.local_ranks.empty());
+  CHECK(one.rank_timeout_s == 300);
+
+  const SiteConfig two = Site("site:\n  name: s\n  ranks: 2\ndata: {dir: /d}\n");
+  CHECK(two.ranks == 2);
+  CHECK(two.rendezvous.empty());
+  CHECK(two.local_ranks.empty());
+  CHECK(two.rank_timeout_s == 300);
+
+  // One host of a site spread over two: the same file on each, local_ranks differs.
+  const SiteConfig multi = Site(
+      "site:\n  name: s\n  device: cuda\n  ranks: 4\n  rendezvous: 10.0.0.5:29500\n  local_ranks: [0, 1]\n"
+      "  rank_timeout_s: 60\ndata: {dir: /d}\n");
+  CHECK(multi.ranks == 4);
+  CHECK(multi.device == "cuda");
+  CHECK(multi.rendezvous == "10.0.0.5:29500");
+  CHECK(multi.local_ranks == std::vector<int>{0, 1});
+  CHECK(multi.rank_timeout_s == 60);
+
+  for (const char* rdv : {"localhost:29500", "node-1.cluster.example:29500", "gpu7:1", "192.168.1.20:65535"}) {
+    INFO(rdv);
+    CHECK(Site(std::string("site: {name: s, ranks: 2, rendezvous: \"") + rdv + "\"}\ndata: {dir: /d}\n").rendezvous ==
+          rdv);
+  }
+  // Every rank on this host: no rendezvous needed.
+  CHECK(Site("site: {name: s, ranks: 2, local_ranks: [1, 0]}\ndata: {dir: /d}\n").local_ranks ==
+        std::vector<int>{1, 0});
+  CHECK(Site("site: {name: s, ranks: 2, local_ranks: }\ndata: {dir: /d}\n").local_ranks.empty());
+  // cuda:N stays fine for one rank.
+  CHECK(Site("site: {name: s, device: \"cuda:1\"}\ndata: {dir: /d}\n").device == "cuda:1");
+
+  // Inline campaign sites share the same body.
+  const CampaignConfig c = Campaign(
+      "campaign: {name: x}\nsites:\n  - site: {name: a, ranks: 2, rank_timeout_s: 30}\n    data: {dir: /d}\n"
+      "  - site: {name: b}\n    data: {dir: /d}\n");
+  REQUIRE(c.sites.size() == 2);
+  CHECK(c.sites[0].ranks == 2);
+  CHECK(c.sites[0].rank_timeout_s == 30);
+  CHECK(c.sites[1].ranks == 1);
+}
+
+TEST_CASE("config: multi-rank site errors name the key and its line", "[unit]") {
+  // ranks and rank_timeout_s ranges.
+  std::string msg = SiteError("site:\n  name: s\n  ranks: 0\n  rank_timeout_s: 0\ndata: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("s.yaml:3: site.ranks: 0 is out of range (allowed: 1 to 64)"));
+  CHECK_THAT(msg, Contains("s.yaml:4: site.rank_timeout_s: 0 is out of range (allowed: 1 to 86400)"));
+  CHECK(LineCount(msg) == 2);
+  msg = SiteError("site:\n  name: s\n  ranks: 65\n  rank_timeout_s: 86401\ndata: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("s.yaml:3: site.ranks: 65 is out of range (allowed: 1 to 64)"));
+  CHECK_THAT(msg, Contains("s.yaml:4: site.rank_timeout_s: 86401 is out of range (allowed: 1 to 86400)"));
+
+  // rendezvous forms.
+  for (const char* rdv : {"10.0.0.5", "10.0.0.5:0", "10.0.0.5:70000", ":29500", "bad host:1", "999.1.1.1:29500",
+                          "10.0.0:29500", "[::1]:29500", "tcp://10.0.0.5:29500", "host_name:1", "-x:1", "a..b:1",
+                          "*:29500", "10.0.0.5:29x"}) {
+    INFO(rdv);
+    msg = SiteError(std::string("site:\n  name: s\n  ranks: 2\n  rendezvous: \"") + rdv + "\"\ndata: {dir: /d}\n");
+    CHECK_THAT(msg, Contains(std::string("s.yaml:4: site.rendezvous: '") + rdv + "' is not HOST:PORT (allowed: "
+                                                                                  "IPV4:PORT, localhost:PORT or "
+                                                                                  "HOSTNAME:PORT with PORT 1 to 65535, "
+                                                                                  "or empty)"));
+    CHECK(LineCount(msg) == 1);
+  }
+
+  // A rendezvous or local_ranks with one rank.
+  CHECK(SiteError("site:\n  name: s\n  rendezvous: 10.0.0.5:29500\ndata: {dir: /d}\n") ==
+        "s.yaml:3: site.rendezvous: a rendezvous needs ranks >= 2 (allowed: empty with site.ranks 1)");
+  CHECK(SiteError("site:\n  name: s\n  ranks: 1\n  local_ranks: [0]\ndata: {dir: /d}\n") ==
+        "s.yaml:4: site.local_ranks: local_ranks needs ranks >= 2 (allowed: empty with site.ranks 1)");
+
+  // local_ranks entries: in [0, ranks), each once; the line is the entry's.
+  msg = SiteError(
+      "site:\n  name: s\n  ranks: 2\n  rendezvous: 10.0.0.5:29500\n  local_ranks:\n    - 0\n    - 2\n    - -1\n"
+      "data: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("s.yaml:7: site.local_ranks[1]: rank 2 is out of range for ranks 2 (allowed: 0 to 1)"));
+  CHECK_THAT(msg, Contains("s.yaml:8: site.local_ranks[2]: rank -1 is out of range for ranks 2 (allowed: 0 to 1)"));
+  CHECK(LineCount(msg) == 2);
+  msg = SiteError("site:\n  name: s\n  ranks: 3\n  local_ranks:\n    - 0\n    - 1\n    - 1\n    - 2\ndata: {dir: /d}\n");
+  CHECK(msg == "s.yaml:7: site.local_ranks[2]: rank 1 repeats (first at local_ranks[1]) (allowed: each rank at most "
+               "once)");
+
+  // Ranks on another host need the rendezvous; reported at the site section
+  // when the key is absent.
+  msg = SiteError("site:\n  name: s\n  ranks: 4\n  local_ranks: [0, 1]\ndata: {dir: /d}\n");
+  CHECK(msg == "s.yaml:1: site.rendezvous: ranks on other hosts need a rendezvous address (local_ranks lists 2 of 4 "
+               "ranks) (allowed: HOST:PORT of rank 0's store, reachable from every host of the site)");
+  // A repeat does not cover a missing rank.
+  CHECK_THAT(SiteError("site: {name: s, ranks: 2, local_ranks: [0, 0]}\ndata: {dir: /d}\n"),
+             Contains("s.yaml:1: site.rendezvous: ranks on other hosts need a rendezvous address (local_ranks lists "
+                      "1 of 2 ranks)"));
+
+  // cuda:N with several ranks: local rank i takes cuda:i.
+  CHECK(SiteError("site:\n  name: s\n  ranks: 2\n  device: \"cuda:1\"\ndata: {dir: /d}\n") ==
+        "s.yaml:4: site.device: 'cuda:1' with ranks 2: local rank i takes cuda:i (allowed: cpu or cuda when "
+        "site.ranks >= 2)");
+  // A pipeline stage runs on one rank.
+  CHECK(SiteError("site:\n  name: s\n  ranks: 2\n  peer: \"tcp://127.0.0.1:5601\"\ndata: {dir: /d}\n") ==
+        "s.yaml:3: site.ranks: 2 ranks with site.peer: a pipeline stage runs on one rank (allowed: 1 when site.peer "
+        "is set)");
+
+  // Wrong types are reported once, without follow-on errors.
+  CHECK(SiteError("site:\n  name: s\n  ranks: two\n  rendezvous: 10.0.0.5:29500\ndata: {dir: /d}\n") ==
+        "s.yaml:3: site.ranks: expected an integer, got 'two'");
+  CHECK(SiteError("site:\n  name: s\n  ranks: 4\n  local_ranks: [0, x]\ndata: {dir: /d}\n") ==
+        "s.yaml:4: site.local_ranks[1]: expected an integer rank, got 'x'");
+  CHECK(SiteError("site:\n  name: s\n  ranks: 4\n  local_ranks: 3\ndata: {dir: /d}\n") ==
+        "s.yaml:4: site.local_ranks: expected a list of rank numbers, got '3'");
+  CHECK(SiteError("site:\n  name: s\n  ranks: 2\n  rendezvous: [a]\ndata: {dir: /d}\n") ==
+        "s.yaml:4: site.rendezvous: expected a string, got a list of 1 item");
+  CHECK(SiteError("site: {name: s, rank_timeout_s: 1.5}\ndata: {dir: /d}\n") ==
+        "s.yaml:1: site.rank_timeout_s: expected an integer, got '1.5'");
+
+  // Inline campaign sites: the same checks, under sites[i].
+  msg = CampaignError(
+      "campaign: {name: x}\nsites:\n  - site:\n      name: a\n      ranks: 2\n      device: \"cuda:0\"\n"
+      "      local_ranks: [1]\n    data: {dir: /d}\n");
+  CHECK_THAT(msg, Contains("c.yaml:6: sites[0].site.device: 'cuda:0' with ranks 2: local rank i takes cuda:i"));
+  CHECK_THAT(msg, Contains("c.yaml:3: sites[0].site.rendezvous: ranks on other hosts need a rendezvous address"));
+  CHECK(LineCount(msg) == 2);
+}
+
+TEST_CASE("config: multi-rank settings in a site file referenced from a campaign", "[unit]") {
+  TempDir dir;
+  dir.Write("sites/a.yaml", "site:\n  name: a\n  ranks: 2\n  rendezvous: \"10.0.0.5\"\ndata: {dir: corpus}\n");
+  const std::string path = dir.Write("c.yaml", "campaign: {name: x}\nsites:\n  - file: sites/a.yaml\n");
+  auto r = LoadCampaignFile(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message() == dir.Path("sites/a.yaml") +
+                                    ":4: site.rendezvous: '10.0.0.5' is not HOST:PORT (allowed: IPV4:PORT, "
+                                    "localhost:PORT or HOSTNAME:PORT with PORT 1 to 65535, or empty)");
+}
+
+TEST_CASE("overrides: multi-rank site keys can be set on the command line", "[unit]") {
+  const CampaignConfig c = Campaign(Merge(kBase, {"sites[0].site.ranks=2", "sites[0].site.rank_timeout_s=30",
+                                                  "sites[1].site.ranks=4", "sites[1].site.rendezvous=10.0.0.5:29500",
+                                                  "sites[1].site.local_ranks=[2, 3]"}));
+  REQUIRE(c.sites.size() == 2);
+  CHECK(c.sites[0].ranks == 2);
+  CHECK(c.sites[0].rank_timeout_s == 30);
+  CHECK(c.sites[0].local_ranks.empty());
+  CHECK(c.sites[1].ranks == 4);
+  CHECK(c.sites[1].rendezvous == "10.0.0.5:29500");
+  CHECK(c.sites[1].local_ranks == std::vector<int>{2, 3});
+
+  TempDir dir;
+  const std::string path = dir.Write("c.yaml", kBase);
+  auto error = [&](const std::vector<std::string>& sets) {
+    auto r = LoadCampaignWithOverrides(path, sets);
+    REQUIRE_FALSE(r.ok());
+    return r.status().message();
+  };
+  CHECK(error({"sites[0].site.ranks=65"}) == "--set sites[0].site.ranks: 65 is out of range (allowed: 1 to 64)");
+  CHECK(error({"sites[0].site.rendezvous=10.0.0.5:29500"}) ==
+        "--set sites[0].site.rendezvous: a rendezvous needs ranks >= 2 (allowed: empty with site.ranks 1)");
+  CHECK(error({"sites[0].site.ranks=2", "sites[0].site.rendezvous=10.0.0.5:29500",
+               "sites[0].site.local_ranks=[0, 2]"}) ==
+        "--set sites[0].site.local_ranks: sites[0].site.local_ranks[1]: rank 2 is out of range for ranks 2 "
+        "(allowed: 0 to 1)");
+}
+
 }  // namespace
 }  // namespace lowband

@@ -61,6 +61,7 @@ Message SampleHello() {
   h.train_tokens = 1'000'000;
   h.val_tokens = 100'000;
   h.own_model = ModelConfig{2, 96, 4, 128, 256};
+  h.ranks = 4;
   return Wrap(h);
 }
 
@@ -133,7 +134,8 @@ Message SampleAggregate() {
 }
 
 Message SampleEvalReport() {
-  return Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {PeerTraffic{1, 0, PeerTraffic::kBackward, 3, 900, 600}}});
+  return Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {PeerTraffic{1, 0, PeerTraffic::kBackward, 3, 900, 600}},
+                         {0x3333ull, 0x3333ull, 0xFFFFFFFFFFFFFFFFull}});
 }
 Message SampleError() { return Wrap(Error{ErrorCode::kWrongRound, "round 3 is stale", 3}); }
 Message SampleControlRequest() { return Wrap(ControlRequest{"workers", {"--json", "", "x y"}}); }
@@ -225,8 +227,8 @@ auto Tie(const BlobHeader& b) {
 bool Same(const Hello& a, const Hello& b) {
   const auto& am = a.own_model;
   const auto& bm = b.own_model;
-  return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens) ==
-             std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms, b.train_tokens, b.val_tokens) &&
+  return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens, a.ranks) ==
+             std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms, b.train_tokens, b.val_tokens, b.ranks) &&
          std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
              std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab);
 }
@@ -300,8 +302,8 @@ bool Same(const Aggregate& a, const Aggregate& b) {
          Tie(a.blob) == Tie(b.blob);
 }
 bool Same(const EvalReport& a, const EvalReport& b) {
-  return std::tie(a.round, a.val_loss, a.val_tokens, a.digest) ==
-             std::tie(b.round, b.val_loss, b.val_tokens, b.digest) &&
+  return std::tie(a.round, a.val_loss, a.val_tokens, a.digest, a.rank_digests) ==
+             std::tie(b.round, b.val_loss, b.val_tokens, b.digest, b.rank_digests) &&
          Same(a.peer_traffic, b.peer_traffic);
 }
 bool Same(const Error& a, const Error& b) {
@@ -775,6 +777,18 @@ TEST_CASE("wire: required fields and numeric sanity", "[unit]") {
   rejects(error, "Error.code");
   std::get<Error>(error.body).code = static_cast<ErrorCode>(0);
   rejects(error, "Error.code");
+  std::get<Error>(error.body).code = static_cast<ErrorCode>(12);
+  rejects(error, "Error.code");
+  std::get<Error>(error.body).code = ErrorCode::kSiteDown;  // the last code there is
+  CHECK(DecodeMessage(EncodeMessage(error), WireLimits{}).ok());
+
+  Message hello_ranks = SampleHello();
+  std::get<Hello>(hello_ranks.body).ranks = 70000;
+  rejects(hello_ranks, "Hello.ranks");
+  std::get<Hello>(hello_ranks.body).ranks = 0;  // an older worker: one rank
+  auto one = DecodeMessage(EncodeMessage(hello_ranks), WireLimits{});
+  REQUIRE(one.ok());
+  CHECK(std::get<Hello>(one->body).ranks == 1);
 }
 
 TEST_CASE("wire: strings keep embedded zero bytes and non-ASCII", "[unit]") {

@@ -249,7 +249,7 @@ TEST_CASE("adaptive steps: H_i from step times, a token-weighted mean, token cla
     core.HandleMessage(kSites[i], Wrap(h), now, &out);
   }
   const uint64_t d0 = core.digest();
-  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{0, 2.0, 100, d0, {}}), now, &out);
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
   auto steps = [&](const std::string& site) {
     auto starts = Bodies<RoundStart>(out, site);
@@ -286,7 +286,7 @@ TEST_CASE("adaptive steps: H_i from step times, a token-weighted mean, token cla
   // Round 2 follows the measured times: 8 x 10 ms of work, 80 ms per step on site-c.
   out = CoreOutput{};
   const uint64_t d1 = core.digest();
-  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{1, 2.0, 100, d1, {}}), now, &out);
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{1, 2.0, 100, d1, {}, {}}), now, &out);
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
   REQUIRE(core.history().back().round == 1);
   CHECK(core.history().back().sites.at("site-c").inner_steps == 2);
@@ -311,7 +311,7 @@ TEST_CASE("overlap: the next round opens at the close, records wait for evaluati
   REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
   std::map<uint32_t, uint64_t> digest_of{{0, core.digest()}};
   auto eval = [&](const std::string& site, uint32_t round, uint64_t digest, CoreOutput* o) {
-    core.HandleMessage(site, Wrap(EvalReport{round, 2.0 + round, 100, digest, {}}), now, o);
+    core.HandleMessage(site, Wrap(EvalReport{round, 2.0 + round, 100, digest, {}, {}}), now, o);
   };
   auto upload = [&](const std::string& site, uint32_t round, CoreOutput* o) {
     std::vector<float> delta(TinyParams().values.size(), 0.01f * static_cast<float>(round));
@@ -457,7 +457,7 @@ TEST_CASE("fpld: logit uploads are checked, averaged and distilled; own-model si
   CHECK(Bodies<ModelSync>(out, "site-a").size() == 1);
   const uint64_t digest0 = core.digest();
   for (const char* s : {"site-a", "site-b"}) {
-    core.HandleMessage(s, Wrap(EvalReport{0, 5.0, 100, digest0, {}}), now, &out);
+    core.HandleMessage(s, Wrap(EvalReport{0, 5.0, 100, digest0, {}, {}}), now, &out);
   }
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);  // site-c evaluates nothing of the student's
   REQUIRE(Bodies<RoundStart>(out, "site-c").size() == 1);
@@ -539,8 +539,8 @@ TEST_CASE("fpld: logit uploads are checked, averaged and distilled; own-model si
 TEST_CASE("the ledger books a message under the round it names, near the committed one", "[unit][coordinator]") {
   auto now = TimePoint{};
   CoordinatorCore core(TinyCampaign(), TinyParams(), now);
-  CHECK(core.LedgerRoundOf(Wrap(EvalReport{2, 1.0, 1, 0, {}}), 0) == 2);
-  CHECK(core.LedgerRoundOf(Wrap(EvalReport{3, 1.0, 1, 0, {}}), 0) == 0);  // beyond committed + 2: hostile or stale
+  CHECK(core.LedgerRoundOf(Wrap(EvalReport{2, 1.0, 1, 0, {}, {}}), 0) == 2);
+  CHECK(core.LedgerRoundOf(Wrap(EvalReport{3, 1.0, 1, 0, {}, {}}), 0) == 0);  // beyond committed + 2: hostile or stale
   CHECK(core.LedgerRoundOf(Wrap(Heartbeat{1, "idle"}), 0) == 0);
   RoundStart rs;
   rs.round = 1;
@@ -1079,8 +1079,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
 
   // Round 0 evaluation: only the last stage's loss counts.
   out = CoreOutput{};
-  core.HandleMessage("pa", Wrap(EvalReport{0, 0.0, 0, digest_a, {}}), t0, &out);
-  core.HandleMessage("pb", Wrap(EvalReport{0, 4.5, 100, digest_b, {}}), t0, &out);
+  core.HandleMessage("pa", Wrap(EvalReport{0, 0.0, 0, digest_a, {}, {}}), t0, &out);
+  core.HandleMessage("pb", Wrap(EvalReport{0, 4.5, 100, digest_b, {}, {}}), t0, &out);
   REQUIRE(out.committed.size() == 1);
   CHECK(out.committed[0].val_loss == Approx(4.5));
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);

@@ -146,7 +146,7 @@ class FakeExecutor {
     return s / static_cast<double>(global_.values.size()) + 0.1;
   }
   JobResult Eval(uint32_t round, uint64_t announced) {
-    return EvalDone{round, Loss(), 100, global_.Digest(), global_.Digest() == announced};
+    return EvalDone{round, Loss(), 100, global_.Digest(), global_.Digest() == announced, {}};
   }
 
   std::string site_;

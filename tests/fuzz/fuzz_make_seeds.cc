@@ -109,6 +109,9 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100};
     h.own_model = ModelConfig{2, 96, 4, 0, 0};
     out.emplace_back("hello_own_model", Wrap(h));
+    Hello r{"site-d", "cuda:0", 1ull << 30, 2.0, 1000, 100};
+    r.ranks = 2;
+    out.emplace_back("hello_ranks", Wrap(r));
   }
   {
     Bytes texts = PackTextList({"what is a monad", "wisdom"});
@@ -163,6 +166,7 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
   }
   out.emplace_back("aggregate_empty_bulk", Wrap(Aggregate{9, 0x2222ull, 3, BlobFor(Bytes{}, CodecKind::kDenseFp32)}));
   out.emplace_back("eval_report", Wrap(EvalReport{9, 1.875, 4096, 0x3333ull}));
+  out.emplace_back("eval_report_ranks", Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {}, {0x3333ull, 0x3333ull}}));
   out.emplace_back("error", Wrap(Error{ErrorCode::kWrongRound, "round 3 is stale", 3}));
   out.emplace_back("control_request", Wrap(ControlRequest{"workers", {"--json", "", "x y"}}));
   out.emplace_back("control_response", Wrap(ControlResponse{true, "2 workers", "{\"workers\":2}"}));

@@ -111,7 +111,7 @@ TEST_CASE("aggregate queues apply, and evaluation results are reported", "[unit]
   f.core.HandleMessage(Wrap(Aggregate{1, 7, 3, {}}, "tiny"), f.now, &f.out);
   CHECK(CountJobs<ApplyJob>(f.out) == 1);
   CHECK(f.core.synced_round() == 1u);
-  f.core.OnJobResult(EvalDone{1, 2.5, 100, 7, true}, f.now, &f.out);
+  f.core.OnJobResult(EvalDone{1, 2.5, 100, 7, true, {}}, f.now, &f.out);
   REQUIRE(Count<EvalReport>(f.out) == 1);
 }
 
