@@ -353,6 +353,18 @@ struct WorkerService::Impl {
 
   void OnResults() {
     for (JobResult& r : results->Drain()) {
+      if (auto* f = std::get_if<JobFailed>(&r); f && f->code == ErrorCode::kSiteDown && formed) {
+        // A collective failed: most likely a local rank ended; name it.
+        site_down = true;
+        for (int i = 0; i < 10; ++i) {
+          const std::string why = formed->children.Reap();
+          if (!why.empty()) {
+            f->what = why + " (" + f->what + ")";
+            break;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+      }
       WorkerOutput out;
       core->OnJobResult(std::move(r), WorkerClock::now(), &out);
       Dispatch(out);

@@ -750,7 +750,7 @@ TEST_CASE("config: personalization clusters are read and checked", "[unit]") {
              Catch::Contains("personalization") && Catch::Contains("not supported yet"));
 }
 
-TEST_CASE("config: fpld is read and checked; site models only in FPLD campaigns", "[unit]") {
+TEST_CASE("config: fpld is read and checked - site models only in FPLD campaigns", "[unit]") {
   const std::string base =
       "campaign: {name: x}\n"
       "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0}\n";

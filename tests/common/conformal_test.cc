@@ -82,7 +82,7 @@ TEST_CASE("split conformal coverage matches k/(n+1) on exchangeable scores", "[u
   CHECK(expected >= 1 - alpha);
 }
 
-TEST_CASE("score codes round up to the grid; +inf code above the range", "[unit][common]") {
+TEST_CASE("score codes round up to the grid - +inf code above the range", "[unit][common]") {
   const ScoreRange unit{0.0, 1.0};
   const int bits = 3;  // 8 values k/7, +inf code 8
   CHECK(ValidateScoreRange(unit, bits).ok());
@@ -151,7 +151,7 @@ TEST_CASE("pooled threshold reaches +inf through the +inf code", "[unit][common]
   CHECK(*PooledThreshold({}, range, 0.1) == kInf);
 }
 
-TEST_CASE("summary packing round trips; malformed summaries are rejected", "[unit][common]") {
+TEST_CASE("summary packing round trips - malformed summaries are rejected", "[unit][common]") {
   const ScoreRange range{-2.0, 3.0};
   std::mt19937_64 rng(14);
   std::normal_distribution<double> dist(0.0, 2.0);
@@ -292,7 +292,7 @@ TEST_CASE("FedCP-QQ Monte Carlo coverage matches the plan", "[unit][common]") {
   CHECK(std::fabs(rate - plan.coverage) <= Band(plan.coverage, trials));
 }
 
-TEST_CASE("FedCP-QQ refuses infeasible plans; missing values are conservative", "[unit][common]") {
+TEST_CASE("FedCP-QQ refuses infeasible plans - missing values are conservative", "[unit][common]") {
   StatusOr<QuantileOfQuantiles> r = PlanQuantileOfQuantiles(2, 3, 0.1);  // at most 6/7
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == StatusCode::kInvalidArgument);

@@ -443,7 +443,7 @@ TEST_CASE("wire: default-constructed bodies round-trip where valid", "[unit]") {
   }
 }
 
-TEST_CASE("wire: FC-RAG text lists round-trip; malformed ones are refused", "[unit]") {
+TEST_CASE("wire: FC-RAG text lists round-trip - malformed ones are refused", "[unit]") {
   const std::vector<std::string> texts{"a", "", std::string(300, 'x')};
   const Bytes packed = PackTextList(texts);
   auto back = UnpackTextList(packed, 3);

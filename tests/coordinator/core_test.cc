@@ -422,7 +422,7 @@ TEST_CASE("overlap: the next round opens at the close, records wait for evaluati
 // averages the teacher, has the student distilled (a stand-in here) and
 // sends theta - student as the round's aggregate to the sites of the
 // student's architecture only.
-TEST_CASE("fpld: logit uploads are checked, averaged and distilled; own-model sites get no parameters",
+TEST_CASE("fpld: logit uploads are checked, averaged and distilled - own-model sites get no parameters",
           "[unit][coordinator]") {
   auto config = TinyCampaign(3, 2);
   config.fpld.enabled = true;

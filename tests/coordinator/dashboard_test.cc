@@ -21,7 +21,7 @@ TEST_CASE("dashboard: the page is self-contained and polls its state", "[unit][c
   CHECK(page.find("<link") == std::string::npos);
 }
 
-TEST_CASE("report: the state is embedded from the run directory; bad inputs are named", "[unit][coordinator]") {
+TEST_CASE("report: the state is embedded from the run directory - bad inputs are named", "[unit][coordinator]") {
   TempDir dir;
   CHECK_THAT(ReportPage(dir.path().string()).status().ToString(), Catch::Contains("metrics.jsonl"));
   dir.Write("metrics.jsonl",

@@ -28,7 +28,7 @@ CampaignConfig TinyFpld() {
   return c;
 }
 
-TEST_CASE("distiller: steps on KL lower it towards a fixed teacher; bad teachers are refused", "[unit]") {
+TEST_CASE("distiller: steps on KL lower it towards a fixed teacher - bad teachers are refused", "[unit]") {
   const CampaignConfig c = TinyFpld();
   std::string text;
   for (int i = 0; i < 200; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + "\n";

@@ -92,7 +92,7 @@ CampaignConfig Config() {
   return c;
 }
 
-TEST_CASE("fcrag hub: queries, scores, calibration and test over fake sites; scores are cached per B_i",
+TEST_CASE("fcrag hub: queries, scores, calibration and test over fake sites - scores are cached per B_i",
           "[unit][coordinator]") {
   FcragHub hub(Config());
   std::map<std::string, FakeSite> sites{{"s1", FakeSite{"s1", 40, 4, {}, {}}}, {"s2", FakeSite{"s2", 60, 4, {}, {}}}};
@@ -166,7 +166,7 @@ TEST_CASE("fcrag hub: queries, scores, calibration and test over fake sites; sco
   CHECK(done[0].message.rfind("{c}", 0) == 0);
 }
 
-TEST_CASE("fcrag hub: unasked, duplicate and malformed replies change nothing; a silent site is not waited for",
+TEST_CASE("fcrag hub: unasked, duplicate and malformed replies change nothing - a silent site is not waited for",
           "[unit][coordinator]") {
   FcragHub hub(Config());
   std::vector<Sent> outbox;

@@ -18,7 +18,7 @@ TEST_CASE("topology: blocks per stage follow the split or are as even as possibl
   CHECK(StageBlocks(4, p) == std::vector<int>{4});
 }
 
-TEST_CASE("topology: the first S joiners form a whole pipeline; a lost slot goes to its replacement",
+TEST_CASE("topology: the first S joiners form a whole pipeline - a lost slot goes to its replacement",
           "[unit][coordinator]") {
   Topology t(2, 2);
   CHECK(t.Assign("a") == std::optional<StageSlot>(StageSlot{0, 0}));

@@ -50,40 +50,6 @@ std::string DurableCampaign(int port, int rounds, int min_workers, const std::st
   return y.str();
 }
 
-// Every child still running at scope exit is killed, so a failed REQUIRE
-// leaves no daemons behind.
-struct Procs {
-  std::vector<Subprocess*> all;
-  ~Procs() {
-    for (Subprocess* p : all) {
-      if (p->running()) {
-        p->Signal(SIGKILL);
-        p->WaitFor(milliseconds(5000));
-      }
-    }
-  }
-};
-
-Subprocess Spawn(const std::vector<std::string>& argv, const std::string& out, const std::string& failpoint = "") {
-  SpawnOptions o;
-  o.argv = argv;
-  o.stdout_path = out;
-  o.stderr_path = "stdout";
-  o.extra_env = {"OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1"};
-  if (!failpoint.empty()) o.extra_env.push_back("LOWBAND_FAILPOINT=" + failpoint);
-  auto p = Subprocess::Spawn(o);
-  REQUIRE(p.ok());
-  return std::move(p).value();
-}
-
-Subprocess Coordinator(const std::string& campaign, const std::string& out, const std::string& failpoint = "") {
-  return Spawn({kBin + "/lowband-coordinator", "--campaign", campaign, "--progress"}, out, failpoint);
-}
-Subprocess Worker(const std::string& campaign, const std::string& site, const std::string& out,
-                  const std::string& failpoint = "") {
-  return Spawn({kBin + "/lowband-worker", "--campaign", campaign, "--site", site}, out, failpoint);
-}
-
 std::string SummaryValue(const std::string& run_dir, const std::string& key) {
   std::istringstream in(ReadFile(run_dir + "/summary.txt"));
   for (std::string k, v; in >> k >> v;) {
@@ -103,27 +69,6 @@ std::map<int, std::string> RoundDigests(const std::string& metrics) {
     out[round] = Field(line, "digest");
   }
   return out;
-}
-
-
-std::string WaitWorkers(const TempDir& dir, int port, const std::string& needle, Subprocess& coordinator) {
-  const auto deadline = SteadyClock::now() + seconds(60);
-  std::string workers;
-  while (coordinator.running() && SteadyClock::now() < deadline) {
-    workers = Ctl(dir, port, {"workers", "--json"}, 1000).second;
-    if (workers.find(needle) != std::string::npos) break;
-    coordinator.Poll();
-  }
-  return workers;
-}
-
-// Pauses rounds; a retry after a lost answer hears "already paused".
-void Pause(const TempDir& dir, int port) {
-  for (int i = 0; i < 20; ++i) {
-    auto r = Ctl(dir, port, {"round", "pause"}, 1000);
-    if (r.first == 0 || r.second.find("already paused") != std::string::npos) return;
-  }
-  FAIL("round pause was never accepted");
 }
 
 

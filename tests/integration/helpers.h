@@ -3,6 +3,7 @@
 #pragma once
 
 #include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -85,22 +86,25 @@ inline std::string Field(const std::string& json, const std::string& key) {
   return json.substr(start, end - start);
 }
 
-// Processes whose command line mentions `needle`.
-inline int ProcessesMentioning(const std::string& needle) {
-  int n = 0;
+// Processes whose command line mentions `needle` (arguments joined by spaces).
+inline std::vector<pid_t> PidsMentioning(const std::string& needle) {
+  std::vector<pid_t> pids;
   DIR* d = opendir("/proc");
-  if (!d) return 0;
+  if (!d) return pids;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     std::string cmd = ReadFile(std::string("/proc/") + e->d_name + "/cmdline");
     for (auto& c : cmd) {
       if (c == '\0') c = ' ';
     }
-    if (cmd.find(needle) != std::string::npos && std::to_string(getpid()) != e->d_name) ++n;
+    if (cmd.find(needle) != std::string::npos && std::to_string(getpid()) != e->d_name) {
+      pids.push_back(static_cast<pid_t>(std::stol(e->d_name)));
+    }
   }
   closedir(d);
-  return n;
+  return pids;
 }
+inline int ProcessesMentioning(const std::string& needle) { return static_cast<int>(PidsMentioning(needle).size()); }
 
 inline Subprocess Start(const std::vector<std::string>& argv, const std::string& out_path) {
   SpawnOptions o;
@@ -142,6 +146,60 @@ inline std::string WaitStatus(const TempDir& dir, int port, const std::function<
 inline int CommittedRound(const std::string& status) {
   const std::string v = Field(status, "committed_round");
   return v.empty() ? -1 : std::stoi(v);
+}
+
+// Every child still running at scope exit is killed, so a failed REQUIRE
+// leaves no daemons behind.
+struct Procs {
+  std::vector<Subprocess*> all;
+  ~Procs() {
+    for (Subprocess* p : all) {
+      if (p->running()) {
+        p->Signal(SIGKILL);
+        p->WaitFor(milliseconds(5000));
+      }
+    }
+  }
+};
+
+inline Subprocess Spawn(const std::vector<std::string>& argv, const std::string& out, const std::string& failpoint = "") {
+  SpawnOptions o;
+  o.argv = argv;
+  o.stdout_path = out;
+  o.stderr_path = "stdout";
+  o.extra_env = {"OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1"};
+  if (!failpoint.empty()) o.extra_env.push_back("LOWBAND_FAILPOINT=" + failpoint);
+  auto p = Subprocess::Spawn(o);
+  REQUIRE(p.ok());
+  return std::move(p).value();
+}
+
+inline Subprocess Coordinator(const std::string& campaign, const std::string& out, const std::string& failpoint = "") {
+  return Spawn({kBin + "/lowband-coordinator", "--campaign", campaign, "--progress"}, out, failpoint);
+}
+inline Subprocess Worker(const std::string& campaign, const std::string& site, const std::string& out,
+                  const std::string& failpoint = "") {
+  return Spawn({kBin + "/lowband-worker", "--campaign", campaign, "--site", site}, out, failpoint);
+}
+
+inline std::string WaitWorkers(const TempDir& dir, int port, const std::string& needle, Subprocess& coordinator) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::string workers;
+  while (coordinator.running() && std::chrono::steady_clock::now() < deadline) {
+    workers = Ctl(dir, port, {"workers", "--json"}, 1000).second;
+    if (workers.find(needle) != std::string::npos) break;
+    coordinator.Poll();
+  }
+  return workers;
+}
+
+// Pauses rounds; a retry after a lost answer hears "already paused".
+inline void Pause(const TempDir& dir, int port) {
+  for (int i = 0; i < 20; ++i) {
+    auto r = Ctl(dir, port, {"round", "pause"}, 1000);
+    if (r.first == 0 || r.second.find("already paused") != std::string::npos) return;
+  }
+  FAIL("round pause was never accepted");
 }
 
 }  // namespace lowband::itest

@@ -204,7 +204,7 @@ TEST_CASE("stage trainer: a pipeline step equals the unsplit model's step on the
   }
 }
 
-TEST_CASE("stage trainer: ops out of sequence and bad inputs are clear errors; Abort starts clean",
+TEST_CASE("stage trainer: ops out of sequence and bad inputs are clear errors - Abort starts clean",
           "[unit][stage_trainer]") {
   const ModelConfig m = TinyModel();
   InnerOptimizerConfig opt;
