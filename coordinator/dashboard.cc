@@ -35,7 +35,7 @@ button{margin:2px;padding:4px 10px}
 <section><h2>Bytes per round, by site and direction</h2><canvas id="c_sites"></canvas></section>
 <section><h2>Compression ratio (up) against round</h2><canvas id="c_ratio"></canvas></section>
 <section><h2>Round latency and exposed communication (s)</h2><canvas id="c_latency"></canvas></section>
-<section><h2>Workers</h2><table id="t_workers"><thead><tr><th>site</th><th>stage</th><th>state</th>
+<section><h2>Workers</h2><table id="t_workers"><thead><tr><th>site</th><th>ranks</th><th>stage</th><th>state</th>
 <th>last heard (s)</th><th>step (ms)</th><th>H_i</th><th>val loss</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Round control</h2>
 <div><input id="token" type="password" placeholder="operator token" size="28">
@@ -104,7 +104,7 @@ function render(){
                      {name:"exposed comm",points:recs.filter(r=>r.round>0).map(r=>[r.round,r.exposed_comm_s])}],{zero:true});
   const tb=document.querySelector("#t_workers tbody");tb.innerHTML="";
   state.workers.forEach(w=>{const tr=document.createElement("tr");
-    [w.site,w.stage>=0?w.stage:"",w.state,num(w.last_seen_s)?w.last_seen_s.toFixed(1):"",num(w.step_time_ms)?w.step_time_ms.toFixed(0):"",
+    [w.site,w.ranks||1,w.stage>=0?w.stage:"",w.state,num(w.last_seen_s)?w.last_seen_s.toFixed(1):"",num(w.step_time_ms)?w.step_time_ms.toFixed(0):"",
      w.inner_steps||"",num(w.val_loss)?w.val_loss.toFixed(4):""].forEach(v=>{const td=document.createElement("td");td.textContent=v;tr.appendChild(td)});
     const td=document.createElement("td");
     if(w.state==="joined"){const b=document.createElement("button");b.textContent="evict";b.onclick=()=>control("evict",w.site);td.appendChild(b)}

@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     return lowband::kExitConfig;
   }
   // The command line a started rank repeats, with --rank and --rendezvous.
-  lowband::WorkerRanks ranks{std::move(plan).value(), {lowband::SelfExePath()}};
+  lowband::WorkerRanks ranks{std::move(plan).value(), {lowband::SelfExePath()}, /*notify_systemd=*/!rank};
   for (const std::string& a : site_file.empty() ? std::vector<std::string>{"--campaign", campaign_file, "--site",
                                                                           site_name}
                                                 : std::vector<std::string>{"--config", site_file}) {

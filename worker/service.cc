@@ -161,11 +161,27 @@ int RunFollowerRank(SiteConfig site, Corpus corpus, const WorkerRanks& ranks, Si
   Executor executor(site, &corpus);
   executor.SetGroup((*formed)->group.get());
   LocalRanks& children = (*formed)->children;
+  // Liveness for systemd's watchdog, whatever a job takes.
+  std::atomic<bool> done{false};
+  std::thread pinger;
+  if (ranks.notify_systemd) {
+    pinger = std::thread([&done, &ranks, &site] {
+      SystemdNotifier systemd;
+      systemd.Ready("site " + site.name + ": rank " + std::to_string(ranks.plan.own_rank()) + " of " +
+                    std::to_string(ranks.plan.ranks) + " joined");
+      while (!done.load()) {
+        systemd.Tick(std::chrono::steady_clock::now());
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+    });
+  }
   std::string why;
   const int code = executor.RunFollower([&] {
     why = children.Reap();
     return !why.empty();
   });
+  done = true;
+  if (pinger.joinable()) pinger.join();
   if (!why.empty()) {
     LOG_ERROR("a rank of this host ended", {"reason", why});
     return kExitSiteDown;

@@ -21,6 +21,9 @@ class SignalWatcher;
 struct WorkerRanks {
   RankPlan plan;
   std::vector<std::string> worker_argv;
+  // A rank started by its systemd unit (not by another rank) tells systemd
+  // it is ready and alive.
+  bool notify_systemd = true;
 };
 
 class WorkerService {
