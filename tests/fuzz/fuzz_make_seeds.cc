@@ -88,7 +88,7 @@ Message Wrap(Body body, Bytes bulk = {}) {
 
 std::vector<std::pair<std::string, Message>> SampleMessages() {
   std::vector<std::pair<std::string, Message>> out;
-  out.emplace_back("hello", Wrap(Hello{"site-a", "cuda:0", 80ull << 30, 12.5, 1000000, 100000}));
+  out.emplace_back("hello", Wrap(Hello{"site-a", "cuda:0", 80ull << 30, 12.5, 1000000, 100000, "", ModelConfig{0, 0, 0, 0, 0}, 1}));
   Welcome w;
   w.worker_id = "w-0001";
   w.codec.kind = CodecKind::kSparseLoCo;
@@ -106,10 +106,10 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     f.fpld.positions = 4;
     f.fpld.probe_tokens.assign(2 * 16, 'a');
     out.emplace_back("welcome_fpld", Wrap(f));
-    Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100};
+    Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100, "", ModelConfig{0, 0, 0, 0, 0}, 1};
     h.own_model = ModelConfig{2, 96, 4, 0, 0};
     out.emplace_back("hello_own_model", Wrap(h));
-    Hello r{"site-d", "cuda:0", 1ull << 30, 2.0, 1000, 100};
+    Hello r{"site-d", "cuda:0", 1ull << 30, 2.0, 1000, 100, "", ModelConfig{0, 0, 0, 0, 0}, 1};
     r.ranks = 2;
     out.emplace_back("hello_ranks", Wrap(r));
   }
@@ -158,14 +158,14 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     Bytes bulk = MakeBulk(48, 2);
     out.emplace_back(
         "delta_upload",
-        Wrap(DeltaUpload{9, 0x1111ull, 2.375, 123456, 33.25, BlobFor(bulk, CodecKind::kSparseLoCo)}, bulk));
+        Wrap(DeltaUpload{9, 0x1111ull, 2.375, 123456, 33.25, BlobFor(bulk, CodecKind::kSparseLoCo), {}, -1, 0}, bulk));
   }
   {
     Bytes bulk = MakeBulk(40, 3);
     out.emplace_back("aggregate", Wrap(Aggregate{9, 0x2222ull, 3, BlobFor(bulk, CodecKind::kSparseFp32)}, bulk));
   }
   out.emplace_back("aggregate_empty_bulk", Wrap(Aggregate{9, 0x2222ull, 3, BlobFor(Bytes{}, CodecKind::kDenseFp32)}));
-  out.emplace_back("eval_report", Wrap(EvalReport{9, 1.875, 4096, 0x3333ull}));
+  out.emplace_back("eval_report", Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {}, {}}));
   out.emplace_back("eval_report_ranks", Wrap(EvalReport{9, 1.875, 4096, 0x3333ull, {}, {0x3333ull, 0x3333ull}}));
   out.emplace_back("error", Wrap(Error{ErrorCode::kWrongRound, "round 3 is stale", 3}));
   out.emplace_back("control_request", Wrap(ControlRequest{"workers", {"--json", "", "x y"}}));
