@@ -167,3 +167,42 @@ TEST_CASE("ranks: a rank that dies takes its site out at once and the restarted 
 }
 
 }  // namespace lowband
+
+namespace lowband {
+
+TEST_CASE("ranks: a site spread over two hosts meets at its rendezvous address", "[integration]") {
+  // Two "hosts" on loopback: one worker runs rank 0 (local_ranks: [0]) and
+  // hosts the TCPStore; the other is started with --rank 1, as on a second
+  // machine with the same site file.
+  TempDir dir;
+  const int port = FreePortBase();
+  const std::string run_dir = dir.Path("run");
+  std::string yaml_text = RanksCampaign(port, 3, 2, /*three=*/false, 2, run_dir);
+  const std::string from = "ranks: 2, rank_timeout_s: 60}";
+  REQUIRE(yaml_text.find(from) != std::string::npos);
+  yaml_text.replace(yaml_text.find(from), from.size(),
+                    "ranks: 2, rank_timeout_s: 60, rendezvous: \"127.0.0.1:" + std::to_string(port + 2) +
+                        "\", local_ranks: [0]}");
+  const std::string yaml = dir.Write("c.yaml", yaml_text);
+  Subprocess co = Coordinator(yaml, dir.Path("co.out"));
+  Subprocess a0 = Worker(yaml, "site-a", dir.Path("a0.out"));
+  Subprocess a1 = Spawn({kBin + "/lowband-worker", "--campaign", yaml, "--site", "site-a", "--rank", "1"},
+                        dir.Path("a1.out"));
+  Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
+  Procs guard{{&co, &a0, &a1, &b}};
+  auto code = co.WaitFor(milliseconds(120000));
+  INFO(ReadFile(dir.Path("co.out")) << ReadFile(dir.Path("a0.out")) << ReadFile(dir.Path("a1.out")));
+  REQUIRE(code == std::optional<int>(0));
+  for (Subprocess* w : {&a0, &a1, &b}) CHECK(w->WaitFor(milliseconds(20000)) == std::optional<int>(0));
+  CHECK(ReadFile(dir.Path("a0.out")).find("rendezvous=127.0.0.1:" + std::to_string(port + 2)) != std::string::npos);
+  CHECK(ReadFile(dir.Path("a1.out")).find("msg=\"rank 0 stopped the site\"") != std::string::npos);
+  const auto lines = Lines(ReadFile(run_dir + "/metrics.jsonl"));
+  REQUIRE(lines.size() == 4);
+  for (size_t r = 1; r < lines.size(); ++r) {
+    INFO(lines[r]);
+    CHECK(Field(lines[r], "digests_match") == "true");
+    CHECK(SiteTokens(lines[r], "site-a") == 2 * SiteTokens(lines[r], "site-b"));
+  }
+}
+
+}  // namespace lowband
