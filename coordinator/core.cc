@@ -1387,8 +1387,14 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
   w.last_eval_round = m.round;
   w.last_val_loss = m.val_loss;
   const uint64_t expected = EvalDigestFor(w, m.round);
-  // A site of several ranks reports every rank's digest: each must match.
+  // A site of several ranks reports every rank's digest: one per rank, and
+  // each must match.
   uint64_t reported = m.digest;
+  if (w.hello.ranks > 1 && m.rank_digests.size() != w.hello.ranks) {
+    LOG_ERROR("evaluation report without every rank's digest", {"site", w.site}, {"round", m.round},
+              {"ranks", w.hello.ranks}, {"digests", static_cast<uint64_t>(m.rank_digests.size())});
+    reported = ~expected;
+  }
   for (size_t r = 0; r < m.rank_digests.size() && reported == expected; ++r) {
     if (m.rank_digests[r] != expected) {
       reported = m.rank_digests[r];

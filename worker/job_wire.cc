@@ -33,7 +33,11 @@ Bytes EncodeJob(const Job& job) {
     m.body = a->aggregate;
     m.bulk = a->bulk;
   } else {
-    return {};
+    // Not replicated: encoded as its request, which DecodeJob refuses
+    // (never as the empty stop marker).
+    const auto& f = std::get<FcragJob>(job);
+    m.body = f.request;
+    m.bulk = f.bulk;
   }
   // [frame count][length, bytes]...
   Frames frames = EncodeMessage(std::move(m));

@@ -16,7 +16,7 @@ namespace lowband {
 
 // Whether the other ranks run `job` too (FC-RAG requests stay with rank 0).
 bool ReplicatedJob(const Job& job);
-// The bytes of a replicated job.
+// The bytes of a replicated job (any other decodes as an error, never as stop).
 Bytes EncodeJob(const Job& job);
 // nullopt for the stop marker (empty bytes).
 StatusOr<std::optional<Job>> DecodeJob(const Bytes& bytes);

@@ -1126,3 +1126,289 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+// Multi-rank sites (docs/ranks.md).
+
+// Brings a core with the three kSites (peer = site name, hellos `hellos`)
+// through round 0's evaluation to round 1 collecting uploads.
+void JoinAndStart(CoordinatorCore& core, const std::vector<Hello>& hellos, TimePoint now, CoreOutput* out) {
+  for (const Hello& h : hellos) core.HandleMessage(h.site, Wrap(h), now, out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
+  const uint64_t d0 = core.digest();
+  for (const Hello& h : hellos) {
+    const std::vector<uint64_t> ranks(h.ranks > 1 ? h.ranks : 0, d0);  // one digest per rank
+    core.HandleMessage(h.site, Wrap(EvalReport{0, 2.0, 100, d0, {}, ranks}), now, out);
+  }
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+}
+
+std::vector<Hello> ThreeHellos() { return {HelloFrom("site-a"), HelloFrom("site-b"), HelloFrom("site-c")}; }
+
+Message ZeroUpload(uint32_t round, uint64_t base, uint64_t tokens) {
+  Message m = DenseUpload(round, base, std::vector<float>(TinyParams().values.size(), 0.0f));
+  std::get<DeltaUpload>(m.body).tokens = tokens;
+  return m;
+}
+
+TEST_CASE("ranks: a site-down error takes the site out at once, the round goes on, and it may rejoin",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 3);
+  config.quorum.min_workers = 2;
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  JoinAndStart(core, ThreeHellos(), now, &out);
+  const uint64_t d0 = core.digest();
+
+  out = CoreOutput{};
+  core.HandleMessage("site-a", ZeroUpload(1, d0, 10), now, &out);
+  core.HandleMessage("site-b", ZeroUpload(1, d0, 10), now, &out);
+  CHECK(out.commits.empty());  // site-c is still joined: the round waits for it
+  CHECK(core.uploads_received() == 2);
+
+  // Same instant, no tick: lost on the error, not at the heartbeat timeout.
+  core.HandleMessage("site-c", Wrap(Error{ErrorCode::kSiteDown, "rank 1 (pid 77) was killed by signal 9", 1}), now,
+                     &out);
+  CHECK(core.workers().at("site-c").state == WorkerState::kLost);
+  CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
+  CHECK(Bodies<Error>(out, "site-c").empty());  // not answered
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.round == 1);
+  CHECK(out.commits[0].record.contributors == 2);
+  CHECK(core.committed_round() == 1);
+  CHECK(Bodies<Aggregate>(out, "site-a").size() == 1);
+  CHECK(Bodies<Aggregate>(out, "site-c").empty());
+
+  // Gone until it says hello again.
+  out = CoreOutput{};
+  core.HandleMessage("site-c", Wrap(Heartbeat{1, "training"}), now, &out);
+  REQUIRE(Bodies<Error>(out, "site-c").size() == 1);
+  CHECK(Bodies<Error>(out, "site-c")[0]->code == ErrorCode::kNotRegistered);
+
+  // Restarted: a new process (new peer) of the same site.
+  out = CoreOutput{};
+  const auto later = now + std::chrono::milliseconds(200);
+  core.HandleMessage("site-c-2", Wrap(HelloFrom("site-c")), later, &out);
+  REQUIRE(Bodies<Welcome>(out, "site-c-2").size() == 1);
+  REQUIRE(Bodies<ModelSync>(out, "site-c-2").size() == 1);
+  CHECK(Bodies<ModelSync>(out, "site-c-2")[0]->round == 1);
+  CHECK(Bodies<ModelSync>(out, "site-c-2")[0]->digest == core.digest());
+  CHECK(core.workers().at("site-c").state == WorkerState::kJoined);
+  CHECK(core.SiteOfPeer("site-c-2") == "site-c");
+  CHECK(core.workers().size() == 3);
+
+  // It takes part in the next round.
+  const uint64_t d1 = core.digest();
+  out = CoreOutput{};
+  core.HandleMessage("site-c-2", Wrap(EvalReport{1, 2.0, 100, d1, {}, {}}), later, &out);
+  core.HandleMessage("site-a", Wrap(EvalReport{1, 2.0, 100, d1, {}, {}}), later, &out);
+  core.HandleMessage("site-b", Wrap(EvalReport{1, 2.0, 100, d1, {}, {}}), later, &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+  REQUIRE(Bodies<RoundStart>(out, "site-c-2").size() == 1);
+  CHECK(Bodies<RoundStart>(out, "site-c-2")[0]->round == 2);
+  CHECK(Bodies<Error>(out, "site-c-2").empty());
+  for (const auto& peer : {"site-a", "site-b", "site-c-2"}) core.HandleMessage(peer, ZeroUpload(2, d1, 10), later, &out);
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.round == 2);
+  CHECK(out.commits[0].record.contributors == 3);
+}
+
+TEST_CASE("ranks: a site-down error from a peer that has not said hello changes nothing", "[unit][coordinator]") {
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(TinyCampaign(3, 2), TinyParams(), now);
+  CoreOutput out;
+  core.HandleMessage("site-a", Wrap(HelloFrom("site-a")), now, &out);
+  out = CoreOutput{};
+  core.HandleMessage("stranger", Wrap(Error{ErrorCode::kSiteDown, "rank 1 gone", 0}), now, &out);
+  REQUIRE(Bodies<Error>(out, "stranger").size() == 1);
+  CHECK(Bodies<Error>(out, "stranger")[0]->code == ErrorCode::kNotRegistered);
+  CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
+}
+
+TEST_CASE("ranks: an evaluation with a rank's digest off is a digest mismatch and re-syncs the site",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  for (const auto& s : kSites) core.HandleMessage(s, Wrap(HelloFrom(s)), now, &out);
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
+  const uint64_t d0 = core.digest();
+
+  SECTION("the second rank differs") {
+    out = CoreOutput{};
+    core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0 ^ 1}}), now, &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDigestMismatch);
+    REQUIRE(Bodies<ModelSync>(out, "site-a").size() == 1);
+    CHECK(Bodies<ModelSync>(out, "site-a")[0]->round == 0);
+    CHECK(Bodies<ModelSync>(out, "site-a")[0]->digest == d0);
+    // The others report; the round waits for site-a's report after the re-sync.
+    core.HandleMessage("site-b", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0}}), now, &out);
+    core.HandleMessage("site-c", Wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
+    CHECK(core.phase() == CoordinatorCore::Phase::kEvaluating);
+    CHECK(Bodies<Error>(out, "site-b").empty());
+    CHECK(Bodies<Error>(out, "site-c").empty());
+    core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0}}), now, &out);
+    CHECK(Bodies<Error>(out, "site-a").size() == 1);
+    REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+    REQUIRE(core.history().size() == 1);
+    CHECK(core.history()[0].digest_mismatches == 1);
+    CHECK(core.history()[0].evaluated == 3);
+  }
+  SECTION("rank 0's entry differs though the report's digest is right") {
+    out = CoreOutput{};
+    core.HandleMessage("site-b", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0 + 1, d0, d0}}), now, &out);
+    REQUIRE(Bodies<Error>(out, "site-b").size() == 1);
+    CHECK(Bodies<Error>(out, "site-b")[0]->code == ErrorCode::kDigestMismatch);
+    CHECK(Bodies<ModelSync>(out, "site-b").size() == 1);
+  }
+  SECTION("every rank agrees: accepted") {
+    out = CoreOutput{};
+    for (const auto& s : kSites) core.HandleMessage(s, Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0, d0, d0}}), now, &out);
+    for (const auto& s : kSites) CHECK(Bodies<Error>(out, s).empty());
+    CHECK(Bodies<ModelSync>(out, "site-a").empty());
+    REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+    CHECK(core.history()[0].digest_mismatches == 0);
+  }
+}
+
+TEST_CASE("ranks: a hello claiming more ranks than the site has is refused", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  SiteConfig a;
+  a.name = "site-a";
+  a.ranks = 2;
+  SiteConfig b;
+  b.name = "site-b";  // ranks 1
+  config.sites = {a, b};
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  auto hello = [](const std::string& site, uint32_t ranks) {
+    Hello h = HelloFrom(site);
+    h.ranks = ranks;
+    return h;
+  };
+  auto refused = [&](const std::string& peer, const Hello& h) {
+    CoreOutput out;
+    core.HandleMessage(peer, Wrap(h, ""), now, &out);
+    REQUIRE(Bodies<Error>(out, peer).size() == 1);
+    CHECK(Bodies<Error>(out, peer)[0]->code == ErrorCode::kBadPayload);
+    CHECK(Bodies<Error>(out, peer)[0]->message.find("ranks") != std::string::npos);
+    CHECK(Bodies<Welcome>(out, peer).empty());
+    CHECK(Bodies<ModelSync>(out, peer).empty());
+    CHECK(core.workers().count(h.site) == 0);
+    CHECK(core.SiteOfPeer(peer).empty());
+  };
+  refused("pa", hello("site-a", 3));
+  refused("pb", hello("site-b", 2));
+  refused("pz", hello("site-z", kMaxSiteRanks + 1));
+  CHECK(core.rejected_by_reason().at("bad_payload") == 3);
+
+  auto accepted = [&](const std::string& peer, const Hello& h) {
+    CoreOutput out;
+    core.HandleMessage(peer, Wrap(h, ""), now, &out);
+    CHECK(Bodies<Error>(out, peer).empty());
+    CHECK(Bodies<Welcome>(out, peer).size() == 1);
+    REQUIRE(core.workers().count(h.site) == 1);
+    CHECK(core.workers().at(h.site).hello.ranks == h.ranks);
+  };
+  accepted("pa", hello("site-a", 2));
+  accepted("pb", hello("site-b", 1));
+  accepted("pz", hello("site-z", kMaxSiteRanks));  // not listed: up to the most a site may have
+  CHECK(core.phase() == CoordinatorCore::Phase::kEvaluating);
+
+  SECTION("fewer ranks than listed is fine") {
+    accepted("pa2", hello("site-a", 1));  // a rejoin with one rank
+  }
+  SECTION("a rejoin may not claim more either, and leaves the joined worker as it was") {
+    refused("pa3", hello("site-y", kMaxSiteRanks + 7));
+    CoreOutput out;
+    core.HandleMessage("pa3", Wrap(hello("site-a", 4), ""), now, &out);
+    REQUIRE(Bodies<Error>(out, "pa3").size() == 1);
+    CHECK(Bodies<Error>(out, "pa3")[0]->code == ErrorCode::kBadPayload);
+    CHECK(core.workers().at("site-a").peer == "pa");
+    CHECK(core.workers().at("site-a").hello.ranks == 2);
+    CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
+  }
+}
+
+TEST_CASE("ranks: an upload may claim each rank's tokens, no more", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  config.quorum.min_workers = 3;
+  SiteConfig a;
+  a.name = "site-a";
+  a.ranks = 2;
+  SiteConfig c;
+  c.name = "site-c";
+  c.ranks = 2;  // listed with two, but its worker says one
+  config.sites = {a, c};
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  std::vector<Hello> hellos = ThreeHellos();
+  hellos[0].ranks = 2;
+  JoinAndStart(core, hellos, now, &out);
+  const uint64_t d0 = core.digest();
+  // inner_steps 2 x batch 16 x context 64 per rank.
+  const uint64_t per_rank = static_cast<uint64_t>(config.training.inner_steps) * config.training.batch_size *
+                            config.model.context;
+  REQUIRE(per_rank == 2048);
+
+  auto refused = [&](const std::string& site, uint64_t tokens) {
+    CoreOutput o;
+    core.HandleMessage(site, ZeroUpload(1, d0, tokens), now, &o);
+    REQUIRE(Bodies<Error>(o, site).size() == 1);
+    CHECK(Bodies<Error>(o, site)[0]->code == ErrorCode::kBadPayload);
+    CHECK(Bodies<Error>(o, site)[0]->message.find("tokens") != std::string::npos);
+  };
+  auto accepted = [&](const std::string& site, uint64_t tokens) {
+    CoreOutput o;
+    core.HandleMessage(site, ZeroUpload(1, d0, tokens), now, &o);
+    CHECK(Bodies<Error>(o, site).empty());
+    return o;
+  };
+  refused("site-a", 2 * per_rank + 1);
+  CHECK(core.uploads_received() == 0);
+  accepted("site-a", 2 * per_rank);
+  CHECK(core.uploads_received() == 1);
+  refused("site-b", per_rank + 1);
+  accepted("site-b", per_rank);
+  refused("site-c", per_rank + 1);  // its hello said one rank
+  CHECK(core.uploads_received() == 2);
+  CoreOutput last = accepted("site-c", per_rank);
+  REQUIRE(last.commits.size() == 1);
+  CHECK(last.commits[0].record.contributors == 3);
+  CHECK(last.commits[0].record.tokens == 4 * per_rank);
+  CHECK(last.commits[0].record.sites.at("site-a").tokens == 2 * per_rank);
+}
+
+}  // namespace
+TEST_CASE("ranks: a multi-rank site must report one digest per rank", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 2);
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);  // sites not listed: up to kMaxSiteRanks
+  CoreOutput out;
+  for (const auto& s : kSites) {
+    Hello h = HelloFrom(s);
+    h.ranks = s == "site-a" ? 2 : 1;
+    core.HandleMessage(s, Wrap(h), now, &out);
+  }
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
+  const uint64_t d0 = core.digest();
+  for (const std::vector<uint64_t>& digests : {std::vector<uint64_t>{}, std::vector<uint64_t>{d0},
+                                               std::vector<uint64_t>{d0, d0, d0}}) {
+    out = CoreOutput{};
+    core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, digests}), now, &out);
+    REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+    CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDigestMismatch);
+    CHECK(Bodies<ModelSync>(out, "site-a").size() == 1);
+  }
+  out = CoreOutput{};
+  core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0}}), now, &out);
+  CHECK(Bodies<Error>(out, "site-a").empty());
+}
+
+}  // namespace lowband

@@ -213,3 +213,119 @@ TEST_CASE("a superseded training job's result is dropped, the newer one answers"
 
 }  // namespace
 }  // namespace lowband
+
+namespace lowband {
+namespace {
+
+// Multi-rank sites (docs/ranks.md): a site that lost a rank leaves the
+// campaign at once and exits with 75 (EX_TEMPFAIL) for a restart.
+const Error* OnlyError(const WorkerOutput& out) {
+  const Error* e = nullptr;
+  int n = 0;
+  for (const auto& m : out.messages) {
+    if (const auto* x = std::get_if<Error>(&m.body)) {
+      e = x;
+      ++n;
+    }
+  }
+  return n == 1 ? e : nullptr;
+}
+
+JobFailed Failed(bool fatal, ErrorCode code, uint32_t round, const std::string& what) {
+  JobFailed f;
+  f.fatal = fatal;
+  f.code = code;
+  f.round = round;
+  f.what = what;
+  f.train = false;
+  return f;
+}
+
+TEST_CASE("ranks: site down tells the coordinator and exits with 75", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(2, 42);
+  f.core.SiteDown("rank 1 (pid 123) was killed by signal 9", &f.out);
+  const Error* e = OnlyError(f.out);
+  REQUIRE(e != nullptr);
+  CHECK(e->code == ErrorCode::kSiteDown);
+  CHECK(e->message == "rank 1 (pid 123) was killed by signal 9");
+  CHECK(e->round == 2);  // the round its replica holds
+  REQUIRE(f.out.messages.size() == 1);
+  CHECK(f.out.messages[0].campaign_id == "tiny");
+  CHECK(f.out.messages[0].sender_id == "site-a");
+  CHECK(f.out.exit);
+  CHECK(f.out.exit_code == 75);
+  CHECK(f.out.exit_reason == "rank 1 (pid 123) was killed by signal 9");
+
+  SECTION("while training, the error names the round in training") {
+    Fixture g;
+    g.Welcomed(2, 42);
+    RoundStart rs;
+    rs.round = 3;
+    rs.model_version = 42;
+    rs.inner_steps = 2;
+    g.core.HandleMessage(Wrap(rs, "tiny"), g.now, &g.out);
+    REQUIRE(CountJobs<TrainJob>(g.out) == 1);
+    g.out = WorkerOutput{};
+    g.core.SiteDown("rank 1 exited with status 1", &g.out);
+    REQUIRE(OnlyError(g.out) != nullptr);
+    CHECK(OnlyError(g.out)->round == 3);
+    CHECK(g.out.exit_code == 75);
+  }
+}
+
+TEST_CASE("ranks: a fatal site-down job failure exits with 75, other fatal failures with 1", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(0, 42);
+  f.core.OnJobResult(Failed(true, ErrorCode::kSiteDown, 0, "rank 1: collective timed out"), f.now, &f.out);
+  const Error* e = OnlyError(f.out);
+  REQUIRE(e != nullptr);
+  CHECK(e->code == ErrorCode::kSiteDown);
+  CHECK(e->message == "rank 1: collective timed out");
+  CHECK(f.out.exit);
+  CHECK(f.out.exit_code == 75);
+  CHECK(f.out.exit_reason == "rank 1: collective timed out");
+
+  Fixture g;
+  g.Welcomed(0, 42);
+  g.core.OnJobResult(Failed(true, ErrorCode::kInternal, 0, "no CUDA"), g.now, &g.out);
+  REQUIRE(OnlyError(g.out) != nullptr);
+  CHECK(OnlyError(g.out)->code == ErrorCode::kInternal);
+  CHECK(g.out.exit);
+  CHECK(g.out.exit_code == 1);
+
+  Fixture h;  // not fatal: reported, the worker goes on
+  h.Welcomed(0, 42);
+  h.core.OnJobResult(Failed(false, ErrorCode::kSiteDown, 0, "odd"), h.now, &h.out);
+  REQUIRE(OnlyError(h.out) != nullptr);
+  CHECK_FALSE(h.out.exit);
+}
+
+TEST_CASE("ranks: every rank's digest goes into the evaluation report", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed(0, 42);
+  EvalDone ev;
+  ev.round = 0;
+  ev.val_loss = 2.25;
+  ev.val_tokens = 100;
+  ev.digest = 42;
+  ev.digest_ok = true;
+  ev.rank_digests = {42, 42, 43};
+  f.core.OnJobResult(ev, f.now, &f.out);
+  REQUIRE(Count<EvalReport>(f.out) == 1);
+  const auto& report = std::get<EvalReport>(f.out.messages[0].body);
+  CHECK(report.round == 0);
+  CHECK(report.val_loss == 2.25);
+  CHECK(report.val_tokens == 100);
+  CHECK(report.digest == 42);
+  CHECK(report.rank_digests == std::vector<uint64_t>{42, 42, 43});
+
+  f.out = WorkerOutput{};
+  ev.rank_digests.clear();  // a site of one rank: none
+  f.core.OnJobResult(ev, f.now, &f.out);
+  REQUIRE(Count<EvalReport>(f.out) == 1);
+  CHECK(std::get<EvalReport>(f.out.messages[0].body).rank_digests.empty());
+}
+
+}  // namespace
+}  // namespace lowband

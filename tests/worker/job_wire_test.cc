@@ -171,6 +171,12 @@ TEST_CASE("job wire: FC-RAG jobs stay with rank 0, the other kinds are replicate
   CHECK(ReplicatedJob(ApplyJob{Aggregate{}, Bytes{}}));
 }
 
+TEST_CASE("job wire: a job that is not replicated never encodes as the stop marker", "[unit][worker]") {
+  const Bytes bytes = EncodeJob(FcragJob{FcragRequest{}, Bytes{}});
+  CHECK_FALSE(bytes.empty());
+  CHECK_FALSE(DecodeJob(bytes).ok());
+}
+
 TEST_CASE("job wire: empty bytes are the stop marker", "[unit][worker]") {
   auto decoded = DecodeJob(Bytes{});
   REQUIRE(decoded.ok());
