@@ -3,19 +3,12 @@
 #include <catch2/catch.hpp>
 
 #include "common/model_init.h"
+#include "tests/fakes/tiny_model.h"
 
 namespace lowband {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.layers = 2;
-  c.d_model = 32;
-  c.heads = 4;
-  c.context = 16;
-  c.vocab = 256;
-  return c;
-}
+ModelConfig TinyConfig() { return testing::TinyModel(2, 32, 4, 16, 256); }
 
 torch::Tensor RandomTokens(int64_t b, int64_t t, uint64_t seed) {
   torch::manual_seed(seed);

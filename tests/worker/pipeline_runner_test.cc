@@ -21,6 +21,7 @@
 
 #include "common/model.h"
 #include "common/params.h"
+#include "tests/fakes/tiny_model.h"
 
 namespace lowband {
 namespace {
@@ -94,15 +95,7 @@ class FakeChannel : public PeerChannel {
   int stage_;
 };
 
-ModelConfig TinyModel() {
-  ModelConfig m;
-  m.layers = 3;
-  m.d_model = 32;
-  m.heads = 4;
-  m.context = 8;
-  m.vocab = 32;
-  return m;
-}
+ModelConfig TinyModel() { return testing::TinyModel(3, 32, 4, 8, 32); }
 
 constexpr int kMicro = 4;
 constexpr int64_t kBatch = 8;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tests/fakes/temp_dir.h"
+#include "tests/fakes/tiny_model.h"
 #include "worker/trainer.h"
 
 namespace lowband {
@@ -49,15 +50,7 @@ void OnTwoRanks(const std::string& file, const std::function<void(int, SiteGroup
   for (auto& t : threads) t.join();
 }
 
-ModelConfig TinyModel() {
-  ModelConfig c;
-  c.layers = 2;
-  c.d_model = 32;
-  c.heads = 2;
-  c.context = 16;
-  c.vocab = 256;
-  return c;
-}
+using testing::TinyModel;
 
 TrainingConfig TinyTraining() {
   TrainingConfig t;

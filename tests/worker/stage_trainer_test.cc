@@ -13,21 +13,14 @@
 #include <vector>
 
 #include "common/model.h"
+#include "tests/fakes/tiny_model.h"
 
 namespace lowband {
 namespace {
 
 using Pipeline = std::vector<std::unique_ptr<StageTrainer>>;
 
-ModelConfig TinyModel() {
-  ModelConfig m;
-  m.layers = 4;
-  m.d_model = 32;
-  m.heads = 4;
-  m.context = 8;
-  m.vocab = 32;
-  return m;
-}
+ModelConfig TinyModel() { return testing::TinyModel(4, 32, 4, 8, 32); }
 
 Pipeline MakePipeline(const ModelConfig& m, const std::vector<int>& blocks, int ratio,
                       const InnerOptimizerConfig& opt, WireDtype wire, int micro) {

@@ -7,19 +7,12 @@
 
 #include "common/blocks.h"
 #include "common/model_init.h"
+#include "tests/fakes/tiny_model.h"
 
 namespace lowband {
 namespace {
 
-ModelConfig TinyModel() {
-  ModelConfig c;
-  c.layers = 2;
-  c.d_model = 32;
-  c.heads = 2;
-  c.context = 16;
-  c.vocab = 256;
-  return c;
-}
+using testing::TinyModel;
 
 TrainingConfig TinyTraining() {
   TrainingConfig t;
