@@ -245,6 +245,7 @@ struct WorkerService::Impl {
     t.Add("lowband_worker_registered", "gauge", "1 while the coordinator knows this site.", core->registered());
     t.Add("lowband_worker_round", "gauge", "Round of the parameters this replica holds (after queued jobs).",
           core->synced_round().value_or(0));
+    t.Add("lowband_worker_ranks", "gauge", "Ranks (processes) training as this site's replica.", ranks.plan.ranks);
     t.Add("lowband_worker_uploads_total", "counter", "Delta uploads sent.", static_cast<double>(f.uploads));
     t.Add("lowband_worker_upload_bytes_total", "counter", "Bytes of the delta uploads sent, headers included.",
           static_cast<double>(f.upload_bytes));
