@@ -88,6 +88,17 @@ struct FormedSite {
 StatusOr<std::unique_ptr<FormedSite>> FormSite(const SiteConfig& site, const WorkerRanks& ranks,
                                                 const std::function<bool()>& stop) {
   const RankPlan& plan = ranks.plan;
+  const std::string unsupported = SiteGroupUnsupported(site.device);
+  if (!unsupported.empty()) return FailedPrecondition("site.ranks " + std::to_string(plan.ranks) + " on " + site.device + ": " + unsupported);
+  if (site.device.rfind("cuda", 0) == 0) {
+    // Local rank i takes cuda:i: this host needs a GPU per local rank.
+    const int gpus = VisibleCudaDevices();
+    if (static_cast<int>(plan.local.size()) > gpus) {
+      return FailedPrecondition("site.ranks: this host runs " + std::to_string(plan.local.size()) +
+                                " ranks on device cuda, one GPU each, but sees " + std::to_string(gpus) +
+                                " CUDA device(s)");
+    }
+  }
   auto formed = std::make_unique<FormedSite>();
   std::string where = plan.rendezvous;
   if (where.empty()) {
@@ -156,7 +167,7 @@ int RunFollowerRank(SiteConfig site, Corpus corpus, const WorkerRanks& ranks, Si
   auto formed = FormSite(site, ranks, nullptr);
   if (!formed.ok()) {
     LOG_ERROR("cannot join the site's ranks", {"rank", ranks.plan.own_rank()}, {"reason", formed.status().ToString()});
-    return kExitSiteDown;
+    return formed.status().code() == StatusCode::kFailedPrecondition ? kExitConfig : kExitSiteDown;
   }
   Executor executor(site, &corpus);
   executor.SetGroup((*formed)->group.get());
@@ -452,6 +463,10 @@ struct WorkerService::Impl {
       });
       if (!f.ok()) {
         LOG_ERROR("cannot form the site's ranks", {"reason", f.status().ToString()});
+        if (f.status().code() == StatusCode::kFailedPrecondition) {
+          std::fprintf(stderr, "lowband-worker: %s\n", f.status().message().c_str());
+          return kExitConfig;  // no restart can fix it
+        }
         return kExitSiteDown;
       }
       formed = std::move(f).value();

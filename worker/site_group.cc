@@ -78,6 +78,14 @@ std::string SiteGroupUnsupported(const std::string& device) {
 #endif
 }
 
+int VisibleCudaDevices() {
+  try {
+    return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
 struct SiteGroup::Impl {
   SiteGroupOptions options;
   torch::Device device{torch::kCPU};

@@ -48,6 +48,8 @@ struct SiteGroupOptions {
 
 // Whether this build has a c10d backend for `device` ("" if so, else why not).
 std::string SiteGroupUnsupported(const std::string& device);
+// CUDA devices visible to this process (0 without CUDA).
+int VisibleCudaDevices();
 
 class SiteGroup {
  public:

@@ -206,3 +206,27 @@ TEST_CASE("ranks: a site spread over two hosts meets at its rendezvous address",
 }
 
 }  // namespace lowband
+
+namespace lowband {
+
+TEST_CASE("ranks: a site whose ranks cannot have their devices stops with a config error", "[integration]") {
+  // On this CPU build there is no NCCL (and no GPU): a cuda site of two
+  // ranks cannot form. Exit 78, which systemd does not restart, naming why.
+  TempDir dir;
+  const int port = FreePortBase();
+  std::string yaml_text = RanksCampaign(port, 2, 2, /*three=*/false, 2, dir.Path("run"));
+  const std::string from = "{name: site-a, ranks: 2";
+  REQUIRE(yaml_text.find(from) != std::string::npos);
+  yaml_text.replace(yaml_text.find(from), from.size(), "{name: site-a, device: cuda, ranks: 2");
+  const std::string yaml = dir.Write("c.yaml", yaml_text);
+  Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
+  Procs guard{{&a}};
+  const auto code = a.WaitFor(milliseconds(30000));
+  const std::string out = ReadFile(dir.Path("a.out"));
+  INFO(out);
+  CHECK(code == std::optional<int>(78));
+  CHECK(out.find("lowband-worker: site.ranks 2 on cuda:0:") != std::string::npos);
+  CHECK(ProcessesMentioning(yaml + " --site site-a") == 0);
+}
+
+}  // namespace lowband
