@@ -18,6 +18,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 #if defined(LOWBAND_HAVE_NCCL)
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #include <torch/torch.h>
@@ -171,6 +172,9 @@ Status SiteGroup::Join() {
   try {
     if (IsCuda(s.options.device)) {
 #if defined(LOWBAND_HAVE_NCCL)
+      // This rank's GPU is the process's current device, so NCCL and CUDA
+      // contexts stay on it (not all on GPU 0).
+      c10::cuda::set_device(s.device.index() < 0 ? 0 : s.device.index());
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = s.options.timeout;
       s.nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(s.store, s.options.rank, s.options.size, opts);
