@@ -2123,6 +2123,8 @@ StatusOr<CampaignConfig> LoadCampaignFile(const std::string& path) {
   return ParseCampaignYaml(*text, path);
 }
 
+bool ValidRendezvousAddress(const std::string& host_port) { return ValidRendezvous(host_port); }
+
 StatusOr<SiteConfig> ParseSiteYaml(const std::string& yaml_text, const std::string& source_name) {
   Diagnostics diag;
   diag.RegisterFile(source_name);

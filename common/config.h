@@ -302,6 +302,10 @@ StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const s
 StatusOr<SiteConfig> LoadSiteFile(const std::string& path);
 StatusOr<SiteConfig> ParseSiteYaml(const std::string& yaml_text, const std::string& source_name);
 
+// site.rendezvous's form: HOST:PORT with an IPv4 address, localhost or a
+// DNS name, and a port of 1 to 65535.
+bool ValidRendezvousAddress(const std::string& host_port);
+
 // Command-line overrides of a campaign document (`lowband run --set
 // KEY=VALUE`). KEY is a dotted path of map keys (`codec.name`,
 // `training.inner_steps`); a segment may index an existing list item

@@ -53,17 +53,14 @@ StatusOr<Rendezvous> ParseRendezvous(const std::string& text) {
     if (r.file.empty() || r.file[0] != '/') return InvalidArgument("rendezvous '" + text + "': file:ABSOLUTE_PATH");
     return r;
   }
+  if (!ValidRendezvousAddress(text)) {
+    return InvalidArgument("rendezvous '" + text +
+                           "' is not HOST:PORT (an IPv4 address, localhost or a host name; port 1 to 65535), "
+                           "or file:ABSOLUTE_PATH");
+  }
   const size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size() || colon + 6 < text.size()) {
-    return InvalidArgument("rendezvous '" + text + "' is not HOST:PORT");
-  }
   r.host = text.substr(0, colon);
-  const std::string port = text.substr(colon + 1);
-  if (!std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return InvalidArgument("rendezvous '" + text + "': the port is not a number");
-  }
-  r.port = std::atoi(port.c_str());
-  if (r.port < 1 || r.port > 65535) return InvalidArgument("rendezvous '" + text + "': port 1 to 65535");
+  r.port = std::atoi(text.c_str() + colon + 1);
   return r;
 }
 
