@@ -20,9 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/codec_device.h"
-#include "common/config.h"
+#include "codec/codec.h"
+#include "ml/codec_device.h"
+#include "config/config.h"
 
 namespace {
 

@@ -18,9 +18,9 @@
 #include <random>
 #include <sstream>
 
-#include "common/corpus.h"
-#include "common/model.h"
-#include "common/wire.h"
+#include "data/corpus.h"
+#include "ml/model.h"
+#include "protocol/wire.h"
 #include "worker/stage_trainer.h"
 
 namespace {

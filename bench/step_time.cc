@@ -9,8 +9,8 @@
 #include <chrono>
 #include <cstdio>
 
-#include "common/config.h"
-#include "common/corpus.h"
+#include "config/config.h"
+#include "data/corpus.h"
 #include "worker/trainer.h"
 
 namespace {

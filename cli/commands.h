@@ -16,7 +16,7 @@ struct RunOptions {
   bool resume = false;      // continue the unfinished campaign in RUN_DIR
   bool fresh = false;       // discard RUN_DIR's campaign state and start over
 };
-// Applies `sets` to the campaign file (common/config.h ApplyOverrides rules),
+// Applies `sets` to the campaign file (config/config.h ApplyOverrides rules),
 // validates the result, writes it to RUN_DIR/campaign.yaml, then starts the
 // coordinator and every local site of the campaign on this machine, all
 // reading that file; shows progress and returns the coordinator's exit code.

@@ -3,11 +3,11 @@
 #include <optional>
 
 #include "cli/commands.h"
-#include "common/config.h"
-#include "common/curve.h"
-#include "common/event_loop.h"
-#include "common/transport_zmq.h"
-#include "common/wire.h"
+#include "config/config.h"
+#include "net/zmq/curve.h"
+#include "net/zmq/event_loop.h"
+#include "net/zmq/zmq_transport.h"
+#include "protocol/wire.h"
 
 namespace lowband::cli {
 

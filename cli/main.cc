@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "cli/commands.h"
-#include "common/json.h"
-#include "common/process.h"
+#include "base/json.h"
+#include "base/process.h"
 #include "coordinator/dashboard.h"
 
 int main(int argc, char** argv) {

@@ -9,8 +9,8 @@
 #include <map>
 
 #include "cli/commands.h"
-#include "common/config.h"
-#include "common/process.h"
+#include "config/config.h"
+#include "base/process.h"
 #include "coordinator/state_store.h"
 
 namespace lowband::cli {

@@ -1,4 +1,4 @@
-// Photon-style adaptive local steps (DESIGN.md 3.5): how many inner steps
+// Photon-style adaptive local steps (docs/design.md 3.5): how many inner steps
 // H_i each worker runs in a round, from its measured step time, so that
 // every site's training takes about the same wall time and nobody waits on
 // a straggler. Pure functions; no clock, no I/O.
@@ -15,7 +15,7 @@
 #include <map>
 #include <string>
 
-#include "common/config.h"
+#include "config/config.h"
 
 namespace lowband {
 

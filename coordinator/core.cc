@@ -5,12 +5,12 @@
 #include <cstring>
 #include <optional>
 
-#include "common/json.h"
-#include "common/blocks.h"
-#include "common/dither.h"
-#include "common/logit_codec.h"
+#include "base/json.h"
+#include "codec/blocks.h"
+#include "codec/dither.h"
+#include "codec/logit_codec.h"
 #include "coordinator/adaptive_steps.h"
-#include "common/log.h"
+#include "base/log.h"
 
 namespace lowband {
 namespace {
@@ -588,8 +588,8 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
     }
     if (err->code == ErrorCode::kDigestMismatch || err->code == ErrorCode::kBadPayload) {
       // The worker's replica is not at theta_c: give it the parameters again.
-      SendSync(w, out);
-      if (phase_ == Phase::kTraining && !uploads_.count(w.site)) {
+      if (Resync(w, std::string("it reported ") + ErrorCodeName(err->code), now, out) &&
+          phase_ == Phase::kTraining && !uploads_.count(w.site)) {
         w.announced_round = committed_round_;  // its replica starts over from theta_c
         SendRoundStarts(w, out);
       }
@@ -740,7 +740,7 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
 }
 
 void CoordinatorCore::WelcomeReplica(int replica, CoreOutput* out) {
-  // Step numbers restart from the new epoch on every stage (common/messages.h).
+  // Step numbers restart from the new epoch on every stage (protocol/messages.h).
   uint32_t& epoch = replica_epoch_[replica];
   epoch = (epoch + 1) % 4096;
   for (int s = 0; s < config_.pipeline.stages; ++s) {
@@ -756,17 +756,66 @@ void CoordinatorCore::WelcomeReplica(int replica, CoreOutput* out) {
   LOG_INFO("pipeline replica complete", {"replica", replica}, {"stages", config_.pipeline.stages});
 }
 
-void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
-  StatusOr<Encoded> enc = Status::Ok();
-  if (pipelined()) {
-    const Part& part = parts_[static_cast<size_t>(w.stage)];
-    std::vector<float> slice(params_.values.begin() + part.offset, params_.values.begin() + part.offset + part.numel);
-    enc = PackDenseFp32(part.slice_layout_only.layout, slice);
-  } else if (personal()) {
-    enc = PackDenseFp32(model_layout_, ViewValues(ClusterIndex(w.site)));
-  } else {
-    enc = PackDenseFp32(params_.layout, params_.values);
+void CoordinatorCore::Evict(WorkerInfo& w, const std::string& reason, TimePoint now, CoreOutput* out) {
+  const bool was_joined = w.state == WorkerState::kJoined;
+  w.state = WorkerState::kEvicted;
+  if (topology_) topology_->Release(w.site);
+  uploads_.erase(w.site);
+  ForgetEvals(w.site);
+  if (fcrag_hub_) {
+    std::vector<FcragResult> done;
+    fcrag_hub_->SiteGone(w.site, now, FcragSender(out), &done);
+    OnFcragResults(std::move(done), out);
   }
+  if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{reason, committed_round_})});
+  LOG_WARN("worker evicted", {"site", w.site}, {"reason", reason}, {"round", committed_round_},
+           {"live", LiveWorkers()});
+  MaybeCloseRound(now, false, out);
+  MaybeFinishEvals(now, out);
+}
+
+// Every re-sync sends a whole model, so a site that keeps reporting a bad
+// replica (buggy or hostile) must not make the coordinator send models
+// forever: one re-sync per committed round (later reports in the same round
+// wait for the one in flight), and a site whose replica is still wrong after
+// kMaxUnconfirmedResyncs re-syncs in a row, with no accepted upload or
+// matching evaluation between them, is evicted.
+bool CoordinatorCore::Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
+  if (w.state != WorkerState::kJoined) return false;
+  if (w.last_resync_round && *w.last_resync_round == committed_round_) {
+    ++rejected_;
+    ++rejected_by_reason_["resync_limited"];
+    LOG_DEBUG("re-sync already sent this round", {"site", w.site}, {"round", committed_round_}, {"why", why});
+    return false;
+  }
+  if (w.unconfirmed_resyncs >= kMaxUnconfirmedResyncs) {
+    ++rejected_;
+    ++rejected_by_reason_["resync_limited"];
+    Evict(w,
+          "evicted: its replica was still wrong after " + std::to_string(kMaxUnconfirmedResyncs) +
+              " re-syncs in a row (" + why + ")",
+          now, out);
+    return false;
+  }
+  ++w.unconfirmed_resyncs;
+  w.last_resync_round = committed_round_;
+  LOG_WARN("re-syncing a site's replica", {"site", w.site}, {"round", committed_round_}, {"why", why},
+           {"attempt", w.unconfirmed_resyncs});
+  SendSync(w, out);
+  return true;
+}
+
+void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
+  StatusOr<Encoded> enc = [&]() -> StatusOr<Encoded> {
+    if (pipelined()) {
+      const Part& part = parts_[static_cast<size_t>(w.stage)];
+      std::vector<float> slice(params_.values.begin() + part.offset,
+                               params_.values.begin() + part.offset + part.numel);
+      return PackDenseFp32(part.slice_layout_only.layout, slice);
+    }
+    if (personal()) return PackDenseFp32(model_layout_, ViewValues(ClusterIndex(w.site)));
+    return PackDenseFp32(params_.layout, params_.values);
+  }();
   // Dense fp32 of our own parameters cannot fail; a failure is a bug.
   LOWBAND_CHECK(enc.ok());
   Message m = Make(ModelSync{committed_round_, DigestFor(w), enc->header});
@@ -901,7 +950,7 @@ bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
 }
 
 // FPLD: a site's probe logits after its round of local training. Checked
-// against the campaign's encoding and decoded (common/logit_codec.h) before
+// against the campaign's encoding and decoded (codec/logit_codec.h) before
 // anything is kept; a bad upload changes nothing.
 void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now,
                                         CoreOutput* out) {
@@ -1137,6 +1186,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
                             m.step_time_ms, m.wait_ms, {}, {}, 0};
   w.last_step_time_ms = m.step_time_ms;
   w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
+  w.unconfirmed_resyncs = 0;  // it trained from the round's parameters
   LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
   MaybeCloseRound(now, false, out);
 }
@@ -1177,7 +1227,9 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
   for (auto& [stage, norms] : norms_by_stage) {
     if (norms.size() < 3) continue;
     std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
-    median_of[stage] = norms[norms.size() / 2];
+    // A zero median (most deltas empty) is no scale to judge the others by:
+    // every non-empty delta would be "infinitely" far above it.
+    if (norms[norms.size() / 2] > 0) median_of[stage] = norms[norms.size() / 2];
   }
   const uint32_t round = committed_round_ + 1;
   for (auto it = uploads_.begin(); it != uploads_.end();) {
@@ -1412,9 +1464,10 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
                                                 "replica digest " + DigestHex(reported) + " differs from " +
                                                     DigestHex(expected) + "; re-syncing",
                                                 m.round})});
-    SendSync(w, out);  // its report of the committed round replaces this one
+    Resync(w, "its evaluation digest differed", now, out);  // its report of the committed round replaces this one
     return;
   }
+  w.unconfirmed_resyncs = 0;  // its replica holds the round's parameters
   // Reports of a round whose record is already written come from a worker
   // that re-synced to theta_c mid-round.
   if (pending == evaluating_.end()) return;
@@ -1790,20 +1843,7 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
     if (it == workers_.end()) return refuse("unknown site '" + site + "'");
     WorkerInfo& w = it->second;
     if (w.state == WorkerState::kEvicted) return refuse("site '" + site + "' is already evicted");
-    const bool was_joined = w.state == WorkerState::kJoined;
-    w.state = WorkerState::kEvicted;
-    if (topology_) topology_->Release(site);
-    uploads_.erase(site);
-    ForgetEvals(site);
-    if (fcrag_hub_) {
-      std::vector<FcragResult> done;
-      fcrag_hub_->SiteGone(site, now, FcragSender(out), &done);
-      OnFcragResults(std::move(done), out);
-    }
-    if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{"evicted by operator", committed_round_})});
-    LOG_WARN("worker evicted by operator", {"site", site}, {"round", committed_round_}, {"live", LiveWorkers()});
-    MaybeCloseRound(now, false, out);
-    MaybeFinishEvals(now, out);
+    Evict(w, "evicted by operator", now, out);
     return {true, "site " + site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
   }
   return {false,

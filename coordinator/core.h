@@ -37,10 +37,10 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/config.h"
-#include "common/messages.h"
-#include "common/params.h"
+#include "codec/codec.h"
+#include "config/config.h"
+#include "protocol/messages.h"
+#include "codec/params.h"
 #include "coordinator/distiller.h"
 #include "coordinator/fcrag_hub.h"
 #include "coordinator/outer_optimizer.h"
@@ -148,6 +148,10 @@ struct WorkerInfo {
   double last_step_time_ms = 0;
   double step_ms = 0;  // smoothed reported step time (adaptive steps)
   uint64_t rejected = 0;
+  // Error-triggered re-syncs (CoordinatorCore::Resync): in a row without an
+  // accepted upload or a matching evaluation, and the round of the last one.
+  int unconfirmed_resyncs = 0;
+  std::optional<uint32_t> last_resync_round;
   // Pipeline campaigns: its slot, and whether it has been welcomed (a worker
   // waits, unwelcomed, until every stage of its replica has a worker).
   int stage = 0;
@@ -160,6 +164,10 @@ class CoordinatorCore {
   // kHeld: a round was committed while paused; the next round waits for
   // `round resume`.
   // kCalibrating: FC-RAG, after the training rounds (docs/fcrag.md).
+  // Error-triggered re-syncs a site may cause in a row before it is evicted
+  // (Resync).
+  static constexpr int kMaxUnconfirmedResyncs = 3;
+
   enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kCalibrating, kFinished };
 
   // `initial` is the model's layout; with personalisation the core extends
@@ -291,6 +299,13 @@ class CoordinatorCore {
   void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
   void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);
   void SendSync(WorkerInfo& w, CoreOutput* out);
+  // An error-triggered re-sync of `w`'s replica, rate limited (one per
+  // committed round; eviction after kMaxUnconfirmedResyncs in a row). True
+  // when the model was sent.
+  bool Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
+  // Takes `w` out of the campaign: no quorum, its pending upload/evaluation
+  // dropped, CampaignEnd{reason} sent; it may rejoin only by saying hello.
+  void Evict(WorkerInfo& w, const std::string& reason, TimePoint now, CoreOutput* out);
   // RoundStart for `round` (0: the open round, committed + 1).
   void SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round = 0);
   void SendRoundStarts(WorkerInfo& w, CoreOutput* out);
@@ -334,7 +349,7 @@ class CoordinatorCore {
   std::string WorkersJson(TimePoint now) const;
 
   // Pipeline campaigns: the global parameters are every stage's tensors in
-  // stage order ("stage<S>." prefixes, common/model_init.h); a Part is one
+  // stage order ("stage<S>." prefixes, ml/model_init.h); a Part is one
   // stage's slice. Workers of stage S see only their part: syncs, round
   // starts, uploads, aggregates and digests are per part; the outer step,
   // checkpoints and the round log stay on the whole.
@@ -370,7 +385,7 @@ class CoordinatorCore {
   // Per-part means of the uploads (Upload.part), joined into one update of
   // the whole layout; a part nobody uploaded stays where it is.
   Update AggregateParts(const std::vector<Part>& parts) const;
-  // ParaBlock: one Part per block (common/blocks.h), full tensor names.
+  // ParaBlock: one Part per block (codec/blocks.h), full tensor names.
   void BuildBlockParts();
   int BlockFor(const WorkerInfo& w, uint32_t round);
   Update SliceUpdate(const Update& u, const Part& part) const;

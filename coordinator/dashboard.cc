@@ -3,7 +3,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "common/json.h"
+#include "base/json.h"
 
 namespace lowband {
 

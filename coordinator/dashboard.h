@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "common/status.h"
+#include "base/status.h"
 
 namespace lowband {
 

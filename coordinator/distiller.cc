@@ -4,7 +4,7 @@
 
 #include <random>
 
-#include "common/model.h"
+#include "ml/model.h"
 
 namespace lowband {
 

@@ -11,9 +11,9 @@
 #include <memory>
 #include <vector>
 
-#include "common/config.h"
-#include "common/corpus.h"
-#include "common/params.h"
+#include "config/config.h"
+#include "data/corpus.h"
+#include "codec/params.h"
 
 namespace lowband {
 

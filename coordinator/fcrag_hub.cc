@@ -6,11 +6,11 @@
 #include <limits>
 #include <random>
 
-#include "common/fcrag.h"
-#include "common/dither.h"
-#include "common/json.h"
-#include "common/log.h"
-#include "common/params.h"
+#include "fcrag/fcrag.h"
+#include "codec/dither.h"
+#include "base/json.h"
+#include "base/log.h"
+#include "codec/params.h"
 
 namespace lowband {
 namespace {

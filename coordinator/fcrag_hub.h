@@ -1,4 +1,4 @@
-// FcragHub: the coordinator's half of FC-RAG (docs/fcrag.md, DESIGN 3.7).
+// FcragHub: the coordinator's half of FC-RAG (docs/fcrag.md, docs/design.md 3.7).
 // Transport-free, owned by CoordinatorCore. Runs plans one at a time, each a
 // sequence of exchanges (a request to every participating site, then a wait
 // for their replies or the deadline):
@@ -27,9 +27,9 @@
 #include <string>
 #include <vector>
 
-#include "common/config.h"
-#include "common/conformal.h"
-#include "common/messages.h"
+#include "config/config.h"
+#include "fcrag/conformal.h"
+#include "protocol/messages.h"
 
 namespace lowband {
 

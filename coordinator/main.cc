@@ -2,12 +2,12 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "common/config.h"
-#include "common/corpus.h"
-#include "common/fpld.h"
-#include "common/event_loop.h"
-#include "common/log.h"
-#include "common/model_init.h"
+#include "config/config.h"
+#include "data/corpus.h"
+#include "data/probe_set.h"
+#include "net/zmq/event_loop.h"
+#include "base/log.h"
+#include "ml/model_init.h"
 #include "coordinator/distiller.h"
 #include "coordinator/service.h"
 

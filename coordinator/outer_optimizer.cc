@@ -1,6 +1,6 @@
 #include "coordinator/outer_optimizer.h"
 
-#include "common/status.h"
+#include "base/status.h"
 
 namespace lowband {
 

@@ -7,8 +7,8 @@
 
 #include <vector>
 
-#include "common/codec.h"
-#include "common/config.h"
+#include "codec/codec.h"
+#include "config/config.h"
 
 namespace lowband {
 

@@ -5,24 +5,26 @@
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
 
-#include "common/checkpoint.h"
-#include "common/curve.h"
-#include "common/event_loop.h"
-#include "common/failpoint.h"
-#include "common/json.h"
-#include "common/log.h"
-#include "common/corpus.h"
-#include "common/metrics_http.h"
+#include "coordinator/checkpoint.h"
+#include "net/zmq/curve.h"
+#include "net/zmq/event_loop.h"
+#include "base/failpoint.h"
+#include "base/json.h"
+#include "base/log.h"
+#include "data/corpus.h"
+#include "ops/metrics_http.h"
 #include "coordinator/dashboard.h"
-#include "common/systemd.h"
-#include "common/transport_zmq.h"
-#include "common/wire.h"
+#include "coordinator/persistence.h"
+#include "ops/systemd.h"
+#include "net/zmq/zmq_transport.h"
+#include "protocol/wire.h"
 #include "coordinator/state_store.h"
 
 namespace lowband {
@@ -62,6 +64,7 @@ struct CoordinatorService::Impl {
   BandwidthLedger ledger;
   std::unique_ptr<StateStore> store;
   uint32_t ledger_saved_from = 0;  // ledger rounds >= this may have changed since the last save
+  static constexpr uint32_t kLedgerRoundsHeld = 4;  // per-round ledger detail kept behind the last saved round
   std::map<std::string, std::string> member_states;  // site -> state last written to the store
   bool resumed = false;
   uint32_t started_round = 0;  // the last round whose RoundStart went out
@@ -75,9 +78,15 @@ struct CoordinatorService::Impl {
   // FC-RAG: control requests answered when the sites have (ticket -> peer),
   // and the campaign's own calibration result.
   std::map<uint64_t, std::string> deferred_controls;
-  // Dashboard (coordinator/dashboard.h): every round record as written to
-  // the metrics file, and the operator token ("" = read-only).
-  std::vector<std::string> record_lines;
+  // Dashboard (coordinator/dashboard.h): the newest kDashboardRounds round
+  // records as written to the metrics file (older ones stay in the file and
+  // state.db), and the operator token ("" = read-only).
+  static constexpr size_t kDashboardRounds = 10000;
+  std::deque<std::string> record_lines;
+  void KeepRecordLine(std::string line) {
+    record_lines.push_back(std::move(line));
+    if (record_lines.size() > kDashboardRounds) record_lines.pop_front();
+  }
   std::string dashboard_token;
   HttpResponse HandleHttp(const HttpRequest& req);
   std::string StateJson();
@@ -92,12 +101,36 @@ struct CoordinatorService::Impl {
   // Returns an exit code to stop with, or -1 to go on.
   int OpenState();
   int Resume(const CampaignRow& row);
-  // Persists a closed round (and its checkpoint when due) before any worker
-  // hears of it. False: the round is not durable; the coordinator must stop.
-  bool Persist(const RoundCommit& c);
-  Status WriteRoundCheckpoint(uint32_t round);
-  std::string CheckpointPath(uint32_t round) const;
-  std::vector<LedgerRow> LedgerRowsSince(uint32_t round) const;
+  // Disk work runs on Persistence's thread (coordinator/persistence.h); the
+  // loop submits jobs and hears of their outcomes through OnDisk. A round
+  // is durable before any worker hears of it: every message other than a
+  // heartbeat that the core emits once a round's commit (or the campaign's
+  // end) has been submitted waits in `held`, in order, until that job is
+  // done ("barrier" = the newest such job, "disk_done" = the newest job
+  // done; jobs finish in submission order).
+  std::unique_ptr<Persistence> disk;
+  struct Held {
+    uint64_t after = 0;  // the job it waits for
+    Outgoing out;
+  };
+  std::deque<Held> held;
+  uint64_t barrier = 0;
+  uint64_t disk_done = 0;
+  std::deque<std::pair<uint64_t, uint32_t>> sent_failpoints;  // (job, round): "aggregate_sent" once released
+  // Operator checkpoints being written: ticket -> control peer.
+  std::map<uint64_t, std::string> checkpoint_controls;
+  std::map<uint64_t, uint64_t> checkpoint_digests;  // ticket -> digest of the parameters written
+  uint64_t next_checkpoint_ticket = 1;
+  struct Ending {
+    bool failed = false;
+    std::string reason;
+  };
+  std::optional<Ending> ending;  // the campaign's end, submitted and not yet durable
+  void OnDisk();
+  void OnDiskDone(const DiskDone& d);
+  void Send(Outgoing& o);
+  void ReleaseHeld();
+  void AfterSend();
   void SaveMembers();
   std::string RenderMetrics() const;
   Status TrimMetrics(uint32_t last_recorded);
@@ -105,15 +138,21 @@ struct CoordinatorService::Impl {
   std::vector<RoundRecord> unevaluated;  // resumed: committed rounds older than the newest, never evaluated
   void OnWorkers();
   void OnControl();
-  ControlResponse WriteCheckpointNow();
+  // `lowband checkpoint`: the last committed round to RUN_DIR, answered
+  // when written (OnDiskDone); an immediate answer when refused.
+  std::optional<ControlResponse> WriteCheckpointNow(const std::string& peer);
   void Dispatch(CoreOutput& out);
   void OnCommitted(const RoundRecord& r);
   void FinishDurably(const CoreOutput& out);
-  void OnFinished(const CoreOutput& out);
+  void OnFinished();
   void PrintSummary();
-  void WriteSummary(const CoreOutput& out);
+  void WriteSummary();
   // Compression of one message kind against dense fp32 (see the definition).
-  double Ratio(Direction dir, const std::string& kind, int64_t round = -1, const std::string& site = "") const;
+  // Dense fp32 bytes `messages` messages of `kind` to or from `site` in
+  // `round` would take: 4 bytes per parameter they cover (a pipeline
+  // stage's slice, a ParaBlock block, or the whole model; FPLD: the probe
+  // logits). The ledger's compression ratios divide this by the bytes sent.
+  double DenseBytes(const std::string& site, uint32_t round, const std::string& kind, uint64_t messages) const;
   // Pipeline traffic a worker reported with its upload or evaluation.
   void RecordPeerTraffic(const std::string& site, uint32_t round, const Message& msg);
   // Pipeline: the ledger's traffic across boundary b (stages b and b+1).
@@ -134,14 +173,18 @@ CoordinatorService::~CoordinatorService() = default;
 int CoordinatorService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
-  for (const RoundCommit& c : out.commits) {
-    if (Persist(c)) continue;
-    // Nobody may hear of a round that is not durable: stop here, with the
-    // state on disk at the previous round; a restart redoes this one.
-    done = true;
-    exit_code = 1;
-    out = CoreOutput{};
-    return;
+  for (size_t i = 0; i < out.commits.size(); ++i) {
+    RoundCommit& c = out.commits[i];
+    const uint32_t round = c.record.round;
+    // The core's parameters are those of the last round it closed: only
+    // that one can be checkpointed now (an overlapped round closing with it
+    // is durable through its logged gradient).
+    std::optional<Checkpoint> ckpt;
+    if (i + 1 == out.commits.size() && round % static_cast<uint32_t>(config.checkpoint.every) == 0) {
+      ckpt = Checkpoint{round, config.name, core.params(), core.outer_momentum()};
+    }
+    barrier = disk->CommitRound(std::move(c), std::move(ckpt));
+    sent_failpoints.emplace_back(barrier, round);
   }
   // Records and the end of the campaign reach the disk before the workers
   // hear of them (the next RoundStart, CampaignEnd).
@@ -149,92 +192,133 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
   for (const FcragResult& r : out.fcrag_results) OnFcragResult(r);
   if (out.finished) FinishDurably(out);
   for (Outgoing& o : out.messages) {
-    const char* kind = BodyName(o.msg.body);
-    Frames frames = EncodeMessage(o.msg);
-    uint64_t bytes = 0;
-    for (const auto& f : frames) bytes += f.size();
-    const std::string site = core.SiteOfPeer(o.peer);
-    Status st = workers->Send(o.peer, std::move(frames));
-    if (!st.ok()) {
-      LOG_WARN("send failed", {"peer", site}, {"kind", kind}, {"reason", st.ToString()});
-      continue;
-    }
-    if (!site.empty()) ledger.Record(site, Direction::kDown, core.LedgerRoundOf(o.msg, core.ledger_round()), kind, bytes);
-    if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
-      // A join after round 0: a restarted or returning site (or a restarted
-      // coordinator's sites) catching up, whatever it missed, in one message.
-      LOG_INFO("site caught up", {"site", site}, {"round", sync->round}, {"bytes", bytes});
-      if (options.progress) {
-        std::printf("             %s re-synced to round %u: %s in one transfer\n", site.c_str(), sync->round,
-                    HumanBytes(static_cast<double>(bytes)).c_str());
-        std::fflush(stdout);
-      }
+    const bool gated = barrier > disk_done || !held.empty();
+    if (gated && !std::holds_alternative<Heartbeat>(o.msg.body)) {
+      held.push_back({barrier, std::move(o)});
+    } else {
+      Send(o);
     }
   }
-  for (const RoundCommit& c : out.commits) FailPoint("aggregate_sent", c.record.round);
-  if (core.phase() == CoordinatorCore::Phase::kTraining && core.committed_round() + 1 != started_round) {
-    started_round = core.committed_round() + 1;
-    FailPoint("round_started", started_round);
-  }
+  AfterSend();
   SaveMembers();
-  if (out.finished) OnFinished(out);
   out = CoreOutput{};
 }
 
-std::string CoordinatorService::Impl::CheckpointPath(uint32_t round) const {
-  char name[64];
-  std::snprintf(name, sizeof(name), "/checkpoints/round-%06u.lbck", round);
-  return options.run_dir + name;
-}
-
-Status CoordinatorService::Impl::WriteRoundCheckpoint(uint32_t round) {
-  const std::string path = CheckpointPath(round);
-  Checkpoint ckpt{round, config.name, core.params(), core.outer_momentum()};
-  LOWBAND_RETURN_IF_ERROR(WriteCheckpoint(path, ckpt, [round] { FailPoint("checkpoint", round); }));
-  LOWBAND_RETURN_IF_ERROR(store->RecordCheckpoint({round, path, core.digest()}));
-  // Retention: the newest `keep` files stay; the log before the oldest kept
-  // one is redundant and goes with them.
-  auto rows = store->Checkpoints();
-  if (!rows.ok()) return rows.status();
-  const size_t keep = static_cast<size_t>(config.checkpoint.keep);
-  if (rows->size() > keep) {
-    const size_t drop = rows->size() - keep;
-    for (size_t i = 0; i < drop; ++i) {
-      std::error_code ec;
-      std::filesystem::remove((*rows)[i].path, ec);
-      if (ec) LOG_WARN("cannot remove an old checkpoint", {"path", (*rows)[i].path}, {"reason", ec.message()});
-    }
-    LOWBAND_RETURN_IF_ERROR(store->Prune((*rows)[drop].round));
-  }
-  LOG_DEBUG("checkpoint written", {"path", path}, {"round", round});
-  return Status::Ok();
-}
-
-bool CoordinatorService::Impl::Persist(const RoundCommit& c) {
-  const uint32_t round = c.record.round;
-  FailPoint("commit", round);
-  Status st = store->CommitRound(c);
+void CoordinatorService::Impl::Send(Outgoing& o) {
+  const char* kind = BodyName(o.msg.body);
+  Frames frames = EncodeMessage(o.msg);
+  uint64_t bytes = 0;
+  for (const auto& f : frames) bytes += f.size();
+  const std::string site = core.SiteOfPeer(o.peer);
+  Status st = workers->Send(o.peer, std::move(frames));
   if (!st.ok()) {
-    LOG_ERROR("cannot commit the round durably; stopping", {"round", round}, {"reason", st.ToString()});
-    return false;
+    LOG_WARN("send failed", {"peer", site}, {"kind", kind}, {"reason", st.ToString()});
+    return;
   }
-  FailPoint("committed", round);
-  if (round % static_cast<uint32_t>(config.checkpoint.every) == 0) {
-    // The round is already durable through its logged gradient, so a
-    // failed checkpoint is reported and the campaign goes on.
-    Status ck = WriteRoundCheckpoint(round);
-    if (!ck.ok()) LOG_ERROR("checkpoint failed", {"round", round}, {"reason", ck.ToString()});
+  if (!site.empty()) {
+    const uint32_t round = core.LedgerRoundOf(o.msg, core.ledger_round());
+    ledger.Record(site, Direction::kDown, round, kind, bytes, DenseBytes(site, round, kind, 1));
   }
-  return true;
+  if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
+    // A join after round 0: a restarted or returning site (or a restarted
+    // coordinator's sites) catching up, whatever it missed, in one message.
+    LOG_INFO("site caught up", {"site", site}, {"round", sync->round}, {"bytes", bytes});
+    if (options.progress) {
+      std::printf("             %s re-synced to round %u: %s in one transfer\n", site.c_str(), sync->round,
+                  HumanBytes(static_cast<double>(bytes)).c_str());
+      std::fflush(stdout);
+    }
+  }
 }
 
-std::vector<LedgerRow> CoordinatorService::Impl::LedgerRowsSince(uint32_t round) const {
-  std::vector<LedgerRow> rows;
-  for (const auto& [key, e] : ledger.entries()) {
-    const auto& [site, dir, r, kind] = key;
-    if (r >= round) rows.push_back({site, dir, r, kind, e});
+// Messages whose job is done go out, in order.
+void CoordinatorService::Impl::ReleaseHeld() {
+  while (!held.empty() && held.front().after <= disk_done) {
+    Send(held.front().out);
+    held.pop_front();
   }
-  return rows;
+  AfterSend();
+}
+
+// Crash-test points that mean "the workers have heard of it".
+void CoordinatorService::Impl::AfterSend() {
+  const uint64_t released = held.empty() ? disk_done : std::min(disk_done, held.front().after - 1);
+  while (!sent_failpoints.empty() && sent_failpoints.front().first <= released) {
+    FailPoint("aggregate_sent", sent_failpoints.front().second);
+    sent_failpoints.pop_front();
+  }
+  if (held.empty() && core.phase() == CoordinatorCore::Phase::kTraining &&
+      core.committed_round() + 1 != started_round) {
+    started_round = core.committed_round() + 1;
+    FailPoint("round_started", started_round);
+  }
+}
+
+void CoordinatorService::Impl::OnDisk() {
+  for (const DiskDone& d : disk->Drain()) {
+    OnDiskDone(d);
+    if (done) return;
+  }
+}
+
+void CoordinatorService::Impl::OnDiskDone(const DiskDone& d) {
+  disk_done = d.seq;
+  switch (d.kind) {
+    case DiskDone::Kind::kCommit:
+      if (!d.status.ok()) {
+        // Nobody may hear of a round that is not durable: stop here, with
+        // the state on disk at the previous round; a restart redoes this one.
+        LOG_ERROR("cannot commit the round durably; stopping", {"round", d.round}, {"reason", d.status.ToString()});
+        held.clear();
+        done = true;
+        exit_code = 1;
+        return;
+      }
+      break;
+    case DiskDone::Kind::kRecord:
+      if (d.status.ok()) {
+        ledger_saved_from = std::max(ledger_saved_from, d.round);
+        // Older rounds' rows are durable and no message is booked that far
+        // back (LedgerRoundOf: within two of the committed round).
+        if (d.round > kLedgerRoundsHeld) ledger.ForgetBefore(d.round - kLedgerRoundsHeld);
+      } else {
+        LOG_WARN("cannot record the round", {"round", d.round}, {"reason", d.status.ToString()});
+      }
+      break;
+    case DiskDone::Kind::kMember:
+      if (!d.status.ok()) LOG_WARN("cannot record membership", {"round", d.round}, {"reason", d.status.ToString()});
+      break;
+    case DiskDone::Kind::kCheckpoint: {
+      ControlResponse resp;
+      if (d.status.ok()) {
+        LOG_INFO("checkpoint written", {"path", d.path}, {"round", d.round});
+        JsonObject o;
+        o.Add("path", d.path).Add("round", d.round).Add("digest", DigestHex(checkpoint_digests[d.ticket]));
+        resp = {true, d.path, o.str()};
+      } else {
+        LOG_ERROR("checkpoint failed", {"path", d.path}, {"reason", d.status.ToString()});
+        resp = {false, "checkpoint of round " + std::to_string(d.round) + " failed: " + d.status.ToString(), ""};
+      }
+      checkpoint_digests.erase(d.ticket);
+      auto peer = checkpoint_controls.find(d.ticket);
+      if (peer != checkpoint_controls.end()) {
+        Message reply;
+        reply.campaign_id = config.name;
+        reply.sender_id = "coordinator";
+        reply.body = resp;
+        if (Status st = control->Send(peer->second, EncodeMessage(reply)); !st.ok()) {
+          LOG_WARN("control reply failed", {"reason", st.ToString()});
+        }
+        checkpoint_controls.erase(peer);
+      }
+      break;
+    }
+    case DiskDone::Kind::kFinish:
+      if (!d.status.ok()) exit_code = 1;
+      break;
+  }
+  ReleaseHeld();
+  if (d.kind == DiskDone::Kind::kFinish) OnFinished();
 }
 
 // Membership changes (joined, lost, evicted) since the last call.
@@ -249,8 +333,7 @@ void CoordinatorService::Impl::SaveMembers() {
     if (w.state == WorkerState::kJoined) event = it == member_states.end() ? "joined" : "rejoined";
     if (w.state == WorkerState::kLost) ++lost_events;
     member_states[site] = key;
-    Status st = store->RecordMember(site, state, w.hello.device, core.committed_round(), event);
-    if (!st.ok()) LOG_WARN("cannot record membership", {"site", site}, {"reason", st.ToString()});
+    disk->RecordMember(site, state, w.hello.device, core.committed_round(), event);
   }
 }
 
@@ -284,8 +367,9 @@ void CoordinatorService::Impl::OnWorkers() {
     // booked apart, so the upload's own bytes (and ratio) stay its own.
     const auto* logits = msg.ok() ? std::get_if<LogitUpload>(&msg->body) : nullptr;
     const uint64_t reference = logits && logits->exact_bytes <= bytes ? logits->exact_bytes : 0;
-    ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, kind, bytes - reference);
-    if (reference > 0) ledger.Record(site.empty() ? "(unregistered)" : site, Direction::kUp, round, "logit_reference", reference);
+    const std::string booked = site.empty() ? "(unregistered)" : site;
+    ledger.Record(booked, Direction::kUp, round, kind, bytes - reference, DenseBytes(booked, round, kind, 1));
+    if (reference > 0) ledger.Record(booked, Direction::kUp, round, "logit_reference", reference);
     if (msg.ok() && !site.empty()) RecordPeerTraffic(site, round, *msg);
     if (kind == "delta_upload" && core.phase() == CoordinatorCore::Phase::kTraining && core.uploads_received() == 1) {
       FailPoint("upload", core.committed_round() + 1);  // one upload in, the others still to come
@@ -304,8 +388,13 @@ void CoordinatorService::Impl::OnControl() {
       resp = {false, "malformed control request: " + msg.status().ToString(), ""};
     } else if (const auto* req = std::get_if<ControlRequest>(&msg->body)) {
       // The checkpoint needs the disk, which the core does not touch.
-      resp = req->command == "checkpoint" && req->args.empty() ? WriteCheckpointNow()
-                                                               : core.HandleControl(*req, Clock::now(), &out);
+      if (req->command == "checkpoint" && req->args.empty()) {
+        std::optional<ControlResponse> refused = WriteCheckpointNow(in.peer);
+        if (!refused) continue;  // answered when written
+        resp = *refused;
+      } else {
+        resp = core.HandleControl(*req, Clock::now(), &out);
+      }
       LOG_INFO("control request", {"command", req->command}, {"ok", resp.ok}, {"reply", resp.message});
     } else {
       resp = {false, std::string("control endpoint expects control_request, got ") + BodyName(msg->body), ""};
@@ -329,24 +418,18 @@ void CoordinatorService::Impl::OnControl() {
   }
 }
 
-// RUN_DIR/checkpoint-round-N.lbck of the last committed round; written
-// atomically by WriteCheckpoint. Runs on the loop: a checkpoint of the small
-// models run here takes milliseconds.
-ControlResponse CoordinatorService::Impl::WriteCheckpointNow() {
-  if (options.run_dir.empty()) return {false, "the coordinator has no run directory (--run-dir)", ""};
+// RUN_DIR/checkpoint-round-N.lbck of the last committed round, written
+// atomically by WriteCheckpoint on the disk thread; the operator hears back
+// when it is on disk (OnDiskDone).
+std::optional<ControlResponse> CoordinatorService::Impl::WriteCheckpointNow(const std::string& peer) {
+  if (options.run_dir.empty()) return ControlResponse{false, "the coordinator has no run directory (--run-dir)", ""};
   const uint32_t round = core.committed_round();
   const std::string path = options.run_dir + "/checkpoint-round-" + std::to_string(round) + ".lbck";
-  std::error_code ec;
-  std::filesystem::create_directories(options.run_dir, ec);
-  Status st = WriteCheckpoint(path, Checkpoint{round, config.name, core.params(), core.outer_momentum()});
-  if (!st.ok()) {
-    LOG_ERROR("checkpoint failed", {"path", path}, {"reason", st.ToString()});
-    return {false, "checkpoint of round " + std::to_string(round) + " failed: " + st.ToString(), ""};
-  }
-  LOG_INFO("checkpoint written", {"path", path}, {"round", round});
-  JsonObject o;
-  o.Add("path", path).Add("round", round).Add("digest", DigestHex(core.digest()));
-  return {true, path, o.str()};
+  const uint64_t ticket = next_checkpoint_ticket++;
+  checkpoint_controls[ticket] = peer;
+  checkpoint_digests[ticket] = core.digest();
+  disk->WriteCheckpointFile(path, Checkpoint{round, config.name, core.params(), core.outer_momentum()}, ticket);
+  return std::nullopt;
 }
 
 // The Prometheus text of the coordinator's state (GET /metrics).
@@ -394,8 +477,8 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
   const uint32_t last = h.empty() ? 0 : h.back().round;
   t.Add("lowband_compression_ratio", "gauge",
         "Dense fp32 bytes over bytes sent, for the last recorded round's uploads (up) and aggregates (down).",
-        Ratio(Direction::kUp, UploadKind(), last), {{"direction", "up"}});
-  t.Add("lowband_compression_ratio", "gauge", "", Ratio(Direction::kDown, "aggregate", last),
+        ledger.Ratio(Direction::kUp, UploadKind(), last), {{"direction", "up"}});
+  t.Add("lowband_compression_ratio", "gauge", "", ledger.Ratio(Direction::kDown, "aggregate", last),
         {{"direction", "down"}});
   for (const char* state : {"joined", "lost", "evicted"}) {
     t.Add("lowband_workers", "gauge", "Registered sites by state.", states[state], {{"state", state}});
@@ -430,23 +513,14 @@ std::string CoordinatorService::Impl::RenderMetrics() const {
 // the same messages would carry (4 bytes per parameter they cover: a
 // pipeline stage's slice, or the whole model) over the bytes they took
 // (header frames included). 0 when none were sent.
-double CoordinatorService::Impl::Ratio(Direction dir, const std::string& kind, int64_t round,
-                                       const std::string& site) const {
-  double dense = 0, bytes = 0;
-  for (const auto& [k, e] : ledger.entries()) {
-    const auto& [s, d, r, kd] = k;
-    if (d != dir || kd != kind || (round >= 0 && r != static_cast<uint32_t>(round)) || (!site.empty() && s != site)) {
-      continue;
-    }
-    // FPLD: against the same probe logits as fp32.
-    const int64_t covered = kind == "logit_upload" ? static_cast<int64_t>(config.fpld.contexts) *
-                                                         config.fpld.positions * config.model.vocab
-                            : kind == "delta_upload" ? core.UploadParamsOf(s, r)
-                                                     : core.ParamsOf(s);
-    dense += static_cast<double>(e.messages) * static_cast<double>(covered) * 4.0;
-    bytes += static_cast<double>(e.bytes);
-  }
-  return bytes > 0 ? dense / bytes : 0.0;
+double CoordinatorService::Impl::DenseBytes(const std::string& site, uint32_t round, const std::string& kind,
+                                            uint64_t messages) const {
+  // FPLD: against the same probe logits as fp32.
+  const int64_t covered = kind == "logit_upload" ? static_cast<int64_t>(config.fpld.contexts) *
+                                                       config.fpld.positions * config.model.vocab
+                          : kind == "delta_upload" ? core.UploadParamsOf(site, round)
+                                                   : core.ParamsOf(site);
+  return static_cast<double>(messages) * static_cast<double>(covered) * 4.0;
 }
 
 void CoordinatorService::Impl::RecordPeerTraffic(const std::string& site, uint32_t round, const Message& msg) {
@@ -527,8 +601,8 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
   const uint64_t down = ledger.RoundTotal(r.round, Direction::kDown);
   const LedgerEntry uploads = ledger.KindTotal(Direction::kUp, UploadKind(), r.round);
   const LedgerEntry aggregates = ledger.KindTotal(Direction::kDown, "aggregate", r.round);
-  const double ratio_up = Ratio(Direction::kUp, UploadKind(), r.round);
-  const double ratio_down = Ratio(Direction::kDown, "aggregate", r.round);
+  const double ratio_up = ledger.Ratio(Direction::kUp, UploadKind(), r.round);
+  const double ratio_down = ledger.Ratio(Direction::kDown, "aggregate", r.round);
   LOG_INFO("round committed", {"round", r.round}, {"train_loss", r.train_loss}, {"val_loss", r.val_loss},
            {"bytes_up", up}, {"bytes_down", down}, {"ratio_up", ratio_up}, {"ratio_down", ratio_down},
            {"contributors", r.contributors}, {"digest", DigestHex(r.digest)}, {"wall_s", r.wall_s});
@@ -585,6 +659,7 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
     }
     std::fflush(stdout);
   }
+  std::string line;
   {
     std::string sites = "{";
     for (const auto& [name, s] : r.sites) {
@@ -648,28 +723,17 @@ void CoordinatorService::Impl::OnCommitted(const RoundRecord& r) {
       for (const auto& [name, loss] : r.cluster_val_loss) clusters.Add(name, loss);
       o.AddRaw("cluster_val_loss", clusters.str());
     }
-    record_lines.push_back(o.str());  // the dashboard's history
-    if (metrics) {
-      const std::string line = o.str() + "\n";
-      std::fwrite(line.data(), 1, line.size(), metrics);
-      std::fflush(metrics);
-    }
+    line = o.str();
+    KeepRecordLine(line);  // the dashboard's history
   }
-  FailPoint("metrics_written", r.round);
   {
     char status[160];
     std::snprintf(status, sizeof(status), "campaign %s: round %u/%d committed, val loss %.4f, %d sites",
                   config.name.c_str(), r.round, config.training.rounds, r.val_loss, r.evaluated);
     systemd.Status(status);
   }
-  // After the metrics line: a crash between the two leaves the round
-  // unrecorded, and a restart drops the line (TrimMetrics) and writes it anew.
-  Status st = store->RecordRound(r, LedgerRowsSince(ledger_saved_from));
-  if (st.ok()) {
-    ledger_saved_from = r.round;
-  } else {
-    LOG_WARN("cannot record the round", {"round", r.round}, {"reason", st.ToString()});
-  }
+  // The metrics line, then the record in the state database (disk thread).
+  disk->RecordRound(r, ledger.RowsSince(ledger_saved_from), std::move(line));
 }
 
 // The dashboard's routes: the page, its state, its round controls, and the
@@ -813,8 +877,8 @@ void CoordinatorService::Impl::PrintSummary() {
     const uint64_t total_dn =
         site.empty() ? ledger.Total(Direction::kDown) : ledger.SiteTotal(site, Direction::kDown);
     std::printf("%-16s %12s %12s %12s %9.1fx %12s %9.1fx %7d\n", label.c_str(), HumanBytes(total_up).c_str(),
-                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), Ratio(Direction::kUp, UploadKind(), -1, site),
-                HumanBytes(dn.bytes).c_str(), Ratio(Direction::kDown, "aggregate", -1, site), n);
+                HumanBytes(total_dn).c_str(), HumanBytes(up.bytes).c_str(), ledger.Ratio(Direction::kUp, UploadKind(), -1, site),
+                HumanBytes(dn.bytes).c_str(), ledger.Ratio(Direction::kDown, "aggregate", -1, site), n);
   };
   int all_rounds = 0;
   for (const auto& [name, w] : core.workers()) {
@@ -843,7 +907,7 @@ void CoordinatorService::Impl::PrintSummary() {
 }
 
 // RUN_DIR/summary.txt: one "key value" per line, for scripts (bench/).
-void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
+void CoordinatorService::Impl::WriteSummary() {
   const std::string path = options.run_dir + "/summary.txt";
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) {
@@ -855,7 +919,7 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   for (const auto& r : h) tokens += r.tokens;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   std::fprintf(f, "campaign %s\n", config.name.c_str());
-  std::fprintf(f, "status %s\n", out.failed ? "failed" : "completed");
+  std::fprintf(f, "status %s\n", ending->failed ? "failed" : "completed");
   std::fprintf(f, "codec %s\n", CodecName(config.codec.kind));
   std::fprintf(f, "outer %s\n", OuterOptimizerName(config.outer.kind));
   std::fprintf(f, "rounds %u\n", core.committed_round());
@@ -870,8 +934,8 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   const LedgerEntry dn = ledger.KindTotal(Direction::kDown, "aggregate");
   std::fprintf(f, "upload_bytes %" PRIu64 "\n", up.bytes);
   std::fprintf(f, "aggregate_bytes %" PRIu64 "\n", dn.bytes);
-  std::fprintf(f, "ratio_up %.2f\n", Ratio(Direction::kUp, UploadKind()));
-  std::fprintf(f, "ratio_down %.2f\n", Ratio(Direction::kDown, "aggregate"));
+  std::fprintf(f, "ratio_up %.2f\n", ledger.Ratio(Direction::kUp, UploadKind()));
+  std::fprintf(f, "ratio_down %.2f\n", ledger.Ratio(Direction::kDown, "aggregate"));
   for (int b = 0; b + 1 < config.pipeline.stages; ++b) {
     // Per micro-batch message, header frames included (bench/resbm_pipeline).
     const BoundaryFigures bf = Boundary(b, -1);
@@ -888,35 +952,24 @@ void CoordinatorService::Impl::WriteSummary(const CoreOutput& out) {
   std::fclose(f);
 }
 
-// The final checkpoint, then the campaign's end in the state database.
+// The final checkpoint, the ledger, then the campaign's end in the state
+// database (disk thread); CampaignEnd waits for it, OnFinished follows it.
 void CoordinatorService::Impl::FinishDurably(const CoreOutput& out) {
   exit_code = out.failed ? 1 : 0;
-  Checkpoint ckpt{core.committed_round(), config.name, core.params(), core.outer_momentum()};
-  const std::string path = options.run_dir + "/checkpoint-final.lbck";
-  Status st = WriteCheckpoint(path, ckpt);
-  if (!st.ok()) {
-    LOG_ERROR("final checkpoint failed", {"path", path}, {"reason", st.ToString()});
-    exit_code = 1;
-  } else {
-    LOG_INFO("final checkpoint written", {"path", path}, {"round", core.committed_round()});
-  }
-  if (Status fs = store->FinishCampaign(out.failed, out.finish_reason); !fs.ok()) {
-    LOG_ERROR("cannot record the end of the campaign", {"reason", fs.ToString()});
-    exit_code = 1;
-  }
+  ending = Ending{out.failed, out.finish_reason};
+  barrier = disk->Finish(options.run_dir + "/checkpoint-final.lbck",
+                         Checkpoint{core.committed_round(), config.name, core.params(), core.outer_momentum()},
+                         ledger.RowsSince(ledger_saved_from), out.failed, out.finish_reason);
 }
 
-void CoordinatorService::Impl::OnFinished(const CoreOutput& out) {
+void CoordinatorService::Impl::OnFinished() {
   done = true;
-  if (Status st = store->SaveLedger(LedgerRowsSince(ledger_saved_from)); !st.ok()) {
-    LOG_WARN("cannot save the ledger", {"reason", st.ToString()});
-  }
-  WriteSummary(out);
+  WriteSummary();
   if (options.progress) {
-    if (out.failed) {
-      std::printf("campaign failed: %s\n", out.finish_reason.c_str());
+    if (ending->failed) {
+      std::printf("campaign failed: %s\n", ending->reason.c_str());
     } else {
-      std::printf("campaign %s finished: %s\n", config.name.c_str(), out.finish_reason.c_str());
+      std::printf("campaign %s finished: %s\n", config.name.c_str(), ending->reason.c_str());
     }
     PrintSummary();
   }
@@ -1049,7 +1102,10 @@ int CoordinatorService::Impl::Resume(const CampaignRow& row) {
   core.RestoreHistory(std::move(recorded), std::move(unrecorded));
   auto saved = store->Ledger();
   if (!saved.ok()) return fail("reading the ledger", saved.status());
-  for (const LedgerRow& l : *saved) ledger.Add(l.site, l.dir, l.round, l.kind, l.entry);
+  for (LedgerRow& l : *saved) {
+    l.entry.dense_bytes = DenseBytes(l.site, l.round, l.kind, l.entry.messages);
+    ledger.Add(l.site, l.dir, l.round, l.kind, l.entry);
+  }
   ledger_saved_from = core.committed_round();
   (void)store->NoteRestart();
   restarts = row.restarts + 1;
@@ -1076,7 +1132,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     }
     std::ifstream kept(options.metrics_out);
     for (std::string line; std::getline(kept, line);) {
-      if (!line.empty()) record_lines.push_back(line);  // the dashboard's history before the restart
+      if (!line.empty()) KeepRecordLine(line);  // the dashboard's history before the restart
     }
   }
   if (!options.metrics_out.empty() && !ended_exit) {
@@ -1089,6 +1145,17 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
       return 1;
     }
   }
+  // From here on the disk thread owns the state database and the metrics file.
+  PersistenceOptions popts;
+  popts.run_dir = options.run_dir;
+  popts.checkpoint_keep = config.checkpoint.keep;
+  auto started_disk = Persistence::Start(std::move(store), metrics, popts);
+  metrics = nullptr;
+  if (!started_disk.ok()) {
+    LOG_ERROR("cannot start the disk thread", {"reason", started_disk.status().ToString()});
+    return 1;
+  }
+  disk = std::move(started_disk).value();
   for (const RoundRecord& r : unevaluated) {
     LOG_WARN("round recorded without evaluations: the restart came first", {"round", r.round});
     OnCommitted(r);
@@ -1155,6 +1222,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     LOG_INFO("metrics endpoint", {"url", "http://" + config.network.metrics + "/metrics"},
              {"port", metrics_http->port()});
   }
+  loop.AddFd(disk->fd(), [this] { OnDisk(); });
   if (zap) loop.AddSocket(zap->socket(), [this] { zap->OnReadable(); });
   loop.AddSocket(workers->socket(), [this] { OnWorkers(); });
   loop.AddSocket(control->socket(), [this] { OnControl(); });
@@ -1199,7 +1267,8 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     LOG_INFO("stopping on signal", {"round", core.committed_round()});
   }
   systemd.Stopping("campaign " + config.name + ": stopping at round " + std::to_string(core.committed_round()));
-  if (metrics) std::fclose(metrics);
+  // Jobs still queued (a stop by signal) run before the disk thread joins.
+  disk.reset();
   // Closing the sockets lingers briefly so CampaignEnd reaches the workers.
   metrics_http.reset();  // before the loop it is registered with goes
   workers.reset();

@@ -1,7 +1,7 @@
 // CoordinatorService: the coordinator daemon's edge. One event loop thread
 // owns the worker ROUTER socket, the control ROUTER socket, the signal fd,
 // the CoordinatorCore, the bandwidth ledger and the metrics file. Decodes
-// and verifies every inbound message (common/wire.h) before the core sees
+// and verifies every inbound message (protocol/wire.h) before the core sees
 // it; encodes and sends what the core returns; writes round records and the
 // final checkpoint. Construct and Run on the main thread.
 #pragma once
@@ -10,9 +10,9 @@
 #include <memory>
 #include <string>
 
-#include "common/config.h"
-#include "common/ledger.h"
-#include "common/params.h"
+#include "config/config.h"
+#include "coordinator/ledger.h"
+#include "codec/params.h"
 #include "coordinator/core.h"
 
 namespace lowband {

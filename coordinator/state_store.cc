@@ -8,7 +8,7 @@
 #include <limits>
 #include <map>
 
-#include "common/params.h"
+#include "codec/params.h"
 
 namespace lowband {
 namespace {

@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "common/ledger.h"
-#include "common/messages.h"
-#include "common/status.h"
+#include "coordinator/ledger.h"
+#include "protocol/messages.h"
+#include "base/status.h"
 #include "coordinator/core.h"
 
 struct sqlite3;
@@ -50,14 +50,6 @@ struct CheckpointRow {
   uint32_t round = 0;
   std::string path;
   uint64_t digest = 0;
-};
-
-struct LedgerRow {
-  std::string site;
-  Direction dir = Direction::kUp;
-  uint32_t round = 0;
-  std::string kind;
-  LedgerEntry entry;
 };
 
 class StateStore {

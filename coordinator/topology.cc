@@ -1,6 +1,6 @@
 #include "coordinator/topology.h"
 
-#include "common/status.h"
+#include "base/status.h"
 
 namespace lowband {
 

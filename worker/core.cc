@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "common/log.h"
-#include "common/params.h"
+#include "base/log.h"
+#include "codec/params.h"
 
 namespace lowband {
 namespace {

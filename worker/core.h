@@ -20,7 +20,7 @@
 #include <variant>
 #include <vector>
 
-#include "common/messages.h"
+#include "protocol/messages.h"
 
 namespace lowband {
 

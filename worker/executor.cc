@@ -6,9 +6,9 @@
 #include <cstring>
 #include <limits>
 
-#include "common/dither.h"
-#include "common/log.h"
-#include "common/logit_codec.h"
+#include "codec/dither.h"
+#include "base/log.h"
+#include "codec/logit_codec.h"
 #include "worker/job_wire.h"
 #include "worker/site_group.h"
 
@@ -284,7 +284,7 @@ JobResult Executor::Train(const TrainJob& job) {
 }
 
 // FPLD: the trained model's logits on the probe set, encoded as the
-// campaign says (common/logit_codec.h), replace the delta. A site with a
+// campaign says (codec/logit_codec.h), replace the delta. A site with a
 // model of its own keeps training it: its trained weights become its
 // starting point for the next round.
 JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done) {

@@ -9,10 +9,10 @@
 #include <optional>
 #include <string>
 
-#include "common/codec.h"
-#include "common/config.h"
-#include "common/corpus.h"
-#include "common/fcrag.h"
+#include "codec/codec.h"
+#include "config/config.h"
+#include "data/corpus.h"
+#include "fcrag/fcrag.h"
 #include "worker/core.h"
 #include "worker/stage_replica.h"
 #include "worker/trainer.h"

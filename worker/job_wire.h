@@ -8,8 +8,8 @@
 
 #include <optional>
 
-#include "common/status.h"
-#include "common/wire.h"
+#include "base/status.h"
+#include "protocol/wire.h"
 #include "worker/core.h"
 
 namespace lowband {

@@ -3,11 +3,11 @@
 #include <cstdio>
 #include <optional>
 
-#include "common/config.h"
-#include "common/corpus.h"
-#include "common/event_loop.h"
-#include "common/log.h"
-#include "common/process.h"
+#include "config/config.h"
+#include "data/corpus.h"
+#include "net/zmq/event_loop.h"
+#include "base/log.h"
+#include "base/process.h"
 #include "worker/service.h"
 
 int main(int argc, char** argv) {

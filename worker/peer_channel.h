@@ -6,8 +6,8 @@
 #include <chrono>
 #include <utility>
 
-#include "common/messages.h"
-#include "common/status.h"
+#include "protocol/messages.h"
+#include "base/status.h"
 
 namespace lowband {
 

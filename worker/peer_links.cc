@@ -2,8 +2,8 @@
 
 #include <set>
 
-#include "common/log.h"
-#include "common/transport_zmq.h"
+#include "base/log.h"
+#include "net/zmq/zmq_transport.h"
 
 namespace lowband {
 

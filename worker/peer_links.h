@@ -37,12 +37,12 @@
 
 #include <zmq.hpp>
 
-#include "common/event_loop.h"
-#include "common/messages.h"
-#include "common/transport.h"
-#include "common/transport_throttle.h"
-#include "common/transport_zmq.h"
-#include "common/wire.h"
+#include "net/zmq/event_loop.h"
+#include "protocol/messages.h"
+#include "net/transport.h"
+#include "net/throttle.h"
+#include "net/zmq/zmq_transport.h"
+#include "protocol/wire.h"
 #include "worker/peer_channel.h"
 
 namespace lowband {

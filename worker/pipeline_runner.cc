@@ -5,8 +5,8 @@
 #include <exception>
 #include <sstream>
 
-#include "common/log.h"
-#include "common/params.h"
+#include "base/log.h"
+#include "codec/params.h"
 
 // Bulk bytes are little-endian tensor bytes, copied as they are.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pipeline bulk bytes assume a little-endian host");

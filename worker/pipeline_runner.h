@@ -1,5 +1,5 @@
 // PipelineRunner: one stage's part of one pipeline-parallel training step
-// (ResBM, DESIGN.md 3.3), or of one validation batch, run on the worker's
+// (ResBM, docs/design.md 3.3), or of one validation batch, run on the worker's
 // training thread. It drives a StageTrainer through a StageSchedule and
 // exchanges the step's Activation messages with the neighbour stages of the
 // same replica through a PeerChannel (the worker service's event loop in
@@ -84,10 +84,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/config.h"
-#include "common/messages.h"
-#include "common/pipeline_wire.h"
-#include "common/status.h"
+#include "config/config.h"
+#include "protocol/messages.h"
+#include "protocol/pipeline_wire.h"
+#include "base/status.h"
 #include "worker/peer_channel.h"
 #include "worker/pipeline_schedule.h"
 #include "worker/stage_trainer.h"

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "common/config.h"
-#include "common/process.h"
-#include "common/status.h"
+#include "config/config.h"
+#include "base/process.h"
+#include "base/status.h"
 
 namespace lowband {
 

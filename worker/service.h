@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
-#include "common/config.h"
-#include "common/corpus.h"
+#include "config/config.h"
+#include "data/corpus.h"
 #include "worker/ranks.h"
 
 namespace lowband {

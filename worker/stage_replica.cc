@@ -6,8 +6,8 @@
 #include <cmath>
 #include <random>
 
-#include "common/codec_device.h"
-#include "common/log.h"
+#include "ml/codec_device.h"
+#include "base/log.h"
 #include "worker/pipeline_runner.h"
 #include "worker/pipeline_schedule.h"
 #include "worker/stage_trainer.h"

@@ -1,5 +1,5 @@
 // StageReplica: one pipeline stage of one replica in a pipeline campaign
-// (ResBM, DESIGN.md 3.3), as the worker's executor drives it. Owns the
+// (ResBM, docs/design.md 3.3), as the worker's executor drives it. Owns the
 // StageTrainer (the stage module and its AdamW state, persistent across
 // rounds), the PipelineRunner that exchanges activations with the other
 // stages through a borrowed PeerChannel, the update encoder (error feedback
@@ -31,10 +31,10 @@
 #include <map>
 #include <memory>
 
-#include "common/codec.h"
-#include "common/corpus.h"
-#include "common/messages.h"
-#include "common/params.h"
+#include "codec/codec.h"
+#include "data/corpus.h"
+#include "protocol/messages.h"
+#include "codec/params.h"
 #include "worker/trainer.h"
 
 namespace lowband {

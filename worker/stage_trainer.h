@@ -1,4 +1,4 @@
-// StageTrainer: one pipeline stage's training (ResBM, DESIGN.md 3.3). Owns
+// StageTrainer: one pipeline stage's training (ResBM, docs/design.md 3.3). Owns
 // the stage's module (a GptStage) on its device and the stage's AdamW inner
 // optimizer, and runs the micro-batch operations a pipeline schedule asks
 // for: Forward(m), Backward(m), then Step() once every micro-batch of the
@@ -49,10 +49,10 @@
 #include <string>
 #include <vector>
 
-#include "common/config.h"
-#include "common/model.h"
-#include "common/params.h"
-#include "common/status.h"
+#include "config/config.h"
+#include "ml/model.h"
+#include "codec/params.h"
+#include "base/status.h"
 
 namespace lowband {
 

@@ -11,9 +11,9 @@
 #include <sstream>
 #include <thread>
 
-#include "common/blocks.h"
-#include "common/codec_device.h"
-#include "common/model.h"
+#include "codec/blocks.h"
+#include "ml/codec_device.h"
+#include "ml/model.h"
 #include "worker/site_group.h"
 
 namespace lowband {

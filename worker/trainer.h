@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/config.h"
-#include "common/corpus.h"
-#include "common/params.h"
+#include "codec/codec.h"
+#include "config/config.h"
+#include "data/corpus.h"
+#include "codec/params.h"
 
 namespace lowband {
 
@@ -56,7 +56,7 @@ class Trainer {
   // alone, encoded with that block's own error-feedback buffers.
   StatusOr<TrainResult> TrainRound(int inner_steps, int block = -1);
   // ParaBlock: the block of each layer (Welcome.layer_blocks). InvalidArgument
-  // if they do not partition this model's layout (common/blocks.h). From
+  // if they do not partition this model's layout (codec/blocks.h). From
   // then on every TrainRound names a block.
   Status SetBlocks(const std::vector<int>& layer_blocks);
   bool has_blocks() const;

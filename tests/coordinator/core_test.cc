@@ -4,8 +4,8 @@
 #include <catch2/catch.hpp>
 #include <random>
 
-#include "common/dither.h"
-#include "common/logit_codec.h"
+#include "codec/dither.h"
+#include "codec/logit_codec.h"
 #include "tests/fakes/fake_cluster.h"
 
 namespace lowband {
@@ -1385,6 +1385,94 @@ TEST_CASE("ranks: an upload may claim each rank's tokens, no more", "[unit][coor
   CHECK(last.commits[0].record.sites.at("site-a").tokens == 2 * per_rank);
 }
 
+TEST_CASE("norm outliers: a zero median rejects nothing", "[unit][coordinator]") {
+  // Two empty deltas and one that is not: the median norm is 0, which gives
+  // no scale to judge the third by; before the fix it was rejected as
+  // "infinitely" far above the median.
+  auto config = TinyCampaign(3, 3);
+  config.quorum.max_norm_ratio = 10;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  CoordinatorCore& core = c.coordinator();
+  const uint64_t digest0 = core.digest();
+  CoreOutput out;
+  core.HandleMessage("site-a", DenseUpload(1, digest0, std::vector<float>(TinyParams().values.size(), 0.0f)), c.now(),
+                     &out);
+  core.HandleMessage("site-b", DenseUpload(1, digest0, std::vector<float>(TinyParams().values.size(), 0.0f)), c.now(),
+                     &out);
+  core.HandleMessage("site-c", DenseUpload(1, digest0, std::vector<float>(TinyParams().values.size(), 0.01f)),
+                     c.now(), &out);
+  CHECK(Bodies<Error>(out, "site-c").empty());
+  REQUIRE(out.commits.size() == 1);
+  CHECK(out.commits[0].record.contributors == 3);
+  CHECK_FALSE(core.rejected_by_reason().count("norm_outlier"));
+}
+
+TEST_CASE("re-syncs asked for by a site's errors are rate limited, then the site is evicted", "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 20);
+  config.quorum.min_workers = 2;
+  config.network.heartbeat_timeout_ms = 3600 * 1000;  // the test steps past round deadlines, nobody goes silent
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  CoreOutput out;
+  JoinAndStart(core, ThreeHellos(), now, &out);
+  auto syncs_to = [](const CoreOutput& o, const std::string& peer) { return Bodies<ModelSync>(o, peer).size(); };
+  auto bad = [](ErrorCode code) { return Wrap(Error{code, "replica is broken", 0}); };
+
+  // One re-sync per committed round, however many errors the site sends.
+  out = CoreOutput{};
+  for (int i = 0; i < 50; ++i) core.HandleMessage("site-c", bad(ErrorCode::kDigestMismatch), now, &out);
+  CHECK(syncs_to(out, "site-c") == 1);
+  CHECK(core.rejected_by_reason().at("resync_limited") == 49);
+
+  // An accepted upload confirms its replica: the count starts over.
+  const uint64_t d0 = core.digest();
+  out = CoreOutput{};
+  core.HandleMessage("site-a", ZeroUpload(1, d0, 10), now, &out);
+  core.HandleMessage("site-b", ZeroUpload(1, d0, 10), now, &out);
+  core.HandleMessage("site-c", ZeroUpload(1, d0, 10), now, &out);
+  REQUIRE(out.commits.size() == 1);
+  CHECK(core.workers().at("site-c").unconfirmed_resyncs == 0);
+  for (const auto& site : {"site-a", "site-b", "site-c"}) {
+    core.HandleMessage(site, Wrap(EvalReport{1, 2.0, 100, core.digest(), {}, {}}), now, &out);
+  }
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+
+  // A site that never gets its replica right: a model a round for
+  // kMaxUnconfirmedResyncs rounds, then it is evicted with the reason.
+  int sent = 0;
+  bool evicted = false;
+  for (uint32_t r = 2; r <= 8 && !evicted; ++r) {
+    out = CoreOutput{};
+    for (int i = 0; i < 5; ++i) core.HandleMessage("site-c", bad(ErrorCode::kBadPayload), now, &out);
+    sent += static_cast<int>(syncs_to(out, "site-c"));
+    for (const CampaignEnd* end : Bodies<CampaignEnd>(out, "site-c")) {
+      CHECK_THAT(end->reason, Catch::Matchers::Contains("re-syncs in a row"));
+      evicted = true;
+    }
+    // The other two sites commit the round (site-c's upload never comes).
+    const uint64_t d = core.digest();
+    core.HandleMessage("site-a", ZeroUpload(r, d, 10), now, &out);
+    core.HandleMessage("site-b", ZeroUpload(r, d, 10), now, &out);
+    if (!evicted) {
+      now += std::chrono::seconds(static_cast<int>(config.quorum.round_deadline_s) + 1);
+      core.OnTick(now, &out);
+    }
+    for (const auto& site : {"site-a", "site-b"}) {
+      core.HandleMessage(site, Wrap(EvalReport{r, 2.0, 100, core.digest(), {}, {}}), now, &out);
+    }
+    // site-c evaluates nothing either: the record waits for it until the deadline.
+    now += std::chrono::seconds(static_cast<int>(config.quorum.round_deadline_s) + 1);
+    core.OnTick(now, &out);
+    INFO("round " << r);
+    REQUIRE(core.committed_round() == r);
+    REQUIRE(core.phase() == (evicted ? core.phase() : CoordinatorCore::Phase::kTraining));
+  }
+  CHECK(evicted);
+  CHECK(sent == CoordinatorCore::kMaxUnconfirmedResyncs);
+  CHECK(core.workers().at("site-c").state == WorkerState::kEvicted);
+}
+
 }  // namespace
 TEST_CASE("ranks: a multi-rank site must report one digest per rank", "[unit][coordinator]") {
   auto config = TinyCampaign(3, 2);
@@ -1398,14 +1486,16 @@ TEST_CASE("ranks: a multi-rank site must report one digest per rank", "[unit][co
   }
   REQUIRE(core.phase() == CoordinatorCore::Phase::kEvaluating);
   const uint64_t d0 = core.digest();
+  size_t syncs = 0;
   for (const std::vector<uint64_t>& digests : {std::vector<uint64_t>{}, std::vector<uint64_t>{d0},
                                                std::vector<uint64_t>{d0, d0, d0}}) {
     out = CoreOutput{};
     core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, digests}), now, &out);
     REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
     CHECK(Bodies<Error>(out, "site-a")[0]->code == ErrorCode::kDigestMismatch);
-    CHECK(Bodies<ModelSync>(out, "site-a").size() == 1);
+    syncs += Bodies<ModelSync>(out, "site-a").size();
   }
+  CHECK(syncs == 1);  // one re-sync per committed round (CoordinatorCore::Resync)
   out = CoreOutput{};
   core.HandleMessage("site-a", Wrap(EvalReport{0, 2.0, 100, d0, {}, {d0, d0}}), now, &out);
   CHECK(Bodies<Error>(out, "site-a").empty());

@@ -8,8 +8,8 @@
 #include <random>
 #include <string>
 
-#include "common/fpld.h"
-#include "common/model_init.h"
+#include "data/probe_set.h"
+#include "ml/model_init.h"
 
 namespace lowband {
 namespace {

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <map>
 
-#include "common/fcrag.h"
-#include "common/dither.h"
+#include "fcrag/fcrag.h"
+#include "codec/dither.h"
 
 namespace lowband {
 namespace {

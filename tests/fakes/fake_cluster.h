@@ -12,9 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/transport.h"
-#include "common/wire.h"
+#include "codec/codec.h"
+#include "net/inproc.h"
+#include "net/transport.h"
+#include "protocol/wire.h"
 #include "coordinator/core.h"
 #include "worker/core.h"
 

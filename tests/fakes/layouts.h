@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/params.h"
+#include "codec/params.h"
 
 namespace lowband::testing {
 

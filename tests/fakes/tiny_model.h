@@ -1,7 +1,7 @@
 // A GPT small enough for unit tests (byte vocabulary by default).
 #pragma once
 
-#include "common/config.h"
+#include "config/config.h"
 
 namespace lowband::testing {
 

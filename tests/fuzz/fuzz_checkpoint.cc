@@ -1,4 +1,4 @@
-// libFuzzer target: ReadCheckpoint (common/checkpoint.h) on hostile files.
+// libFuzzer target: ReadCheckpoint (coordinator/checkpoint.h) on hostile files.
 // Input format: tests/fuzz/fuzz_inputs.h. The reader takes a path, so the
 // input goes to one file per process (mkstemp, rewritten each run) in a
 // directory on /dev/shm when it is writable (tmpfs: no disk I/O, and the
@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "common/checkpoint.h"
+#include "coordinator/checkpoint.h"
 #include "tests/fuzz/fuzz_inputs.h"
 
 namespace lowband::fuzz {

@@ -1,5 +1,5 @@
 // libFuzzer target: the YAML config loaders ParseCampaignYaml and
-// ParseSiteYaml (common/config.h) on hostile text. They must return
+// ParseSiteYaml (config/config.h) on hostile text. They must return
 // InvalidArgument, never crash, throw or hang. The input is the YAML text;
 // both parsers see every input.
 //
@@ -19,7 +19,7 @@
 #include <cstring>
 #include <string>
 
-#include "common/config.h"
+#include "config/config.h"
 
 namespace lowband::fuzz {
 namespace {

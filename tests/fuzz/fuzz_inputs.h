@@ -22,7 +22,7 @@
 #include <cstring>
 #include <vector>
 
-#include "common/params.h"
+#include "codec/params.h"
 
 namespace lowband::fuzz {
 

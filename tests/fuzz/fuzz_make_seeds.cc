@@ -24,9 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/checkpoint.h"
-#include "common/codec.h"
-#include "common/wire.h"
+#include "coordinator/checkpoint.h"
+#include "codec/codec.h"
+#include "protocol/wire.h"
 #include "tests/fuzz/fuzz_inputs.h"
 
 namespace lowband::fuzz {

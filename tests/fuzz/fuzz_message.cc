@@ -1,4 +1,4 @@
-// libFuzzer target: DecodeMessage (common/wire.h) on hostile frames.
+// libFuzzer target: DecodeMessage (protocol/wire.h) on hostile frames.
 // Input format: tests/fuzz/fuzz_inputs.h. Besides "no crash, no UB, no
 // leak", it checks two properties of every accepted message:
 //   * both overloads (const& and &&) agree on accepting it;
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "common/wire.h"
+#include "protocol/wire.h"
 #include "tests/fuzz/fuzz_inputs.h"
 
 namespace lowband::fuzz {

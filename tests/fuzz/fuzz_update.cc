@@ -1,4 +1,4 @@
-// libFuzzer target: ParseUpdate (common/codec.h) for every codec kind on a
+// libFuzzer target: ParseUpdate (codec/codec.h) for every codec kind on a
 // fixed layout (FuzzLayout: full, edge and corner 64x64 tiles, full and short
 // 4096-element chunks) at a topk taken from the input. Input format:
 // tests/fuzz/fuzz_inputs.h; the header is made consistent with the bulk
@@ -19,7 +19,7 @@
 #include <cstring>
 #include <vector>
 
-#include "common/codec.h"
+#include "codec/codec.h"
 #include "tests/fuzz/fuzz_inputs.h"
 
 namespace lowband::fuzz {

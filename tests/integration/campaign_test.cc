@@ -13,11 +13,12 @@
 #include <sstream>
 #include <thread>
 
-#include "common/checkpoint.h"
-#include "common/process.h"
-#include "common/transport_zmq.h"
+#include "coordinator/checkpoint.h"
+#include "base/process.h"
+#include "net/zmq/zmq_transport.h"
 #include "tests/fakes/temp_dir.h"
 #include "tests/integration/helpers.h"
+#include "tests/fakes/wait.h"
 
 namespace lowband {
 namespace {
@@ -78,14 +79,10 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
     }
     Inbound in;
     int replies = 0;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (replies < 50 && std::chrono::steady_clock::now() < until) {
-      if ((*junk)->TryReceive(&in)) {
-        ++replies;
-      } else {
-        std::this_thread::sleep_for(milliseconds(5));
-      }
-    }
+    testing::WaitUntil([&] {
+      while ((*junk)->TryReceive(&in)) ++replies;
+      return replies >= 50;
+    }, milliseconds(10000), milliseconds(5));
     CHECK(replies == 50);  // every junk message got an error reply
   }
 
@@ -259,11 +256,8 @@ TEST_CASE("lowband run: SIGTERM stops every process, leaving no orphans", "[inte
   WriteFile(campaign, TinyCampaign(port, 50));
   Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string()}, dir.Path("run.out"));
   // Wait until the campaign is training (a progress line for round 1).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (ReadFile(dir.Path("run.out")).find("round   1/") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline && !run.Poll()) {
-    std::this_thread::sleep_for(milliseconds(50));
-  }
+  testing::WaitUntil([&] { return ReadFile(dir.Path("run.out")).find("round   1/") != std::string::npos || run.Poll(); },
+                     milliseconds(120000), milliseconds(50));
   REQUIRE(run.running());
   CHECK(ProcessesMentioning(campaign) == 5);  // lowband run, coordinator, 3 workers
   run.Signal(SIGTERM);

@@ -11,7 +11,7 @@
 #include <sstream>
 #include <string>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "tests/fakes/temp_dir.h"
 #include "tests/integration/helpers.h"
 

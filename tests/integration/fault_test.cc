@@ -1,7 +1,7 @@
 // Fault injection with real processes: the coordinator SIGKILLed at several
 // points of a round and restarted, a worker killed as it uploads, a worker
 // frozen for several rounds. Kills at exact points come from the daemons'
-// failpoints (LOWBAND_FAILPOINT, common/failpoint.h); a failpoint kills its
+// failpoints (LOWBAND_FAILPOINT, base/failpoint.h); a failpoint kills its
 // process with SIGKILL, so the exit status 137 proves it was reached.
 #include <signal.h>
 
@@ -13,7 +13,7 @@
 #include <sstream>
 #include <thread>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "coordinator/state_store.h"
 #include "tests/integration/helpers.h"
 

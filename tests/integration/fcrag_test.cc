@@ -9,9 +9,10 @@
 #include <string>
 #include <thread>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "tests/fakes/temp_dir.h"
 #include "tests/integration/helpers.h"
+#include "tests/fakes/wait.h"
 
 namespace lowband {
 namespace {
@@ -55,10 +56,8 @@ TEST_CASE("lowband run: an FC-RAG campaign calibrates, covers, and answers calib
   const std::string campaign = dir.Path("campaign.yaml");
   WriteFile(campaign, FcragCampaign(port, run_dir));
   Subprocess run = Start({kBin + "/lowband", "run", campaign}, dir.Path("run.out"));
-  for (int i = 0; i < 600 && run.running() && !std::filesystem::exists(run_dir + "/fcrag.json"); ++i) {
-    std::this_thread::sleep_for(milliseconds(100));
-    run.Poll();
-  }
+  testing::WaitUntil([&] { return std::filesystem::exists(run_dir + "/fcrag.json") || run.Poll(); },
+                     milliseconds(60000), milliseconds(100));
   INFO(ReadFile(dir.Path("run.out")));
   REQUIRE(std::filesystem::exists(run_dir + "/fcrag.json"));
 

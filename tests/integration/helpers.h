@@ -17,8 +17,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "tests/fakes/temp_dir.h"
+#include "tests/fakes/wait.h"
 
 namespace lowband::itest {
 
@@ -132,13 +133,14 @@ inline std::pair<int, std::string> Ctl(const TempDir& dir, int port, std::vector
 // (`lowband run` or the coordinator) ends, or the deadline; the last status.
 inline std::string WaitStatus(const TempDir& dir, int port, const std::function<bool(const std::string&)>& done,
                               Subprocess& process, std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
   std::string status;
-  while (process.running() && std::chrono::steady_clock::now() < deadline) {
+  testing::WaitUntil([&] {
+    if (!process.running()) return true;
     status = Ctl(dir, port, {"status", "--json"}, 1000).second;
-    if (done(status)) return status;
+    if (done(status)) return true;
     process.Poll();
-  }
+    return false;
+  }, limit, milliseconds(0));
   return status;
 }
 
@@ -183,13 +185,14 @@ inline Subprocess Worker(const std::string& campaign, const std::string& site, c
 }
 
 inline std::string WaitWorkers(const TempDir& dir, int port, const std::string& needle, Subprocess& coordinator) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   std::string workers;
-  while (coordinator.running() && std::chrono::steady_clock::now() < deadline) {
+  testing::WaitUntil([&] {
+    if (!coordinator.running()) return true;
     workers = Ctl(dir, port, {"workers", "--json"}, 1000).second;
-    if (workers.find(needle) != std::string::npos) break;
+    if (workers.find(needle) != std::string::npos) return true;
     coordinator.Poll();
-  }
+    return false;
+  }, milliseconds(60000), milliseconds(0));
   return workers;
 }
 

@@ -10,7 +10,7 @@
 #include <map>
 #include <sstream>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "tests/integration/helpers.h"
 
 namespace lowband {

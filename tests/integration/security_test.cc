@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <sstream>
 
-#include "common/process.h"
+#include "base/process.h"
 #include "tests/integration/helpers.h"
 
 namespace lowband {

@@ -8,8 +8,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "common/params.h"
-#include "common/wire.h"
+#include "codec/params.h"
+#include "protocol/wire.h"
 
 namespace lowband {
 namespace {

@@ -19,8 +19,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/model.h"
-#include "common/params.h"
+#include "ml/model.h"
+#include "codec/params.h"
 #include "tests/fakes/tiny_model.h"
 
 namespace lowband {

@@ -3,6 +3,7 @@
 #include "worker/site_group.h"
 
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <string>
@@ -12,6 +13,7 @@
 #include "tests/fakes/temp_dir.h"
 #include "tests/fakes/tiny_model.h"
 #include "worker/trainer.h"
+#include "tests/fakes/wait.h"
 
 namespace lowband {
 namespace {
@@ -28,23 +30,24 @@ SiteGroupOptions Options(int rank, const std::string& file, int seconds = 20) {
 
 // Runs fn(rank, group) for ranks 0 and 1 on two threads; a rank whose
 // group cannot form reports it in `failures`.
+// `left[rank]`, when given, is set once that rank's group is gone.
 void OnTwoRanks(const std::string& file, const std::function<void(int, SiteGroup&)>& fn,
-                std::vector<std::string>* failures, int seconds = 20) {
+                std::vector<std::string>* failures, int seconds = 20, std::atomic<bool>* left = nullptr) {
   failures->assign(2, "");
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
-      auto g = SiteGroup::OpenStore(Options(rank, file, seconds));
-      if (!g.ok()) {
-        (*failures)[rank] = g.status().ToString();
-        return;
+      {
+        auto g = SiteGroup::OpenStore(Options(rank, file, seconds));
+        if (!g.ok()) {
+          (*failures)[rank] = g.status().ToString();
+        } else if (Status st = (*g)->Join(); !st.ok()) {
+          (*failures)[rank] = st.ToString();
+        } else {
+          fn(rank, **g);
+        }
       }
-      Status st = (*g)->Join();
-      if (!st.ok()) {
-        (*failures)[rank] = st.ToString();
-        return;
-      }
-      fn(rank, **g);
+      if (left) left[rank] = true;
     });
   }
   for (auto& t : threads) t.join();
@@ -138,15 +141,18 @@ TEST_CASE("site group: a rank that leaves fails the collective at once, not at t
   Status after;
   double waited_s = 0;
   std::vector<std::string> failures;
+  std::atomic<bool> left[2] = {false, false};
+  bool saw_left = false;
   OnTwoRanks(dir.Path("store"), [&](int rank, SiteGroup& g) {
     if (rank == 1) return;  // its group goes with its thread
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    saw_left = testing::WaitUntil([&] { return left[1].load(); }, std::chrono::milliseconds(10000));
     const auto start = std::chrono::steady_clock::now();
     std::vector<double> v{1.0};
     after = g.AllreduceSum(&v);
     waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }, &failures, /*seconds=*/60);
+  }, &failures, /*seconds=*/60, left);
   REQUIRE(failures[0].empty());
+  REQUIRE(saw_left);
   CHECK_FALSE(after.ok());
   CHECK(after.code() == StatusCode::kUnavailable);
   CHECK(after.message().find("rank") != std::string::npos);

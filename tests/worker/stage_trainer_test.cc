@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "common/model.h"
+#include "ml/model.h"
 #include "tests/fakes/tiny_model.h"
 
 namespace lowband {

@@ -5,8 +5,8 @@
 #include <cstring>
 #include <string>
 
-#include "common/blocks.h"
-#include "common/model_init.h"
+#include "codec/blocks.h"
+#include "ml/model_init.h"
 #include "tests/fakes/tiny_model.h"
 
 namespace lowband {

@@ -1,0 +1,879 @@
+#include "codec/codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+
+namespace lowband {
+
+// The bulk formats are little-endian and are read and written with memcpy of
+// host values; every supported host is little-endian.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "lowband codecs assume a little-endian host");
+
+namespace {
+
+// ---------------------------------------------------------------- helpers
+
+uint64_t Ceil12(uint64_t n) { return (3 * n + 1) / 2; }  // bytes of n packed 12-bit indices
+uint64_t Ceil2(uint64_t n) { return (n + 3) / 4; }       // bytes of n packed 2-bit codes
+
+template <typename T>
+std::string Num(T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", static_cast<double>(v));
+    return buf;
+  } else {
+    return std::to_string(v);
+  }
+}
+
+// "sparseloco tensor 3 (blocks.0.attn.w)"
+std::string TensorWhere(CodecKind kind, const ParamLayout& layout, size_t t) {
+  return std::string(CodecName(kind)) + " tensor " + std::to_string(t) + " (" + layout.tensors[t].name + ")";
+}
+// "sparseloco tensor 3 (blocks.0.attn.w) chunk 7" (chunk numbered within the tensor)
+std::string ChunkWhere(CodecKind kind, const ParamLayout& layout, const LayoutPlan& plan, size_t t, size_t c) {
+  return TensorWhere(kind, layout, t) + " chunk " + std::to_string(c - plan.tensors[t].first_chunk);
+}
+// The error for local index l of chunk c that is out of range or not above
+// the previous index `prev` of the same chunk.
+Status BadIndex(CodecKind kind, const ParamLayout& layout, const LayoutPlan& plan, size_t t, size_t c, int64_t l,
+                int64_t prev) {
+  const int64_t n = plan.chunks[c].numel();
+  return InvalidArgument(ChunkWhere(kind, layout, plan, t, c) + ": index " + std::to_string(l) +
+                         (l >= n ? " >= chunk size " + std::to_string(n)
+                                 : " after " + std::to_string(prev) + " (indices must be strictly increasing)"));
+}
+// Tensor holding flat element i (only on error paths).
+size_t TensorOf(const LayoutPlan& plan, uint64_t i) {
+  size_t t = 0;
+  while (t + 1 < plan.tensors.size() && static_cast<uint64_t>(plan.tensors[t + 1].offset) <= i) ++t;
+  return t;
+}
+std::string ElementWhere(CodecKind kind, const ParamLayout& layout, const LayoutPlan& plan, uint64_t i) {
+  const size_t t = TensorOf(plan, i);
+  return TensorWhere(kind, layout, t) + " element " + std::to_string(i - plan.tensors[t].offset);
+}
+
+inline float LoadF32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline uint16_t LoadU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+// Local index i of a 12-bit packed stream (see the header comment). For the
+// odd last index of a stream this reads its 2 bytes only.
+inline uint32_t Get12(const uint8_t* p, uint64_t i) {
+  const uint8_t* q = p + (i >> 1) * 3;
+  return (i & 1) ? (static_cast<uint32_t>(q[1]) >> 4) | (static_cast<uint32_t>(q[2]) << 4)
+                 : static_cast<uint32_t>(q[0]) | (static_cast<uint32_t>(q[1] & 0x0f) << 8);
+}
+// Pad bits of a stream of n 12-bit indices: the high nibble of an odd tail.
+inline bool Pad12Clean(const uint8_t* p, uint64_t n) { return (n & 1) == 0 || (p[(n >> 1) * 3 + 1] & 0xf0) == 0; }
+// Pad bits of a stream of n 2-bit codes: the unused high bits of the last byte.
+inline bool Pad2Clean(const uint8_t* p, uint64_t n) { return (n & 3) == 0 || (p[n >> 2] >> (2 * (n & 3))) == 0; }
+
+// Writes n indices (each < 4096) 12-bit packed; returns the end.
+uint8_t* Pack12(const uint16_t* idx, uint64_t n, uint8_t* dst) {
+  uint64_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    const uint32_t a = idx[i], b = idx[i + 1];
+    dst[0] = static_cast<uint8_t>(a);
+    dst[1] = static_cast<uint8_t>((a >> 8) | ((b & 0x0f) << 4));
+    dst[2] = static_cast<uint8_t>(b >> 4);
+    dst += 3;
+  }
+  if (i < n) {
+    dst[0] = static_cast<uint8_t>(idx[i]);
+    dst[1] = static_cast<uint8_t>(idx[i] >> 8);
+    dst += 2;
+  }
+  return dst;
+}
+
+// Writes n codes (each <= 3) 4 per byte, first in the low bits; returns the end.
+uint8_t* Pack2(const uint8_t* codes, uint64_t n, uint8_t* dst) {
+  const uint64_t full = n / 4;
+  for (uint64_t j = 0; j < full; ++j) {
+    const uint8_t* c = codes + 4 * j;
+    dst[j] = static_cast<uint8_t>(c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6));
+  }
+  dst += full;
+  if (n & 3) {
+    uint8_t b = 0;
+    for (uint64_t i = full * 4; i < n; ++i) b = static_cast<uint8_t>(b | (codes[i] << (2 * (i & 3))));
+    *dst++ = b;
+  }
+  return dst;
+}
+
+bool IsBf16Finite(uint16_t bits) { return (bits & 0x7f80) != 0x7f80; }
+
+// A plan that PlanLayout made for this layout (cheap shape check: a plan for
+// another layout is a caller bug, reported rather than read out of bounds).
+Status CheckPlan(const ParamLayout& layout, const LayoutPlan& plan) {
+  bool ok = plan.tensors.size() == layout.tensors.size() && plan.numel == layout.numel();
+  for (size_t t = 0; ok && t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    ok = tp.numel == layout.tensors[t].numel() && tp.first_chunk + tp.num_chunks <= plan.chunks.size();
+  }
+  if (!ok) {
+    return InvalidArgument("chunk plan (" + std::to_string(plan.tensors.size()) + " tensors, " + Num(plan.numel) +
+                           " elements) was not made for this layout (" + std::to_string(layout.tensors.size()) +
+                           " tensors, " + Num(layout.numel()) + " elements)");
+  }
+  return Status::Ok();
+}
+
+// Structure of an Update against the plan; optionally that every value is finite.
+Status CheckUpdate(const LayoutPlan& plan, const Update& u, bool require_finite) {
+  if (u.dense) {
+    if (u.values.size() != static_cast<uint64_t>(plan.numel)) {
+      return InvalidArgument("dense update has " + Num(u.values.size()) +
+                             " values, layout has " + Num(plan.numel));
+    }
+    if (require_finite) {
+      for (size_t i = 0; i < u.values.size(); ++i) {
+        if (!std::isfinite(u.values[i])) {
+          return InvalidArgument("dense update: element " + Num(i) + " is " +
+                                 Num(u.values[i]));
+        }
+      }
+    }
+    return Status::Ok();
+  }
+  if (u.begin.size() != plan.chunks.size() + 1 || u.begin[0] != 0 || u.index.size() != u.value.size() ||
+      u.begin.back() != u.index.size()) {
+    return InvalidArgument("sparse update is malformed: " + Num(u.begin.size()) +
+                           " chunk offsets for " + Num(plan.chunks.size()) + " chunks, " +
+                           Num(u.index.size()) + " indices, " +
+                           Num(u.value.size()) + " values");
+  }
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    const uint32_t b = u.begin[c], e = u.begin[c + 1];
+    if (e < b || e > u.index.size()) {
+      return InvalidArgument("sparse update: chunk " + Num(c) + " has entries [" +
+                             Num(b) + ", " + Num(e) + ")");
+    }
+    const int64_t n = plan.chunks[c].numel();
+    int64_t prev = -1;
+    for (uint32_t i = b; i < e; ++i) {
+      const int64_t l = u.index[i];
+      if (l >= n || l <= prev) {
+        return InvalidArgument("sparse update: chunk " + Num(c) + " index " + Num(l) +
+                               (l >= n ? " >= chunk size " + Num(n) : " after " + Num(prev) + " (not increasing)"));
+      }
+      prev = l;
+      if (require_finite && !std::isfinite(u.value[i])) {
+        return InvalidArgument("sparse update: chunk " + Num(c) + " index " + Num(l) +
+                               " is " + Num(u.value[i]));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Flat index of the first element of local row r of chunk ch in tensor tp.
+inline int64_t RowBase(const TensorPlan& tp, const Chunk& ch, int64_t r) {
+  return tp.offset + ch.origin + r * tp.row_stride;
+}
+
+Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Bytes bulk) {
+  Encoded out;
+  out.header.codec = kind;
+  out.header.num_elements = static_cast<uint64_t>(layout.numel());
+  out.header.layout_digest = layout.Digest();
+  out.header.byte_length = bulk.size();
+  out.header.checksum = BulkChecksum(bulk.data(), bulk.size());
+  out.header.topk = topk;
+  out.bulk = std::move(bulk);
+  return out;
+}
+
+// Header fields that do not need the bulk's contents: codec known, element
+// count, layout digest, topk, stated length.
+Status CheckHeader(const ParamLayout& layout, const BlobHeader& header, const Bytes& bulk) {
+  switch (header.codec) {
+    case CodecKind::kDenseFp32:
+    case CodecKind::kDenseBf16:
+    case CodecKind::kInt8:
+    case CodecKind::kSparseLoCo:
+    case CodecKind::kSparseFp32: break;
+    default:
+      return InvalidArgument("unknown codec value " + std::to_string(static_cast<int>(header.codec)));
+  }
+  if (header.num_elements != static_cast<uint64_t>(layout.numel())) {
+    return InvalidArgument("payload has " + Num(header.num_elements) + " elements, layout has " +
+                           Num(layout.numel()));
+  }
+  if (header.layout_digest != layout.Digest()) {
+    return InvalidArgument("payload layout digest " + DigestHex(header.layout_digest) +
+                           " does not match the model layout " + DigestHex(layout.Digest()));
+  }
+  if (header.codec == CodecKind::kSparseLoCo) {
+    if (header.topk < 1 || header.topk > kChunkElems) {
+      return InvalidArgument("sparseloco payload has topk " + std::to_string(header.topk) + ", allowed 1..4096");
+    }
+  } else if (header.topk != 0) {
+    return InvalidArgument(std::string(CodecName(header.codec)) + " payload has topk " +
+                           std::to_string(header.topk) + ", must be 0");
+  }
+  if (header.byte_length != bulk.size()) {
+    return Corruption("bulk frame is " + Num(bulk.size()) + " bytes, header says " +
+                      Num(header.byte_length));
+  }
+  return Status::Ok();
+}
+
+Status CheckChecksum(const BlobHeader& header, const Bytes& bulk) {
+  if (BulkChecksum(bulk.data(), bulk.size()) != header.checksum) {
+    return Corruption(std::string(CodecName(header.codec)) + " bulk frame checksum mismatch");
+  }
+  return Status::Ok();
+}
+
+Status WrongLength(CodecKind kind, uint64_t have, uint64_t want, const std::string& why) {
+  return Corruption(std::string(CodecName(kind)) + " bulk frame is " + Num(have) + " bytes, " + why + " needs " +
+                    Num(want));
+}
+
+// ---------------------------------------------------------------- parsers
+// Each runs after CheckHeader, the exact length check and the checksum.
+
+StatusOr<Update> ParseDenseFp32(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk) {
+  Update u;
+  u.dense = true;
+  u.values.resize(static_cast<size_t>(plan.numel));
+  if (!bulk.empty()) std::memcpy(u.values.data(), bulk.data(), bulk.size());
+  for (size_t i = 0; i < u.values.size(); ++i) {
+    if (!std::isfinite(u.values[i])) {
+      return InvalidArgument(ElementWhere(CodecKind::kDenseFp32, layout, plan, i) + ": value is " +
+                             Num(u.values[i]));
+    }
+  }
+  return u;
+}
+
+StatusOr<Update> ParseDenseBf16(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk) {
+  Update u;
+  u.dense = true;
+  u.values.resize(static_cast<size_t>(plan.numel));
+  const uint8_t* p = bulk.data();
+  for (size_t i = 0; i < u.values.size(); ++i) {
+    const uint16_t bits = LoadU16(p + 2 * i);
+    if (!IsBf16Finite(bits)) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "%04x", bits);
+      return InvalidArgument(ElementWhere(CodecKind::kDenseBf16, layout, plan, i) +
+                             ": non-finite bfloat16 bits 0x" + hex);
+    }
+    const uint32_t f = static_cast<uint32_t>(bits) << 16;
+    std::memcpy(&u.values[i], &f, sizeof(float));
+  }
+  return u;
+}
+
+StatusOr<Update> ParseInt8(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk) {
+  constexpr CodecKind kKind = CodecKind::kInt8;
+  Update u;
+  u.dense = true;
+  u.values.resize(static_cast<size_t>(plan.numel));
+  const uint8_t* p = bulk.data();
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    const uint8_t* scales = p;
+    const auto* q = reinterpret_cast<const int8_t*>(p + 4 * tp.num_chunks);
+    p += 4 * tp.num_chunks + static_cast<uint64_t>(tp.numel);
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      const float s = LoadF32(scales + 4 * (c - tp.first_chunk));
+      // 127 * s finite and s >= 0 bound every q * s (|q| <= 127).
+      if (!std::isfinite(s) || s < 0 || !std::isfinite(127.0f * s)) {
+        return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": scale " + Num(s) +
+                               " (must be finite, >= 0, and 127 * scale finite)");
+      }
+      for (int64_t r = 0; r < ch.rows; ++r) {
+        float* dst = u.values.data() + RowBase(tp, ch, r);
+        for (int32_t col = 0; col < ch.cols; ++col) {
+          const int8_t v = *q++;
+          if (v == -128) {
+            return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": q = -128 at local index " +
+                                   Num(r * ch.cols + col) + " (allowed -127..127)");
+          }
+          dst[col] = static_cast<float>(v) * s;
+        }
+      }
+    }
+  }
+  return u;
+}
+
+StatusOr<Update> ParseSparseLoCo(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk) {
+  constexpr CodecKind kKind = CodecKind::kSparseLoCo;
+  Update u;
+  u.dense = false;
+  u.begin.resize(plan.chunks.size() + 1);
+  u.index.resize(static_cast<size_t>(plan.kept));
+  u.value.resize(static_cast<size_t>(plan.kept));
+  const uint8_t* p = bulk.data();
+  uint32_t e = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    float table[4];
+    for (int j = 0; j < 4; ++j) {
+      table[j] = LoadF32(p + 4 * j);
+      if (!std::isfinite(table[j])) {
+        return InvalidArgument(TensorWhere(kKind, layout, t) + ": table entry " + std::to_string(j) + " is " +
+                               Num(table[j]));
+      }
+    }
+    const uint64_t k_total = static_cast<uint64_t>(tp.kept);
+    const uint8_t* idx = p + 16;
+    const uint8_t* codes = idx + Ceil12(k_total);
+    p = codes + Ceil2(k_total);
+    if (!Pad12Clean(idx, k_total)) {
+      return InvalidArgument(TensorWhere(kKind, layout, t) + ": nonzero pad bits after the last 12-bit index");
+    }
+    if (!Pad2Clean(codes, k_total)) {
+      return InvalidArgument(TensorWhere(kKind, layout, t) + ": nonzero pad bits after the last 2-bit code");
+    }
+    uint64_t i = 0;  // entry within the tensor's streams
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      const uint32_t n = static_cast<uint32_t>(ch.numel());
+      u.begin[c] = e;
+      int64_t prev = -1;
+      for (int32_t j = 0; j < ch.k; ++j, ++i, ++e) {
+        const uint32_t l = Get12(idx, i);
+        if (l >= n || static_cast<int64_t>(l) <= prev) {
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
+        }
+        prev = l;
+        u.index[e] = static_cast<uint16_t>(l);
+        u.value[e] = table[(codes[i >> 2] >> (2 * (i & 3))) & 3];
+      }
+    }
+  }
+  u.begin[plan.chunks.size()] = e;
+  return u;
+}
+
+// Sum of the chunk counts of a sparse_fp32 frame (bulk holds at least the
+// counts); rejects a count above its chunk's size.
+StatusOr<uint64_t> SparseFp32Entries(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk) {
+  uint64_t m = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const uint16_t count = LoadU16(bulk.data() + 2 * c);
+      if (count > plan.chunks[c].numel()) {
+        return InvalidArgument(ChunkWhere(CodecKind::kSparseFp32, layout, plan, t, c) + ": count " +
+                               std::to_string(count) + " > chunk size " + Num(plan.chunks[c].numel()));
+      }
+      m += count;
+    }
+  }
+  return m;
+}
+
+StatusOr<Update> ParseSparseFp32(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk,
+                                 uint64_t m) {
+  constexpr CodecKind kKind = CodecKind::kSparseFp32;
+  Update u;
+  u.dense = false;
+  u.begin.resize(plan.chunks.size() + 1);
+  u.index.resize(m);
+  u.value.resize(m);
+  const uint8_t* counts = bulk.data();
+  const uint8_t* idx = counts + 2 * plan.chunks.size();
+  const uint8_t* vals = idx + Ceil12(m);
+  if (!Pad12Clean(idx, m)) {
+    return InvalidArgument("sparse_fp32: nonzero pad bits after the last 12-bit index");
+  }
+  if (m) std::memcpy(u.value.data(), vals, 4 * m);
+  uint32_t e = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const uint32_t n = static_cast<uint32_t>(plan.chunks[c].numel());
+      const uint32_t count = LoadU16(counts + 2 * c);
+      u.begin[c] = e;
+      int64_t prev = -1;
+      for (uint32_t j = 0; j < count; ++j, ++e) {
+        const uint32_t l = Get12(idx, e);
+        if (l >= n || static_cast<int64_t>(l) <= prev) {
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
+        }
+        prev = l;
+        u.index[e] = static_cast<uint16_t>(l);
+        if (!std::isfinite(u.value[e])) {
+          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": value at index " +
+                                 Num(l) + " is " + Num(u.value[e]));
+        }
+      }
+    }
+  }
+  u.begin[plan.chunks.size()] = e;
+  return u;
+}
+
+StatusOr<Encoded> PackSparseFp32(const ParamLayout& layout, const LayoutPlan& plan, const Update& u) {
+  const uint64_t m = u.value.size();
+  Bytes bulk(BulkBytes(plan, CodecKind::kSparseFp32, m));
+  uint8_t* p = bulk.data();
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    const uint32_t count = u.begin[c + 1] - u.begin[c];  // <= 4096 (checked indices)
+    p[2 * c] = static_cast<uint8_t>(count);
+    p[2 * c + 1] = static_cast<uint8_t>(count >> 8);
+  }
+  p += 2 * plan.chunks.size();
+  p = Pack12(u.index.data(), m, p);
+  if (m) std::memcpy(p, u.value.data(), 4 * m);
+  return Finish(layout, CodecKind::kSparseFp32, 0, std::move(bulk));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- plan
+
+int64_t LayoutPlan::FlatIndex(size_t t, size_t c, int64_t l) const {
+  const TensorPlan& tp = tensors[t];
+  const Chunk& ch = chunks[c];
+  return tp.offset + ch.origin + (l / ch.cols) * tp.row_stride + (l % ch.cols);
+}
+
+LayoutPlan PlanLayout(const ParamLayout& layout, int topk) {
+  LayoutPlan plan;
+  plan.topk = std::clamp<int>(topk, 1, static_cast<int>(kChunkElems));
+  const int64_t k_num = plan.topk;
+  auto add = [&](TensorPlan* tp, int64_t origin, int64_t rows, int64_t cols) {
+    Chunk ch;
+    ch.origin = origin;
+    ch.rows = static_cast<int32_t>(rows);
+    ch.cols = static_cast<int32_t>(cols);
+    const int64_t n = rows * cols;
+    ch.k = static_cast<int32_t>(std::min<int64_t>(n, (k_num * n + kChunkElems - 1) / kChunkElems));
+    tp->kept += ch.k;
+    plan.chunks.push_back(ch);
+  };
+  plan.tensors.reserve(layout.tensors.size());
+  int64_t offset = 0;
+  for (const TensorSpec& spec : layout.tensors) {
+    TensorPlan tp;
+    tp.offset = offset;
+    tp.numel = spec.numel();
+    tp.first_chunk = plan.chunks.size();
+    for (int64_t d : spec.shape) LOWBAND_CHECK(d >= 0);  // loaders reject negative dimensions
+    if (tp.numel > 0 && spec.shape.size() == 2) {
+      const int64_t rows = spec.shape[0], cols = spec.shape[1];
+      const int64_t rf = rows / kTileSide, cf = cols / kTileSide, rr = rows % kTileSide, rc = cols % kTileSide;
+      tp.row_stride = cols;
+      for (int64_t i = 0; i < rf; ++i) {
+        for (int64_t j = 0; j < cf; ++j) add(&tp, i * kTileSide * cols + j * kTileSide, kTileSide, kTileSide);
+      }
+      if (rc > 0) {
+        for (int64_t i = 0; i < rf; ++i) add(&tp, i * kTileSide * cols + cf * kTileSide, kTileSide, rc);
+      }
+      if (rr > 0) {
+        for (int64_t j = 0; j < cf; ++j) add(&tp, rf * kTileSide * cols + j * kTileSide, rr, kTileSide);
+      }
+      if (rr > 0 && rc > 0) add(&tp, rf * kTileSide * cols + cf * kTileSide, rr, rc);
+    } else if (tp.numel > 0) {
+      for (int64_t base = 0; base < tp.numel; base += kChunkElems) {
+        add(&tp, base, 1, std::min(kChunkElems, tp.numel - base));
+      }
+    }
+    tp.num_chunks = plan.chunks.size() - tp.first_chunk;
+    plan.kept += tp.kept;
+    offset += tp.numel;
+    plan.tensors.push_back(tp);
+  }
+  plan.numel = offset;
+  return plan;
+}
+
+// ---------------------------------------------------------------- updates
+
+std::vector<float> Densify(const LayoutPlan& plan, const Update& u) {
+  LOWBAND_CHECK(CheckUpdate(plan, u, false).ok());
+  if (u.dense) return u.values;
+  std::vector<float> out(static_cast<size_t>(plan.numel), 0.0f);
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) out[plan.FlatIndex(t, c, u.index[e])] = u.value[e];
+    }
+  }
+  return out;
+}
+
+Status ApplyUpdate(const LayoutPlan& plan, const Update& u, std::vector<float>* theta) {
+  if (theta->size() != static_cast<uint64_t>(plan.numel)) {
+    return InvalidArgument("parameters have " + Num(theta->size()) +
+                           " values, the plan has " + Num(plan.numel));
+  }
+  LOWBAND_RETURN_IF_ERROR(CheckUpdate(plan, u, false));
+  float* th = theta->data();
+  if (u.dense) {
+    const float* v = u.values.data();
+    for (size_t i = 0, n = u.values.size(); i < n; ++i) th[i] = th[i] - v[i];
+    return Status::Ok();
+  }
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) {
+        const int64_t i = plan.FlatIndex(t, c, u.index[e]);
+        th[i] = th[i] - u.value[e];
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------- sizes
+
+uint64_t BulkBytes(const LayoutPlan& plan, CodecKind kind, uint64_t nnz) {
+  const uint64_t p = static_cast<uint64_t>(plan.numel);
+  switch (kind) {
+    case CodecKind::kDenseFp32: return 4 * p;
+    case CodecKind::kDenseBf16: return 2 * p;
+    case CodecKind::kInt8: return 4 * plan.chunks.size() + p;
+    case CodecKind::kSparseLoCo: {
+      uint64_t bytes = 0;
+      for (const TensorPlan& tp : plan.tensors) {
+        const uint64_t k = static_cast<uint64_t>(tp.kept);
+        bytes += 16 + Ceil12(k) + Ceil2(k);
+      }
+      return bytes;
+    }
+    case CodecKind::kSparseFp32: return 2 * plan.chunks.size() + Ceil12(nnz) + 4 * nnz;
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- packing
+
+StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& plan, const SparseLoCoParts& parts) {
+  constexpr CodecKind kKind = CodecKind::kSparseLoCo;
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  if (parts.tables.size() != 4 * plan.tensors.size() || parts.indices.size() != static_cast<uint64_t>(plan.kept) ||
+      parts.codes.size() != static_cast<uint64_t>(plan.kept)) {
+    return InvalidArgument("sparseloco parts: " + Num(parts.tables.size()) + " table entries, " +
+                           Num(parts.indices.size()) + " indices, " +
+                           Num(parts.codes.size()) + " codes; the plan needs " +
+                           Num(4 * plan.tensors.size()) + ", " + Num(plan.kept) + ", " +
+                           Num(plan.kept));
+  }
+  // Validate everything before writing.
+  uint64_t i = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (int j = 0; j < 4; ++j) {
+      const float v = parts.tables[4 * t + j];
+      if (!std::isfinite(v)) {
+        return InvalidArgument(TensorWhere(kKind, layout, t) + ": table entry " + std::to_string(j) + " is " + Num(v));
+      }
+    }
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const int64_t n = plan.chunks[c].numel();
+      int64_t prev = -1;
+      for (int32_t j = 0; j < plan.chunks[c].k; ++j, ++i) {
+        const int64_t l = parts.indices[i];
+        if (l >= n || l <= prev) {
+          return BadIndex(kKind, layout, plan, t, c, l, prev);
+        }
+        prev = l;
+        if (parts.codes[i] > 3) {
+          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": code " + std::to_string(parts.codes[i]) +
+                                 " at index " + Num(l) + " (allowed 0..3)");
+        }
+      }
+    }
+  }
+  Bytes bulk(BulkBytes(plan, kKind));
+  uint8_t* p = bulk.data();
+  uint64_t e = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const uint64_t k = static_cast<uint64_t>(plan.tensors[t].kept);
+    std::memcpy(p, &parts.tables[4 * t], 16);
+    p = Pack12(parts.indices.data() + e, k, p + 16);
+    p = Pack2(parts.codes.data() + e, k, p);
+    e += k;
+  }
+  return Finish(layout, kKind, static_cast<uint32_t>(plan.topk), std::move(bulk));
+}
+
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk) {
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  const uint64_t want = BulkBytes(plan, kind);
+  if (kind == CodecKind::kSparseFp32 || bulk.size() != want) {
+    return InvalidArgument(std::string(CodecName(kind)) + " packed bulk is " + Num(bulk.size()) + " bytes, the plan needs " +
+                           Num(want));
+  }
+  return Finish(layout, kind, kind == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0, std::move(bulk));
+}
+
+StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts) {
+  constexpr CodecKind kKind = CodecKind::kInt8;
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  if (parts.scales.size() != plan.chunks.size() || parts.q.size() != static_cast<uint64_t>(plan.numel)) {
+    return InvalidArgument("int8 parts: " + Num(parts.scales.size()) + " scales, " +
+                           Num(parts.q.size()) + " values; the plan needs " +
+                           Num(plan.chunks.size()) + ", " + Num(plan.numel));
+  }
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const float s = parts.scales[c];
+      if (!std::isfinite(s) || s < 0 || !std::isfinite(127.0f * s)) {
+        return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": scale " + Num(s) +
+                               " (must be finite, >= 0, and 127 * scale finite)");
+      }
+    }
+  }
+  const int8_t* q = parts.q.data();
+  for (size_t i = 0; i < parts.q.size(); ++i) {
+    if (q[i] == -128) {
+      return InvalidArgument("int8 parts: q = -128 at plan position " + Num(i) +
+                             " (allowed -127..127)");
+    }
+  }
+  Bytes bulk(BulkBytes(plan, kKind));
+  uint8_t* p = bulk.data();
+  for (const TensorPlan& tp : plan.tensors) {
+    if (tp.num_chunks) std::memcpy(p, &parts.scales[tp.first_chunk], 4 * tp.num_chunks);
+    p += 4 * tp.num_chunks;
+    if (tp.numel > 0) std::memcpy(p, q + tp.offset, static_cast<size_t>(tp.numel));
+    p += std::max<int64_t>(tp.numel, 0);
+  }
+  return Finish(layout, kKind, 0, std::move(bulk));
+}
+
+StatusOr<Encoded> PackDenseFp32(const ParamLayout& layout, const std::vector<float>& values) {
+  if (values.size() != static_cast<uint64_t>(layout.numel())) {
+    return InvalidArgument("dense_fp32: " + Num(values.size()) + " values, layout has " +
+                           Num(layout.numel()));
+  }
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      return InvalidArgument("dense_fp32: element " + Num(i) + " is " + Num(values[i]));
+    }
+  }
+  Bytes bulk(values.size() * sizeof(float));
+  if (!bulk.empty()) std::memcpy(bulk.data(), values.data(), bulk.size());
+  return Finish(layout, CodecKind::kDenseFp32, 0, std::move(bulk));
+}
+
+StatusOr<Encoded> PackDenseBf16(const ParamLayout& layout, const std::vector<uint16_t>& bits) {
+  if (bits.size() != static_cast<uint64_t>(layout.numel())) {
+    return InvalidArgument("dense_bf16: " + Num(bits.size()) + " values, layout has " +
+                           Num(layout.numel()));
+  }
+  for (size_t i = 0; i < bits.size(); ++i) {
+    if (!IsBf16Finite(bits[i])) {
+      return InvalidArgument("dense_bf16: element " + Num(i) + " is not finite");
+    }
+  }
+  Bytes bulk(bits.size() * sizeof(uint16_t));
+  if (!bulk.empty()) std::memcpy(bulk.data(), bits.data(), bulk.size());
+  return Finish(layout, CodecKind::kDenseBf16, 0, std::move(bulk));
+}
+
+StatusOr<Encoded> PackAggregate(const ParamLayout& layout, const LayoutPlan& plan, const Update& u) {
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  LOWBAND_RETURN_IF_ERROR(CheckUpdate(plan, u, true));
+  if (u.dense) return PackDenseFp32(layout, u.values);
+  if (BulkBytes(plan, CodecKind::kSparseFp32, u.nnz()) < BulkBytes(plan, CodecKind::kDenseFp32)) {
+    return PackSparseFp32(layout, plan, u);
+  }
+  return PackDenseFp32(layout, Densify(plan, u));
+}
+
+// ---------------------------------------------------------------- parsing
+
+Status CheckBlob(const ParamLayout& layout, CodecKind expected_codec, const BlobHeader& header,
+                 const Bytes& bulk) {
+  if (header.codec != expected_codec) {
+    return InvalidArgument(std::string("codec is ") + CodecName(header.codec) + ", expected " +
+                           CodecName(expected_codec));
+  }
+  LOWBAND_RETURN_IF_ERROR(CheckHeader(layout, header, bulk));
+  return CheckChecksum(header, bulk);
+}
+
+StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, const BlobHeader& header,
+                             const Bytes& bulk) {
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  LOWBAND_RETURN_IF_ERROR(CheckHeader(layout, header, bulk));
+  const CodecKind kind = header.codec;
+  const uint64_t have = bulk.size();
+  if (kind == CodecKind::kSparseLoCo && header.topk != static_cast<uint32_t>(plan.topk)) {
+    return InvalidArgument("sparseloco payload has topk " + std::to_string(header.topk) + ", the campaign uses " +
+                           std::to_string(plan.topk));
+  }
+  // Exact length from the plan (sparse_fp32: and its counts) before any allocation.
+  uint64_t m = 0;
+  if (kind == CodecKind::kSparseFp32) {
+    const uint64_t counts_bytes = 2 * plan.chunks.size();
+    if (have < counts_bytes) {
+      return WrongLength(kind, have, counts_bytes, "the chunk counts alone (" + Num(plan.chunks.size()) +
+                                                       " chunks)");
+    }
+    LOWBAND_ASSIGN_OR_RETURN(m, SparseFp32Entries(layout, plan, bulk));
+    const uint64_t want = BulkBytes(plan, kind, m);
+    if (have != want) return WrongLength(kind, have, want, Num(m) + " entries");
+    if (m > std::numeric_limits<uint32_t>::max()) {
+      return InvalidArgument("sparse_fp32 payload has " + Num(m) + " entries, more than an update can hold");
+    }
+  } else {
+    const uint64_t want = BulkBytes(plan, kind);
+    if (have != want) {
+      return WrongLength(kind, have, want,
+                         kind == CodecKind::kSparseLoCo ? "the layout at topk " + std::to_string(plan.topk)
+                                                        : std::string("the layout"));
+    }
+  }
+  LOWBAND_RETURN_IF_ERROR(CheckChecksum(header, bulk));
+  switch (kind) {
+    case CodecKind::kDenseFp32: return ParseDenseFp32(layout, plan, bulk);
+    case CodecKind::kDenseBf16: return ParseDenseBf16(layout, plan, bulk);
+    case CodecKind::kInt8: return ParseInt8(layout, plan, bulk);
+    case CodecKind::kSparseLoCo: return ParseSparseLoCo(layout, plan, bulk);
+    case CodecKind::kSparseFp32: return ParseSparseFp32(layout, plan, bulk, m);
+  }
+  return InvalidArgument("unknown codec");
+}
+
+// ---------------------------------------------------------------- aggregation
+
+Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule,
+                     const std::vector<double>& weights) {
+  LOWBAND_CHECK(!updates.empty());
+  const size_t r_total = updates.size();
+  // w[i]: weight of update i normalised to mean 1 (all 1.0f when unweighted,
+  // or when the weights are equal: R * w / (R * w) is exactly 1).
+  std::vector<float> w(r_total, 1.0f);
+  if (!weights.empty()) {
+    LOWBAND_CHECK(weights.size() == r_total);
+    double total = 0;
+    for (double x : weights) {
+      LOWBAND_CHECK(std::isfinite(x) && x > 0);
+      total += x;
+    }
+    for (size_t i = 0; i < r_total; ++i) w[i] = static_cast<float>(weights[i] * static_cast<double>(r_total) / total);
+  }
+  float w_all = 0.0f;  // sum of the weights, in update order
+  for (float x : w) w_all += x;
+  size_t n_dense = 0;
+  uint64_t nnz_bound = 0;
+  for (const Update* u : updates) {
+    LOWBAND_CHECK(u != nullptr && CheckUpdate(plan, *u, false).ok());
+    if (u->dense) ++n_dense;
+    nnz_bound += u->nnz();
+  }
+  // kMeanAll divides every coordinate by the sum of all weights (R when
+  // unweighted); kMeanChoosers by the weight of the updates with an entry.
+  const bool all = rule == AggregationRule::kMeanAll;
+  const float inv_all = 1.0f / w_all;
+  float w_dense = 0.0f;
+  for (size_t i = 0; i < r_total; ++i) {
+    if (updates[i]->dense) w_dense += w[i];
+  }
+
+  // Chunk-sized scratch: sums, chooser counts and weights, touched local indices.
+  std::vector<float> sum(kChunkElems, 0.0f);
+  std::vector<uint32_t> cnt(kChunkElems, 0);
+  std::vector<float> wsum(kChunkElems, 0.0f);
+  std::vector<uint16_t> touched;
+  touched.reserve(kChunkElems);
+
+  Update out;
+  out.dense = n_dense > 0;
+  if (out.dense) {
+    out.values.assign(static_cast<size_t>(plan.numel), 0.0f);
+  } else {
+    out.begin.assign(plan.chunks.size() + 1, 0);
+    const uint64_t cap = std::min<uint64_t>(nnz_bound, static_cast<uint64_t>(plan.numel));
+    out.index.reserve(cap);
+    out.value.reserve(cap);
+  }
+
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      const int64_t n_c = ch.numel();
+      if (out.dense) {
+        std::fill(sum.begin(), sum.begin() + n_c, 0.0f);
+        std::fill(wsum.begin(), wsum.begin() + n_c, 0.0f);
+        for (size_t i = 0; i < r_total; ++i) {
+          const Update* u = updates[i];
+          const float wi = w[i];
+          if (u->dense) {
+            for (int64_t r = 0; r < ch.rows; ++r) {
+              const float* src = u->values.data() + RowBase(tp, ch, r);
+              float* s = sum.data() + r * ch.cols;
+              for (int32_t col = 0; col < ch.cols; ++col) s[col] += wi * src[col];
+            }
+          } else {
+            for (uint32_t e = u->begin[c]; e < u->begin[c + 1]; ++e) {
+              sum[u->index[e]] += wi * u->value[e];
+              wsum[u->index[e]] += wi;
+            }
+          }
+        }
+        for (int64_t r = 0; r < ch.rows; ++r) {
+          float* dst = out.values.data() + RowBase(tp, ch, r);
+          for (int32_t col = 0; col < ch.cols; ++col) {
+            const int64_t l = r * ch.cols + col;
+            dst[col] = sum[l] * (all ? inv_all : 1.0f / (w_dense + wsum[l]));
+          }
+        }
+        continue;
+      }
+      touched.clear();
+      for (size_t i = 0; i < r_total; ++i) {
+        const Update* u = updates[i];
+        const float wi = w[i];
+        for (uint32_t e = u->begin[c]; e < u->begin[c + 1]; ++e) {
+          const uint16_t l = u->index[e];
+          if (cnt[l] == 0) {
+            touched.push_back(l);
+            sum[l] = 0.0f;
+            wsum[l] = 0.0f;
+          }
+          sum[l] += wi * u->value[e];
+          wsum[l] += wi;
+          ++cnt[l];
+        }
+      }
+      auto emit = [&](uint16_t l) {
+        out.index.push_back(l);
+        out.value.push_back(sum[l] * (all ? inv_all : 1.0f / wsum[l]));
+        cnt[l] = 0;
+      };
+      if (touched.size() * 8 > static_cast<size_t>(n_c)) {
+        // Dense enough: a scan of the chunk is cheaper than sorting.
+        for (int64_t l = 0; l < n_c; ++l) {
+          if (cnt[l]) emit(static_cast<uint16_t>(l));
+        }
+      } else {
+        std::sort(touched.begin(), touched.end());
+        for (uint16_t l : touched) emit(l);
+      }
+      out.begin[c + 1] = static_cast<uint32_t>(out.index.size());
+    }
+  }
+  return out;
+}
+
+}  // namespace lowband

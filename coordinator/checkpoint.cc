@@ -1,0 +1,329 @@
+// Checkpoint file I/O.
+//
+// Layout, all integers little-endian, version 2 (version 1 lacks the
+// momentum section):
+//   "LBCK"                        4 bytes magic
+//   u32 version                   = 1
+//   u32 round
+//   u32 campaign_len, bytes       campaign name
+//   u64 values_digest             ParamSet::Digest() of the values
+//   u64 layout_digest             ParamLayout::Digest()
+//   u32 tensor_count
+//     per tensor: u32 name_len, name bytes, u32 ndim, i64 dims[ndim]
+//   u64 numel                     == layout.numel()
+//   f32 values[numel]             IEEE-754 bits, little-endian
+//   u64 momentum_count            0 or numel (version 2)
+//   f32 momentum[momentum_count]  outer optimizer momentum (version 2)
+//   u64 checksum                  Fnv1a64 of every byte before it
+//
+// The reader treats the file as untrusted: every length is bounded by the
+// bytes that remain before it is used, so a corrupt or hostile file yields
+// Corruption and never a huge allocation or an out-of-bounds read. The
+// digests are redundant with the checksum on purpose: they are what the rest
+// of the system compares (replica digests), so a reader can trust them.
+#include "coordinator/checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+
+namespace lowband {
+namespace {
+
+constexpr char kMagic[4] = {'L', 'B', 'C', 'K'};
+constexpr uint32_t kVersion = 2;
+// Bounds on header fields that have no legitimate reason to be large.
+constexpr uint32_t kMaxNameBytes = 4096;
+constexpr uint32_t kMaxDims = 16;
+
+std::string Errno(const std::string& what, const std::string& path, int err) {
+  return path + ": " + what + ": " + std::strerror(err);
+}
+
+class Writer {
+ public:
+  void U32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) buf_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  void U64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) buf_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  void Bytes(const void* p, size_t n) { buf_.append(static_cast<const char*>(p), n); }
+  void String(const std::string& s) {
+    U32(static_cast<uint32_t>(s.size()));
+    Bytes(s.data(), s.size());
+  }
+  void Floats(const std::vector<float>& values) {
+    size_t start = buf_.size();
+    buf_.resize(start + values.size() * 4);
+    char* out = &buf_[start];
+    for (float f : values) {
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      for (int i = 0; i < 4; ++i) *out++ = static_cast<char>((bits >> (8 * i)) & 0xff);
+    }
+  }
+  std::string& buffer() { return buf_; }
+
+ private:
+  std::string buf_;
+};
+
+// A bounds-checked cursor over an immutable byte buffer. Each read fails
+// (returns false) instead of running past the end.
+class Reader {
+ public:
+  Reader(const unsigned char* data, size_t size) : p_(data), left_(size) {}
+
+  size_t left() const { return left_; }
+
+  bool U32(uint32_t* v) {
+    if (left_ < 4) return false;
+    *v = 0;
+    for (int i = 0; i < 4; ++i) *v |= static_cast<uint32_t>(p_[i]) << (8 * i);
+    Skip(4);
+    return true;
+  }
+  bool U64(uint64_t* v) {
+    if (left_ < 8) return false;
+    *v = 0;
+    for (int i = 0; i < 8; ++i) *v |= static_cast<uint64_t>(p_[i]) << (8 * i);
+    Skip(8);
+    return true;
+  }
+  bool Bytes(size_t n, std::string* out) {
+    if (left_ < n) return false;
+    out->assign(reinterpret_cast<const char*>(p_), n);
+    Skip(n);
+    return true;
+  }
+  bool Floats(uint64_t n, std::vector<float>* out) {
+    if (n > left_ / 4) return false;
+    out->resize(static_cast<size_t>(n));
+    for (uint64_t k = 0; k < n; ++k) {
+      uint32_t bits = 0;
+      for (int i = 0; i < 4; ++i) bits |= static_cast<uint32_t>(p_[4 * k + i]) << (8 * i);
+      std::memcpy(&(*out)[k], &bits, 4);
+    }
+    Skip(static_cast<size_t>(n) * 4);
+    return true;
+  }
+
+ private:
+  void Skip(size_t n) {
+    p_ += n;
+    left_ -= n;
+  }
+  const unsigned char* p_;
+  size_t left_;
+};
+
+Status WriteAll(int fd, const std::string& data, const std::string& path) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Internal(Errno("write", path, errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Makes the rename itself durable: without it a crash can leave the old
+// directory entry even though the new file's data reached the disk.
+Status SyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Internal(Errno("open directory", dir, errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return Internal(Errno("fsync directory", dir, err));
+  return Status::Ok();
+}
+
+Status Encode(const Checkpoint& ckpt, std::string* out) {
+  const ParamSet& params = ckpt.params;
+  if (static_cast<int64_t>(params.values.size()) != params.layout.numel()) {
+    return InvalidArgument("checkpoint: " + std::to_string(params.values.size()) + " values for a layout of " +
+                           std::to_string(params.layout.numel()));
+  }
+  if (ckpt.campaign.size() > kMaxNameBytes) return InvalidArgument("checkpoint: campaign name too long");
+  Writer w;
+  w.Bytes(kMagic, 4);
+  w.U32(kVersion);
+  w.U32(ckpt.round);
+  w.String(ckpt.campaign);
+  w.U64(params.Digest());
+  w.U64(params.layout.Digest());
+  w.U32(static_cast<uint32_t>(params.layout.tensors.size()));
+  for (const TensorSpec& t : params.layout.tensors) {
+    if (t.name.size() > kMaxNameBytes || t.shape.size() > kMaxDims) {
+      return InvalidArgument("checkpoint: tensor '" + t.name.substr(0, 64) + "' has too long a name or too many dims");
+    }
+    w.String(t.name);
+    w.U32(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) w.U64(static_cast<uint64_t>(d));
+  }
+  w.U64(static_cast<uint64_t>(params.values.size()));
+  w.Floats(params.values);
+  if (!ckpt.outer_momentum.empty() && ckpt.outer_momentum.size() != params.values.size()) {
+    return InvalidArgument("checkpoint: " + std::to_string(ckpt.outer_momentum.size()) +
+                           " momentum values for " + std::to_string(params.values.size()) + " parameters");
+  }
+  w.U64(static_cast<uint64_t>(ckpt.outer_momentum.size()));
+  w.Floats(ckpt.outer_momentum);
+  w.U64(Fnv1a64(w.buffer().data(), w.buffer().size()));
+  *out = std::move(w.buffer());
+  return Status::Ok();
+}
+
+StatusOr<Checkpoint> Decode(const unsigned char* data, size_t size, const std::string& path) {
+  auto bad = [&](const std::string& why) { return Corruption(path + ": " + why); };
+  // Magic and version first, so a foreign file gets a clear message rather
+  // than "checksum mismatch".
+  if (size < 8 || std::memcmp(data, kMagic, 4) != 0) return bad("not a checkpoint (bad magic)");
+  Reader r(data, size);
+  std::string magic;
+  uint32_t version = 0;
+  (void)r.Bytes(4, &magic);
+  (void)r.U32(&version);
+  if (version != kVersion && version != 1) {
+    return bad("unsupported version " + std::to_string(version) + " (expected 1 or " + std::to_string(kVersion) +
+               ")");
+  }
+  if (size < 8 + 8) return bad("truncated");
+  uint64_t stored_sum = 0;
+  Reader tail(data + size - 8, 8);
+  (void)tail.U64(&stored_sum);
+  if (Fnv1a64(data, size - 8) != stored_sum) return bad("checksum mismatch (truncated or corrupted)");
+
+  // The body, bounded to exclude the trailing checksum.
+  Reader b(data + 8, size - 16);
+  Checkpoint ckpt;
+  uint32_t campaign_len = 0, tensor_count = 0;
+  uint64_t values_digest = 0, layout_digest = 0, numel = 0;
+  if (!b.U32(&ckpt.round) || !b.U32(&campaign_len)) return bad("truncated header");
+  if (campaign_len > kMaxNameBytes || !b.Bytes(campaign_len, &ckpt.campaign)) return bad("bad campaign name");
+  if (!b.U64(&values_digest) || !b.U64(&layout_digest) || !b.U32(&tensor_count)) return bad("truncated header");
+  // Each tensor takes at least 8 bytes (name length + ndim), which bounds
+  // the reservation below by the file size.
+  if (tensor_count > b.left() / 8) return bad("tensor count exceeds file size");
+  ParamLayout& layout = ckpt.params.layout;
+  layout.tensors.reserve(tensor_count);
+  int64_t total = 0;
+  for (uint32_t i = 0; i < tensor_count; ++i) {
+    TensorSpec t;
+    uint32_t name_len = 0, ndim = 0;
+    if (!b.U32(&name_len) || name_len > kMaxNameBytes || !b.Bytes(name_len, &t.name)) {
+      return bad("bad name of tensor " + std::to_string(i));
+    }
+    if (!b.U32(&ndim) || ndim > kMaxDims || ndim > b.left() / 8) return bad("bad rank of tensor " + t.name);
+    int64_t n = 1;
+    for (uint32_t k = 0; k < ndim; ++k) {
+      uint64_t d = 0;
+      (void)b.U64(&d);  // bounded by the ndim check above
+      const int64_t dim = static_cast<int64_t>(d);
+      if (dim < 0) return bad("negative dimension in tensor " + t.name);
+      if (dim != 0 && n > std::numeric_limits<int64_t>::max() / dim) return bad("tensor " + t.name + " too large");
+      n *= dim;
+      t.shape.push_back(dim);
+    }
+    if (total > std::numeric_limits<int64_t>::max() - n) return bad("layout too large");
+    total += n;
+    layout.tensors.push_back(std::move(t));
+  }
+  if (!b.U64(&numel)) return bad("truncated before values");
+  if (numel != static_cast<uint64_t>(total)) {
+    return bad("value count " + std::to_string(numel) + " does not match layout (" + std::to_string(total) + ")");
+  }
+  if (!b.Floats(numel, &ckpt.params.values)) return bad("truncated values");
+  if (version >= 2) {
+    uint64_t momentum = 0;
+    if (!b.U64(&momentum)) return bad("truncated before the optimizer state");
+    if (momentum != 0 && momentum != numel) {
+      return bad("optimizer state has " + std::to_string(momentum) + " values, expected 0 or " +
+                 std::to_string(numel));
+    }
+    if (!b.Floats(momentum, &ckpt.outer_momentum)) return bad("truncated optimizer state");
+  }
+  if (b.left() != 0) return bad(std::to_string(b.left()) + " unexpected bytes before the checksum");
+  if (layout.Digest() != layout_digest) return bad("layout digest mismatch");
+  if (ckpt.params.Digest() != values_digest) return bad("values digest mismatch");
+  return ckpt;
+}
+
+}  // namespace
+
+Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt,
+                       const std::function<void()>& before_rename) {
+  std::string data;
+  LOWBAND_RETURN_IF_ERROR(Encode(ckpt, &data));
+
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Internal(dir.string() + ": create directories: " + ec.message());
+
+  // A fixed temp name: one writer per checkpoint path (the coordinator's
+  // checkpoint thread), and a leftover from a crash is simply overwritten.
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Internal(Errno("open", tmp, errno));
+  Status st = WriteAll(fd, data, tmp);
+  if (st.ok() && ::fsync(fd) != 0) st = Internal(Errno("fsync", tmp, errno));
+  if (::close(fd) != 0 && st.ok()) st = Internal(Errno("close", tmp, errno));
+  if (st.ok() && before_rename) before_rename();
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Internal(Errno("rename to " + path, tmp, errno));
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return SyncDirectory(dir.string());
+}
+
+StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) return NotFound(Errno("open", path, err));
+    return Internal(Errno("open", path, err));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Internal(Errno("stat", path, err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument(path + ": not a regular file");
+  }
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::read(fd, &data[off], data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return Internal(Errno("read", path, err));
+    }
+    if (n == 0) break;  // shrank under us: decoded as truncated
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  data.resize(off);
+  return Decode(reinterpret_cast<const unsigned char*>(data.data()), data.size(), path);
+}
+
+}  // namespace lowband

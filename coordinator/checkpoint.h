@@ -1,0 +1,32 @@
+// Checkpoint files: a ParamSet, the outer optimizer's state and the round
+// they belong to, written atomically (temp file, fsync, rename, fsync of the
+// directory). Format: "LBCK" magic, version, round, digest, layout, fp32
+// values, outer-optimizer momentum (version 2; empty when the optimizer keeps
+// none), trailing Fnv1a64 of everything before it. Version 1 files (no
+// optimizer section) still read. Any thread.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "codec/params.h"
+
+namespace lowband {
+
+struct Checkpoint {
+  uint32_t round = 0;
+  std::string campaign;
+  ParamSet params;
+  std::vector<float> outer_momentum;  // empty, or one value per parameter
+};
+
+// `before_rename`, if set, runs after the temporary file is complete and
+// synced but before it replaces `path` (fault-injection tests kill the
+// process there).
+Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt,
+                       const std::function<void()>& before_rename = nullptr);
+// Corruption on a bad magic, truncated file or checksum mismatch.
+StatusOr<Checkpoint> ReadCheckpoint(const std::string& path);
+
+}  // namespace lowband
