@@ -72,10 +72,31 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
   if (config_.fcrag.enabled) fcrag_hub_ = std::make_unique<FcragHub>(config_);
   if (config_.pipeline.stages > 1) BuildParts();
   if (config_.parablock.blocks > 1 && config_.pipeline.stages <= 1) BuildBlockParts();
-  if (!config_.personalization.tensors.empty() && config_.pipeline.stages <= 1) {
-    BuildViews();
-    ComputePartDigests();
-  }
+  if (!config_.personalization.tensors.empty() && config_.pipeline.stages <= 1) BuildViews();
+  BuildAggregation();
+  ComputePartDigests();
+}
+
+void CoordinatorCore::BuildAggregation() {
+  Aggregation::Setup a;
+  a.kind = fpld()                  ? Aggregation::Kind::kDistil
+           : pipelined()           ? Aggregation::Kind::kStages
+           : !block_parts_.empty() ? Aggregation::Kind::kBlocks
+           : personal()            ? Aggregation::Kind::kClusters
+                                   : Aggregation::Kind::kMean;
+  a.layout = params_.layout;
+  a.plan = plan_;
+  a.parts = pipelined() ? parts_ : block_parts_;
+  a.model_layout = model_layout_;
+  a.model_plan = model_plan_;
+  a.views = views_;
+  a.personal_tensor = personal_tensor_;
+  a.rule = config_.quorum.aggregation;
+  a.uniform = config_.quorum.weighting == AggregationWeighting::kUniform;
+  a.sparse_codec = config_.codec.kind == CodecKind::kSparseLoCo;
+  a.vocab = config_.model.vocab;
+  a.distil = distil_;
+  agg_ = std::make_shared<const Aggregation>(std::move(a));
 }
 
 namespace {
@@ -155,99 +176,9 @@ std::string CoordinatorCore::ClusterOf(const std::string& site) const {
   return k == 0 ? std::string() : config_.personalization.clusters[static_cast<size_t>(k - 1)].first;
 }
 
-std::vector<float> CoordinatorCore::ViewValues(int cluster) const {
-  std::vector<float> v;
-  v.reserve(static_cast<size_t>(model_layout_.numel()));
-  for (size_t j : views_[static_cast<size_t>(cluster)]) {
-    const TensorPlan& tp = plan_.tensors[j];
-    v.insert(v.end(), params_.values.begin() + tp.offset, params_.values.begin() + tp.offset + tp.numel);
-  }
-  return v;
-}
+std::vector<float> CoordinatorCore::ViewValues(int cluster) const { return agg_->ViewValues(params_, cluster); }
 
-Update CoordinatorCore::ViewOf(const Update& u, int cluster) const {
-  Update out;
-  out.dense = u.dense;
-  if (!u.dense) out.begin.push_back(0);
-  for (size_t j : views_[static_cast<size_t>(cluster)]) {
-    const TensorPlan& tp = plan_.tensors[j];
-    if (u.dense) {
-      out.values.insert(out.values.end(), u.values.begin() + tp.offset, u.values.begin() + tp.offset + tp.numel);
-      continue;
-    }
-    for (size_t ch = tp.first_chunk; ch < tp.first_chunk + tp.num_chunks; ++ch) {
-      out.index.insert(out.index.end(), u.index.begin() + u.begin[ch], u.index.begin() + u.begin[ch + 1]);
-      out.value.insert(out.value.end(), u.value.begin() + u.begin[ch], u.value.begin() + u.begin[ch + 1]);
-      out.begin.push_back(static_cast<uint32_t>(out.index.size()));
-    }
-  }
-  return out;
-}
 
-// Shared tensors: the mean over every upload; personalised tensors of
-// cluster k: the mean over cluster k's uploads (cluster 0's for the model's
-// own copies); a group without uploads stays where it is.
-Update CoordinatorCore::AggregatePersonal() const {
-  const bool uniform = config_.quorum.weighting == AggregationWeighting::kUniform;
-  auto mean_of = [&](int cluster) -> std::optional<Update> {
-    std::vector<const Update*> deltas;
-    std::vector<double> weights;
-    for (const auto& [site, up] : uploads_) {
-      if (cluster >= 0 && up.part != cluster) continue;
-      deltas.push_back(&up.delta);
-      weights.push_back(static_cast<double>(up.tokens));
-    }
-    if (deltas.empty()) return std::nullopt;
-    if (uniform) weights.clear();
-    return AggregateMean(model_plan_, deltas, config_.quorum.aggregation, weights);
-  };
-  std::vector<std::optional<Update>> groups;  // [0] all, [1 + k] cluster k
-  groups.push_back(mean_of(-1));
-  for (size_t k = 0; k < views_.size(); ++k) groups.push_back(mean_of(static_cast<int>(k)));
-  bool dense = false;
-  for (const auto& g : groups) dense = dense || (g && g->dense);
-  if (dense) {
-    for (auto& g : groups) {
-      if (g && !g->dense) {
-        Update d;
-        d.values = Densify(model_plan_, *g);
-        g = std::move(d);
-      }
-    }
-  }
-  // The group each extended tensor takes its mean from, and which model tensor.
-  std::vector<std::pair<int, size_t>> source(plan_.tensors.size());
-  for (size_t i = 0; i < personal_tensor_.size(); ++i) source[i] = {personal_tensor_[i] ? 1 : 0, i};
-  for (size_t k = 1; k < views_.size(); ++k) {
-    for (size_t i = 0; i < personal_tensor_.size(); ++i) {
-      if (personal_tensor_[i]) source[views_[k][i]] = {static_cast<int>(1 + k), i};
-    }
-  }
-  Update g;
-  g.dense = dense;
-  if (!dense) g.begin.push_back(0);
-  for (size_t j = 0; j < plan_.tensors.size(); ++j) {
-    const auto& [group, i] = source[j];
-    const std::optional<Update>& src = groups[static_cast<size_t>(group)];
-    const TensorPlan& mp = model_plan_.tensors[i];
-    if (dense) {
-      if (src) {
-        g.values.insert(g.values.end(), src->values.begin() + mp.offset, src->values.begin() + mp.offset + mp.numel);
-      } else {
-        g.values.insert(g.values.end(), static_cast<size_t>(mp.numel), 0.0f);
-      }
-      continue;
-    }
-    for (size_t ch = mp.first_chunk; ch < mp.first_chunk + mp.num_chunks; ++ch) {
-      if (src) {
-        g.index.insert(g.index.end(), src->index.begin() + src->begin[ch], src->index.begin() + src->begin[ch + 1]);
-        g.value.insert(g.value.end(), src->value.begin() + src->begin[ch], src->value.begin() + src->begin[ch + 1]);
-      }
-      g.begin.push_back(static_cast<uint32_t>(g.index.size()));
-    }
-  }
-  return g;
-}
 
 void CoordinatorCore::BuildBlockParts() {
   layer_blocks_ = LayerBlocks(config_.model.layers, config_.parablock);
@@ -311,72 +242,11 @@ void CoordinatorCore::BuildParts() {
   }
   LOWBAND_CHECK(t == params_.layout.tensors.size());
   topology_ = std::make_unique<Topology>(stages, config_.pipeline.replicas);
-  ComputePartDigests();
 }
 
-void CoordinatorCore::ComputePartDigests() {
-  view_digests_.clear();
-  for (size_t k = 0; k < views_.size(); ++k) {
-    view_digests_.push_back(ParamSet{model_layout_, ViewValues(static_cast<int>(k))}.Digest());
-  }
-  part_digests_.clear();
-  for (const Part& part : parts_) {
-    part_digests_.push_back(Fnv1a64(params_.values.data() + part.offset, static_cast<size_t>(part.numel) * sizeof(float)));
-  }
-}
+void CoordinatorCore::ComputePartDigests() { agg_->Digests(params_, nullptr, &part_digests_, &view_digests_); }
 
-Update CoordinatorCore::SliceUpdate(const Update& u, const Part& part) const {
-  Update out;
-  out.dense = u.dense;
-  if (u.dense) {
-    out.values.assign(u.values.begin() + part.offset, u.values.begin() + part.offset + part.numel);
-    return out;
-  }
-  const uint32_t first = u.begin[part.first_chunk];
-  const uint32_t last = u.begin[part.first_chunk + part.num_chunks];
-  for (size_t c = 0; c <= part.num_chunks; ++c) out.begin.push_back(u.begin[part.first_chunk + c] - first);
-  out.index.assign(u.index.begin() + first, u.index.begin() + last);
-  out.value.assign(u.value.begin() + first, u.value.begin() + last);
-  return out;
-}
 
-Update CoordinatorCore::AggregateParts(const std::vector<Part>& parts) const {
-  const bool sparse = config_.codec.kind == CodecKind::kSparseLoCo;
-  Update g;
-  g.dense = !sparse;
-  if (sparse) g.begin.push_back(0);
-  for (size_t s = 0; s < parts.size(); ++s) {
-    const Part& part = parts[s];
-    std::vector<const Update*> deltas;
-    std::vector<double> weights;
-    for (const auto& [site, up] : uploads_) {
-      if (up.part != static_cast<int>(s)) continue;
-      deltas.push_back(&up.delta);
-      weights.push_back(static_cast<double>(up.tokens));
-    }
-    if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
-    Update mean;
-    if (!deltas.empty()) {
-      mean = AggregateMean(part.plan, deltas, config_.quorum.aggregation, weights);
-    } else if (sparse) {  // nobody trained this stage or block: it stays where it is
-      mean.dense = false;
-      mean.begin.assign(part.num_chunks + 1, 0);
-    } else {
-      mean.values.assign(static_cast<size_t>(part.numel), 0.0f);
-    }
-    if (!sparse) {
-      if (!mean.dense) mean.values = Densify(part.plan, mean);
-      g.values.insert(g.values.end(), mean.values.begin(), mean.values.end());
-      continue;
-    }
-    LOWBAND_CHECK(!mean.dense);
-    const uint32_t base = static_cast<uint32_t>(g.value.size());
-    for (size_t c = 1; c < mean.begin.size(); ++c) g.begin.push_back(base + mean.begin[c]);
-    g.index.insert(g.index.end(), mean.index.begin(), mean.index.end());
-    g.value.insert(g.value.end(), mean.value.begin(), mean.value.end());
-  }
-  return g;
-}
 
 Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
   if (phase_ != Phase::kWaiting || !workers_.empty() || !history_.empty() || committed_round_ != 0) {
@@ -492,7 +362,7 @@ int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round)
 int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
   if (personal()) return model_layout_.numel();
   const int stage = StageOf(site);
-  if (stage < 0) return static_cast<int64_t>(params_.values.size());
+  if (stage < 0) return params_.layout.numel();
   return parts_[stage].numel;
 }
 
@@ -806,6 +676,10 @@ bool CoordinatorCore::Resync(WorkerInfo& w, const std::string& why, TimePoint no
 }
 
 void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
+  if (closing_) {  // the parameters are being aggregated: the new ones go out after (FinishClose)
+    syncs_after_close_.insert(w.site);
+    return;
+  }
   StatusOr<Encoded> enc = [&]() -> StatusOr<Encoded> {
     if (pipelined()) {
       const Part& part = parts_[static_cast<size_t>(w.stage)];
@@ -940,6 +814,7 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
 void CoordinatorCore::SetFpld(std::vector<uint8_t> probes, DistilFn distil) {
   probes_ = std::move(probes);
   distil_ = std::move(distil);
+  BuildAggregation();
 }
 
 bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
@@ -1010,47 +885,6 @@ void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const
   MaybeCloseRound(now, false, out);
 }
 
-// The teacher is the plain mean of the sites' dequantized logits (each
-// centred and clipped by its site); the student starts from theta and is
-// distilled on it. The round's "pseudo-gradient" is theta - student, so the
-// usual path (outer SGD with lr 1, apply, digest) makes the student the
-// global model bit for bit on every adopting site.
-StatusOr<Update> CoordinatorCore::FpldAggregate(uint32_t round) {
-  if (!distil_) return FailedPrecondition("no distiller configured");
-  const size_t n = uploads_.begin()->second.logits.size();
-  std::vector<float> teacher(n, 0.0f), exact;
-  bool have_exact = true;
-  for (const auto& [site, up] : uploads_) {
-    for (size_t i = 0; i < n; ++i) teacher[i] += up.logits[i];
-    have_exact = have_exact && up.exact.size() == n;
-  }
-  const float inv = 1.0f / static_cast<float>(uploads_.size());
-  for (float& v : teacher) v *= inv;
-  RoundRecord::Fpld& rec = pending_.fpld;
-  for (const auto& [site, up] : uploads_) {
-    rec.payload_bytes += up.logit_bytes;
-    rec.fp32_bytes += n * sizeof(float);
-  }
-  if (have_exact) {
-    exact.assign(n, 0.0f);
-    for (const auto& [site, up] : uploads_) {
-      for (size_t i = 0; i < n; ++i) exact[i] += up.exact[i];
-    }
-    for (float& v : exact) v *= inv;
-    rec.teacher_kl = MeanKl(exact.data(), teacher.data(), static_cast<int>(n / config_.model.vocab), config_.model.vocab);
-  }
-  auto outcome = distil_(round, params_, teacher, have_exact ? &exact : nullptr);
-  if (!outcome.ok()) return outcome.status();
-  if (outcome->student.size() != params_.values.size()) return Internal("the student has another layout");
-  rec.student_kl = outcome->student_kl;
-  rec.distill_loss = outcome->distill_loss;
-  rec.public_val_loss = outcome->public_val_loss;
-  Update g;
-  g.dense = true;
-  g.values.resize(params_.values.size());
-  for (size_t i = 0; i < g.values.size(); ++i) g.values[i] = params_.values[i] - outcome->student[i];
-  return g;
-}
 
 // An upload for `round` may be taken now: the open round, nothing from the
 // site yet. Otherwise replies (wrong round, duplicate); a late upload is
@@ -1058,13 +892,16 @@ StatusOr<Update> CoordinatorCore::FpldAggregate(uint32_t round) {
 // much the site can do next time.
 bool CoordinatorCore::UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out) {
   const uint32_t open_round = committed_round_ + 1;
-  if (phase_ != Phase::kTraining || round != open_round) {
-    if (round <= committed_round_ && round >= 1) {
+  if (phase_ != Phase::kTraining || round != open_round || closing_) {
+    if ((round <= committed_round_ && round >= 1) || (closing_ && round == open_round)) {
       // Too late for its round (closed at the deadline or quorum); its step
       // time still tells how much the site can do next time.
       w.step_ms = SmoothStepTime(w.step_ms, step_time_ms);
       w.last_step_time_ms = step_time_ms;
-      if (auto e = evaluating_.find(round); e != evaluating_.end()) {
+      if (closing_ && round == open_round) {  // closed, still being aggregated: its record is pending_
+        ++pending_.late_uploads;
+        LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
+      } else if (auto e = evaluating_.find(round); e != evaluating_.end()) {
         ++e->second.record.late_uploads;
         LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
       }
@@ -1192,7 +1029,7 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
 }
 
 void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
-  if (phase_ != Phase::kTraining || !Complete(uploads_, deadline_passed)) return;
+  if (phase_ != Phase::kTraining || closing_ || !Complete(uploads_, deadline_passed)) return;
   CloseRound(now, deadline_passed ? "deadline" : "complete", out);
 }
 
@@ -1258,20 +1095,12 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   pending_.train_s = Seconds(now - round_start_);
   const int have = static_cast<int>(uploads_.size());
 
-  // Mean over the R workers that uploaded (or over those that chose each
-  // coordinate); sites in name order so the float sum is the same on every
-  // run. Sparse uploads stay sparse through aggregation and a stateless
-  // outer step.
   // Pipeline: only the last stage computes the loss; every stage's worker
   // reports the tokens its replica trained on.
   const int loss_stage = pipelined() ? config_.pipeline.stages - 1 : 0;
-  std::vector<const Update*> deltas;
-  std::vector<double> weights;
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, up] : uploads_) {
-    deltas.push_back(&up.delta);
-    weights.push_back(static_cast<double>(up.tokens));
     SiteRoundStats& s = pending_.sites[site];
     s.tokens = up.tokens;
     s.uploaded = true;
@@ -1295,74 +1124,85 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     loss_sum = std::numeric_limits<double>::quiet_NaN();
     tokens = 1;
   }
-  if (config_.quorum.weighting == AggregationWeighting::kUniform) weights.clear();
-  std::optional<Update> distilled;  // FPLD: theta - student
-  if (fpld()) {
-    auto d = FpldAggregate(committed_round_ + 1);
-    if (!d.ok()) {
-      Finish("round " + std::to_string(committed_round_ + 1) + ": distillation failed: " + d.status().ToString(),
-             true, out);
-      return;
-    }
-    distilled = std::move(d).value();
-  }
-  Update g = distilled                 ? std::move(*distilled)
-             : pipelined()             ? AggregateParts(parts_)
-             : !block_parts_.empty() ? AggregateParts(block_parts_)
-             : personal()            ? AggregatePersonal()
-                                     : AggregateMean(plan_, deltas, config_.quorum.aggregation, weights);
-  // Bounded uploads keep these finite; should one ever not be, fail the
-  // campaign with the parameters of the last committed round intact.
-  auto logged = PackAggregate(params_.layout, plan_, g);
-  if (!logged.ok()) {
-    Finish("round " + std::to_string(committed_round_ + 1) + ": aggregate rejected: " + logged.status().ToString(),
-           true, out);
-    return;
-  }
-  Update update = outer_.Step(plan_, std::move(g));
-  auto enc = PackAggregate(params_.layout, plan_, update);
-  if (!enc.ok()) {
-    Finish("round " + std::to_string(committed_round_ + 1) + ": outer update rejected: " + enc.status().ToString(),
-           true, out);
-    return;
-  }
-  LOWBAND_CHECK(ApplyUpdate(plan_, update, &params_.values).ok());
-  digest_ = params_.Digest();
-  ComputePartDigests();
-  committed_round_ += 1;
   pending_.train_loss = loss_sum / static_cast<double>(tokens);
   pending_.tokens = tokens;
   pending_.contributors = have;
-  pending_.digest = digest_;
-  uploads_.clear();
-
-  pending_.down_codec = enc->header.codec;
-  pending_.aggregate_nnz = update.nnz();
-  pending_.round = committed_round_;
-  out->commits.push_back(RoundCommit{pending_, std::move(logged).value()});
-  EvalRecord& evaluation = OpenEvalRecord(pending_, round_start_, now);
-  // Pipeline: each stage's workers get their stage's slice of the update.
-  std::vector<Encoded> stage_enc;
-  for (const Part& part : parts_) {
-    auto e = PackAggregate(part.slice_layout_only.layout, part.plan, SliceUpdate(update, part));
-    LOWBAND_CHECK(e.ok());  // a slice of an update that packed whole
-    stage_enc.push_back(std::move(e).value());
+  CloseJob job;
+  job.round = committed_round_ + 1;
+  for (auto& [site, up] : uploads_) {
+    RoundUpload& u = job.uploads[site];
+    u.stage = up.stage;
+    u.part = up.part;
+    u.delta = std::move(up.delta);
+    u.tokens = up.tokens;
+    u.logits = std::move(up.logits);
+    u.exact = std::move(up.exact);
+    u.logit_bytes = up.logit_bytes;
   }
-  std::map<int, Encoded> cluster_enc;
+  uploads_.clear();
+  // The parameter values and the optimizer go with the job (the layout
+  // stays: uploads for later rounds are still parsed against it).
+  job.params.layout = params_.layout;
+  job.params.values = std::move(params_.values);
+  params_.values.clear();
+  job.outer = std::move(outer_);
+  closing_why_ = why;
+  if (async_close_) {
+    closing_ = true;
+    out->close_jobs.push_back(std::move(job));
+    return;
+  }
+  FinishClose(agg_->Close(std::move(job)), now, out);
+}
+
+void CoordinatorCore::HandleClosed(CloseResult result, TimePoint now, CoreOutput* out) {
+  LOWBAND_CHECK(closing_ && result.round == committed_round_ + 1);
+  closing_ = false;
+  FinishClose(std::move(result), now, out);
+}
+
+void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out) {
+  params_.values = std::move(r.params.values);
+  outer_ = std::move(r.outer);
+  // The campaign ended while the round was aggregated (an abort, the start
+  // timeout): the round still commits, then the end.
+  std::optional<std::pair<std::string, bool>> ended = std::move(finish_after_close_);
+  finish_after_close_.reset();
+  if (!r.status.ok()) {
+    Finish(r.status.message(), true, out);
+    return;
+  }
+  const int have = pending_.contributors;
+  pending_.fpld.payload_bytes = r.logit_payload_bytes;
+  pending_.fpld.fp32_bytes = r.logit_fp32_bytes;
+  pending_.fpld.teacher_kl = r.teacher_kl;
+  pending_.fpld.student_kl = r.student_kl;
+  pending_.fpld.distill_loss = r.distill_loss;
+  pending_.fpld.public_val_loss = r.public_val_loss;
+  digest_ = r.digest;
+  part_digests_ = std::move(r.part_digests);
+  view_digests_ = std::move(r.view_digests);
+  committed_round_ += 1;
+  pending_.digest = digest_;
+
+  pending_.down_codec = r.down.header.codec;
+  pending_.aggregate_nnz = r.nnz;
+  pending_.round = committed_round_;
+  out->commits.push_back(RoundCommit{pending_, std::move(r.logged)});
+  EvalRecord& evaluation = OpenEvalRecord(pending_, round_start_, now);
+  const std::vector<Encoded>& stage_enc = r.stage_down;
+  const Encoded* enc = &r.down;
+  const char* why = closing_why_.c_str();
   for (auto& [site, w] : workers_) {
     if (w.state != WorkerState::kJoined || !w.welcomed || !Adopts(w)) continue;
-    if (w.synced_round + 1 != committed_round_) {
-      SendSync(w, out);  // it missed a round: full parameters instead
+    // It missed a round, or asked for the model while the round was being
+    // aggregated: full parameters instead.
+    if (w.synced_round + 1 != committed_round_ || syncs_after_close_.erase(site) > 0) {
+      SendSync(w, out);
       continue;
     }
-    // Personalisation: each cluster's view of the update, encoded once.
-    if (personal() && !cluster_enc.count(ClusterIndex(site))) {
-      auto e = PackAggregate(model_layout_, model_plan_, ViewOf(update, ClusterIndex(site)));
-      LOWBAND_CHECK(e.ok());  // a view of an update that packed whole
-      cluster_enc.emplace(ClusterIndex(site), std::move(e).value());
-    }
     const Encoded& down = pipelined()  ? stage_enc[static_cast<size_t>(w.stage)]
-                          : personal() ? cluster_enc.at(ClusterIndex(site))
+                          : personal() ? r.cluster_down[static_cast<size_t>(ClusterIndex(site))]
                                        : *enc;
     Message m = Make(Aggregate{committed_round_, DigestFor(w), static_cast<uint32_t>(have), down.header});
     m.bulk = down.bulk;
@@ -1375,8 +1215,10 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     // is training now (t+2), so nobody waits for it (docs/overlap.md).
     for (auto& [site, w] : workers_) {
       if (w.state != WorkerState::kJoined || !w.welcomed) continue;
-      for (uint32_t r = committed_round_ + 1; r <= committed_round_ + 2; ++r) {
-        if (r <= static_cast<uint32_t>(config_.training.rounds) && w.announced_round < r) SendRoundStart(w, out, r);
+      for (uint32_t next = committed_round_ + 1; next <= committed_round_ + 2; ++next) {
+        if (next <= static_cast<uint32_t>(config_.training.rounds) && w.announced_round < next) {
+          SendRoundStart(w, out, next);
+        }
       }
     }
   }
@@ -1397,7 +1239,19 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     phase_ = Phase::kEvaluating;
     phase_start_ = now;
   }
+  // Sites that asked for the model while it was being aggregated (a join, a
+  // re-sync) get the new one, unless the aggregate just reached them.
+  std::set<std::string> syncs = std::move(syncs_after_close_);
+  syncs_after_close_.clear();
+  for (const std::string& site : syncs) {
+    auto it = workers_.find(site);
+    if (it == workers_.end() || it->second.state != WorkerState::kJoined || !it->second.welcomed) continue;
+    if (it->second.synced_round == committed_round_) continue;
+    SendSync(it->second, out);
+    if (phase_ == Phase::kTraining) SendRoundStarts(it->second, out);
+  }
   MaybeFinishEvals(now, out);
+  if (ended) Finish(ended->first, ended->second, out);
 }
 
 CoordinatorCore::EvalRecord& CoordinatorCore::OpenEvalRecord(RoundRecord record, TimePoint round_start,
@@ -1607,6 +1461,10 @@ void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
 
 void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput* out) {
   if (phase_ == Phase::kFinished) return;
+  if (closing_) {  // the final state includes the parameters the close job holds: finish when it returns
+    if (!finish_after_close_) finish_after_close_ = std::make_pair(reason, failed);
+    return;
+  }
   phase_ = Phase::kFinished;
   out->finished = true;
   out->failed = failed;
@@ -1636,7 +1494,7 @@ std::string CoordinatorCore::StatusJson() const {
       .Add("uploads", static_cast<int>(uploads_.size()))
       .Add("digest", DigestHex(digest_))
       .Add("pipeline_stages", config_.pipeline.stages)
-      .Add("parameters", static_cast<uint64_t>(params_.values.size()))
+      .Add("parameters", static_cast<uint64_t>(params_.layout.numel()))
       .Add("rejected_messages", rejected_);
   if (!history_.empty()) {
     const RoundRecord& r = history_.back();

@@ -41,6 +41,7 @@
 #include "config/config.h"
 #include "protocol/messages.h"
 #include "codec/params.h"
+#include "coordinator/aggregation.h"
 #include "coordinator/distiller.h"
 #include "coordinator/fcrag_hub.h"
 #include "coordinator/outer_optimizer.h"
@@ -129,6 +130,10 @@ struct CoreOutput {
   // Set when HandleControl's answer comes later, as the fcrag result of
   // this ticket.
   uint64_t deferred_ticket = 0;
+  // Asynchronous close (SetAsyncClose): the round to aggregate. The caller
+  // runs Aggregation::Close on it (aggregation()), off its loop, and hands
+  // the result to HandleClosed.
+  std::vector<CloseJob> close_jobs;
 };
 
 enum class WorkerState { kJoined, kLost, kEvicted };
@@ -178,10 +183,21 @@ class CoordinatorCore {
   // FPLD campaigns: the public probe set (fpld.contexts x model.context
   // tokens, sent with every Welcome) and the student's distillation, called
   // when a round closes with the mean of the sites' dequantized logits.
-  using DistilFn = std::function<StatusOr<DistilOutcome>(uint32_t round, const ParamSet& start,
-                                                         const std::vector<float>& teacher,
-                                                         const std::vector<float>* exact)>;
+  using DistilFn = lowband::DistilFn;
   void SetFpld(std::vector<uint8_t> probes, DistilFn distil);
+
+  // With async on, closing a round emits a CloseJob (CoreOutput.close_jobs)
+  // holding the round's uploads, the parameters and the outer optimizer,
+  // instead of aggregating inline; until HandleClosed gives them back the
+  // round stays closed (later uploads for it are late), syncs wait, and
+  // params() is empty. Off (the default), CloseRound aggregates inline.
+  void SetAsyncClose(bool async) { async_close_ = async; }
+  // The campaign's aggregation (immutable; safe to use from another thread).
+  std::shared_ptr<const Aggregation> aggregation() const { return agg_; }
+  // The result of the CloseJob the core emitted: commits the round.
+  void HandleClosed(CloseResult result, TimePoint now, CoreOutput* out);
+  // A round's aggregation is running elsewhere (async close).
+  bool closing() const { return closing_; }
 
   // Personalisation: the model layout extended with "cluster/<name>/<tensor>"
   // copies of the tensors whose names start with a personalised prefix, one
@@ -275,8 +291,6 @@ class CoordinatorCore {
   bool Adopts(const WorkerInfo& w) const;
   void HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now, CoreOutput* out);
   bool UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out);
-  // The mean teacher of the round's uploads, distilled: g = theta - student.
-  StatusOr<Update> FpldAggregate(uint32_t round);
   std::vector<uint8_t> probes_;
   DistilFn distil_;
   // FC-RAG: the hub's exchanges, started once training is over.
@@ -353,13 +367,7 @@ class CoordinatorCore {
   // stage's slice. Workers of stage S see only their part: syncs, round
   // starts, uploads, aggregates and digests are per part; the outer step,
   // checkpoints and the round log stay on the whole.
-  struct Part {
-    size_t first_tensor = 0, num_tensors = 0;
-    int64_t offset = 0, numel = 0;
-    size_t first_chunk = 0, num_chunks = 0;  // in plan_
-    ParamSet slice_layout_only;              // layout with local names (values empty)
-    LayoutPlan plan;
-  };
+  using Part = ParamPart;
   bool pipelined() const { return !parts_.empty(); }
   void BuildParts();
   void ComputePartDigests();
@@ -375,8 +383,6 @@ class CoordinatorCore {
   void BuildViews();
   int ClusterIndex(const std::string& site) const;
   std::vector<float> ViewValues(int cluster) const;
-  Update ViewOf(const Update& extended, int cluster) const;
-  Update AggregatePersonal() const;
   // Welcome (+ ModelSync, + RoundStart while training) to every worker of
   // `replica`, once all its stages are held: neighbours learn each other's
   // endpoints, a replacement's neighbours re-configure.
@@ -384,11 +390,9 @@ class CoordinatorCore {
   void SendWelcome(WorkerInfo& w, CoreOutput* out);
   // Per-part means of the uploads (Upload.part), joined into one update of
   // the whole layout; a part nobody uploaded stays where it is.
-  Update AggregateParts(const std::vector<Part>& parts) const;
   // ParaBlock: one Part per block (codec/blocks.h), full tensor names.
   void BuildBlockParts();
   int BlockFor(const WorkerInfo& w, uint32_t round);
-  Update SliceUpdate(const Update& u, const Part& part) const;
 
   CampaignConfig config_;
   LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
@@ -408,6 +412,17 @@ class CoordinatorCore {
   std::map<std::string, int> cluster_of_site_;
   std::vector<uint64_t> view_digests_;
   int StepsFor(const WorkerInfo& w);
+  // The aggregation (built once the parts and views are) and the state of
+  // an asynchronous close: the job's round is out, params_.values and
+  // outer_ with it; syncs asked for meanwhile, and a finish, wait for it.
+  void BuildAggregation();
+  void FinishClose(CloseResult r, TimePoint now, CoreOutput* out);
+  std::shared_ptr<const Aggregation> agg_;
+  bool async_close_ = false;
+  bool closing_ = false;
+  std::string closing_why_;
+  std::set<std::string> syncs_after_close_;
+  std::optional<std::pair<std::string, bool>> finish_after_close_;  // reason, failed
   OuterOptimizer outer_;
   ParamSet params_;
   uint64_t digest_ = 0;

@@ -14,6 +14,7 @@ namespace lowband {
 
 class OuterOptimizer {
  public:
+  OuterOptimizer() = default;  // a placeholder to move one into
   OuterOptimizer(const OuterOptimizerConfig& config, size_t num_params);
 
   //  nesterov: m <- mu*m + g;  u = lr*(g + mu*m)   (DiLoCo: lr 0.7, mu 0.9)

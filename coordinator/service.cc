@@ -20,6 +20,7 @@
 #include "base/log.h"
 #include "data/corpus.h"
 #include "ops/metrics_http.h"
+#include "coordinator/compute.h"
 #include "coordinator/dashboard.h"
 #include "coordinator/persistence.h"
 #include "ops/systemd.h"
@@ -109,6 +110,10 @@ struct CoordinatorService::Impl {
   // done ("barrier" = the newest such job, "disk_done" = the newest job
   // done; jobs finish in submission order).
   std::unique_ptr<Persistence> disk;
+  // Rounds are aggregated on the compute thread (coordinator/compute.h);
+  // OnCompute hands each result back to the core.
+  std::unique_ptr<ComputeThread> compute;
+  void OnCompute();
   struct Held {
     uint64_t after = 0;  // the job it waits for
     Outgoing out;
@@ -173,6 +178,17 @@ CoordinatorService::~CoordinatorService() = default;
 int CoordinatorService::Run(SignalWatcher& signals) { return impl_->Run(signals); }
 
 void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
+  for (CloseJob& job : out.close_jobs) {
+    const uint32_t round = job.round;
+    if (Status st = compute->Submit(std::move(job)); !st.ok()) {
+      // The core closes one round at a time; a refusal is a bug.
+      LOG_ERROR("cannot aggregate the round; stopping", {"round", round}, {"reason", st.ToString()});
+      done = true;
+      exit_code = 1;
+      out = CoreOutput{};
+      return;
+    }
+  }
   for (size_t i = 0; i < out.commits.size(); ++i) {
     RoundCommit& c = out.commits[i];
     const uint32_t round = c.record.round;
@@ -251,6 +267,15 @@ void CoordinatorService::Impl::AfterSend() {
       core.committed_round() + 1 != started_round) {
     started_round = core.committed_round() + 1;
     FailPoint("round_started", started_round);
+  }
+}
+
+void CoordinatorService::Impl::OnCompute() {
+  for (CloseResult& r : compute->Drain()) {
+    CoreOutput out;
+    core.HandleClosed(std::move(r), Clock::now(), &out);
+    Dispatch(out);
+    if (done) return;
   }
 }
 
@@ -423,6 +448,12 @@ void CoordinatorService::Impl::OnControl() {
 // when it is on disk (OnDiskDone).
 std::optional<ControlResponse> CoordinatorService::Impl::WriteCheckpointNow(const std::string& peer) {
   if (options.run_dir.empty()) return ControlResponse{false, "the coordinator has no run directory (--run-dir)", ""};
+  if (core.closing()) {
+    return ControlResponse{false,
+                           "round " + std::to_string(core.committed_round() + 1) +
+                               " is being aggregated; ask again in a moment",
+                           ""};
+  }
   const uint32_t round = core.committed_round();
   const std::string path = options.run_dir + "/checkpoint-round-" + std::to_string(round) + ".lbck";
   const uint64_t ticket = next_checkpoint_ticket++;
@@ -1156,6 +1187,13 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     return 1;
   }
   disk = std::move(started_disk).value();
+  auto started_compute = ComputeThread::Start(core.aggregation());
+  if (!started_compute.ok()) {
+    LOG_ERROR("cannot start the compute thread", {"reason", started_compute.status().ToString()});
+    return 1;
+  }
+  compute = std::move(started_compute).value();
+  core.SetAsyncClose(true);
   for (const RoundRecord& r : unevaluated) {
     LOG_WARN("round recorded without evaluations: the restart came first", {"round", r.round});
     OnCommitted(r);
@@ -1223,6 +1261,7 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
              {"port", metrics_http->port()});
   }
   loop.AddFd(disk->fd(), [this] { OnDisk(); });
+  loop.AddFd(compute->fd(), [this] { OnCompute(); });
   if (zap) loop.AddSocket(zap->socket(), [this] { zap->OnReadable(); });
   loop.AddSocket(workers->socket(), [this] { OnWorkers(); });
   loop.AddSocket(control->socket(), [this] { OnControl(); });
@@ -1267,7 +1306,9 @@ int CoordinatorService::Impl::Run(SignalWatcher& signals) {
     LOG_INFO("stopping on signal", {"round", core.committed_round()});
   }
   systemd.Stopping("campaign " + config.name + ": stopping at round " + std::to_string(core.committed_round()));
-  // Jobs still queued (a stop by signal) run before the disk thread joins.
+  // A round being aggregated is dropped (a restart redoes it); jobs still
+  // queued for the disk (a stop by signal) run before its thread joins.
+  compute.reset();
   disk.reset();
   // Closing the sockets lingers briefly so CampaignEnd reaches the workers.
   metrics_http.reset();  // before the loop it is registered with goes

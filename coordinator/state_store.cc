@@ -8,7 +8,9 @@
 #include <limits>
 #include <map>
 
+#include "base/hash.h"
 #include "codec/params.h"
+#include "config/canonical.h"
 
 namespace lowband {
 namespace {
@@ -155,60 +157,11 @@ const char* DirName(Direction d) {
   return "?";
 }
 
-void Mix(uint64_t* h, const void* p, size_t n) { *h = Fnv1a64(p, n, *h); }
-template <typename T>
-void MixValue(uint64_t* h, T v) {
-  Mix(h, &v, sizeof(v));
-}
-void MixString(uint64_t* h, const std::string& s) {
-  MixValue<uint64_t>(h, s.size());
-  Mix(h, s.data(), s.size());
-}
-
 }  // namespace
 
 uint64_t CampaignFingerprint(const CampaignConfig& c) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  MixString(&h, c.name);
-  const ModelConfig& m = c.model;
-  for (int v : {m.layers, m.d_model, m.heads, m.context, m.vocab}) MixValue(&h, v);
-  const TrainingConfig& t = c.training;
-  MixValue(&h, t.inner_steps);
-  MixValue(&h, t.batch_size);
-  MixValue(&h, t.seed);
-  const InnerOptimizerConfig& i = t.inner;
-  for (double v : {i.lr, i.beta1, i.beta2, i.eps, i.weight_decay, i.grad_clip}) MixValue(&h, v);
-  MixValue(&h, i.warmup_steps);
-  MixValue(&h, static_cast<int>(c.outer.kind));
-  MixValue(&h, c.outer.lr);
-  MixValue(&h, c.outer.momentum);
-  MixValue(&h, static_cast<int>(c.codec.kind));
-  MixValue(&h, c.codec.topk);
-  MixValue(&h, c.codec.error_feedback);
-  MixValue(&h, static_cast<int>(c.quorum.aggregation));
-  // Only with adaptive steps do sites train on different token counts, so
-  // only then can the weighting or the step policy change the parameters
-  // (older state databases keep their fingerprint).
-  if (c.training.overlap) MixValue(&h, 1);
-  for (const std::string& t : c.personalization.tensors) MixString(&h, t);
-  for (const auto& [name, sites] : c.personalization.clusters) {
-    MixString(&h, name);
-    for (const std::string& s : sites) MixString(&h, s);
-  }
-  if (c.parablock.blocks > 1) {
-    MixValue(&h, c.parablock.blocks);
-    for (int v : c.parablock.split) MixValue(&h, v);
-    MixValue(&h, c.parablock.random);
-    MixValue(&h, c.parablock.per_worker);
-  }
-  const AdaptiveStepsConfig& a = c.training.adaptive;
-  if (a.enabled) {
-    MixValue(&h, static_cast<int>(c.quorum.weighting));
-    MixValue(&h, a.round_time_s);
-    MixValue(&h, a.min_inner_steps);
-    MixValue(&h, a.max_inner_steps);
-  }
-  return h;
+  const std::string text = CanonicalSettings(c);
+  return Fnv1a64(text.data(), text.size());
 }
 
 StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& path) {

@@ -92,9 +92,10 @@ class StateStore {
   std::string path_;
 };
 
-// FNV-1a over the settings that determine the campaign's parameters (name,
-// model, training, outer optimizer, codec, aggregation, quorum): a restart
-// with different ones must not resume the stored state.
+// FNV-1a 64 of CanonicalSettings(config) (config/canonical.h, which lists
+// the settings in and out): every setting that shapes the campaign's result,
+// none of the operational ones. A restart whose fingerprint differs from the
+// stored one must not resume the stored state.
 uint64_t CampaignFingerprint(const CampaignConfig& config);
 
 }  // namespace lowband

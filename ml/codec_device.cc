@@ -1,5 +1,7 @@
 #include "ml/codec_device.h"
 
+#include "base/thread_pool.h"
+
 #include <ATen/Parallel.h>
 #ifdef LOWBAND_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
@@ -275,35 +277,6 @@ void SelectChunk(const float* e, const ChunkGeom& g, uint64_t* cand, uint64_t* s
   }
 }
 
-// Runs fn(begin, end) over [0, n) cut into at most at::get_num_threads()
-// contiguous ranges of at least `grain` items, on joined std::threads (the
-// caller takes the first range). Not at::parallel_for: with LibTorch's OpenMP
-// backend its parallel body is a header template that runs serially in a file
-// built without -fopenmp, and linking our own OpenMP runtime next to the one
-// LibTorch bundles would give two thread pools. fn must not throw.
-template <typename Fn>
-void ParallelFor(int64_t n, int64_t grain, const Fn& fn) {
-  const int64_t parts = std::min<int64_t>(at::get_num_threads(), n / std::max<int64_t>(grain, 1));
-  if (parts <= 1) {
-    if (n > 0) fn(0, n);
-    return;
-  }
-  const int64_t step = (n + parts - 1) / parts;
-  std::vector<std::thread> threads;
-  struct Joiner {  // joins what started even if starting another thread throws
-    std::vector<std::thread>& threads;
-    ~Joiner() {
-      for (auto& t : threads) t.join();
-    }
-  } joiner{threads};
-  threads.reserve(parts - 1);
-  for (int64_t p = 1; p < parts; ++p) {
-    const int64_t b = p * step, e = std::min(n, b + step);
-    if (b < e) threads.emplace_back([&fn, b, e] { fn(b, e); });
-  }
-  fn(0, std::min(n, step));
-}
-
 // A run of elements [begin, end) of one tensor: the CPU error-feedback
 // pass's unit of work.
 struct Span {
@@ -342,7 +315,13 @@ struct DeviceEncoder::Impl {
   std::vector<torch::Tensor> error_views;  // e_views when keeps_error, else empty
   std::vector<int64_t> tensor_of_chunk;    // per plan chunk
 
-  // CPU sparseloco: select kernel and host quantiser
+  // CPU sparseloco: select kernel and host quantiser, on `pool` (one set of
+  // threads for the encoder's life, at::get_num_threads() with the caller).
+  // Not at::parallel_for: with LibTorch's OpenMP backend its parallel body is
+  // a header template that runs serially in a file built without -fopenmp,
+  // and linking our own OpenMP runtime next to the one LibTorch bundles
+  // would give two thread pools.
+  std::unique_ptr<ThreadPool> pool;
   std::vector<ChunkGeom> geom;         // per plan chunk
   std::vector<KeptBlock> blocks;       // kept values in blocks inside one tensor
   std::vector<int64_t> tensor_blocks;  // T + 1: first block of each tensor
@@ -874,7 +853,7 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<tor
     }
     const float beta_f = static_cast<float>(beta);  // as torch's add casts alpha
     const int64_t num_spans = static_cast<int64_t>(spans.size());
-    ParallelFor(num_spans, plan.numel >= 2 * kSpanElems ? 1 : num_spans, [&](int64_t begin, int64_t end) {
+    Status st = pool->ParallelFor(num_spans, plan.numel >= 2 * kSpanElems ? 1 : num_spans, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const Span& sp = spans[i];
         float* dst = e + plan.tensors[sp.tensor].offset + sp.begin;
@@ -886,23 +865,25 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<tor
         }
       }
     });
+    LOWBAND_RETURN_IF_ERROR(st);
   }
   uint16_t* local = parts.indices.data();
   uint8_t* codes = parts.codes.data();
   int64_t* flat = cpu_flat.data();
   float* v = cpu_values.data();
-  ParallelFor(static_cast<int64_t>(geom.size()), /*grain=*/64, [&](int64_t begin, int64_t end) {
+  Status selected = pool->ParallelFor(static_cast<int64_t>(geom.size()), /*grain=*/64, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> cand(kChunkElems), scratch(kChunkElems);
     for (int64_t c = begin; c < end; ++c) {
       const ChunkGeom& g = geom[c];
       SelectChunk(e, g, cand.data(), scratch.data(), local + g.kept_offset, flat + g.kept_offset, v + g.kept_offset);
     }
   });
+  LOWBAND_RETURN_IF_ERROR(selected);
 
   const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   std::vector<double> partial(num_blocks * 8);
   auto per_block = [&](auto&& fn) {
-    ParallelFor(num_blocks, /*grain=*/4, [&](int64_t b0, int64_t b1) {
+    return pool->ParallelFor(num_blocks, /*grain=*/4, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) fn(blocks[b], &partial[b * 8]);
     });
   };
@@ -912,24 +893,28 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<tor
     return sum;
   };
   std::vector<float> shift(T), scale(T);
-  per_block([&](const KeptBlock& blk, double* out) {
+  if (Status st = per_block([&](const KeptBlock& blk, double* out) {
     double sum = 0;
     for (int64_t i = blk.begin; i < blk.end; ++i) sum += v[i];
     out[0] = sum;
-  });
+  }); !st.ok()) {
+    return st;
+  }
   for (size_t t = 0; t < T; ++t) {
     shift[t] = static_cast<float>(per_tensor(t, 0) / std::max<int64_t>(plan.tensors[t].kept, 1));
   }
-  per_block([&](const KeptBlock& blk, double* out) {
+  if (Status st = per_block([&](const KeptBlock& blk, double* out) {
     const float sh = shift[blk.tensor];
     double sum = 0;
     for (int64_t i = blk.begin; i < blk.end; ++i) sum += std::fabs(v[i] - sh);
     out[0] = sum;
-  });
+  }); !st.ok()) {
+    return st;
+  }
   for (size_t t = 0; t < T; ++t) {
     scale[t] = static_cast<float>(per_tensor(t, 0) / std::max<int64_t>(plan.tensors[t].kept, 1));
   }
-  per_block([&](const KeptBlock& blk, double* out) {
+  if (Status st = per_block([&](const KeptBlock& blk, double* out) {
     const float sh = shift[blk.tensor], sc = scale[blk.tensor];
     const float lo = sh - sc, hi = sh + sc;
     double sum[4] = {0, 0, 0, 0};
@@ -944,7 +929,9 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<tor
       out[b] = sum[b];
       out[4 + b] = static_cast<double>(count[b]);
     }
-  });
+  }); !st.ok()) {
+    return st;
+  }
   float* table = parts.tables.data();
   for (size_t t = 0; t < T; ++t) {
     for (int b = 0; b < 4; ++b) {
@@ -963,14 +950,16 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCpu(const std::vector<tor
     sent_ptr = sent_flat.data_ptr<float>();
   }
   if (keeps_error || sent_ptr) {
-    per_block([&](const KeptBlock& blk, double*) {
+    if (Status st = per_block([&](const KeptBlock& blk, double*) {
       const float* tab = table + 4 * blk.tensor;
       for (int64_t i = blk.begin; i < blk.end; ++i) {
         const float decoded = tab[codes[i]];
         if (keeps_error) e[flat[i]] = v[i] - decoded;
         if (sent_ptr) sent_ptr[flat[i]] = decoded;
       }
-    });
+    }); !st.ok()) {
+      return st;
+    }
   }
   if (sent) *sent = LayoutViews(sent_flat);
   return PackSparseLoCo(layout, plan, parts);
@@ -1108,6 +1097,7 @@ StatusOr<std::unique_ptr<DeviceEncoder>> DeviceEncoder::Create(const ParamLayout
     impl->beta = config.error_feedback;
     impl->keeps_error = config.kind != CodecKind::kDenseFp32 && impl->beta > 0;
     impl->cpu_kernel = impl->device.is_cpu() && options.cpu_select_kernel;
+    if (impl->cpu_kernel) impl->pool = std::make_unique<ThreadPool>(at::get_num_threads());
 #ifdef LOWBAND_CUDA_KERNELS
     impl->cuda_kernel = impl->device.is_cuda() && options.cuda_kernels && config.kind == CodecKind::kSparseLoCo;
 #endif

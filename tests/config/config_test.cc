@@ -45,7 +45,7 @@ sites:
 
 }  // namespace
 
-TEST_CASE("config: a minimal campaign gets every default", "[unit]") {
+TEST_CASE("config: a minimal campaign gets every default", "[unit][config]") {
   auto r = ParseCampaignYaml("campaign: {name: tiny}\n", "c.yaml");
   REQUIRE(r.ok());
   const CampaignConfig& c = *r;
@@ -68,7 +68,7 @@ TEST_CASE("config: a minimal campaign gets every default", "[unit]") {
   CHECK(ValidateCampaign(c).ok());
 }
 
-TEST_CASE("config: every value is read", "[unit]") {
+TEST_CASE("config: every value is read", "[unit][config]") {
   const std::string yaml = R"(
 campaign: {name: full, seed: 18446744073709551615, rounds: 7}
 model: {layers: 2, d_model: 96, heads: 3, context: 32, vocab: 256}
@@ -122,7 +122,7 @@ sites:
   CHECK(std::string(OuterOptimizerName(c.outer.kind)) == "sgd");
 }
 
-TEST_CASE("config: enum names", "[unit]") {
+TEST_CASE("config: enum names", "[unit][config]") {
   CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kNesterov)) == "nesterov");
   CHECK(std::string(OuterOptimizerName(OuterOptimizerKind::kFedAvg)) == "fedavg");
   CHECK(std::string(CodecName(CodecKind::kDenseFp32)) == "dense_fp32");
@@ -134,7 +134,7 @@ TEST_CASE("config: enum names", "[unit]") {
   CHECK(std::string(AggregationName(AggregationRule::kMeanChoosers)) == "mean_of_choosers");
 }
 
-TEST_CASE("config: worker counts default from the sites", "[unit]") {
+TEST_CASE("config: worker counts default from the sites", "[unit][config]") {
   auto r = ParseCampaignYaml(std::string("campaign: {name: x}\n") + kSiteInline +
                                  "  - site: {name: b}\n    data: {dir: /data/b}\n",
                              "c.yaml");
@@ -148,7 +148,7 @@ TEST_CASE("config: worker counts default from the sites", "[unit]") {
   CHECK(only_expected->quorum.min_workers == 5);
 }
 
-TEST_CASE("config: unknown keys are errors with file, line and the allowed keys", "[unit]") {
+TEST_CASE("config: unknown keys are errors with file, line and the allowed keys", "[unit][config]") {
   std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  layers: 4\n  layres: 5\n");
   CHECK_THAT(msg, Contains("c.yaml:4: model.layres: unknown key"));
   CHECK_THAT(msg, Contains("(allowed: layers, d_model, heads, context, vocab)"));
@@ -160,7 +160,7 @@ TEST_CASE("config: unknown keys are errors with file, line and the allowed keys"
   CHECK_THAT(msg, Contains("model.layers: duplicate key"));
 }
 
-TEST_CASE("config: wrong types", "[unit]") {
+TEST_CASE("config: wrong types", "[unit][config]") {
   std::string msg = CampaignError(R"(campaign: {name: x}
 model: {layers: four}
 training:
@@ -184,7 +184,7 @@ network: {bind: [a, b]}
              Contains("model.layers: expected an integer, got nothing"));
 }
 
-TEST_CASE("config: out-of-range numbers", "[unit]") {
+TEST_CASE("config: out-of-range numbers", "[unit][config]") {
   std::string msg = CampaignError(R"(campaign: {name: x, rounds: 0}
 model: {layers: 0, vocab: 512}
 training:
@@ -213,7 +213,7 @@ network: {heartbeat_interval_ms: 500, heartbeat_timeout_ms: 500}
   CHECK_THAT(msg, Contains("sites[1].data.validation_fraction: 1.5 is out of range (allowed: (0, 1))"));
 }
 
-TEST_CASE("config: bad enum values list the allowed values", "[unit]") {
+TEST_CASE("config: bad enum values list the allowed values", "[unit][config]") {
   std::string msg = CampaignError(R"(campaign: {name: x}
 outer_optimizer: {name: adam}
 codec: {name: topk}
@@ -226,7 +226,7 @@ training: {inner_optimizer: {name: sgd}}
   CHECK_THAT(msg, Contains("c.yaml:5: training.inner_optimizer.name: unknown value 'sgd' (allowed: adamw)"));
 }
 
-TEST_CASE("config: devices and endpoints", "[unit]") {
+TEST_CASE("config: devices and endpoints", "[unit][config]") {
   for (const char* dev : {"cpu", "cuda", "cuda:0", "cuda:12"}) {
     auto r = ParseSiteYaml(std::string("site: {name: s, device: \"") + dev + "\"}\ndata: {dir: /d}\n", "s.yaml");
     CHECK(r.ok());
@@ -266,7 +266,7 @@ TEST_CASE("config: devices and endpoints", "[unit]") {
   }
 }
 
-TEST_CASE("config: several errors are reported at once, one per line", "[unit]") {
+TEST_CASE("config: several errors are reported at once, one per line", "[unit][config]") {
   std::string msg = CampaignError(R"(campaign: {name: "bad name!"}
 model: {layers: -1, color: blue}
 outer_optimizer: {name: nope}
@@ -285,7 +285,7 @@ network: {security: tls}
   CHECK_THAT(lines.back(), Catch::Matchers::StartsWith("c.yaml:4:"));
 }
 
-TEST_CASE("config: d_model must be divisible by heads", "[unit]") {
+TEST_CASE("config: d_model must be divisible by heads", "[unit][config]") {
   std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  d_model: 130\n  heads: 4\n");
   CHECK_THAT(msg, Contains("c.yaml:3: model.d_model: d_model 130 is not divisible by heads 4"));
 
@@ -297,14 +297,14 @@ TEST_CASE("config: d_model must be divisible by heads", "[unit]") {
   CHECK_THAT(st.message(), Contains("model.d_model: d_model 100 is not divisible by heads 3"));
 }
 
-TEST_CASE("config: campaign.name is required", "[unit]") {
+TEST_CASE("config: campaign.name is required", "[unit][config]") {
   CHECK_THAT(CampaignError("model: {layers: 2}\n"), Contains("c.yaml:1: campaign.name: missing required key"));
   CHECK_THAT(CampaignError("campaign:\n  seed: 3\n"), Contains("c.yaml:1: campaign.name: missing required key"));
   CHECK_THAT(CampaignError(""), Contains("campaign.name: missing required key"));
   CHECK_THAT(CampaignError("- a\n- b\n"), Contains("c.yaml:1: expected a map"));
 }
 
-TEST_CASE("config: outer optimizer variants", "[unit]") {
+TEST_CASE("config: outer optimizer variants", "[unit][config]") {
   auto r = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: fedavg, server_lr: 0.5}\n", "c.yaml");
   REQUIRE(r.ok());
   CHECK(r->outer.kind == OuterOptimizerKind::kFedAvg);
@@ -320,7 +320,7 @@ TEST_CASE("config: outer optimizer variants", "[unit]") {
              Contains("outer_optimizer.server_lr: unknown key for outer_optimizer nesterov"));
 }
 
-TEST_CASE("config: missing file is NotFound", "[unit]") {
+TEST_CASE("config: missing file is NotFound", "[unit][config]") {
   auto r = LoadCampaignFile("/nonexistent/lowband/campaign.yaml");
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == StatusCode::kNotFound);
@@ -330,7 +330,7 @@ TEST_CASE("config: missing file is NotFound", "[unit]") {
   CHECK(s.status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("config: YAML syntax errors give file and line", "[unit]") {
+TEST_CASE("config: YAML syntax errors give file and line", "[unit][config]") {
   TempDir dir;
   std::string path = dir.Write("broken.yaml", "campaign:\n  name: x\nmodel: {layers: 4\ntraining: {}\n");
   auto r = LoadCampaignFile(path);
@@ -343,7 +343,7 @@ TEST_CASE("config: YAML syntax errors give file and line", "[unit]") {
   CHECK_THAT(msg, Contains("c.yaml:3: YAML syntax error"));
 }
 
-TEST_CASE("config: site files referenced from a campaign", "[unit]") {
+TEST_CASE("config: site files referenced from a campaign", "[unit][config]") {
   TempDir dir;
   dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: corpus}\n");
   std::string campaign = dir.Write("camp/c.yaml",
@@ -399,7 +399,7 @@ TEST_CASE("config: site files referenced from a campaign", "[unit]") {
   }
 }
 
-TEST_CASE("config: duplicate site names", "[unit]") {
+TEST_CASE("config: duplicate site names", "[unit][config]") {
   TempDir dir;
   dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: /d}\n");
   std::string campaign = dir.Write("c.yaml",
@@ -414,7 +414,7 @@ TEST_CASE("config: duplicate site names", "[unit]") {
   CHECK_THAT(r.status().message(), Contains("first defined at " + (fs::path(dir.path()) / "sites/a.yaml").string() + ":1"));
 }
 
-TEST_CASE("config: security none is only allowed on loopback", "[unit]") {
+TEST_CASE("config: security none is only allowed on loopback", "[unit][config]") {
   std::string msg = CampaignError("campaign: {name: x}\nnetwork:\n  bind: \"tcp://0.0.0.0:5555\"\n  control: \"tcp://192.168.1.4:5556\"\n");
   CHECK_THAT(msg, Contains("c.yaml:3: network.bind: security 'none' requires a loopback endpoint"));
   CHECK_THAT(msg, Contains("c.yaml:4: network.control: security 'none' requires a loopback endpoint"));
@@ -435,14 +435,14 @@ TEST_CASE("config: security none is only allowed on loopback", "[unit]") {
              Contains("network.control: same endpoint as network.bind"));
 }
 
-TEST_CASE("config: local sites must reach network.bind", "[unit]") {
+TEST_CASE("config: local sites must reach network.bind", "[unit][config]") {
   std::string msg = CampaignError(
       "campaign: {name: x}\nnetwork: {bind: \"tcp://127.0.0.1:6000\"}\n"
       "sites:\n  - site: {name: a, coordinator: \"tcp://127.0.0.1:5555\"}\n    data: {dir: /d}\n");
   CHECK_THAT(msg, Contains("c.yaml:4: sites[0].site.coordinator: 'tcp://127.0.0.1:5555' does not reach network.bind"));
 }
 
-TEST_CASE("config: site files", "[unit]") {
+TEST_CASE("config: site files", "[unit][config]") {
   TempDir dir;
   std::string path = dir.Write("s/site.yaml",
                                "site:\n  name: east\n  coordinator: \"tcp://10.1.1.1:5555\"\n  device: cuda:0\n"
@@ -474,7 +474,7 @@ TEST_CASE("config: site files", "[unit]") {
   CHECK_THAT(unknown.status().message(), Contains("s.yaml:3: security: unknown key (allowed: site, data)"));
 }
 
-TEST_CASE("config: every file in configs/ loads cleanly", "[unit]") {
+TEST_CASE("config: every file in configs/ loads cleanly", "[unit][config]") {
   const fs::path root = fs::path(LOWBAND_SOURCE_DIR) / "configs";
   REQUIRE(fs::is_directory(root));
   int campaigns = 0;
@@ -500,7 +500,7 @@ TEST_CASE("config: every file in configs/ loads cleanly", "[unit]") {
   CHECK(sites >= 1);
 }
 
-TEST_CASE("config: quickstart is the documented non-IID setup", "[unit]") {
+TEST_CASE("config: quickstart is the documented non-IID setup", "[unit][config]") {
   auto r = LoadCampaignFile(std::string(LOWBAND_SOURCE_DIR) + "/configs/quickstart.yaml");
   REQUIRE(r.ok());
   const CampaignConfig& c = *r;
@@ -534,7 +534,7 @@ TEST_CASE("config: quickstart is the documented non-IID setup", "[unit]") {
 namespace lowband {
 namespace {
 
-TEST_CASE("config: each outer optimizer has its method's defaults", "[unit]") {
+TEST_CASE("config: each outer optimizer has its method's defaults", "[unit][config]") {
   auto sgd = ParseCampaignYaml("campaign: {name: x}\nouter_optimizer: {name: sgd}\n", "c.yaml");
   REQUIRE(sgd.ok());
   CHECK(sgd->outer.lr == 1.0);
@@ -573,7 +573,7 @@ std::string Error(const std::string& yaml) {
 
 size_t LineCount(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')) + 1; }
 
-TEST_CASE("config: codec names and settings", "[unit]") {
+TEST_CASE("config: codec names and settings", "[unit][config]") {
   const std::string head = "campaign: {name: x}\n";
   CampaignConfig d = Campaign(head);
   CHECK(d.codec.kind == CodecKind::kDenseFp32);
@@ -598,7 +598,7 @@ TEST_CASE("config: codec names and settings", "[unit]") {
   CHECK(Campaign(head + "codec: {name: dense_fp32, error_feedback: 0.5}\n").codec.kind == CodecKind::kDenseFp32);
 }
 
-TEST_CASE("config: codec density is topk / 4096", "[unit]") {
+TEST_CASE("config: codec density is topk / 4096", "[unit][config]") {
   const std::string head = "campaign: {name: x}\ncodec: {name: sparseloco, density: ";
   CHECK(Campaign(head + "0.015625}\n").codec.topk == 64);
   CHECK(Campaign(head + "1}\n").codec.topk == 4096);
@@ -607,7 +607,7 @@ TEST_CASE("config: codec density is topk / 4096", "[unit]") {
   CHECK(Campaign(head + "0.0001220703125}\n").codec.topk == 1);
 }
 
-TEST_CASE("config: invalid codec settings", "[unit]") {
+TEST_CASE("config: invalid codec settings", "[unit][config]") {
   const std::string head = "campaign: {name: x}\n";
   CHECK_THAT(Error(head + "codec: {name: sparse_fp32}\n"),
              Contains("c.yaml:2: codec.name: 'sparse_fp32' is the coordinator's downlink format and cannot be "
@@ -651,14 +651,14 @@ TEST_CASE("config: invalid codec settings", "[unit]") {
   CHECK_THAT(ValidateCampaign(built).message(), Contains("codec.topk: 0 is out of range (allowed: 1 to 4096)"));
 }
 
-TEST_CASE("config: quorum aggregation", "[unit]") {
+TEST_CASE("config: quorum aggregation", "[unit][config]") {
   CHECK(Campaign("campaign: {name: x}\n").quorum.aggregation == AggregationRule::kMeanAll);
   CHECK(Campaign("campaign: {name: x}\nquorum: {aggregation: mean}\n").quorum.aggregation == AggregationRule::kMeanAll);
   CHECK(Campaign("campaign: {name: x}\nquorum: {aggregation: mean_of_choosers}\n").quorum.aggregation ==
         AggregationRule::kMeanChoosers);
 }
 
-TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
+TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit][config]") {
   const CampaignConfig d = Campaign("campaign: {name: x}\n");
   CHECK_FALSE(d.training.adaptive.enabled);
   CHECK(d.quorum.weighting == AggregationWeighting::kTokens);
@@ -700,7 +700,7 @@ TEST_CASE("config: adaptive steps, weighting and site slowdown", "[unit]") {
              Catch::Contains("training.adaptive_steps.enabled") && Catch::Contains("pipeline"));
 }
 
-TEST_CASE("config: parablock settings are read and checked against the model", "[unit]") {
+TEST_CASE("config: parablock settings are read and checked against the model", "[unit][config]") {
   const CampaignConfig off = Campaign("campaign: {name: x}\n");
   CHECK(off.parablock.blocks == 1);
   CHECK(LayerBlocks(off.model.layers, off.parablock).empty());
@@ -729,7 +729,7 @@ TEST_CASE("config: parablock settings are read and checked against the model", "
              Catch::Contains("parablock.blocks") && Catch::Contains("pipeline"));
 }
 
-TEST_CASE("config: personalization clusters are read and checked", "[unit]") {
+TEST_CASE("config: personalization clusters are read and checked", "[unit][config]") {
   const CampaignConfig c = Campaign(
       "campaign: {name: x}\n"
       "personalization: {tensors: [blocks.3., ln_f.], clusters: {tech: [site-a], arts: [site-b, site-c]}}\n");
@@ -750,7 +750,7 @@ TEST_CASE("config: personalization clusters are read and checked", "[unit]") {
              Catch::Contains("personalization") && Catch::Contains("not supported yet"));
 }
 
-TEST_CASE("config: fpld is read and checked - site models only in FPLD campaigns", "[unit]") {
+TEST_CASE("config: fpld is read and checked - site models only in FPLD campaigns", "[unit][config]") {
   const std::string base =
       "campaign: {name: x}\n"
       "outer_optimizer: {name: sgd, lr: 1.0, momentum: 0}\n";
@@ -820,7 +820,7 @@ sites:
     data: {dir: /d/b}
 )";
 
-TEST_CASE("overrides: keys, created maps, flow values, list items", "[unit]") {
+TEST_CASE("overrides: keys, created maps, flow values, list items", "[unit][config]") {
   const std::string merged = Merge(kBase, {
                                               "codec.name=sparseloco",
                                               "codec.topk=32",
@@ -875,7 +875,7 @@ TEST_CASE("overrides: keys, created maps, flow values, list items", "[unit]") {
   CHECK(Campaign(Merge("", {"campaign.name=fresh"})).name == "fresh");
 }
 
-TEST_CASE("overrides: every bad --set is reported at once", "[unit]") {
+TEST_CASE("overrides: every bad --set is reported at once", "[unit][config]") {
   const std::string msg = MergeError(kBase, {
                                                 "codec.name",         // no '='
                                                 "=sparseloco",        // empty key
@@ -913,7 +913,7 @@ TEST_CASE("overrides: every bad --set is reported at once", "[unit]") {
   CHECK_THAT(MergeError("campaign: {name: x\n", {"codec.name=int8"}), Contains("<campaign>:"));
 }
 
-TEST_CASE("overrides: a loaded campaign reports errors at the --set that caused them", "[unit]") {
+TEST_CASE("overrides: a loaded campaign reports errors at the --set that caused them", "[unit][config]") {
   TempDir dir;
   const std::string path = dir.Write("c.yaml", kBase);
   auto error = [&](const std::vector<std::string>& sets) {
@@ -953,7 +953,7 @@ TEST_CASE("overrides: a loaded campaign reports errors at the --set that caused 
   CHECK(missing.status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("overrides: the merged campaign loads the same from another directory", "[unit]") {
+TEST_CASE("overrides: the merged campaign loads the same from another directory", "[unit][config]") {
   TempDir dir;
   dir.Write("sites/a.yaml", "site: {name: a}\ndata: {dir: corpus}\n");
   const std::string path = dir.Write("camp/c.yaml",
@@ -994,7 +994,7 @@ TEST_CASE("overrides: the merged campaign loads the same from another directory"
   CHECK(again->sites[2].data.dir == "/abs/c");
 }
 
-TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[unit]") {
+TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[unit][config]") {
   const std::string quickstart = std::string(LOWBAND_SOURCE_DIR) + "/configs/quickstart.yaml";
   auto r = LoadCampaignWithOverrides(quickstart, {"codec={name: sparseloco, topk: 64, error_feedback: 0.95}",
                                                   "outer_optimizer={name: sgd, lr: 1, momentum: 0}",
@@ -1024,7 +1024,7 @@ TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[uni
 namespace lowband {
 namespace {
 
-TEST_CASE("config: checkpoint and metrics settings are read and checked", "[unit]") {
+TEST_CASE("config: checkpoint and metrics settings are read and checked", "[unit][config]") {
   auto ok = ParseCampaignYaml(
       "campaign: {name: c}\ncheckpoint: {every: 5, keep: 2}\nnetwork: {metrics: \"127.0.0.1:9464\"}\n", "c.yaml");
   REQUIRE(ok.ok());
@@ -1046,7 +1046,7 @@ TEST_CASE("config: checkpoint and metrics settings are read and checked", "[unit
 namespace lowband {
 namespace {
 
-TEST_CASE("config: pipeline settings are read and checked against the model", "[unit]") {
+TEST_CASE("config: pipeline settings are read and checked against the model", "[unit][config]") {
   auto ok = ParseCampaignYaml(
       "campaign: {name: c}\nmodel: {layers: 4, d_model: 128}\ntraining: {batch_size: 16}\n"
       "pipeline: {stages: 2, replicas: 2, ratio: 128, wire_dtype: fp16, split: [1, 3], micro_batches: 4}\n"
@@ -1105,7 +1105,7 @@ SiteConfig Site(const std::string& yaml) {
   return *r;
 }
 
-TEST_CASE("config: multi-rank site settings are read with their defaults", "[unit]") {
+TEST_CASE("config: multi-rank site settings are read with their defaults", "[unit][config]") {
   const SiteConfig one = Site("site: {name: s}\ndata: {dir: /d}\n");
   CHECK(one.ranks == 1);
   CHECK(one.rendezvous.empty());
@@ -1150,7 +1150,7 @@ TEST_CASE("config: multi-rank site settings are read with their defaults", "[uni
   CHECK(c.sites[1].ranks == 1);
 }
 
-TEST_CASE("config: multi-rank site errors name the key and its line", "[unit]") {
+TEST_CASE("config: multi-rank site errors name the key and its line", "[unit][config]") {
   // ranks and rank_timeout_s ranges.
   std::string msg = SiteError("site:\n  name: s\n  ranks: 0\n  rank_timeout_s: 0\ndata: {dir: /d}\n");
   CHECK_THAT(msg, Contains("s.yaml:3: site.ranks: 0 is out of range (allowed: 1 to 64)"));
@@ -1230,7 +1230,7 @@ TEST_CASE("config: multi-rank site errors name the key and its line", "[unit]") 
   CHECK(LineCount(msg) == 2);
 }
 
-TEST_CASE("config: multi-rank settings in a site file referenced from a campaign", "[unit]") {
+TEST_CASE("config: multi-rank settings in a site file referenced from a campaign", "[unit][config]") {
   TempDir dir;
   dir.Write("sites/a.yaml", "site:\n  name: a\n  ranks: 2\n  rendezvous: \"10.0.0.5\"\ndata: {dir: corpus}\n");
   const std::string path = dir.Write("c.yaml", "campaign: {name: x}\nsites:\n  - file: sites/a.yaml\n");
@@ -1241,7 +1241,7 @@ TEST_CASE("config: multi-rank settings in a site file referenced from a campaign
                                     "localhost:PORT or HOSTNAME:PORT with PORT 1 to 65535, or empty)");
 }
 
-TEST_CASE("overrides: multi-rank site keys can be set on the command line", "[unit]") {
+TEST_CASE("overrides: multi-rank site keys can be set on the command line", "[unit][config]") {
   const CampaignConfig c = Campaign(Merge(kBase, {"sites[0].site.ranks=2", "sites[0].site.rank_timeout_s=30",
                                                   "sites[1].site.ranks=4", "sites[1].site.rendezvous=10.0.0.5:29500",
                                                   "sites[1].site.local_ranks=[2, 3]"}));

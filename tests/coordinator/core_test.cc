@@ -553,6 +553,7 @@ TEST_CASE("late, duplicate and wrong-round uploads are rejected and change nothi
   Cluster c(config, kSites);
   StartRounds(c);
   CoordinatorCore& core = c.coordinator();
+  core.SetAsyncClose(false);  // driven directly below: the round commits inline
   const uint64_t digest0 = core.digest();
 
   auto upload = [&](uint32_t round, uint64_t base) {
@@ -798,6 +799,8 @@ TEST_CASE("control: round close commits with the uploads received, ignoring min_
   auto closed = c.Control("round", {"close"});
   REQUIRE(closed.ok);
   CHECK(closed.message == "round 1 closed with 1 upload");
+  CHECK(c.coordinator().closing());  // aggregated at the next step
+  c.Step();
   CHECK(c.coordinator().committed_round() == 1);
   c.HoldJobs("site-b", false);
   c.HoldJobs("site-c", false);
@@ -885,6 +888,7 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   Cluster c(config, kSites);
   StartRounds(c);
   CoordinatorCore& core = c.coordinator();
+  core.SetAsyncClose(false);  // driven directly below: the round commits inline
   const uint64_t digest0 = core.digest();
   auto upload = [&](float scale) {
     std::vector<float> delta(TinyParams().values.size());
@@ -909,6 +913,7 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   off.quorum.max_norm_ratio = 0;
   Cluster c2(off, kSites);
   StartRounds(c2);
+  c2.coordinator().SetAsyncClose(false);
   CoreOutput out2;
   c2.coordinator().HandleMessage("site-a", upload(1.0f), c2.now(), &out2);
   c2.coordinator().HandleMessage("site-b", upload(-1.5f), c2.now(), &out2);
@@ -1394,6 +1399,7 @@ TEST_CASE("norm outliers: a zero median rejects nothing", "[unit][coordinator]")
   Cluster c(config, kSites);
   StartRounds(c);
   CoordinatorCore& core = c.coordinator();
+  core.SetAsyncClose(false);  // driven directly below: the round commits inline
   const uint64_t digest0 = core.digest();
   CoreOutput out;
   core.HandleMessage("site-a", DenseUpload(1, digest0, std::vector<float>(TinyParams().values.size(), 0.0f)), c.now(),
@@ -1471,6 +1477,89 @@ TEST_CASE("re-syncs asked for by a site's errors are rate limited, then the site
   CHECK(evicted);
   CHECK(sent == CoordinatorCore::kMaxUnconfirmedResyncs);
   CHECK(core.workers().at("site-c").state == WorkerState::kEvicted);
+}
+
+TEST_CASE("async close: the round's aggregation runs elsewhere, the core keeps answering and commits when it returns",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 5);
+  config.outer.kind = OuterOptimizerKind::kNesterov;  // momentum travels with the job
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore inline_core(config, TinyParams(), now);
+  CoordinatorCore core(config, TinyParams(), now);
+  core.SetAsyncClose(true);
+  CoreOutput out, inline_out;
+  JoinAndStart(core, ThreeHellos(), now, &out);
+  JoinAndStart(inline_core, ThreeHellos(), now, &inline_out);
+  const uint64_t d0 = core.digest();
+  auto upload = [&](float scale) {
+    std::vector<float> delta(TinyParams().values.size());
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] = scale * 0.001f * static_cast<float>(i % 7);
+    return DenseUpload(1, d0, delta);
+  };
+  out = CoreOutput{};
+  inline_out = CoreOutput{};
+  const std::vector<std::pair<std::string, float>> ups = {{"site-a", 1.0f}, {"site-b", -0.5f}, {"site-c", 2.0f}};
+  for (const auto& [site, scale] : ups) {
+    core.HandleMessage(site, upload(scale), now, &out);
+    inline_core.HandleMessage(site, upload(scale), now, &inline_out);
+  }
+  REQUIRE(inline_out.commits.size() == 1);
+  REQUIRE(out.close_jobs.size() == 1);
+  CHECK(out.commits.empty());
+  CHECK(Bodies<Aggregate>(out, "site-a").empty());
+  CHECK(core.closing());
+  CHECK(core.committed_round() == 0);
+  CloseJob job = std::move(out.close_jobs[0]);
+
+  // Meanwhile: a second upload for the closed round is late, a re-sync waits
+  // for the new parameters, status answers.
+  out = CoreOutput{};
+  core.HandleMessage("site-a", upload(1.0f), now, &out);
+  REQUIRE(Bodies<Error>(out, "site-a").size() == 1);
+  CHECK_THAT(Bodies<Error>(out, "site-a")[0]->message, Catch::Matchers::Contains("after the round closed"));
+  core.HandleMessage("site-c", Wrap(Error{ErrorCode::kDigestMismatch, "replica is broken", 0}), now, &out);
+  CHECK(Bodies<ModelSync>(out, "site-c").empty());
+  CHECK(core.HandleControl({"status", {}}, now, &out).ok);
+  CHECK(core.params().values.empty());  // with the job
+
+  // The result commits the round exactly as inline, and the waiting re-sync goes out.
+  out = CoreOutput{};
+  core.HandleClosed(core.aggregation()->Close(std::move(job)), now, &out);
+  CHECK_FALSE(core.closing());
+  REQUIRE(out.commits.size() == 1);
+  CHECK(core.committed_round() == 1);
+  CHECK(core.digest() == inline_core.digest());
+  CHECK(core.params().values == inline_core.params().values);
+  CHECK(core.outer_momentum() == inline_core.outer_momentum());
+  CHECK(out.commits[0].gradient.bulk == inline_out.commits[0].gradient.bulk);
+  CHECK(out.commits[0].record.late_uploads == 1);
+  CHECK(Bodies<Aggregate>(out, "site-a").size() == 1);
+  CHECK(Bodies<ModelSync>(out, "site-c").size() == 1);
+  CHECK(Bodies<ModelSync>(out, "site-c")[0]->round == 1);
+}
+
+TEST_CASE("async close: an abort while the round is aggregated ends the campaign after it commits",
+          "[unit][coordinator]") {
+  auto config = TinyCampaign(3, 5);
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  core.SetAsyncClose(true);
+  CoreOutput out;
+  JoinAndStart(core, ThreeHellos(), now, &out);
+  const uint64_t d0 = core.digest();
+  out = CoreOutput{};
+  for (const char* site : {"site-a", "site-b", "site-c"}) core.HandleMessage(site, ZeroUpload(1, d0, 10), now, &out);
+  REQUIRE(out.close_jobs.size() == 1);
+  CloseJob job = std::move(out.close_jobs[0]);
+  out = CoreOutput{};
+  REQUIRE(core.HandleControl({"campaign", {"abort"}}, now, &out).ok);
+  CHECK_FALSE(out.finished);  // the parameters are with the job
+  core.HandleClosed(core.aggregation()->Close(std::move(job)), now, &out);
+  CHECK(out.commits.size() == 1);
+  CHECK(out.finished);
+  CHECK(out.failed);
+  CHECK(core.params().values.size() == TinyParams().values.size());
+  CHECK(Bodies<CampaignEnd>(out, "site-a").size() == 1);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 
+#include "base/hash.h"
+#include "config/canonical.h"
 #include "tests/fakes/temp_dir.h"
 
 namespace lowband {
@@ -141,6 +143,124 @@ TEST_CASE("state store: the fingerprint follows the settings that shape the para
     CampaignConfig c = a;
     change(c);
     CHECK(CampaignFingerprint(c) != CampaignFingerprint(a));
+  }
+}
+
+TEST_CASE("state store: the fingerprint is FNV-1a 64 of the canonical settings", "[unit][coordinator]") {
+  CampaignConfig c;
+  c.name = "fp";
+  const std::string text = CanonicalSettings(c);
+  CHECK(CampaignFingerprint(c) == Fnv1a64(text.data(), text.size()));
+  CHECK(CampaignFingerprint(c) == CampaignFingerprint(c));
+}
+
+// A campaign where every section is in use, so that no change is to a
+// setting its feature ignores.
+CampaignConfig FingerprintBase() {
+  CampaignConfig c;
+  c.name = "fp";
+  c.fpld.enabled = true;
+  c.fpld.probes.dir = "/probes";
+  c.fcrag.enabled = true;
+  c.fcrag.labels = {"a", "b"};
+  c.personalization.tensors = {"head."};
+  c.personalization.clusters = {{"eu", {"site-a"}}};
+  SiteConfig site;
+  site.name = "site-a";
+  site.data.dir = "/data/a";
+  c.sites.push_back(site);
+  return c;
+}
+
+TEST_CASE("state store: a change in any section that shapes the result changes the fingerprint",
+          "[unit][coordinator]") {
+  using Change = std::function<void(CampaignConfig&)>;
+  // Section -> changes in it; pipeline.wire_dtype and every fpld field are
+  // there because the old hand-kept fingerprint left them out.
+  const std::vector<std::pair<std::string, std::vector<Change>>> sections = {
+      {"campaign", {[](CampaignConfig& c) { c.name = "other"; }, [](CampaignConfig& c) { c.training.seed = 7; }}},
+      {"model", {[](CampaignConfig& c) { c.model.context = 32; }, [](CampaignConfig& c) { c.model.heads = 8; }}},
+      {"training",
+       {[](CampaignConfig& c) { c.training.inner_steps = 20; }, [](CampaignConfig& c) { c.training.batch_size = 8; },
+        [](CampaignConfig& c) { c.training.overlap = true; }}},
+      {"training.inner_optimizer",
+       {[](CampaignConfig& c) { c.training.inner.beta2 = 0.99; },
+        [](CampaignConfig& c) { c.training.inner.warmup_steps = 10; }}},
+      {"training.adaptive_steps",
+       {[](CampaignConfig& c) { c.training.adaptive.enabled = true; },
+        [](CampaignConfig& c) { c.training.adaptive.max_inner_steps = 5; }}},
+      {"outer_optimizer",
+       {[](CampaignConfig& c) { c.outer.kind = OuterOptimizerKind::kFedAvg; },
+        [](CampaignConfig& c) { c.outer.momentum = 0.5; }}},
+      {"codec",
+       {[](CampaignConfig& c) { c.codec.kind = CodecKind::kInt8; },
+        [](CampaignConfig& c) { c.codec.error_feedback = 0; }}},
+      {"quorum",
+       {[](CampaignConfig& c) { c.quorum.aggregation = AggregationRule::kMeanChoosers; },
+        [](CampaignConfig& c) { c.quorum.weighting = AggregationWeighting::kUniform; },
+        [](CampaignConfig& c) { c.quorum.max_norm_ratio = 3; }}},
+      {"pipeline",
+       {[](CampaignConfig& c) { c.pipeline.wire_dtype = WireDtype::kFp32; },
+        [](CampaignConfig& c) { c.pipeline.wire_dtype = WireDtype::kFp16; },
+        [](CampaignConfig& c) { c.pipeline.stages = 2; }, [](CampaignConfig& c) { c.pipeline.ratio = 32; },
+        [](CampaignConfig& c) { c.pipeline.micro_batches = 2; }}},
+      {"parablock",
+       {[](CampaignConfig& c) { c.parablock.blocks = 2; }, [](CampaignConfig& c) { c.parablock.random = true; }}},
+      {"personalization",
+       {[](CampaignConfig& c) { c.personalization.tensors = {"embed."}; },
+        [](CampaignConfig& c) { c.personalization.clusters[0].second = {"site-b"}; }}},
+      {"fpld",
+       {[](CampaignConfig& c) { c.fpld.enabled = false; }, [](CampaignConfig& c) { c.fpld.probes.dir = "/other"; },
+        [](CampaignConfig& c) { c.fpld.probes.files = {"p.txt"}; },
+        [](CampaignConfig& c) { c.fpld.probes.validation_fraction = 0.5; },
+        [](CampaignConfig& c) { c.fpld.contexts = 32; }, [](CampaignConfig& c) { c.fpld.positions = 4; },
+        [](CampaignConfig& c) { c.fpld.bits = 8; }, [](CampaignConfig& c) { c.fpld.clip = 2; },
+        [](CampaignConfig& c) { c.fpld.topk = 8; }, [](CampaignConfig& c) { c.fpld.student_steps = 3; },
+        [](CampaignConfig& c) { c.fpld.student_lr = 1e-2; }, [](CampaignConfig& c) { c.fpld.student_batch = 4; },
+        [](CampaignConfig& c) { c.fpld.student_eval_batches = 2; },
+        [](CampaignConfig& c) { c.fpld.exact_reference = true; }}},
+      {"fcrag",
+       {[](CampaignConfig& c) { c.fcrag.labels = {"a", "c"}; }, [](CampaignConfig& c) { c.fcrag.alpha = 0.2; },
+        [](CampaignConfig& c) { c.fcrag.score_bits = 0; }}},
+      {"sites",
+       {[](CampaignConfig& c) { c.sites[0].name = "site-b"; }, [](CampaignConfig& c) { c.sites[0].ranks = 2; },
+        [](CampaignConfig& c) { c.sites[0].data.files = {"x.txt"}; },
+        [](CampaignConfig& c) { c.sites[0].data.validation_fraction = 0.25; },
+        [](CampaignConfig& c) { c.sites.push_back(c.sites[0]); }}},
+  };
+  const CampaignConfig base = FingerprintBase();
+  const uint64_t before = CampaignFingerprint(base);
+  for (const auto& [section, changes] : sections) {
+    for (size_t i = 0; i < changes.size(); ++i) {
+      CAPTURE(section, i);
+      CampaignConfig c = base;
+      changes[i](c);
+      CHECK(CampaignFingerprint(c) != before);
+    }
+  }
+}
+
+TEST_CASE("state store: operational settings leave the fingerprint alone", "[unit][coordinator]") {
+  const CampaignConfig base = FingerprintBase();
+  const uint64_t before = CampaignFingerprint(base);
+  for (auto change : std::vector<std::function<void(CampaignConfig&)>>{
+           [](CampaignConfig& c) { c.network.heartbeat_interval_ms = 100; },
+           [](CampaignConfig& c) { c.network.heartbeat_timeout_ms = 1000; },
+           [](CampaignConfig& c) { c.network.metrics = "127.0.0.1:9100"; },
+           [](CampaignConfig& c) { c.network.bind = "tcp://127.0.0.1:7000"; },
+           [](CampaignConfig& c) { c.network.dashboard_token = "/etc/lowband/token"; },
+           [](CampaignConfig& c) { c.output.run_dir = "runs/other"; },
+           [](CampaignConfig& c) { c.output.metrics_file = "metrics.jsonl"; },
+           [](CampaignConfig& c) { c.checkpoint.every = 10; }, [](CampaignConfig& c) { c.checkpoint.keep = 1; },
+           [](CampaignConfig& c) { c.quorum.round_deadline_s = 30; },
+           [](CampaignConfig& c) { c.pipeline.peer_timeout_ms = 1000; },
+           [](CampaignConfig& c) { c.fcrag.serve = true; },
+           [](CampaignConfig& c) { c.sites[0].device = "cuda"; },
+           [](CampaignConfig& c) { c.sites[0].threads = 4; },
+           [](CampaignConfig& c) { c.source = "/somewhere/else.yaml"; }}) {
+    CampaignConfig c = base;
+    change(c);
+    CHECK(CampaignFingerprint(c) == before);
   }
 }
 

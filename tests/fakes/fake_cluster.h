@@ -159,6 +159,9 @@ class FakeExecutor {
 
 // A coordinator core and N worker cores over an InprocNetwork, every message
 // through EncodeMessage/DecodeMessage. Time is a fake clock advanced by Step.
+// Rounds close asynchronously, as in the daemon: the core's CloseJob runs at
+// the next Step, after the messages of this one (so messages meet a round
+// that is being aggregated).
 class Cluster {
  public:
   // `prepare` runs on the coordinator before any worker exists (a restarted
@@ -168,6 +171,7 @@ class Cluster {
       : now_(TimePoint{} + std::chrono::hours(1)),
         coordinator_(config, CoordinatorCore::ClusterLayout(config, TinyParams()).value(), now_),
         coord_link_(net_.CreateEndpoint("coordinator")) {
+    coordinator_.SetAsyncClose(true);
     if (prepare) prepare(coordinator_);
     for (const auto& s : sites) AddWorker(s);
   }
@@ -217,6 +221,15 @@ class Cluster {
           w->core->OnJobResult(w->exec->Run(j), WorkerNow(), &out);
           Apply(*w, out);
         }
+      }
+      // The round aggregated "on the compute thread" since the last step.
+      std::vector<CloseJob> jobs = std::move(close_jobs_);
+      close_jobs_.clear();
+      for (CloseJob& job : jobs) {
+        progressed = true;
+        CoreOutput out;
+        coordinator_.HandleClosed(coordinator_.aggregation()->Close(std::move(job)), now_, &out);
+        ApplyCoordinator(out);
       }
       while (coord_link_->TryReceive(&in)) {
         progressed = true;
@@ -304,6 +317,7 @@ class Cluster {
       (void)coord_link_->Send(o.peer, EncodeMessage(o.msg));
     }
     for (auto& r : out.committed) records_.push_back(r);
+    for (auto& j : out.close_jobs) close_jobs_.push_back(std::move(j));
     if (out.finished) finished_ = true;
   }
 
@@ -314,6 +328,7 @@ class Cluster {
   std::map<std::string, std::unique_ptr<Site>> sites_;
   std::vector<RoundRecord> records_;
   std::vector<RoundCommit> commits_;
+  std::vector<CloseJob> close_jobs_;
   bool finished_ = false;
 };
 

@@ -1,0 +1,48 @@
+// The names of the config enums, as campaign files spell them (and logs,
+// metrics and the wire's human-readable fields show them).
+#include "config/config.h"
+
+namespace lowband {
+
+const char* OuterOptimizerName(OuterOptimizerKind kind) {
+  switch (kind) {
+    case OuterOptimizerKind::kNesterov: return "nesterov";
+    case OuterOptimizerKind::kSgd: return "sgd";
+    case OuterOptimizerKind::kFedAvg: return "fedavg";
+  }
+  return "unknown";
+}
+
+const char* WireDtypeName(WireDtype d) {
+  switch (d) {
+    case WireDtype::kFp32: return "fp32";
+    case WireDtype::kBf16: return "bf16";
+    case WireDtype::kFp16: return "fp16";
+  }
+  return "unknown";
+}
+
+const char* CodecName(CodecKind kind) {
+  switch (kind) {
+    case CodecKind::kDenseFp32: return "dense_fp32";
+    case CodecKind::kDenseBf16: return "dense_bf16";
+    case CodecKind::kInt8: return "int8";
+    case CodecKind::kSparseLoCo: return "sparseloco";
+    case CodecKind::kSparseFp32: return "sparse_fp32";
+  }
+  return "unknown";
+}
+
+const char* WeightingName(AggregationWeighting w) {
+  return w == AggregationWeighting::kTokens ? "tokens" : "uniform";
+}
+
+const char* AggregationName(AggregationRule rule) {
+  switch (rule) {
+    case AggregationRule::kMeanAll: return "mean";
+    case AggregationRule::kMeanChoosers: return "mean_of_choosers";
+  }
+  return "unknown";
+}
+
+}  // namespace lowband
