@@ -59,7 +59,7 @@ namespace lowband {
 // A packed payload: the header (checksum included) and the bulk frame.
 struct Encoded {
   BlobHeader header;
-  Bytes bulk;
+  Frame bulk;  // shared by reference: one payload sent to many sites is one buffer
 };
 
 constexpr int64_t kChunkElems = 4096;

@@ -58,28 +58,27 @@ struct RoundUpload {
 };
 
 // FPLD: the student's distillation from the mean teacher.
-using DistilFn = std::function<StatusOr<DistilOutcome>(uint32_t round, const ParamSet& start,
-                                                       const std::vector<float>& teacher,
-                                                       const std::vector<float>* exact)>;
+using DistilFn = std::function<StatusOr<DistilOutcome>(
+    uint32_t round, const ParamSet& start, const std::vector<float>& teacher, const std::vector<float>* exact)>;
 
 struct CloseJob {
   uint32_t round = 0;
   std::map<std::string, RoundUpload> uploads;  // by site (name order: a fixed float sum)
-  ParamSet params;                              // theta_{r-1}
+  ParamSet params;                             // theta_{r-1}
   OuterOptimizer outer;
 };
 
 struct CloseResult {
   uint32_t round = 0;
-  Status status;         // not OK: the round cannot commit (the campaign fails); params are theta_{r-1}
-  ParamSet params;       // theta_r (theta_{r-1} when status failed before the apply)
-  OuterOptimizer outer;  // stepped
-  Encoded logged;        // the aggregated pseudo-gradient g, as the round log keeps it
-  Encoded down;          // the outer update u as every whole-model site gets it
-  std::vector<Encoded> stage_down;   // pipeline: u's slice per stage
-  std::vector<Encoded> cluster_down;  // personalisation: u's view per cluster
-  uint64_t nnz = 0;                   // nonzero entries of u
-  uint64_t digest = 0;                // of theta_r
+  Status status;                       // not OK: the round cannot commit (the campaign fails); params are theta_{r-1}
+  ParamSet params;                     // theta_r (theta_{r-1} when status failed before the apply)
+  OuterOptimizer outer;                // stepped
+  Encoded logged;                      // the aggregated pseudo-gradient g, as the round log keeps it
+  Encoded down;                        // the outer update u as every whole-model site gets it
+  std::vector<Encoded> stage_down;     // pipeline: u's slice per stage
+  std::vector<Encoded> cluster_down;   // personalisation: u's view per cluster
+  uint64_t nnz = 0;                    // nonzero entries of u
+  uint64_t digest = 0;                 // of theta_r
   std::vector<uint64_t> part_digests;  // pipeline: per stage
   std::vector<uint64_t> view_digests;  // personalisation: per cluster view
   // FPLD figures for the round's record (NaN where not measured).

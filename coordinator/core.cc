@@ -10,6 +10,11 @@
 #include "codec/dither.h"
 #include "codec/logit_codec.h"
 #include "coordinator/adaptive_steps.h"
+#include "coordinator/campaign_mode.h"
+#include "coordinator/control_commands.h"
+#include "coordinator/core_json.h"
+#include "coordinator/eval_records.h"
+#include "coordinator/resume.h"
 #include "base/log.h"
 
 namespace lowband {
@@ -70,27 +75,15 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
   pending_.round = 0;
   OpenEvalRecord(pending_, now, now);  // round 0: the initial parameters
   if (config_.fcrag.enabled) fcrag_hub_ = std::make_unique<FcragHub>(config_);
-  if (config_.pipeline.stages > 1) BuildParts();
-  if (config_.parablock.blocks > 1 && config_.pipeline.stages <= 1) BuildBlockParts();
-  if (!config_.personalization.tensors.empty() && config_.pipeline.stages <= 1) BuildViews();
+  mode_ = CampaignMode::Make(config_, params_, plan_);
+  if (config_.pipeline.stages > 1) topology_ = std::make_unique<Topology>(config_.pipeline.stages, config_.pipeline.replicas);
   BuildAggregation();
   ComputePartDigests();
 }
 
 void CoordinatorCore::BuildAggregation() {
   Aggregation::Setup a;
-  a.kind = fpld()                  ? Aggregation::Kind::kDistil
-           : pipelined()           ? Aggregation::Kind::kStages
-           : !block_parts_.empty() ? Aggregation::Kind::kBlocks
-           : personal()            ? Aggregation::Kind::kClusters
-                                   : Aggregation::Kind::kMean;
-  a.layout = params_.layout;
-  a.plan = plan_;
-  a.parts = pipelined() ? parts_ : block_parts_;
-  a.model_layout = model_layout_;
-  a.model_plan = model_plan_;
-  a.views = views_;
-  a.personal_tensor = personal_tensor_;
+  mode_->Describe(&a);
   a.rule = config_.quorum.aggregation;
   a.uniform = config_.quorum.weighting == AggregationWeighting::kUniform;
   a.sparse_codec = config_.codec.kind == CodecKind::kSparseLoCo;
@@ -99,172 +92,29 @@ void CoordinatorCore::BuildAggregation() {
   agg_ = std::make_shared<const Aggregation>(std::move(a));
 }
 
-namespace {
-const char* const kClusterPrefix = "cluster/";
-bool Personalised(const PersonalizationConfig& per, const std::string& name) {
-  for (const std::string& p : per.tensors) {
-    if (name.rfind(p, 0) == 0) return true;
-  }
-  return false;
-}
-}  // namespace
-
 StatusOr<ParamSet> CoordinatorCore::ClusterLayout(const CampaignConfig& config, const ParamSet& model) {
-  const PersonalizationConfig& per = config.personalization;
-  if (per.tensors.empty()) return model;
-  for (const std::string& p : per.tensors) {
-    bool any = false;
-    for (const TensorSpec& t : model.layout.tensors) any = any || t.name.rfind(p, 0) == 0;
-    if (!any) {
-      std::string names;
-      for (const TensorSpec& t : model.layout.tensors) names += (names.empty() ? "" : ", ") + t.name;
-      return InvalidArgument("personalization.tensors: no tensor of the model starts with '" + p +
-                             "' (tensors: " + names + ")");
-    }
-  }
-  ParamSet out = model;
-  for (const auto& [cluster, sites] : per.clusters) {
-    int64_t offset = 0;
-    for (const TensorSpec& t : model.layout.tensors) {
-      if (Personalised(per, t.name)) {
-        TensorSpec copy = t;
-        copy.name = kClusterPrefix + cluster + "/" + t.name;
-        out.layout.tensors.push_back(copy);
-        out.values.insert(out.values.end(), model.values.begin() + offset, model.values.begin() + offset + t.numel());
-      }
-      offset += t.numel();
-    }
-  }
-  return out;
+  return CampaignMode::ClusterLayout(config, model);
 }
 
-void CoordinatorCore::BuildViews() {
-  const PersonalizationConfig& per = config_.personalization;
-  size_t n = 0;
-  while (n < params_.layout.tensors.size() && params_.layout.tensors[n].name.rfind(kClusterPrefix, 0) != 0) ++n;
-  model_layout_.tensors.assign(params_.layout.tensors.begin(), params_.layout.tensors.begin() + static_cast<std::ptrdiff_t>(n));
-  model_plan_ = PlanLayout(model_layout_, config_.codec.topk);
-  std::map<std::string, size_t> index_of;
-  for (size_t j = 0; j < params_.layout.tensors.size(); ++j) index_of[params_.layout.tensors[j].name] = j;
-  personal_tensor_.assign(n, false);
-  std::vector<size_t> own(n);
-  for (size_t i = 0; i < n; ++i) {
-    own[i] = i;
-    personal_tensor_[i] = Personalised(per, model_layout_.tensors[i].name);
-  }
-  views_.assign(1, own);  // cluster 0: sites in no cluster
-  for (const auto& [cluster, sites] : per.clusters) {
-    std::vector<size_t> view = own;
-    for (size_t i = 0; i < n; ++i) {
-      if (!personal_tensor_[i]) continue;
-      auto it = index_of.find(kClusterPrefix + cluster + "/" + model_layout_.tensors[i].name);
-      LOWBAND_CHECK(it != index_of.end());  // the caller extended the layout with ClusterLayout
-      view[i] = it->second;
-    }
-    views_.push_back(std::move(view));
-    for (const std::string& site : sites) cluster_of_site_[site] = static_cast<int>(views_.size()) - 1;
-  }
-}
-
-int CoordinatorCore::ClusterIndex(const std::string& site) const {
-  auto it = cluster_of_site_.find(site);
-  return it == cluster_of_site_.end() ? 0 : it->second;
-}
-
-std::string CoordinatorCore::ClusterOf(const std::string& site) const {
-  const int k = ClusterIndex(site);
-  return k == 0 ? std::string() : config_.personalization.clusters[static_cast<size_t>(k - 1)].first;
-}
-
-std::vector<float> CoordinatorCore::ViewValues(int cluster) const { return agg_->ViewValues(params_, cluster); }
-
-
-
-void CoordinatorCore::BuildBlockParts() {
-  layer_blocks_ = LayerBlocks(config_.model.layers, config_.parablock);
-  auto ranges = BlockTensorRanges(params_.layout, layer_blocks_);
-  // The layout comes from InitialParameters for this model config.
-  LOWBAND_CHECK(ranges.ok());
-  for (const TensorRange& r : *ranges) {
-    Part part;
-    part.first_tensor = r.first;
-    part.num_tensors = r.count;
-    part.offset = r.offset;
-    part.numel = r.numel;
-    part.first_chunk = plan_.tensors[r.first].first_chunk;
-    for (size_t t = r.first; t < r.first + r.count; ++t) part.num_chunks += plan_.tensors[t].num_chunks;
-    part.slice_layout_only.layout = SliceLayout(params_.layout, r);
-    part.plan = PlanLayout(part.slice_layout_only.layout, config_.codec.topk);
-    block_parts_.push_back(std::move(part));
-  }
-}
+std::string CoordinatorCore::ClusterOf(const std::string& site) const { return mode_->ClusterName(site); }
 
 int CoordinatorCore::BlockFor(const WorkerInfo& w, uint32_t round) {
-  if (block_parts_.empty()) return -1;
-  auto& of_round = round_blocks_[round];
-  auto it = of_round.find(w.site);
-  if (it != of_round.end()) return it->second;
   // The worker's position among the round's live workers, by name.
   int position = 0;
   for (const auto& [site, o] : workers_) {
     if (site == w.site) break;
     if (o.state == WorkerState::kJoined) ++position;
   }
-  const int b = BlockForRound(config_.parablock, config_.training.seed, round, position, w.site);
-  of_round[w.site] = b;
-  return b;
+  return mode_->BlockFor(w.site, round, position);
 }
 
-void CoordinatorCore::BuildParts() {
-  const int stages = config_.pipeline.stages;
-  parts_.assign(static_cast<size_t>(stages), Part{});
-  size_t t = 0;
-  int64_t offset = 0;
-  for (int s = 0; s < stages; ++s) {
-    Part& part = parts_[static_cast<size_t>(s)];
-    const std::string prefix = StagePrefix(s);
-    part.first_tensor = t;
-    part.offset = offset;
-    part.first_chunk = t < plan_.tensors.size() ? plan_.tensors[t].first_chunk : plan_.chunks.size();
-    for (; t < params_.layout.tensors.size() && params_.layout.tensors[t].name.rfind(prefix, 0) == 0; ++t) {
-      TensorSpec local = params_.layout.tensors[t];
-      local.name = local.name.substr(prefix.size());
-      part.slice_layout_only.layout.tensors.push_back(local);
-      part.numel += local.numel();
-      part.num_chunks += plan_.tensors[t].num_chunks;
-    }
-    part.num_tensors = t - part.first_tensor;
-    offset += part.numel;
-    // The layout comes from InitialPipelineParameters for this config; a
-    // stage without tensors means the caller built the wrong model.
-    LOWBAND_CHECK(part.num_tensors > 0);
-    part.plan = PlanLayout(part.slice_layout_only.layout, config_.codec.topk);
-  }
-  LOWBAND_CHECK(t == params_.layout.tensors.size());
-  topology_ = std::make_unique<Topology>(stages, config_.pipeline.replicas);
-}
-
-void CoordinatorCore::ComputePartDigests() { agg_->Digests(params_, nullptr, &part_digests_, &view_digests_); }
-
-
+void CoordinatorCore::ComputePartDigests() { mode_->ComputeDigests(*agg_, params_); }
 
 Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
-  if (phase_ != Phase::kWaiting || !workers_.empty() || !history_.empty() || committed_round_ != 0) {
+  if (phase_ != Phase::kWaiting || !workers_.empty() || !evals_.history().empty() || committed_round_ != 0) {
     return FailedPrecondition("restore: the campaign has already started");
   }
-  if (!(params.layout == params_.layout) || params.values.size() != params_.values.size()) {
-    return InvalidArgument("restore: the checkpoint's layout " + DigestHex(params.layout.Digest()) +
-                           " is not the campaign model's " + DigestHex(params_.layout.Digest()));
-  }
-  if (!momentum.empty() && momentum.size() != outer_.momentum().size()) {
-    return InvalidArgument("restore: the checkpoint holds " + std::to_string(momentum.size()) +
-                           " outer-optimizer values, the campaign's optimizer keeps " +
-                           std::to_string(outer_.momentum().size()));
-  }
-  if (momentum.empty() && !outer_.stateless() && round > 0) {
-    return InvalidArgument("restore: the checkpoint of round " + std::to_string(round) +
-                           " lacks the outer optimizer's momentum");
-  }
+  LOWBAND_RETURN_IF_ERROR(CheckRestore(params_, outer_, round, params, momentum));
   if (!momentum.empty()) outer_.set_momentum(std::move(momentum));
   params_ = std::move(params);
   digest_ = params_.Digest();
@@ -272,7 +122,7 @@ Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<flo
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
-  evaluating_.clear();
+  evals_.Clear();
   OpenEvalRecord(pending_, campaign_start_, campaign_start_);
   return Status::Ok();
 }
@@ -283,23 +133,13 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
     return FailedPrecondition("replay: round " + std::to_string(round) + " does not follow round " +
                               std::to_string(committed_round_));
   }
-  BlobHeader h = gradient.header;
-  h.num_elements = static_cast<uint64_t>(params_.layout.numel());
-  h.layout_digest = params_.layout.Digest();
-  h.byte_length = gradient.bulk.size();
-  if (h.codec != CodecKind::kDenseFp32 && h.codec != CodecKind::kSparseFp32) {
-    return Corruption("replay: round " + std::to_string(round) + "'s logged gradient uses codec " + CodecName(h.codec));
-  }
-  auto g = ParseUpdate(params_.layout, plan_, h, gradient.bulk);
-  if (!g.ok()) return Corruption("replay: round " + std::to_string(round) + "'s logged gradient: " + g.status().ToString());
-  Update update = outer_.Step(plan_, std::move(g).value());
-  LOWBAND_RETURN_IF_ERROR(ApplyUpdate(plan_, update, &params_.values));
+  LOWBAND_RETURN_IF_ERROR(ReplayGradient(round, gradient, plan_, &outer_, &params_));
   digest_ = params_.Digest();
   ComputePartDigests();
   committed_round_ = round;
   pending_ = RoundRecord{};
   pending_.round = round;
-  evaluating_.clear();
+  evals_.Clear();
   OpenEvalRecord(pending_, campaign_start_, campaign_start_);
   if (digest_ != digest) {
     return Corruption("replay: round " + std::to_string(round) + " gives parameters " + DigestHex(digest_) +
@@ -309,12 +149,12 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
 }
 
 void CoordinatorCore::RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded) {
-  history_ = std::move(recorded);
+  evals_.set_history(std::move(recorded));
   if (unrecorded && unrecorded->round == committed_round_) {
     RoundRecord r = *unrecorded;
     r.val_loss = std::numeric_limits<double>::quiet_NaN();
     r.evaluated = 0;
-    evaluating_.clear();
+    evals_.Clear();
     OpenEvalRecord(std::move(r), campaign_start_, campaign_start_);
   }
 }
@@ -346,30 +186,27 @@ void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::
 }
 
 int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round) const {
-  if (!block_parts_.empty()) {
+  if (mode_->block_rounds()) {
     const RoundRecord* rec = round == pending_.round ? &pending_ : nullptr;
-    for (auto r = history_.rbegin(); !rec && r != history_.rend(); ++r) {
+    for (auto r = evals_.history().rbegin(); !rec && r != evals_.history().rend(); ++r) {
       if (r->round == round) rec = &*r;
     }
     if (rec) {
       auto s = rec->sites.find(site);
-      if (s != rec->sites.end() && s->second.block >= 0) return block_parts_[static_cast<size_t>(s->second.block)].numel;
+      if (s != rec->sites.end() && s->second.block >= 0) return mode_->BlockNumel(s->second.block);
     }
   }
   return ParamsOf(site);
 }
 
 int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
-  if (personal()) return model_layout_.numel();
-  const int stage = StageOf(site);
-  if (stage < 0) return params_.layout.numel();
-  return parts_[stage].numel;
+  auto it = workers_.find(site);
+  return mode_->ParamsOf(it == workers_.end() ? nullptr : &it->second);
 }
 
 int CoordinatorCore::StageOf(const std::string& site) const {
   auto it = workers_.find(site);
-  if (!pipelined() || it == workers_.end()) return -1;
-  return it->second.stage;
+  return it == workers_.end() ? -1 : mode_->StageOf(it->second);
 }
 
 std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const {
@@ -495,7 +332,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   auto existing = workers_.find(m.site);
   const bool rejoin = existing != workers_.end();
   std::optional<StageSlot> slot;
-  if (pipelined()) {
+  if (topology_) {
     if (m.peer_endpoint.empty()) {
       Reply(peer, ErrorCode::kMalformed, "a pipeline campaign needs the worker's peer endpoint (site.peer)", 0, out);
       return;
@@ -536,7 +373,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
            {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
            {"round", committed_round_});
 
-  if (pipelined()) {
+  if (topology_) {
     w.stage = slot->stage;
     w.replica = slot->replica;
     w.welcomed = false;
@@ -548,14 +385,14 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
     }
   } else {
     SendWelcome(w, out);
-    if (Adopts(w)) SendSync(w, out);
+    if (mode_->Adopts(w)) SendSync(w, out);
     w.announced_round = committed_round_;
     if (phase_ == Phase::kTraining) SendRoundStarts(w, out);
   }
   if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
     phase_ = Phase::kEvaluating;  // round 0 (or a restart's committed round): evaluate it
     phase_start_ = now;
-    for (auto& [round, e] : evaluating_) e.eval_start = now;
+    evals_.RestartClocks(now);
     LOG_INFO("all expected workers joined", {"workers", LiveWorkers()});
   }
   MaybeFinishEvals(now, out);
@@ -571,19 +408,7 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
   wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
   wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
   wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
-  wel.layer_blocks = layer_blocks_;
-  if (fpld()) {
-    // Only logits cross the wire: the parameters' codec does not matter.
-    wel.codec = CodecConfig{};
-    wel.fpld.enabled = true;
-    wel.fpld.bits = config_.fpld.bits;
-    wel.fpld.clip = static_cast<float>(config_.fpld.clip);
-    wel.fpld.topk = config_.fpld.topk;
-    wel.fpld.positions = config_.fpld.positions;
-    wel.fpld.contexts = config_.fpld.contexts;
-    wel.fpld.exact_reference = config_.fpld.exact_reference;
-    wel.fpld.probe_tokens = probes_;
-  }
+  mode_->FillWelcome(&wel);
   if (config_.fcrag.enabled) {
     wel.fcrag.enabled = true;
     wel.fcrag.labels = config_.fcrag.labels;
@@ -592,7 +417,7 @@ void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
     wel.fcrag.min_chars = config_.fcrag.min_chars;
     wel.fcrag.max_chars = config_.fcrag.max_chars;
   }
-  if (pipelined()) {
+  if (topology_) {
     wel.pipeline = config_.pipeline;
     wel.stage = w.stage;
     wel.replica = w.replica;
@@ -680,31 +505,33 @@ void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
     syncs_after_close_.insert(w.site);
     return;
   }
-  StatusOr<Encoded> enc = [&]() -> StatusOr<Encoded> {
-    if (pipelined()) {
-      const Part& part = parts_[static_cast<size_t>(w.stage)];
-      std::vector<float> slice(params_.values.begin() + part.offset,
-                               params_.values.begin() + part.offset + part.numel);
-      return PackDenseFp32(part.slice_layout_only.layout, slice);
-    }
-    if (personal()) return PackDenseFp32(model_layout_, ViewValues(ClusterIndex(w.site)));
-    return PackDenseFp32(params_.layout, params_.values);
-  }();
-  // Dense fp32 of our own parameters cannot fail; a failure is a bug.
-  LOWBAND_CHECK(enc.ok());
-  Message m = Make(ModelSync{committed_round_, DigestFor(w), enc->header});
-  m.bulk = std::move(enc->bulk);
+  // Sites synced in the same round to the same parameters share one packed
+  // payload (a join storm packs the model once, and sends one buffer).
+  const uint64_t digest = DigestFor(w);
+  if (sync_cache_round_ != committed_round_) {
+    sync_cache_.clear();
+    sync_cache_round_ = committed_round_;
+  }
+  auto cached = sync_cache_.find(digest);
+  if (cached == sync_cache_.end()) {
+    StatusOr<Encoded> enc = mode_->SyncPayload(w, params_, *agg_);
+    // Dense fp32 of our own parameters cannot fail; a failure is a bug.
+    LOWBAND_CHECK(enc.ok());
+    cached = sync_cache_.emplace(digest, std::move(enc).value()).first;
+  }
+  Message m = Make(ModelSync{committed_round_, digest, cached->second.header});
+  m.bulk = cached->second.bulk;
   w.synced_round = committed_round_;
   // It evaluates the committed round next and no earlier pending one.
   ForgetEvals(w.site);
-  if (auto e = evaluating_.find(committed_round_); e != evaluating_.end()) e->second.expected.insert(w.site);
+  evals_.Expect(committed_round_, w.site);
   out->messages.push_back({w.peer, std::move(m)});
 }
 
 void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round) {
   RoundStart rs;
   rs.round = round == 0 ? committed_round_ + 1 : round;
-  rs.model_version = Adopts(w) ? DigestFor(w) : 0;
+  rs.model_version = mode_->Adopts(w) ? DigestFor(w) : 0;
   rs.inner_steps = StepsFor(w);
   rs.block = BlockFor(w, rs.round);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
@@ -727,8 +554,8 @@ void CoordinatorCore::SendRoundStarts(WorkerInfo& w, CoreOutput* out) {
 
 uint64_t CoordinatorCore::DigestOfRound(uint32_t round) const {
   if (round == committed_round_) return digest_;
-  if (auto e = evaluating_.find(round); e != evaluating_.end()) return e->second.record.digest;
-  for (auto r = history_.rbegin(); r != history_.rend(); ++r) {
+  if (const EvalRecord* e = evals_.Find(round)) return e->record.digest;
+  for (auto r = evals_.history().rbegin(); r != evals_.history().rend(); ++r) {
     if (r->round == round && !r->reevaluated) return r->digest;
   }
   return 0;
@@ -778,7 +605,7 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   pending_ = RoundRecord{};
   pending_.round = committed_round_ + 1;
   round_steps_.clear();
-  round_blocks_.erase(round_blocks_.begin(), round_blocks_.lower_bound(committed_round_ + 1));
+  mode_->ForgetBlocksBefore(committed_round_ + 1);
   if (config_.training.adaptive.enabled) {
     std::map<std::string, StepTimes> times;
     for (const auto& [site, w] : workers_) {
@@ -812,16 +639,9 @@ void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
 }
 
 void CoordinatorCore::SetFpld(std::vector<uint8_t> probes, DistilFn distil) {
-  probes_ = std::move(probes);
+  mode_->SetProbes(std::move(probes));
   distil_ = std::move(distil);
   BuildAggregation();
-}
-
-bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
-  const ModelConfig& own = w.hello.own_model;
-  return !fpld() || own.layers == 0 ||
-         (own.layers == config_.model.layers && own.d_model == config_.model.d_model &&
-          own.heads == config_.model.heads);
 }
 
 // FPLD: a site's probe logits after its round of local training. Checked
@@ -829,7 +649,7 @@ bool CoordinatorCore::Adopts(const WorkerInfo& w) const {
 // anything is kept; a bad upload changes nothing.
 void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now,
                                         CoreOutput* out) {
-  if (!fpld()) {
+  if (!mode_->TakesLogits()) {
     Reply(w.peer, ErrorCode::kUnexpected, "logit upload in a campaign that is not an FPLD campaign", m.round, out);
     return;
   }
@@ -901,8 +721,8 @@ bool CoordinatorCore::UploadIsDue(WorkerInfo& w, uint32_t round, double step_tim
       if (closing_ && round == open_round) {  // closed, still being aggregated: its record is pending_
         ++pending_.late_uploads;
         LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
-      } else if (auto e = evaluating_.find(round); e != evaluating_.end()) {
-        ++e->second.record.late_uploads;
+      } else if (EvalRecord* e = evals_.Find(round)) {
+        ++e->record.late_uploads;
         LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
       }
       Reply(w.peer, ErrorCode::kWrongRound,
@@ -926,7 +746,7 @@ bool CoordinatorCore::UploadIsDue(WorkerInfo& w, uint32_t round, double step_tim
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
                                    CoreOutput* out) {
   const uint32_t open_round = committed_round_ + 1;
-  if (fpld()) {
+  if (!mode_->TakesDeltas()) {
     Reply(w.peer, ErrorCode::kUnexpected, "a parameter delta in an FPLD campaign (sites send probe logits)", m.round,
           out);
     return;
@@ -981,30 +801,15 @@ void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const Delt
           m.round, out);
     return;
   }
-  // Pipeline: the worker's stage; ParaBlock: the block the round asked of it.
-  const Part* part = pipelined() ? &parts_[static_cast<size_t>(w.stage)] : nullptr;
-  int part_index = pipelined() ? w.stage : 0;
-  if (!block_parts_.empty()) {
-    const auto& of_round = round_blocks_[m.round];
-    auto assigned = of_round.find(w.site);
-    if (assigned == of_round.end() || m.block != assigned->second) {
-      Reply(w.peer, ErrorCode::kBadPayload,
-            "upload covers block " + std::to_string(m.block) + ", round " + std::to_string(m.round) + " asked for " +
-                (assigned == of_round.end() ? std::string("none") : "block " + std::to_string(assigned->second)),
-            m.round, out);
-      return;
-    }
-    part_index = assigned->second;
-    part = &block_parts_[static_cast<size_t>(part_index)];
-  } else if (m.block != -1) {
-    Reply(w.peer, ErrorCode::kBadPayload, "upload covers block " + std::to_string(m.block) + "; this campaign trains whole models",
-          m.round, out);
+  // Pipeline: the worker's stage; ParaBlock: the block the round asked of it;
+  // personalisation: its cluster.
+  CampaignMode::Slice slice;
+  if (std::string bad = mode_->UploadSlice(w, m.round, m.block, &slice); !bad.empty()) {
+    Reply(w.peer, ErrorCode::kBadPayload, bad, m.round, out);
     return;
   }
-  if (personal()) part_index = ClusterIndex(w.site);  // aggregated with its cluster (AggregatePersonal)
-  auto delta = part         ? ParseUpdate(part->slice_layout_only.layout, part->plan, m.blob, msg.bulk)
-               : personal() ? ParseUpdate(model_layout_, model_plan_, m.blob, msg.bulk)
-                            : ParseUpdate(params_.layout, plan_, m.blob, msg.bulk);
+  const int part_index = slice.part;
+  auto delta = ParseUpdate(*slice.layout, *slice.plan, m.blob, msg.bulk);
   if (!delta.ok()) {
     Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
     return;
@@ -1090,14 +895,13 @@ void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
 
 void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
   LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
-  if (!fpld()) RejectNormOutliers(out);
+  if (mode_->ChecksNorms()) RejectNormOutliers(out);
   if (std::string(why) == "deadline") MarkStragglers(now);
   pending_.train_s = Seconds(now - round_start_);
   const int have = static_cast<int>(uploads_.size());
 
   // Pipeline: only the last stage computes the loss; every stage's worker
   // reports the tokens its replica trained on.
-  const int loss_stage = pipelined() ? config_.pipeline.stages - 1 : 0;
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, up] : uploads_) {
@@ -1111,11 +915,11 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
     } else if (auto st = round_steps_.find(site); st != round_steps_.end()) {
       s.inner_steps = st->second;
     }
-    s.block = block_parts_.empty() ? -1 : up.part;
+    s.block = mode_->RecordedBlock(up.part);
     s.step_time_ms = up.step_time_ms;
     s.wait_s = up.wait_ms / 1000.0;
     pending_.exposed_comm_s = std::max(pending_.exposed_comm_s, s.wait_s);
-    if (up.stage != loss_stage) continue;
+    if (!mode_->CountsLoss(up.stage)) continue;
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
     tokens += up.tokens;
     s.train_loss = up.train_loss;
@@ -1144,6 +948,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   // stays: uploads for later rounds are still parsed against it).
   job.params.layout = params_.layout;
   job.params.values = std::move(params_.values);
+  sync_cache_.clear();  // the committed round's syncs are done with
   params_.values.clear();
   job.outer = std::move(outer_);
   closing_why_ = why;
@@ -1180,8 +985,7 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   pending_.fpld.distill_loss = r.distill_loss;
   pending_.fpld.public_val_loss = r.public_val_loss;
   digest_ = r.digest;
-  part_digests_ = std::move(r.part_digests);
-  view_digests_ = std::move(r.view_digests);
+  mode_->SetDigests(std::move(r.part_digests), std::move(r.view_digests));
   committed_round_ += 1;
   pending_.digest = digest_;
 
@@ -1190,20 +994,16 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   pending_.round = committed_round_;
   out->commits.push_back(RoundCommit{pending_, std::move(r.logged)});
   EvalRecord& evaluation = OpenEvalRecord(pending_, round_start_, now);
-  const std::vector<Encoded>& stage_enc = r.stage_down;
-  const Encoded* enc = &r.down;
   const char* why = closing_why_.c_str();
   for (auto& [site, w] : workers_) {
-    if (w.state != WorkerState::kJoined || !w.welcomed || !Adopts(w)) continue;
+    if (w.state != WorkerState::kJoined || !w.welcomed || !mode_->Adopts(w)) continue;
     // It missed a round, or asked for the model while the round was being
     // aggregated: full parameters instead.
     if (w.synced_round + 1 != committed_round_ || syncs_after_close_.erase(site) > 0) {
       SendSync(w, out);
       continue;
     }
-    const Encoded& down = pipelined()  ? stage_enc[static_cast<size_t>(w.stage)]
-                          : personal() ? r.cluster_down[static_cast<size_t>(ClusterIndex(site))]
-                                       : *enc;
+    const Encoded& down = mode_->DownFor(w, r);
     Message m = Make(Aggregate{committed_round_, DigestFor(w), static_cast<uint32_t>(have), down.header});
     m.bulk = down.bulk;
     w.synced_round = committed_round_;
@@ -1254,28 +1054,20 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   if (ended) Finish(ended->first, ended->second, out);
 }
 
-CoordinatorCore::EvalRecord& CoordinatorCore::OpenEvalRecord(RoundRecord record, TimePoint round_start,
-                                                             TimePoint now) {
+EvalRecord& CoordinatorCore::OpenEvalRecord(RoundRecord record, TimePoint round_start, TimePoint now) {
   record.digest = digest_;
-  EvalRecord& e = evaluating_[record.round];
-  e = EvalRecord{};
-  e.record = std::move(record);
-  e.round_start = round_start;
-  e.eval_start = now;
-  return e;
+  return evals_.Open(std::move(record), round_start, now);
 }
 
-void CoordinatorCore::ForgetEvals(const std::string& site) {
-  for (auto& [round, e] : evaluating_) e.expected.erase(site);
-}
+void CoordinatorCore::ForgetEvals(const std::string& site) { evals_.Forget(site); }
 
 // The digest a site's evaluation of `round` must show: its view of the
 // committed parameters, or an earlier pending round's (overlap only, where
 // every site holds the whole model).
 uint64_t CoordinatorCore::EvalDigestFor(const WorkerInfo& w, uint32_t round) const {
   if (round == committed_round_) return DigestFor(w);
-  auto e = evaluating_.find(round);
-  return e == evaluating_.end() ? 0 : e->second.record.digest;
+  const EvalRecord* e = evals_.Find(round);
+  return e ? e->record.digest : 0;
 }
 
 void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out) {
@@ -1283,8 +1075,8 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
     Reply(w.peer, ErrorCode::kBadPayload, "eval report needs a finite, non-negative val_loss", m.round, out);
     return;
   }
-  auto pending = evaluating_.find(m.round);
-  if (m.round != committed_round_ && pending == evaluating_.end()) {
+  EvalRecord* pending = evals_.Find(m.round);
+  if (m.round != committed_round_ && !pending) {
     // Stale or early: it describes no parameters a record waits for.
     LOG_DEBUG("eval report for another round ignored", {"site", w.site}, {"round", m.round},
               {"committed", committed_round_});
@@ -1295,22 +1087,11 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
   const uint64_t expected = EvalDigestFor(w, m.round);
   // A site of several ranks reports every rank's digest: one per rank, and
   // each must match.
-  uint64_t reported = m.digest;
-  if (w.hello.ranks > 1 && m.rank_digests.size() != w.hello.ranks) {
-    LOG_ERROR("evaluation report without every rank's digest", {"site", w.site}, {"round", m.round},
-              {"ranks", w.hello.ranks}, {"digests", static_cast<uint64_t>(m.rank_digests.size())});
-    reported = ~expected;
-  }
-  for (size_t r = 0; r < m.rank_digests.size() && reported == expected; ++r) {
-    if (m.rank_digests[r] != expected) {
-      reported = m.rank_digests[r];
-      LOG_ERROR("a rank's replica differs", {"site", w.site}, {"rank", static_cast<uint64_t>(r)}, {"round", m.round});
-    }
-  }
+  const uint64_t reported = ReportedDigest(m, w.hello.ranks, expected, w.site);
   if (reported != expected) {
-    if (pending != evaluating_.end()) {
-      ++pending->second.record.digest_mismatches;
-      pending->second.record.sites[w.site].digest_ok = false;
+    if (pending) {
+      ++pending->record.digest_mismatches;
+      pending->record.sites[w.site].digest_ok = false;
     }
     LOG_ERROR("parameter digest mismatch", {"site", w.site}, {"round", m.round},
               {"worker_digest", DigestHex(reported)}, {"coordinator_digest", DigestHex(expected)});
@@ -1324,40 +1105,25 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
   w.unconfirmed_resyncs = 0;  // its replica holds the round's parameters
   // Reports of a round whose record is already written come from a worker
   // that re-synced to theta_c mid-round.
-  if (pending == evaluating_.end()) return;
-  pending->second.evals[w.site] = m;
+  if (!pending) return;
+  pending->evals[w.site] = m;
   MaybeFinishEvals(now, out);
 }
 
-// Complete when every expected live site has reported, with at least
-// min_workers reports for the committed round (an earlier overlapped round
-// needs no more than its sites can still send), or at the deadline.
 bool CoordinatorCore::EvalComplete(const EvalRecord& e, TimePoint now) const {
-  const int have = static_cast<int>(e.evals.size());
-  bool waiting = false;
-  int live_expected = 0;
-  for (const std::string& site : e.expected) {
-    auto w = workers_.find(site);
-    if (w == workers_.end() || w->second.state != WorkerState::kJoined) continue;
-    ++live_expected;
-    if (!e.evals.count(site)) waiting = true;
-  }
-  // FPLD: sites with models of their own evaluate nothing of the student's.
-  const int need = fpld() ? std::min(std::max(config_.quorum.min_workers, 1), live_expected)
-                          : std::max(config_.quorum.min_workers, 1);
-  const bool enough = have >= need || e.record.round < committed_round_;
-  if (!waiting) return enough;
   const auto deadline = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.quorum.round_deadline_s));
-  return now - e.eval_start > deadline && enough;
+  auto live = [this](const std::string& site) {
+    auto w = workers_.find(site);
+    return w != workers_.end() && w->second.state == WorkerState::kJoined;
+  };
+  return EvalRecords::Complete(e, live, *mode_, config_.quorum.min_workers, committed_round_, deadline, now);
 }
 
 void CoordinatorCore::MaybeFinishEvals(TimePoint now, CoreOutput* out) {
-  while (!evaluating_.empty() && phase_ != Phase::kWaiting && phase_ != Phase::kFinished) {
-    auto oldest = evaluating_.begin();
-    if (!EvalComplete(oldest->second, now)) return;
-    EvalRecord e = std::move(oldest->second);
-    evaluating_.erase(oldest);
+  while (!evals_.empty() && phase_ != Phase::kWaiting && phase_ != Phase::kFinished) {
+    if (!EvalComplete(evals_.Oldest(), now)) return;
+    EvalRecord e = evals_.PopOldest();
     const uint32_t round = e.record.round;
     FinishEvalRecord(std::move(e), now, out);
     if (round >= static_cast<uint32_t>(config_.training.rounds)) {
@@ -1377,36 +1143,11 @@ void CoordinatorCore::MaybeFinishEvals(TimePoint now, CoreOutput* out) {
 }
 
 void CoordinatorCore::FinishEvalRecord(EvalRecord e, TimePoint now, CoreOutput* out) {
-  RoundRecord& r = e.record;
-  double loss_sum = 0;
-  uint64_t tokens = 0;
-  for (const auto& [site, ev] : e.evals) {
-    // Pipeline: the loss is the last stage's; the others report digests only.
-    if (pipelined() && workers_.at(site).stage != config_.pipeline.stages - 1) continue;
-    const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
-    loss_sum += ev.val_loss * weight;
-    tokens += std::max<uint64_t>(ev.val_tokens, 1);
-    r.sites[site].val_loss = ev.val_loss;
-  }
-  if (personal()) {
-    // Validation loss per cluster (token-weighted over its sites).
-    std::map<std::string, std::pair<double, double>> per;
-    for (const auto& [site, ev] : e.evals) {
-      auto& [sum, n] = per[ClusterOf(site).empty() ? "(none)" : ClusterOf(site)];
-      const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
-      sum += ev.val_loss * weight;
-      n += weight;
-    }
-    r.cluster_val_loss.clear();
-    for (const auto& [name, sn] : per) r.cluster_val_loss[name] = sn.first / sn.second;
-  }
-  r.val_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::numeric_limits<double>::quiet_NaN();
-  r.evaluated = static_cast<int>(e.evals.size());
-  r.wall_s = Seconds(now - e.round_start);
-  r.elapsed_s = Seconds(now - campaign_start_);
-  r.reevaluated = !history_.empty() && history_.back().round == r.round;
-  if (!r.reevaluated) history_.push_back(r);
-  out->committed.push_back(std::move(r));
+  auto stage_of = [this](const std::string& site) {
+    auto w = workers_.find(site);
+    return w == workers_.end() ? 0 : w->second.stage;
+  };
+  out->committed.push_back(evals_.Write(std::move(e), *mode_, stage_of, campaign_start_, now));
 }
 
 void CoordinatorCore::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
@@ -1482,48 +1223,32 @@ void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput*
 
 void CoordinatorCore::Abort(const std::string& reason, CoreOutput* out) { Finish(reason, true, out); }
 
-std::string CoordinatorCore::StatusJson() const {
-  JsonObject o;
-  o.Add("campaign", config_.name)
-      .Add("phase", PhaseName(phase_))
-      .Add("committed_round", committed_round_)
-      .Add("rounds", config_.training.rounds)
-      .Add("live_workers", LiveWorkers())
-      .Add("expected_workers", config_.quorum.expected_workers)
-      .Add("paused", paused_)
-      .Add("uploads", static_cast<int>(uploads_.size()))
-      .Add("digest", DigestHex(digest_))
-      .Add("pipeline_stages", config_.pipeline.stages)
-      .Add("parameters", static_cast<uint64_t>(params_.layout.numel()))
-      .Add("rejected_messages", rejected_);
-  if (!history_.empty()) {
-    const RoundRecord& r = history_.back();
-    o.Add("last_round", r.round).Add("train_loss", r.train_loss).Add("val_loss", r.val_loss);
-  }
-  return o.str();
+StatusSnapshot CoordinatorCore::Snapshot() const {
+  StatusSnapshot s;
+  s.campaign = config_.name;
+  s.phase = PhaseName(phase_);
+  s.committed_round = committed_round_;
+  s.rounds = config_.training.rounds;
+  s.live_workers = LiveWorkers();
+  s.expected_workers = config_.quorum.expected_workers;
+  s.paused = paused_;
+  s.uploads = static_cast<int>(uploads_.size());
+  s.digest = digest_;
+  s.pipeline_stages = config_.pipeline.stages;
+  s.parameters = static_cast<uint64_t>(params_.layout.numel());
+  s.rejected_messages = rejected_;
+  s.last = evals_.history().empty() ? nullptr : &evals_.history().back();
+  return s;
 }
 
-std::string CoordinatorCore::WorkersJson(TimePoint now) const {
-  std::string arr = "[";
+std::vector<WorkerRow> CoordinatorCore::WorkerRows() const {
+  std::vector<WorkerRow> rows;
   for (const auto& [site, w] : workers_) {
-    if (arr.size() > 1) arr += ',';
-    JsonObject o;
     auto steps = round_steps_.find(site);
-    o.Add("site", site)
-        .Add("state", WorkerStateName(w.state))
-        .Add("stage", pipelined() ? w.stage : -1)
-        .Add("inner_steps", steps == round_steps_.end() ? 0 : steps->second)
-        .Add("device", w.hello.device)
-        .Add("ranks", w.hello.ranks)
-        .Add("synced_round", w.synced_round)
-        .Add("last_seen_s", Seconds(now - w.last_seen))
-        .Add("step_time_ms", w.last_step_time_ms)
-        .Add("val_loss", w.last_val_loss)
-        .Add("uploaded", uploads_.count(site) > 0)
-        .Add("rejected", w.rejected);
-    arr += o.str();
+    rows.push_back(WorkerRow{&w, mode_->StageOf(w), steps == round_steps_.end() ? 0 : steps->second,
+                             uploads_.count(site) > 0});
   }
-  return arr + "]";
+  return rows;
 }
 
 // FC-RAG (docs/fcrag.md): once the training rounds are over, the campaign's
@@ -1593,34 +1318,7 @@ ControlResponse CoordinatorCore::FcragControl(const std::vector<std::string>& wo
   plan.summary_bits = config_.fcrag.summary_bits;
   plan.alpha = config_.fcrag.alpha;
   plan.trials = 1;
-  if (words[0] == "predict") {
-    plan.predict = true;
-    for (size_t i = 1; i < words.size(); ++i) plan.text += (i > 1 ? " " : "") + words[i];
-    if (plan.text.empty() || plan.text.size() > 65536) return {false, "predict needs a text of 1..65536 bytes", ""};
-  } else {
-    for (size_t i = 1; i < words.size(); i += 2) {
-      const std::string& key = words[i];
-      const std::string value = i + 1 < words.size() ? words[i + 1] : "";
-      char* end = nullptr;
-      const double v = std::strtod(value.c_str(), &end);
-      const bool number = !value.empty() && end && *end == '\0' && std::isfinite(v);
-      const bool integer = number && v == std::floor(v);
-      if (key == "--alpha" && number && v > 0 && v < 1) {
-        plan.alpha = v;
-      } else if (key == "--score-bits" && integer && v >= 0 && v <= 16) {
-        plan.score_bits = static_cast<int>(v);
-      } else if (key == "--summary-bits" && integer && v >= 1 && v <= 15) {
-        plan.summary_bits = static_cast<int>(v);
-      } else if (key == "--trials" && integer && v >= 1 && v <= 10000) {
-        plan.trials = static_cast<int>(v);
-      } else {
-        return {false,
-                "calibrate: bad option '" + key + (value.empty() ? "" : " " + value) +
-                    "' (allowed: --alpha in (0,1), --score-bits 0..16, --summary-bits 1..15, --trials 1..10000)",
-                ""};
-      }
-    }
-  }
+  if (std::string bad = ParseFcragCommand(words, &plan); !bad.empty()) return {false, bad, ""};
   out->deferred_ticket = plan.ticket;
   fcrag_hub_->Enqueue(std::move(plan));
   PumpFcrag(now, out);
@@ -1628,36 +1326,23 @@ ControlResponse CoordinatorCore::FcragControl(const std::vector<std::string>& wo
 }
 
 ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePoint now, CoreOutput* out) {
-  // "round" + ["pause"] and "round pause" + [] mean the same.
-  std::vector<std::string> words;
-  for (size_t start = 0; start <= req.command.size();) {
-    const size_t end = std::min(req.command.find(' ', start), req.command.size());
-    if (end > start) words.push_back(req.command.substr(start, end - start));
-    start = end + 1;
-  }
-  words.insert(words.end(), req.args.begin(), req.args.end());
-  const std::string verb = words.empty() ? std::string() : words[0];
-  const std::string sub = words.size() > 1 ? words[1] : std::string();
+  using Verb = ControlCommand::Verb;
+  const ControlCommand cmd = ParseControl(req);
   const std::string open_round = std::to_string(committed_round_ + 1);
   const bool finished = phase_ == Phase::kFinished;
   auto refuse = [&](const std::string& why) {
     LOG_WARN("control command refused", {"command", req.command}, {"reason", why});
     return ControlResponse{false, why, ""};
   };
-
-  if (verb == "status" && words.size() == 1) {
-    char line[256];
-    std::snprintf(line, sizeof(line), "campaign %s: %s%s, round %u/%d, %d/%d workers live", config_.name.c_str(),
-                  PhaseName(phase_), paused_ && !finished ? " (paused)" : "", committed_round_,
-                  config_.training.rounds, LiveWorkers(), config_.quorum.expected_workers);
-    return {true, line, StatusJson()};
-  }
-  if (verb == "workers" && words.size() == 1) {
-    return {true, std::to_string(workers_.size()) + " workers", WorkersJson(now)};
-  }
-  if (verb == "round" && words.size() == 2 && (sub == "pause" || sub == "resume" || sub == "close")) {
-    if (finished) return refuse("campaign already finished");
-    if (sub == "pause") {
+  switch (cmd.verb) {
+    case Verb::kStatus: {
+      const StatusSnapshot s = Snapshot();
+      return {true, StatusLine(s, finished), StatusJson(s)};
+    }
+    case Verb::kWorkers:
+      return {true, std::to_string(workers_.size()) + " workers", WorkersJson(WorkerRows(), now)};
+    case Verb::kRoundPause:
+      if (finished) return refuse("campaign already finished");
       if (paused_) return refuse("campaign is already paused");
       paused_ = true;
       LOG_INFO("operator paused rounds", {"round", committed_round_});
@@ -1666,8 +1351,8 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
                   ? "paused: round " + open_round + " still collects uploads; no round starts after it"
                   : "paused: no new round will start",
               ""};
-    }
-    if (sub == "resume") {
+    case Verb::kRoundResume:
+      if (finished) return refuse("campaign already finished");
       if (!paused_) return refuse("campaign is not paused");
       paused_ = false;
       LOG_INFO("operator resumed rounds", {"round", committed_round_});
@@ -1676,39 +1361,39 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
         return {true, "resumed: round " + open_round + " started", ""};
       }
       return {true, "resumed", ""};
+    case Verb::kRoundClose: {
+      if (finished) return refuse("campaign already finished");
+      if (phase_ != Phase::kTraining) {
+        return refuse(std::string("no round is collecting uploads (phase ") + PhaseName(phase_) + ")");
+      }
+      if (uploads_.empty()) return refuse("no uploads yet for round " + open_round);
+      const size_t have = uploads_.size();
+      LOG_INFO("operator closed round", {"round", open_round}, {"uploads", static_cast<uint64_t>(have)});
+      CloseRound(now, "operator", out);
+      return {true,
+              "round " + open_round + " closed with " + std::to_string(have) + " upload" + (have == 1 ? "" : "s"),
+              ""};
     }
-    // close
-    if (phase_ != Phase::kTraining) {
-      return refuse(std::string("no round is collecting uploads (phase ") + PhaseName(phase_) + ")");
+    case Verb::kFcrag:
+      if (finished) break;
+      return FcragControl(cmd.words, now, out);
+    case Verb::kAbort:
+      if (finished) return refuse("campaign already finished");
+      Abort("aborted by operator", out);
+      return {true, "campaign " + config_.name + " aborted at round " + std::to_string(committed_round_), ""};
+    case Verb::kEvict: {
+      if (finished) return refuse("campaign already finished");
+      auto it = workers_.find(cmd.site);
+      if (it == workers_.end()) return refuse("unknown site '" + cmd.site + "'");
+      WorkerInfo& w = it->second;
+      if (w.state == WorkerState::kEvicted) return refuse("site '" + cmd.site + "' is already evicted");
+      Evict(w, "evicted by operator", now, out);
+      return {true, "site " + cmd.site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
     }
-    if (uploads_.empty()) return refuse("no uploads yet for round " + open_round);
-    const size_t have = uploads_.size();
-    LOG_INFO("operator closed round", {"round", open_round}, {"uploads", static_cast<uint64_t>(have)});
-    CloseRound(now, "operator", out);
-    return {true, "round " + open_round + " closed with " + std::to_string(have) + " upload" + (have == 1 ? "" : "s"),
-            ""};
+    case Verb::kUnknown:
+      break;
   }
-  if ((verb == "calibrate" || verb == "predict") && !finished) return FcragControl(words, now, out);
-  if (verb == "campaign" && words.size() == 2 && sub == "abort") {
-    if (finished) return refuse("campaign already finished");
-    Abort("aborted by operator", out);
-    return {true, "campaign " + config_.name + " aborted at round " + std::to_string(committed_round_), ""};
-  }
-  if (verb == "worker" && words.size() == 3 && sub == "evict") {
-    if (finished) return refuse("campaign already finished");
-    const std::string& site = words[2];
-    auto it = workers_.find(site);
-    if (it == workers_.end()) return refuse("unknown site '" + site + "'");
-    WorkerInfo& w = it->second;
-    if (w.state == WorkerState::kEvicted) return refuse("site '" + site + "' is already evicted");
-    Evict(w, "evicted by operator", now, out);
-    return {true, "site " + site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
-  }
-  return {false,
-          "unknown command '" + req.command + (req.args.empty() ? "" : " ...") +
-              "' (allowed: status, workers, round pause|resume|close, campaign abort, worker evict SITE, "
-              "checkpoint, calibrate, predict)",
-          ""};
+  return {false, UnknownControlMessage(req), ""};
 }
 
 }  // namespace lowband

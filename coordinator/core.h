@@ -25,6 +25,14 @@
 //
 // Every message is checked against the state before it is used; anything
 // unexpected gets an Error reply and changes nothing.
+//
+// Pieces (each its own header, contract and test file): CampaignMode
+// (campaign_mode.h: what differs between plain, pipeline, ParaBlock,
+// personalised and FPLD campaigns, chosen once), EvalRecords
+// (eval_records.h: records waiting for evaluations, completion, history),
+// the operator's command parser (control_commands.h) and JSON views
+// (core_json.h), and the resume checks and replay (resume.h). Membership
+// and round collection still live in this class.
 #pragma once
 
 #include <chrono>
@@ -42,6 +50,10 @@
 #include "protocol/messages.h"
 #include "codec/params.h"
 #include "coordinator/aggregation.h"
+#include "coordinator/campaign_mode.h"
+#include "coordinator/core_json.h"
+#include "coordinator/core_types.h"
+#include "coordinator/eval_records.h"
 #include "coordinator/distiller.h"
 #include "coordinator/fcrag_hub.h"
 #include "coordinator/outer_optimizer.h"
@@ -51,118 +63,6 @@
 
 namespace lowband {
 
-using Clock = std::chrono::steady_clock;
-using TimePoint = Clock::time_point;
-
-struct Outgoing {
-  std::string peer;  // transport routing id
-  Message msg;
-};
-
-struct SiteRoundStats {
-  double train_loss = std::numeric_limits<double>::quiet_NaN();
-  uint64_t tokens = 0;
-  double val_loss = std::numeric_limits<double>::quiet_NaN();
-  bool uploaded = false;
-  bool digest_ok = true;
-  int inner_steps = 0;  // H_i the round asked of the site (0: not started)
-  int block = -1;       // ParaBlock: the block it trained (-1: whole model)
-  double step_time_ms = std::numeric_limits<double>::quiet_NaN();  // its reported mean step time
-  bool late = false;    // asked to train, no upload by the deadline (left out)
-  double wait_s = 0;    // exposed communication: its training thread's idle time before this round's training
-};
-
-// One committed round (round 0 = evaluation of the initial parameters).
-struct RoundRecord {
-  uint32_t round = 0;
-  double train_loss = std::numeric_limits<double>::quiet_NaN();  // token-weighted; NaN for round 0
-  double val_loss = std::numeric_limits<double>::quiet_NaN();    // token-weighted over sites
-  uint64_t tokens = 0;
-  int contributors = 0;  // uploads aggregated
-  int evaluated = 0;     // eval reports received
-  int late_uploads = 0;  // rejected because the round had closed
-  int stragglers = 0;
-  double exposed_comm_s = 0;  // the largest wait_s of the round's sites
-  std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
-  // FPLD (docs/fpld.md): the round's logit uploads and its student.
-  struct Fpld {
-    uint64_t payload_bytes = 0;  // logit payloads (quantized part) of the round's uploads
-    uint64_t fp32_bytes = 0;     // the same logits as fp32
-    double teacher_kl = std::numeric_limits<double>::quiet_NaN();  // KL(exact mean || quantized mean), probes
-    double student_kl = std::numeric_limits<double>::quiet_NaN();  // KL(exact mean || student), probes
-    double distill_loss = std::numeric_limits<double>::quiet_NaN();
-    double public_val_loss = std::numeric_limits<double>::quiet_NaN();  // student, public validation text
-  } fpld;
-  double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
-  int digest_mismatches = 0;
-  double wall_s = 0;     // the round's start to its record (with overlap, the next round overlaps it)
-  double elapsed_s = 0;  // the coordinator's start (this run) to the record
-  uint64_t digest = 0;
-  CodecKind down_codec = CodecKind::kDenseFp32;  // how the aggregate went down
-  uint64_t aggregate_nnz = 0;                    // nonzero entries of the outer update
-  // A restarted coordinator evaluated a round whose record was already
-  // written before the restart: report it, do not record it twice.
-  bool reevaluated = false;
-  std::map<std::string, SiteRoundStats> sites;
-};
-
-// A closed round, to be made durable before any worker hears of it: the
-// record so far (train figures, digest of theta_r) and the aggregated
-// pseudo-gradient g the outer step was applied to (sparse_fp32 or
-// dense_fp32), from which theta_r can be rebuilt exactly (Replay).
-struct RoundCommit {
-  RoundRecord record;
-  Encoded gradient;
-};
-
-struct CoreOutput {
-  // Rounds closed, in order (overlapped rounds can close two at once): the
-  // caller persists them before sending `messages`.
-  std::vector<RoundCommit> commits;
-  std::vector<Outgoing> messages;
-  std::vector<RoundRecord> committed;
-  bool finished = false;
-  bool failed = false;
-  std::string finish_reason;
-  // FC-RAG results (the campaign's own calibration has ticket 0; others
-  // answer the deferred control request of that ticket).
-  std::vector<FcragResult> fcrag_results;
-  // Set when HandleControl's answer comes later, as the fcrag result of
-  // this ticket.
-  uint64_t deferred_ticket = 0;
-  // Asynchronous close (SetAsyncClose): the round to aggregate. The caller
-  // runs Aggregation::Close on it (aggregation()), off its loop, and hands
-  // the result to HandleClosed.
-  std::vector<CloseJob> close_jobs;
-};
-
-enum class WorkerState { kJoined, kLost, kEvicted };
-const char* WorkerStateName(WorkerState s);
-
-struct WorkerInfo {
-  std::string site;
-  std::string peer;
-  Hello hello;
-  WorkerState state = WorkerState::kJoined;
-  TimePoint last_seen;
-  TimePoint last_heartbeat_sent;
-  uint32_t synced_round = 0;  // round of the parameters it was last sent
-  uint32_t announced_round = 0;  // newest round it was sent a RoundStart for
-  std::optional<uint32_t> last_eval_round;
-  double last_val_loss = std::numeric_limits<double>::quiet_NaN();
-  double last_step_time_ms = 0;
-  double step_ms = 0;  // smoothed reported step time (adaptive steps)
-  uint64_t rejected = 0;
-  // Error-triggered re-syncs (CoordinatorCore::Resync): in a row without an
-  // accepted upload or a matching evaluation, and the round of the last one.
-  int unconfirmed_resyncs = 0;
-  std::optional<uint32_t> last_resync_round;
-  // Pipeline campaigns: its slot, and whether it has been welcomed (a worker
-  // waits, unwelcomed, until every stage of its replica has a worker).
-  int stage = 0;
-  int replica = 0;
-  bool welcomed = true;
-};
 
 class CoordinatorCore {
  public:
@@ -254,7 +154,7 @@ class CoordinatorCore {
   size_t uploads_received() const { return uploads_.size(); }
   uint64_t digest() const { return digest_; }
   const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
-  const std::vector<RoundRecord>& history() const { return history_; }
+  const std::vector<RoundRecord>& history() const { return evals_.history(); }
   // Parameters a site's uploads and aggregates cover: its stage's slice in a
   // pipeline campaign, every parameter otherwise (and for unknown sites).
   int64_t ParamsOf(const std::string& site) const;
@@ -285,13 +185,8 @@ class CoordinatorCore {
     std::vector<float> logits, exact;  // FPLD: dequantized probe logits (and the fp32 reference)
     uint64_t logit_bytes = 0;          // FPLD: the quantized payload
   };
-  bool fpld() const { return config_.fpld.enabled; }
-  // FPLD: a site with a model of its own takes no part in the student's
-  // parameters (no sync, aggregate or evaluation; round starts name no digest).
-  bool Adopts(const WorkerInfo& w) const;
   void HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now, CoreOutput* out);
   bool UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out);
-  std::vector<uint8_t> probes_;
   DistilFn distil_;
   // FC-RAG: the hub's exchanges, started once training is over.
   std::unique_ptr<FcragHub> fcrag_hub_;
@@ -331,17 +226,8 @@ class CoordinatorCore {
   void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
   // Aggregates the uploads received and commits the round (>= 1 upload).
   void CloseRound(TimePoint now, const char* why, CoreOutput* out);
-  // Round records waiting for evaluations: the committed round's and, with
-  // overlap, earlier ones. `expected`: the sites sent round r's parameters
-  // (aggregate or sync) that have not moved past them since (a later sync,
-  // loss, eviction, a new hello).
-  struct EvalRecord {
-    RoundRecord record;
-    std::map<std::string, EvalReport> evals;  // by site
-    std::set<std::string> expected;
-    TimePoint round_start;
-    TimePoint eval_start;
-  };
+  // Round records waiting for evaluations and the written history
+  // (coordinator/eval_records.h). Opening one stamps it with digest_.
   EvalRecord& OpenEvalRecord(RoundRecord record, TimePoint round_start, TimePoint now);
   bool EvalComplete(const EvalRecord& e, TimePoint now) const;
   // Writes every pending record that is complete, oldest first, stopping at
@@ -359,58 +245,28 @@ class CoordinatorCore {
   template <typename Reports>
   bool Complete(const Reports& got, bool deadline_passed) const;
   int LiveWorkers() const;
-  std::string StatusJson() const;
-  std::string WorkersJson(TimePoint now) const;
+  // What the operator's `status` and `workers` show (coordinator/core_json.h).
+  StatusSnapshot Snapshot() const;
+  std::vector<WorkerRow> WorkerRows() const;
 
-  // Pipeline campaigns: the global parameters are every stage's tensors in
-  // stage order ("stage<S>." prefixes, ml/model_init.h); a Part is one
-  // stage's slice. Workers of stage S see only their part: syncs, round
-  // starts, uploads, aggregates and digests are per part; the outer step,
-  // checkpoints and the round log stay on the whole.
-  using Part = ParamPart;
-  bool pipelined() const { return !parts_.empty(); }
-  void BuildParts();
+  // What differs between plain, pipeline, ParaBlock, personalised and FPLD
+  // campaigns (coordinator/campaign_mode.h), chosen once.
+  std::unique_ptr<CampaignMode> mode_;
   void ComputePartDigests();
-  uint64_t DigestFor(const WorkerInfo& w) const {
-    if (pipelined()) return part_digests_[w.stage];
-    if (personal()) return view_digests_[ClusterIndex(w.site)];
-    return digest_;
-  }
-  // Personalisation (ClusterLayout): cluster 0 = sites in no cluster (the
-  // model's own copies), 1.. = the named clusters. A worker sees the model
-  // layout: its view maps each model tensor to the extended tensor it reads.
-  bool personal() const { return !views_.empty(); }
-  void BuildViews();
-  int ClusterIndex(const std::string& site) const;
-  std::vector<float> ViewValues(int cluster) const;
+  uint64_t DigestFor(const WorkerInfo& w) const { return mode_->DigestFor(w, digest_); }
   // Welcome (+ ModelSync, + RoundStart while training) to every worker of
   // `replica`, once all its stages are held: neighbours learn each other's
   // endpoints, a replacement's neighbours re-configure.
   void WelcomeReplica(int replica, CoreOutput* out);
   void SendWelcome(WorkerInfo& w, CoreOutput* out);
-  // Per-part means of the uploads (Upload.part), joined into one update of
-  // the whole layout; a part nobody uploaded stays where it is.
-  // ParaBlock: one Part per block (codec/blocks.h), full tensor names.
-  void BuildBlockParts();
   int BlockFor(const WorkerInfo& w, uint32_t round);
 
   CampaignConfig config_;
   LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
-  std::vector<Part> parts_;
-  std::vector<uint64_t> part_digests_;
-  std::unique_ptr<Topology> topology_;
+  std::unique_ptr<Topology> topology_;  // pipeline campaigns: stage slots
   std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
   // H_i of the open round by site (adaptive steps; docs/configuration.md).
   std::map<std::string, int> round_steps_;
-  std::vector<int> layer_blocks_;             // ParaBlock: block of each layer (empty: off)
-  std::vector<Part> block_parts_;
-  std::map<uint32_t, std::map<std::string, int>> round_blocks_;  // block by round and site
-  ParamLayout model_layout_;                 // personalisation: what workers hold
-  LayoutPlan model_plan_;
-  std::vector<std::vector<size_t>> views_;   // per cluster index: model tensor -> extended tensor
-  std::vector<bool> personal_tensor_;        // per model tensor
-  std::map<std::string, int> cluster_of_site_;
-  std::vector<uint64_t> view_digests_;
   int StepsFor(const WorkerInfo& w);
   // The aggregation (built once the parts and views are) and the state of
   // an asynchronous close: the job's round is out, params_.values and
@@ -418,6 +274,9 @@ class CoordinatorCore {
   void BuildAggregation();
   void FinishClose(CloseResult r, TimePoint now, CoreOutput* out);
   std::shared_ptr<const Aggregation> agg_;
+  // Model syncs of round sync_cache_round_, by the digest of what they carry.
+  uint32_t sync_cache_round_ = std::numeric_limits<uint32_t>::max();
+  std::map<uint64_t, Encoded> sync_cache_;
   bool async_close_ = false;
   bool closing_ = false;
   std::string closing_why_;
@@ -434,9 +293,8 @@ class CoordinatorCore {
   std::map<std::string, WorkerInfo> workers_;  // by site name
   std::map<std::string, std::string> peer_to_site_;
   std::map<std::string, Upload> uploads_;      // current round, by site
-  std::map<uint32_t, EvalRecord> evaluating_;  // by round
+  EvalRecords evals_;
   RoundRecord pending_;                        // the open round's record
-  std::vector<RoundRecord> history_;
   uint64_t seq_ = 0;
   uint64_t rejected_ = 0;
   std::map<std::string, uint64_t> rejected_by_reason_;

@@ -51,7 +51,8 @@ uint64_t BandwidthLedger::SiteRoundTotal(const std::string& site, uint32_t round
 
 LedgerEntry BandwidthLedger::KindTotal(Direction dir, const std::string& kind, int64_t round,
                                        const std::string& site) const {
-  if (round < 0) return site.empty() ? Get(kind_, std::make_tuple(dir, kind)) : Get(kind_site_, std::make_tuple(dir, kind, site));
+  if (round < 0)
+    return site.empty() ? Get(kind_, std::make_tuple(dir, kind)) : Get(kind_site_, std::make_tuple(dir, kind, site));
   const auto r = static_cast<uint32_t>(round);
   return site.empty() ? Get(kind_round_, std::make_tuple(r, dir, kind)) : Get(rows_, Key{r, site, dir, kind});
 }
@@ -73,13 +74,17 @@ std::vector<LedgerRow> BandwidthLedger::RowsSince(uint32_t round) const {
 void BandwidthLedger::ForgetBefore(uint32_t round) {
   rows_.erase(rows_.begin(), rows_.lower_bound(Key{round, "", Direction::kUp, ""}));
   round_.erase(round_.begin(), round_.lower_bound(std::make_tuple(round, Direction::kUp)));
-  site_round_.erase(site_round_.begin(), site_round_.lower_bound(std::make_tuple(round, std::string(), Direction::kUp)));
-  kind_round_.erase(kind_round_.begin(), kind_round_.lower_bound(std::make_tuple(round, Direction::kUp, std::string())));
+  site_round_.erase(site_round_.begin(),
+                    site_round_.lower_bound(std::make_tuple(round, std::string(), Direction::kUp)));
+  kind_round_.erase(kind_round_.begin(),
+                    kind_round_.lower_bound(std::make_tuple(round, Direction::kUp, std::string())));
 }
 
 size_t BandwidthLedger::rounds_held() const {
   size_t n = 0;
-  for (auto it = round_.begin(); it != round_.end(); it = round_.upper_bound(std::make_tuple(std::get<0>(it->first), Direction::kPeer))) ++n;
+  for (auto it = round_.begin(); it != round_.end();
+       it = round_.upper_bound(std::make_tuple(std::get<0>(it->first), Direction::kPeer)))
+    ++n;
   return n;
 }
 

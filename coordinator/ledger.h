@@ -54,8 +54,7 @@ class BandwidthLedger {
   uint64_t SiteRoundTotal(const std::string& site, uint32_t round, Direction dir) const;
   // Bytes, message count and dense equivalent of one kind; round < 0 =
   // every round; site "" = every site. A forgotten round reads as empty.
-  LedgerEntry KindTotal(Direction dir, const std::string& kind, int64_t round = -1,
-                        const std::string& site = "") const;
+  LedgerEntry KindTotal(Direction dir, const std::string& kind, int64_t round = -1, const std::string& site = "") const;
   // Dense bytes over bytes of KindTotal (0 when nothing was sent).
   double Ratio(Direction dir, const std::string& kind, int64_t round = -1, const std::string& site = "") const;
 
@@ -69,7 +68,7 @@ class BandwidthLedger {
  private:
   using Key = std::tuple<uint32_t, std::string, Direction, std::string>;  // round, site, dir, kind
   static void Accumulate(LedgerEntry& to, const LedgerEntry& e);
-  std::map<Key, LedgerEntry> rows_;                                                  // recent rounds only
+  std::map<Key, LedgerEntry> rows_;                                                 // recent rounds only
   std::map<std::tuple<uint32_t, Direction>, LedgerEntry> round_;                    // recent rounds only
   std::map<std::tuple<uint32_t, std::string, Direction>, LedgerEntry> site_round_;  // recent rounds only
   std::map<std::tuple<uint32_t, Direction, std::string>, LedgerEntry> kind_round_;  // recent rounds only

@@ -74,8 +74,8 @@ struct Persistence::Impl {
   std::unique_ptr<Mailbox<DiskDone>> done;
 
   std::mutex mu;
-  std::condition_variable cv;        // the disk thread waits for jobs
-  std::condition_variable space_cv;  // Submit waits for room
+  std::condition_variable cv;                  // the disk thread waits for jobs
+  std::condition_variable space_cv;            // Submit waits for room
   std::deque<std::pair<uint64_t, Job>> queue;  // guarded by mu
   size_t queued_bytes = 0;                     // guarded by mu
   bool stopping = false;                       // guarded by mu
@@ -136,17 +136,17 @@ uint64_t Persistence::RecordRound(RoundRecord r, std::vector<LedgerRow> ledger, 
 uint64_t Persistence::RecordMember(std::string site, std::string state, std::string device, uint32_t round,
                                    std::string event) {
   return impl_->Enqueue(++submitted_,
-                 MemberJob{std::move(site), std::move(state), std::move(device), round, std::move(event)});
+                        MemberJob{std::move(site), std::move(state), std::move(device), round, std::move(event)});
 }
 
 uint64_t Persistence::WriteCheckpointFile(std::string path, Checkpoint checkpoint, uint64_t ticket) {
   return impl_->Enqueue(++submitted_, CheckpointJob{std::move(path), std::move(checkpoint), ticket});
 }
 
-uint64_t Persistence::Finish(std::string path, Checkpoint final_checkpoint, std::vector<LedgerRow> ledger,
-                             bool failed, std::string reason) {
-  return impl_->Enqueue(++submitted_,
-                 FinishJob{std::move(path), std::move(final_checkpoint), std::move(ledger), failed, std::move(reason)});
+uint64_t Persistence::Finish(std::string path, Checkpoint final_checkpoint, std::vector<LedgerRow> ledger, bool failed,
+                             std::string reason) {
+  return impl_->Enqueue(++submitted_, FinishJob{std::move(path), std::move(final_checkpoint), std::move(ledger), failed,
+                                                std::move(reason)});
 }
 
 int Persistence::fd() const { return impl_->done->fd(); }
@@ -161,16 +161,17 @@ uint64_t Persistence::Impl::Enqueue(uint64_t seq, Job job) {
   const size_t bytes = BytesOf(job);
   std::unique_lock<std::mutex> lock(mu);
   auto full = [&] {
-    return !queue.empty() && (queued_bytes + bytes > options.max_queued_bytes ||
-                                   queue.size() >= options.max_queued_jobs);
+    return !queue.empty() &&
+           (queued_bytes + bytes > options.max_queued_bytes || queue.size() >= options.max_queued_jobs);
   };
   if (full()) {
     const auto start = std::chrono::steady_clock::now();
     LOG_WARN("disk queue full: waiting for the disk", {"queued_bytes", static_cast<uint64_t>(queued_bytes)},
              {"jobs", static_cast<uint64_t>(queue.size())});
     space_cv.wait(lock, [&] { return !full(); });
-    LOG_WARN("disk queue has room again",
-             {"waited_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
+    LOG_WARN(
+        "disk queue has room again",
+        {"waited_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
   }
   queued_bytes += bytes;
   queue.emplace_back(seq, std::move(job));

@@ -37,7 +37,7 @@ namespace lowband {
 class StateStore;
 
 struct PersistenceOptions {
-  std::string run_dir;    // checkpoints go to RUN_DIR/checkpoints/round-NNNNNN.lbck
+  std::string run_dir;      // checkpoints go to RUN_DIR/checkpoints/round-NNNNNN.lbck
   int checkpoint_keep = 3;  // round checkpoints kept (older files and their log pruned)
   size_t max_queued_bytes = size_t{4} << 30;
   size_t max_queued_jobs = 4096;
@@ -50,7 +50,7 @@ struct DiskDone {
   Kind kind = Kind::kCommit;
   uint32_t round = 0;
   Status status;
-  std::string path;  // kCheckpoint, kFinish: the checkpoint written
+  std::string path;     // kCheckpoint, kFinish: the checkpoint written
   uint64_t ticket = 0;  // kCheckpoint: the caller's ticket
 };
 
@@ -59,7 +59,7 @@ class Persistence {
   // Takes over `store` and `metrics` (may be null; closed by the
   // destructor). Unavailable if the thread or the wake-up fd cannot be made.
   static StatusOr<std::unique_ptr<Persistence>> Start(std::unique_ptr<StateStore> store, FILE* metrics,
-                                                     PersistenceOptions options);
+                                                      PersistenceOptions options);
   ~Persistence();
   Persistence(const Persistence&) = delete;
   Persistence& operator=(const Persistence&) = delete;

@@ -283,7 +283,7 @@ struct Message {
   std::string sender_id;
   uint64_t seq = 0;
   Body body;
-  Bytes bulk;  // empty unless the body carries a BlobHeader
+  Frame bulk;  // empty unless the body carries a BlobHeader; shared, not copied, between messages and frames
 };
 
 }  // namespace lowband

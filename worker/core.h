@@ -32,7 +32,7 @@ struct ConfigureJob {
 };
 struct SyncJob {  // load parameters, then evaluate
   ModelSync sync;
-  Bytes bulk;
+  Frame bulk;
 };
 struct TrainJob {
   uint32_t round = 0;
@@ -42,11 +42,11 @@ struct TrainJob {
 };
 struct ApplyJob {  // apply the outer update, then evaluate
   Aggregate aggregate;
-  Bytes bulk;
+  Frame bulk;
 };
 struct FcragJob {  // FC-RAG: answer the hub's request from the site's store and queries
   FcragRequest request;
-  Bytes bulk;
+  Frame bulk;
 };
 using Job = std::variant<ConfigureJob, SyncJob, TrainJob, ApplyJob, FcragJob>;
 
@@ -62,7 +62,7 @@ struct EvalDone {
 struct TrainDone {
   DeltaUpload upload;  // blob filled in (FPLD: only the round and figures)
   std::optional<LogitUpload> logits;  // FPLD: sent instead of the delta
-  Bytes bulk;
+  Frame bulk;
 };
 struct JobFailed {
   bool fatal = false;  // the worker cannot go on (e.g. device unavailable)
@@ -73,7 +73,7 @@ struct JobFailed {
 };
 struct FcragDone {
   FcragReply reply;  // blob filled in
-  Bytes bulk;
+  Frame bulk;
 };
 using JobResult = std::variant<ConfigureDone, EvalDone, TrainDone, JobFailed, FcragDone>;
 

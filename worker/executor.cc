@@ -1,5 +1,7 @@
 #include "worker/executor.h"
 
+#include "base/failpoint.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -199,6 +201,7 @@ JobResult Executor::Configure(const Welcome& welcome) {
 }
 
 JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
+  FailPoint("worker_eval", round);  // on the training thread: a slow evaluation delays only the report
   auto ev = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
   if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
   const uint64_t digest = global().Digest();

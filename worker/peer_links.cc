@@ -11,11 +11,13 @@ bool PeerInbox::Push(Activation header, Bytes bulk) {
   bool kept_all = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queue_.size() >= capacity_) {
+    while (!queue_.empty() && (queue_.size() >= capacity_ || bytes_ + bulk.size() > max_bytes_)) {
+      bytes_ -= queue_.front().second.size();
       queue_.pop_front();
       ++dropped_;
       kept_all = false;
     }
+    bytes_ += bulk.size();
     queue_.emplace_back(std::move(header), std::move(bulk));
   }
   cv_.notify_all();
@@ -32,6 +34,7 @@ StatusOr<std::pair<Activation, Bytes>> PeerInbox::Pop(std::chrono::milliseconds 
                                       std::to_string(timeout.count()) + " ms");
   auto item = std::move(queue_.front());
   queue_.pop_front();
+  bytes_ -= item.second.size();
   return item;
 }
 

@@ -49,8 +49,11 @@ namespace lowband {
 
 class PeerInbox {
  public:
-  explicit PeerInbox(size_t capacity) : capacity_(capacity) {}
-  // Loop thread. Queues a message; when full, drops the oldest (returns false).
+  // At most `capacity` messages and `max_bytes` of bulk (one message alone
+  // may be larger).
+  PeerInbox(size_t capacity, size_t max_bytes) : capacity_(capacity), max_bytes_(max_bytes) {}
+  // Loop thread. Queues a message; when full (count or bytes), drops the
+  // oldest ones (returns false).
   bool Push(Activation header, Bytes bulk);
   // Training thread. The next message, waiting at most `timeout`:
   // DeadlineExceeded when none came, Unavailable when Cancel() ran during
@@ -65,9 +68,11 @@ class PeerInbox {
 
  private:
   const size_t capacity_;
+  const size_t max_bytes_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::pair<Activation, Bytes>> queue_;  // guarded by mu_
+  size_t bytes_ = 0;                                 // guarded by mu_: bulk bytes queued
   uint64_t generation_ = 0;                          // guarded by mu_
   bool closed_ = false;                              // guarded by mu_
   uint64_t dropped_ = 0;                             // guarded by mu_

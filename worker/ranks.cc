@@ -96,6 +96,16 @@ std::string LocalRanks::Reap() {
 }
 
 void LocalRanks::StopAll(std::chrono::milliseconds grace) {
+  // Ranks told to stop through the job wire (the campaign's end) exit on
+  // their own within moments: give them that before SIGTERM cuts their
+  // shutdown (and its last log lines) short.
+  const auto settle_until = std::chrono::steady_clock::now() + std::min(grace / 2, std::chrono::milliseconds(1000));
+  for (Child& c : children_) {
+    if (!c.process.running()) continue;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(settle_until - std::chrono::steady_clock::now());
+    if (left.count() > 0) c.process.WaitFor(left);
+  }
   bool any = false;
   for (Child& c : children_) {
     if (c.process.running() && !c.process.Poll()) {

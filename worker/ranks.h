@@ -56,7 +56,8 @@ class LocalRanks {
   // Reaps children that ended: a description of the first one ("rank 1
   // (pid 123) was killed by signal 9"), or "" while all run.
   std::string Reap();
-  // SIGTERM to every child, SIGKILL to those still running after `grace`.
+  // Children still running get up to min(grace / 2, 1 s) to exit on their
+  // own, then SIGTERM, then SIGKILL for those still running after `grace`.
   void StopAll(std::chrono::milliseconds grace);
   size_t size() const { return children_.size(); }
 

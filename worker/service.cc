@@ -231,7 +231,10 @@ struct WorkerService::Impl {
   JobQueue jobs;
   std::unique_ptr<Mailbox<JobResult>> results;
   // Pipeline campaigns (site.peer set): activations between stages.
-  PeerInbox peer_inbox{4096};
+  // Activations between stages, bounded in count and in bytes both ways.
+  static constexpr size_t kPeerQueueMessages = 4096;
+  static constexpr size_t kPeerQueueBytes = size_t{1} << 30;
+  PeerInbox peer_inbox{kPeerQueueMessages, kPeerQueueBytes};
   std::unique_ptr<Mailbox<PeerSend>> peer_out;  // training thread -> loop
   std::unique_ptr<PeerLinks> peers;
   std::unique_ptr<ZmqPeerChannel> peer_channel;
@@ -448,7 +451,8 @@ struct WorkerService::Impl {
         return 69;
       }
       peers = std::move(p).value();
-      auto out_box = Mailbox<PeerSend>::Create(4096);
+      auto out_box = Mailbox<PeerSend>::Create(kPeerQueueMessages, kPeerQueueBytes,
+                                               [](const PeerSend& s) { return s.bulk.size(); });
       if (!out_box.ok()) {
         LOG_ERROR("cannot create peer mailbox", {"reason", out_box.status().ToString()});
         return 1;

@@ -87,15 +87,20 @@ template <typename T>
 class Mailbox {
  public:
   // Unavailable if the eventfd cannot be created (e.g. out of descriptors);
-  // InvalidArgument if capacity is zero.
-  static StatusOr<std::unique_ptr<Mailbox<T>>> Create(size_t capacity);
+  // InvalidArgument if capacity is zero. With `bytes_of`, the items waiting
+  // are also bounded in bytes: at most `max_bytes` (one item alone may be
+  // larger, so a large item is never refused forever).
+  using BytesOf = size_t (*)(const T&);
+  static StatusOr<std::unique_ptr<Mailbox<T>>> Create(size_t capacity, size_t max_bytes = 0,
+                                                      BytesOf bytes_of = nullptr);
 
   ~Mailbox();  // closes the eventfd
   Mailbox(const Mailbox&) = delete;
   Mailbox& operator=(const Mailbox&) = delete;
 
   // Any thread. Queues `item` and wakes the loop. Returns false, leaving
-  // `item` untouched, when `capacity` items are already waiting.
+  // `item` untouched, when `capacity` items (or, with a byte bound, more
+  // than max_bytes with it) are already waiting.
   bool Post(T&& item);
   bool Post(const T& item) {
     T copy(item);
@@ -110,12 +115,16 @@ class Mailbox {
   size_t capacity() const { return capacity_; }
 
  private:
-  Mailbox(int fd, size_t capacity) : fd_(fd), capacity_(capacity) {}
+  Mailbox(int fd, size_t capacity, size_t max_bytes, BytesOf bytes_of)
+      : fd_(fd), capacity_(capacity), max_bytes_(max_bytes), bytes_of_(bytes_of) {}
 
   const int fd_;
   const size_t capacity_;
+  const size_t max_bytes_;
+  const BytesOf bytes_of_;
   std::mutex mu_;
   std::deque<T> queue_;  // guarded by mu_
+  size_t bytes_ = 0;     // guarded by mu_: bytes_of_ of the items queued
 };
 
 // Blocks SIGINT and SIGTERM and exposes them as a readable signalfd. Create
@@ -162,12 +171,13 @@ void CloseFd(int fd);
 }  // namespace internal
 
 template <typename T>
-StatusOr<std::unique_ptr<Mailbox<T>>> Mailbox<T>::Create(size_t capacity) {
+StatusOr<std::unique_ptr<Mailbox<T>>> Mailbox<T>::Create(size_t capacity, size_t max_bytes, BytesOf bytes_of) {
   if (capacity == 0) return InvalidArgument("mailbox capacity must be positive");
+  if (bytes_of != nullptr && max_bytes == 0) return InvalidArgument("mailbox byte bound must be positive");
   std::string error;
   const int fd = internal::CreateEventFd(&error);
   if (fd < 0) return Unavailable("cannot create mailbox eventfd: " + error);
-  return std::unique_ptr<Mailbox<T>>(new Mailbox<T>(fd, capacity));
+  return std::unique_ptr<Mailbox<T>>(new Mailbox<T>(fd, capacity, max_bytes, bytes_of));
 }
 
 template <typename T>
@@ -180,6 +190,9 @@ bool Mailbox<T>::Post(T&& item) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (queue_.size() >= capacity_) return false;
+    const size_t bytes = bytes_of_ ? bytes_of_(item) : 0;
+    if (bytes_of_ && !queue_.empty() && bytes_ + bytes > max_bytes_) return false;
+    bytes_ += bytes;
     queue_.push_back(std::move(item));
   }
   // Signalled after the push: a Drain that consumes this wake-up is
@@ -197,6 +210,7 @@ std::vector<T> Mailbox<T>::Drain() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     taken.swap(queue_);
+    bytes_ = 0;
   }
   std::vector<T> out;
   out.reserve(taken.size());

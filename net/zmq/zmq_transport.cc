@@ -1,6 +1,9 @@
 #include "net/zmq/zmq_transport.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <mutex>
+#include <unordered_map>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -10,11 +13,67 @@
 
 namespace lowband {
 
+// The buffers libzmq holds for one transport's zero-copy sends: each buffer
+// counted once (a payload shared by many messages is one buffer), released
+// from libzmq's I/O thread when it is done with the last message using it.
+class SendLedger {
+ public:
+  explicit SendLedger(int64_t max_bytes) : max_bytes_(max_bytes) {}
+  // Loop thread: takes a hold on each buffer of one message, or none when
+  // the distinct bytes not yet held would pass the bound.
+  bool Admit(const std::vector<const Bytes*>& buffers, std::string* why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int64_t added = 0;
+    for (const Bytes* b : buffers) {
+      if (!held_.count(b)) added += static_cast<int64_t>(b->size());
+    }
+    if (added > 0 && bytes_ + added > max_bytes_) {
+      *why = "send queue holds " + std::to_string(bytes_) + " bytes; " + std::to_string(added) +
+             " more would pass the limit of " + std::to_string(max_bytes_);
+      return false;
+    }
+    for (const Bytes* b : buffers) {
+      auto& [count, size] = held_[b];
+      if (count++ == 0) {
+        size = b->size();
+        bytes_ += static_cast<int64_t>(size);
+      }
+    }
+    return true;
+  }
+  // Any thread (libzmq's I/O thread): one message is done with `b`.
+  void Release(const Bytes* b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = held_.find(b);
+    if (it == held_.end()) return;
+    if (--it->second.first == 0) {
+      bytes_ -= static_cast<int64_t>(it->second.second);
+      held_.erase(it);
+    }
+  }
+  int64_t bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return bytes_;
+  }
+  void set_max_bytes(int64_t max_bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    max_bytes_ = max_bytes;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<const Bytes*, std::pair<int, size_t>> held_;  // buffer -> (messages, bytes)
+  int64_t bytes_ = 0;
+  int64_t max_bytes_;
+};
+
 namespace {
 
-// Below this, copying a frame into a zmq message is cheaper than handing
-// libzmq ownership of the vector through a free function.
-constexpr size_t kZeroCopyThresholdBytes = 64 << 10;
+// What libzmq's free function gets: the buffer and the ledger it is held in.
+struct ZeroCopyHold {
+  std::shared_ptr<const Bytes> buffer;
+  std::shared_ptr<SendLedger> ledger;
+};
 // TryReceive gives the loop back after dropping this many bad messages in a
 // row, so a flooding peer cannot starve timers and other sockets.
 constexpr int kMaxDropsPerReceive = 64;
@@ -25,7 +84,10 @@ std::string ErrorText(const zmq::error_t& e) { return e.what(); }
 void ApplyCommonOptions(zmq::socket_t& socket, int64_t max_message_bytes) {
   socket.set(zmq::sockopt::linger, ZmqSocketOptions::kLingerMs);
   socket.set(zmq::sockopt::sndhwm, ZmqSocketOptions::kHighWaterMark);
-  socket.set(zmq::sockopt::rcvhwm, ZmqSocketOptions::kHighWaterMark);
+  // Each pipe's received messages at most kReceiveQueueBytes at the size limit.
+  socket.set(zmq::sockopt::rcvhwm,
+             static_cast<int>(std::clamp<int64_t>(ZmqSocketOptions::kReceiveQueueBytes / std::max<int64_t>(max_message_bytes, 1),
+                                                  4, ZmqSocketOptions::kHighWaterMark)));
   // Per frame: a larger frame makes libzmq drop the connection before the
   // bytes are buffered, so a hostile peer cannot make us allocate them.
   socket.set(zmq::sockopt::maxmsgsize, max_message_bytes);
@@ -35,15 +97,24 @@ void ApplyCommonOptions(zmq::socket_t& socket, int64_t max_message_bytes) {
   socket.set(zmq::sockopt::tcp_keepalive_cnt, ZmqSocketOptions::kTcpKeepaliveCount);
 }
 
-zmq::message_t ToZmqMessage(Bytes&& frame) {
+bool ZeroCopy(const Frame& frame) { return frame.size() >= ZmqSocketOptions::kZeroCopyBytes; }
+
+// Small frames are copied; large ones hand libzmq the Frame's shared buffer
+// (no copy), held in `ledger` until libzmq's I/O thread releases it.
+zmq::message_t ToZmqMessage(const Frame& frame, const std::shared_ptr<SendLedger>& ledger) {
   if (frame.empty()) return zmq::message_t();
-  if (frame.size() < kZeroCopyThresholdBytes) return zmq::message_t(frame.data(), frame.size());
-  // Hand the vector itself to libzmq; its I/O thread frees it once sent.
-  auto holder = std::make_unique<Bytes>(std::move(frame));
+  if (!ZeroCopy(frame)) return zmq::message_t(frame.data(), frame.size());
+  auto hold = std::make_unique<ZeroCopyHold>(ZeroCopyHold{frame.Share(), ledger});
+  const Bytes& buffer = *hold->buffer;
   zmq::message_t msg(
-      holder->data(), holder->size(), [](void*, void* hint) { delete static_cast<Bytes*>(hint); },
-      holder.get());
-  holder.release();  // owned by msg now
+      const_cast<uint8_t*>(buffer.data()), buffer.size(),
+      [](void*, void* hint) {
+        auto* h = static_cast<ZeroCopyHold*>(hint);
+        h->ledger->Release(h->buffer.get());
+        delete h;
+      },
+      hold.get());
+  hold.release();  // owned by msg now
   return msg;
 }
 
@@ -52,13 +123,23 @@ zmq::message_t ToZmqMessage(Bytes&& frame) {
 // the remaining parts are too, so only the first send can hit EAGAIN or
 // EHOSTUNREACH.
 Status SendMultipart(zmq::socket_t& socket, const std::string* routing_id, Frames frames,
-                     const std::string& peer_for_errors) {
+                     const std::string& peer_for_errors, const std::shared_ptr<SendLedger>& ledger) {
   if (frames.empty()) return InvalidArgument("cannot send a message with no frames");
+  std::vector<const Bytes*> held;
+  for (const Frame& f : frames) {
+    if (ZeroCopy(f)) held.push_back(&f.bytes());
+  }
+  std::string why;
+  if (!held.empty() && !ledger->Admit(held, &why)) {
+    return Unavailable(why + "; message to '" + log::Printable(peer_for_errors) + "' dropped");
+  }
   try {
     std::vector<zmq::message_t> parts;
     parts.reserve(frames.size() + 1);
     if (routing_id != nullptr) parts.emplace_back(routing_id->data(), routing_id->size());
-    for (auto& f : frames) parts.push_back(ToZmqMessage(std::move(f)));
+    // From here each zero-copy part releases its hold when destroyed (sent,
+    // or dropped with `parts` on an error below).
+    for (const Frame& f : frames) parts.push_back(ToZmqMessage(f, ledger));
     for (size_t i = 0; i < parts.size(); ++i) {
       const bool last = i + 1 == parts.size();
       const auto flags = last ? zmq::send_flags::dontwait : (zmq::send_flags::dontwait | zmq::send_flags::sndmore);
@@ -116,7 +197,7 @@ RecvResult RecvMultipart(zmq::socket_t& socket, bool has_routing_id, int64_t max
         }
         if (!drop) {
           const auto* p = static_cast<const uint8_t*>(part.data());
-          frames.emplace_back(p, p + part.size());
+          frames.emplace_back(Bytes(p, p + part.size()));
         } else {
           frames.clear();
         }
@@ -179,7 +260,14 @@ bool ReceiveLoop(zmq::socket_t& socket, bool has_routing_id, int64_t max_message
 
 ZmqServerTransport::ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes,
                                        bool curve)
-    : socket_(std::move(socket)), endpoint_(std::move(endpoint)), max_message_bytes_(max_message_bytes), curve_(curve) {}
+    : ledger_(std::make_shared<SendLedger>(ZmqSocketOptions::kMaxSendQueueBytes)),
+      socket_(std::move(socket)),
+      endpoint_(std::move(endpoint)),
+      max_message_bytes_(max_message_bytes),
+      curve_(curve) {}
+
+int64_t ZmqServerTransport::queued_send_bytes() const { return ledger_->bytes(); }
+void ZmqServerTransport::set_max_send_queue_bytes(int64_t bytes) { ledger_->set_max_bytes(bytes); }
 
 ZmqServerTransport::~ZmqServerTransport() {
   try {
@@ -228,7 +316,7 @@ StatusOr<std::unique_ptr<ZmqServerTransport>> ZmqServerTransport::Bind(zmq::cont
 
 Status ZmqServerTransport::Send(const std::string& peer, Frames frames) {
   if (peer.empty()) return InvalidArgument("server send needs a peer routing id");
-  return SendMultipart(socket_, &peer, std::move(frames), peer);
+  return SendMultipart(socket_, &peer, std::move(frames), peer, ledger_);
 }
 
 bool ZmqServerTransport::TryReceive(Inbound* out) {
@@ -239,10 +327,14 @@ bool ZmqServerTransport::TryReceive(Inbound* out) {
 
 ZmqClientTransport::ZmqClientTransport(zmq::socket_t socket, std::string endpoint, std::string routing_id,
                                        int64_t max_message_bytes)
-    : socket_(std::move(socket)),
+    : ledger_(std::make_shared<SendLedger>(ZmqSocketOptions::kMaxSendQueueBytes)),
+      socket_(std::move(socket)),
       endpoint_(std::move(endpoint)),
       routing_id_(std::move(routing_id)),
       max_message_bytes_(max_message_bytes) {}
+
+int64_t ZmqClientTransport::queued_send_bytes() const { return ledger_->bytes(); }
+void ZmqClientTransport::set_max_send_queue_bytes(int64_t bytes) { ledger_->set_max_bytes(bytes); }
 
 ZmqClientTransport::~ZmqClientTransport() {
   try {
@@ -289,7 +381,7 @@ StatusOr<std::unique_ptr<ZmqClientTransport>> ZmqClientTransport::Connect(zmq::c
 }
 
 Status ZmqClientTransport::Send(const std::string& /*peer*/, Frames frames) {
-  return SendMultipart(socket_, nullptr, std::move(frames), endpoint_);
+  return SendMultipart(socket_, nullptr, std::move(frames), endpoint_, ledger_);
 }
 
 bool ZmqClientTransport::TryReceive(Inbound* out) {

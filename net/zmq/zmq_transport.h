@@ -24,6 +24,16 @@
 //    Callers that accept bulk frames of up to N bytes should pass
 //    N + WireLimits::max_header_bytes.
 //  * Sockets linger at most kLingerMs on close, so shutdown never hangs.
+//
+// Memory: frames of kZeroCopyBytes or more go to libzmq without a copy (the
+// Frame's shared buffer; a payload sent to many peers is one buffer), and
+// are released when libzmq is done with them. The bytes libzmq holds for a
+// transport's sends, each buffer counted once however many messages share
+// it, stay under max_send_queue_bytes: a Send that would pass it gives
+// Unavailable and drops the message, as a full queue does. Receiving, each
+// peer pipe holds at most kHighWaterMark messages and kReceiveQueueBytes of
+// messages at max_message_bytes (the pipe's message limit is lowered for
+// large messages).
 #pragma once
 
 #include <cstdint>
@@ -37,9 +47,14 @@
 
 namespace lowband {
 
+class SendLedger;  // zmq_transport.cc: the bytes libzmq holds for one transport's sends
+
 struct ZmqSocketOptions {
   static constexpr int kLingerMs = 200;
-  static constexpr int kHighWaterMark = 64;  // messages per peer pipe, each way
+  static constexpr int kHighWaterMark = 64;  // messages per peer pipe, each way (at most)
+  static constexpr int64_t kReceiveQueueBytes = int64_t{1} << 30;  // per pipe, at max_message_bytes each
+  static constexpr int64_t kMaxSendQueueBytes = int64_t{4} << 30;  // default max_send_queue_bytes
+  static constexpr size_t kZeroCopyBytes = 64 << 10;  // smaller frames are copied into libzmq
   static constexpr int kMaxDataFrames = 3;   // header, bulk, one spare
   static constexpr int kTcpKeepaliveIdleS = 30;
   static constexpr int kTcpKeepaliveIntervalS = 10;
@@ -90,10 +105,14 @@ class ZmqServerTransport : public Transport {
   const std::string& endpoint() const { return endpoint_; }
   // Inbound messages dropped for breaking the frame-count or size bounds.
   uint64_t dropped_messages() const { return dropped_; }
+  // Bytes libzmq still holds for this transport's sends (distinct buffers).
+  int64_t queued_send_bytes() const;
+  void set_max_send_queue_bytes(int64_t bytes);
 
  private:
   ZmqServerTransport(zmq::socket_t socket, std::string endpoint, int64_t max_message_bytes, bool curve);
 
+  std::shared_ptr<SendLedger> ledger_;
   zmq::socket_t socket_;
   std::string endpoint_;
   int64_t max_message_bytes_;
@@ -127,11 +146,14 @@ class ZmqClientTransport : public Transport {
   const std::string& endpoint() const { return endpoint_; }
   const std::string& routing_id() const { return routing_id_; }
   uint64_t dropped_messages() const { return dropped_; }
+  int64_t queued_send_bytes() const;
+  void set_max_send_queue_bytes(int64_t bytes);
 
  private:
   ZmqClientTransport(zmq::socket_t socket, std::string endpoint, std::string routing_id,
                      int64_t max_message_bytes);
 
+  std::shared_ptr<SendLedger> ledger_;
   zmq::socket_t socket_;
   std::string endpoint_;
   std::string routing_id_;

@@ -21,11 +21,13 @@ TEST_CASE("thread pool: every index is visited once, in ranges no shorter than t
       std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
       std::atomic<int> ranges{0};
       std::atomic<bool> short_range{false};
-      REQUIRE(pool.ParallelFor(n, grain, [&](int64_t b, int64_t e) {
-                    ++ranges;
-                    if (e - b < grain && e != n) short_range = true;
-                    for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
-                  }).ok());
+      REQUIRE(pool.ParallelFor(n, grain,
+                               [&](int64_t b, int64_t e) {
+                                 ++ranges;
+                                 if (e - b < grain && e != n) short_range = true;
+                                 for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
+                               })
+                  .ok());
       INFO("n " << n << " grain " << grain);
       for (const auto& s : seen) CHECK(s == 1);
       CHECK(ranges <= pool.size());
@@ -50,8 +52,7 @@ TEST_CASE("thread pool: a throwing range becomes a status, the others still run"
   CHECK(sum == 3000);
   // And on the caller's own range (a one-thread pool).
   ThreadPool one(1);
-  CHECK(one.ParallelFor(10, 1, [](int64_t, int64_t) { throw std::logic_error("no"); }).code() ==
-        StatusCode::kInternal);
+  CHECK(one.ParallelFor(10, 1, [](int64_t, int64_t) { throw std::logic_error("no"); }).code() == StatusCode::kInternal);
 }
 
 TEST_CASE("thread pool: callers on several threads take turns", "[unit]") {

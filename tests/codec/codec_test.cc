@@ -560,49 +560,49 @@ TEST_CASE("malformed sparseloco payloads are rejected with what and where", "[un
 
   SECTION("index >= chunk size (corner tile of 12)") {
     Encoded e = good;
-    Set12(e.bulk.data() + emb_idx, 142, 12);  // the corner tile's only index
+    Set12(e.bulk.Mutable().data() + emb_idx, 142, 12);  // the corner tile's only index
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument,
                  {"sparseloco tensor 0 (emb) chunk 5", "index 12 >= chunk size 12"});
   }
   SECTION("index >= chunk size (1-D tensor of 100)") {
     Encoded e = good;
-    Set12(e.bulk.data() + bias_idx, 1, 4095);
+    Set12(e.bulk.Mutable().data() + bias_idx, 1, 4095);
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument,
                  {"tensor 2 (bias) chunk 0", "index 4095 >= chunk size 100"});
   }
   SECTION("duplicate index") {
     Encoded e = good;
-    Set12(e.bulk.data() + attn_idx, 1, Get12(e.bulk.data() + attn_idx, 0));
+    Set12(e.bulk.Mutable().data() + attn_idx, 1, Get12(e.bulk.Mutable().data() + attn_idx, 0));
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 1 (blocks.0.attn.w) chunk 0", "increasing"});
   }
   SECTION("unsorted indices") {
     Encoded e = good;
     const uint32_t a = Get12(e.bulk.data() + attn_idx, 10), b = Get12(e.bulk.data() + attn_idx, 11);
-    Set12(e.bulk.data() + attn_idx, 10, b);
-    Set12(e.bulk.data() + attn_idx, 11, a);
+    Set12(e.bulk.Mutable().data() + attn_idx, 10, b);
+    Set12(e.bulk.Mutable().data() + attn_idx, 11, a);
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"blocks.0.attn.w", "increasing"});
   }
   SECTION("non-finite table entries") {
     for (float bad : {kNaN, kInf, -kInf}) {
       Encoded e = good;
-      PutFloat(&e.bulk, SparseLoCoOffset(plan, 3) + 8, bad);
+      PutFloat(&e.bulk.Mutable(), SparseLoCoOffset(plan, 3) + 8, bad);
       Reseal(&e);
       ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 3 (gain)", "table entry 2"});
     }
   }
   SECTION("nonzero pad bits after an odd index count") {
     Encoded e = good;
-    e.bulk[emb_idx + (142 / 2) * 3 + 1] |= 0x10;
+    e.bulk.Mutable()[emb_idx + (142 / 2) * 3 + 1] |= 0x10;
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 0 (emb)", "pad bits", "12-bit"});
   }
   SECTION("nonzero pad bits in the last code byte") {
     Encoded e = good;
-    e.bulk[emb_idx + Bytes12(143) + 143 / 4] |= 0x40;  // code slot 3 of a byte holding 3 codes
+    e.bulk.Mutable()[emb_idx + Bytes12(143) + 143 / 4] |= 0x40;  // code slot 3 of a byte holding 3 codes
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 0 (emb)", "pad bits", "2-bit"});
   }
@@ -624,7 +624,7 @@ TEST_CASE("malformed sparseloco payloads are rejected with what and where", "[un
     e.header.checksum ^= 1;
     ExpectReject(layout, plan, e, StatusCode::kCorruption, {"checksum"});
     Encoded f = good;
-    f.bulk[3] ^= 0x20;  // edit without resealing
+    f.bulk.Mutable()[3] ^= 0x20;  // edit without resealing
     ExpectReject(layout, plan, f, StatusCode::kCorruption, {"checksum"});
   }
   SECTION("header fields: element count, digest, topk, codec") {
@@ -661,7 +661,7 @@ TEST_CASE("malformed dense, int8 and sparse_fp32 payloads are rejected", "[unit]
     auto good = PackDenseFp32(layout, RandomDense(plan, rng).values);
     REQUIRE(good.ok());
     Encoded e = *good;
-    PutFloat(&e.bulk, 4 * (attn + 5), kInf);
+    PutFloat(&e.bulk.Mutable(), 4 * (attn + 5), kInf);
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 1 (blocks.0.attn.w) element 5", "inf"});
     e = *good;
@@ -681,8 +681,8 @@ TEST_CASE("malformed dense, int8 and sparse_fp32 payloads are rejected", "[unit]
     REQUIRE(good.ok());
     for (uint16_t bad : {0x7f80, 0xff80, 0x7fc0, 0x7f81}) {
       Encoded e = *good;
-      e.bulk[2 * 7] = static_cast<uint8_t>(bad);
-      e.bulk[2 * 7 + 1] = static_cast<uint8_t>(bad >> 8);
+      e.bulk.Mutable()[2 * 7] = static_cast<uint8_t>(bad);
+      e.bulk.Mutable()[2 * 7 + 1] = static_cast<uint8_t>(bad >> 8);
       Reseal(&e);
       ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 0 (emb) element 7", "non-finite"});
     }
@@ -696,12 +696,12 @@ TEST_CASE("malformed dense, int8 and sparse_fp32 payloads are rejected", "[unit]
     const size_t attn_block = 4 * plan.tensors[0].num_chunks + plan.tensors[0].numel;  // tensor 1's scales
     for (float bad : {kNaN, kInf, -1.0f, 3e38f}) {
       Encoded e = *good;
-      PutFloat(&e.bulk, attn_block, bad);
+      PutFloat(&e.bulk.Mutable(), attn_block, bad);
       Reseal(&e);
       ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"int8 tensor 1 (blocks.0.attn.w) chunk 0", "scale"});
     }
     Encoded e = *good;
-    e.bulk[4 * plan.tensors[0].num_chunks + 4096 + 3] = 0x80;  // emb chunk 1, local 3
+    e.bulk.Mutable()[4 * plan.tensors[0].num_chunks + 4096 + 3] = 0x80;  // emb chunk 1, local 3
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"int8 tensor 0 (emb) chunk 1", "-128", "index 3"});
   }
@@ -730,32 +730,32 @@ TEST_CASE("malformed dense, int8 and sparse_fp32 payloads are rejected", "[unit]
     const size_t vals = idx + Bytes12(3);
 
     Encoded e = *good;
-    e.bulk[2 * bias_chunk] = 101;  // count 101 in a chunk of 100
+    e.bulk.Mutable()[2 * bias_chunk] = 101;  // count 101 in a chunk of 100
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"sparse_fp32 tensor 2 (bias) chunk 0", "count 101 > chunk size 100"});
 
     e = *good;
-    e.bulk[2 * bias_chunk] = 3;  // consistent counts but the frame is short
+    e.bulk.Mutable()[2 * bias_chunk] = 3;  // consistent counts but the frame is short
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kCorruption, {"4 entries", "needs"});
 
     e = *good;
-    Set12(e.bulk.data() + idx, 2, 100);  // bias entry 1 -> index 100
+    Set12(e.bulk.Mutable().data() + idx, 2, 100);  // bias entry 1 -> index 100
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 2 (bias) chunk 0", "index 100 >= chunk size 100"});
 
     e = *good;
-    Set12(e.bulk.data() + idx, 2, 0);  // duplicate of entry 0 in the same chunk
+    Set12(e.bulk.Mutable().data() + idx, 2, 0);  // duplicate of entry 0 in the same chunk
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 2 (bias) chunk 0", "increasing"});
 
     e = *good;
-    PutFloat(&e.bulk, vals + 4, kNaN);
+    PutFloat(&e.bulk.Mutable(), vals + 4, kNaN);
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"tensor 2 (bias) chunk 0", "value at index 0", "nan"});
 
     e = *good;
-    e.bulk[idx + 4] |= 0x30;  // high nibble of the odd tail
+    e.bulk.Mutable()[idx + 4] |= 0x30;  // high nibble of the odd tail
     Reseal(&e);
     ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"pad bits"});
 
@@ -790,12 +790,12 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
     switch (rng() % 6) {
       case 0:  // a few random bytes, resealed so the content checks run
       case 1:
-        for (int n = 1 + rng() % 3; n > 0; --n) e.bulk[rng() % e.bulk.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+        for (int n = 1 + rng() % 3; n > 0; --n) e.bulk.Mutable()[rng() % e.bulk.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
         Reseal(&e);
         break;
       case 2:  // random length and random content, resealed
         e.bulk.resize(rng() % (2 * e.bulk.size() + 8));
-        for (size_t i = 0; i < e.bulk.size(); i += 1 + rng() % 64) e.bulk[i] = static_cast<uint8_t>(rng());
+        for (size_t i = 0; i < e.bulk.size(); i += 1 + rng() % 64) e.bulk.Mutable()[i] = static_cast<uint8_t>(rng());
         Reseal(&e);
         break;
       case 3:  // header fields
@@ -807,8 +807,8 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
       case 4:  // a sparse frame's counts or indices rewritten
         if (e.bulk.size() > 4) {
           const size_t i = rng() % (e.bulk.size() / 2);
-          e.bulk[2 * i] = static_cast<uint8_t>(rng());
-          e.bulk[2 * i + 1] = static_cast<uint8_t>(rng() % 32);
+          e.bulk.Mutable()[2 * i] = static_cast<uint8_t>(rng());
+          e.bulk.Mutable()[2 * i + 1] = static_cast<uint8_t>(rng() % 32);
         }
         Reseal(&e);
         break;

@@ -970,7 +970,7 @@ TEST_CASE("resume: a bad log or checkpoint is refused and changes nothing", "[un
   const uint64_t start = b.digest();
   CHECK(b.Replay(2, first.gradient, first.record.digest).code() == StatusCode::kFailedPrecondition);
   RoundCommit flipped = first;
-  flipped.gradient.bulk[flipped.gradient.bulk.size() / 2] ^= 0x40;
+  flipped.gradient.bulk.Mutable()[flipped.gradient.bulk.size() / 2] ^= 0x40;
   CHECK(b.Replay(1, flipped.gradient, first.record.digest).code() == StatusCode::kCorruption);
   CHECK(b.digest() == start);
   CHECK(b.committed_round() == 0);
@@ -1536,6 +1536,16 @@ TEST_CASE("async close: the round's aggregation runs elsewhere, the core keeps a
   CHECK(Bodies<Aggregate>(out, "site-a").size() == 1);
   CHECK(Bodies<ModelSync>(out, "site-c").size() == 1);
   CHECK(Bodies<ModelSync>(out, "site-c")[0]->round == 1);
+  // The aggregate goes to every site as one shared buffer, not a copy each.
+  const uint8_t* shared = nullptr;
+  int aggregates = 0;
+  for (const Outgoing& o : out.messages) {
+    if (!std::holds_alternative<Aggregate>(o.msg.body)) continue;
+    ++aggregates;
+    if (!shared) shared = o.msg.bulk.data();
+    CHECK(o.msg.bulk.data() == shared);
+  }
+  CHECK(aggregates == 2);
 }
 
 TEST_CASE("async close: an abort while the round is aggregated ends the campaign after it commits",
@@ -1560,6 +1570,22 @@ TEST_CASE("async close: an abort while the round is aggregated ends the campaign
   CHECK(out.failed);
   CHECK(core.params().values.size() == TinyParams().values.size());
   CHECK(Bodies<CampaignEnd>(out, "site-a").size() == 1);
+}
+
+TEST_CASE("syncs of one round share one packed model", "[unit][coordinator]") {
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(TinyCampaign(3, 2), TinyParams(), now);
+  CoreOutput out;
+  for (const Hello& h : ThreeHellos()) core.HandleMessage(h.site, Wrap(h), now, &out);
+  std::vector<const Message*> syncs;
+  for (const Outgoing& o : out.messages) {
+    if (std::holds_alternative<ModelSync>(o.msg.body)) syncs.push_back(&o.msg);
+  }
+  REQUIRE(syncs.size() == 3);
+  for (const Message* m : syncs) {
+    CHECK(m->bulk.data() == syncs[0]->bulk.data());  // one buffer, not three copies
+    CHECK(m->bulk.size() == TinyParams().values.size() * sizeof(float));
+  }
 }
 
 }  // namespace

@@ -217,9 +217,14 @@ TEST_CASE("resume: an overlapped campaign whose coordinator is SIGKILLed with a 
   const std::string yaml =
       dir.Write("overlap.yaml", DurableCampaign(port, rounds, 3, run_dir, /*inner_steps=*/4, /*overlap=*/true));
   const std::vector<std::string> kills = {"committed@3", "aggregate_sent@5"};
-  Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
-  Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
-  Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));
+  // The sites evaluate rounds 2 and 4 slowly, so that the kills at round 3's
+  // commit and round 5's aggregate surely come before those evaluations (the
+  // coordinator commits on its compute and disk threads; without the delay
+  // the last site's evaluation can win the race).
+  const std::string slow_evals = "worker_eval@2:sleep=2000,worker_eval@4:sleep=2000";
+  Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"), slow_evals);
+  Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"), slow_evals);
+  Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"), slow_evals);
   Procs guard{{&a, &b, &c}};
   KillAtEach(dir, yaml, kills);
   Subprocess last = Coordinator(yaml, dir.Path("co-last.out"));

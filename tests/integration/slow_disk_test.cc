@@ -4,11 +4,12 @@
 // keep every worker alive (none is marked lost, with a 1.5 s heartbeat
 // timeout), and round 2's aggregate reaches nobody before the round is
 // durable; the campaign then finishes normally.
-#include <catch2/catch.hpp>
 #include <chrono>
 #include <sstream>
 #include <string>
 #include <thread>
+
+#include <catch2/catch.hpp>
 
 #include "net/zmq/zmq_transport.h"
 #include "protocol/wire.h"
@@ -48,13 +49,15 @@ std::string Status(ZmqClientTransport& control, milliseconds timeout) {
   if (!control.Send("", EncodeMessage(m)).ok()) return "";
   Inbound in;
   std::string text;
-  testing::WaitUntil([&] {
-    if (!control.TryReceive(&in)) return false;
-    auto reply = DecodeMessage(in.frames, WireLimits{});
-    const auto* resp = reply.ok() ? std::get_if<ControlResponse>(&reply->body) : nullptr;
-    text = resp ? resp->json : "malformed";
-    return true;
-  }, timeout, milliseconds(1));
+  testing::WaitUntil(
+      [&] {
+        if (!control.TryReceive(&in)) return false;
+        auto reply = DecodeMessage(in.frames, WireLimits{});
+        const auto* resp = reply.ok() ? std::get_if<ControlResponse>(&reply->body) : nullptr;
+        text = resp ? resp->json : "malformed";
+        return true;
+      },
+      timeout, milliseconds(1));
   return text;
 }
 
@@ -76,11 +79,13 @@ TEST_CASE("slow disk: status answers and heartbeats flow while a checkpoint take
 
   // Round 2's checkpoint has begun (its file is written, the failpoint
   // sleeps before the rename).
-  REQUIRE(testing::WaitUntil([&] {
-    co.Poll();
-    return !co.running() ||
-           ReadFile(dir.Path("co.out")).find("checkpoint@2 reached, sleeping") != std::string::npos;
-  }, milliseconds(120000)));
+  REQUIRE(testing::WaitUntil(
+      [&] {
+        co.Poll();
+        return !co.running() ||
+               ReadFile(dir.Path("co.out")).find("checkpoint@2 reached, sleeping") != std::string::npos;
+      },
+      milliseconds(120000)));
   REQUIRE(co.running());
   const auto sleep_began = SteadyClock::now();
 

@@ -514,14 +514,14 @@ TEST_CASE("wire: a flipped byte anywhere decodes validly or is rejected", "[unit
     for (uint8_t mask : {uint8_t{0x01}, uint8_t{0x80}, uint8_t{0xff}}) {
       for (size_t pos = 0; pos < full[0].size(); ++pos) {
         Frames frames = full;
-        frames[0][pos] ^= mask;
+        frames[0].Mutable()[pos] ^= mask;
         auto decoded = DecodeMessage(frames, WireLimits{});
         if (!decoded.ok()) CHECK_FALSE(decoded.status().message().empty());
       }
       if (full.size() == 2) {
         for (size_t pos = 0; pos < full[1].size(); ++pos) {
           Frames frames = full;
-          frames[1][pos] ^= mask;
+          frames[1].Mutable()[pos] ^= mask;
           Status s = DecodeStatus(frames);
           INFO("bulk byte " << pos);
           REQUIRE(s.code() == StatusCode::kCorruption);
@@ -584,7 +584,7 @@ TEST_CASE("wire: envelope checks", "[unit]") {
   }
   SECTION("wrong file identifier") {
     Frames frames = EncodeMessage(SampleHeartbeat());
-    std::memcpy(frames[0].data() + 4, "XBND", 4);
+    std::memcpy(frames[0].Mutable().data() + 4, "XBND", 4);
     Status s = DecodeStatus(frames);
     CHECK(s.code() == StatusCode::kInvalidArgument);
     CHECK(Contains(s, "identifier"));

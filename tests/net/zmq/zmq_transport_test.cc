@@ -16,6 +16,7 @@
 #include <catch2/catch.hpp>
 
 #include "net/zmq/event_loop.h"
+#include "tests/fakes/wait.h"
 #include "tests/net/transport_suite.h"
 
 namespace lowband {
@@ -63,6 +64,45 @@ class ZmqHarness : public Harness {
 
 TEST_CASE("transport suite: ZeroMQ over loopback TCP", "[zmq]") {
   RunTransportSuite([] { return std::make_unique<ZmqHarness>(); });
+}
+
+TEST_CASE("zmq: a payload sent to many peers is one buffer, and queued sends are bounded in bytes", "[zmq]") {
+  zmq::context_t ctx;
+  constexpr int64_t kMax = 128 << 20;
+  auto server = ZmqServerTransport::Bind(ctx, "tcp://127.0.0.1:*", kMax);
+  REQUIRE(server.ok());
+  std::vector<std::unique_ptr<ZmqClientTransport>> clients;
+  for (int i = 0; i < 3; ++i) {
+    auto c = ZmqClientTransport::Connect(ctx, (*server)->endpoint(), "c" + std::to_string(i), kMax);
+    REQUIRE(c.ok());
+    REQUIRE((*c)->Send("", Frames{Bytes{1}}).ok());
+    clients.push_back(std::move(c).value());
+  }
+  std::vector<std::string> peers;
+  Inbound in;
+  REQUIRE(testing::WaitUntil([&] {
+    while ((*server)->TryReceive(&in)) peers.push_back(in.peer);
+    return peers.size() == 3;
+  }, 10s));
+  // One 64 MiB payload to three peers that are not reading (far more than
+  // loopback TCP buffers take): libzmq holds it, once.
+  (*server)->set_max_send_queue_bytes(96 << 20);
+  const Frame payload(Bytes(64 << 20, 0x5a));
+  for (const std::string& p : peers) REQUIRE((*server)->Send(p, Frames{Bytes{1}, payload}).ok());
+  CHECK((*server)->queued_send_bytes() == (64 << 20));
+  // Another distinct 64 MiB buffer would pass the 96 MiB bound.
+  const Frame other(Bytes(64 << 20, 0x33));
+  Status st = (*server)->Send(peers[0], Frames{Bytes{1}, other});
+  CHECK(st.code() == StatusCode::kUnavailable);
+  CHECK(st.message().find("send queue holds") != std::string::npos);
+  // Every client gets the payload intact; then nothing is held.
+  for (auto& c : clients) {
+    Inbound got;
+    REQUIRE(testing::WaitUntil([&] { return c->TryReceive(&got); }, 10s));
+    REQUIRE(got.frames.size() == 2);
+    CHECK(got.frames[1] == payload);
+  }
+  CHECK(testing::WaitUntil([&] { return (*server)->queued_send_bytes() == 0; }, 10s));
 }
 
 TEST_CASE("zmq: bind failure names the endpoint and the reason", "[zmq]") {
@@ -130,6 +170,20 @@ TEST_CASE("mailbox: bounded", "[unit]") {
   CHECK(mb.Drain().empty());
   CHECK(mb.Post(std::move(c)));
   CHECK_FALSE(Mailbox<int>::Create(0).ok());
+}
+
+TEST_CASE("mailbox: bounded in bytes, one large item alone always fits", "[unit]") {
+  auto mailbox = Mailbox<std::string>::Create(100, 10, [](const std::string& s) { return s.size(); });
+  REQUIRE(mailbox.ok());
+  auto& mb = **mailbox;
+  CHECK(mb.Post(std::string(6, 'a')));
+  CHECK_FALSE(mb.Post(std::string(5, 'b')));  // 11 bytes would wait
+  CHECK(mb.Post(std::string(4, 'c')));        // 10 is the bound
+  CHECK(mb.Drain().size() == 2);
+  CHECK(mb.Post(std::string(50, 'd')));  // larger than the bound, but alone
+  CHECK_FALSE(mb.Post(std::string(1, 'e')));
+  CHECK(mb.Drain().size() == 1);
+  CHECK_FALSE((Mailbox<std::string>::Create(4, 0, [](const std::string& s) { return s.size(); }).ok()));
 }
 
 TEST_CASE("event loop: sockets, removal and handler errors", "[zmq]") {
