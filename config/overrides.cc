@@ -207,6 +207,10 @@ void AnchorSitePaths(YAML::Node root, const std::string& source) {
   if (const YAML::Node net = find(root, "network"); net.IsDefined() && net.IsMap()) {
     for (const char* key : {"server_key", "site_keys", "operator_keys", "dashboard_token"}) anchor(net, key);
   }
+  // The FPLD public probe text, like a site's data directory.
+  if (const YAML::Node fpld = find(root, "fpld"); fpld.IsDefined() && fpld.IsMap()) {
+    if (const YAML::Node probes = find(fpld, "probes"); probes.IsDefined() && probes.IsMap()) anchor(probes, "dir");
+  }
   const YAML::Node sites = find(root, "sites");
   if (!sites.IsDefined() || !sites.IsSequence()) return;
   for (size_t i = 0; i < sites.size(); ++i) {

@@ -2,14 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <optional>
 
 #include "base/json.h"
 #include "codec/blocks.h"
-#include "codec/dither.h"
-#include "codec/logit_codec.h"
-#include "coordinator/adaptive_steps.h"
 #include "coordinator/campaign_mode.h"
 #include "coordinator/control_commands.h"
 #include "coordinator/core_json.h"
@@ -20,24 +16,7 @@
 namespace lowband {
 namespace {
 
-// Pseudo-gradients are parameter differences after a few steps; an entry
-// beyond this means a diverged or hostile worker, and rejecting it keeps the
-// aggregate and the outer step finite.
-constexpr float kMaxDeltaMagnitude = 1e6f;
-
-float MaxAbs(const Update& u) {
-  float peak = 0;
-  for (float v : u.dense ? u.values : u.value) peak = std::max(peak, std::fabs(v));
-  return peak;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// The data-sampling seed depends on the campaign seed and the site name only,
-// so a site samples the same batches whatever order workers join in.
-uint64_t DataSeedFor(uint64_t campaign_seed, const std::string& site) {
-  return Fnv1a64(site.data(), site.size(), campaign_seed ^ 0x9e3779b97f4a7c15ull);
-}
 
 }  // namespace
 
@@ -69,14 +48,14 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
       params_(std::move(initial)),
       digest_(params_.Digest()),
       campaign_start_(now),
-      phase_start_(now),
-      round_start_(now) {
+      phase_start_(now) {
   LOWBAND_CHECK(params_.values.size() == static_cast<size_t>(params_.layout.numel()));
-  pending_.round = 0;
-  OpenEvalRecord(pending_, now, now);  // round 0: the initial parameters
   if (config_.fcrag.enabled) fcrag_hub_ = std::make_unique<FcragHub>(config_);
   mode_ = CampaignMode::Make(config_, params_, plan_);
-  if (config_.pipeline.stages > 1) topology_ = std::make_unique<Topology>(config_.pipeline.stages, config_.pipeline.replicas);
+  membership_ = std::make_unique<Membership>(config_, mode_.get(), &evals_, static_cast<Membership::Host*>(this));
+  collector_ = std::make_unique<RoundCollector>(config_, mode_.get(), &evals_, membership_.get(),
+                                                static_cast<RoundCollector::Host*>(this), now);
+  OpenEvalRecord(collector_->record(), now, now);  // round 0: the initial parameters
   BuildAggregation();
   ComputePartDigests();
 }
@@ -101,7 +80,7 @@ std::string CoordinatorCore::ClusterOf(const std::string& site) const { return m
 int CoordinatorCore::BlockFor(const WorkerInfo& w, uint32_t round) {
   // The worker's position among the round's live workers, by name.
   int position = 0;
-  for (const auto& [site, o] : workers_) {
+  for (const auto& [site, o] : membership_->workers()) {
     if (site == w.site) break;
     if (o.state == WorkerState::kJoined) ++position;
   }
@@ -111,7 +90,7 @@ int CoordinatorCore::BlockFor(const WorkerInfo& w, uint32_t round) {
 void CoordinatorCore::ComputePartDigests() { mode_->ComputeDigests(*agg_, params_); }
 
 Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
-  if (phase_ != Phase::kWaiting || !workers_.empty() || !evals_.history().empty() || committed_round_ != 0) {
+  if (phase_ != Phase::kWaiting || !membership_->workers().empty() || !evals_.history().empty() || committed_round_ != 0) {
     return FailedPrecondition("restore: the campaign has already started");
   }
   LOWBAND_RETURN_IF_ERROR(CheckRestore(params_, outer_, round, params, momentum));
@@ -120,15 +99,14 @@ Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<flo
   digest_ = params_.Digest();
   ComputePartDigests();
   committed_round_ = round;
-  pending_ = RoundRecord{};
-  pending_.round = round;
+  collector_->ResetRecord(round);
   evals_.Clear();
-  OpenEvalRecord(pending_, campaign_start_, campaign_start_);
+  OpenEvalRecord(collector_->record(), campaign_start_, campaign_start_);
   return Status::Ok();
 }
 
 Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t digest) {
-  if (phase_ != Phase::kWaiting || !workers_.empty()) return FailedPrecondition("replay: the campaign has already started");
+  if (phase_ != Phase::kWaiting || !membership_->workers().empty()) return FailedPrecondition("replay: the campaign has already started");
   if (round != committed_round_ + 1) {
     return FailedPrecondition("replay: round " + std::to_string(round) + " does not follow round " +
                               std::to_string(committed_round_));
@@ -137,10 +115,9 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
   digest_ = params_.Digest();
   ComputePartDigests();
   committed_round_ = round;
-  pending_ = RoundRecord{};
-  pending_.round = round;
+  collector_->ResetRecord(round);
   evals_.Clear();
-  OpenEvalRecord(pending_, campaign_start_, campaign_start_);
+  OpenEvalRecord(collector_->record(), campaign_start_, campaign_start_);
   if (digest_ != digest) {
     return Corruption("replay: round " + std::to_string(round) + " gives parameters " + DigestHex(digest_) +
                       ", the log recorded " + DigestHex(digest));
@@ -179,7 +156,7 @@ void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::
   ++rejected_;
   ++rejected_by_reason_[reason ? reason : ErrorCodeName(code)];
   std::string site = SiteOfPeer(peer);
-  if (auto it = workers_.find(site); it != workers_.end()) ++it->second.rejected;
+  if (WorkerInfo* w = membership_->Find(site)) ++w->rejected;
   LOG_WARN("message rejected", {"peer", site.empty() ? std::string("unknown") : site},
            {"code", static_cast<int>(code)}, {"round", round}, {"reason", what});
   out->messages.push_back({peer, Make(Error{code, what, round})});
@@ -187,7 +164,7 @@ void CoordinatorCore::Reply(const std::string& peer, ErrorCode code, const std::
 
 int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round) const {
   if (mode_->block_rounds()) {
-    const RoundRecord* rec = round == pending_.round ? &pending_ : nullptr;
+    const RoundRecord* rec = round == collector_->record().round ? &collector_->record() : nullptr;
     for (auto r = evals_.history().rbegin(); !rec && r != evals_.history().rend(); ++r) {
       if (r->round == round) rec = &*r;
     }
@@ -200,36 +177,18 @@ int64_t CoordinatorCore::UploadParamsOf(const std::string& site, uint32_t round)
 }
 
 int64_t CoordinatorCore::ParamsOf(const std::string& site) const {
-  auto it = workers_.find(site);
-  return mode_->ParamsOf(it == workers_.end() ? nullptr : &it->second);
+  auto it = workers().find(site);
+  return mode_->ParamsOf(it == workers().end() ? nullptr : &it->second);
 }
 
 int CoordinatorCore::StageOf(const std::string& site) const {
-  auto it = workers_.find(site);
-  return it == workers_.end() ? -1 : mode_->StageOf(it->second);
+  auto it = workers().find(site);
+  return it == workers().end() ? -1 : mode_->StageOf(it->second);
 }
 
-std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const {
-  auto it = peer_to_site_.find(peer);
-  return it == peer_to_site_.end() ? std::string() : it->second;
-}
+std::string CoordinatorCore::SiteOfPeer(const std::string& peer) const { return membership_->SiteOfPeer(peer); }
 
-template <typename Reports>
-bool CoordinatorCore::Complete(const Reports& got, bool deadline_passed) const {
-  const int have = static_cast<int>(got.size());
-  if (have < std::max(config_.quorum.min_workers, 1)) return false;
-  if (deadline_passed) return true;
-  for (const auto& [site, w] : workers_) {
-    if (w.state == WorkerState::kJoined && !got.count(site)) return false;
-  }
-  return true;
-}
-
-int CoordinatorCore::LiveWorkers() const {
-  int n = 0;
-  for (const auto& [site, w] : workers_) n += w.state == WorkerState::kJoined;
-  return n;
-}
+int CoordinatorCore::LiveWorkers() const { return membership_->LiveWorkers(); }
 
 void CoordinatorCore::HandleMalformed(const std::string& peer, const Status& why, CoreOutput* out) {
   Reply(peer, ErrorCode::kMalformed, why.ToString(), 0, out);
@@ -241,38 +200,48 @@ void CoordinatorCore::HandleUnauthorized(const std::string& peer, const std::str
 
 void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg, TimePoint now,
                                     CoreOutput* out) {
+  // Never an error in answer to an error: two ends that disagree (another
+  // campaign, a restarted peer) would otherwise answer each other forever.
+  // A refused Error is counted and logged only.
+  const bool is_error = std::holds_alternative<Error>(msg.body);
+  auto refuse = [&](ErrorCode code, const std::string& what) {
+    if (!is_error) {
+      Reply(peer, code, what, 0, out);
+      return;
+    }
+    ++rejected_;
+    ++rejected_by_reason_[ErrorCodeName(code)];
+    LOG_WARN("error message ignored", {"code", static_cast<int>(code)}, {"reason", what},
+             {"error", std::get<Error>(msg.body).message});
+  };
   if (msg.protocol_version != kProtocolVersion) {
-    Reply(peer, ErrorCode::kWrongVersion,
-          "protocol version " + std::to_string(msg.protocol_version) + ", expected " +
-              std::to_string(kProtocolVersion),
-          0, out);
+    refuse(ErrorCode::kWrongVersion, "protocol version " + std::to_string(msg.protocol_version) + ", expected " +
+                                         std::to_string(kProtocolVersion));
     return;
   }
   // A worker that has not been welcomed yet does not know the campaign name.
   const bool anonymous_hello = msg.campaign_id.empty() && std::holds_alternative<Hello>(msg.body);
   if (msg.campaign_id != config_.name && !anonymous_hello) {
-    Reply(peer, ErrorCode::kWrongCampaign,
-          "campaign '" + msg.campaign_id + "' is not this coordinator's campaign '" + config_.name + "'", 0, out);
+    refuse(ErrorCode::kWrongCampaign,
+           "campaign '" + msg.campaign_id + "' is not this coordinator's campaign '" + config_.name + "'");
     return;
   }
   if (const auto* hello = std::get_if<Hello>(&msg.body)) {
     HandleHello(peer, *hello, now, out);
     return;
   }
-  const std::string site = SiteOfPeer(peer);
-  auto it = workers_.find(site);
-  if (site.empty() || it == workers_.end() || it->second.peer != peer || it->second.state != WorkerState::kJoined) {
-    Reply(peer, ErrorCode::kNotRegistered, std::string(BodyName(msg.body)) + " from a peer that has not said hello",
-          0, out);
+  WorkerInfo* joined = membership_->JoinedAt(peer);
+  if (!joined) {
+    refuse(ErrorCode::kNotRegistered, std::string(BodyName(msg.body)) + " from a peer that has not said hello");
     return;
   }
-  WorkerInfo& w = it->second;
+  WorkerInfo& w = *joined;
   w.last_seen = now;
   if (std::holds_alternative<Heartbeat>(msg.body)) return;
   if (const auto* up = std::get_if<DeltaUpload>(&msg.body)) {
     HandleUpload(w, msg, *up, now, out);
   } else if (const auto* lu = std::get_if<LogitUpload>(&msg.body)) {
-    HandleLogitUpload(w, msg, *lu, now, out);
+    if (collector_->HandleLogitUpload(w, msg, *lu, out)) MaybeCloseRound(now, false, out);
   } else if (const auto* fr = std::get_if<FcragReply>(&msg.body)) {
     if (!fcrag_hub_) {
       Reply(peer, ErrorCode::kUnexpected, "FC-RAG reply in a campaign without fcrag", 0, out);
@@ -290,13 +259,13 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
     if (err->code == ErrorCode::kSiteDown) {
       // A rank of a multi-rank site is gone: the site leaves now rather than
       // at the heartbeat timeout, and says hello again once restarted.
-      if (w.state == WorkerState::kJoined) MarkLost(w, "site down: " + err->message, now, out);
+      if (w.state == WorkerState::kJoined) membership_->MarkLost(w, "site down: " + err->message, now, out);
       return;
     }
     if (err->code == ErrorCode::kDigestMismatch || err->code == ErrorCode::kBadPayload) {
       // The worker's replica is not at theta_c: give it the parameters again.
-      if (Resync(w, std::string("it reported ") + ErrorCodeName(err->code), now, out) &&
-          phase_ == Phase::kTraining && !uploads_.count(w.site)) {
+      if (membership_->Resync(w, std::string("it reported ") + ErrorCodeName(err->code), now, out) &&
+          phase_ == Phase::kTraining && !collector_->Has(w.site)) {
         w.announced_round = committed_round_;  // its replica starts over from theta_c
         SendRoundStarts(w, out);
       }
@@ -312,83 +281,7 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
     out->messages.push_back({peer, Make(CampaignEnd{"campaign already finished", committed_round_})});
     return;
   }
-  if (m.site.empty() || m.site.size() > 128) {
-    Reply(peer, ErrorCode::kMalformed, "hello needs a site name of 1..128 characters", 0, out);
-    return;
-  }
-  // Ranks multiply the tokens a site may claim (and so its weight): no more
-  // than its site entry says, or the most a site may have.
-  uint32_t max_ranks = kMaxSiteRanks;
-  for (const SiteConfig& s : config_.sites) {
-    if (s.name == m.site) max_ranks = static_cast<uint32_t>(std::max(1, s.ranks));
-  }
-  if (m.ranks > max_ranks) {
-    Reply(peer, ErrorCode::kBadPayload,
-          "hello says site " + m.site + " has " + std::to_string(m.ranks) + " ranks; at most " +
-              std::to_string(max_ranks) + " (its site.ranks)",
-          0, out);
-    return;
-  }
-  auto existing = workers_.find(m.site);
-  const bool rejoin = existing != workers_.end();
-  std::optional<StageSlot> slot;
-  if (topology_) {
-    if (m.peer_endpoint.empty()) {
-      Reply(peer, ErrorCode::kMalformed, "a pipeline campaign needs the worker's peer endpoint (site.peer)", 0, out);
-      return;
-    }
-    if (rejoin && !existing->second.welcomed && existing->second.state == WorkerState::kJoined &&
-        existing->second.peer == peer) {
-      existing->second.last_seen = now;  // still waiting for its replica: a repeated hello
-      existing->second.hello = m;
-      return;
-    }
-    slot = topology_->Assign(m.site);
-    if (!slot) {
-      Reply(peer, ErrorCode::kUnexpected,
-            "every pipeline slot (" + std::to_string(config_.pipeline.stages) + " stages x " +
-                std::to_string(config_.pipeline.replicas) + " replicas) is held",
-            0, out);
-      return;
-    }
-  }
-  if (!rejoin && static_cast<int>(workers_.size()) >= std::max(config_.quorum.expected_workers, 1) * 4) {
-    Reply(peer, ErrorCode::kUnexpected, "too many sites registered", 0, out);
-    return;
-  }
-  if (rejoin) peer_to_site_.erase(existing->second.peer);
-  WorkerInfo& w = workers_[m.site];
-  w.site = m.site;
-  w.peer = peer;
-  w.hello = m;
-  w.state = WorkerState::kJoined;
-  w.last_seen = now;
-  w.last_heartbeat_sent = now;
-  w.last_eval_round.reset();
-  w.last_step_time_ms = m.step_time_ms;
-  peer_to_site_[peer] = m.site;
-  uploads_.erase(m.site);  // a restarted worker's earlier upload, if any, is void
-  ForgetEvals(m.site);     // it evaluates what it is synced to next
-  LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device}, {"ranks", m.ranks},
-           {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
-           {"round", committed_round_});
-
-  if (topology_) {
-    w.stage = slot->stage;
-    w.replica = slot->replica;
-    w.welcomed = false;
-    if (topology_->ReplicaComplete(w.replica)) {
-      WelcomeReplica(w.replica, out);
-    } else {
-      LOG_INFO("pipeline slot assigned, waiting for the rest of its replica", {"site", m.site},
-               {"stage", w.stage}, {"replica", w.replica});
-    }
-  } else {
-    SendWelcome(w, out);
-    if (mode_->Adopts(w)) SendSync(w, out);
-    w.announced_round = committed_round_;
-    if (phase_ == Phase::kTraining) SendRoundStarts(w, out);
-  }
+  if (!membership_->HandleHello(peer, m, now, out)) return;
   if (phase_ == Phase::kWaiting && LiveWorkers() >= config_.quorum.expected_workers) {
     phase_ = Phase::kEvaluating;  // round 0 (or a restart's committed round): evaluate it
     phase_start_ = now;
@@ -398,141 +291,11 @@ void CoordinatorCore::HandleHello(const std::string& peer, const Hello& m, TimeP
   MaybeFinishEvals(now, out);
 }
 
-void CoordinatorCore::SendWelcome(WorkerInfo& w, CoreOutput* out) {
-  Welcome wel;
-  wel.worker_id = w.site;
-  wel.model = config_.model;
-  wel.training = config_.training;
-  wel.codec = config_.codec;
-  wel.data_seed = DataSeedFor(config_.training.seed, w.site);
-  wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
-  wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
-  wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
-  mode_->FillWelcome(&wel);
-  if (config_.fcrag.enabled) {
-    wel.fcrag.enabled = true;
-    wel.fcrag.labels = config_.fcrag.labels;
-    wel.fcrag.retrieve_k = config_.fcrag.retrieve_k;
-    wel.fcrag.smoothing = config_.fcrag.smoothing;
-    wel.fcrag.min_chars = config_.fcrag.min_chars;
-    wel.fcrag.max_chars = config_.fcrag.max_chars;
-  }
-  if (topology_) {
-    wel.pipeline = config_.pipeline;
-    wel.stage = w.stage;
-    wel.replica = w.replica;
-    wel.pipeline_epoch = replica_epoch_[w.replica];
-    // Replicas of a stage sample different data; the stages of one replica
-    // see the same batches, which stage 0 reads and the last stage's labels
-    // come from: seed by replica, not by site.
-    wel.data_seed = DataSeedFor(config_.training.seed, "replica-" + std::to_string(w.replica));
-    for (int s = 0; s < config_.pipeline.stages; ++s) {
-      auto it = workers_.find(topology_->SiteAt(StageSlot{s, w.replica}));
-      wel.stage_endpoints.push_back(it == workers_.end() ? std::string() : it->second.hello.peer_endpoint);
-    }
-  }
-  out->messages.push_back({w.peer, Make(wel)});
-}
-
-void CoordinatorCore::WelcomeReplica(int replica, CoreOutput* out) {
-  // Step numbers restart from the new epoch on every stage (protocol/messages.h).
-  uint32_t& epoch = replica_epoch_[replica];
-  epoch = (epoch + 1) % 4096;
-  for (int s = 0; s < config_.pipeline.stages; ++s) {
-    auto it = workers_.find(topology_->SiteAt(StageSlot{s, replica}));
-    if (it == workers_.end()) continue;
-    WorkerInfo& w = it->second;
-    w.welcomed = true;
-    uploads_.erase(w.site);  // a re-configured stage trains the round again
-    SendWelcome(w, out);
-    SendSync(w, out);
-    if (phase_ == Phase::kTraining) SendRoundStart(w, out);
-  }
-  LOG_INFO("pipeline replica complete", {"replica", replica}, {"stages", config_.pipeline.stages});
-}
-
-void CoordinatorCore::Evict(WorkerInfo& w, const std::string& reason, TimePoint now, CoreOutput* out) {
-  const bool was_joined = w.state == WorkerState::kJoined;
-  w.state = WorkerState::kEvicted;
-  if (topology_) topology_->Release(w.site);
-  uploads_.erase(w.site);
-  ForgetEvals(w.site);
-  if (fcrag_hub_) {
-    std::vector<FcragResult> done;
-    fcrag_hub_->SiteGone(w.site, now, FcragSender(out), &done);
-    OnFcragResults(std::move(done), out);
-  }
-  if (was_joined) out->messages.push_back({w.peer, Make(CampaignEnd{reason, committed_round_})});
-  LOG_WARN("worker evicted", {"site", w.site}, {"reason", reason}, {"round", committed_round_},
-           {"live", LiveWorkers()});
-  MaybeCloseRound(now, false, out);
-  MaybeFinishEvals(now, out);
-}
-
-// Every re-sync sends a whole model, so a site that keeps reporting a bad
-// replica (buggy or hostile) must not make the coordinator send models
-// forever: one re-sync per committed round (later reports in the same round
-// wait for the one in flight), and a site whose replica is still wrong after
-// kMaxUnconfirmedResyncs re-syncs in a row, with no accepted upload or
-// matching evaluation between them, is evicted.
-bool CoordinatorCore::Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
-  if (w.state != WorkerState::kJoined) return false;
-  if (w.last_resync_round && *w.last_resync_round == committed_round_) {
-    ++rejected_;
-    ++rejected_by_reason_["resync_limited"];
-    LOG_DEBUG("re-sync already sent this round", {"site", w.site}, {"round", committed_round_}, {"why", why});
-    return false;
-  }
-  if (w.unconfirmed_resyncs >= kMaxUnconfirmedResyncs) {
-    ++rejected_;
-    ++rejected_by_reason_["resync_limited"];
-    Evict(w,
-          "evicted: its replica was still wrong after " + std::to_string(kMaxUnconfirmedResyncs) +
-              " re-syncs in a row (" + why + ")",
-          now, out);
-    return false;
-  }
-  ++w.unconfirmed_resyncs;
-  w.last_resync_round = committed_round_;
-  LOG_WARN("re-syncing a site's replica", {"site", w.site}, {"round", committed_round_}, {"why", why},
-           {"attempt", w.unconfirmed_resyncs});
-  SendSync(w, out);
-  return true;
-}
-
-void CoordinatorCore::SendSync(WorkerInfo& w, CoreOutput* out) {
-  if (closing_) {  // the parameters are being aggregated: the new ones go out after (FinishClose)
-    syncs_after_close_.insert(w.site);
-    return;
-  }
-  // Sites synced in the same round to the same parameters share one packed
-  // payload (a join storm packs the model once, and sends one buffer).
-  const uint64_t digest = DigestFor(w);
-  if (sync_cache_round_ != committed_round_) {
-    sync_cache_.clear();
-    sync_cache_round_ = committed_round_;
-  }
-  auto cached = sync_cache_.find(digest);
-  if (cached == sync_cache_.end()) {
-    StatusOr<Encoded> enc = mode_->SyncPayload(w, params_, *agg_);
-    // Dense fp32 of our own parameters cannot fail; a failure is a bug.
-    LOWBAND_CHECK(enc.ok());
-    cached = sync_cache_.emplace(digest, std::move(enc).value()).first;
-  }
-  Message m = Make(ModelSync{committed_round_, digest, cached->second.header});
-  m.bulk = cached->second.bulk;
-  w.synced_round = committed_round_;
-  // It evaluates the committed round next and no earlier pending one.
-  ForgetEvals(w.site);
-  evals_.Expect(committed_round_, w.site);
-  out->messages.push_back({w.peer, std::move(m)});
-}
-
 void CoordinatorCore::SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round) {
   RoundStart rs;
   rs.round = round == 0 ? committed_round_ + 1 : round;
   rs.model_version = mode_->Adopts(w) ? DigestFor(w) : 0;
-  rs.inner_steps = StepsFor(w);
+  rs.inner_steps = collector_->StepsFor(w);
   rs.block = BlockFor(w, rs.round);
   rs.deadline_ms = static_cast<uint32_t>(config_.quorum.round_deadline_s * 1000);
   w.announced_round = std::max(w.announced_round, rs.round);
@@ -580,60 +343,24 @@ uint32_t CoordinatorCore::LedgerRoundOf(const Message& m, uint32_t fallback) con
   return near ? named : fallback;
 }
 
-int CoordinatorCore::StepsFor(const WorkerInfo& w) {
-  auto it = round_steps_.find(w.site);
-  if (it != round_steps_.end()) return it->second;
-  if (!config_.training.adaptive.enabled) return round_steps_[w.site] = config_.training.inner_steps;
-  // Assigned once per round for every live worker (StartRound); a worker
-  // joining mid-round gets its share against the same field.
-  std::map<std::string, StepTimes> times;
-  for (const auto& [site, o] : workers_) {
-    if (o.state != WorkerState::kJoined && site != w.site) continue;
-    times[site] = StepTimes{o.step_ms, o.hello.step_time_ms};
-  }
-  const auto steps = AssignInnerSteps(config_.training, times);
-  const int h = steps.at(w.site);
-  round_steps_[w.site] = h;
-  return h;
-}
-
 void CoordinatorCore::StartRound(TimePoint now, CoreOutput* out) {
   phase_ = Phase::kTraining;
   phase_start_ = now;
-  round_start_ = now;
-  uploads_.clear();
-  pending_ = RoundRecord{};
-  pending_.round = committed_round_ + 1;
-  round_steps_.clear();
-  mode_->ForgetBlocksBefore(committed_round_ + 1);
-  if (config_.training.adaptive.enabled) {
-    std::map<std::string, StepTimes> times;
-    for (const auto& [site, w] : workers_) {
-      if (w.state == WorkerState::kJoined) times[site] = StepTimes{w.step_ms, w.hello.step_time_ms};
-    }
-    round_steps_ = AssignInnerSteps(config_.training, times);
-  }
-  for (auto& [site, w] : workers_) {
+  const uint32_t round = committed_round_ + 1;
+  mode_->ForgetBlocksBefore(round);
+  // Overlap: uploads of this round that came while the previous one was
+  // still open or being evaluated, taken once every worker has heard of it.
+  std::vector<std::pair<std::string, Message>> due = collector_->Open(round, now);
+  for (auto& [site, w] : membership_->mutable_workers()) {
     if (w.state != WorkerState::kJoined) continue;
     SendRoundStarts(w, out);
   }
-  LOG_DEBUG("round started", {"round", pending_.round}, {"workers", LiveWorkers()});
-  // Overlap: uploads of this round that came while the previous one was
-  // still open or being evaluated.
-  std::vector<std::pair<std::string, Message>> due;
-  for (auto it = early_uploads_.begin(); it != early_uploads_.end();) {
-    if (it->first.first <= pending_.round) {
-      if (it->first.first == pending_.round) due.emplace_back(it->first.second, std::move(it->second));
-      it = early_uploads_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  LOG_DEBUG("round started", {"round", round}, {"workers", LiveWorkers()});
   for (auto& [site, msg] : due) {
-    auto w = workers_.find(site);
+    WorkerInfo* w = membership_->Find(site);
     const auto* up = std::get_if<DeltaUpload>(&msg.body);
-    if (w == workers_.end() || w->second.state != WorkerState::kJoined || !up) continue;
-    HandleUpload(w->second, msg, *up, now, out);
+    if (!w || w->state != WorkerState::kJoined || !up) continue;
+    HandleUpload(*w, msg, *up, now, out);
     if (phase_ != Phase::kTraining) break;  // the round closed (and maybe the campaign ended)
   }
 }
@@ -644,311 +371,25 @@ void CoordinatorCore::SetFpld(std::vector<uint8_t> probes, DistilFn distil) {
   BuildAggregation();
 }
 
-// FPLD: a site's probe logits after its round of local training. Checked
-// against the campaign's encoding and decoded (codec/logit_codec.h) before
-// anything is kept; a bad upload changes nothing.
-void CoordinatorCore::HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now,
-                                        CoreOutput* out) {
-  if (!mode_->TakesLogits()) {
-    Reply(w.peer, ErrorCode::kUnexpected, "logit upload in a campaign that is not an FPLD campaign", m.round, out);
-    return;
-  }
-  if (!UploadIsDue(w, m.round, m.step_time_ms, out)) return;
-  const FpldConfig& f = config_.fpld;
-  const uint32_t rows = static_cast<uint32_t>(f.contexts) * static_cast<uint32_t>(f.positions);
-  const uint64_t max_tokens = static_cast<uint64_t>(config_.training.inner_steps) *
-                              static_cast<uint64_t>(config_.training.batch_size) *
-                              static_cast<uint64_t>(config_.model.context) * w.hello.ranks;
-  std::string bad;
-  if (!std::isfinite(m.train_loss) || m.tokens == 0 || m.tokens > max_tokens) {
-    bad = "needs a finite train_loss and 1.." + std::to_string(max_tokens) + " tokens";
-  } else if (m.rows != rows || m.vocab != static_cast<uint32_t>(config_.model.vocab)) {
-    bad = "covers " + std::to_string(m.rows) + " x " + std::to_string(m.vocab) + " logits, the probe set has " +
-          std::to_string(rows) + " x " + std::to_string(config_.model.vocab);
-  } else if (m.bits != f.bits || m.clip != static_cast<float>(f.clip) || m.topk != f.topk) {
-    bad = "is encoded at bits " + std::to_string(m.bits) + ", topk " + std::to_string(m.topk) +
-          ", clip " + JsonNumber(m.clip) + "; the campaign uses bits " + std::to_string(f.bits) + ", topk " +
-          std::to_string(f.topk) + ", clip " + JsonNumber(f.clip);
-  } else if (m.exact_bytes != (f.exact_reference ? uint64_t{rows} * m.vocab * sizeof(float) : 0)) {
-    bad = "carries " + std::to_string(m.exact_bytes) + " bytes of reference logits, the campaign expects " +
-          (f.exact_reference ? std::to_string(uint64_t{rows} * m.vocab * sizeof(float)) : std::string("none"));
-  }
-  if (!bad.empty()) {
-    Reply(w.peer, ErrorCode::kBadPayload, "logit upload " + bad, m.round, out);
-    return;
-  }
-  const LogitCodec codec{f.bits, static_cast<float>(f.clip), f.topk};
-  const size_t payload = msg.bulk.size() - m.exact_bytes;
-  auto logits = DecodeLogits(codec, static_cast<int>(rows), config_.model.vocab, msg.bulk.data(), payload,
-                             DitherSeedFor(config_.training.seed, m.round, w.site));
-  if (!logits.ok()) {
-    Reply(w.peer, ErrorCode::kBadPayload, "logit payload rejected: " + logits.status().ToString(), m.round, out);
-    return;
-  }
-  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms, {}, {}, 0};
-  up.logits = std::move(logits).value();
-  up.logit_bytes = payload;
-  if (m.exact_bytes > 0) {
-    up.exact.resize(m.exact_bytes / sizeof(float));
-    std::memcpy(up.exact.data(), msg.bulk.data() + payload, m.exact_bytes);
-    for (float v : up.exact) {
-      if (!std::isfinite(v)) {
-        Reply(w.peer, ErrorCode::kBadPayload, "reference logits hold a non-finite value", m.round, out);
-        return;
-      }
-    }
-  }
-  uploads_[w.site] = std::move(up);
-  w.last_step_time_ms = m.step_time_ms;
-  w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
-  LOG_DEBUG("logit upload accepted", {"site", w.site}, {"round", m.round}, {"bytes", static_cast<uint64_t>(payload)});
-  MaybeCloseRound(now, false, out);
-}
-
-
-// An upload for `round` may be taken now: the open round, nothing from the
-// site yet. Otherwise replies (wrong round, duplicate); a late upload is
-// counted on its round's pending record and its step time still tells how
-// much the site can do next time.
-bool CoordinatorCore::UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out) {
-  const uint32_t open_round = committed_round_ + 1;
-  if (phase_ != Phase::kTraining || round != open_round || closing_) {
-    if ((round <= committed_round_ && round >= 1) || (closing_ && round == open_round)) {
-      // Too late for its round (closed at the deadline or quorum); its step
-      // time still tells how much the site can do next time.
-      w.step_ms = SmoothStepTime(w.step_ms, step_time_ms);
-      w.last_step_time_ms = step_time_ms;
-      if (closing_ && round == open_round) {  // closed, still being aggregated: its record is pending_
-        ++pending_.late_uploads;
-        LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
-      } else if (EvalRecord* e = evals_.Find(round)) {
-        ++e->record.late_uploads;
-        LOG_INFO("late upload dropped", {"site", w.site}, {"round", round}, {"step_time_ms", step_time_ms});
-      }
-      Reply(w.peer, ErrorCode::kWrongRound,
-            "upload for round " + std::to_string(round) + " arrived after the round closed", round, out);
-    } else {
-      Reply(w.peer, ErrorCode::kWrongRound,
-            "upload for round " + std::to_string(round) + " but " +
-                (phase_ == Phase::kTraining ? "round " + std::to_string(open_round) + " is open"
-                                            : std::string("no round is collecting uploads")),
-            round, out);
-    }
-    return false;
-  }
-  if (uploads_.count(w.site)) {
-    Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(round), round, out);
-    return false;
-  }
-  return true;
-}
 
 void CoordinatorCore::HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now,
                                    CoreOutput* out) {
-  const uint32_t open_round = committed_round_ + 1;
-  if (!mode_->TakesDeltas()) {
-    Reply(w.peer, ErrorCode::kUnexpected, "a parameter delta in an FPLD campaign (sites send probe logits)", m.round,
-          out);
-    return;
-  }
-  if (config_.training.overlap) {
-    // Overlap: uploads of rounds not open yet are held, up to committed + 2
-    // (the furthest round announced: a fast site can finish round t+2 while
-    // a slower one is still evaluating round t).
-    const bool ahead = phase_ == Phase::kTraining ? m.round > open_round : m.round >= open_round;
-    if (ahead && m.round <= committed_round_ + 2 && phase_ != Phase::kFinished) {
-      const auto key = std::make_pair(m.round, w.site);
-      if (early_uploads_.count(key)) {
-        Reply(w.peer, ErrorCode::kDuplicate, "duplicate upload for round " + std::to_string(m.round), m.round, out);
-      } else {
-        early_uploads_[key] = msg;
-        LOG_DEBUG("upload held until its round opens", {"site", w.site}, {"round", m.round});
-      }
-      return;
-    }
-  }
-  if (!UploadIsDue(w, m.round, m.step_time_ms, out)) return;
-  // Overlap: round r trains from theta_{r-2} plus the site's own progress
-  // (or from theta_{r-1} right after a sync).
-  const bool base_ok = m.base_digest == DigestFor(w) ||
-                       (config_.training.overlap && m.round >= 2 && m.base_digest == DigestOfRound(m.round - 2));
-  if (!base_ok) {
-    Reply(w.peer, ErrorCode::kDigestMismatch,
-          "upload trained from parameters " + DigestHex(m.base_digest) + ", round " +
-              std::to_string(committed_round_) + " parameters are " + DigestHex(DigestFor(w)),
-          m.round, out);
-    return;
-  }
-  if (!std::isfinite(m.train_loss) || m.tokens == 0) {
-    Reply(w.peer, ErrorCode::kBadPayload, "upload needs a finite train_loss and tokens > 0", m.round, out);
-    return;
-  }
-  // Tokens weight the aggregate: no site may claim more than the most steps
-  // any site can be given, on each of its ranks.
-  const uint64_t max_tokens = static_cast<uint64_t>(MaxInnerSteps(config_.training)) *
-                              static_cast<uint64_t>(config_.training.batch_size) *
-                              static_cast<uint64_t>(config_.model.context) * w.hello.ranks;
-  if (m.tokens > max_tokens) {
-    Reply(w.peer, ErrorCode::kBadPayload,
-          "upload claims " + std::to_string(m.tokens) + " tokens; a round has at most " + std::to_string(max_tokens),
-          m.round, out);
-    return;
-  }
-  if (m.blob.codec != config_.codec.kind) {
-    Reply(w.peer, ErrorCode::kBadPayload,
-          std::string("delta payload uses codec ") + CodecName(m.blob.codec) + ", the campaign uses " +
-              CodecName(config_.codec.kind),
-          m.round, out);
-    return;
-  }
-  // Pipeline: the worker's stage; ParaBlock: the block the round asked of it;
-  // personalisation: its cluster.
-  CampaignMode::Slice slice;
-  if (std::string bad = mode_->UploadSlice(w, m.round, m.block, &slice); !bad.empty()) {
-    Reply(w.peer, ErrorCode::kBadPayload, bad, m.round, out);
-    return;
-  }
-  const int part_index = slice.part;
-  auto delta = ParseUpdate(*slice.layout, *slice.plan, m.blob, msg.bulk);
-  if (!delta.ok()) {
-    Reply(w.peer, ErrorCode::kBadPayload, "delta payload rejected: " + delta.status().ToString(), m.round, out);
-    return;
-  }
-  const float peak = MaxAbs(*delta);
-  if (!(peak <= kMaxDeltaMagnitude)) {
-    Reply(w.peer, ErrorCode::kBadPayload,
-          "delta payload rejected: an entry of magnitude " + std::to_string(peak) + " exceeds " +
-              std::to_string(kMaxDeltaMagnitude) + " (diverged or hostile)",
-          m.round, out);
-    return;
-  }
-  double sum_sq = 0;
-  for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
-  uploads_[w.site] = Upload{w.stage, part_index, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq),
-                            m.step_time_ms, m.wait_ms, {}, {}, 0};
-  w.last_step_time_ms = m.step_time_ms;
-  w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
-  w.unconfirmed_resyncs = 0;  // it trained from the round's parameters
-  LOG_DEBUG("upload accepted", {"site", w.site}, {"round", m.round}, {"train_loss", m.train_loss});
-  MaybeCloseRound(now, false, out);
+  if (collector_->HandleUpload(w, msg, m, out)) MaybeCloseRound(now, false, out);
 }
 
 void CoordinatorCore::MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out) {
-  if (phase_ != Phase::kTraining || closing_ || !Complete(uploads_, deadline_passed)) return;
+  if (phase_ != Phase::kTraining || closing_ || !collector_->Complete(deadline_passed)) return;
   CloseRound(now, deadline_passed ? "deadline" : "complete", out);
 }
 
-// Live workers asked to train this round whose upload is not in at the
-// deadline: left out of the round (their upload, should it come, is refused
-// as late) and counted. Not finishing H_i steps in the time elapsed means a
-// step takes at least elapsed / H_i: the estimate rises to that, so adaptive
-// steps give the site less next round even though it reported nothing.
-void CoordinatorCore::MarkStragglers(TimePoint now) {
-  const double elapsed_ms = Seconds(now - round_start_) * 1000.0;
-  for (auto& [site, w] : workers_) {
-    auto st = round_steps_.find(site);
-    if (w.state != WorkerState::kJoined || uploads_.count(site) || st == round_steps_.end()) continue;
-    SiteRoundStats& s = pending_.sites[site];
-    s.late = true;
-    s.inner_steps = st->second;
-    ++pending_.stragglers;
-    const double floor_ms = elapsed_ms / std::max(st->second, 1);
-    if (floor_ms > w.step_ms) w.step_ms = floor_ms;
-    LOG_INFO("straggler left out of the round", {"site", site}, {"round", pending_.round},
-             {"inner_steps", st->second}, {"step_ms_at_least", floor_ms});
-  }
-}
-
-void CoordinatorCore::RejectNormOutliers(CoreOutput* out) {
-  const double ratio = config_.quorum.max_norm_ratio;
-  if (ratio <= 0) return;
-  // Deltas of different pipeline stages are not comparable: one median per stage.
-  std::map<int, std::vector<double>> norms_by_stage;
-  for (const auto& [site, up] : uploads_) norms_by_stage[up.part].push_back(up.norm);
-  std::map<int, double> median_of;
-  for (auto& [stage, norms] : norms_by_stage) {
-    if (norms.size() < 3) continue;
-    std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
-    // A zero median (most deltas empty) is no scale to judge the others by:
-    // every non-empty delta would be "infinitely" far above it.
-    if (norms[norms.size() / 2] > 0) median_of[stage] = norms[norms.size() / 2];
-  }
-  const uint32_t round = committed_round_ + 1;
-  for (auto it = uploads_.begin(); it != uploads_.end();) {
-    auto med = median_of.find(it->second.part);
-    const double median = med == median_of.end() ? 0.0 : med->second;
-    const size_t count = norms_by_stage[it->second.part].size();
-    if (med != median_of.end() && it->second.norm > ratio * median) {
-      char what[200];
-      std::snprintf(what, sizeof(what),
-                    "upload rejected: its norm %.6g is %.1fx the median %.6g of this round's %zu uploads (limit %gx)",
-                    it->second.norm, it->second.norm / median, median, count, ratio);
-      auto w = workers_.find(it->first);
-      Reply(w != workers_.end() ? w->second.peer : std::string(), ErrorCode::kBadPayload, what, round, out,
-            "norm_outlier");
-      it = uploads_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
-
 void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out) {
-  LOWBAND_CHECK(phase_ == Phase::kTraining && !uploads_.empty());
-  if (mode_->ChecksNorms()) RejectNormOutliers(out);
-  if (std::string(why) == "deadline") MarkStragglers(now);
-  pending_.train_s = Seconds(now - round_start_);
-  const int have = static_cast<int>(uploads_.size());
-
-  // Pipeline: only the last stage computes the loss; every stage's worker
-  // reports the tokens its replica trained on.
-  double loss_sum = 0;
-  uint64_t tokens = 0;
-  for (const auto& [site, up] : uploads_) {
-    SiteRoundStats& s = pending_.sites[site];
-    s.tokens = up.tokens;
-    s.uploaded = true;
-    // Overlap announces rounds ahead, so the H_i map may already be the next
-    // round's; without adaptive steps H is the campaign's.
-    if (!config_.training.adaptive.enabled) {
-      s.inner_steps = config_.training.inner_steps;
-    } else if (auto st = round_steps_.find(site); st != round_steps_.end()) {
-      s.inner_steps = st->second;
-    }
-    s.block = mode_->RecordedBlock(up.part);
-    s.step_time_ms = up.step_time_ms;
-    s.wait_s = up.wait_ms / 1000.0;
-    pending_.exposed_comm_s = std::max(pending_.exposed_comm_s, s.wait_s);
-    if (!mode_->CountsLoss(up.stage)) continue;
-    loss_sum += up.train_loss * static_cast<double>(up.tokens);
-    tokens += up.tokens;
-    s.train_loss = up.train_loss;
-  }
-  if (tokens == 0) {  // no last-stage upload this round: the loss is unknown
-    loss_sum = std::numeric_limits<double>::quiet_NaN();
-    tokens = 1;
-  }
-  pending_.train_loss = loss_sum / static_cast<double>(tokens);
-  pending_.tokens = tokens;
-  pending_.contributors = have;
-  CloseJob job;
-  job.round = committed_round_ + 1;
-  for (auto& [site, up] : uploads_) {
-    RoundUpload& u = job.uploads[site];
-    u.stage = up.stage;
-    u.part = up.part;
-    u.delta = std::move(up.delta);
-    u.tokens = up.tokens;
-    u.logits = std::move(up.logits);
-    u.exact = std::move(up.exact);
-    u.logit_bytes = up.logit_bytes;
-  }
-  uploads_.clear();
+  LOWBAND_CHECK(phase_ == Phase::kTraining && collector_->uploads() > 0);
+  CloseJob job = collector_->Close(now, why, out);
   // The parameter values and the optimizer go with the job (the layout
   // stays: uploads for later rounds are still parsed against it).
   job.params.layout = params_.layout;
   job.params.values = std::move(params_.values);
-  sync_cache_.clear();  // the committed round's syncs are done with
+  membership_->ClearSyncCache();  // the committed round's syncs are done with
   params_.values.clear();
   job.outer = std::move(outer_);
   closing_why_ = why;
@@ -977,30 +418,20 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
     Finish(r.status.message(), true, out);
     return;
   }
-  const int have = pending_.contributors;
-  pending_.fpld.payload_bytes = r.logit_payload_bytes;
-  pending_.fpld.fp32_bytes = r.logit_fp32_bytes;
-  pending_.fpld.teacher_kl = r.teacher_kl;
-  pending_.fpld.student_kl = r.student_kl;
-  pending_.fpld.distill_loss = r.distill_loss;
-  pending_.fpld.public_val_loss = r.public_val_loss;
+  const int have = collector_->record().contributors;
   digest_ = r.digest;
   mode_->SetDigests(std::move(r.part_digests), std::move(r.view_digests));
   committed_round_ += 1;
-  pending_.digest = digest_;
-
-  pending_.down_codec = r.down.header.codec;
-  pending_.aggregate_nnz = r.nnz;
-  pending_.round = committed_round_;
-  out->commits.push_back(RoundCommit{pending_, std::move(r.logged)});
-  EvalRecord& evaluation = OpenEvalRecord(pending_, round_start_, now);
+  const RoundRecord& record = collector_->Commit(r, committed_round_, digest_);
+  out->commits.push_back(RoundCommit{record, std::move(r.logged)});
+  EvalRecord& evaluation = OpenEvalRecord(record, collector_->round_start(), now);
   const char* why = closing_why_.c_str();
-  for (auto& [site, w] : workers_) {
+  for (auto& [site, w] : membership_->mutable_workers()) {
     if (w.state != WorkerState::kJoined || !w.welcomed || !mode_->Adopts(w)) continue;
     // It missed a round, or asked for the model while the round was being
     // aggregated: full parameters instead.
-    if (w.synced_round + 1 != committed_round_ || syncs_after_close_.erase(site) > 0) {
-      SendSync(w, out);
+    if (w.synced_round + 1 != committed_round_ || membership_->TakeDeferredSync(site)) {
+      membership_->SendSync(w, out);
       continue;
     }
     const Encoded& down = mode_->DownFor(w, r);
@@ -1013,7 +444,7 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   if (config_.training.overlap) {
     // Right behind the aggregate of t: the round after the one every worker
     // is training now (t+2), so nobody waits for it (docs/overlap.md).
-    for (auto& [site, w] : workers_) {
+    for (auto& [site, w] : membership_->mutable_workers()) {
       if (w.state != WorkerState::kJoined || !w.welcomed) continue;
       for (uint32_t next = committed_round_ + 1; next <= committed_round_ + 2; ++next) {
         if (next <= static_cast<uint32_t>(config_.training.rounds) && w.announced_round < next) {
@@ -1041,14 +472,12 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   }
   // Sites that asked for the model while it was being aggregated (a join, a
   // re-sync) get the new one, unless the aggregate just reached them.
-  std::set<std::string> syncs = std::move(syncs_after_close_);
-  syncs_after_close_.clear();
-  for (const std::string& site : syncs) {
-    auto it = workers_.find(site);
-    if (it == workers_.end() || it->second.state != WorkerState::kJoined || !it->second.welcomed) continue;
-    if (it->second.synced_round == committed_round_) continue;
-    SendSync(it->second, out);
-    if (phase_ == Phase::kTraining) SendRoundStarts(it->second, out);
+  for (const std::string& site : membership_->TakeDeferredSyncs()) {
+    WorkerInfo* w = membership_->Find(site);
+    if (!w || w->state != WorkerState::kJoined || !w->welcomed) continue;
+    if (w->synced_round == committed_round_) continue;
+    membership_->SendSync(*w, out);
+    if (phase_ == Phase::kTraining) SendRoundStarts(*w, out);
   }
   MaybeFinishEvals(now, out);
   if (ended) Finish(ended->first, ended->second, out);
@@ -1058,8 +487,6 @@ EvalRecord& CoordinatorCore::OpenEvalRecord(RoundRecord record, TimePoint round_
   record.digest = digest_;
   return evals_.Open(std::move(record), round_start, now);
 }
-
-void CoordinatorCore::ForgetEvals(const std::string& site) { evals_.Forget(site); }
 
 // The digest a site's evaluation of `round` must show: its view of the
 // committed parameters, or an earlier pending round's (overlap only, where
@@ -1099,7 +526,7 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
                                                 "replica digest " + DigestHex(reported) + " differs from " +
                                                     DigestHex(expected) + "; re-syncing",
                                                 m.round})});
-    Resync(w, "its evaluation digest differed", now, out);  // its report of the committed round replaces this one
+    membership_->Resync(w, "its evaluation digest differed", now, out);  // its report of the committed round replaces this one
     return;
   }
   w.unconfirmed_resyncs = 0;  // its replica holds the round's parameters
@@ -1113,10 +540,7 @@ void CoordinatorCore::HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimeP
 bool CoordinatorCore::EvalComplete(const EvalRecord& e, TimePoint now) const {
   const auto deadline = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.quorum.round_deadline_s));
-  auto live = [this](const std::string& site) {
-    auto w = workers_.find(site);
-    return w != workers_.end() && w->second.state == WorkerState::kJoined;
-  };
+  auto live = [this](const std::string& site) { return membership_->IsLive(site); };
   return EvalRecords::Complete(e, live, *mode_, config_.quorum.min_workers, committed_round_, deadline, now);
 }
 
@@ -1144,43 +568,16 @@ void CoordinatorCore::MaybeFinishEvals(TimePoint now, CoreOutput* out) {
 
 void CoordinatorCore::FinishEvalRecord(EvalRecord e, TimePoint now, CoreOutput* out) {
   auto stage_of = [this](const std::string& site) {
-    auto w = workers_.find(site);
-    return w == workers_.end() ? 0 : w->second.stage;
+    const WorkerInfo* w = membership_->Find(site);
+    return w ? w->stage : 0;
   };
   out->committed.push_back(evals_.Write(std::move(e), *mode_, stage_of, campaign_start_, now));
 }
 
-void CoordinatorCore::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
-  w.state = WorkerState::kLost;
-  if (topology_) topology_->Release(w.site);
-  uploads_.erase(w.site);
-  ForgetEvals(w.site);
-  if (fcrag_hub_) {
-    std::vector<FcragResult> done;
-    fcrag_hub_->SiteGone(w.site, now, FcragSender(out), &done);
-    OnFcragResults(std::move(done), out);
-  }
-  LOG_WARN("worker lost", {"site", w.site}, {"reason", why}, {"round", committed_round_}, {"live", LiveWorkers()});
-  MaybeCloseRound(now, false, out);
-  MaybeFinishEvals(now, out);
-}
-
 void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
   if (phase_ == Phase::kFinished) return;
-  const auto interval = std::chrono::milliseconds(config_.network.heartbeat_interval_ms);
-  const auto timeout = std::chrono::milliseconds(config_.network.heartbeat_timeout_ms);
-  for (auto& [site, w] : workers_) {
-    if (w.state != WorkerState::kJoined) continue;
-    if (now - w.last_seen > timeout) {
-      MarkLost(w, "no message for " + std::to_string(config_.network.heartbeat_timeout_ms) + " ms", now, out);
-      if (phase_ == Phase::kFinished) return;
-      continue;
-    }
-    if (now - w.last_heartbeat_sent >= interval) {
-      w.last_heartbeat_sent = now;
-      out->messages.push_back({w.peer, Make(Heartbeat{committed_round_, PhaseName(phase_)})});
-    }
-  }
+  membership_->OnTick(now, out);  // heartbeats, liveness
+  if (phase_ == Phase::kFinished) return;
   const auto deadline = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.quorum.round_deadline_s));
   if (phase_ == Phase::kWaiting) {
@@ -1200,6 +597,48 @@ void CoordinatorCore::OnTick(TimePoint now, CoreOutput* out) {
   }
 }
 
+// The pieces' host: the campaign as it stands, and what a site joining or
+// leaving does to the round, the evaluations and FC-RAG.
+CampaignView CoordinatorCore::View() const {
+  CampaignView v;
+  v.committed_round = committed_round_;
+  v.phase = PhaseName(phase_);
+  v.training = phase_ == Phase::kTraining;
+  v.finished = phase_ == Phase::kFinished;
+  v.closing = closing_;
+  v.digest = digest_;
+  v.params = &params_;
+  v.aggregation = agg_.get();
+  return v;
+}
+
+void CoordinatorCore::CountRejected(const char* reason) {
+  ++rejected_;
+  ++rejected_by_reason_[reason];
+}
+
+void CoordinatorCore::DropUpload(const std::string& site) { collector_->Drop(site); }
+
+void CoordinatorCore::SiteGone(const std::string& site, TimePoint now, CoreOutput* out) {
+  if (!fcrag_hub_) return;
+  std::vector<FcragResult> done;
+  fcrag_hub_->SiteGone(site, now, FcragSender(out), &done);
+  OnFcragResults(std::move(done), out);
+}
+
+void CoordinatorCore::AfterLeave(TimePoint now, CoreOutput* out) {
+  MaybeCloseRound(now, false, out);
+  MaybeFinishEvals(now, out);
+}
+
+void CoordinatorCore::AnnounceRounds(WorkerInfo& w, bool open_only, CoreOutput* out) {
+  if (open_only) {
+    SendRoundStart(w, out);
+  } else {
+    SendRoundStarts(w, out);
+  }
+}
+
 void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput* out) {
   if (phase_ == Phase::kFinished) return;
   if (closing_) {  // the final state includes the parameters the close job holds: finish when it returns
@@ -1210,7 +649,7 @@ void CoordinatorCore::Finish(const std::string& reason, bool failed, CoreOutput*
   out->finished = true;
   out->failed = failed;
   out->finish_reason = reason;
-  for (auto& [site, w] : workers_) {
+  for (const auto& [site, w] : workers()) {
     if (w.state != WorkerState::kJoined) continue;
     out->messages.push_back({w.peer, Make(CampaignEnd{reason, committed_round_})});
   }
@@ -1232,7 +671,7 @@ StatusSnapshot CoordinatorCore::Snapshot() const {
   s.live_workers = LiveWorkers();
   s.expected_workers = config_.quorum.expected_workers;
   s.paused = paused_;
-  s.uploads = static_cast<int>(uploads_.size());
+  s.uploads = static_cast<int>(collector_->uploads());
   s.digest = digest_;
   s.pipeline_stages = config_.pipeline.stages;
   s.parameters = static_cast<uint64_t>(params_.layout.numel());
@@ -1243,10 +682,8 @@ StatusSnapshot CoordinatorCore::Snapshot() const {
 
 std::vector<WorkerRow> CoordinatorCore::WorkerRows() const {
   std::vector<WorkerRow> rows;
-  for (const auto& [site, w] : workers_) {
-    auto steps = round_steps_.find(site);
-    rows.push_back(WorkerRow{&w, mode_->StageOf(w), steps == round_steps_.end() ? 0 : steps->second,
-                             uploads_.count(site) > 0});
+  for (const auto& [site, w] : workers()) {
+    rows.push_back(WorkerRow{&w, mode_->StageOf(w), collector_->StepsOf(site), collector_->Has(site)});
   }
   return rows;
 }
@@ -1270,17 +707,17 @@ void CoordinatorCore::StartCalibration(TimePoint now, CoreOutput* out) {
 
 FcragHub::Send CoordinatorCore::FcragSender(CoreOutput* out) {
   return [this, out](const std::string& site, FcragRequest rq, Bytes bulk) {
-    auto w = workers_.find(site);
-    if (w == workers_.end()) return;
+    const WorkerInfo* w = membership_->Find(site);
+    if (!w) return;
     Message m = Make(rq);
     m.bulk = std::move(bulk);
-    out->messages.push_back({w->second.peer, std::move(m)});
+    out->messages.push_back({w->peer, std::move(m)});
   };
 }
 
 void CoordinatorCore::PumpFcrag(TimePoint now, CoreOutput* out) {
   std::vector<std::string> sites;
-  for (const auto& [site, w] : workers_) {
+  for (const auto& [site, w] : workers()) {
     if (w.state == WorkerState::kJoined && w.welcomed) sites.push_back(site);
   }
   std::vector<FcragResult> done;
@@ -1340,7 +777,7 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
       return {true, StatusLine(s, finished), StatusJson(s)};
     }
     case Verb::kWorkers:
-      return {true, std::to_string(workers_.size()) + " workers", WorkersJson(WorkerRows(), now)};
+      return {true, std::to_string(workers().size()) + " workers", WorkersJson(WorkerRows(), now)};
     case Verb::kRoundPause:
       if (finished) return refuse("campaign already finished");
       if (paused_) return refuse("campaign is already paused");
@@ -1366,8 +803,8 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
       if (phase_ != Phase::kTraining) {
         return refuse(std::string("no round is collecting uploads (phase ") + PhaseName(phase_) + ")");
       }
-      if (uploads_.empty()) return refuse("no uploads yet for round " + open_round);
-      const size_t have = uploads_.size();
+      if (collector_->uploads() == 0) return refuse("no uploads yet for round " + open_round);
+      const size_t have = collector_->uploads();
       LOG_INFO("operator closed round", {"round", open_round}, {"uploads", static_cast<uint64_t>(have)});
       CloseRound(now, "operator", out);
       return {true,
@@ -1383,11 +820,11 @@ ControlResponse CoordinatorCore::HandleControl(const ControlRequest& req, TimePo
       return {true, "campaign " + config_.name + " aborted at round " + std::to_string(committed_round_), ""};
     case Verb::kEvict: {
       if (finished) return refuse("campaign already finished");
-      auto it = workers_.find(cmd.site);
-      if (it == workers_.end()) return refuse("unknown site '" + cmd.site + "'");
-      WorkerInfo& w = it->second;
+      WorkerInfo* found = membership_->Find(cmd.site);
+      if (!found) return refuse("unknown site '" + cmd.site + "'");
+      WorkerInfo& w = *found;
       if (w.state == WorkerState::kEvicted) return refuse("site '" + cmd.site + "' is already evicted");
-      Evict(w, "evicted by operator", now, out);
+      membership_->Evict(w, "evicted by operator", now, out);
       return {true, "site " + cmd.site + " evicted; " + std::to_string(LiveWorkers()) + " workers live", ""};
     }
     case Verb::kUnknown:

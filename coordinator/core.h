@@ -31,8 +31,12 @@
 // personalised and FPLD campaigns, chosen once), EvalRecords
 // (eval_records.h: records waiting for evaluations, completion, history),
 // the operator's command parser (control_commands.h) and JSON views
-// (core_json.h), and the resume checks and replay (resume.h). Membership
-// and round collection still live in this class.
+// (core_json.h), the resume checks and replay (resume.h), Membership
+// (membership.h: the worker registry, hellos, welcomes, syncs, re-syncs,
+// eviction, loss, heartbeats) and RoundCollector (round_collector.h: the
+// open round's uploads, early uploads, stragglers, norm outliers, adaptive
+// steps and the record). This class owns and wires them and runs the phase
+// machine, the parameters, the aggregation and FC-RAG.
 #pragma once
 
 #include <chrono>
@@ -56,22 +60,23 @@
 #include "coordinator/eval_records.h"
 #include "coordinator/distiller.h"
 #include "coordinator/fcrag_hub.h"
+#include "coordinator/membership.h"
 #include "coordinator/outer_optimizer.h"
-#include "coordinator/topology.h"
+#include "coordinator/round_collector.h"
 
 #include <functional>
 
 namespace lowband {
 
 
-class CoordinatorCore {
+class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
  public:
   // kHeld: a round was committed while paused; the next round waits for
   // `round resume`.
   // kCalibrating: FC-RAG, after the training rounds (docs/fcrag.md).
   // Error-triggered re-syncs a site may cause in a row before it is evicted
-  // (Resync).
-  static constexpr int kMaxUnconfirmedResyncs = 3;
+  // (Membership::Resync).
+  static constexpr int kMaxUnconfirmedResyncs = Membership::kMaxUnconfirmedResyncs;
 
   enum class Phase { kWaiting, kEvaluating, kTraining, kHeld, kCalibrating, kFinished };
 
@@ -151,9 +156,9 @@ class CoordinatorCore {
   const ParamSet& params() const { return params_; }
   const std::vector<float>& outer_momentum() const { return outer_.momentum(); }
   // Uploads accepted for the open round.
-  size_t uploads_received() const { return uploads_.size(); }
+  size_t uploads_received() const { return collector_->uploads(); }
   uint64_t digest() const { return digest_; }
-  const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
+  const std::map<std::string, WorkerInfo>& workers() const { return membership_->workers(); }
   const std::vector<RoundRecord>& history() const { return evals_.history(); }
   // Parameters a site's uploads and aggregates cover: its stage's slice in a
   // pipeline campaign, every parameter otherwise (and for unknown sites).
@@ -173,20 +178,6 @@ class CoordinatorCore {
   const std::map<std::string, uint64_t>& rejected_by_reason() const { return rejected_by_reason_; }
 
  private:
-  struct Upload {
-    int stage = 0;  // pipeline: the stage whose parameters the delta covers
-    int part = 0;   // the slice it covers: the stage (pipeline), the block (ParaBlock), else 0
-    Update delta;
-    double train_loss;
-    uint64_t tokens;
-    double norm;  // L2 norm of the delta
-    double step_time_ms = 0;
-    double wait_ms = 0;
-    std::vector<float> logits, exact;  // FPLD: dequantized probe logits (and the fp32 reference)
-    uint64_t logit_bytes = 0;          // FPLD: the quantized payload
-  };
-  void HandleLogitUpload(WorkerInfo& w, const Message& msg, const LogitUpload& m, TimePoint now, CoreOutput* out);
-  bool UploadIsDue(WorkerInfo& w, uint32_t round, double step_time_ms, CoreOutput* out);
   DistilFn distil_;
   // FC-RAG: the hub's exchanges, started once training is over.
   std::unique_ptr<FcragHub> fcrag_hub_;
@@ -197,31 +188,28 @@ class CoordinatorCore {
   void OnFcragResults(std::vector<FcragResult> results, CoreOutput* out);
   ControlResponse FcragControl(const std::vector<std::string>& words, TimePoint now, CoreOutput* out);
 
-  Message Make(Body body);
+  Message Make(Body body) override;
   // Error reply; counted under `reason` (default: the code's name).
   void Reply(const std::string& peer, ErrorCode code, const std::string& what, uint32_t round, CoreOutput* out,
-             const char* reason = nullptr);
-  // Drops uploads whose norm is far above the round's median (Error reply).
-  void RejectNormOutliers(CoreOutput* out);
-  void MarkStragglers(TimePoint now);
+             const char* reason = nullptr) override;
+  // The pieces' host (Membership::Host, RoundCollector::Host, which share
+  // View, Make and Reply): the campaign now, and what a site joining or
+  // leaving does to the round, the evaluations and FC-RAG.
+  CampaignView View() const override;
+  void CountRejected(const char* reason) override;
+  void DropUpload(const std::string& site) override;
+  void SiteGone(const std::string& site, TimePoint now, CoreOutput* out) override;
+  void AfterLeave(TimePoint now, CoreOutput* out) override;
+  void AnnounceRounds(WorkerInfo& w, bool open_only, CoreOutput* out) override;
   void HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out);
+  // To the collector; an accepted upload may complete the round.
   void HandleUpload(WorkerInfo& w, const Message& msg, const DeltaUpload& m, TimePoint now, CoreOutput* out);
   void HandleEvalReport(WorkerInfo& w, const EvalReport& m, TimePoint now, CoreOutput* out);
-  void SendSync(WorkerInfo& w, CoreOutput* out);
-  // An error-triggered re-sync of `w`'s replica, rate limited (one per
-  // committed round; eviction after kMaxUnconfirmedResyncs in a row). True
-  // when the model was sent.
-  bool Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
-  // Takes `w` out of the campaign: no quorum, its pending upload/evaluation
-  // dropped, CampaignEnd{reason} sent; it may rejoin only by saying hello.
-  void Evict(WorkerInfo& w, const std::string& reason, TimePoint now, CoreOutput* out);
   // RoundStart for `round` (0: the open round, committed + 1).
   void SendRoundStart(WorkerInfo& w, CoreOutput* out, uint32_t round = 0);
   void SendRoundStarts(WorkerInfo& w, CoreOutput* out);
   // The digest of the parameters after `round` (0 if unknown).
-  uint64_t DigestOfRound(uint32_t round) const;
-  // Overlap: uploads for the round after the open one, held until it opens.
-  std::map<std::pair<uint32_t, std::string>, Message> early_uploads_;  // by (round, site)
+  uint64_t DigestOfRound(uint32_t round) const override;
   void StartRound(TimePoint now, CoreOutput* out);
   void MaybeCloseRound(TimePoint now, bool deadline_passed, CoreOutput* out);
   // Aggregates the uploads received and commits the round (>= 1 upload).
@@ -235,15 +223,8 @@ class CoordinatorCore {
   // the next round (synchronous) or ends the campaign.
   void MaybeFinishEvals(TimePoint now, CoreOutput* out);
   void FinishEvalRecord(EvalRecord e, TimePoint now, CoreOutput* out);
-  // The site will not evaluate any pending round (lost, evicted, said hello).
-  void ForgetEvals(const std::string& site);
   uint64_t EvalDigestFor(const WorkerInfo& w, uint32_t round) const;
-  void MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out);
   void Finish(const std::string& reason, bool failed, CoreOutput* out);
-  // True when every live worker has reported (uploads or evaluations) and
-  // the reports reach min_workers, or the deadline passed with min_workers.
-  template <typename Reports>
-  bool Complete(const Reports& got, bool deadline_passed) const;
   int LiveWorkers() const;
   // What the operator's `status` and `workers` show (coordinator/core_json.h).
   StatusSnapshot Snapshot() const;
@@ -253,34 +234,20 @@ class CoordinatorCore {
   // campaigns (coordinator/campaign_mode.h), chosen once.
   std::unique_ptr<CampaignMode> mode_;
   void ComputePartDigests();
-  uint64_t DigestFor(const WorkerInfo& w) const { return mode_->DigestFor(w, digest_); }
-  // Welcome (+ ModelSync, + RoundStart while training) to every worker of
-  // `replica`, once all its stages are held: neighbours learn each other's
-  // endpoints, a replacement's neighbours re-configure.
-  void WelcomeReplica(int replica, CoreOutput* out);
-  void SendWelcome(WorkerInfo& w, CoreOutput* out);
+  uint64_t DigestFor(const WorkerInfo& w) const override { return mode_->DigestFor(w, digest_); }
   int BlockFor(const WorkerInfo& w, uint32_t round);
 
   CampaignConfig config_;
   LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
-  std::unique_ptr<Topology> topology_;  // pipeline campaigns: stage slots
-  std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
-  // H_i of the open round by site (adaptive steps; docs/configuration.md).
-  std::map<std::string, int> round_steps_;
-  int StepsFor(const WorkerInfo& w);
   // The aggregation (built once the parts and views are) and the state of
   // an asynchronous close: the job's round is out, params_.values and
   // outer_ with it; syncs asked for meanwhile, and a finish, wait for it.
   void BuildAggregation();
   void FinishClose(CloseResult r, TimePoint now, CoreOutput* out);
   std::shared_ptr<const Aggregation> agg_;
-  // Model syncs of round sync_cache_round_, by the digest of what they carry.
-  uint32_t sync_cache_round_ = std::numeric_limits<uint32_t>::max();
-  std::map<uint64_t, Encoded> sync_cache_;
   bool async_close_ = false;
   bool closing_ = false;
   std::string closing_why_;
-  std::set<std::string> syncs_after_close_;
   std::optional<std::pair<std::string, bool>> finish_after_close_;  // reason, failed
   OuterOptimizer outer_;
   ParamSet params_;
@@ -289,16 +256,14 @@ class CoordinatorCore {
   uint32_t committed_round_ = 0;
   TimePoint campaign_start_;
   TimePoint phase_start_;    // when the current round's training or eval began
-  TimePoint round_start_;    // when the current record's round began
-  std::map<std::string, WorkerInfo> workers_;  // by site name
-  std::map<std::string, std::string> peer_to_site_;
-  std::map<std::string, Upload> uploads_;      // current round, by site
+  // The worker registry, syncs and liveness (coordinator/membership.h).
+  std::unique_ptr<Membership> membership_;
   EvalRecords evals_;
-  RoundRecord pending_;                        // the open round's record
+  // The open round's uploads and record (coordinator/round_collector.h).
+  std::unique_ptr<RoundCollector> collector_;
   uint64_t seq_ = 0;
   uint64_t rejected_ = 0;
   std::map<std::string, uint64_t> rejected_by_reason_;
-  bool finished_sent_ = false;
   bool paused_ = false;  // operator pause: the next round is held
 };
 

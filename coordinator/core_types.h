@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "codec/codec.h"
+#include "codec/params.h"
 #include "coordinator/aggregation.h"
 #include "coordinator/fcrag_hub.h"
 #include "protocol/messages.h"
@@ -49,7 +50,7 @@ struct RoundRecord {
   int contributors = 0;  // uploads aggregated
   int evaluated = 0;     // eval reports received
   int late_uploads = 0;  // rejected because the round had closed
-  int stragglers = 0;
+  int stragglers = 0;    // live sites with no upload when the round closed at its deadline
   double exposed_comm_s = 0;  // the largest wait_s of the round's sites
   std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
   // FPLD (docs/fpld.md): the round's logit uploads and its student.
@@ -61,7 +62,7 @@ struct RoundRecord {
     double distill_loss = std::numeric_limits<double>::quiet_NaN();
     double public_val_loss = std::numeric_limits<double>::quiet_NaN();  // student, public validation text
   } fpld;
-  double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site    // live sites with no upload when the round closed at its deadline
+  double train_s = 0;    // round start to close: the training phase, as long as its slowest counted site
   int digest_mismatches = 0;
   double wall_s = 0;     // the round's start to its record (with overlap, the next round overlaps it)
   double elapsed_s = 0;  // the coordinator's start (this run) to the record
@@ -102,6 +103,20 @@ struct CoreOutput {
   // runs Aggregation::Close on it (aggregation()), off its loop, and hands
   // the result to HandleClosed.
   std::vector<CloseJob> close_jobs;
+};
+
+// The campaign as the core sees it now, for the pieces that act on it
+// (Membership, RoundCollector). Read afresh at every use: a worker leaving
+// or an upload arriving can close a round.
+struct CampaignView {
+  uint32_t committed_round = 0;
+  const char* phase = "";  // CoordinatorCore::PhaseName, for heartbeats
+  bool training = false;   // a round collects uploads
+  bool finished = false;
+  bool closing = false;    // a round's aggregation is running elsewhere
+  uint64_t digest = 0;     // of the committed parameters
+  const ParamSet* params = nullptr;
+  const Aggregation* aggregation = nullptr;
 };
 
 enum class WorkerState { kJoined, kLost, kEvicted };

@@ -2,8 +2,13 @@
 // owns the worker ROUTER socket, the control ROUTER socket, the signal fd,
 // the CoordinatorCore, the bandwidth ledger and the metrics file. Decodes
 // and verifies every inbound message (protocol/wire.h) before the core sees
-// it; encodes and sends what the core returns; writes round records and the
-// final checkpoint. Construct and Run on the main thread.
+// it; encodes and sends what the core returns, holding each message until
+// the round it follows is durable (the disk thread, coordinator/persistence.h);
+// runs the timers, startup and shutdown. Its other concerns live beside it:
+// coordinator/startup.h (opening state.db, resuming), coordinator/reporting.h
+// (progress lines, metrics records, summary), coordinator/prometheus.h and
+// coordinator/http_api.h (the dashboard and /metrics). Construct and Run on
+// the main thread, which becomes the loop.
 #pragma once
 
 #include <cstdio>

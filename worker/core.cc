@@ -45,15 +45,28 @@ void WorkerCore::HandleMalformed(const Status& why, WorkerOutput* out) {
 
 void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput* out) {
   if (msg.protocol_version != kProtocolVersion) {
+    if (std::holds_alternative<Error>(msg.body)) return;  // no error in answer to an error
     Reject(ErrorCode::kWrongVersion, "protocol version " + std::to_string(msg.protocol_version), 0, out);
     return;
   }
-  // A worker learns its campaign from the first Welcome unless its site
-  // file pinned one.
+  // A worker learns its campaign from the first Welcome unless it was
+  // given one (--campaign). Until then its coordinator's refusals of its
+  // hello and a CampaignEnd ("campaign already finished") are for it,
+  // whatever campaign they name.
   if (campaign_.empty() && std::holds_alternative<Welcome>(msg.body) && !msg.campaign_id.empty()) {
     campaign_ = msg.campaign_id;
   }
-  if (msg.campaign_id != campaign_) {
+  const bool unwelcomed_reply = campaign_.empty() && (std::holds_alternative<CampaignEnd>(msg.body) ||
+                                                      std::holds_alternative<Error>(msg.body));
+  if (msg.campaign_id != campaign_ && !unwelcomed_reply) {
+    // Never an error in answer to an error (two ends that disagree would
+    // answer each other forever): an Error from another campaign is dropped.
+    if (std::holds_alternative<Error>(msg.body)) {
+      ++rejected_;
+      LOG_WARN("error from another campaign ignored", {"campaign", msg.campaign_id},
+               {"error", std::get<Error>(msg.body).message});
+      return;
+    }
     Reject(ErrorCode::kWrongCampaign,
            "message for campaign '" + msg.campaign_id + "', this worker is in '" + campaign_ + "'", 0, out);
     return;

@@ -994,6 +994,27 @@ TEST_CASE("overrides: the merged campaign loads the same from another directory"
   CHECK(again->sites[2].data.dir == "/abs/c");
 }
 
+TEST_CASE("overrides: a relative FPLD probe directory stays where the campaign file meant", "[unit][config]") {
+  // lowband run saves the merged campaign under RUN_DIR; a relative
+  // fpld.probes.dir must not then resolve against RUN_DIR.
+  TempDir dir;
+  std::ifstream in(std::string(LOWBAND_SOURCE_DIR) + "/configs/fpld.yaml");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string absolute = "dir: /usr/share/games/fortunes, files: [fortunes,";
+  REQUIRE(text.find(absolute) != std::string::npos);
+  text.replace(text.find(absolute), std::string("dir: /usr/share/games/fortunes").size(), "dir: public/text");
+  const std::string path = dir.Write("campaigns/fpld.yaml", text);
+  auto r = LoadCampaignWithOverrides(path, {});
+  INFO((r.ok() ? "" : r.status().message()));
+  REQUIRE(r.ok());
+  const std::string expected = (fs::path(dir.path()) / "campaigns/public/text").string();
+  CHECK(r->config.fpld.probes.dir == expected);
+  const std::string saved = dir.Write("run/deep/campaign.yaml", r->yaml);
+  auto again = LoadCampaignFile(saved);
+  REQUIRE(again.ok());
+  CHECK(again->fpld.probes.dir == expected);
+}
+
 TEST_CASE("overrides: the quickstart as the SparseLoCo benchmark runs it", "[unit][config]") {
   const std::string quickstart = std::string(LOWBAND_SOURCE_DIR) + "/configs/quickstart.yaml";
   auto r = LoadCampaignWithOverrides(quickstart, {"codec={name: sparseloco, topk: 64, error_feedback: 0.95}",

@@ -1228,8 +1228,8 @@ TEST_CASE("ranks: a site-down error from a peer that has not said hello changes 
   core.HandleMessage("site-a", Wrap(HelloFrom("site-a")), now, &out);
   out = CoreOutput{};
   core.HandleMessage("stranger", Wrap(Error{ErrorCode::kSiteDown, "rank 1 gone", 0}), now, &out);
-  REQUIRE(Bodies<Error>(out, "stranger").size() == 1);
-  CHECK(Bodies<Error>(out, "stranger")[0]->code == ErrorCode::kNotRegistered);
+  CHECK(out.messages.empty());  // counted as not registered; no error answers an error
+  CHECK(core.rejected_by_reason().at("not_registered") == 1);
   CHECK(core.workers().at("site-a").state == WorkerState::kJoined);
 }
 
@@ -1586,6 +1586,25 @@ TEST_CASE("syncs of one round share one packed model", "[unit][coordinator]") {
     CHECK(m->bulk.data() == syncs[0]->bulk.data());  // one buffer, not three copies
     CHECK(m->bulk.size() == TinyParams().values.size() * sizeof(float));
   }
+}
+
+TEST_CASE("the coordinator never answers an error with an error", "[unit][coordinator]") {
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(TinyCampaign(3, 2), TinyParams(), now);
+  CoreOutput out;
+  // From a worker of another campaign, and from a peer that never said hello.
+  core.HandleMessage("p1", Wrap(Error{ErrorCode::kWrongCampaign, "not yours", 0}, ""), now, &out);
+  core.HandleMessage("p2", Wrap(Error{ErrorCode::kInternal, "hm", 0}), now, &out);
+  Message old_version = Wrap(Error{ErrorCode::kInternal, "old", 0});
+  old_version.protocol_version = kProtocolVersion + 1;
+  core.HandleMessage("p3", old_version, now, &out);
+  CHECK(out.messages.empty());
+  CHECK(core.rejected_messages() == 3);
+  CHECK(core.rejected_by_reason().at("wrong_campaign") == 1);
+  CHECK(core.rejected_by_reason().at("not_registered") == 1);
+  // Anything else still gets its error.
+  core.HandleMessage("p4", Wrap(Heartbeat{}, "other"), now, &out);
+  CHECK(Bodies<Error>(out, "p4").size() == 1);
 }
 
 }  // namespace

@@ -131,6 +131,38 @@ TEST_CASE("messages before welcome, for another campaign, or of the wrong kind a
   CHECK(CountJobs<TrainJob>(f.out) == 0);
 }
 
+TEST_CASE("an unwelcomed worker takes its coordinator's CampaignEnd and refusals, whatever campaign they name",
+          "[unit][worker]") {
+  // A worker started from a site file alone knows no campaign until its
+  // first Welcome; a finished campaign answers its hello with CampaignEnd.
+  // Before the fix it refused that as "wrong campaign", the coordinator
+  // refused the refusal, and the two exchanged errors forever.
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.out = WorkerOutput{};
+  f.core.HandleMessage(Wrap(Error{ErrorCode::kMalformed, "hello needs a site name", 0}, "finished-campaign"), f.now,
+                       &f.out);
+  CHECK(Count<Error>(f.out) == 0);
+  f.core.HandleMessage(Wrap(CampaignEnd{"campaign already finished", 12}, "finished-campaign"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 0);
+  CHECK(f.out.exit);
+  CHECK(f.out.exit_code == 0);
+}
+
+TEST_CASE("errors are never answered with errors", "[unit][worker]") {
+  Fixture f;
+  f.Welcomed();
+  f.core.HandleMessage(Wrap(Error{ErrorCode::kWrongCampaign, "not mine", 0}, "other"), f.now, &f.out);
+  Message old_version = Wrap(Error{ErrorCode::kInternal, "old", 0}, "tiny");
+  old_version.protocol_version = kProtocolVersion + 1;
+  f.core.HandleMessage(old_version, f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 0);
+  CHECK_FALSE(f.out.exit);
+  // Any other message for another campaign is still refused.
+  f.core.HandleMessage(Wrap(Heartbeat{}, "other"), f.now, &f.out);
+  CHECK(Count<Error>(f.out) == 1);
+}
+
 TEST_CASE("coordinator silence sends the worker back to hello", "[unit][worker]") {
   Fixture f;
   f.Welcomed();

@@ -1,0 +1,300 @@
+#include "coordinator/membership.h"
+
+#include <algorithm>
+#include <iterator>
+#include <optional>
+
+#include "base/hash.h"
+#include "base/log.h"
+
+namespace lowband {
+namespace {
+
+// The data-sampling seed depends on the campaign seed and the site name only,
+// so a site samples the same batches whatever order workers join in.
+uint64_t DataSeedFor(uint64_t campaign_seed, const std::string& site) {
+  return Fnv1a64(site.data(), site.size(), campaign_seed ^ 0x9e3779b97f4a7c15ull);
+}
+
+}  // namespace
+
+Membership::Membership(const CampaignConfig& config, const CampaignMode* mode, EvalRecords* evals, Host* host)
+    : config_(config), mode_(mode), evals_(evals), host_(host) {
+  if (config_.pipeline.stages > 1) topology_ = std::make_unique<Topology>(config_.pipeline.stages, config_.pipeline.replicas);
+}
+
+WorkerInfo* Membership::Find(const std::string& site) {
+  auto it = workers_.find(site);
+  return it == workers_.end() ? nullptr : &it->second;
+}
+
+WorkerInfo* Membership::JoinedAt(const std::string& peer) {
+  const std::string site = SiteOfPeer(peer);
+  auto it = workers_.find(site);
+  if (site.empty() || it == workers_.end() || it->second.peer != peer || it->second.state != WorkerState::kJoined) {
+    return nullptr;
+  }
+  return &it->second;
+}
+
+std::string Membership::SiteOfPeer(const std::string& peer) const {
+  auto it = peer_to_site_.find(peer);
+  return it == peer_to_site_.end() ? std::string() : it->second;
+}
+
+int Membership::LiveWorkers() const {
+  int n = 0;
+  for (const auto& [site, w] : workers_) n += w.state == WorkerState::kJoined;
+  return n;
+}
+
+bool Membership::IsLive(const std::string& site) const {
+  auto w = workers_.find(site);
+  return w != workers_.end() && w->second.state == WorkerState::kJoined;
+}
+
+bool Membership::HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out) {
+  if (m.site.empty() || m.site.size() > 128) {
+    host_->Reply(peer, ErrorCode::kMalformed, "hello needs a site name of 1..128 characters", 0, out);
+    return false;
+  }
+  // Ranks multiply the tokens a site may claim (and so its weight): no more
+  // than its site entry says, or the most a site may have.
+  uint32_t max_ranks = kMaxSiteRanks;
+  for (const SiteConfig& s : config_.sites) {
+    if (s.name == m.site) max_ranks = static_cast<uint32_t>(std::max(1, s.ranks));
+  }
+  if (m.ranks > max_ranks) {
+    host_->Reply(peer, ErrorCode::kBadPayload,
+                 "hello says site " + m.site + " has " + std::to_string(m.ranks) + " ranks; at most " +
+                     std::to_string(max_ranks) + " (its site.ranks)",
+                 0, out);
+    return false;
+  }
+  auto existing = workers_.find(m.site);
+  const bool rejoin = existing != workers_.end();
+  std::optional<StageSlot> slot;
+  if (topology_) {
+    if (m.peer_endpoint.empty()) {
+      host_->Reply(peer, ErrorCode::kMalformed, "a pipeline campaign needs the worker's peer endpoint (site.peer)", 0,
+                   out);
+      return false;
+    }
+    if (rejoin && !existing->second.welcomed && existing->second.state == WorkerState::kJoined &&
+        existing->second.peer == peer) {
+      existing->second.last_seen = now;  // still waiting for its replica: a repeated hello
+      existing->second.hello = m;
+      return false;
+    }
+    slot = topology_->Assign(m.site);
+    if (!slot) {
+      host_->Reply(peer, ErrorCode::kUnexpected,
+                   "every pipeline slot (" + std::to_string(config_.pipeline.stages) + " stages x " +
+                       std::to_string(config_.pipeline.replicas) + " replicas) is held",
+                   0, out);
+      return false;
+    }
+  }
+  if (!rejoin && static_cast<int>(workers_.size()) >= std::max(config_.quorum.expected_workers, 1) * 4) {
+    host_->Reply(peer, ErrorCode::kUnexpected, "too many sites registered", 0, out);
+    return false;
+  }
+  if (rejoin) peer_to_site_.erase(existing->second.peer);
+  WorkerInfo& w = workers_[m.site];
+  w.site = m.site;
+  w.peer = peer;
+  w.hello = m;
+  w.state = WorkerState::kJoined;
+  w.last_seen = now;
+  w.last_heartbeat_sent = now;
+  w.last_eval_round.reset();
+  w.last_step_time_ms = m.step_time_ms;
+  peer_to_site_[peer] = m.site;
+  host_->DropUpload(m.site);  // a restarted worker's earlier upload, if any, is void
+  evals_->Forget(m.site);     // it evaluates what it is synced to next
+  const CampaignView v = host_->View();
+  LOG_INFO(rejoin ? "worker rejoined" : "worker joined", {"site", m.site}, {"device", m.device}, {"ranks", m.ranks},
+           {"step_time_ms", m.step_time_ms}, {"train_tokens", m.train_tokens}, {"val_tokens", m.val_tokens},
+           {"round", v.committed_round});
+
+  if (topology_) {
+    w.stage = slot->stage;
+    w.replica = slot->replica;
+    w.welcomed = false;
+    if (topology_->ReplicaComplete(w.replica)) {
+      WelcomeReplica(w.replica, out);
+    } else {
+      LOG_INFO("pipeline slot assigned, waiting for the rest of its replica", {"site", m.site},
+               {"stage", w.stage}, {"replica", w.replica});
+    }
+  } else {
+    SendWelcome(w, out);
+    if (mode_->Adopts(w)) SendSync(w, out);
+    w.announced_round = host_->View().committed_round;
+    if (host_->View().training) host_->AnnounceRounds(w, false, out);
+  }
+  return true;
+}
+
+void Membership::SendWelcome(WorkerInfo& w, CoreOutput* out) {
+  Welcome wel;
+  wel.worker_id = w.site;
+  wel.model = config_.model;
+  wel.training = config_.training;
+  wel.codec = config_.codec;
+  wel.data_seed = DataSeedFor(config_.training.seed, w.site);
+  wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
+  wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
+  wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
+  mode_->FillWelcome(&wel);
+  if (config_.fcrag.enabled) {
+    wel.fcrag.enabled = true;
+    wel.fcrag.labels = config_.fcrag.labels;
+    wel.fcrag.retrieve_k = config_.fcrag.retrieve_k;
+    wel.fcrag.smoothing = config_.fcrag.smoothing;
+    wel.fcrag.min_chars = config_.fcrag.min_chars;
+    wel.fcrag.max_chars = config_.fcrag.max_chars;
+  }
+  if (topology_) {
+    wel.pipeline = config_.pipeline;
+    wel.stage = w.stage;
+    wel.replica = w.replica;
+    wel.pipeline_epoch = replica_epoch_[w.replica];
+    // Replicas of a stage sample different data; the stages of one replica
+    // see the same batches, which stage 0 reads and the last stage's labels
+    // come from: seed by replica, not by site.
+    wel.data_seed = DataSeedFor(config_.training.seed, "replica-" + std::to_string(w.replica));
+    for (int s = 0; s < config_.pipeline.stages; ++s) {
+      auto it = workers_.find(topology_->SiteAt(StageSlot{s, w.replica}));
+      wel.stage_endpoints.push_back(it == workers_.end() ? std::string() : it->second.hello.peer_endpoint);
+    }
+  }
+  out->messages.push_back({w.peer, host_->Make(wel)});
+}
+
+void Membership::WelcomeReplica(int replica, CoreOutput* out) {
+  // Step numbers restart from the new epoch on every stage (protocol/messages.h).
+  uint32_t& epoch = replica_epoch_[replica];
+  epoch = (epoch + 1) % 4096;
+  for (int s = 0; s < config_.pipeline.stages; ++s) {
+    auto it = workers_.find(topology_->SiteAt(StageSlot{s, replica}));
+    if (it == workers_.end()) continue;
+    WorkerInfo& w = it->second;
+    w.welcomed = true;
+    host_->DropUpload(w.site);  // a re-configured stage trains the round again
+    SendWelcome(w, out);
+    SendSync(w, out);
+    if (host_->View().training) host_->AnnounceRounds(w, true, out);
+  }
+  LOG_INFO("pipeline replica complete", {"replica", replica}, {"stages", config_.pipeline.stages});
+}
+
+void Membership::Leave(WorkerInfo& w, TimePoint now, CoreOutput* out) {
+  if (topology_) topology_->Release(w.site);
+  host_->DropUpload(w.site);
+  evals_->Forget(w.site);
+  host_->SiteGone(w.site, now, out);
+}
+
+void Membership::Evict(WorkerInfo& w, const std::string& reason, TimePoint now, CoreOutput* out) {
+  const bool was_joined = w.state == WorkerState::kJoined;
+  w.state = WorkerState::kEvicted;
+  Leave(w, now, out);
+  const uint32_t round = host_->View().committed_round;
+  if (was_joined) out->messages.push_back({w.peer, host_->Make(CampaignEnd{reason, round})});
+  LOG_WARN("worker evicted", {"site", w.site}, {"reason", reason}, {"round", round}, {"live", LiveWorkers()});
+  host_->AfterLeave(now, out);
+}
+
+void Membership::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
+  w.state = WorkerState::kLost;
+  Leave(w, now, out);
+  LOG_WARN("worker lost", {"site", w.site}, {"reason", why}, {"round", host_->View().committed_round},
+           {"live", LiveWorkers()});
+  host_->AfterLeave(now, out);
+}
+
+// Every re-sync sends a whole model, so a site that keeps reporting a bad
+// replica (buggy or hostile) must not make the coordinator send models
+// forever: one re-sync per committed round (later reports in the same round
+// wait for the one in flight), and a site whose replica is still wrong after
+// kMaxUnconfirmedResyncs re-syncs in a row, with no accepted upload or
+// matching evaluation between them, is evicted.
+bool Membership::Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
+  if (w.state != WorkerState::kJoined) return false;
+  const uint32_t round = host_->View().committed_round;
+  if (w.last_resync_round && *w.last_resync_round == round) {
+    host_->CountRejected("resync_limited");
+    LOG_DEBUG("re-sync already sent this round", {"site", w.site}, {"round", round}, {"why", why});
+    return false;
+  }
+  if (w.unconfirmed_resyncs >= kMaxUnconfirmedResyncs) {
+    host_->CountRejected("resync_limited");
+    Evict(w,
+          "evicted: its replica was still wrong after " + std::to_string(kMaxUnconfirmedResyncs) +
+              " re-syncs in a row (" + why + ")",
+          now, out);
+    return false;
+  }
+  ++w.unconfirmed_resyncs;
+  w.last_resync_round = round;
+  LOG_WARN("re-syncing a site's replica", {"site", w.site}, {"round", round}, {"why", why},
+           {"attempt", w.unconfirmed_resyncs});
+  SendSync(w, out);
+  return true;
+}
+
+void Membership::SendSync(WorkerInfo& w, CoreOutput* out) {
+  const CampaignView v = host_->View();
+  if (v.closing) {  // the parameters are being aggregated: the new ones go out after (FinishClose)
+    syncs_after_close_.insert(w.site);
+    return;
+  }
+  // Sites synced in the same round to the same parameters share one packed
+  // payload (a join storm packs the model once, and sends one buffer).
+  const uint64_t digest = mode_->DigestFor(w, v.digest);
+  if (sync_cache_round_ != v.committed_round) {
+    sync_cache_.clear();
+    sync_cache_round_ = v.committed_round;
+  }
+  auto cached = sync_cache_.find(digest);
+  if (cached == sync_cache_.end()) {
+    StatusOr<Encoded> enc = mode_->SyncPayload(w, *v.params, *v.aggregation);
+    // Dense fp32 of our own parameters cannot fail; a failure is a bug.
+    LOWBAND_CHECK(enc.ok());
+    cached = sync_cache_.emplace(digest, std::move(enc).value()).first;
+  }
+  Message m = host_->Make(ModelSync{v.committed_round, digest, cached->second.header});
+  m.bulk = cached->second.bulk;
+  w.synced_round = v.committed_round;
+  // It evaluates the committed round next and no earlier pending one.
+  evals_->Forget(w.site);
+  evals_->Expect(v.committed_round, w.site);
+  out->messages.push_back({w.peer, std::move(m)});
+}
+
+std::set<std::string> Membership::TakeDeferredSyncs() {
+  std::set<std::string> syncs = std::move(syncs_after_close_);
+  syncs_after_close_.clear();
+  return syncs;
+}
+
+void Membership::OnTick(TimePoint now, CoreOutput* out) {
+  const auto interval = std::chrono::milliseconds(config_.network.heartbeat_interval_ms);
+  const auto timeout = std::chrono::milliseconds(config_.network.heartbeat_timeout_ms);
+  for (auto& [site, w] : workers_) {
+    if (w.state != WorkerState::kJoined) continue;
+    if (now - w.last_seen > timeout) {
+      MarkLost(w, "no message for " + std::to_string(config_.network.heartbeat_timeout_ms) + " ms", now, out);
+      if (host_->View().finished) return;
+      continue;
+    }
+    if (now - w.last_heartbeat_sent >= interval) {
+      w.last_heartbeat_sent = now;
+      const CampaignView v = host_->View();
+      out->messages.push_back({w.peer, host_->Make(Heartbeat{v.committed_round, v.phase})});
+    }
+  }
+}
+
+}  // namespace lowband
