@@ -122,7 +122,9 @@ bool RoundCollector::HandleLogitUpload(WorkerInfo& w, const Message& msg, const 
   if (!UploadIsDue(w, m.round, m.step_time_ms, out)) return false;
   const FpldConfig& f = config_.fpld;
   const uint32_t rows = static_cast<uint32_t>(f.contexts) * static_cast<uint32_t>(f.positions);
-  const uint64_t max_tokens = static_cast<uint64_t>(config_.training.inner_steps) *
+  // As for a delta upload: the most steps any site can be given (adaptive
+  // steps may give a fast site more than training.inner_steps).
+  const uint64_t max_tokens = static_cast<uint64_t>(MaxInnerSteps(config_.training)) *
                               static_cast<uint64_t>(config_.training.batch_size) *
                               static_cast<uint64_t>(config_.model.context) * w.hello.ranks;
   std::string bad;

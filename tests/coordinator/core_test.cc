@@ -1607,6 +1607,62 @@ TEST_CASE("the coordinator never answers an error with an error", "[unit][coordi
   CHECK(Bodies<Error>(out, "p4").size() == 1);
 }
 
+TEST_CASE("fpld: a site given more steps than training.inner_steps may claim their tokens", "[unit][coordinator]") {
+  // Adaptive steps may give a fast site up to max_inner_steps; its logit
+  // upload's tokens were capped at training.inner_steps (a delta upload's
+  // at the maximum) and refused.
+  auto config = TinyCampaign(2, 2);
+  config.fpld.enabled = true;
+  config.fpld.contexts = 2;
+  config.fpld.positions = 2;
+  config.fpld.bits = 6;
+  config.fpld.clip = 8;
+  config.outer = OuterOptimizerConfig{OuterOptimizerKind::kSgd, 1.0, 0.0};
+  config.training.adaptive.enabled = true;
+  config.training.adaptive.max_inner_steps = 2 * config.training.inner_steps;
+  const int rows = 4, vocab = config.model.vocab;
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(config, TinyParams(), now);
+  core.SetFpld(std::vector<uint8_t>(2 * static_cast<size_t>(config.model.context), 'x'),
+               [](uint32_t, const ParamSet& start, const std::vector<float>&, const std::vector<float>*) {
+                 DistilOutcome o;
+                 o.student = start.values;
+                 return StatusOr<DistilOutcome>(o);
+               });
+  CoreOutput out;
+  for (const char* s : {"site-a", "site-b"}) core.HandleMessage(s, Wrap(HelloFrom(s)), now, &out);
+  for (const char* s : {"site-a", "site-b"}) {
+    core.HandleMessage(s, Wrap(EvalReport{0, 5.0, 100, core.digest(), {}, {}}), now, &out);
+  }
+  REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
+  auto upload = [&](uint64_t tokens) {
+    std::vector<float> logits(static_cast<size_t>(rows) * vocab, 0.0f);
+    Bytes bulk = EncodeLogits(LogitCodec{6, 8.0f, 0}, rows, vocab, logits.data(),
+                              DitherSeedFor(config.training.seed, 1, "site-a"));
+    LogitUpload u;
+    u.round = 1;
+    u.train_loss = 3.0;
+    u.tokens = tokens;
+    u.rows = rows;
+    u.vocab = static_cast<uint32_t>(vocab);
+    u.bits = 6;
+    u.clip = 8.0f;
+    u.blob.byte_length = bulk.size();
+    Message m = Wrap(u);
+    m.bulk = bulk;
+    return m;
+  };
+  const uint64_t per_step = static_cast<uint64_t>(config.training.batch_size) * config.model.context;
+  out = CoreOutput{};
+  core.HandleMessage("site-a", upload((config.training.inner_steps + 1) * per_step), now, &out);
+  CHECK(Bodies<Error>(out, "site-a").empty());
+  CHECK(core.uploads_received() == 1);
+  // Beyond the maximum it is still refused.
+  core.HandleMessage("site-b", upload(2 * config.training.inner_steps * per_step + 1), now, &out);
+  REQUIRE(Bodies<Error>(out, "site-b").size() == 1);
+  CHECK(Bodies<Error>(out, "site-b")[0]->code == ErrorCode::kBadPayload);
+}
+
 }  // namespace
 TEST_CASE("ranks: a multi-rank site must report one digest per rank", "[unit][coordinator]") {
   auto config = TinyCampaign(3, 2);
