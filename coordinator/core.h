@@ -159,7 +159,9 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   size_t uploads_received() const { return collector_->uploads(); }
   uint64_t digest() const { return digest_; }
   const std::map<std::string, WorkerInfo>& workers() const { return membership_->workers(); }
-  const std::vector<RoundRecord>& history() const { return evals_.history(); }
+  // The newest EvalRecords::kHistoryKept records, and totals over all.
+  const std::deque<RoundRecord>& history() const { return evals_.history(); }
+  const EvalRecords::Totals& history_totals() const { return evals_.totals(); }
   // Parameters a site's uploads and aggregates cover: its stage's slice in a
   // pipeline campaign, every parameter otherwise (and for unknown sites).
   int64_t ParamsOf(const std::string& site) const;

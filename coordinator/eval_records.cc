@@ -81,8 +81,26 @@ RoundRecord EvalRecords::Write(EvalRecord e, const CampaignMode& mode,
   r.wall_s = std::chrono::duration<double>(now - e.round_start).count();
   r.elapsed_s = std::chrono::duration<double>(now - campaign_start).count();
   r.reevaluated = !history_.empty() && history_.back().round == r.round;
-  if (!r.reevaluated) history_.push_back(r);
+  if (!r.reevaluated) Append(r);
   return std::move(r);
+}
+
+void EvalRecords::Append(RoundRecord r) {
+  if (totals_.records == 0) totals_.first_val_loss = r.val_loss;
+  ++totals_.records;
+  totals_.tokens += r.tokens;
+  if (r.round > 0) totals_.wall_s += r.wall_s;
+  totals_.late_uploads += r.late_uploads;
+  totals_.digest_mismatches += r.digest_mismatches;
+  for (const auto& [name, s] : r.sites) totals_.uploaded_rounds[name] += s.uploaded;
+  history_.push_back(std::move(r));
+  if (history_.size() > kHistoryKept) history_.pop_front();
+}
+
+void EvalRecords::set_history(std::vector<RoundRecord> history) {
+  history_.clear();
+  totals_ = Totals{};
+  for (RoundRecord& r : history) Append(std::move(r));
 }
 
 uint64_t ReportedDigest(const EvalReport& m, uint32_t ranks, uint64_t expected, const std::string& site) {

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <deque>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -65,12 +67,28 @@ class EvalRecords {
   RoundRecord Write(EvalRecord e, const CampaignMode& mode, const std::function<int(const std::string&)>& stage_of,
                     TimePoint campaign_start, TimePoint now);
 
-  const std::vector<RoundRecord>& history() const { return history_; }
-  void set_history(std::vector<RoundRecord> history) { history_ = std::move(history); }
+  // The newest kHistoryKept records written (a long campaign's memory stays
+  // bounded; every record is in the metrics file and state.db), and totals
+  // over all of them.
+  static constexpr size_t kHistoryKept = 1000;
+  struct Totals {
+    size_t records = 0;
+    uint64_t tokens = 0;
+    double wall_s = 0;  // rounds > 0
+    int late_uploads = 0;
+    int digest_mismatches = 0;
+    std::map<std::string, int> uploaded_rounds;  // by site
+    double first_val_loss = std::numeric_limits<double>::quiet_NaN();
+  };
+  const std::deque<RoundRecord>& history() const { return history_; }
+  const Totals& totals() const { return totals_; }
+  void set_history(std::vector<RoundRecord> history);
 
  private:
+  void Append(RoundRecord r);
   std::map<uint32_t, EvalRecord> pending_;  // by round
-  std::vector<RoundRecord> history_;
+  std::deque<RoundRecord> history_;
+  Totals totals_;
 };
 
 // The digest a site's report says it holds, given the `expected` one: a

@@ -21,13 +21,8 @@ std::string RenderPrometheus(const CampaignConfig& config, const CoordinatorCore
         h.empty() ? nan : h.back().train_loss);
   t.Add("lowband_val_loss", "gauge", "Token-weighted validation loss of the last recorded round.",
         h.empty() ? nan : h.back().val_loss);
-  double wall = 0;
-  int late = 0, mismatches = 0;
-  for (const RoundRecord& r : h) {
-    if (r.round > 0) wall += r.wall_s;
-    late += r.late_uploads;
-    mismatches += r.digest_mismatches;
-  }
+  const double wall = core.history_totals().wall_s;
+  const int late = core.history_totals().late_uploads, mismatches = core.history_totals().digest_mismatches;
   t.Add("lowband_round_duration_seconds_total", "counter", "Wall time of the recorded rounds, summed.", wall);
   t.Add("lowband_last_round_duration_seconds", "gauge", "Wall time of the last recorded round.",
         h.empty() ? nan : h.back().wall_s);

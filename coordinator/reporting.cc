@@ -279,10 +279,7 @@ std::string RoundReporter::FinalTable() const {
   std::string out;
   Appendf(&out, "\n%-16s %12s %12s %12s %10s %12s %10s %7s\n", "site", "bytes up", "bytes down", "uploads",
           "up ratio", "aggregates", "dn ratio", "rounds");
-  std::map<std::string, int> rounds;
-  for (const auto& r : core_.history()) {
-    for (const auto& [name, s] : r.sites) rounds[name] += s.uploaded;
-  }
+  std::map<std::string, int> rounds = core_.history_totals().uploaded_rounds;
   const char* upload_kind = UploadKind(config_);
   auto row = [&](const std::string& label, const std::string& site, int n) {
     const LedgerEntry up = ledger_.KindTotal(Direction::kUp, upload_kind, -1, site);
@@ -314,8 +311,8 @@ std::string RoundReporter::FinalTable() const {
             HumanBytes(f.eval.bytes).c_str(), f.ratio, config_.model.d_model);
   }
   const auto& h = core_.history();
-  if (h.size() >= 2) {
-    const double first = h.front().val_loss, last = h.back().val_loss;
+  if (core_.history_totals().records >= 2) {
+    const double first = core_.history_totals().first_val_loss, last = h.back().val_loss;
     Appendf(&out, "validation loss %.4f -> %.4f (%.1f%% lower), final digest %s\n", first, last,
             100.0 * (first - last) / first, DigestHex(core_.digest()).c_str());
   }
@@ -325,8 +322,7 @@ std::string RoundReporter::FinalTable() const {
 std::string RoundReporter::Summary(bool failed, const std::string& fcrag_result, double wall_s) const {
   std::string f;
   const auto& h = core_.history();
-  uint64_t tokens = 0;
-  for (const auto& r : h) tokens += r.tokens;
+  const uint64_t tokens = core_.history_totals().tokens;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const char* upload_kind = UploadKind(config_);
   Appendf(&f, "campaign %s\n", config_.name.c_str());
@@ -337,7 +333,7 @@ std::string RoundReporter::Summary(bool failed, const std::string& fcrag_result,
   Appendf(&f, "inner_steps %d\n", config_.training.inner_steps);
   Appendf(&f, "parameters %zu\n", core_.params().values.size());
   Appendf(&f, "tokens %" PRIu64 "\n", tokens);
-  Appendf(&f, "initial_val_loss %.6f\n", h.empty() ? nan : h.front().val_loss);
+  Appendf(&f, "initial_val_loss %.6f\n", h.empty() ? nan : core_.history_totals().first_val_loss);
   Appendf(&f, "final_val_loss %.6f\n", h.empty() ? nan : h.back().val_loss);
   Appendf(&f, "bytes_up %" PRIu64 "\n", ledger_.Total(Direction::kUp));
   Appendf(&f, "bytes_down %" PRIu64 "\n", ledger_.Total(Direction::kDown));

@@ -123,5 +123,51 @@ TEST_CASE("eval records: the digest a report shows, rank by rank", "[unit][coord
   CHECK(ReportedDigest(m, 2, 5, "a") == 8);
 }
 
+TEST_CASE("eval records: the history keeps the newest records and totals over all of them", "[unit][coordinator]") {
+  // A long campaign's memory is bounded: the newest kHistoryKept records
+  // stay, the totals (tokens, wall time, late uploads, mismatches, rounds a
+  // site uploaded, the first validation loss) cover every record.
+  std::vector<RoundRecord> restored;
+  const size_t n = EvalRecords::kHistoryKept + 5;
+  for (size_t i = 0; i < n; ++i) {
+    RoundRecord r;
+    r.round = static_cast<uint32_t>(i);
+    r.val_loss = 10.0 - static_cast<double>(i) * 0.001;
+    r.tokens = 100;
+    r.wall_s = 0.5;
+    r.late_uploads = i % 2;
+    r.digest_mismatches = i == 7 ? 1 : 0;
+    r.sites["a"].uploaded = i > 0;
+    r.sites["b"].uploaded = i % 3 == 1;
+    restored.push_back(r);
+  }
+  EvalRecords records;
+  records.set_history(restored);
+  CHECK(records.history().size() == EvalRecords::kHistoryKept);
+  CHECK(records.history().front().round == 5);
+  CHECK(records.history().back().round == n - 1);
+  const EvalRecords::Totals& t = records.totals();
+  CHECK(t.records == n);
+  CHECK(t.tokens == 100 * n);
+  CHECK(t.wall_s == Approx(0.5 * static_cast<double>(n - 1)));  // round 0 excluded
+  CHECK(t.late_uploads == static_cast<int>(n / 2));
+  CHECK(t.digest_mismatches == 1);
+  CHECK(t.uploaded_rounds.at("a") == static_cast<int>(n - 1));
+  CHECK(t.first_val_loss == 10.0);
+  // Written records count in the same way.
+  auto mode = PlainMode();
+  const TimePoint t0{std::chrono::seconds(10)};
+  RoundRecord next;
+  next.round = static_cast<uint32_t>(n);
+  next.tokens = 7;
+  records.Open(next, t0, t0);
+  EvalRecord e = records.PopOldest();
+  e.evals["a"] = Report(static_cast<uint32_t>(n), 1.0, 1);
+  records.Write(std::move(e), *mode, [](const std::string&) { return 0; }, t0, t0);
+  CHECK(records.history().size() == EvalRecords::kHistoryKept);
+  CHECK(records.totals().records == n + 1);
+  CHECK(records.totals().tokens == 100 * n + 7);
+}
+
 }  // namespace
 }  // namespace lowband
