@@ -422,16 +422,46 @@ TEST_CASE("overlap: the next round opens at the close, records wait for evaluati
 // averages the teacher, has the student distilled (a stand-in here) and
 // sends theta - student as the round's aggregate to the sites of the
 // student's architecture only.
-TEST_CASE("fpld: logit uploads are checked, averaged and distilled - own-model sites get no parameters",
-          "[unit][coordinator]") {
-  auto config = TinyCampaign(3, 2);
+// TinyCampaign as an FPLD campaign: probes of 2 contexts x 2 positions (4
+// logit rows) at 6 bits, clip 8, and the outer step FPLD requires.
+CampaignConfig TinyFpldCampaign(int workers, int rounds) {
+  auto config = TinyCampaign(workers, rounds);
   config.fpld.enabled = true;
   config.fpld.contexts = 2;
   config.fpld.positions = 2;
   config.fpld.bits = 6;
   config.fpld.clip = 8;
   config.outer = OuterOptimizerConfig{OuterOptimizerKind::kSgd, 1.0, 0.0};
-  const int rows = 4, vocab = config.model.vocab;
+  return config;
+}
+constexpr int kFpldRows = 4;
+
+// `site`'s LogitUpload for round 1 in a TinyFpldCampaign: row r peaks at
+// entry r with `level` (0: all zero), encoded with the site's dither.
+Message FpldUpload(const CampaignConfig& config, const std::string& site, float level, uint64_t tokens = 10) {
+  const int vocab = config.model.vocab;
+  std::vector<float> logits(static_cast<size_t>(kFpldRows) * vocab, 0.0f);
+  for (int r = 0; r < kFpldRows; ++r) logits[static_cast<size_t>(r) * vocab + r] = level;
+  Bytes bulk = EncodeLogits(LogitCodec{6, 8.0f, 0}, kFpldRows, vocab, logits.data(),
+                            DitherSeedFor(config.training.seed, 1, site));
+  LogitUpload u;
+  u.round = 1;
+  u.train_loss = 3.0;
+  u.tokens = tokens;
+  u.rows = kFpldRows;
+  u.vocab = static_cast<uint32_t>(vocab);
+  u.bits = 6;
+  u.clip = 8.0f;
+  u.blob.byte_length = bulk.size();
+  Message m = Wrap(u);
+  m.bulk = bulk;
+  return m;
+}
+
+TEST_CASE("fpld: logit uploads are checked, averaged and distilled - own-model sites get no parameters",
+          "[unit][coordinator]") {
+  const auto config = TinyFpldCampaign(3, 2);
+  const int rows = kFpldRows, vocab = config.model.vocab;
   auto now = TimePoint{} + std::chrono::hours(1);
   CoordinatorCore core(config, TinyParams(), now);
   std::vector<float> seen_teacher;
@@ -465,23 +495,7 @@ TEST_CASE("fpld: logit uploads are checked, averaged and distilled - own-model s
   CHECK(Bodies<RoundStart>(out, "site-a")[0]->model_version == digest0);
 
   const LogitCodec codec{6, 8.0f, 0};
-  auto upload = [&](const std::string& site, float level) {
-    std::vector<float> logits(static_cast<size_t>(rows) * vocab, 0.0f);
-    for (int r = 0; r < rows; ++r) logits[static_cast<size_t>(r) * vocab + r] = level;  // one peaked entry a row
-    Bytes bulk = EncodeLogits(codec, rows, vocab, logits.data(), DitherSeedFor(config.training.seed, 1, site));
-    LogitUpload u;
-    u.round = 1;
-    u.train_loss = 3.0;
-    u.tokens = 10;
-    u.rows = rows;
-    u.vocab = static_cast<uint32_t>(vocab);
-    u.bits = 6;
-    u.clip = 8.0f;
-    u.blob.byte_length = bulk.size();
-    Message m = Wrap(u);
-    m.bulk = bulk;
-    return m;
-  };
+  auto upload = [&](const std::string& site, float level) { return FpldUpload(config, site, level); };
   SECTION("malformed uploads are refused and change nothing") {
     auto refused = [&](Message m, ErrorCode code) {
       CoreOutput o;
@@ -1611,16 +1625,9 @@ TEST_CASE("fpld: a site given more steps than training.inner_steps may claim the
   // Adaptive steps may give a fast site up to max_inner_steps; its logit
   // upload's tokens were capped at training.inner_steps (a delta upload's
   // at the maximum) and refused.
-  auto config = TinyCampaign(2, 2);
-  config.fpld.enabled = true;
-  config.fpld.contexts = 2;
-  config.fpld.positions = 2;
-  config.fpld.bits = 6;
-  config.fpld.clip = 8;
-  config.outer = OuterOptimizerConfig{OuterOptimizerKind::kSgd, 1.0, 0.0};
+  auto config = TinyFpldCampaign(2, 2);
   config.training.adaptive.enabled = true;
   config.training.adaptive.max_inner_steps = 2 * config.training.inner_steps;
-  const int rows = 4, vocab = config.model.vocab;
   auto now = TimePoint{} + std::chrono::hours(1);
   CoordinatorCore core(config, TinyParams(), now);
   core.SetFpld(std::vector<uint8_t>(2 * static_cast<size_t>(config.model.context), 'x'),
@@ -1635,23 +1642,7 @@ TEST_CASE("fpld: a site given more steps than training.inner_steps may claim the
     core.HandleMessage(s, Wrap(EvalReport{0, 5.0, 100, core.digest(), {}, {}}), now, &out);
   }
   REQUIRE(core.phase() == CoordinatorCore::Phase::kTraining);
-  auto upload = [&](uint64_t tokens) {
-    std::vector<float> logits(static_cast<size_t>(rows) * vocab, 0.0f);
-    Bytes bulk = EncodeLogits(LogitCodec{6, 8.0f, 0}, rows, vocab, logits.data(),
-                              DitherSeedFor(config.training.seed, 1, "site-a"));
-    LogitUpload u;
-    u.round = 1;
-    u.train_loss = 3.0;
-    u.tokens = tokens;
-    u.rows = rows;
-    u.vocab = static_cast<uint32_t>(vocab);
-    u.bits = 6;
-    u.clip = 8.0f;
-    u.blob.byte_length = bulk.size();
-    Message m = Wrap(u);
-    m.bulk = bulk;
-    return m;
-  };
+  auto upload = [&](uint64_t tokens) { return FpldUpload(config, "site-a", 0.0f, tokens); };
   const uint64_t per_step = static_cast<uint64_t>(config.training.batch_size) * config.model.context;
   out = CoreOutput{};
   core.HandleMessage("site-a", upload((config.training.inner_steps + 1) * per_step), now, &out);
