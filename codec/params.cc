@@ -36,7 +36,9 @@ bool ParamLayout::operator==(const ParamLayout& o) const {
   return true;
 }
 
-uint64_t ParamSet::Digest() const { return Fnv1a64(values.data(), values.size() * sizeof(float)); }
+uint64_t ValuesDigest(const float* values, size_t count) { return Xxh64(values, count * sizeof(float)); }
+
+uint64_t ParamSet::Digest() const { return ValuesDigest(values.data(), values.size()); }
 
 bool AllFinite(const std::vector<float>& values) {
   for (float v : values) {

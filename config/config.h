@@ -55,6 +55,13 @@ struct AdaptiveStepsConfig {
   int max_inner_steps = 0;  // 0 = training.inner_steps
 };
 
+// Arithmetic of the inner steps. fp32: full fp32; tf32: fp32 tensors, TF32
+// tensor-core matmuls on CUDA; bf16: autocast (matmuls and attention in
+// bf16; fp32 master weights, optimizer state, norms and loss). auto: bf16 on
+// CUDA, fp32 on the CPU. Each site resolves it for its own device.
+enum class Precision { kAuto, kFp32, kTf32, kBf16 };
+const char* PrecisionName(Precision p);
+
 struct TrainingConfig {
   int rounds = 10;
   int inner_steps = 10;  // H
@@ -67,6 +74,7 @@ struct TrainingConfig {
   // worker trains round t+1 while round t's upload and aggregate travel,
   // and applies the aggregate one round late with a correction.
   bool overlap = false;
+  Precision precision = Precision::kAuto;
 };
 
 enum class OuterOptimizerKind { kNesterov, kSgd, kFedAvg };

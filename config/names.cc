@@ -22,6 +22,16 @@ const char* WireDtypeName(WireDtype d) {
   return "unknown";
 }
 
+const char* PrecisionName(Precision p) {
+  switch (p) {
+    case Precision::kAuto: return "auto";
+    case Precision::kFp32: return "fp32";
+    case Precision::kTf32: return "tf32";
+    case Precision::kBf16: return "bf16";
+  }
+  return "unknown";
+}
+
 const char* CodecName(CodecKind kind) {
   switch (kind) {
     case CodecKind::kDenseFp32: return "dense_fp32";

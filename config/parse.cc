@@ -432,7 +432,7 @@ const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
 const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer",
-                                                "adaptive_steps", "overlap"};
+                                                "adaptive_steps", "overlap", "precision"};
 const std::vector<std::string> kAdaptiveKeys = {"enabled", "round_time_s", "min_inner_steps", "max_inner_steps"};
 const std::vector<std::string> kWeightingNames = {"tokens", "uniform"};
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
@@ -690,6 +690,10 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "eval_batches", &cfg->training.eval_batches);
       int overlap = 0;
       if (p.Enum(m, "overlap", {"false", "true"}, &overlap)) cfg->training.overlap = overlap == 1;
+      int precision = 0;
+      if (p.Enum(m, "precision", {"auto", "fp32", "tf32", "bf16"}, &precision)) {
+        cfg->training.precision = static_cast<Precision>(precision);
+      }
       if (const auto* g = m.Find("adaptive_steps")) {
         MapFields a;
         AdaptiveStepsConfig& ad = cfg->training.adaptive;

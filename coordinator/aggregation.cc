@@ -64,7 +64,7 @@ void Aggregation::Digests(const ParamSet& params, uint64_t* whole, std::vector<u
   parts->clear();
   if (s_.kind == Kind::kStages) {
     for (const ParamPart& part : s_.parts) {
-      parts->push_back(Fnv1a64(params.values.data() + part.offset, static_cast<size_t>(part.numel) * sizeof(float)));
+      parts->push_back(ValuesDigest(params.values.data() + part.offset, static_cast<size_t>(part.numel)));
     }
   }
 }

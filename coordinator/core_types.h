@@ -39,6 +39,9 @@ struct SiteRoundStats {
   double step_time_ms = std::numeric_limits<double>::quiet_NaN();  // its reported mean step time
   bool late = false;    // asked to train, no upload by the deadline (left out)
   double wait_s = 0;    // exposed communication: its training thread's idle time before this round's training
+  // Compute utilisation: inner-step time / the training thread's cycle
+  // (DeltaUpload.cycle_ms); NaN when unknown (a site's first round).
+  double utilisation = std::numeric_limits<double>::quiet_NaN();
 };
 
 // One committed round (round 0 = evaluation of the initial parameters).
@@ -52,6 +55,7 @@ struct RoundRecord {
   int late_uploads = 0;  // rejected because the round had closed
   int stragglers = 0;    // live sites with no upload when the round closed at its deadline
   double exposed_comm_s = 0;  // the largest wait_s of the round's sites
+  double utilisation = std::numeric_limits<double>::quiet_NaN();  // the lowest of the round's sites
   std::map<std::string, double> cluster_val_loss;  // personalisation: token-weighted per cluster
   // FPLD (docs/fpld.md): the round's logit uploads and its student.
   struct Fpld {

@@ -26,6 +26,15 @@ std::string RenderPrometheus(const CampaignConfig& config, const CoordinatorCore
   t.Add("lowband_round_duration_seconds_total", "counter", "Wall time of the recorded rounds, summed.", wall);
   t.Add("lowband_last_round_duration_seconds", "gauge", "Wall time of the last recorded round.",
         h.empty() ? nan : h.back().wall_s);
+  if (!h.empty()) {
+    // The last round's sites: inner-step time over the training thread's
+    // cycle (NaN until a site's second round).
+    for (const auto& [site, stats] : h.back().sites) {
+      t.Add("lowband_site_compute_utilisation", "gauge",
+            "Inner-step time / wall time of the site's round cycle, last recorded round.", stats.utilisation,
+            {{"site", site}});
+    }
+  }
   std::map<std::string, int> states;
   for (const auto& [site, w] : core.workers()) {
     ++states[WorkerStateName(w.state)];

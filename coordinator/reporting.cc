@@ -31,6 +31,14 @@ __attribute__((format(printf, 2, 3))) void Appendf(std::string* out, const char*
   va_end(again);
 }
 
+// A fraction as " 93%", or "  - " when unknown.
+std::string Percent(double fraction) {
+  if (!std::isfinite(fraction)) return "  - ";
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%3.0f%%", 100.0 * fraction);
+  return buf;
+}
+
 }  // namespace
 
 std::string HumanBytes(double b) {
@@ -155,10 +163,10 @@ std::string RoundReporter::ProgressLines(const RoundRecord& r) const {
   }
   Appendf(&out,
           "round %3u/%-3d train %s  val %.4f  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  wait %5.2f s  "
-          "sites %d%s\n",
+          "util %s  sites %d%s\n",
           r.round, config_.training.rounds, train, r.val_loss, HumanBytes(fig.up).c_str(), fig.ratio_up,
           HumanBytes(fig.down).c_str(), fig.ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
-          r.exposed_comm_s, r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
+          r.exposed_comm_s, Percent(r.utilisation).c_str(), r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
   if (config_.training.adaptive.enabled && r.round > 0) {
     // H_i per site and its step time; stragglers whose previous upload came too late.
     std::string line;
@@ -217,6 +225,7 @@ std::string RoundReporter::RecordLine(const RoundRecord& r) const {
         .Add("step_time_ms", s.step_time_ms)
         .Add("straggler", s.late)
         .Add("wait_s", s.wait_s)
+        .Add("utilisation", s.utilisation)
         .Add("bytes_up", ledger_.SiteRoundTotal(name, r.round, Direction::kUp))
         .Add("bytes_down", ledger_.SiteRoundTotal(name, r.round, Direction::kDown))
         .Add("upload_bytes", ledger_.KindTotal(Direction::kUp, UploadKind(config_), r.round, name).bytes);
@@ -245,6 +254,7 @@ std::string RoundReporter::RecordLine(const RoundRecord& r) const {
       .Add("stragglers", r.stragglers)
       .Add("train_s", r.train_s)
       .Add("exposed_comm_s", r.exposed_comm_s)
+      .Add("utilisation", r.utilisation)
       .Add("digest", DigestHex(r.digest))
       .Add("digests_match", r.digest_mismatches == 0)
       .AddRaw("sites", sites);

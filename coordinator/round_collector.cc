@@ -153,7 +153,7 @@ bool RoundCollector::HandleLogitUpload(WorkerInfo& w, const Message& msg, const 
     host_->Reply(w.peer, ErrorCode::kBadPayload, "logit payload rejected: " + logits.status().ToString(), m.round, out);
     return false;
   }
-  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms, {}, {}, 0};
+  Upload up{0, 0, Update{}, m.train_loss, m.tokens, 0, m.step_time_ms, m.wait_ms, m.cycle_ms, {}, {}, 0};
   up.logits = std::move(logits).value();
   up.logit_bytes = payload;
   if (m.exact_bytes > 0) {
@@ -293,7 +293,7 @@ bool RoundCollector::HandleUpload(WorkerInfo& w, const Message& msg, const Delta
   double sum_sq = 0;
   for (float v : delta->dense ? delta->values : delta->value) sum_sq += static_cast<double>(v) * v;
   uploads_[w.site] = Upload{w.stage, part_index, std::move(delta).value(), m.train_loss, m.tokens, std::sqrt(sum_sq),
-                            m.step_time_ms, m.wait_ms, {}, {}, 0};
+                            m.step_time_ms, m.wait_ms, m.cycle_ms, {}, {}, 0};
   w.last_step_time_ms = m.step_time_ms;
   w.step_ms = SmoothStepTime(w.step_ms, m.step_time_ms);
   w.unconfirmed_resyncs = 0;  // it trained from the round's parameters
@@ -382,6 +382,11 @@ CloseJob RoundCollector::Close(TimePoint now, const char* why, CoreOutput* out) 
     s.step_time_ms = up.step_time_ms;
     s.wait_s = up.wait_ms / 1000.0;
     pending_.exposed_comm_s = std::max(pending_.exposed_comm_s, s.wait_s);
+    if (up.cycle_ms > 0 && s.inner_steps > 0) {
+      s.utilisation = std::min(1.0, up.step_time_ms * s.inner_steps / up.cycle_ms);
+      pending_.utilisation = std::isfinite(pending_.utilisation) ? std::min(pending_.utilisation, s.utilisation)
+                                                                 : s.utilisation;
+    }
     if (!mode_->CountsLoss(up.stage)) continue;
     loss_sum += up.train_loss * static_cast<double>(up.tokens);
     tokens += up.tokens;

@@ -103,6 +103,7 @@ class RoundCollector {
     double norm;  // L2 norm of the delta
     double step_time_ms = 0;
     double wait_ms = 0;
+    double cycle_ms = 0;
     std::vector<float> logits, exact;  // FPLD: dequantized probe logits (and the fp32 reference)
     uint64_t logit_bytes = 0;          // FPLD: the quantized payload
   };

@@ -6,22 +6,35 @@
 #include <limits>
 #include <string>
 
+#include <torch/version.h>
+
 #include "ml/model_init.h"
 
 namespace lowband {
 namespace {
 
-// Causal multi-head self-attention with one fused qkv projection. The mask is
-// built with masked_fill rather than scaled_dot_product_attention because
-// LibTorch 1.13 (Debian 12) has no SDPA; the same code builds on 2.x.
+// LibTorch 2.0 brought scaled_dot_product_attention (flash and
+// memory-efficient kernels on CUDA); 1.13 (Debian 12) builds the causal mask
+// with masked_fill. Same result up to rounding.
+#if TORCH_VERSION_MAJOR >= 2
+#define LOWBAND_HAVE_SDPA 1
+#else
+#define LOWBAND_HAVE_SDPA 0
+#endif
+
+// Causal multi-head self-attention with one fused qkv projection.
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(int d_model, int heads, int context) : heads_(heads) {
     qkv_ = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
     proj_ = register_module("proj", torch::nn::Linear(d_model, d_model));
+#if !LOWBAND_HAVE_SDPA
     // true above the diagonal = a future position, masked out. A buffer, so
     // it follows the module across devices but is not a parameter.
     mask_ = register_buffer("mask", torch::ones({context, context}, torch::kBool).triu(1));
+#else
+    static_cast<void>(context);
+#endif
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -31,13 +44,17 @@ class AttentionImpl : public torch::nn::Module {
     auto q = qkv[0].view({b, t, heads_, hd}).transpose(1, 2);
     auto k = qkv[1].view({b, t, heads_, hd}).transpose(1, 2);
     auto v = qkv[2].view({b, t, heads_, hd}).transpose(1, 2);
+#if LOWBAND_HAVE_SDPA
+    auto y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+#else
     auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(hd)));
     using torch::indexing::Slice;
     auto mask = mask_.index({Slice(0, t), Slice(0, t)});
     att = att.masked_fill(mask, -std::numeric_limits<float>::infinity());
     att = torch::softmax(att, -1);
-    auto y = torch::matmul(att, v).transpose(1, 2).contiguous().view({b, t, c});
-    return proj_->forward(y);
+    auto y = torch::matmul(att, v);
+#endif
+    return proj_->forward(y.transpose(1, 2).contiguous().view({b, t, c}));
   }
 
   torch::nn::Linear& proj() { return proj_; }

@@ -137,6 +137,10 @@ struct DeltaUpload {  // bulk: theta_global - theta_local
   // Exposed communication: how long the site's training thread sat idle,
   // waiting for its next job from the network, since its previous upload.
   double wait_ms = 0;
+  // The training thread's cycle: wall time from the end of its previous
+  // round's training to the end of this one's (0: the first round since it
+  // was configured). Inner-step time / cycle = compute utilisation.
+  double cycle_ms = 0;
 };
 
 // FPLD: a site's probe logits after its round of local training (bulk:
@@ -155,6 +159,7 @@ struct LogitUpload {
   uint64_t exact_bytes = 0;
   BlobHeader blob;     // codec unused; byte_length and checksum of the bulk
   double wait_ms = 0;
+  double cycle_ms = 0;  // as DeltaUpload.cycle_ms
 };
 
 // FC-RAG exchanges (docs/fcrag.md), hub to site and back, matched by id.

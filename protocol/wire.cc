@@ -226,7 +226,7 @@ class BodyEncoder {
     auto traffic = EncodeTraffic(m.peer_traffic);
     return {wire::Body::DeltaUpload,
             wire::CreateDeltaUpload(fbb_, m.round, m.base_digest, m.train_loss, m.tokens,
-                                    m.step_time_ms, blob, traffic, m.block, m.wait_ms)
+                                    m.step_time_ms, blob, traffic, m.block, m.wait_ms, m.cycle_ms)
                 .Union()};
   }
 
@@ -250,7 +250,7 @@ class BodyEncoder {
     auto blob = EncodeBlob(fbb_, m.blob);
     return {wire::Body::LogitUpload,
             wire::CreateLogitUpload(fbb_, m.round, m.train_loss, m.tokens, m.step_time_ms, m.rows, m.vocab, m.bits,
-                                    m.clip, m.topk, m.exact_bytes, blob, m.wait_ms)
+                                    m.clip, m.topk, m.exact_bytes, blob, m.wait_ms, m.cycle_ms)
                 .Union()};
   }
 
@@ -707,7 +707,9 @@ Status DecodeDeltaUpload(const wire::DeltaUpload& t, DeltaUpload* m) {
     return InvalidArgument("DeltaUpload.block is " + std::to_string(m->block) + " (allowed: -1 to 63)");
   }
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.wait_ms(), "DeltaUpload.wait_ms"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.cycle_ms(), "DeltaUpload.cycle_ms"));
   m->wait_ms = t.wait_ms();
+  m->cycle_ms = t.cycle_ms();
   return DecodeTraffic(t.peer_traffic(), "DeltaUpload.peer_traffic", &m->peer_traffic);
 }
 
@@ -759,6 +761,7 @@ Status DecodeLogitUpload(const wire::LogitUpload& t, LogitUpload* m) {
   LOWBAND_RETURN_IF_ERROR(RequireFinite(t.train_loss(), "LogitUpload.train_loss"));
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.step_time_ms(), "LogitUpload.step_time_ms"));
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.wait_ms(), "LogitUpload.wait_ms"));
+  LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(t.cycle_ms(), "LogitUpload.cycle_ms"));
   if (!std::isfinite(t.clip()) || t.clip() <= 0) return InvalidArgument("LogitUpload.clip must be finite and > 0");
   if (t.bits() < 0 || t.bits() > 16) {
     return InvalidArgument("LogitUpload.bits is " + std::to_string(t.bits()) + " (allowed: 0 to 16)");
@@ -777,6 +780,7 @@ Status DecodeLogitUpload(const wire::LogitUpload& t, LogitUpload* m) {
   m->topk = t.topk();
   m->exact_bytes = t.exact_bytes();
   m->wait_ms = t.wait_ms();
+  m->cycle_ms = t.cycle_ms();
   return Status::Ok();
 }
 

@@ -165,6 +165,7 @@ JobResult Executor::Configure(const Welcome& welcome) {
     stage_ = std::move(stage).value();
     stage_->SetEpoch(w.pipeline_epoch);
     last_train_.reset();
+    last_trained_.reset();
     welcome_ = std::make_unique<Welcome>(w);
     LOG_INFO("pipeline stage ready", {"device", site_.device}, {"stage", w.stage}, {"stages", w.pipeline.stages},
              {"replica", w.replica}, {"parameters", static_cast<long long>(stage_->layout().numel())},
@@ -194,9 +195,11 @@ JobResult Executor::Configure(const Welcome& welcome) {
   }
   stage_.reset();
   last_train_.reset();
+  last_trained_.reset();
   welcome_ = std::make_unique<Welcome>(w);
   LOG_INFO("trainer ready", {"device", site_.device}, {"parameters", static_cast<long long>(trainer_->layout().numel())},
-           {"codec", CodecName(w.codec.kind)}, {"topk", w.codec.topk}, {"error_feedback", w.codec.error_feedback});
+           {"codec", CodecName(w.codec.kind)}, {"topk", w.codec.topk}, {"error_feedback", w.codec.error_feedback},
+           {"precision", PrecisionName(trainer_->precision())}, {"fused_adamw", trainer_->fused_optimizer()});
   return ConfigureDone{};
 }
 
@@ -204,7 +207,7 @@ JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
   FailPoint("worker_eval", round);  // on the training thread: a slow evaluation delays only the report
   auto ev = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
   if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
-  const uint64_t digest = global().Digest();
+  const uint64_t digest = GlobalDigest();
   EvalDone done{round, ev->loss, ev->tokens, digest, digest == announced_digest, {}};
   if (group_ && group_->size() > 1) {
     // The digest check covers every rank's replica.
@@ -238,7 +241,7 @@ JobResult Executor::Sync(const SyncJob& job) {
 }
 
 JobResult Executor::Train(const TrainJob& job) {
-  const uint64_t base = global().Digest();
+  const uint64_t base = GlobalDigest();
   // FPLD sites with models of their own are told no digest (0).
   const bool own_model = welcome_->fpld.enabled && job.base_digest == 0;
   if (base != job.base_digest && !own_model) {
@@ -273,6 +276,9 @@ JobResult Executor::Train(const TrainJob& job) {
   done.upload.block = job.block;
   done.upload.wait_ms = idle_ms_;
   idle_ms_ = 0;
+  const auto trained = std::chrono::steady_clock::now();
+  if (last_trained_) done.upload.cycle_ms = std::chrono::duration<double, std::milli>(trained - *last_trained_).count();
+  last_trained_ = trained;
   done.upload.blob = result->upload.header;
   done.bulk = std::move(result->upload.bulk);
   if (welcome_->fpld.enabled) {
@@ -317,6 +323,7 @@ JobResult Executor::ProbeLogits(uint32_t round, bool own_model, TrainDone* done)
   up.tokens = done->upload.tokens;
   up.step_time_ms = done->upload.step_time_ms;
   up.wait_ms = done->upload.wait_ms;
+  up.cycle_ms = done->upload.cycle_ms;
   up.rows = static_cast<uint32_t>(rows);
   up.vocab = static_cast<uint32_t>(vocab);
   up.bits = f.bits;

@@ -4,6 +4,7 @@
 // a JobFailed result, never an exception.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -52,6 +53,9 @@ class Executor {
   uint64_t job_seq_ = 0;
   bool leader() const;
   double idle_ms_ = 0;
+  // When the last round's training ended (DeltaUpload.cycle_ms); unset
+  // until the first round after a (re)configure.
+  std::optional<std::chrono::steady_clock::time_point> last_trained_;
   JobResult Configure(const Welcome& w);
   JobResult Sync(const SyncJob& job);
   JobResult Train(const TrainJob& job);
@@ -70,6 +74,7 @@ class Executor {
   const ParamLayout& layout() const { return stage_ ? stage_->layout() : trainer_->layout(); }
   const LayoutPlan& plan() const { return stage_ ? stage_->plan() : trainer_->plan(); }
   const ParamSet& global() const { return stage_ ? stage_->global() : trainer_->global(); }
+  uint64_t GlobalDigest() { return stage_ ? stage_->GlobalDigest() : trainer_->GlobalDigest(); }
 
   SiteConfig site_;
   const Corpus* corpus_;

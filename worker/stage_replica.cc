@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <random>
 
 #include "ml/codec_device.h"
@@ -54,6 +55,7 @@ struct StageReplica::Impl {
   std::unique_ptr<DeviceEncoder> encoder;
   LayoutPlan plan;
   ParamSet global;                        // CPU fp32 committed parameters of the stage
+  std::optional<uint64_t> global_digest;  // of `global`; reset when it changes
   torch::Tensor global_flat;              // the same on the device
   std::vector<torch::Tensor> global_dev;  // views of global_flat, layout order
   bool model_is_global = false;
@@ -150,6 +152,11 @@ StatusOr<std::unique_ptr<StageReplica>> StageReplica::Create(const Welcome& w, c
 const ParamLayout& StageReplica::layout() const { return impl_->trainer->layout(); }
 const LayoutPlan& StageReplica::plan() const { return impl_->plan; }
 const ParamSet& StageReplica::global() const { return impl_->global; }
+
+uint64_t StageReplica::GlobalDigest() {
+  if (!impl_->global_digest) impl_->global_digest = impl_->global.Digest();
+  return *impl_->global_digest;
+}
 int StageReplica::stage() const { return impl_->trainer->spec().stage; }
 bool StageReplica::last() const { return impl_->trainer->last(); }
 
@@ -163,6 +170,7 @@ Status StageReplica::SetGlobal(ParamSet params) {
                            std::to_string(layout().numel()));
   }
   impl_->global = std::move(params);
+  impl_->global_digest.reset();
   return impl_->LoadGlobal();
 }
 
@@ -224,6 +232,7 @@ StatusOr<TrainResult> StageReplica::TrainRound(uint32_t round, int inner_steps) 
 }
 
 Status StageReplica::ApplyUpdate(const Update& update) {
+  impl_->global_digest.reset();
   LOWBAND_RETURN_IF_ERROR(lowband::ApplyUpdate(impl_->plan, update, &impl_->global.values));
   return impl_->LoadGlobal();
 }

@@ -53,6 +53,8 @@ class StageReplica {
   const ParamLayout& layout() const;
   const LayoutPlan& plan() const;
   const ParamSet& global() const;
+  // global().Digest(), computed once per change of the global parameters.
+  uint64_t GlobalDigest();
   int stage() const;
   bool last() const;
 

@@ -8,12 +8,15 @@
 #include <exception>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "codec/blocks.h"
 #include "ml/codec_device.h"
+#include "ml/inner_optimizer.h"
 #include "ml/model.h"
+#include "ml/precision.h"
 #include "worker/site_group.h"
 
 namespace lowband {
@@ -57,11 +60,18 @@ std::string TorchMessage(const char* what, const c10::Error& e) {
 
 struct Trainer::Impl {
   Impl(const ModelConfig& m, const TrainingConfig& t, torch::Device d, const Corpus* c, uint64_t data_seed)
-      : model_config(m), training(t), device(d), corpus(c), data_seed(data_seed), rng(data_seed) {}
+      : model_config(m),
+        training(t),
+        device(d),
+        precision(ResolvePrecision(t.precision, d)),
+        corpus(c),
+        data_seed(data_seed),
+        rng(data_seed) {}
 
   ModelConfig model_config;
   TrainingConfig training;
   torch::Device device;
+  Precision precision;  // training.precision resolved for the device
   const Corpus* corpus;
   uint64_t data_seed;
   std::mt19937_64 rng;  // batch sampling; state persists across rounds
@@ -71,10 +81,11 @@ struct Trainer::Impl {
   bool leader() const { return !group || group->rank() == 0; }
 
   Gpt model{nullptr};
-  std::unique_ptr<torch::optim::AdamW> optimizer;  // state persists across rounds
+  std::unique_ptr<InnerAdamW> optimizer;  // state persists across rounds
   ParamLayout layout;
   LayoutPlan plan;
   ParamSet global;             // CPU fp32 copy of the committed global parameters
+  std::optional<uint64_t> global_digest;  // of `global`; reset when it changes
   torch::Tensor global_flat;              // the same values on the device, flat, layout order
   std::vector<torch::Tensor> global_dev;  // views of global_flat, one per parameter
   std::unique_ptr<DeviceEncoder> encoder;
@@ -139,11 +150,25 @@ struct Trainer::Impl {
     return inner.lr;
   }
 
+  // A batch on the device. To CUDA through pinned host memory and an
+  // asynchronous copy: a copy from pageable memory would wait for the GPU
+  // to finish the previous step first. LibTorch's pinned allocator keeps a
+  // block until the copy that reads it has run.
   std::pair<torch::Tensor, torch::Tensor> ToTensors(const TokenBatch& b) const {
-    auto opts = torch::TensorOptions().dtype(torch::kInt64);
-    auto x = torch::from_blob(const_cast<int64_t*>(b.inputs.data()), {b.batch, b.length}, opts).clone();
-    auto y = torch::from_blob(const_cast<int64_t*>(b.targets.data()), {b.batch, b.length}, opts).clone();
-    return {x.to(device), y.to(device)};
+    const bool cuda = device.is_cuda();
+    auto opts = torch::TensorOptions().dtype(torch::kInt64).pinned_memory(cuda);
+    auto host = torch::empty({2, b.batch, b.length}, opts);
+    const size_t bytes = static_cast<size_t>(b.batch) * static_cast<size_t>(b.length) * sizeof(int64_t);
+    std::memcpy(host[0].data_ptr<int64_t>(), b.inputs.data(), bytes);
+    std::memcpy(host[1].data_ptr<int64_t>(), b.targets.data(), bytes);
+    auto both = host.to(device, /*non_blocking=*/cuda);
+    return {both[0], both[1]};
+  }
+
+  // Forward pass and loss in the campaign's precision.
+  torch::Tensor Loss(const torch::Tensor& x, const torch::Tensor& y) {
+    AutocastScope autocast(precision, device);
+    return model->Loss(x, y);
   }
 };
 
@@ -182,21 +207,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
     LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(impl->layout, codec, dev));
     impl->codec = codec;
 
-    // Decoupled weight decay on matrices (linear weights, embeddings) only;
-    // biases and LayerNorm parameters are not decayed (GPT-2 / nanoGPT).
-    std::vector<torch::Tensor> decay, no_decay;
-    for (auto& p : impl->model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-    const auto& inner = training.inner;
-    auto options = [&](double wd) {
-      return torch::optim::AdamWOptions(inner.lr)
-          .betas(std::make_tuple(inner.beta1, inner.beta2))
-          .eps(inner.eps)
-          .weight_decay(wd);
-    };
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options(inner.weight_decay)));
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(options(0.0)));
-    impl->optimizer = std::make_unique<torch::optim::AdamW>(std::move(groups), options(inner.weight_decay));
+    impl->optimizer = std::make_unique<InnerAdamW>(impl->model->parameters(), training.inner);
     return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
   } catch (const c10::Error& e) {
     return Internal(TorchMessage("trainer: create", e));
@@ -206,7 +217,14 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
 }
 
 const ParamLayout& Trainer::layout() const { return impl_->layout; }
+Precision Trainer::precision() const { return impl_->precision; }
+bool Trainer::fused_optimizer() const { return impl_->optimizer->fused(); }
 const ParamSet& Trainer::global() const { return impl_->global; }
+
+uint64_t Trainer::GlobalDigest() {
+  if (!impl_->global_digest) impl_->global_digest = impl_->global.Digest();
+  return *impl_->global_digest;
+}
 const LayoutPlan& Trainer::plan() const { return impl_->plan; }
 
 Status Trainer::SetGlobal(ParamSet params) {
@@ -219,6 +237,7 @@ Status Trainer::SetGlobal(ParamSet params) {
                            std::to_string(impl_->layout.numel()));
   }
   impl_->global = std::move(params);
+  impl_->global_digest.reset();
   impl_->model_is_global = false;
   impl_->local_valid = false;  // a (re)sync: the next round starts from these parameters
   impl_->trained_since_apply = false;
@@ -312,39 +331,35 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
     s.model_is_global = false;
     if (block >= 0) freeze(true);
     TrainResult result;
-    double loss_sum = 0;
-    double time_ms = 0;
     const int batch = s.training.batch_size;
     const int context = s.model_config.context;
+    MatmulScope matmul(s.precision, s.device);
+    // The host only queues work: the losses stay on the device until the
+    // round ends (one synchronisation per round, not per step), unless
+    // site.slowdown needs each step's duration.
+    std::vector<torch::Tensor> losses;
+    losses.reserve(static_cast<size_t>(inner_steps));
+    const auto round_start = Clock::now();
     for (int step = 0; step < inner_steps; ++step) {
       const auto start = Clock::now();
-      const double lr = s.LearningRate();
-      for (auto& group : s.optimizer->param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      }
       TokenBatch b = s.corpus->SampleTrain(batch, context, &s.rng);
       auto [x, y] = s.ToTensors(b);
-      s.optimizer->zero_grad();
-      if (block >= 0) {
-        for (size_t i = 0; i < params.size(); ++i) {
-          if (i < first || i >= last) params[i].mutable_grad() = torch::Tensor();
-        }
-      }
-      auto loss = s.model->Loss(x, y);
+      s.optimizer->ZeroGrad();  // frozen tensors too: they keep no gradient
+      auto loss = s.Loss(x, y);
       loss.backward();
       if (s.ranks() > 1) LOWBAND_RETURN_IF_ERROR(s.AverageGradients(params, first, last));
-      if (s.training.inner.grad_clip > 0) {
-        torch::nn::utils::clip_grad_norm_(s.model->parameters(), s.training.inner.grad_clip);
-      }
-      s.optimizer->step();
-      loss_sum += loss.item<double>();  // also synchronizes CUDA before the clock stops
+      s.optimizer->Step(s.LearningRate(), s.training.inner.grad_clip);
+      losses.push_back(loss.detach());
       if (s.slowdown > 1) {
+        losses.back().item<double>();  // the step's end on the device
         std::this_thread::sleep_for(std::chrono::duration<double, std::milli>((s.slowdown - 1) * MsSince(start)));
       }
-      time_ms += MsSince(start);
       ++s.inner_steps_done;
       result.tokens += static_cast<uint64_t>(batch) * context;
     }
+    double loss_sum = 0;
+    for (const auto& l : losses) loss_sum += l.item<double>();  // the first waits for the last step
+    const double time_ms = MsSince(round_start);
     result.steps = inner_steps;
     if (s.ranks() > 1) {
       std::vector<double> sum{loss_sum};
@@ -406,6 +421,7 @@ Status Trainer::ApplyUpdate(const Update& update) {
     auto params = s.model->parameters();
     for (size_t i = 0; i < params.size(); ++i) progress.push_back(params[i].detach() - s.round_start[i]);
   }
+  s.global_digest.reset();
   LOWBAND_RETURN_IF_ERROR(lowband::ApplyUpdate(s.plan, update, &s.global.values));
   s.model_is_global = false;
   Status st = ApplyUpdateOnDevice(s.plan, update, s.global_flat);
@@ -443,6 +459,8 @@ StatusOr<std::vector<float>> Trainer::ProbeLogits(const std::vector<uint8_t>& to
   }
   try {
     torch::NoGradGuard no_grad;
+    MatmulScope matmul(s.precision, s.device);
+    AutocastScope autocast(s.precision, s.device);
     s.model->eval();
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
     std::vector<float> out;
@@ -486,8 +504,9 @@ StatusOr<EvalResult> Trainer::Evaluate() {
     } put_back{s, local};
     if (!s.model_is_global) s.RestoreGlobal();
     torch::NoGradGuard no_grad;
+    MatmulScope matmul(s.precision, s.device);
     s.model->eval();
-    double loss_sum = 0;
+    std::vector<std::pair<torch::Tensor, uint64_t>> losses;  // read back after the last batch is queued
     EvalResult result;
     // Several ranks: batch i on rank i mod ranks, the sums added up after.
     const int ranks = s.ranks();
@@ -497,9 +516,11 @@ StatusOr<EvalResult> Trainer::Evaluate() {
       if (b.batch == 0) break;
       auto [x, y] = s.ToTensors(b);
       const uint64_t tokens = static_cast<uint64_t>(b.batch) * b.length;
-      loss_sum += s.model->Loss(x, y).item<double>() * static_cast<double>(tokens);
+      losses.emplace_back(s.Loss(x, y), tokens);
       result.tokens += tokens;
     }
+    double loss_sum = 0;
+    for (const auto& [loss, tokens] : losses) loss_sum += loss.item<double>() * static_cast<double>(tokens);
     s.model->train();
     if (ranks > 1) {
       std::vector<double> sums{loss_sum, static_cast<double>(result.tokens)};

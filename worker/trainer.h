@@ -46,9 +46,16 @@ class Trainer {
   ~Trainer();
 
   const ParamLayout& layout() const;
+  // training.precision as this device runs it (auto resolved), and whether
+  // the inner optimizer runs the fused kernel.
+  Precision precision() const;
+  bool fused_optimizer() const;
   // Replaces the global parameters (join, re-sync). Layout must match.
   Status SetGlobal(ParamSet params);
   const ParamSet& global() const;
+  // global().Digest(), computed once per change of the global parameters
+  // (the executor checks it at every evaluation and every round start).
+  uint64_t GlobalDigest();
   // H inner AdamW steps starting from the global parameters. block >= 0
   // (ParaBlock, after SetBlocks): only that block's tensors train; every
   // other parameter keeps its global value bit for bit (no gradient, no

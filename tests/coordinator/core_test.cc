@@ -1093,8 +1093,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
   REQUIRE(sa != out.messages.end());
   CHECK(sa->msg.bulk.size() == 11 * sizeof(float));
   const uint64_t digest_a = std::get<ModelSync>(sa->msg.body).digest;
-  CHECK(digest_a == Fnv1a64(initial.values.data(), 11 * sizeof(float)));
-  const uint64_t digest_b = Fnv1a64(initial.values.data() + 11, 10 * sizeof(float));
+  CHECK(digest_a == ValuesDigest(initial.values.data(), 11));
+  const uint64_t digest_b = ValuesDigest(initial.values.data() + 11, 10);
 
   // Round 0 evaluation: only the last stage's loss counts.
   out = CoreOutput{};
@@ -1139,8 +1139,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
   const std::vector<float>& theta = core.params().values;
   CHECK(theta[0] == Approx(initial.values[0] - 0.5f));
   CHECK(theta[20] == Approx(initial.values[20] + 1.0f));
-  CHECK(aa[0]->digest == Fnv1a64(theta.data(), 11 * sizeof(float)));
-  CHECK(ab[0]->digest == Fnv1a64(theta.data() + 11, 10 * sizeof(float)));
+  CHECK(aa[0]->digest == ValuesDigest(theta.data(), 11));
+  CHECK(ab[0]->digest == ValuesDigest(theta.data() + 11, 10));
 }
 
 }  // namespace

@@ -23,6 +23,7 @@ RoundRecord SampleRecord() {
   r.contributors = 1;
   r.evaluated = 1;
   r.wall_s = 1.5;
+  r.utilisation = 0.93;
   r.digest = 0x1913150318f8f8afULL;
   SiteRoundStats s;
   s.train_loss = 3.5;
@@ -30,6 +31,7 @@ RoundRecord SampleRecord() {
   s.tokens = 640;
   s.uploaded = true;
   s.inner_steps = 2;
+  s.utilisation = 0.93;
   r.sites["site-a"] = s;
   return r;
 }
@@ -71,7 +73,7 @@ TEST_CASE("reporting: the metrics record keeps its fields in order with the ledg
   CheckKeyOrder(line, {"round", "train_loss", "val_loss", "bytes_up", "bytes_down", "upload_bytes",
                        "aggregate_bytes", "compression_ratio", "compression_ratio_down", "codec", "down_codec",
                        "aggregate_nnz", "wall_s", "elapsed_s", "tokens", "contributors", "evaluated",
-                       "late_uploads", "stragglers", "train_s", "exposed_comm_s", "digest", "digests_match",
+                       "late_uploads", "stragglers", "train_s", "exposed_comm_s", "utilisation", "digest", "digests_match",
                        "sites"});
   CHECK(line.find("\"digest\":\"1913150318f8f8af\",\"digests_match\":true") != std::string::npos);
   CHECK(line.find("\"sites\":{\"site-a\":{\"train_loss\":3.5,") != std::string::npos);
@@ -98,7 +100,7 @@ TEST_CASE("reporting: progress and status and re-sync lines", "[unit][coordinato
   const RoundRecord r = SampleRecord();
   CHECK(reporter.ProgressLines(r) ==
         "round   2/5   train 3.5000  val 3.2500  up    1.00 KB (x   4.0)  down      500 B (x  8.0 dense_fp32)    "
-        "1.50 s  wait  0.00 s  sites 1\n");
+        "1.50 s  wait  0.00 s  util  93%  sites 1\n");
   RoundRecord r0 = r;
   r0.round = 0;
   r0.train_loss = std::numeric_limits<double>::quiet_NaN();
