@@ -95,6 +95,23 @@ bool Membership::HandleHello(const std::string& peer, const Hello& m, TimePoint 
       return false;
     }
   }
+  if (!topology_ && rejoin && existing->second.state == WorkerState::kJoined && existing->second.peer == peer) {
+    // The same connection says hello again: every second until it has
+    // processed its Welcome (a large model takes longer than that to arrive,
+    // and to build on a GPU), or when it thought the coordinator silent. Its
+    // Welcome and parameters are already on their way down this connection,
+    // ahead of anything sent now: a fresh Welcome registers it again, while
+    // a second copy of the model would only queue behind the first (one site
+    // alone got an 85M-parameter model three times). Its digest at the next
+    // evaluation still proves its replica.
+    WorkerInfo& w = existing->second;
+    w.last_seen = now;
+    w.hello = m;
+    LOG_DEBUG("repeated hello on the same connection: welcome again, no new sync", {"site", m.site});
+    SendWelcome(w, out);
+    if (host_->View().training) host_->AnnounceRounds(w, false, out);
+    return false;
+  }
   if (!rejoin && static_cast<int>(workers_.size()) >= std::max(config_.quorum.expected_workers, 1) * 4) {
     host_->Reply(peer, ErrorCode::kUnexpected, "too many sites registered", 0, out);
     return false;

@@ -127,6 +127,29 @@ TEST_CASE("membership: a rejoin replaces the peer, voids the upload and hears of
   CHECK(f.members->workers().size() == 1);
 }
 
+TEST_CASE("membership: a repeated hello on the same connection is welcomed again without a second model",
+          "[unit][coordinator]") {
+  Fixture f;
+  CoreOutput out;
+  REQUIRE(f.members->HandleHello("p1", HelloFrom("site-a"), kT0, &out));
+  REQUIRE(Bodies<ModelSync>(out, "p1").size() == 1);
+  f.host.dropped.clear();
+  // It says hello every second until its Welcome is processed: the model
+  // on its way is not sent again, nor its upload voided.
+  for (int i = 1; i <= 3; ++i) {
+    out = CoreOutput{};
+    CHECK_FALSE(f.members->HandleHello("p1", HelloFrom("site-a"), kT0 + std::chrono::seconds(i), &out));
+    CHECK(Bodies<Welcome>(out, "p1").size() == 1);
+    CHECK(Bodies<ModelSync>(out, "p1").empty());
+  }
+  CHECK(f.host.dropped.empty());
+  CHECK(f.members->Find("site-a")->last_seen == kT0 + std::chrono::seconds(3));
+  // A restarted worker is a new connection: welcome and model again.
+  out = CoreOutput{};
+  REQUIRE(f.members->HandleHello("p2", HelloFrom("site-a"), kT0 + std::chrono::seconds(4), &out));
+  CHECK(Bodies<ModelSync>(out, "p2").size() == 1);
+}
+
 TEST_CASE("membership: no more than four times the expected sites register", "[unit][coordinator]") {
   Fixture f(TinyCampaign(1));
   CoreOutput out;

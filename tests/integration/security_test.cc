@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "base/process.h"
+#include "tests/fakes/wait.h"
 #include "tests/integration/helpers.h"
 
 namespace lowband {
@@ -83,6 +84,11 @@ TEST_CASE("security: a CurveZMQ campaign admits only allow-listed sites and oper
                                dir.Write("impostor.yaml", SiteFile(port, "site-b", site_key("site-a"), server_pub))},
                               dir.Path("impostor.out"));
   // No unauthenticated operator gets an answer; a site's key is not an operator's.
+  // Asked once the control socket is up, so that the refusal is the ZAP
+  // handler's (logged) and not a timeout of a coordinator still starting.
+  REQUIRE(testing::WaitUntil(
+      [&] { return ReadFile(dir.Path("co.out")).find("coordinator listening") != std::string::npos; },
+      std::chrono::seconds(60)));
   auto anonymous = Ctl(dir, port, {"status"}, 1500);
   CHECK(anonymous.first == 69);
   CHECK(anonymous.second.find("--key") != std::string::npos);
