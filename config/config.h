@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "protocol/kinds.h"
 
 namespace lowband {
 
@@ -77,15 +78,12 @@ struct OuterOptimizerConfig {
 };
 const char* OuterOptimizerName(OuterOptimizerKind kind);
 
-// Update codecs (codec/codec.h has the wire formats). kSparseFp32 is the
-// coordinator's sparse aggregate on the downlink; YAML cannot select it.
-enum class CodecKind { kDenseFp32, kDenseBf16, kInt8, kSparseLoCo, kSparseFp32 };
+// Update codecs: CodecKind and CodecName are wire vocabulary (protocol/kinds.h).
 struct CodecConfig {
   CodecKind kind = CodecKind::kDenseFp32;
   int topk = 64;                 // sparseloco: values kept per full 4096-element chunk (density topk/4096)
   double error_feedback = 0.95;  // beta in e <- beta*e + delta; 0 turns error feedback off
 };
-const char* CodecName(CodecKind kind);
 
 // How the coordinator averages R uploads: kMeanAll divides every coordinate's
 // sum by R; kMeanChoosers divides by the number of workers that sent that
@@ -111,8 +109,7 @@ struct QuorumConfig {
 
 // Pipeline stages across sites with ResBM bottlenecks (docs/configuration.md
 // `pipeline:`). stages = 1: no pipeline, every worker holds the whole model.
-enum class WireDtype { kFp32, kBf16, kFp16 };
-const char* WireDtypeName(WireDtype d);
+// WireDtype is wire vocabulary (protocol/kinds.h).
 struct PipelineConfig {
   int stages = 1;
   int replicas = 1;        // workers per stage, kept in sync through the update codec

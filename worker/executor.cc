@@ -13,22 +13,23 @@
 #include "codec/logit_codec.h"
 #include "worker/job_wire.h"
 #include "worker/site_group.h"
+#include "worker/welcome_config.h"
 
 namespace lowband {
 namespace {
 
-bool SameModel(const ModelConfig& a, const ModelConfig& b) {
+bool SameModel(const ModelSpec& a, const ModelSpec& b) {
   return a.layers == b.layers && a.d_model == b.d_model && a.heads == b.heads && a.context == b.context &&
          a.vocab == b.vocab;
 }
 
-bool SameCodec(const CodecConfig& a, const CodecConfig& b) {
+bool SameCodec(const CodecSpec& a, const CodecSpec& b) {
   return a.kind == b.kind && a.topk == b.topk && a.error_feedback == b.error_feedback;
 }
 
 bool SamePipeline(const Welcome& a, const Welcome& b) {
-  const PipelineConfig& x = a.pipeline;
-  const PipelineConfig& y = b.pipeline;
+  const PipelineSpec& x = a.pipeline;
+  const PipelineSpec& y = b.pipeline;
   return x.stages == y.stages && x.ratio == y.ratio && x.wire_dtype == y.wire_dtype && x.split == y.split &&
          x.micro_batches == y.micro_batches && x.schedule == y.schedule && x.peer_timeout_ms == y.peer_timeout_ms &&
          a.stage == b.stage && a.training.batch_size == b.training.batch_size;
@@ -181,8 +182,8 @@ JobResult Executor::Configure(const Welcome& welcome) {
     LOG_INFO("FC-RAG store ready", {"documents", static_cast<uint64_t>(fcrag_->store.size())},
              {"queries", static_cast<uint64_t>(fcrag_->queries.size())}, {"terms", static_cast<uint64_t>(bm25_->num_terms())});
   }
-  auto trainer =
-      Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
+  auto trainer = Trainer::Create(ToConfig(w.model), ToConfig(w.training), site_.device, site_.threads, corpus_,
+                                 w.data_seed, ToConfig(w.codec));
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
   trainer_->SetGroup(group_);
