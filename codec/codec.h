@@ -51,8 +51,9 @@
 #include <memory>
 #include <vector>
 
-#include "protocol/messages.h"
 #include "codec/params.h"
+#include "config/config.h"
+#include "protocol/messages.h"
 
 namespace lowband {
 

@@ -109,12 +109,14 @@ void WriteData(const std::string& prefix, const DataConfig& data, SettingsWriter
 void WriteTraining(const TrainingConfig& training, SettingsWriter* w) {
   // rounds and seed are written with the campaign section (campaign.rounds
   // is out: see config/canonical.h).
-  const auto& [rounds, inner_steps, batch_size, eval_batches, seed, inner, adaptive, overlap, precision] = training;
+  const auto& [rounds, inner_steps, batch_size, eval_batches, eval_every, seed, inner, adaptive, overlap, precision] =
+      training;
   static_cast<void>(rounds);
   static_cast<void>(seed);
   w->Int("training.inner_steps", inner_steps);
   w->Int("training.batch_size", batch_size);
   w->Int("training.eval_batches", eval_batches);
+  w->Int("training.eval_every", eval_every);
   w->Bool("training.overlap", overlap);
   w->String("training.precision", PrecisionName(precision));
 

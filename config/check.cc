@@ -277,6 +277,7 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->IntRange("training.inner_steps", t.inner_steps, 1, kIntMax);
   c->IntRange("training.batch_size", t.batch_size, 1, kIntMax);
   c->IntRange("training.eval_batches", t.eval_batches, 1, kIntMax);
+  c->IntRange("training.eval_every", t.eval_every, 1, kIntMax);
   const InnerOptimizerConfig& in = t.inner;
   const std::string io = "training.inner_optimizer.";
   c->DoubleRange(io + "lr", in.lr, 0, false, INFINITY, false);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "protocol/kinds.h"
 
 namespace lowband {
 
@@ -55,18 +56,15 @@ struct AdaptiveStepsConfig {
   int max_inner_steps = 0;  // 0 = training.inner_steps
 };
 
-// Arithmetic of the inner steps. fp32: full fp32; tf32: fp32 tensors, TF32
-// tensor-core matmuls on CUDA; bf16: autocast (matmuls and attention in
-// bf16; fp32 master weights, optimizer state, norms and loss). auto: bf16 on
-// CUDA, fp32 on the CPU. Each site resolves it for its own device.
-enum class Precision { kAuto, kFp32, kTf32, kBf16 };
-const char* PrecisionName(Precision p);
-
 struct TrainingConfig {
   int rounds = 10;
   int inner_steps = 10;  // H
   int batch_size = 16;
   int eval_batches = 8;  // validation batches per evaluation
+  // The validation loss of every eval_every-th round (and of the last):
+  // each evaluation costs every site eval_batches forward passes. The
+  // replica digests are checked every round either way.
+  int eval_every = 1;
   uint64_t seed = 1234;
   InnerOptimizerConfig inner;
   AdaptiveStepsConfig adaptive;
@@ -85,15 +83,12 @@ struct OuterOptimizerConfig {
 };
 const char* OuterOptimizerName(OuterOptimizerKind kind);
 
-// Update codecs (codec/codec.h has the wire formats). kSparseFp32 is the
-// coordinator's sparse aggregate on the downlink; YAML cannot select it.
-enum class CodecKind { kDenseFp32, kDenseBf16, kInt8, kSparseLoCo, kSparseFp32 };
+// Update codecs: CodecKind and CodecName are wire vocabulary (protocol/kinds.h).
 struct CodecConfig {
   CodecKind kind = CodecKind::kDenseFp32;
   int topk = 64;                 // sparseloco: values kept per full 4096-element chunk (density topk/4096)
   double error_feedback = 0.95;  // beta in e <- beta*e + delta; 0 turns error feedback off
 };
-const char* CodecName(CodecKind kind);
 
 // How the coordinator averages R uploads: kMeanAll divides every coordinate's
 // sum by R; kMeanChoosers divides by the number of workers that sent that
@@ -119,8 +114,7 @@ struct QuorumConfig {
 
 // Pipeline stages across sites with ResBM bottlenecks (docs/configuration.md
 // `pipeline:`). stages = 1: no pipeline, every worker holds the whole model.
-enum class WireDtype { kFp32, kBf16, kFp16 };
-const char* WireDtypeName(WireDtype d);
+// WireDtype is wire vocabulary (protocol/kinds.h).
 struct PipelineConfig {
   int stages = 1;
   int replicas = 1;        // workers per stage, kept in sync through the update codec

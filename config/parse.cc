@@ -432,7 +432,7 @@ const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
 const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
 const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer",
-                                                "adaptive_steps", "overlap", "precision"};
+                                                "adaptive_steps", "overlap", "precision", "eval_every"};
 const std::vector<std::string> kAdaptiveKeys = {"enabled", "round_time_s", "min_inner_steps", "max_inner_steps"};
 const std::vector<std::string> kWeightingNames = {"tokens", "uniform"};
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
@@ -688,6 +688,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "inner_steps", &cfg->training.inner_steps);
       p.Int(m, "batch_size", &cfg->training.batch_size);
       p.Int(m, "eval_batches", &cfg->training.eval_batches);
+      p.Int(m, "eval_every", &cfg->training.eval_every);
       int overlap = 0;
       if (p.Enum(m, "overlap", {"false", "true"}, &overlap)) cfg->training.overlap = overlap == 1;
       int precision = 0;

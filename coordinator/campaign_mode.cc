@@ -5,6 +5,7 @@
 
 #include "base/log.h"
 #include "codec/blocks.h"
+#include "coordinator/welcome.h"
 
 namespace lowband {
 namespace {
@@ -251,7 +252,7 @@ class FpldMode : public CampaignMode {
   bool TakesDeltas() const override { return false; }
   bool TakesLogits() const override { return true; }
   bool Adopts(const WorkerInfo& w) const override {
-    const ModelConfig& own = w.hello.own_model;
+    const ModelSpec& own = w.hello.own_model;
     return own.layers == 0 || (own.layers == config_.model.layers && own.d_model == config_.model.d_model &&
                                own.heads == config_.model.heads);
   }
@@ -263,14 +264,8 @@ class FpldMode : public CampaignMode {
   void SetProbes(std::vector<uint8_t> probes) override { probes_ = std::move(probes); }
   void FillWelcome(Welcome* wel) const override {
     // Only logits cross the wire: the parameters' codec does not matter.
-    wel->codec = CodecConfig{};
-    wel->fpld.enabled = true;
-    wel->fpld.bits = config_.fpld.bits;
-    wel->fpld.clip = static_cast<float>(config_.fpld.clip);
-    wel->fpld.topk = config_.fpld.topk;
-    wel->fpld.positions = config_.fpld.positions;
-    wel->fpld.contexts = config_.fpld.contexts;
-    wel->fpld.exact_reference = config_.fpld.exact_reference;
+    wel->codec = CodecSpec{};
+    wel->fpld = ToSpec(config_.fpld);
     wel->fpld.probe_tokens = probes_;
   }
 

@@ -68,11 +68,12 @@ RoundRecord EvalRecords::Write(EvalRecord e, const CampaignMode& mode,
   double loss_sum = 0;
   uint64_t tokens = 0;
   for (const auto& [site, ev] : e.evals) {
-    // Pipeline: the loss is the last stage's; the others report digests only.
-    if (!mode.CountsLoss(stage_of(site))) continue;
-    const double weight = static_cast<double>(std::max<uint64_t>(ev.val_tokens, 1));
+    // Pipeline: the loss is the last stage's; the others report digests
+    // only, as every site does in rounds training.eval_every skips (0 tokens).
+    if (!mode.CountsLoss(stage_of(site)) || ev.val_tokens == 0) continue;
+    const double weight = static_cast<double>(ev.val_tokens);
     loss_sum += ev.val_loss * weight;
-    tokens += std::max<uint64_t>(ev.val_tokens, 1);
+    tokens += ev.val_tokens;
     r.sites[site].val_loss = ev.val_loss;
   }
   mode.RecordEvals(e.evals, &r);

@@ -6,6 +6,7 @@
 
 #include "base/hash.h"
 #include "base/log.h"
+#include "coordinator/welcome.h"
 
 namespace lowband {
 namespace {
@@ -156,24 +157,17 @@ bool Membership::HandleHello(const std::string& peer, const Hello& m, TimePoint 
 void Membership::SendWelcome(WorkerInfo& w, CoreOutput* out) {
   Welcome wel;
   wel.worker_id = w.site;
-  wel.model = config_.model;
-  wel.training = config_.training;
-  wel.codec = config_.codec;
+  wel.model = ToSpec(config_.model);
+  wel.training = ToSpec(config_.training);
+  wel.codec = ToSpec(config_.codec);
   wel.data_seed = DataSeedFor(config_.training.seed, w.site);
   wel.worker_index = static_cast<int>(std::distance(workers_.begin(), workers_.find(w.site)));
   wel.heartbeat_interval_ms = config_.network.heartbeat_interval_ms;
   wel.heartbeat_timeout_ms = config_.network.heartbeat_timeout_ms;
   mode_->FillWelcome(&wel);
-  if (config_.fcrag.enabled) {
-    wel.fcrag.enabled = true;
-    wel.fcrag.labels = config_.fcrag.labels;
-    wel.fcrag.retrieve_k = config_.fcrag.retrieve_k;
-    wel.fcrag.smoothing = config_.fcrag.smoothing;
-    wel.fcrag.min_chars = config_.fcrag.min_chars;
-    wel.fcrag.max_chars = config_.fcrag.max_chars;
-  }
+  if (config_.fcrag.enabled) wel.fcrag = ToSpec(config_.fcrag);
   if (topology_) {
-    wel.pipeline = config_.pipeline;
+    wel.pipeline = ToSpec(config_.pipeline);
     wel.stage = w.stage;
     wel.replica = w.replica;
     wel.pipeline_epoch = replica_epoch_[w.replica];

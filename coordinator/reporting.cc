@@ -31,6 +31,15 @@ __attribute__((format(printf, 2, 3))) void Appendf(std::string* out, const char*
   va_end(again);
 }
 
+// A loss as "2.4484", or "   -  " when unknown (round 0's training loss,
+// rounds training.eval_every skips).
+std::string Loss(double loss) {
+  if (!std::isfinite(loss)) return "   -  ";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.4f", loss);
+  return buf;
+}
+
 // A fraction as " 93%", or "  - " when unknown.
 std::string Percent(double fraction) {
   if (!std::isfinite(fraction)) return "  - ";
@@ -155,16 +164,11 @@ std::string RoundReporter::ResyncLine(const std::string& site, uint32_t round, u
 std::string RoundReporter::ProgressLines(const RoundRecord& r) const {
   const Figures fig = RoundFigures(r.round);
   std::string out;
-  char train[16];
-  if (std::isfinite(r.train_loss)) {
-    std::snprintf(train, sizeof(train), "%.4f", r.train_loss);
-  } else {
-    std::snprintf(train, sizeof(train), "   -  ");
-  }
   Appendf(&out,
-          "round %3u/%-3d train %s  val %.4f  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  wait %5.2f s  "
+          "round %3u/%-3d train %s  val %s  up %10s (x%6.1f)  down %10s (x%5.1f %s)  %6.2f s  wait %5.2f s  "
           "util %s  sites %d%s\n",
-          r.round, config_.training.rounds, train, r.val_loss, HumanBytes(fig.up).c_str(), fig.ratio_up,
+          r.round, config_.training.rounds, Loss(r.train_loss).c_str(), Loss(r.val_loss).c_str(),
+          HumanBytes(fig.up).c_str(), fig.ratio_up,
           HumanBytes(fig.down).c_str(), fig.ratio_down, r.round == 0 ? "-" : CodecName(r.down_codec), r.wall_s,
           r.exposed_comm_s, Percent(r.utilisation).c_str(), r.evaluated, r.digest_mismatches ? "  DIGEST MISMATCH" : "");
   if (config_.training.adaptive.enabled && r.round > 0) {

@@ -1,6 +1,9 @@
 // Protocol messages as plain C++ values. protocol/wire.h converts them to and
 // from FlatBuffers frames; nothing else sees generated code. Cores consume
-// and produce these. Value types, any thread.
+// and produce these. The campaign settings a Welcome carries are the
+// protocol's own structs (exactly what the wire holds), not config/'s: the
+// coordinator converts its config into them and the worker back
+// (coordinator/welcome.h, worker/welcome_config.h). Value types, any thread.
 #pragma once
 
 #include <cstdint>
@@ -8,13 +11,68 @@
 #include <variant>
 #include <vector>
 
-#include "config/config.h"
 #include "base/frames.h"
 #include "base/status.h"
+#include "protocol/kinds.h"
 
 namespace lowband {
 
 constexpr uint16_t kProtocolVersion = 1;
+
+// A transformer's shape (schemas/campaign.fbs ModelSpec). Like every
+// settings struct here, its defaults are a campaign file's (config/config.h).
+struct ModelSpec {
+  int layers = 4;
+  int d_model = 128;
+  int heads = 4;
+  int context = 64;
+  int vocab = 256;
+};
+
+// The inner AdamW optimizer a site trains with.
+struct InnerOptimizerSpec {
+  double lr = 3e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0 disables clipping
+  int warmup_steps = 0;
+};
+
+// The training settings a site needs (the coordinator's own, such as
+// adaptive steps, stay home: a site is told its steps each round).
+struct TrainingSpec {
+  int rounds = 10;
+  int inner_steps = 10;  // H
+  int batch_size = 16;
+  int eval_batches = 8;
+  uint64_t seed = 1234;
+  InnerOptimizerSpec inner;
+  bool overlap = false;  // rounds overlap communication (docs/overlap.md)
+  Precision precision = Precision::kAuto;
+  int eval_every = 1;  // the validation loss of rounds that are multiples of it, and of the last
+};
+
+// The update codec sites encode with (on the wire: TrainingSpec's codec fields).
+struct CodecSpec {
+  CodecKind kind = CodecKind::kDenseFp32;
+  int topk = 64;                 // sparseloco: values kept per full 4096-element chunk
+  double error_feedback = 0.95;  // beta of the site's error feedback
+};
+
+// Pipeline stages with ResBM bottlenecks; stages 1: data-parallel campaign.
+struct PipelineSpec {
+  int stages = 1;
+  int replicas = 1;
+  int ratio = 128;  // b = d_model / ratio numbers per token cross a boundary
+  WireDtype wire_dtype = WireDtype::kBf16;
+  std::vector<int> split;  // transformer blocks per stage; empty = as even as possible
+  int micro_batches = 4;
+  std::string schedule = "1f1b";  // "gpipe" or "1f1b"
+  double link_mbit = 0;           // emulated stage link rate, 0 = none
+  int peer_timeout_ms = 30000;
+};
 
 // Describes the bulk frame that follows a header frame.
 struct BlobHeader {
@@ -36,7 +94,7 @@ struct Hello {
   std::string peer_endpoint;  // pipeline campaigns: where its neighbour stages connect
   // FPLD: the site trains a model of its own (layers, d_model, heads; the
   // campaign's context and vocab); layers 0 = the campaign's model.
-  ModelConfig own_model{0, 0, 0, 0, 0};
+  ModelSpec own_model{0, 0, 0, 0, 0};
   // Local ranks (processes, c10d) that train as this site's one replica.
   uint32_t ranks = 1;
 };
@@ -65,14 +123,14 @@ struct FcragWelcome {
 
 struct Welcome {
   std::string worker_id;
-  ModelConfig model;
-  TrainingConfig training;
-  CodecConfig codec;
+  ModelSpec model;
+  TrainingSpec training;
+  CodecSpec codec;
   uint64_t data_seed = 0;
   int worker_index = 0;
   uint32_t heartbeat_interval_ms = 0;
   uint32_t heartbeat_timeout_ms = 0;
-  PipelineConfig pipeline;  // stages 1: data-parallel campaign
+  PipelineSpec pipeline;    // stages 1: data-parallel campaign
   int stage = 0;            // this worker's slot
   int replica = 0;
   std::vector<std::string> stage_endpoints;  // peer endpoint of each stage of its replica

@@ -162,18 +162,18 @@ class BodyEncoder {
     auto worker_id = fbb_.CreateString(m.worker_id);
     auto model = wire::CreateModelSpec(fbb_, m.model.layers, m.model.d_model, m.model.heads,
                                        m.model.context, m.model.vocab);
-    const InnerOptimizerConfig& in = m.training.inner;
+    const InnerOptimizerSpec& in = m.training.inner;
     auto inner = wire::CreateInnerOptimizerSpec(fbb_, in.lr, in.beta1, in.beta2, in.eps,
                                                 in.weight_decay, in.grad_clip, in.warmup_steps);
-    const TrainingConfig& t = m.training;
+    const TrainingSpec& t = m.training;
     auto training = wire::CreateTrainingSpec(fbb_, t.rounds, t.inner_steps, t.batch_size,
                                              t.eval_batches, t.seed, inner, CodecToWire(m.codec.kind),
                                              static_cast<uint32_t>(m.codec.topk), m.codec.error_feedback,
-                                             t.overlap);
+                                             t.overlap, static_cast<uint8_t>(t.precision), t.eval_every);
     flatbuffers::Offset<wire::PipelineSpec> pipeline = 0;
     flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> endpoints = 0;
     if (m.pipeline.stages > 1) {
-      const PipelineConfig& p = m.pipeline;
+      const PipelineSpec& p = m.pipeline;
       auto split = fbb_.CreateVector(p.split);
       auto schedule = fbb_.CreateString(p.schedule);
       pipeline = wire::CreatePipelineSpec(fbb_, p.stages, p.replicas, p.ratio, static_cast<uint8_t>(p.wire_dtype), split,
@@ -420,7 +420,7 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
       return InvalidArgument("Hello.own_model is not a valid architecture (layers <= 1024, d_model <= 65536, "
                              "d_model a multiple of heads)");
     }
-    m->own_model = ModelConfig{own->layers(), own->d_model(), own->heads(), own->context(), own->vocab()};
+    m->own_model = ModelSpec{own->layers(), own->d_model(), own->heads(), own->context(), own->vocab()};
   }
   return Status::Ok();
 }
@@ -431,7 +431,7 @@ Status DecodePipeline(const wire::Welcome& t, Welcome* m) {
   const wire::PipelineSpec* p = t.pipeline();
   if (p == nullptr) return Status::Ok();
   auto bad = [](const std::string& what) { return InvalidArgument("Welcome.pipeline." + what); };
-  PipelineConfig& pc = m->pipeline;
+  PipelineSpec& pc = m->pipeline;
   if (p->stages() < 2 || p->stages() > 64) return bad("stages is " + std::to_string(p->stages()) + " (allowed: 2 to 64)");
   if (p->replicas() < 1 || p->replicas() > 64) return bad("replicas is " + std::to_string(p->replicas()) + " (allowed: 1 to 64)");
   if (p->ratio() < 1 || m->model.d_model % p->ratio() != 0) {
@@ -504,6 +504,10 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->inner_steps(), "Welcome.training.inner_steps"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->batch_size(), "Welcome.training.batch_size"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->eval_batches(), "Welcome.training.eval_batches"));
+  LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->eval_every(), "Welcome.training.eval_every"));
+  if (training->precision() > static_cast<uint8_t>(Precision::kBf16)) {
+    return InvalidArgument("Welcome.training.precision has unknown value " + std::to_string(training->precision()));
+  }
   LOWBAND_RETURN_IF_ERROR(RequireFiniteNonNegative(inner->lr(), "Welcome.training.inner.lr"));
   LOWBAND_RETURN_IF_ERROR(RequireFinite(inner->beta1(), "Welcome.training.inner.beta1"));
   LOWBAND_RETURN_IF_ERROR(RequireFinite(inner->beta2(), "Welcome.training.inner.beta2"));
@@ -547,6 +551,8 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   m->training.inner.grad_clip = inner->grad_clip();
   m->training.inner.warmup_steps = inner->warmup_steps();
   m->training.overlap = training->overlap();
+  m->training.precision = static_cast<Precision>(training->precision());
+  m->training.eval_every = std::max(1, training->eval_every());
   m->data_seed = t.data_seed();
   m->worker_index = t.worker_index();
   m->heartbeat_interval_ms = t.heartbeat_interval_ms();

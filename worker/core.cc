@@ -82,7 +82,7 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     registered_ = true;
     configured_ = true;
     overlap_ = w->training.overlap;
-    const ModelConfig& own = hello_.own_model;
+    const ModelSpec& own = hello_.own_model;
     fpld_own_ = w->fpld.enabled && own.layers > 0 &&
                 !(own.layers == w->model.layers && own.d_model == w->model.d_model && own.heads == w->model.heads);
     target_round_.reset();

@@ -13,22 +13,23 @@
 #include "codec/logit_codec.h"
 #include "worker/job_wire.h"
 #include "worker/site_group.h"
+#include "worker/welcome_config.h"
 
 namespace lowband {
 namespace {
 
-bool SameModel(const ModelConfig& a, const ModelConfig& b) {
+bool SameModel(const ModelSpec& a, const ModelSpec& b) {
   return a.layers == b.layers && a.d_model == b.d_model && a.heads == b.heads && a.context == b.context &&
          a.vocab == b.vocab;
 }
 
-bool SameCodec(const CodecConfig& a, const CodecConfig& b) {
+bool SameCodec(const CodecSpec& a, const CodecSpec& b) {
   return a.kind == b.kind && a.topk == b.topk && a.error_feedback == b.error_feedback;
 }
 
 bool SamePipeline(const Welcome& a, const Welcome& b) {
-  const PipelineConfig& x = a.pipeline;
-  const PipelineConfig& y = b.pipeline;
+  const PipelineSpec& x = a.pipeline;
+  const PipelineSpec& y = b.pipeline;
   return x.stages == y.stages && x.ratio == y.ratio && x.wire_dtype == y.wire_dtype && x.split == y.split &&
          x.micro_batches == y.micro_batches && x.schedule == y.schedule && x.peer_timeout_ms == y.peer_timeout_ms &&
          a.stage == b.stage && a.training.batch_size == b.training.batch_size;
@@ -182,8 +183,8 @@ JobResult Executor::Configure(const Welcome& welcome) {
     LOG_INFO("FC-RAG store ready", {"documents", static_cast<uint64_t>(fcrag_->store.size())},
              {"queries", static_cast<uint64_t>(fcrag_->queries.size())}, {"terms", static_cast<uint64_t>(bm25_->num_terms())});
   }
-  auto trainer =
-      Trainer::Create(w.model, w.training, site_.device, site_.threads, corpus_, w.data_seed, w.codec);
+  auto trainer = Trainer::Create(ToConfig(w.model), ToConfig(w.training), site_.device, site_.threads, corpus_,
+                                 w.data_seed, ToConfig(w.codec));
   if (!trainer.ok()) return Fail(ErrorCode::kInternal, 0, trainer.status(), /*fatal=*/true);
   trainer_ = std::move(trainer).value();
   trainer_->SetGroup(group_);
@@ -203,12 +204,16 @@ JobResult Executor::Configure(const Welcome& welcome) {
   return ConfigureDone{};
 }
 
-JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest) {
+JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest, bool loss) {
   FailPoint("worker_eval", round);  // on the training thread: a slow evaluation delays only the report
-  auto ev = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
-  if (!ev.ok()) return Fail(ErrorCode::kInternal, round, ev.status());
+  EvalResult ev;  // no loss: 0 tokens, the report carries the digest alone
+  if (loss) {
+    auto measured = stage_ ? stage_->Evaluate(round) : trainer_->Evaluate();
+    if (!measured.ok()) return Fail(ErrorCode::kInternal, round, measured.status());
+    ev = *measured;
+  }
   const uint64_t digest = GlobalDigest();
-  EvalDone done{round, ev->loss, ev->tokens, digest, digest == announced_digest, {}};
+  EvalDone done{round, ev.loss, ev.tokens, digest, digest == announced_digest, {}};
   if (group_ && group_->size() > 1) {
     // The digest check covers every rank's replica.
     auto all = group_->AllGather(digest);
@@ -434,7 +439,12 @@ JobResult Executor::Apply(const ApplyJob& job) {
   if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());
   Status st = stage_ ? stage_->ApplyUpdate(*update) : trainer_->ApplyUpdate(*update);
   if (!st.ok()) return Fail(ErrorCode::kInternal, job.aggregate.round, st);
-  return EvaluateAt(job.aggregate.round, job.aggregate.digest);
+  // training.eval_every: the loss of every N-th round and of the last.
+  const TrainingSpec& t = welcome_->training;
+  const uint32_t round = job.aggregate.round;
+  const bool loss = t.eval_every <= 1 || round % static_cast<uint32_t>(t.eval_every) == 0 ||
+                    round >= static_cast<uint32_t>(t.rounds);
+  return EvaluateAt(round, job.aggregate.digest, loss);
 }
 
 }  // namespace lowband

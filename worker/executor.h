@@ -69,7 +69,9 @@ class Executor {
   double mass_scale_ = 1.0;  // TypicalMass of its own queries
   std::vector<double> mean_scores_;  // the hub's mean scores of this site's queries, row per query
   std::vector<size_t> test_;         // the last split's test queries
-  JobResult EvaluateAt(uint32_t round, uint64_t announced_digest);
+  // The round's validation loss (unless `loss` is false: training.eval_every)
+  // and the replica's digest, as the coordinator's eval report wants them.
+  JobResult EvaluateAt(uint32_t round, uint64_t announced_digest, bool loss = true);
   bool configured() const { return trainer_ || stage_; }
   const ParamLayout& layout() const { return stage_ ? stage_->layout() : trainer_->layout(); }
   const LayoutPlan& plan() const { return stage_ ? stage_->plan() : trainer_->plan(); }

@@ -22,6 +22,7 @@
 #include "worker/peer_links.h"
 #include "worker/site_group.h"
 #include "worker/trainer.h"
+#include "worker/welcome_config.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -212,7 +213,7 @@ struct WorkerService::Impl {
     h.train_tokens = corpus.train_tokens();
     h.val_tokens = corpus.val_tokens();
     h.peer_endpoint = site.peer;
-    h.own_model = site.model;  // FPLD: a model of its own (layers 0: the campaign's)
+    h.own_model = OwnModelSpec(site);  // FPLD: a model of its own (layers 0: the campaign's)
     h.ranks = static_cast<uint32_t>(ranks.plan.ranks);
     core = std::make_unique<WorkerCore>(h, std::move(campaign), WorkerClock::now());
   }

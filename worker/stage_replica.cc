@@ -12,6 +12,7 @@
 #include "worker/pipeline_runner.h"
 #include "worker/pipeline_schedule.h"
 #include "worker/stage_trainer.h"
+#include "worker/welcome_config.h"
 
 namespace lowband {
 namespace {
@@ -101,13 +102,15 @@ StageReplica::~StageReplica() = default;
 StatusOr<std::unique_ptr<StageReplica>> StageReplica::Create(const Welcome& w, const std::string& device,
                                                              int threads, const Corpus* corpus,
                                                              PeerChannel* channel) {
-  const PipelineConfig& pc = w.pipeline;
+  const ModelConfig model = ToConfig(w.model);
+  const TrainingConfig training = ToConfig(w.training);
+  const PipelineConfig pc = ToConfig(w.pipeline);
   if (pc.stages < 2 || w.stage < 0 || w.stage >= pc.stages) {
     return InvalidArgument("stage " + std::to_string(w.stage) + " of " + std::to_string(pc.stages) +
                            " is not a pipeline stage");
   }
   if (corpus == nullptr || channel == nullptr) return InvalidArgument("stage replica: no corpus or no peer channel");
-  const std::vector<int> blocks = StageBlocks(w.model.layers, pc);
+  const std::vector<int> blocks = StageBlocks(model.layers, pc);
   if (static_cast<int>(blocks.size()) != pc.stages) {
     return InvalidArgument("pipeline split has " + std::to_string(blocks.size()) + " entries for " +
                            std::to_string(pc.stages) + " stages");
@@ -123,18 +126,18 @@ StatusOr<std::unique_ptr<StageReplica>> StageReplica::Create(const Welcome& w, c
     impl->corpus = corpus;
     impl->device = dev;
     impl->rng.seed(w.data_seed);
-    LOWBAND_ASSIGN_OR_RETURN(impl->trainer, StageTrainer::Create(w.model, spec, w.training.inner, pc.wire_dtype,
-                                                                 pc.micro_batches, dev, w.training.seed));
+    LOWBAND_ASSIGN_OR_RETURN(impl->trainer, StageTrainer::Create(model, spec, training.inner, pc.wire_dtype,
+                                                                 pc.micro_batches, dev, training.seed));
     PipelineRunnerOptions options;
     options.schedule = schedule;
     options.wire = pc.wire_dtype;
-    options.batch_size = w.training.batch_size;
-    options.tokens = w.model.context;
+    options.batch_size = training.batch_size;
+    options.tokens = model.context;
     options.peer_timeout = std::chrono::milliseconds(pc.peer_timeout_ms);
     LOWBAND_ASSIGN_OR_RETURN(impl->runner, PipelineRunner::Create(impl->trainer.get(), channel, options));
     const ParamLayout& layout = impl->trainer->layout();
     impl->plan = PlanLayout(layout, w.codec.topk);
-    LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(layout, w.codec, dev));
+    LOWBAND_ASSIGN_OR_RETURN(impl->encoder, DeviceEncoder::Create(layout, ToConfig(w.codec), dev));
     // The stage's own initial values until the coordinator's sync replaces them.
     impl->global.layout = layout;
     for (const auto& p : impl->trainer->parameters()) {

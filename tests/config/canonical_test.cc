@@ -60,6 +60,7 @@ std::vector<Mutation> SemanticMutations() {
       {"training.eval_batches", [](CampaignConfig& c) { c.training.eval_batches += 1; }},
       {"training.overlap", [](CampaignConfig& c) { c.training.overlap = !c.training.overlap; }},
       {"training.precision", [](CampaignConfig& c) { c.training.precision = Precision::kBf16; }},
+      {"training.eval_every", [](CampaignConfig& c) { c.training.eval_every = 5; }},
       {"training.inner_optimizer.lr", [](CampaignConfig& c) { c.training.inner.lr *= 2; }},
       {"training.inner_optimizer.betas", [](CampaignConfig& c) { c.training.inner.beta1 = 0.8; }},
       {"training.inner_optimizer.betas", [](CampaignConfig& c) { c.training.inner.beta2 = 0.99; }},

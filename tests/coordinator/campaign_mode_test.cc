@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "coordinator/welcome.h"
 #include "tests/fakes/fake_cluster.h"
 
 namespace lowband {
@@ -177,7 +178,7 @@ TEST_CASE("campaign mode: FPLD takes logits, and own-model sites adopt no parame
   CHECK(b.mode->Adopts(same));
   own.hello.own_model.layers = 4;
   CHECK_FALSE(b.mode->Adopts(own));
-  own.hello.own_model = c.model;
+  own.hello.own_model = ToSpec(c.model);
   CHECK(b.mode->Adopts(own));
   CHECK(b.mode->EvalsNeeded(3, 1) == 1);
   CHECK(b.mode->EvalsNeeded(0, 2) == 1);
@@ -187,7 +188,7 @@ TEST_CASE("campaign mode: FPLD takes logits, and own-model sites adopt no parame
   b.mode->FillWelcome(&wel);
   CHECK(wel.fpld.enabled);
   CHECK(wel.fpld.probe_tokens == std::vector<uint8_t>{7, 8});
-  CHECK(wel.codec.kind == CodecConfig{}.kind);
+  CHECK(wel.codec.kind == CodecSpec{}.kind);
 }
 
 }  // namespace

@@ -91,6 +91,31 @@ TEST_CASE("eval records: records come out oldest first, and a re-evaluated round
   CHECK(records.empty());
 }
 
+TEST_CASE("eval records: a report of no tokens (a round training.eval_every skips) carries no loss",
+          "[unit][coordinator]") {
+  auto mode = PlainMode();
+  const TimePoint t0{std::chrono::seconds(10)};
+  auto stage0 = [](const std::string&) { return 0; };
+  EvalRecords records;
+  RoundRecord r;
+  r.round = 3;
+  records.Open(r, t0, t0);
+  EvalRecord e = records.PopOldest();
+  e.evals["a"] = Report(3, 0.0, 0);
+  e.evals["b"] = Report(3, 0.0, 0);
+  const RoundRecord skipped = records.Write(std::move(e), *mode, stage0, t0, t0);
+  CHECK(std::isnan(skipped.val_loss));
+  CHECK(skipped.evaluated == 2);  // both digests were checked
+  CHECK(std::isnan(skipped.sites.count("a") ? skipped.sites.at("a").val_loss : NAN));
+  // One site measured, one did not: the loss is the measured one's.
+  r.round = 4;
+  records.Open(r, t0, t0);
+  e = records.PopOldest();
+  e.evals["a"] = Report(4, 0.0, 0);
+  e.evals["b"] = Report(4, 3.0, 10);
+  CHECK(records.Write(std::move(e), *mode, stage0, t0, t0).val_loss == Approx(3.0));
+}
+
 TEST_CASE("eval records: a pipeline's loss is the last stage's", "[unit][coordinator]") {
   CampaignConfig c = testing::TinyCampaign(2);
   c.pipeline.stages = 2;

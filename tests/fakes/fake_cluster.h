@@ -152,7 +152,7 @@ class FakeExecutor {
 
   std::string site_;
   ParamSet global_;
-  CodecConfig codec_;
+  CodecSpec codec_;
   LayoutPlan plan_;
   CodecKind last_aggregate_codec_ = CodecKind::kDenseFp32;
 };

@@ -50,7 +50,9 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   const std::string campaign = dir.Path("campaign.yaml");
   WriteFile(campaign, TinyCampaign(port, 4));
   const std::string metrics = dir.Path("metrics.jsonl");
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics},
+  // The validation loss of rounds 0, 3 and 4 (the last) only.
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics,
+                          "--set", "training.eval_every=3"},
                          dir.Path("run.out"));
 
   // While it runs: the control endpoint answers, and junk sent to the worker
@@ -98,6 +100,8 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
     CHECK(Field(records[r], "round") == std::to_string(r));
     CHECK(Field(records[r], "digests_match") == "true");
     CHECK(std::stoull(Field(records[r], "bytes_down")) > 0);
+    CHECK((Field(records[r], "val_loss") == "null") == (r == 1 || r == 2));  // training.eval_every
+    CHECK(Field(records[r], "evaluated") == "3");  // every site's digest, whether or not its loss
     if (r > 0) {
       CHECK(std::stoull(Field(records[r], "bytes_up")) > 3 * 4 * 100000ull);  // three dense fp32 deltas
       CHECK(Field(records[r], "contributors") == "3");

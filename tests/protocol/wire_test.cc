@@ -60,7 +60,7 @@ Message SampleHello() {
   h.step_time_ms = 12.5;
   h.train_tokens = 1'000'000;
   h.val_tokens = 100'000;
-  h.own_model = ModelConfig{2, 96, 4, 128, 256};
+  h.own_model = ModelSpec{2, 96, 4, 128, 256};
   h.ranks = 4;
   return Wrap(h);
 }
@@ -68,13 +68,13 @@ Message SampleHello() {
 Message SampleWelcome() {
   Welcome w;
   w.worker_id = "w-0001";
-  w.model = ModelConfig{6, 256, 8, 128, 256};
+  w.model = ModelSpec{6, 256, 8, 128, 256};
   w.training.rounds = 42;
   w.training.inner_steps = 25;
   w.training.batch_size = 32;
   w.training.eval_batches = 4;
   w.training.seed = 0xdead'beef'cafe'f00dull;
-  w.training.inner = InnerOptimizerConfig{1e-3, 0.85, 0.97, 1e-9, 0.05, 0.5, 17};
+  w.training.inner = InnerOptimizerSpec{1e-3, 0.85, 0.97, 1e-9, 0.05, 0.5, 17};
   w.codec.kind = CodecKind::kSparseLoCo;
   w.codec.topk = 63;
   w.codec.error_feedback = 0.9;
@@ -265,8 +265,8 @@ bool Same(const Welcome& a, const Welcome& b) {
                                                       b.heartbeat_interval_ms, b.heartbeat_timeout_ms) &&
          std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
              std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab) &&
-         std::tie(at.rounds, at.inner_steps, at.batch_size, at.eval_batches, at.seed) ==
-             std::tie(bt.rounds, bt.inner_steps, bt.batch_size, bt.eval_batches, bt.seed) &&
+         std::tie(at.rounds, at.inner_steps, at.batch_size, at.eval_batches, at.seed, at.overlap) ==
+             std::tie(bt.rounds, bt.inner_steps, bt.batch_size, bt.eval_batches, bt.seed, bt.overlap) &&
          std::tie(ai.lr, ai.beta1, ai.beta2, ai.eps, ai.weight_decay, ai.grad_clip, ai.warmup_steps) ==
              std::tie(bi.lr, bi.beta1, bi.beta2, bi.eps, bi.weight_decay, bi.grad_clip, bi.warmup_steps) &&
          a.layer_blocks == b.layer_blocks && Same(a.fpld, b.fpld);
