@@ -51,7 +51,7 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   WriteFile(campaign, TinyCampaign(port, 4));
   const std::string metrics = dir.Path("metrics.jsonl");
   // The validation loss of rounds 0, 3 and 4 (the last) only.
-  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.path().string(), "--metrics-out", metrics,
+  Subprocess run = Start({kBin + "/lowband", "run", campaign, "--run-dir", dir.Path("run"), "--metrics-out", metrics,
                           "--set", "training.eval_every=3"},
                          dir.Path("run.out"));
 
@@ -111,7 +111,7 @@ TEST_CASE("lowband run: a whole campaign on loopback learns and keeps replicas i
   const double last = std::stod(Field(records.back(), "val_loss"));
   CHECK(last < 0.8 * first);
 
-  auto ckpt = ReadCheckpoint(dir.Path("checkpoint-final.lbck"));
+  auto ckpt = ReadCheckpoint(dir.Path("run/checkpoint-final.lbck"));
   REQUIRE(ckpt.ok());
   CHECK(ckpt->round == 4);
   CHECK(DigestHex(ckpt->params.Digest()) == Field(records.back(), "digest"));
