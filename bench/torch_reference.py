@@ -141,6 +141,8 @@ def time_lowband(step_time, campaign, shape, steps):
 
 
 def main():
+    # Line by line even into a pipe: a run stopped by a timeout keeps what it printed.
+    sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--step-time", default="build-gpu/bin/step_time", help="lowband's step_time binary")
     ap.add_argument("--campaign", default="configs/quickstart.yaml", help="campaign whose first site gives the text")
