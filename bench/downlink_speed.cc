@@ -9,7 +9,6 @@
 // The default is GPT-2 small's shape with the byte-level vocabulary (85M
 // parameters, configs/gpt2-small.yaml). Each figure is the median of --reps
 // runs after one warm-up run.
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +17,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "base/thread_pool.h"
 #include "codec/codec.h"
@@ -132,8 +133,8 @@ int Main(int argc, char** argv) {
     const int threads = std::stoi(item);
     std::unique_ptr<ThreadPool> pool;
     if (threads > 1) pool = std::make_unique<ThreadPool>(threads);
-    const double encode =
-        MedianSeconds(reps, [] {}, [&] { (void)EncodeSparseLoCoHost(layout, plan, dense, pool.get()); });
+    const double encode = MedianSeconds(
+        reps, [] {}, [&] { (void)EncodeSparseLoCoHost(layout, plan, dense, pool.get()); });
     DownlinkEncoder down(CodecKind::kSparseLoCo, n);
     Encoded payload;
     Update u;

@@ -325,10 +325,10 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   if (codec.downlink == CodecKind::kSparseLoCo && !WholeModelMean(cfg)) {
     // The coordinator's downlink error feedback is one buffer over the whole
     // model, sent whole to every site.
-    const char* why = cfg.fpld.enabled                      ? "an FPLD campaign"
-                      : cfg.pipeline.stages > 1             ? "pipeline stages (pipeline.stages > 1)"
-                      : cfg.parablock.blocks > 1            ? "ParaBlock blocks (parablock.blocks > 1)"
-                                                            : "personalised tensors (personalization.tensors)";
+    const char* why = cfg.fpld.enabled           ? "an FPLD campaign"
+                      : cfg.pipeline.stages > 1  ? "pipeline stages (pipeline.stages > 1)"
+                      : cfg.parablock.blocks > 1 ? "ParaBlock blocks (parablock.blocks > 1)"
+                                                 : "personalised tensors (personalization.tensors)";
     c->Error("codec.downlink", std::string("sparseloco downlink with ") + why,
              "sparse_fp32 or dense_fp32 unless every site holds the whole model and the coordinator takes one mean");
   }

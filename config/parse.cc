@@ -939,7 +939,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
   // site holds the whole model and the coordinator takes a plain mean.
   if (!downlink_set) {
     cfg->codec.downlink = cfg->codec.kind == CodecKind::kSparseLoCo && WholeModelMean(*cfg) ? CodecKind::kSparseLoCo
-                                                                                          : CodecKind::kSparseFp32;
+                                                                                            : CodecKind::kSparseFp32;
   }
 }
 

@@ -33,10 +33,10 @@
 #include <string>
 #include <vector>
 
+#include "base/thread_pool.h"
 #include "codec/codec.h"
 #include "codec/params.h"
 #include "config/config.h"
-#include "base/thread_pool.h"
 #include "coordinator/distiller.h"
 #include "coordinator/downlink.h"
 #include "coordinator/outer_optimizer.h"

@@ -58,7 +58,8 @@ StatusOr<std::unique_ptr<ComputeThread>> ComputeThread::Start(std::shared_ptr<co
     // (about a second for 85M parameters on one core, bench/downlink_speed);
     // the loop and the disk thread need little CPU meanwhile. Capped: beyond
     // 8 threads memory bandwidth, not arithmetic, bounds it.
-    impl->pool = std::make_unique<ThreadPool>(static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)));
+    impl->pool =
+        std::make_unique<ThreadPool>(static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)));
     impl->thread = std::thread([raw] { raw->Loop(); });
   } catch (const std::system_error& e) {
     return Unavailable(std::string("cannot start the compute thread: ") + e.what());

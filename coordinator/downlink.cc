@@ -11,8 +11,8 @@ DownlinkEncoder::DownlinkEncoder(CodecKind kind, size_t num_params) : kind_(kind
   if (compressed()) error_.assign(num_params, 0.0f);
 }
 
-StatusOr<Update> DownlinkEncoder::Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u,
-                                         ThreadPool* pool, Encoded* down) {
+StatusOr<Update> DownlinkEncoder::Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u, ThreadPool* pool,
+                                         Encoded* down) {
   if (kind_ == CodecKind::kSparseFp32) {
     auto enc = PackAggregate(layout, plan, u);
     if (!enc.ok()) return enc.status();

@@ -44,8 +44,7 @@ class DownlinkEncoder {
   // compressed). sparse_fp32: PackAggregate's choice; dense_fp32: always
   // dense. `pool` (may be null) spreads the SparseLoCo selection.
   // InvalidArgument (nothing changed) on a non-finite u or buffer.
-  StatusOr<Update> Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u, ThreadPool* pool,
-                          Encoded* down);
+  StatusOr<Update> Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u, ThreadPool* pool, Encoded* down);
 
   // The error-feedback buffer e: empty unless compressed, else one value
   // per parameter.

@@ -47,7 +47,9 @@ Status ReplayGradient(uint32_t round, const Encoded& gradient, const LayoutPlan&
   if (!g.ok()) return Corruption("replay: round " + std::to_string(round) + "'s logged gradient: " + g.status().ToString());
   Encoded down;  // what the sites got; only its effect on the downlink's state matters here
   auto update = downlink->Encode(params->layout, plan, outer->Step(plan, std::move(g).value()), nullptr, &down);
-  if (!update.ok()) return Corruption("replay: round " + std::to_string(round) + "'s update: " + update.status().ToString());
+  if (!update.ok()) {
+    return Corruption("replay: round " + std::to_string(round) + "'s update: " + update.status().ToString());
+  }
   return ApplyUpdate(plan, *update, &params->values);
 }
 

@@ -538,10 +538,10 @@ void CoordinatorService::Impl::OnFcragResult(const FcragResult& r) {
 void CoordinatorService::Impl::FinishDurably(const CoreOutput& out) {
   exit_code = out.failed ? 1 : 0;
   ending = Ending{out.failed, out.finish_reason};
-  barrier = disk->Finish(options.run_dir + "/checkpoint-final.lbck",
-                         Checkpoint{core.committed_round(), config.name, core.params(), core.outer_momentum(),
-                                    core.downlink_error()},
-                         ledger.RowsSince(ledger_saved_from), out.failed, out.finish_reason);
+  barrier = disk->Finish(
+      options.run_dir + "/checkpoint-final.lbck",
+      Checkpoint{core.committed_round(), config.name, core.params(), core.outer_momentum(), core.downlink_error()},
+      ledger.RowsSince(ledger_saved_from), out.failed, out.finish_reason);
 }
 
 void CoordinatorService::Impl::OnFinished() {

@@ -430,9 +430,9 @@ JobResult Executor::Apply(const ApplyJob& job) {
   // applied itself.
   const CodecKind codec = job.aggregate.blob.codec;
   if (codec != CodecKind::kDenseFp32 && codec != CodecKind::kSparseFp32 && codec != CodecKind::kSparseLoCo) {
-    return JobFailed{false, ErrorCode::kBadPayload, job.aggregate.round,
-                     std::string("aggregate uses codec ") + CodecName(codec) +
-                         ", expected dense_fp32, sparse_fp32 or sparseloco"};
+    return JobFailed{
+        false, ErrorCode::kBadPayload, job.aggregate.round,
+        std::string("aggregate uses codec ") + CodecName(codec) + ", expected dense_fp32, sparse_fp32 or sparseloco"};
   }
   auto update = ParseUpdate(layout(), plan(), job.aggregate.blob, job.bulk);
   if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());

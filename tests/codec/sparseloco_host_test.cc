@@ -25,12 +25,8 @@ using testing::MakeLayout;
 // Edge tiles, a full tile, a long and a short 1-D tensor, a scalar, an
 // empty tensor.
 ParamLayout EdgeLayout() {
-  return MakeLayout({{"emb", {130, 70}},
-                     {"blocks.0.w", {64, 64}},
-                     {"long", {9000}},
-                     {"bias", {100}},
-                     {"gain", {}},
-                     {"none", {0}}});
+  return MakeLayout(
+      {{"emb", {130, 70}}, {"blocks.0.w", {64, 64}}, {"long", {9000}}, {"bias", {100}}, {"gain", {}}, {"none", {0}}});
 }
 
 std::vector<float> Random(size_t n, uint64_t seed) {

@@ -598,27 +598,24 @@ TEST_CASE("config: codec names and settings", "[unit][config]") {
   CHECK(Campaign(head + "codec: {name: dense_fp32, error_feedback: 0.5}\n").codec.kind == CodecKind::kDenseFp32);
 }
 
-TEST_CASE("config: codec.downlink defaults to sparseloco where the codec and the campaign allow it",
-          "[unit][config]") {
+TEST_CASE("config: codec.downlink defaults to sparseloco where the codec and the campaign allow it", "[unit][config]") {
   const std::string head = "campaign: {name: x}\nmodel: {layers: 4}\n";
   CHECK(Campaign(head).codec.downlink == CodecKind::kSparseFp32);
   CHECK(Campaign(head + "codec: {name: int8}\n").codec.downlink == CodecKind::kSparseFp32);
   CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
-  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: sparse_fp32}\n").codec.downlink ==
-        CodecKind::kSparseFp32);
-  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: dense_fp32}\n").codec.downlink ==
-        CodecKind::kDenseFp32);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: sparse_fp32}\n").codec.downlink == CodecKind::kSparseFp32);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: dense_fp32}\n").codec.downlink == CodecKind::kDenseFp32);
   // Any uplink codec may take a compressed downlink.
-  CHECK(Campaign(head + "codec: {name: dense_fp32, downlink: sparseloco}\n").codec.downlink ==
-        CodecKind::kSparseLoCo);
+  CHECK(Campaign(head + "codec: {name: dense_fp32, downlink: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
   // Campaigns whose sites hold slices or views keep the fp32 downlink.
   CHECK(Campaign(head + "codec: {name: sparseloco}\nparablock: {blocks: 2}\n").codec.downlink ==
         CodecKind::kSparseFp32);
   CHECK(Campaign(head + "codec: {name: sparseloco}\npipeline: {stages: 2}\nquorum: {expected_workers: 2}\n")
             .codec.downlink == CodecKind::kSparseFp32);
 
-  CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: top64}\n"),
-             Contains("c.yaml:3: codec.downlink: unknown value 'top64' (allowed: sparseloco, sparse_fp32, dense_fp32)"));
+  CHECK_THAT(
+      Error(head + "codec: {name: sparseloco, downlink: top64}\n"),
+      Contains("c.yaml:3: codec.downlink: unknown value 'top64' (allowed: sparseloco, sparse_fp32, dense_fp32)"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\nparablock: {blocks: 2}\n"),
              Contains("codec.downlink: sparseloco downlink with ParaBlock blocks (parablock.blocks > 1)"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\npipeline: {stages: 2}\n"),

@@ -108,7 +108,8 @@ TEST_CASE("checkpoint: the downlink's error feedback round-trips; version 3 file
   TempDir dir;
   Checkpoint ck = MakeCheckpoint(5, 0.5f);
   ck.outer_momentum.assign(ck.params.values.size(), 0.125f);
-  for (size_t i = 0; i < ck.params.values.size(); ++i) ck.downlink_error.push_back(1e-3f * static_cast<float>(i) - 0.5f);
+  for (size_t i = 0; i < ck.params.values.size(); ++i)
+    ck.downlink_error.push_back(1e-3f * static_cast<float>(i) - 0.5f);
   const std::string path = dir.Path("e.lbck");
   REQUIRE(WriteCheckpoint(path, ck).ok());
   auto back = ReadCheckpoint(path);

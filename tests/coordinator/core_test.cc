@@ -940,7 +940,7 @@ CampaignConfig ResumableCampaign(CodecKind downlink = CodecKind::kSparseFp32) {
   auto config = TinyCampaign(3, 5);
   config.codec.kind = CodecKind::kSparseLoCo;  // sparse logged gradients
   config.outer.kind = OuterOptimizerKind::kNesterov;  // and outer momentum to carry
-  config.codec.downlink = downlink;  // sparseloco: downlink error feedback to carry too
+  config.codec.downlink = downlink;                   // sparseloco: downlink error feedback to carry too
   return config;
 }
 

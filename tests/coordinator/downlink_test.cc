@@ -147,11 +147,12 @@ TEST_CASE("downlink: after several rounds the coordinator holds the initial para
         up.tokens = 100;
         uploads[site] = std::move(up);
       }
-      CloseResult ra = agg.Close(CloseJob{round, uploads, std::move(a.params), std::move(a.outer),
-                                          std::move(a.downlink)}, nullptr);
+      CloseResult ra =
+          agg.Close(CloseJob{round, uploads, std::move(a.params), std::move(a.outer), std::move(a.downlink)}, nullptr);
       // Alternate with and without a pool: the result must not depend on it.
-      CloseResult rb = agg.Close(CloseJob{round, uploads, std::move(b.params), std::move(b.outer),
-                                          std::move(b.downlink)}, round % 2 ? &pool : nullptr);
+      CloseResult rb =
+          agg.Close(CloseJob{round, uploads, std::move(b.params), std::move(b.outer), std::move(b.downlink)},
+                    round % 2 ? &pool : nullptr);
       REQUIRE(ra.status.ok());
       REQUIRE(rb.status.ok());
       a = Stream{std::move(ra.params), std::move(ra.outer), std::move(ra.downlink)};
@@ -191,8 +192,8 @@ TEST_CASE("downlink: after several rounds the coordinator holds the initial para
     // to the same parameters and the same error feedback, bit for bit.
     OuterOptimizer outer(oc, n);
     DownlinkEncoder downlink(CodecKind::kSparseLoCo, n);
-    REQUIRE(CheckRestore(initial, outer, downlink, 2, saved.params, saved.outer.momentum(),
-                         saved.downlink.error()).ok());
+    REQUIRE(
+        CheckRestore(initial, outer, downlink, 2, saved.params, saved.outer.momentum(), saved.downlink.error()).ok());
     if (!saved.outer.momentum().empty()) outer.set_momentum(saved.outer.momentum());
     downlink.set_error(saved.downlink.error());
     ParamSet params = saved.params;
