@@ -104,7 +104,7 @@ TEST_CASE("checkpoint: the outer optimizer's momentum round-trips, and must matc
   CHECK(plain->outer_momentum.empty());
 }
 
-TEST_CASE("checkpoint: the downlink's error feedback round-trips; version 3 files read without it", "[unit]") {
+TEST_CASE("checkpoint: the downlink's error feedback round-trips, and version 3 files read without it", "[unit]") {
   TempDir dir;
   Checkpoint ck = MakeCheckpoint(5, 0.5f);
   ck.outer_momentum.assign(ck.params.values.size(), 0.125f);

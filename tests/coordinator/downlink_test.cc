@@ -50,7 +50,7 @@ Update Decode(const ParamLayout& layout, const LayoutPlan& plan, const Encoded& 
   return std::move(u).value();
 }
 
-TEST_CASE("downlink: sparse_fp32 and dense_fp32 send u as it is; sparseloco sends u + e and keeps the rest",
+TEST_CASE("downlink: sparse_fp32 and dense_fp32 send u as it is, sparseloco sends u + e and keeps the rest",
           "[unit][coordinator]") {
   const ParamLayout layout = Layout();
   const LayoutPlan plan = PlanLayout(layout, 64);

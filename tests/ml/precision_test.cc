@@ -46,7 +46,7 @@ std::vector<torch::Tensor> Train(const torch::Device& device, int steps, double 
 
 }  // namespace
 
-TEST_CASE("ResolvePrecision: auto is fp32 on the CPU; explicit values stay", "[unit][precision]") {
+TEST_CASE("ResolvePrecision: auto is fp32 on the CPU, explicit values stay", "[unit][precision]") {
   const torch::Device cpu(torch::kCPU);
   CHECK(ResolvePrecision(Precision::kAuto, cpu) == Precision::kFp32);
   CHECK(ResolvePrecision(Precision::kBf16, cpu) == Precision::kBf16);
