@@ -167,7 +167,7 @@ StatusOr<Encoded> PackAggregate(const ParamLayout& layout, const LayoutPlan& pla
 // ---- parsing (bulk -> Update) -----------------------------------------------
 // Accepts any of the five codecs and parses by header.codec; whether that
 // codec is right for the direction (an uplink: the campaign codec; a
-// downlink: dense_fp32 or sparse_fp32) is the caller's check. Checks the
+// downlink: dense_fp32, sparse_fp32, sparseloco) is the caller's check. Checks the
 // header against the layout (element count, digest; topk == plan.topk for
 // sparseloco, 0 otherwise), byte_length == bulk size == the exact size the
 // plan gives (sparse_fp32: for its counts) before allocating anything, the

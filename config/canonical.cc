@@ -164,10 +164,11 @@ std::string CanonicalSettings(const CampaignConfig& config) {
     w.Double("outer_optimizer.momentum", momentum);
   }
   {
-    const auto& [kind, topk, error_feedback] = codec;
+    const auto& [kind, topk, error_feedback, downlink] = codec;
     w.Name("codec.name", CodecName(kind));
     w.Int("codec.topk", topk);
     w.Double("codec.error_feedback", error_feedback);
+    w.Name("codec.downlink", CodecName(downlink));
   }
   {
     const auto& [expected_workers, min_workers, round_deadline_s, start_timeout_s, aggregation, weighting,

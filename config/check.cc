@@ -323,6 +323,16 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   // Checked for every codec so a typo is caught before it matters; dense_fp32
   // is lossless and ignores it.
   c->DoubleRange("codec.error_feedback", codec.error_feedback, 0, true, 1, false);
+  if (codec.downlink == CodecKind::kSparseLoCo && !WholeModelMean(cfg)) {
+    // The coordinator's downlink error feedback is one buffer over the whole
+    // model, sent whole to every site.
+    const char* why = cfg.fpld.enabled           ? "an FPLD campaign"
+                      : cfg.pipeline.stages > 1  ? "pipeline stages (pipeline.stages > 1)"
+                      : cfg.parablock.blocks > 1 ? "ParaBlock blocks (parablock.blocks > 1)"
+                                                 : "personalised tensors (personalization.tensors)";
+    c->Error("codec.downlink", std::string("sparseloco downlink with ") + why,
+             "sparse_fp32 or dense_fp32 unless every site holds the whole model and the coordinator takes one mean");
+  }
 
   const QuorumConfig& q = cfg.quorum;
   c->IntRange("quorum.expected_workers", q.expected_workers, 1, kIntMax);

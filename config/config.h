@@ -88,6 +88,12 @@ struct CodecConfig {
   CodecKind kind = CodecKind::kDenseFp32;
   int topk = 64;                 // sparseloco: values kept per full 4096-element chunk (density topk/4096)
   double error_feedback = 0.95;  // beta in e <- beta*e + delta; 0 turns error feedback off
+  // How the outer update goes down: kSparseFp32 (sparse_fp32 when smaller
+  // than dense, else dense_fp32), kDenseFp32 (always dense), or kSparseLoCo
+  // (top-k + 2 bits at `topk`, with error feedback on the coordinator;
+  // whole-model mean campaigns only). The parser defaults it to kSparseLoCo
+  // for codec sparseloco in such campaigns, else kSparseFp32.
+  CodecKind downlink = CodecKind::kSparseFp32;
 };
 
 // How the coordinator averages R uploads: kMeanAll divides every coordinate's
@@ -298,6 +304,11 @@ struct CampaignConfig {
   std::vector<SiteConfig> sites;  // local sites `lowband run` starts
   std::string source;             // path of the campaign file
 };
+
+// Whether every site holds the whole model and the coordinator takes one
+// mean of the uploads: no pipeline stages, ParaBlock blocks, personalised
+// tensors or FPLD (the coordinator's Aggregation::Kind::kMean).
+bool WholeModelMean(const CampaignConfig& config);
 
 StatusOr<CampaignConfig> LoadCampaignFile(const std::string& path);
 StatusOr<CampaignConfig> ParseCampaignYaml(const std::string& yaml_text, const std::string& source_name);

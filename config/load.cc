@@ -128,6 +128,11 @@ StatusOr<SiteConfig> LoadSiteFile(const std::string& path) {
   return ParseSiteYaml(*text, path);
 }
 
+bool WholeModelMean(const CampaignConfig& config) {
+  return !config.fpld.enabled && config.pipeline.stages <= 1 && config.parablock.blocks <= 1 &&
+         config.personalization.tensors.empty();
+}
+
 Status ValidateCampaign(const CampaignConfig& config) {
   Diagnostics diag;
   RunCampaignChecks(config, config.source.empty() ? "<campaign>" : config.source, nullptr, &diag);

@@ -441,7 +441,10 @@ const std::vector<std::string> kOuterNames = {"nesterov", "sgd", "fedavg"};
 // Index i is CodecKind(i); sparse_fp32 (the coordinator's downlink
 // aggregate) comes last in the enum and is deliberately left out.
 const std::vector<std::string> kCodecNames = {"dense_fp32", "dense_bf16", "int8", "sparseloco"};
-const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback"};
+const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback", "downlink"};
+// codec.downlink values, in the order of kDownlinkKinds.
+const std::vector<std::string> kDownlinkNames = {"sparseloco", "sparse_fp32", "dense_fp32"};
+const CodecKind kDownlinkKinds[] = {CodecKind::kSparseLoCo, CodecKind::kSparseFp32, CodecKind::kDenseFp32};
 const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
                                               "start_timeout_s", "aggregation", "max_norm_ratio", "weighting"};
@@ -493,9 +496,14 @@ void ParseOuterOptimizer(Parser* p, const YAML::Node& node, OuterOptimizerConfig
   if (outer->kind == OuterOptimizerKind::kFedAvg) outer->momentum = 0;
 }
 
-void ParseCodec(Parser* p, const YAML::Node& node, CodecConfig* codec) {
+// Sets *downlink_set when codec.downlink is given (the default depends on
+// sections parsed later).
+void ParseCodec(Parser* p, const YAML::Node& node, CodecConfig* codec, bool* downlink_set) {
   MapFields m;
   if (!p->Map(node, "codec", kCodecKeys, &m)) return;
+  *downlink_set = m.Find("downlink") != nullptr;
+  int downlink = 0;
+  if (p->Enum(m, "downlink", kDownlinkNames, &downlink)) codec->downlink = kDownlinkKinds[downlink];
   bool name_ok = true;
   if (const auto* f = m.Find("name"); f != nullptr && f->value.IsScalar() &&
                                       f->value.Scalar() == CodecName(CodecKind::kSparseFp32)) {
@@ -743,7 +751,8 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
 
   if (const auto* f = top.Find("outer_optimizer")) ParseOuterOptimizer(&p, f->value, &cfg->outer);
 
-  if (const auto* f = top.Find("codec")) ParseCodec(&p, f->value, &cfg->codec);
+  bool downlink_set = false;
+  if (const auto* f = top.Find("codec")) ParseCodec(&p, f->value, &cfg->codec, &downlink_set);
 
   bool expected_set = false;
   bool min_set = false;
@@ -926,6 +935,12 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
   if (!min_set) {
     cfg->quorum.min_workers = cfg->quorum.expected_workers;
     if (state->bad.count("quorum.expected_workers")) state->bad.insert("quorum.min_workers");
+  }
+  // SparseLoCo campaigns compress the downlink too where they can: every
+  // site holds the whole model and the coordinator takes a plain mean.
+  if (!downlink_set) {
+    cfg->codec.downlink = cfg->codec.kind == CodecKind::kSparseLoCo && WholeModelMean(*cfg) ? CodecKind::kSparseLoCo
+                                                                                            : CodecKind::kSparseFp32;
   }
 }
 

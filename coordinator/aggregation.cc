@@ -212,13 +212,14 @@ StatusOr<Update> Aggregation::Distil(uint32_t round, const ParamSet& params,
   return g;
 }
 
-CloseResult Aggregation::Close(CloseJob job) const {
+CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
   CloseResult r;
   r.round = job.round;
   auto fail = [&](const std::string& what, const Status& st) {
     r.status = Status(st.code(), "round " + std::to_string(job.round) + ": " + what + ": " + st.message());
     r.params = std::move(job.params);
     r.outer = std::move(job.outer);
+    r.downlink = std::move(job.downlink);
     return std::move(r);
   };
   // Mean over the R workers that uploaded (or over those that chose each
@@ -257,25 +258,26 @@ CloseResult Aggregation::Close(CloseJob job) const {
   // fails with the parameters of the last committed round intact.
   auto logged = PackAggregate(s_.layout, s_.plan, g);
   if (!logged.ok()) return fail("aggregate rejected", logged.status());
-  Update update = job.outer.Step(s_.plan, std::move(g));
-  auto enc = PackAggregate(s_.layout, s_.plan, update);
-  if (!enc.ok()) return fail("outer update rejected", enc.status());
-  LOWBAND_CHECK(ApplyUpdate(s_.plan, update, &job.params.values).ok());
+  // The update everyone applies: u, or what its compressed payload decodes
+  // to (the config allows compression only where every site gets r.down).
+  LOWBAND_CHECK(!job.downlink.compressed() || s_.kind == Kind::kMean);
+  auto update = job.downlink.Encode(s_.layout, s_.plan, job.outer.Step(s_.plan, std::move(g)), pool, &r.down);
+  if (!update.ok()) return fail("outer update rejected", update.status());
+  LOWBAND_CHECK(ApplyUpdate(s_.plan, *update, &job.params.values).ok());
   r.logged = std::move(logged).value();
-  r.down = std::move(enc).value();
-  r.nnz = update.nnz();
+  r.nnz = update->nnz();
   // Pipeline: each stage's workers get their stage's slice of the update;
   // personalisation: each cluster its view, encoded once.
   if (s_.kind == Kind::kStages) {
     for (const ParamPart& part : s_.parts) {
-      auto e = PackAggregate(part.slice_layout_only.layout, part.plan, SliceUpdate(update, part));
+      auto e = PackAggregate(part.slice_layout_only.layout, part.plan, SliceUpdate(*update, part));
       LOWBAND_CHECK(e.ok());  // a slice of an update that packed whole
       r.stage_down.push_back(std::move(e).value());
     }
   }
   if (s_.kind == Kind::kClusters) {
     for (size_t k = 0; k < s_.views.size(); ++k) {
-      auto e = PackAggregate(s_.model_layout, s_.model_plan, ViewOf(update, static_cast<int>(k)));
+      auto e = PackAggregate(s_.model_layout, s_.model_plan, ViewOf(*update, static_cast<int>(k)));
       LOWBAND_CHECK(e.ok());  // a view of an update that packed whole
       r.cluster_down.push_back(std::move(e).value());
     }
@@ -283,6 +285,7 @@ CloseResult Aggregation::Close(CloseJob job) const {
   Digests(job.params, &r.digest, &r.part_digests, &r.view_digests);
   r.params = std::move(job.params);
   r.outer = std::move(job.outer);
+  r.downlink = std::move(job.downlink);
   return r;
 }
 

@@ -16,7 +16,10 @@
 //   kDistil    FPLD: the mean teacher distilled into a student, g = theta -
 //              student (the distiller is called on the computing thread).
 // Then the outer step, the logged gradient, the downlink encodings (whole,
-// per stage, per cluster view), the update applied, and the digests.
+// per stage, per cluster view), the update applied, and the digests. With a
+// compressed downlink (kMean only: config/check.cc) the update applied, by
+// the coordinator and by every site, is the one the payload decodes to
+// (coordinator/downlink.h).
 //
 // Immutable after construction: Close is const and may run on any thread,
 // one call at a time per job (jobs own their buffers; nothing is shared
@@ -30,10 +33,12 @@
 #include <string>
 #include <vector>
 
+#include "base/thread_pool.h"
 #include "codec/codec.h"
 #include "codec/params.h"
 #include "config/config.h"
 #include "coordinator/distiller.h"
+#include "coordinator/downlink.h"
 #include "coordinator/outer_optimizer.h"
 
 namespace lowband {
@@ -66,6 +71,7 @@ struct CloseJob {
   std::map<std::string, RoundUpload> uploads;  // by site (name order: a fixed float sum)
   ParamSet params;                             // theta_{r-1}
   OuterOptimizer outer;
+  DownlinkEncoder downlink;
 };
 
 struct CloseResult {
@@ -73,11 +79,12 @@ struct CloseResult {
   Status status;                       // not OK: the round cannot commit (the campaign fails); params are theta_{r-1}
   ParamSet params;                     // theta_r (theta_{r-1} when status failed before the apply)
   OuterOptimizer outer;                // stepped
+  DownlinkEncoder downlink;            // its error feedback updated (compressed downlink)
   Encoded logged;                      // the aggregated pseudo-gradient g, as the round log keeps it
-  Encoded down;                        // the outer update u as every whole-model site gets it
+  Encoded down;                        // the update as every whole-model site gets it (u, or u compressed)
   std::vector<Encoded> stage_down;     // pipeline: u's slice per stage
   std::vector<Encoded> cluster_down;   // personalisation: u's view per cluster
-  uint64_t nnz = 0;                    // nonzero entries of u
+  uint64_t nnz = 0;                    // entries of the update sent down
   uint64_t digest = 0;                 // of theta_r
   std::vector<uint64_t> part_digests;  // pipeline: per stage
   std::vector<uint64_t> view_digests;  // personalisation: per cluster view
@@ -116,7 +123,9 @@ class Aggregation {
 
   Kind kind() const { return s_.kind; }
   // The aggregate, the outer step, the encodings, the apply and the digests.
-  CloseResult Close(CloseJob job) const;
+  // `pool` (may be null: the calling thread) spreads the downlink's
+  // SparseLoCo selection; the result does not depend on it.
+  CloseResult Close(CloseJob job, ThreadPool* pool) const;
 
   // Digests of `params` as the sites of each kind hold them (`whole` may be
   // null when the caller has it).

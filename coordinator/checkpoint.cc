@@ -1,10 +1,11 @@
 // Checkpoint file I/O.
 //
-// Layout, all integers little-endian, version 3 (version 1 lacks the
-// momentum section; versions 1 and 2 use FNV-1a 64 for the checksum and the
-// values digest, version 3 XXH64, ten times faster on a large model):
+// Layout, all integers little-endian, version 4 (version 1 lacks the
+// momentum section, versions 1 to 3 the downlink section; versions 1 and 2
+// use FNV-1a 64 for the checksum and the values digest, versions 3 and 4
+// XXH64, ten times faster on a large model):
 //   "LBCK"                        4 bytes magic
-//   u32 version                   = 3
+//   u32 version                   = 4
 //   u32 round
 //   u32 campaign_len, bytes       campaign name
 //   u64 values_digest             ParamSet::Digest() of the values
@@ -15,6 +16,8 @@
 //   f32 values[numel]             IEEE-754 bits, little-endian
 //   u64 momentum_count            0 or numel (version 2 on)
 //   f32 momentum[momentum_count]  outer optimizer momentum (version 2 on)
+//   u64 downlink_count            0 or numel (version 4)
+//   f32 downlink[downlink_count]  the downlink's error feedback (version 4)
 //   u64 checksum                  Xxh64 of every byte before it
 //
 // The reader treats the file as untrusted: every length is bounded by the
@@ -38,7 +41,7 @@ namespace lowband {
 namespace {
 
 constexpr char kMagic[4] = {'L', 'B', 'C', 'K'};
-constexpr uint32_t kVersion = 3;
+constexpr uint32_t kVersion = kCheckpointVersion;
 
 // Versions 1 and 2 hashed with FNV-1a 64 (the checksum, and the values
 // digest as ParamSet::Digest then computed it).
@@ -191,6 +194,13 @@ Status Encode(const Checkpoint& ckpt, std::string* out) {
   }
   w.U64(static_cast<uint64_t>(ckpt.outer_momentum.size()));
   w.Floats(ckpt.outer_momentum);
+  if (!ckpt.downlink_error.empty() && ckpt.downlink_error.size() != params.values.size()) {
+    return InvalidArgument("checkpoint: " + std::to_string(ckpt.downlink_error.size()) +
+                           " downlink error-feedback values for " + std::to_string(params.values.size()) +
+                           " parameters");
+  }
+  w.U64(static_cast<uint64_t>(ckpt.downlink_error.size()));
+  w.Floats(ckpt.downlink_error);
   w.U64(FileChecksum(kVersion, w.buffer().data(), w.buffer().size()));
   *out = std::move(w.buffer());
   return Status::Ok();
@@ -264,6 +274,15 @@ StatusOr<Checkpoint> Decode(const unsigned char* data, size_t size, const std::s
                  std::to_string(numel));
     }
     if (!b.Floats(momentum, &ckpt.outer_momentum)) return bad("truncated optimizer state");
+  }
+  if (version >= 4) {
+    uint64_t downlink = 0;
+    if (!b.U64(&downlink)) return bad("truncated before the downlink's error feedback");
+    if (downlink != 0 && downlink != numel) {
+      return bad("downlink error feedback has " + std::to_string(downlink) + " values, expected 0 or " +
+                 std::to_string(numel));
+    }
+    if (!b.Floats(downlink, &ckpt.downlink_error)) return bad("truncated downlink error feedback");
   }
   if (b.left() != 0) return bad(std::to_string(b.left()) + " unexpected bytes before the checksum");
   if (layout.Digest() != layout_digest) return bad("layout digest mismatch");

@@ -1,5 +1,6 @@
 #include "coordinator/compute.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -14,6 +15,7 @@ namespace lowband {
 
 struct ComputeThread::Impl {
   std::shared_ptr<const Aggregation> aggregation;
+  std::unique_ptr<ThreadPool> pool;  // the downlink encoder's selection
   size_t max_jobs = 2;
   std::unique_ptr<Mailbox<CloseResult>> done;
   std::mutex mu;
@@ -33,7 +35,7 @@ struct ComputeThread::Impl {
       lock.unlock();
       const auto start = std::chrono::steady_clock::now();
       const uint32_t round = job.round;
-      CloseResult r = aggregation->Close(std::move(job));
+      CloseResult r = aggregation->Close(std::move(job), pool.get());
       LOG_DEBUG("round aggregated", {"round", round},
                 {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
       // The mailbox holds max_jobs + 1 and at most max_jobs are in flight.
@@ -52,6 +54,12 @@ StatusOr<std::unique_ptr<ComputeThread>> ComputeThread::Start(std::shared_ptr<co
   impl->done = std::move(mailbox).value();
   Impl* raw = impl.get();
   try {
+    // A compressed downlink selects top-k over the whole model every round
+    // (about a second for 85M parameters on one core, bench/downlink_speed);
+    // the loop and the disk thread need little CPU meanwhile. Capped: beyond
+    // 8 threads memory bandwidth, not arithmetic, bounds it.
+    impl->pool =
+        std::make_unique<ThreadPool>(static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)));
     impl->thread = std::thread([raw] { raw->Loop(); });
   } catch (const std::system_error& e) {
     return Unavailable(std::string("cannot start the compute thread: ") + e.what());

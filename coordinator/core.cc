@@ -45,6 +45,7 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
     : config_(std::move(config)),
       plan_(PlanLayout(initial.layout, config_.codec.topk)),
       outer_(config_.outer, initial.values.size()),
+      downlink_(config_.codec.downlink, initial.values.size()),
       params_(std::move(initial)),
       digest_(params_.Digest()),
       campaign_start_(now),
@@ -89,12 +90,14 @@ int CoordinatorCore::BlockFor(const WorkerInfo& w, uint32_t round) {
 
 void CoordinatorCore::ComputePartDigests() { mode_->ComputeDigests(*agg_, params_); }
 
-Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum) {
+Status CoordinatorCore::Restore(uint32_t round, ParamSet params, std::vector<float> momentum,
+                                std::vector<float> downlink_error) {
   if (phase_ != Phase::kWaiting || !membership_->workers().empty() || !evals_.history().empty() || committed_round_ != 0) {
     return FailedPrecondition("restore: the campaign has already started");
   }
-  LOWBAND_RETURN_IF_ERROR(CheckRestore(params_, outer_, round, params, momentum));
+  LOWBAND_RETURN_IF_ERROR(CheckRestore(params_, outer_, downlink_, round, params, momentum, downlink_error));
   if (!momentum.empty()) outer_.set_momentum(std::move(momentum));
+  if (!downlink_error.empty()) downlink_.set_error(std::move(downlink_error));
   params_ = std::move(params);
   digest_ = params_.Digest();
   ComputePartDigests();
@@ -111,7 +114,7 @@ Status CoordinatorCore::Replay(uint32_t round, const Encoded& gradient, uint64_t
     return FailedPrecondition("replay: round " + std::to_string(round) + " does not follow round " +
                               std::to_string(committed_round_));
   }
-  LOWBAND_RETURN_IF_ERROR(ReplayGradient(round, gradient, plan_, &outer_, &params_));
+  LOWBAND_RETURN_IF_ERROR(ReplayGradient(round, gradient, plan_, &outer_, &downlink_, &params_));
   digest_ = params_.Digest();
   ComputePartDigests();
   committed_round_ = round;
@@ -392,13 +395,14 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   membership_->ClearSyncCache();  // the committed round's syncs are done with
   params_.values.clear();
   job.outer = std::move(outer_);
+  job.downlink = std::move(downlink_);
   closing_why_ = why;
   if (async_close_) {
     closing_ = true;
     out->close_jobs.push_back(std::move(job));
     return;
   }
-  FinishClose(agg_->Close(std::move(job)), now, out);
+  FinishClose(agg_->Close(std::move(job), nullptr), now, out);
 }
 
 void CoordinatorCore::HandleClosed(CloseResult result, TimePoint now, CoreOutput* out) {
@@ -410,6 +414,7 @@ void CoordinatorCore::HandleClosed(CloseResult result, TimePoint now, CoreOutput
 void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out) {
   params_.values = std::move(r.params.values);
   outer_ = std::move(r.outer);
+  downlink_ = std::move(r.downlink);
   // The campaign ended while the round was aggregated (an abort, the start
   // timeout): the round still commits, then the end.
   std::optional<std::pair<std::string, bool>> ended = std::move(finish_after_close_);

@@ -111,15 +111,16 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   static StatusOr<ParamSet> ClusterLayout(const CampaignConfig& config, const ParamSet& model);
 
   // Resuming after a restart, before any message is handled: Restore puts
-  // the core at committed round `round` with a checkpoint's parameters and
-  // outer-optimizer state (empty momentum is allowed at round 0 or for a
-  // stateless optimizer); Replay then re-applies each later logged round in
-  // order (outer step on its gradient, apply) and checks the digest the log
-  // recorded; RestoreHistory hands back the records written before the
+  // the core at committed round `round` with a checkpoint's parameters,
+  // outer-optimizer state and downlink error feedback (empty momentum is
+  // allowed at round 0 or for a stateless optimizer, an empty error at round
+  // 0 or for an uncompressed downlink); Replay then re-applies each later
+  // logged round in order (outer step on its gradient, downlink encoding,
+  // apply) and checks the digest the log recorded; RestoreHistory hands back the records written before the
   // restart and, if the committed round's evaluation never finished, its
   // partial record. The campaign then waits for the expected workers,
   // re-evaluates the committed round and goes on.
-  Status Restore(uint32_t round, ParamSet params, std::vector<float> momentum);
+  Status Restore(uint32_t round, ParamSet params, std::vector<float> momentum, std::vector<float> downlink_error);
   Status Replay(uint32_t round, const Encoded& gradient, uint64_t digest);
   void RestoreHistory(std::vector<RoundRecord> recorded, std::optional<RoundRecord> unrecorded);
   // The stored campaign has already ended at `round`: finished phase, every
@@ -155,6 +156,7 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   uint32_t committed_round() const { return committed_round_; }
   const ParamSet& params() const { return params_; }
   const std::vector<float>& outer_momentum() const { return outer_.momentum(); }
+  const std::vector<float>& downlink_error() const { return downlink_.error(); }
   // Uploads accepted for the open round.
   size_t uploads_received() const { return collector_->uploads(); }
   uint64_t digest() const { return digest_; }
@@ -242,8 +244,9 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   CampaignConfig config_;
   LayoutPlan plan_;  // chunk plan of the layout at the campaign's topk
   // The aggregation (built once the parts and views are) and the state of
-  // an asynchronous close: the job's round is out, params_.values and
-  // outer_ with it; syncs asked for meanwhile, and a finish, wait for it.
+  // an asynchronous close: the job's round is out, params_.values, outer_
+  // and downlink_ with it; syncs asked for meanwhile, and a finish, wait
+  // for it.
   void BuildAggregation();
   void FinishClose(CloseResult r, TimePoint now, CoreOutput* out);
   std::shared_ptr<const Aggregation> agg_;
@@ -252,6 +255,7 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   std::string closing_why_;
   std::optional<std::pair<std::string, bool>> finish_after_close_;  // reason, failed
   OuterOptimizer outer_;
+  DownlinkEncoder downlink_;
   ParamSet params_;
   uint64_t digest_ = 0;
   Phase phase_ = Phase::kWaiting;

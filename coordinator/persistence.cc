@@ -47,7 +47,7 @@ struct FinishJob {
 using Job = std::variant<CommitJob, RecordJob, MemberJob, CheckpointJob, FinishJob>;
 
 size_t CheckpointBytes(const Checkpoint& c) {
-  return (c.params.values.size() + c.outer_momentum.size()) * sizeof(float);
+  return (c.params.values.size() + c.outer_momentum.size() + c.downlink_error.size()) * sizeof(float);
 }
 size_t RowsBytes(const std::vector<LedgerRow>& rows) { return rows.size() * sizeof(LedgerRow); }
 

@@ -6,8 +6,9 @@
 
 namespace lowband {
 
-Status CheckRestore(const ParamSet& campaign, const OuterOptimizer& outer, uint32_t round, const ParamSet& params,
-                    const std::vector<float>& momentum) {
+Status CheckRestore(const ParamSet& campaign, const OuterOptimizer& outer, const DownlinkEncoder& downlink,
+                    uint32_t round, const ParamSet& params, const std::vector<float>& momentum,
+                    const std::vector<float>& downlink_error) {
   if (!(params.layout == campaign.layout) || params.values.size() != campaign.values.size()) {
     return InvalidArgument("restore: the checkpoint's layout " + DigestHex(params.layout.Digest()) +
                            " is not the campaign model's " + DigestHex(campaign.layout.Digest()));
@@ -21,11 +22,20 @@ Status CheckRestore(const ParamSet& campaign, const OuterOptimizer& outer, uint3
     return InvalidArgument("restore: the checkpoint of round " + std::to_string(round) +
                            " lacks the outer optimizer's momentum");
   }
+  if (!downlink_error.empty() && downlink_error.size() != downlink.error().size()) {
+    return InvalidArgument("restore: the checkpoint holds " + std::to_string(downlink_error.size()) +
+                           " downlink error-feedback values, the campaign's downlink (" + CodecName(downlink.kind()) +
+                           ") keeps " + std::to_string(downlink.error().size()));
+  }
+  if (downlink_error.empty() && downlink.compressed() && round > 0) {
+    return InvalidArgument("restore: the checkpoint of round " + std::to_string(round) +
+                           " lacks the downlink's error feedback");
+  }
   return Status::Ok();
 }
 
 Status ReplayGradient(uint32_t round, const Encoded& gradient, const LayoutPlan& plan, OuterOptimizer* outer,
-                      ParamSet* params) {
+                      DownlinkEncoder* downlink, ParamSet* params) {
   BlobHeader h = gradient.header;
   h.num_elements = static_cast<uint64_t>(params->layout.numel());
   h.layout_digest = params->layout.Digest();
@@ -35,8 +45,12 @@ Status ReplayGradient(uint32_t round, const Encoded& gradient, const LayoutPlan&
   }
   auto g = ParseUpdate(params->layout, plan, h, gradient.bulk);
   if (!g.ok()) return Corruption("replay: round " + std::to_string(round) + "'s logged gradient: " + g.status().ToString());
-  Update update = outer->Step(plan, std::move(g).value());
-  return ApplyUpdate(plan, update, &params->values);
+  Encoded down;  // what the sites got; only its effect on the downlink's state matters here
+  auto update = downlink->Encode(params->layout, plan, outer->Step(plan, std::move(g).value()), nullptr, &down);
+  if (!update.ok()) {
+    return Corruption("replay: round " + std::to_string(round) + "'s update: " + update.status().ToString());
+  }
+  return ApplyUpdate(plan, *update, &params->values);
 }
 
 }  // namespace lowband

@@ -162,7 +162,7 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
     // is durable through its logged gradient).
     std::optional<Checkpoint> ckpt;
     if (i + 1 == out.commits.size() && round % static_cast<uint32_t>(config.checkpoint.every) == 0) {
-      ckpt = Checkpoint{round, config.name, core.params(), core.outer_momentum()};
+      ckpt = Checkpoint{round, config.name, core.params(), core.outer_momentum(), core.downlink_error()};
     }
     barrier = disk->CommitRound(std::move(c), std::move(ckpt));
     sent_failpoints.emplace_back(barrier, round);
@@ -424,7 +424,8 @@ std::optional<ControlResponse> CoordinatorService::Impl::WriteCheckpointNow(cons
   const uint64_t ticket = next_checkpoint_ticket++;
   checkpoint_controls[ticket] = peer;
   checkpoint_digests[ticket] = core.digest();
-  disk->WriteCheckpointFile(path, Checkpoint{round, config.name, core.params(), core.outer_momentum()}, ticket);
+  disk->WriteCheckpointFile(
+      path, Checkpoint{round, config.name, core.params(), core.outer_momentum(), core.downlink_error()}, ticket);
   return std::nullopt;
 }
 
@@ -537,9 +538,10 @@ void CoordinatorService::Impl::OnFcragResult(const FcragResult& r) {
 void CoordinatorService::Impl::FinishDurably(const CoreOutput& out) {
   exit_code = out.failed ? 1 : 0;
   ending = Ending{out.failed, out.finish_reason};
-  barrier = disk->Finish(options.run_dir + "/checkpoint-final.lbck",
-                         Checkpoint{core.committed_round(), config.name, core.params(), core.outer_momentum()},
-                         ledger.RowsSince(ledger_saved_from), out.failed, out.finish_reason);
+  barrier = disk->Finish(
+      options.run_dir + "/checkpoint-final.lbck",
+      Checkpoint{core.committed_round(), config.name, core.params(), core.outer_momentum(), core.downlink_error()},
+      ledger.RowsSince(ledger_saved_from), out.failed, out.finish_reason);
 }
 
 void CoordinatorService::Impl::OnFinished() {

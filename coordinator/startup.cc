@@ -40,7 +40,8 @@ int Resume(const CampaignConfig& config, const std::string& run_dir, bool progre
                {"reason", ckpt.ok() ? std::string("digest differs from the recorded one") : ckpt.status().ToString()});
       continue;
     }
-    Status st = core.Restore(ckpt->round, std::move(ckpt->params), std::move(ckpt->outer_momentum));
+    Status st = core.Restore(ckpt->round, std::move(ckpt->params), std::move(ckpt->outer_momentum),
+                             std::move(ckpt->downlink_error));
     if (!st.ok()) return fail("restoring " + it->path, st);
     base = it->round;
     break;

@@ -598,6 +598,38 @@ TEST_CASE("config: codec names and settings", "[unit][config]") {
   CHECK(Campaign(head + "codec: {name: dense_fp32, error_feedback: 0.5}\n").codec.kind == CodecKind::kDenseFp32);
 }
 
+TEST_CASE("config: codec.downlink defaults to sparseloco where the codec and the campaign allow it", "[unit][config]") {
+  const std::string head = "campaign: {name: x}\nmodel: {layers: 4}\n";
+  CHECK(Campaign(head).codec.downlink == CodecKind::kSparseFp32);
+  CHECK(Campaign(head + "codec: {name: int8}\n").codec.downlink == CodecKind::kSparseFp32);
+  CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: sparse_fp32}\n").codec.downlink == CodecKind::kSparseFp32);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: dense_fp32}\n").codec.downlink == CodecKind::kDenseFp32);
+  // Any uplink codec may take a compressed downlink.
+  CHECK(Campaign(head + "codec: {name: dense_fp32, downlink: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
+  // Campaigns whose sites hold slices or views keep the fp32 downlink.
+  CHECK(Campaign(head + "codec: {name: sparseloco}\nparablock: {blocks: 2}\n").codec.downlink ==
+        CodecKind::kSparseFp32);
+  CHECK(Campaign(head + "codec: {name: sparseloco}\npipeline: {stages: 2}\nquorum: {expected_workers: 2}\n")
+            .codec.downlink == CodecKind::kSparseFp32);
+
+  CHECK_THAT(
+      Error(head + "codec: {name: sparseloco, downlink: top64}\n"),
+      Contains("c.yaml:3: codec.downlink: unknown value 'top64' (allowed: sparseloco, sparse_fp32, dense_fp32)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\nparablock: {blocks: 2}\n"),
+             Contains("codec.downlink: sparseloco downlink with ParaBlock blocks (parablock.blocks > 1)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\npipeline: {stages: 2}\n"),
+             Contains("codec.downlink: sparseloco downlink with pipeline stages (pipeline.stages > 1)"));
+  CampaignConfig built;  // configs built in code go through the same check
+  built.codec.downlink = CodecKind::kSparseLoCo;
+  built.fpld.enabled = true;
+  CHECK_THAT(ValidateCampaign(built).message(), Contains("codec.downlink: sparseloco downlink with an FPLD campaign"));
+  built.fpld.enabled = false;
+  built.personalization.tensors = {"head."};
+  CHECK_THAT(ValidateCampaign(built).message(),
+             Contains("codec.downlink: sparseloco downlink with personalised tensors (personalization.tensors)"));
+}
+
 TEST_CASE("config: codec density is topk / 4096", "[unit][config]") {
   const std::string head = "campaign: {name: x}\ncodec: {name: sparseloco, density: ";
   CHECK(Campaign(head + "0.015625}\n").codec.topk == 64);
@@ -638,7 +670,7 @@ TEST_CASE("config: invalid codec settings", "[unit][config]") {
   CHECK_THAT(Error(head + "codec: {name: int8, error_feedback: -0.1}\n"),
              Contains("c.yaml:2: codec.error_feedback: -0.1 is out of range (allowed: [0, 1))"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, k: 3}\n"),
-             Contains("c.yaml:2: codec.k: unknown key (allowed: name, topk, density, error_feedback)"));
+             Contains("c.yaml:2: codec.k: unknown key (allowed: name, topk, density, error_feedback, downlink)"));
   // Every problem at once, and no follow-on complaint about topk.
   std::string msg = Error(head + "codec:\n  name: sparseloco\n  density: 2\n  error_feedback: 1.5\n");
   CHECK(LineCount(msg) == 2);

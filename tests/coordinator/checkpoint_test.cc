@@ -104,6 +104,42 @@ TEST_CASE("checkpoint: the outer optimizer's momentum round-trips, and must matc
   CHECK(plain->outer_momentum.empty());
 }
 
+TEST_CASE("checkpoint: the downlink's error feedback round-trips, and version 3 files read without it", "[unit]") {
+  TempDir dir;
+  Checkpoint ck = MakeCheckpoint(5, 0.5f);
+  ck.outer_momentum.assign(ck.params.values.size(), 0.125f);
+  for (size_t i = 0; i < ck.params.values.size(); ++i)
+    ck.downlink_error.push_back(1e-3f * static_cast<float>(i) - 0.5f);
+  const std::string path = dir.Path("e.lbck");
+  REQUIRE(WriteCheckpoint(path, ck).ok());
+  auto back = ReadCheckpoint(path);
+  REQUIRE(back.ok());
+  CHECK(back->downlink_error == ck.downlink_error);
+  CHECK(back->outer_momentum == ck.outer_momentum);
+  CHECK(back->params.values == ck.params.values);
+
+  Checkpoint bad = ck;
+  bad.downlink_error.resize(2);
+  CHECK(WriteCheckpoint(dir.Path("bad.lbck"), bad).code() == StatusCode::kInvalidArgument);
+
+  // A version 3 file is a version 4 file without the downlink count.
+  ck.downlink_error.clear();
+  REQUIRE(WriteCheckpoint(path, ck).ok());
+  std::string v3 = ReadBytes(path);
+  v3.erase(v3.size() - 16, 8);  // the zero count before the checksum
+  PutU32(&v3, 4, 3);
+  v3.resize(v3.size() - 8);
+  const uint64_t sum = Xxh64(v3.data(), v3.size());
+  for (int i = 0; i < 8; ++i) v3.push_back(static_cast<char>((sum >> (8 * i)) & 0xff));
+  WriteBytes(path, v3);
+  auto old = ReadCheckpoint(path);
+  INFO((old.ok() ? "" : old.status().ToString()));
+  REQUIRE(old.ok());
+  CHECK(old->downlink_error.empty());
+  CHECK(old->outer_momentum == ck.outer_momentum);
+  CHECK(old->params.values == ck.params.values);
+}
+
 TEST_CASE("checkpoint: overwrite is atomic and replaces the old file", "[unit]") {
   TempDir dir;
   const std::string path = dir.Path("global.ckpt");

@@ -936,22 +936,25 @@ TEST_CASE("an upload whose norm is far above its peers' is rejected and left out
   CHECK(out2.commits[0].record.contributors == 3);
 }
 
-CampaignConfig ResumableCampaign() {
+CampaignConfig ResumableCampaign(CodecKind downlink = CodecKind::kSparseFp32) {
   auto config = TinyCampaign(3, 5);
   config.codec.kind = CodecKind::kSparseLoCo;  // sparse logged gradients
   config.outer.kind = OuterOptimizerKind::kNesterov;  // and outer momentum to carry
+  config.codec.downlink = downlink;                   // sparseloco: downlink error feedback to carry too
   return config;
 }
 
 TEST_CASE("resume: replaying the logged gradients rebuilds every round bit-identically", "[unit][coordinator][inproc]") {
-  Cluster c(ResumableCampaign(), kSites);
+  const CodecKind downlink = GENERATE(CodecKind::kSparseFp32, CodecKind::kSparseLoCo);
+  INFO("downlink " << CodecName(downlink));
+  Cluster c(ResumableCampaign(downlink), kSites);
   REQUIRE(c.RunUntil([&] { return c.finished(); }, 100000));
   const auto& commits = c.commits();
   REQUIRE(commits.size() == 5);
 
   // From round 0 (no checkpoint yet).
-  CoordinatorCore b(ResumableCampaign(), TinyParams(), c.now());
-  REQUIRE(b.Restore(0, TinyParams(), {}).ok());
+  CoordinatorCore b(ResumableCampaign(downlink), TinyParams(), c.now());
+  REQUIRE(b.Restore(0, TinyParams(), {}, {}).ok());
   for (const RoundCommit& k : commits) {
     INFO("round " << k.record.round);
     CHECK(k.gradient.header.codec == CodecKind::kSparseFp32);
@@ -959,21 +962,32 @@ TEST_CASE("resume: replaying the logged gradients rebuilds every round bit-ident
     CHECK(b.digest() == k.record.digest);
   }
   CHECK(b.digest() == c.coordinator().digest());
+  CHECK(b.downlink_error() == c.coordinator().downlink_error());
+  CHECK(c.coordinator().downlink_error().empty() == (downlink == CodecKind::kSparseFp32));
+  if (downlink == CodecKind::kSparseLoCo) {
+    for (const std::string& site : kSites) CHECK(c.exec(site).last_aggregate_codec() == CodecKind::kSparseLoCo);
+  }
 
-  // From a checkpoint of round 2 (parameters and momentum), then the log.
-  CoordinatorCore at2(ResumableCampaign(), TinyParams(), c.now());
-  REQUIRE(at2.Restore(0, TinyParams(), {}).ok());
+  // From a checkpoint of round 2 (parameters, momentum and downlink error
+  // feedback), then the log.
+  CoordinatorCore at2(ResumableCampaign(downlink), TinyParams(), c.now());
+  REQUIRE(at2.Restore(0, TinyParams(), {}, {}).ok());
   for (int r = 0; r < 2; ++r) REQUIRE(at2.Replay(r + 1, commits[r].gradient, commits[r].record.digest).ok());
-  CoordinatorCore d(ResumableCampaign(), TinyParams(), c.now());
-  REQUIRE(d.Restore(2, at2.params(), at2.outer_momentum()).ok());
+  CoordinatorCore d(ResumableCampaign(downlink), TinyParams(), c.now());
+  REQUIRE(d.Restore(2, at2.params(), at2.outer_momentum(), at2.downlink_error()).ok());
   for (size_t r = 2; r < commits.size(); ++r) {
     REQUIRE(d.Replay(commits[r].record.round, commits[r].gradient, commits[r].record.digest).ok());
   }
   CHECK(d.digest() == c.coordinator().digest());
+  CHECK(d.downlink_error() == c.coordinator().downlink_error());
 
-  // Without the momentum the digest chain breaks, and is refused up front.
-  CoordinatorCore e(ResumableCampaign(), TinyParams(), c.now());
-  CHECK(e.Restore(2, at2.params(), {}).code() == StatusCode::kInvalidArgument);
+  // Without the momentum (or the downlink's error feedback) the digest
+  // chain breaks, and is refused up front.
+  CoordinatorCore e(ResumableCampaign(downlink), TinyParams(), c.now());
+  CHECK(e.Restore(2, at2.params(), {}, at2.downlink_error()).code() == StatusCode::kInvalidArgument);
+  if (downlink == CodecKind::kSparseLoCo) {
+    CHECK(e.Restore(2, at2.params(), at2.outer_momentum(), {}).code() == StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_CASE("resume: a bad log or checkpoint is refused and changes nothing", "[unit][coordinator][inproc]") {
@@ -993,24 +1007,26 @@ TEST_CASE("resume: a bad log or checkpoint is refused and changes nothing", "[un
   ParamSet other = TinyParams();
   other.layout.tensors[1].name = "renamed";
   CoordinatorCore d(ResumableCampaign(), TinyParams(), c.now());
-  CHECK(d.Restore(1, other, std::vector<float>(24, 0.0f)).code() == StatusCode::kInvalidArgument);
-  CHECK(d.Restore(1, TinyParams(), std::vector<float>(5, 0.0f)).code() == StatusCode::kInvalidArgument);
+  CHECK(d.Restore(1, other, std::vector<float>(24, 0.0f), {}).code() == StatusCode::kInvalidArgument);
+  CHECK(d.Restore(1, TinyParams(), std::vector<float>(5, 0.0f), {}).code() == StatusCode::kInvalidArgument);
   CHECK(d.committed_round() == 0);
   // Once workers have joined, the state can no longer be replaced.
-  CHECK(c.coordinator().Restore(0, TinyParams(), {}).code() == StatusCode::kFailedPrecondition);
+  CHECK(c.coordinator().Restore(0, TinyParams(), {}, {}).code() == StatusCode::kFailedPrecondition);
 }
 
 TEST_CASE("resume: a restored coordinator re-evaluates, continues and ends where the uninterrupted one did",
           "[unit][coordinator][inproc]") {
-  Cluster whole(ResumableCampaign(), kSites);
+  const CodecKind downlink = GENERATE(CodecKind::kSparseFp32, CodecKind::kSparseLoCo);
+  INFO("downlink " << CodecName(downlink));
+  Cluster whole(ResumableCampaign(downlink), kSites);
   REQUIRE(whole.RunUntil([&] { return whole.finished(); }, 100000));
   const auto commits = whole.commits();
   const auto records = whole.records();
 
   // The state a coordinator killed after committing round 3 finds on disk:
   // rounds 0..2 recorded, round 3 committed but not yet evaluated.
-  Cluster resumed(ResumableCampaign(), kSites, [&](CoordinatorCore& core) {
-    REQUIRE(core.Restore(0, TinyParams(), {}).ok());
+  Cluster resumed(ResumableCampaign(downlink), kSites, [&](CoordinatorCore& core) {
+    REQUIRE(core.Restore(0, TinyParams(), {}, {}).ok());
     for (int r = 0; r < 3; ++r) REQUIRE(core.Replay(r + 1, commits[r].gradient, commits[r].record.digest).ok());
     std::vector<RoundRecord> recorded(records.begin(), records.begin() + 3);
     core.RestoreHistory(recorded, commits[2].record);
@@ -1024,8 +1040,8 @@ TEST_CASE("resume: a restored coordinator re-evaluates, continues and ends where
   CHECK(resumed.coordinator().history().size() == 6);
 
   // Killed after round 3's record was written: round 3 is only re-evaluated.
-  Cluster again(ResumableCampaign(), kSites, [&](CoordinatorCore& core) {
-    REQUIRE(core.Restore(0, TinyParams(), {}).ok());
+  Cluster again(ResumableCampaign(downlink), kSites, [&](CoordinatorCore& core) {
+    REQUIRE(core.Restore(0, TinyParams(), {}, {}).ok());
     for (int r = 0; r < 3; ++r) REQUIRE(core.Replay(r + 1, commits[r].gradient, commits[r].record.digest).ok());
     core.RestoreHistory(std::vector<RoundRecord>(records.begin(), records.begin() + 4), std::nullopt);
   });
@@ -1538,7 +1554,7 @@ TEST_CASE("async close: the round's aggregation runs elsewhere, the core keeps a
 
   // The result commits the round exactly as inline, and the waiting re-sync goes out.
   out = CoreOutput{};
-  core.HandleClosed(core.aggregation()->Close(std::move(job)), now, &out);
+  core.HandleClosed(core.aggregation()->Close(std::move(job), nullptr), now, &out);
   CHECK_FALSE(core.closing());
   REQUIRE(out.commits.size() == 1);
   CHECK(core.committed_round() == 1);
@@ -1578,7 +1594,7 @@ TEST_CASE("async close: an abort while the round is aggregated ends the campaign
   out = CoreOutput{};
   REQUIRE(core.HandleControl({"campaign", {"abort"}}, now, &out).ok);
   CHECK_FALSE(out.finished);  // the parameters are with the job
-  core.HandleClosed(core.aggregation()->Close(std::move(job)), now, &out);
+  core.HandleClosed(core.aggregation()->Close(std::move(job), nullptr), now, &out);
   CHECK(out.commits.size() == 1);
   CHECK(out.finished);
   CHECK(out.failed);

@@ -228,7 +228,7 @@ class Cluster {
       for (CloseJob& job : jobs) {
         progressed = true;
         CoreOutput out;
-        coordinator_.HandleClosed(coordinator_.aggregation()->Close(std::move(job)), now_, &out);
+        coordinator_.HandleClosed(coordinator_.aggregation()->Close(std::move(job), nullptr), now_, &out);
         ApplyCoordinator(out);
       }
       while (coord_link_->TryReceive(&in)) {

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/hash.h"
 #include "coordinator/checkpoint.h"
 #include "codec/codec.h"
 #include "protocol/wire.h"
@@ -338,12 +339,19 @@ void WriteCheckpointSeeds(const fs::path& dir, const fs::path& scratch) {
   emit("momentum", ckpt);
   Checkpoint plain = ckpt;
   plain.outer_momentum.clear();
-  const std::vector<uint8_t> v2 = emit("no_momentum", plain);
+  const std::vector<uint8_t> current = emit("no_momentum", plain);
+  Checkpoint down = ckpt;
+  down.downlink_error.assign(ckpt.params.values.size(), 0.25f);
+  emit("downlink", down);
 
-  // Version 1: no momentum section (drop the zero count before the trailer).
+  // Version 1: no momentum or downlink section (drop their zero counts
+  // before the trailer), and an FNV-1a values digest.
   std::vector<uint8_t> v1{1};
-  v1.insert(v1.end(), v2.begin(), v2.end() - 16);
+  v1.insert(v1.end(), current.begin(), current.end() - 24);
   v1[1 + 4] = 1;
+  const size_t digest_at = 1 + 4 + 4 + 4 + 4 + plain.campaign.size();  // magic, version, round, name length, name
+  const uint64_t fnv = Fnv1a64(plain.params.values.data(), plain.params.values.size() * sizeof(float));
+  for (int i = 0; i < 8; ++i) v1[digest_at + i] = static_cast<uint8_t>(fnv >> (8 * i));
   WriteBytes(dir / "version1_fixsum", v1);
 
   Checkpoint empty;
