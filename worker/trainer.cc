@@ -339,7 +339,7 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
     // site.slowdown needs each step's duration.
     std::vector<torch::Tensor> losses;
     losses.reserve(static_cast<size_t>(inner_steps));
-    const auto round_start = Clock::now();
+    const auto steps_start = Clock::now();
     for (int step = 0; step < inner_steps; ++step) {
       const auto start = Clock::now();
       TokenBatch b = s.corpus->SampleTrain(batch, context, &s.rng);
@@ -359,7 +359,7 @@ StatusOr<TrainResult> Trainer::TrainRound(int inner_steps, int block) {
     }
     double loss_sum = 0;
     for (const auto& l : losses) loss_sum += l.item<double>();  // the first waits for the last step
-    const double time_ms = MsSince(round_start);
+    const double time_ms = MsSince(steps_start);
     result.steps = inner_steps;
     if (s.ranks() > 1) {
       std::vector<double> sum{loss_sum};
