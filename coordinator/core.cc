@@ -241,6 +241,17 @@ void CoordinatorCore::HandleMessage(const std::string& peer, const Message& msg,
   WorkerInfo& w = *joined;
   w.last_seen = now;
   if (std::holds_alternative<Heartbeat>(msg.body)) return;
+  if (const auto* pull = std::get_if<SyncPull>(&msg.body)) {
+    if (!membership_->HandlePull(w, *pull, now, out)) {
+      // The snapshot it was pulling is gone: offer what is committed now.
+      membership_->SendSync(w, out);
+      if (phase_ == Phase::kTraining && !collector_->Has(w.site)) {
+        w.announced_round = committed_round_;  // its replica starts over from theta_c
+        SendRoundStarts(w, out);
+      }
+    }
+    return;
+  }
   if (const auto* up = std::get_if<DeltaUpload>(&msg.body)) {
     HandleUpload(w, msg, *up, now, out);
   } else if (const auto* lu = std::get_if<LogitUpload>(&msg.body)) {
@@ -392,7 +403,6 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   // stays: uploads for later rounds are still parsed against it).
   job.params.layout = params_.layout;
   job.params.values = std::move(params_.values);
-  membership_->ClearSyncCache();  // the committed round's syncs are done with
   params_.values.clear();
   job.outer = std::move(outer_);
   job.downlink = std::move(downlink_);

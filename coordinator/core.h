@@ -161,6 +161,7 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   size_t uploads_received() const { return collector_->uploads(); }
   uint64_t digest() const { return digest_; }
   const std::map<std::string, WorkerInfo>& workers() const { return membership_->workers(); }
+  const Membership& membership() const { return *membership_; }
   // The newest EvalRecords::kHistoryKept records, and totals over all.
   const std::deque<RoundRecord>& history() const { return evals_.history(); }
   const EvalRecords::Totals& history_totals() const { return evals_.totals(); }

@@ -55,6 +55,7 @@ bool Membership::IsLive(const std::string& site) const {
 }
 
 bool Membership::HandleHello(const std::string& peer, const Hello& m, TimePoint now, CoreOutput* out) {
+  now_ = now;
   if (m.site.empty() || m.site.size() > 128) {
     host_->Reply(peer, ErrorCode::kMalformed, "hello needs a site name of 1..128 characters", 0, out);
     return false;
@@ -232,6 +233,7 @@ void Membership::MarkLost(WorkerInfo& w, const std::string& why, TimePoint now, 
 // kMaxUnconfirmedResyncs re-syncs in a row, with no accepted upload or
 // matching evaluation between them, is evicted.
 bool Membership::Resync(WorkerInfo& w, const std::string& why, TimePoint now, CoreOutput* out) {
+  now_ = now;
   if (w.state != WorkerState::kJoined) return false;
   const uint32_t round = host_->View().committed_round;
   if (w.last_resync_round && *w.last_resync_round == round) {
@@ -262,26 +264,72 @@ void Membership::SendSync(WorkerInfo& w, CoreOutput* out) {
     return;
   }
   // Sites synced in the same round to the same parameters share one packed
-  // payload (a join storm packs the model once, and sends one buffer).
+  // snapshot (a join storm packs the model once).
   const uint64_t digest = mode_->DigestFor(w, v.digest);
-  if (sync_cache_round_ != v.committed_round) {
-    sync_cache_.clear();
-    sync_cache_round_ = v.committed_round;
-  }
-  auto cached = sync_cache_.find(digest);
-  if (cached == sync_cache_.end()) {
+  const auto key = std::make_pair(v.committed_round, digest);
+  auto snap = snapshots_.find(key);
+  if (snap == snapshots_.end()) {
     StatusOr<Encoded> enc = mode_->SyncPayload(w, *v.params, *v.aggregation);
     // Dense fp32 of our own parameters cannot fail; a failure is a bug.
     LOWBAND_CHECK(enc.ok());
-    cached = sync_cache_.emplace(digest, std::move(enc).value()).first;
+    DropIdleSnapshots(/*room=*/1);
+    snap = snapshots_.emplace(key, Snapshot{std::move(enc).value(), now_}).first;
   }
-  Message m = host_->Make(ModelSync{v.committed_round, digest, cached->second.header});
-  m.bulk = cached->second.bulk;
+  snap->second.last_used = now_;
+  // Offered without its bytes: the site checks its own digest first.
+  Message m = host_->Make(ModelSync{v.committed_round, digest, snap->second.payload.header});
   w.synced_round = v.committed_round;
   // It evaluates the committed round next and no earlier pending one.
   evals_->Forget(w.site);
   evals_->Expect(v.committed_round, w.site);
   out->messages.push_back({w.peer, std::move(m)});
+}
+
+bool Membership::HandlePull(WorkerInfo& w, const SyncPull& pull, TimePoint now, CoreOutput* out) {
+  now_ = now;
+  auto snap = snapshots_.find(std::make_pair(pull.round, pull.digest));
+  if (snap == snapshots_.end()) {
+    host_->CountRejected("sync_gone");
+    LOG_INFO("model sync pulled is no longer held; offering the committed parameters", {"site", w.site},
+             {"round", pull.round}, {"digest", DigestHex(pull.digest)});
+    return false;
+  }
+  const Frame& bytes = snap->second.payload.bulk;
+  if (pull.offset >= bytes.size()) {
+    host_->Reply(w.peer, ErrorCode::kBadPayload,
+                 "sync pull at offset " + std::to_string(pull.offset) + " of a " + std::to_string(bytes.size()) +
+                     "-byte model",
+                 pull.round, out);
+    return true;
+  }
+  snap->second.last_used = now;
+  const size_t length = static_cast<size_t>(std::min<uint64_t>(pull.length, bytes.size() - pull.offset));
+  const uint8_t* from = bytes.data() + pull.offset;
+  SyncChunk chunk{pull.round, pull.digest, pull.offset, static_cast<uint32_t>(length), BulkChecksum(from, length)};
+  Message m = host_->Make(chunk);
+  m.bulk = Frame(from, from + length);
+  out->messages.push_back({w.peer, std::move(m)});
+  return true;
+}
+
+size_t Membership::MaxSnapshots() const {
+  // One per stage of a pipeline round, plus rounds still being pulled.
+  return static_cast<size_t>(std::max(config_.pipeline.stages, 1)) + 2;
+}
+
+void Membership::DropIdleSnapshots(size_t room) {
+  const auto idle = std::chrono::milliseconds(config_.network.heartbeat_timeout_ms);
+  for (auto it = snapshots_.begin(); it != snapshots_.end();) {
+    it = now_ - it->second.last_used > idle ? snapshots_.erase(it) : std::next(it);
+  }
+  while (!snapshots_.empty() && snapshots_.size() + room > MaxSnapshots()) {
+    auto oldest = std::min_element(snapshots_.begin(), snapshots_.end(), [](const auto& a, const auto& b) {
+      return a.second.last_used < b.second.last_used;
+    });
+    LOG_WARN("model sync snapshot dropped while possibly still pulled (too many held)",
+             {"round", oldest->first.first}, {"digest", DigestHex(oldest->first.second)});
+    snapshots_.erase(oldest);
+  }
 }
 
 std::set<std::string> Membership::TakeDeferredSyncs() {
@@ -291,6 +339,8 @@ std::set<std::string> Membership::TakeDeferredSyncs() {
 }
 
 void Membership::OnTick(TimePoint now, CoreOutput* out) {
+  now_ = now;
+  DropIdleSnapshots();
   const auto interval = std::chrono::milliseconds(config_.network.heartbeat_interval_ms);
   const auto timeout = std::chrono::milliseconds(config_.network.heartbeat_timeout_ms);
   for (auto& [site, w] : workers_) {

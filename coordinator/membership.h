@@ -4,8 +4,11 @@
 // Its rules: a hello registers or re-registers a site (checks: site name,
 // ranks, pipeline endpoint and slot, the site limit) and is answered with
 // Welcome + ModelSync (a pipeline worker waits, unwelcomed, until its
-// replica is complete); a sync is packed once per round and digest and is
-// deferred while a round is being aggregated; an error-triggered re-sync is
+// replica is complete); a sync is packed once per round and digest (a
+// snapshot), offered without its bytes and deferred while a round is being
+// aggregated; a site that does not hold the offered parameters pulls the
+// snapshot in chunks (SyncPull -> SyncChunk), which stays here while it is
+// offered or pulled, whatever rounds commit meanwhile; an error-triggered re-sync is
 // rate limited (one per committed round, eviction after
 // kMaxUnconfirmedResyncs in a row); eviction and loss take a site out of the
 // campaign; heartbeats go out every interval and a silent site is lost at
@@ -83,6 +86,13 @@ class Membership {
   // it evaluates the committed round next. While a round is being
   // aggregated the sync waits (TakeDeferredSync[s]).
   void SendSync(WorkerInfo& w, CoreOutput* out);
+  // A chunk of a snapshot for `w`, or an Error reply for a pull outside
+  // it. False when the snapshot is no longer held (idle past the
+  // heartbeat timeout, or a restarted coordinator): the caller offers the
+  // committed parameters again.
+  bool HandlePull(WorkerInfo& w, const SyncPull& pull, TimePoint now, CoreOutput* out);
+  // Snapshots held now (each a whole packed model), for tests and metrics.
+  size_t snapshots() const { return snapshots_.size(); }
   // An error-triggered re-sync of `w`'s replica, rate limited (one per
   // committed round; eviction after kMaxUnconfirmedResyncs in a row). True
   // when the model was sent.
@@ -100,8 +110,6 @@ class Membership {
   // forget it), and every one left.
   bool TakeDeferredSync(const std::string& site) { return syncs_after_close_.erase(site) > 0; }
   std::set<std::string> TakeDeferredSyncs();
-  // The committed round's syncs are done with (its parameters are moving).
-  void ClearSyncCache() { sync_cache_.clear(); }
 
   const std::map<std::string, WorkerInfo>& workers() const { return workers_; }
   // The registry, for the per-round fields the core keeps on a worker
@@ -134,9 +142,19 @@ class Membership {
   std::map<std::string, std::string> peer_to_site_;
   std::unique_ptr<Topology> topology_;     // pipeline campaigns: stage slots
   std::map<int, uint32_t> replica_epoch_;  // welcomes of each replica so far
-  // Model syncs of round sync_cache_round_, by the digest of what they carry.
-  uint32_t sync_cache_round_ = std::numeric_limits<uint32_t>::max();
-  std::map<uint64_t, Encoded> sync_cache_;
+  // Packed model syncs by (round, digest): offered to sites and pulled by
+  // them. One is dropped once neither offered nor pulled for the heartbeat
+  // timeout, or (the oldest first) when more than MaxSnapshots() are held.
+  struct Snapshot {
+    Encoded payload;
+    TimePoint last_used;
+  };
+  size_t MaxSnapshots() const;
+  // Drops snapshots idle past the timeout, then the oldest until `room`
+  // more fit under MaxSnapshots().
+  void DropIdleSnapshots(size_t room = 0);
+  std::map<std::pair<uint32_t, uint64_t>, Snapshot> snapshots_;
+  TimePoint now_{};  // the latest time handed in (SendSync is given none)
   std::set<std::string> syncs_after_close_;
 };
 

@@ -202,10 +202,11 @@ void CoordinatorService::Impl::Send(Outgoing& o) {
   }
   if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
     // A join after round 0: a restarted or returning site (or a restarted
-    // coordinator's sites) catching up, whatever it missed, in one message.
-    LOG_INFO("site caught up", {"site", site}, {"round", sync->round}, {"bytes", bytes});
+    // coordinator's sites) catching up, whatever it missed, with one model
+    // (offered here; pulled in chunks unless the site holds it already).
+    LOG_INFO("site caught up", {"site", site}, {"round", sync->round}, {"bytes", sync->blob.byte_length});
     if (options.progress) {
-      std::fputs(reporter.ResyncLine(site, sync->round, bytes).c_str(), stdout);
+      std::fputs(reporter.ResyncLine(site, sync->round, sync->blob.byte_length).c_str(), stdout);
       std::fflush(stdout);
     }
   }

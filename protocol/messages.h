@@ -17,7 +17,7 @@
 
 namespace lowband {
 
-constexpr uint16_t kProtocolVersion = 1;
+constexpr uint16_t kProtocolVersion = 2;  // 2: model transfer pulled in chunks
 
 // A transformer's shape (schemas/campaign.fbs ModelSpec). Like every
 // settings struct here, its defaults are a campaign file's (config/config.h).
@@ -146,11 +146,39 @@ struct Welcome {
   FcragWelcome fcrag;
 };
 
-struct ModelSync {  // bulk: full parameters
+// The committed parameters a site should hold, offered (no bulk frame):
+// `blob` describes the whole payload (dense fp32; byte_length, and the
+// XXH64 checksum of all of it). A site that already holds `digest` (it
+// built the same initial parameters from the seed, or it never lost them)
+// takes nothing; otherwise it pulls the payload in chunks (SyncPull ->
+// SyncChunk), a few at a time, so heartbeats and control interleave with
+// the transfer on a thin link and a reconnecting site resumes where its
+// last verified chunk ended (docs/protocol.md "Model transfer").
+struct ModelSync {
   uint32_t round = 0;
   uint64_t digest = 0;
   BlobHeader blob;
 };
+
+// Worker -> coordinator: bytes [offset, offset + length) of the payload of
+// the ModelSync (round, digest).
+struct SyncPull {
+  uint32_t round = 0;
+  uint64_t digest = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;  // 1..kMaxSyncChunkBytes
+};
+
+// Coordinator -> worker, bulk: those bytes (the bulk frame is `length`
+// bytes long and hashes to `checksum`, XXH64, checked on decoding).
+struct SyncChunk {
+  uint32_t round = 0;
+  uint64_t digest = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint64_t checksum = 0;
+};
+constexpr uint32_t kMaxSyncChunkBytes = 16u << 20;
 
 struct Heartbeat {
   uint32_t round = 0;
@@ -329,7 +357,7 @@ struct ControlResponse {
 
 using Body = std::variant<Hello, Welcome, ModelSync, Heartbeat, CampaignEnd, RoundStart, DeltaUpload,
                           Aggregate, EvalReport, Error, ControlRequest, ControlResponse, Activation, LogitUpload,
-                          FcragRequest, FcragReply>;
+                          FcragRequest, FcragReply, SyncPull, SyncChunk>;
 
 // FC-RAG texts in a bulk frame: for each, its byte length (uint32 LE) then
 // its bytes. Decoding refuses a count or lengths that do not fit exactly.

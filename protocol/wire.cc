@@ -98,6 +98,8 @@ const char* BodyName(const Body& body) {
     const char* operator()(const Error&) const { return "error"; }
     const char* operator()(const ControlRequest&) const { return "control_request"; }
     const char* operator()(const ControlResponse&) const { return "control_response"; }
+    const char* operator()(const SyncPull&) const { return "sync_pull"; }
+    const char* operator()(const SyncChunk&) const { return "sync_chunk"; }
   };
   return std::visit(Namer{}, body);
 }
@@ -203,6 +205,15 @@ class BodyEncoder {
   EncodedBody operator()(const ModelSync& m) {
     auto blob = EncodeBlob(fbb_, m.blob);
     return {wire::Body::ModelSync, wire::CreateModelSync(fbb_, m.round, m.digest, blob).Union()};
+  }
+
+  EncodedBody operator()(const SyncPull& m) {
+    return {wire::Body::SyncPull, wire::CreateSyncPull(fbb_, m.round, m.digest, m.offset, m.length).Union()};
+  }
+
+  EncodedBody operator()(const SyncChunk& m) {
+    return {wire::Body::SyncChunk,
+            wire::CreateSyncChunk(fbb_, m.round, m.digest, m.offset, m.length, m.checksum).Union()};
   }
 
   EncodedBody operator()(const Heartbeat& m) {
@@ -314,14 +325,13 @@ class BodyEncoder {
 };
 
 bool CarriesBlob(const Body& body) {
-  return std::holds_alternative<ModelSync>(body) || std::holds_alternative<DeltaUpload>(body) ||
+  return std::holds_alternative<DeltaUpload>(body) ||
          std::holds_alternative<Aggregate>(body) || std::holds_alternative<Activation>(body) ||
          std::holds_alternative<LogitUpload>(body) || std::holds_alternative<FcragRequest>(body) ||
          std::holds_alternative<FcragReply>(body);
 }
 
 const BlobHeader* BlobOf(const Body& body) {
-  if (const auto* m = std::get_if<ModelSync>(&body)) return &m->blob;
   if (const auto* m = std::get_if<DeltaUpload>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Aggregate>(&body)) return &m->blob;
   if (const auto* m = std::get_if<Activation>(&body)) return &m->blob;
@@ -627,6 +637,33 @@ Status DecodeModelSync(const wire::ModelSync& t, ModelSync* m) {
   return Status::Ok();
 }
 
+Status DecodeSyncPull(const wire::SyncPull& t, SyncPull* m) {
+  m->round = t.round();
+  m->digest = t.digest();
+  m->offset = t.offset();
+  m->length = t.length();
+  if (m->length < 1 || m->length > kMaxSyncChunkBytes) {
+    return InvalidArgument("SyncPull.length is " + std::to_string(m->length) + ", expected 1.." +
+                           std::to_string(kMaxSyncChunkBytes));
+  }
+  if (m->offset > (uint64_t{1} << 48)) return InvalidArgument("SyncPull.offset " + std::to_string(m->offset) + " is out of range");
+  return Status::Ok();
+}
+
+Status DecodeSyncChunk(const wire::SyncChunk& t, SyncChunk* m) {
+  m->round = t.round();
+  m->digest = t.digest();
+  m->offset = t.offset();
+  m->length = t.length();
+  m->checksum = t.checksum();
+  if (m->length < 1 || m->length > kMaxSyncChunkBytes) {
+    return InvalidArgument("SyncChunk.length is " + std::to_string(m->length) + ", expected 1.." +
+                           std::to_string(kMaxSyncChunkBytes));
+  }
+  if (m->offset > (uint64_t{1} << 48)) return InvalidArgument("SyncChunk.offset " + std::to_string(m->offset) + " is out of range");
+  return Status::Ok();
+}
+
 Status DecodeHeartbeat(const wire::Heartbeat& t, Heartbeat* m) {
   m->round = t.round();
   m->state = StrOrEmpty(t.state());
@@ -866,6 +903,10 @@ Status DecodeBody(const wire::Envelope& env, Body* out) {
       return DecodeAs(env.body_as_ModelSync(), "ModelSync", &DecodeModelSync, out);
     case wire::Body::Heartbeat:
       return DecodeAs(env.body_as_Heartbeat(), "Heartbeat", &DecodeHeartbeat, out);
+    case wire::Body::SyncPull:
+      return DecodeAs(env.body_as_SyncPull(), "SyncPull", &DecodeSyncPull, out);
+    case wire::Body::SyncChunk:
+      return DecodeAs(env.body_as_SyncChunk(), "SyncChunk", &DecodeSyncChunk, out);
     case wire::Body::CampaignEnd:
       return DecodeAs(env.body_as_CampaignEnd(), "CampaignEnd", &DecodeCampaignEnd, out);
     case wire::Body::RoundStart:
@@ -945,7 +986,18 @@ Status DecodeWithoutBulk(const Frames& frames, const WireLimits& limits, Message
 
   const BlobHeader* blob = BlobOf(msg.body);
   const char* name = BodyName(msg.body);
-  if (blob == nullptr) {
+  if (const auto* chunk = std::get_if<SyncChunk>(&msg.body)) {
+    // Raw payload bytes, no codec blob: the chunk's own length and checksum.
+    if (!has_bulk_frame || frames[1].size() != chunk->length) {
+      return Corruption("SyncChunk.length is " + std::to_string(chunk->length) + " but the bulk frame is " +
+                        std::to_string(has_bulk_frame ? frames[1].size() : 0) + " bytes");
+    }
+    const uint64_t checksum = BulkChecksum(frames[1].data(), frames[1].size());
+    if (checksum != chunk->checksum) {
+      return Corruption("SyncChunk.checksum mismatch at offset " + std::to_string(chunk->offset) + ": header says " +
+                        DigestHex(chunk->checksum) + ", bulk frame hashes to " + DigestHex(checksum));
+    }
+  } else if (blob == nullptr) {
     if (has_bulk_frame) {
       return InvalidArgument(std::string("a bulk frame of ") + std::to_string(frames[1].size()) +
                              " bytes is attached to a " + name + " message, which carries no blob");
@@ -976,7 +1028,9 @@ Frames EncodeMessage(const Message& msg) {
   Frames frames;
   frames.reserve(2);
   frames.push_back(EncodeHeader(msg));
-  if (!msg.bulk.empty() || CarriesBlob(msg.body)) frames.push_back(msg.bulk);
+  if (!msg.bulk.empty() || CarriesBlob(msg.body) || std::holds_alternative<SyncChunk>(msg.body)) {
+    frames.push_back(msg.bulk);
+  }
   return frames;
 }
 
@@ -984,7 +1038,9 @@ Frames EncodeMessage(Message&& msg) {
   Frames frames;
   frames.reserve(2);
   frames.push_back(EncodeHeader(msg));
-  if (!msg.bulk.empty() || CarriesBlob(msg.body)) frames.push_back(std::move(msg.bulk));
+  if (!msg.bulk.empty() || CarriesBlob(msg.body) || std::holds_alternative<SyncChunk>(msg.body)) {
+    frames.push_back(std::move(msg.bulk));
+  }
   return frames;
 }
 

@@ -2,13 +2,34 @@
 
 #include <algorithm>
 
+#include "base/hash.h"
 #include "base/log.h"
 #include "codec/params.h"
+#include "protocol/wire.h"
 
 namespace lowband {
 namespace {
 constexpr std::chrono::milliseconds kHelloRetry{1000};
+
+// The same campaign settings for this site (its index among the sites and
+// the heartbeat settings aside): a Welcome repeated, not a new setup.
+bool SameSetup(const Welcome& a, Welcome b) {
+  b.worker_index = a.worker_index;
+  b.heartbeat_interval_ms = a.heartbeat_interval_ms;
+  b.heartbeat_timeout_ms = a.heartbeat_timeout_ms;
+  Message ma, mb;
+  ma.body = a;
+  mb.body = std::move(b);
+  return EncodeMessage(ma)[0].bytes() == EncodeMessage(mb)[0].bytes();
 }
+
+bool SameOffer(const ModelSync& a, const ModelSync& b) {
+  return a.round == b.round && a.digest == b.digest && a.blob.byte_length == b.blob.byte_length &&
+         a.blob.checksum == b.blob.checksum;
+}
+
+double Seconds(WorkerClock::duration d) { return std::chrono::duration<double>(d).count(); }
+}  // namespace
 
 WorkerCore::WorkerCore(Hello hello, std::string campaign_hint, WorkerTime now)
     : hello_(std::move(hello)),
@@ -81,14 +102,26 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     }
     registered_ = true;
     configured_ = true;
+    heartbeat_interval_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_interval_ms, 10));
+    heartbeat_timeout_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_timeout_ms, 100));
+    if (welcome_ && SameSetup(*welcome_, *w)) {
+      // Said hello again (the coordinator seemed silent, or its Welcome was
+      // slow to come): the replica, and a model transfer in flight, stay.
+      // A coordinator that registered the site anew offers the model next.
+      LOG_INFO("welcomed again, same campaign settings", {"site", hello_.site},
+               {"round", target_round_ ? static_cast<long long>(*target_round_) : -1LL},
+               {"pulling", pull_.has_value()});
+      welcome_ = *w;
+      return;
+    }
     overlap_ = w->training.overlap;
     const ModelSpec& own = hello_.own_model;
     fpld_own_ = w->fpld.enabled && own.layers > 0 &&
                 !(own.layers == w->model.layers && own.d_model == w->model.d_model && own.heads == w->model.heads);
     target_round_.reset();
     training_round_.reset();
-    heartbeat_interval_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_interval_ms, 10));
-    heartbeat_timeout_ = std::chrono::milliseconds(std::max<uint32_t>(w->heartbeat_timeout_ms, 100));
+    AbandonTransfer("a new Welcome");
+    welcome_ = *w;
     LOG_INFO("welcomed", {"site", hello_.site}, {"layers", w->model.layers}, {"d_model", w->model.d_model},
              {"rounds", w->training.rounds}, {"inner_steps", w->training.inner_steps});
     out->jobs.push_back(ConfigureJob{*w});
@@ -119,10 +152,22 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
     return;
   }
   if (const auto* s = std::get_if<ModelSync>(&msg.body)) {
-    target_round_ = s->round;
-    target_digest_ = s->digest;
-    training_round_.reset();
-    out->jobs.push_back(SyncJob{*s, msg.bulk});
+    HandleOffer(*s, now, out);
+    return;
+  }
+  if (const auto* c = std::get_if<SyncChunk>(&msg.body)) {
+    HandleChunk(*c, msg.bulk, now, out);
+    return;
+  }
+  if (transferring() && (std::holds_alternative<RoundStart>(msg.body) || std::holds_alternative<Aggregate>(msg.body) ||
+                         std::holds_alternative<FcragRequest>(msg.body))) {
+    if (held_.size() >= kMaxHeld) {
+      AbandonTransfer("too many messages waiting for it");
+      Reject(ErrorCode::kBadPayload, "model transfer given up: " + std::to_string(kMaxHeld) + " messages waited for it",
+             target_round_.value_or(0), out);
+      return;
+    }
+    held_.push_back(msg);
     return;
   }
   if (const auto* rs = std::get_if<RoundStart>(&msg.body)) {
@@ -174,6 +219,117 @@ void WorkerCore::HandleMessage(const Message& msg, WorkerTime now, WorkerOutput*
   Reject(ErrorCode::kUnexpected, std::string("a coordinator may not send ") + BodyName(msg.body), 0, out);
 }
 
+void WorkerCore::HandleOffer(const ModelSync& s, WorkerTime now, WorkerOutput* out) {
+  if (pull_ && SameOffer(pull_->offer, s)) {
+    // Offered again (a re-registration): go on from the last verified
+    // chunk; requests in flight may be lost, so ask again from there.
+    LOG_INFO("model offered again; the transfer goes on", {"round", s.round},
+             {"verified_bytes", pull_->verified}, {"bytes", s.blob.byte_length});
+    pull_->asked = pull_->verified;
+    pull_->last_chunk = now;
+    AskChunks(out);
+    return;
+  }
+  if (offer_ && SameOffer(*offer_, s)) return;  // being checked already
+  if (s.blob.codec != CodecKind::kDenseFp32 || s.blob.byte_length == 0 ||
+      s.blob.byte_length > (uint64_t{1} << 40)) {
+    Reject(ErrorCode::kBadPayload,
+           std::string("model sync offers a ") + std::to_string(s.blob.byte_length) + "-byte " +
+               CodecName(s.blob.codec) + " payload; expected dense_fp32 of 1 byte to 1 TiB",
+           s.round, out);
+    return;
+  }
+  // A newer offer supersedes an older one and whatever waited for it (the
+  // coordinator announces its rounds again after a sync).
+  AbandonTransfer("a newer offer");
+  target_round_ = s.round;
+  target_digest_ = s.digest;
+  training_round_.reset();
+  offer_ = s;
+  out->jobs.push_back(SyncJob{s, Frame(), ++offer_seq_});
+}
+
+void WorkerCore::AskChunks(WorkerOutput* out) {
+  Pull& p = *pull_;
+  const uint64_t total = p.offer.blob.byte_length;
+  if (p.asked < p.verified) p.asked = p.verified;
+  const double budget = p.rate > 0 ? std::min(p.rate * kPullSeconds, kMaxInFlightBytes) : 4.0 * kMinChunkBytes;
+  const auto chunk = static_cast<uint64_t>(std::clamp(budget / 2, double{kMinChunkBytes}, double{kMaxChunkBytes}));
+  const auto in_flight = static_cast<uint64_t>(std::max(budget, double(chunk)));
+  while (p.asked < total && p.asked - p.verified < in_flight) {
+    const uint64_t length = std::min(chunk, total - p.asked);
+    out->messages.push_back(Make(SyncPull{p.offer.round, p.offer.digest, p.asked, static_cast<uint32_t>(length)}));
+    p.asked += length;
+  }
+}
+
+void WorkerCore::HandleChunk(const SyncChunk& c, const Frame& bytes, WorkerTime now, WorkerOutput* out) {
+  // Chunks come in the order asked; one for another transfer, or a repeat
+  // of bytes already verified (asked again after a re-offer), is dropped.
+  if (!pull_ || c.round != pull_->offer.round || c.digest != pull_->offer.digest || c.offset != pull_->verified ||
+      c.length != bytes.size() || c.offset + c.length > pull_->offer.blob.byte_length) {
+    LOG_DEBUG("model chunk not waited for, dropped", {"round", c.round}, {"offset", c.offset});
+    return;
+  }
+  Pull& p = *pull_;
+  // The wire checked the chunk against its checksum; the copy is checked
+  // once whole, against the offer's.
+  std::copy(bytes.begin(), bytes.end(), p.data.begin() + static_cast<std::ptrdiff_t>(c.offset));
+  p.verified += c.length;
+  p.last_chunk = now;
+  // The rate over spans long enough that chunks released together (a
+  // loop iteration, a burst) do not look infinitely fast.
+  if (now - p.mark_time >= kRateSpan) {
+    const double rate = static_cast<double>(p.verified - p.mark_bytes) / Seconds(now - p.mark_time);
+    p.rate = p.rate > 0 ? 0.5 * p.rate + 0.5 * rate : rate;
+    p.mark_bytes = p.verified;
+    p.mark_time = now;
+  }
+  if (p.verified < p.offer.blob.byte_length) {
+    AskChunks(out);
+    return;
+  }
+  const uint64_t checksum = BulkChecksum(p.data.data(), p.data.size());
+  if (checksum != p.offer.blob.checksum) {
+    const ModelSync offer = p.offer;
+    AbandonTransfer("checksum mismatch");
+    Reject(ErrorCode::kBadPayload,
+           "model transfer of round " + std::to_string(offer.round) + " hashes to " + DigestHex(checksum) +
+               ", the offer says " + DigestHex(offer.blob.checksum),
+           offer.round, out);
+    return;
+  }
+  LOG_INFO("model received", {"round", p.offer.round}, {"bytes", p.offer.blob.byte_length},
+           {"seconds", Seconds(now - p.started)});
+  out->jobs.push_back(SyncJob{p.offer, Frame(std::move(p.data)), 0});
+  pull_.reset();
+  ReleaseHeld(now, out);
+}
+
+void WorkerCore::AbandonTransfer(const char* why) {
+  if (pull_) {
+    LOG_INFO("model transfer abandoned", {"reason", why}, {"round", pull_->offer.round},
+             {"verified_bytes", pull_->verified});
+  }
+  offer_.reset();
+  pull_.reset();
+  held_.clear();
+}
+
+void WorkerCore::ReleaseHeld(WorkerTime now, WorkerOutput* out) {
+  std::deque<Message> held = std::move(held_);
+  held_.clear();
+  while (!held.empty()) {
+    Message m = std::move(held.front());
+    held.pop_front();
+    HandleMessage(m, now, out);
+    if (transferring()) {  // a held message started another transfer: the rest wait for it
+      for (auto& later : held) held_.push_back(std::move(later));
+      return;
+    }
+  }
+}
+
 bool WorkerCore::SupersededTrain(uint32_t round) {
   auto it = trains_outstanding_.find(round);
   if (it == trains_outstanding_.end()) return false;
@@ -185,6 +341,20 @@ bool WorkerCore::SupersededTrain(uint32_t round) {
 
 void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out) {
   if (std::holds_alternative<ConfigureDone>(result)) return;
+  if (const auto* need = std::get_if<SyncNeeded>(&result)) {
+    if (!offer_ || need->offer != offer_seq_) return;  // superseded
+    Pull p;
+    p.offer = *offer_;
+    offer_.reset();
+    p.data.resize(p.offer.blob.byte_length);
+    p.started = now;
+    p.last_chunk = now;
+    p.mark_time = now;
+    LOG_INFO("pulling the model", {"round", p.offer.round}, {"bytes", p.offer.blob.byte_length});
+    pull_ = std::move(p);
+    AskChunks(out);
+    return;
+  }
   if (auto* fr = std::get_if<FcragDone>(&result)) {
     Message m = Make(fr->reply);
     m.bulk = std::move(fr->bulk);
@@ -192,12 +362,15 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
     return;
   }
   if (auto* ev = std::get_if<EvalDone>(&result)) {
+    const bool offer_held = offer_ && ev->offer != 0 && ev->offer == offer_seq_;
+    if (offer_held) offer_.reset();
     if (!ev->digest_ok) {
       LOG_ERROR("replica digest differs from the coordinator's", {"round", ev->round},
                 {"digest", DigestHex(ev->digest)});
     }
     out->messages.push_back(
         Make(EvalReport{ev->round, ev->val_loss, ev->val_tokens, ev->digest, {}, std::move(ev->rank_digests)}));
+    if (offer_held) ReleaseHeld(now, out);
     return;
   }
   if (auto* tr = std::get_if<TrainDone>(&result)) {
@@ -226,6 +399,10 @@ void WorkerCore::OnJobResult(JobResult result, WorkerTime now, WorkerOutput* out
   }
   auto& failed = std::get<JobFailed>(result);
   LOG_ERROR("job failed", {"round", failed.round}, {"reason", failed.what}, {"fatal", failed.fatal});
+  if (offer_ && failed.offer != 0 && failed.offer == offer_seq_) {
+    AbandonTransfer("its check failed");  // the coordinator re-syncs on the error
+    target_round_.reset();
+  }
   if (failed.train && SupersededTrain(failed.round) && !failed.fatal) return;
   if (training_round_ == failed.round) training_round_.reset();
   out->messages.push_back(Make(Error{failed.code, failed.what, failed.round}));
@@ -249,6 +426,17 @@ void WorkerCore::OnTick(WorkerTime now, WorkerOutput* out) {
   if (!registered_) {
     if (now - last_hello_ >= kHelloRetry) SendHello(now, out);
     return;
+  }
+  if (pull_ && pull_->asked > pull_->verified && now - pull_->last_chunk > heartbeat_timeout_ / 2) {
+    // Chunks asked for and none came: the requests (or the replies) were
+    // lost; ask again from the last verified byte.
+    LOG_INFO("model chunks overdue, asking again", {"verified_bytes", pull_->verified});
+    pull_->asked = pull_->verified;
+    pull_->last_chunk = now;
+    pull_->rate = 0;
+    pull_->mark_bytes = pull_->verified;
+    pull_->mark_time = now;
+    AskChunks(out);
   }
   if (now - last_from_coordinator_ > heartbeat_timeout_) {
     LOG_WARN("coordinator silent, saying hello again",

@@ -126,7 +126,11 @@ int Executor::RunFollower(const std::function<bool()>& stop) {
 
 JobResult Executor::RunJob(Job& job) {
   if (auto* c = std::get_if<ConfigureJob>(&job)) return Configure(c->welcome);
-  if (!configured()) return JobFailed{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
+  if (!configured()) {
+    JobFailed f{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};
+    if (const auto* s = std::get_if<SyncJob>(&job)) f.offer = s->offer;
+    return f;
+  }
   if (auto* s = std::get_if<SyncJob>(&job)) return Sync(*s);
   if (auto* t = std::get_if<TrainJob>(&job)) return Train(*t);
   if (auto* f = std::get_if<FcragJob>(&job)) return Fcrag(*f);
@@ -224,7 +228,27 @@ JobResult Executor::EvaluateAt(uint32_t round, uint64_t announced_digest, bool l
   return done;
 }
 
+JobResult Executor::CheckOffer(const SyncJob& job) {
+  bool held = GlobalDigest() == job.sync.digest;
+  if (group_ && group_->size() > 1) {
+    // Every rank takes the same branch (the evaluation is collective).
+    std::vector<double> holders{held ? 1.0 : 0.0};
+    Status st = group_->AllreduceSum(&holders);
+    if (!st.ok()) return Fail(ErrorCode::kSiteDown, job.sync.round, st, /*fatal=*/true);
+    held = holders[0] == group_->size();
+  }
+  if (!held) return SyncNeeded{job.offer};
+  Status st = stage_ ? stage_->RestartFromGlobal() : trainer_->RestartFromGlobal();
+  if (!st.ok()) return Fail(ErrorCode::kInternal, job.sync.round, st);
+  LOG_INFO("offered parameters already held: digest checked, nothing transferred", {"round", job.sync.round},
+           {"digest", DigestHex(job.sync.digest)});
+  JobResult r = EvaluateAt(job.sync.round, job.sync.digest);
+  if (auto* ev = std::get_if<EvalDone>(&r)) ev->offer = job.offer;
+  return r;
+}
+
 JobResult Executor::Sync(const SyncJob& job) {
+  if (job.bulk.empty()) return CheckOffer(job);
   // Full parameters travel with the dense fp32 codec whatever the update codec is.
   if (job.sync.blob.codec != CodecKind::kDenseFp32) {
     return JobFailed{false, ErrorCode::kBadPayload, job.sync.round,

@@ -58,6 +58,9 @@ class Executor {
   std::optional<std::chrono::steady_clock::time_point> last_trained_;
   JobResult Configure(const Welcome& w);
   JobResult Sync(const SyncJob& job);
+  // An offered model (no bytes): evaluated at once if the replica holds
+  // its digest on every rank, else SyncNeeded (the core pulls it).
+  JobResult CheckOffer(const SyncJob& job);
   JobResult Train(const TrainJob& job);
   JobResult Apply(const ApplyJob& job);
   JobResult ProbeLogits(uint32_t round, bool own_model, TrainDone* done);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "base/hash.h"
+
 namespace lowband {
 namespace {
 
@@ -20,8 +22,7 @@ Bytes EncodeJob(const Job& job) {
   if (const auto* c = std::get_if<ConfigureJob>(&job)) {
     m.body = c->welcome;
   } else if (const auto* s = std::get_if<SyncJob>(&job)) {
-    m.body = s->sync;
-    m.bulk = s->bulk;
+    m.body = s->sync;  // a ModelSync carries no bulk on the wire: the payload follows as a frame of its own
   } else if (const auto* t = std::get_if<TrainJob>(&job)) {
     RoundStart rs;
     rs.round = t->round;
@@ -41,6 +42,7 @@ Bytes EncodeJob(const Job& job) {
   }
   // [frame count][length, bytes]...
   Frames frames = EncodeMessage(std::move(m));
+  if (const auto* s = std::get_if<SyncJob>(&job); s && !s->bulk.empty()) frames.push_back(s->bulk);
   Bytes out;
   PutU64(&out, frames.size());
   for (const Bytes& f : frames) {
@@ -72,9 +74,22 @@ StatusOr<std::optional<Job>> DecodeJob(const Bytes& bytes) {
   if (pos != bytes.size()) return InvalidArgument("site job: trailing bytes");
   WireLimits limits;
   limits.max_bulk_bytes = 1u << 30;
+  // A sync job: its ModelSync header, then the payload if it loads one.
+  Frame payload;
+  if (frames.size() == 2) {
+    auto header = DecodeMessage(Frames{frames[0]}, limits);
+    if (header.ok() && std::holds_alternative<ModelSync>(header->body)) {
+      const BlobHeader& blob = std::get<ModelSync>(header->body).blob;
+      if (frames[1].size() != blob.byte_length || BulkChecksum(frames[1].data(), frames[1].size()) != blob.checksum) {
+        return InvalidArgument("site job: model payload does not match its header");
+      }
+      payload = std::move(frames[1]);
+      frames.pop_back();
+    }
+  }
   LOWBAND_ASSIGN_OR_RETURN(Message m, DecodeMessage(std::move(frames), limits));
   if (const auto* w = std::get_if<Welcome>(&m.body)) return std::optional<Job>(ConfigureJob{*w});
-  if (const auto* s = std::get_if<ModelSync>(&m.body)) return std::optional<Job>(SyncJob{*s, std::move(m.bulk)});
+  if (const auto* s = std::get_if<ModelSync>(&m.body)) return std::optional<Job>(SyncJob{*s, std::move(payload)});
   if (const auto* rs = std::get_if<RoundStart>(&m.body)) {
     return std::optional<Job>(TrainJob{rs->round, static_cast<int>(rs->inner_steps), rs->model_version, rs->block});
   }

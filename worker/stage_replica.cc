@@ -177,6 +177,8 @@ Status StageReplica::SetGlobal(ParamSet params) {
   return impl_->LoadGlobal();
 }
 
+Status StageReplica::RestartFromGlobal() { return impl_->LoadGlobal(); }
+
 void StageReplica::SetEpoch(uint32_t epoch) {
   impl_->epoch = epoch;
   impl_->train_attempts.clear();

@@ -60,6 +60,8 @@ class StageReplica {
 
   // Replaces the global parameters (join, re-sync); layout must match.
   Status SetGlobal(ParamSet params);
+  // A sync to parameters the replica already holds (digest checked).
+  Status RestartFromGlobal();
   // H pipeline steps of round `round` from the global parameters, then the
   // encoded delta global - local. mean_loss: the last stage's mean loss, 0
   // on the other stages; tokens: B*T*H on every stage.

@@ -244,6 +244,13 @@ Status Trainer::SetGlobal(ParamSet params) {
   return impl_->LoadGlobal();
 }
 
+Status Trainer::RestartFromGlobal() {
+  impl_->model_is_global = false;
+  impl_->local_valid = false;
+  impl_->trained_since_apply = false;
+  return impl_->LoadGlobal();
+}
+
 void Trainer::SetSlowdown(double factor) { impl_->slowdown = factor; }
 
 void Trainer::SetGroup(SiteGroup* group) {

@@ -52,6 +52,9 @@ class Trainer {
   bool fused_optimizer() const;
   // Replaces the global parameters (join, re-sync). Layout must match.
   Status SetGlobal(ParamSet params);
+  // A sync to parameters the replica already holds (digest checked): the
+  // same as SetGlobal with them, without the copy.
+  Status RestartFromGlobal();
   const ParamSet& global() const;
   // global().Digest(), computed once per change of the global parameters
   // (the executor checks it at every evaluation and every round start).

@@ -2,6 +2,7 @@
 #include "coordinator/core.h"
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <random>
 
 #include "codec/dither.h"
@@ -1107,7 +1108,8 @@ TEST_CASE("pipeline: slots, neighbours and per-stage syncs, uploads and aggregat
   auto sa = std::find_if(out.messages.begin(), out.messages.end(),
                          [](const Outgoing& o) { return o.peer == "pa" && std::holds_alternative<ModelSync>(o.msg.body); });
   REQUIRE(sa != out.messages.end());
-  CHECK(sa->msg.bulk.size() == 11 * sizeof(float));
+  CHECK(sa->msg.bulk.empty());  // offered; pulled in chunks
+  CHECK(std::get<ModelSync>(sa->msg.body).blob.byte_length == 11 * sizeof(float));
   const uint64_t digest_a = std::get<ModelSync>(sa->msg.body).digest;
   CHECK(digest_a == ValuesDigest(initial.values.data(), 11));
   const uint64_t digest_b = ValuesDigest(initial.values.data() + 11, 10);
@@ -1602,7 +1604,7 @@ TEST_CASE("async close: an abort while the round is aggregated ends the campaign
   CHECK(Bodies<CampaignEnd>(out, "site-a").size() == 1);
 }
 
-TEST_CASE("syncs of one round share one packed model", "[unit][coordinator]") {
+TEST_CASE("syncs of one round share one packed model, offered and pulled in chunks", "[unit][coordinator]") {
   auto now = TimePoint{} + std::chrono::hours(1);
   CoordinatorCore core(TinyCampaign(3, 2), TinyParams(), now);
   CoreOutput out;
@@ -1612,10 +1614,71 @@ TEST_CASE("syncs of one round share one packed model", "[unit][coordinator]") {
     if (std::holds_alternative<ModelSync>(o.msg.body)) syncs.push_back(&o.msg);
   }
   REQUIRE(syncs.size() == 3);
+  const size_t bytes = TinyParams().values.size() * sizeof(float);
   for (const Message* m : syncs) {
-    CHECK(m->bulk.data() == syncs[0]->bulk.data());  // one buffer, not three copies
-    CHECK(m->bulk.size() == TinyParams().values.size() * sizeof(float));
+    CHECK(m->bulk.empty());  // offered without its bytes
+    CHECK(std::get<ModelSync>(m->body).blob.byte_length == bytes);
   }
+  CHECK(core.membership().snapshots() == 1);  // one packed model, not three
+  const ModelSync offer = std::get<ModelSync>(syncs[0]->body);
+
+  // site-a pulls it in two pieces; the bytes are the parameters' fp32 values.
+  Bytes got;
+  for (uint64_t offset = 0; offset < bytes;) {
+    CoreOutput pulled;
+    core.HandleMessage("site-a", Wrap(SyncPull{offer.round, offer.digest, offset, 7 * sizeof(float)}), now, &pulled);
+    auto chunks = Bodies<SyncChunk>(pulled, "site-a");
+    REQUIRE(chunks.size() == 1);
+    CHECK(chunks[0]->offset == offset);
+    const Frame& b = pulled.messages.back().msg.bulk;
+    CHECK(chunks[0]->length == b.size());
+    CHECK(chunks[0]->checksum == BulkChecksum(b.data(), b.size()));
+    got.insert(got.end(), b.begin(), b.end());
+    offset += b.size();
+  }
+  CHECK(got.size() == bytes);
+  CHECK(BulkChecksum(got.data(), got.size()) == offer.blob.checksum);
+  std::vector<float> values(got.size() / sizeof(float));
+  std::memcpy(values.data(), got.data(), got.size());
+  CHECK(values == TinyParams().values);
+
+  // A pull past the end is refused; one of a snapshot not held gets the
+  // committed parameters offered again.
+  CoreOutput bad;
+  core.HandleMessage("site-a", Wrap(SyncPull{offer.round, offer.digest, bytes, 16}), now, &bad);
+  CHECK(Bodies<Error>(bad, "site-a").size() == 1);
+  CoreOutput gone;
+  core.HandleMessage("site-b", Wrap(SyncPull{offer.round, offer.digest ^ 1, 0, 16}), now, &gone);
+  CHECK(Bodies<SyncChunk>(gone, "site-b").empty());
+  REQUIRE(Bodies<ModelSync>(gone, "site-b").size() == 1);
+  CHECK(Bodies<ModelSync>(gone, "site-b")[0]->digest == offer.digest);
+}
+
+TEST_CASE("a snapshot stays while it is pulled, across committed rounds, and goes once idle", "[unit][coordinator]") {
+  auto now = TimePoint{} + std::chrono::hours(1);
+  CoordinatorCore core(TinyCampaign(3, 2), TinyParams(), now);
+  CoreOutput out;
+  for (const Hello& h : ThreeHellos()) core.HandleMessage(h.site, Wrap(h), now, &out);
+  const ModelSync offer = *Bodies<ModelSync>(out, "site-a")[0];
+  const auto timeout = std::chrono::milliseconds(TinyCampaign(3, 2).network.heartbeat_timeout_ms);
+  // Pulled a little more often than the timeout: it stays.
+  for (int i = 0; i < 4; ++i) {
+    now += timeout / 2;
+    CoreOutput o;
+    core.HandleMessage("site-a", Wrap(Heartbeat{}), now, &o);
+    core.HandleMessage("site-b", Wrap(Heartbeat{}), now, &o);
+    core.HandleMessage("site-c", Wrap(Heartbeat{}), now, &o);
+    core.HandleMessage("site-a", Wrap(SyncPull{offer.round, offer.digest, 0, 8}), now, &o);
+    core.OnTick(now, &o);
+    CHECK(Bodies<SyncChunk>(o, "site-a").size() == 1);
+    CHECK(core.membership().snapshots() == 1);
+  }
+  // Nobody pulls it for longer than the timeout: dropped.
+  now += timeout + std::chrono::milliseconds(1);
+  CoreOutput o;
+  for (const char* s : {"site-a", "site-b", "site-c"}) core.HandleMessage(s, Wrap(Heartbeat{}), now, &o);
+  core.OnTick(now, &o);
+  CHECK(core.membership().snapshots() == 0);
 }
 
 TEST_CASE("the coordinator never answers an error with an error", "[unit][coordinator]") {

@@ -80,6 +80,12 @@ class FakeExecutor {
       return ConfigureDone{};
     }
     if (auto* s = std::get_if<SyncJob>(&job)) {
+      if (s->bulk.empty()) {  // an offer: held already, or pulled
+        if (global_.values.empty() || global_.Digest() != s->sync.digest) return SyncNeeded{s->offer};
+        JobResult r = Eval(s->sync.round, s->sync.digest);
+        std::get<EvalDone>(r).offer = s->offer;
+        return r;
+      }
       auto v = ParseUpdate(TinyParams().layout, plan_, s->sync.blob, s->bulk);
       if (!v.ok()) return JobFailed{false, ErrorCode::kBadPayload, s->sync.round, v.status().ToString()};
       global_ = ParamSet{TinyParams().layout, v->values};

@@ -148,9 +148,12 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     u.blob = BlobFor(bulk, CodecKind::kDenseFp32);
     out.emplace_back("logit_upload", Wrap(u, bulk));
   }
+  out.emplace_back("model_sync", Wrap(ModelSync{7, 0xabcdefull, BlobFor(MakeBulk(64, 1), CodecKind::kDenseFp32)}));
+  out.emplace_back("sync_pull", Wrap(SyncPull{7, 0xabcdefull, 65536, 65536}));
   {
-    Bytes bulk = MakeBulk(64, 1);
-    out.emplace_back("model_sync", Wrap(ModelSync{7, 0xabcdefull, BlobFor(bulk, CodecKind::kDenseFp32)}, bulk));
+    Bytes bulk = MakeBulk(64, 5);
+    const uint64_t checksum = BulkChecksum(bulk.data(), bulk.size());
+    out.emplace_back("sync_chunk", Wrap(SyncChunk{7, 0xabcdefull, 0, static_cast<uint32_t>(bulk.size()), checksum}, bulk));
   }
   out.emplace_back("heartbeat", Wrap(Heartbeat{12, "training"}));
   out.emplace_back("campaign_end", Wrap(CampaignEnd{"all rounds done", 41}));

@@ -94,13 +94,18 @@ Message SampleWelcome() {
   return Wrap(w);
 }
 
-Message SampleModelSync() {
-  Bytes bulk = MakeBulk(256, 1);
+Message SampleModelSync() {  // an offer: the blob describes a payload it does not carry
   ModelSync m;
   m.round = 7;
   m.digest = 0xabcdefull;
-  m.blob = BlobFor(bulk);
-  return Wrap(m, std::move(bulk));
+  m.blob = BlobFor(MakeBulk(256, 1));
+  return Wrap(m);
+}
+Message SampleSyncPull() { return Wrap(SyncPull{7, 0xabcdefull, 1u << 20, 65536}); }
+Message SampleSyncChunk() {
+  Bytes bulk = MakeBulk(96, 4);
+  const SyncChunk chunk{7, 0xabcdefull, 4096, static_cast<uint32_t>(bulk.size()), BulkChecksum(bulk.data(), bulk.size())};
+  return Wrap(chunk, std::move(bulk));
 }
 
 Message SampleHeartbeat() { return Wrap(Heartbeat{12, "training"}); }
@@ -216,7 +221,8 @@ std::vector<Message> AllSamples() {
   return {SampleHello(),     SampleWelcome(),    SampleModelSync(),  SampleHeartbeat(),
           SampleCampaignEnd(), SampleRoundStart(), SampleDeltaUpload(), SampleAggregate(),
           SampleEvalReport(), SampleError(),      SampleControlRequest(), SampleControlResponse(),
-          SampleActivation(), SampleLogitUpload(), SampleFcragRequest(), SampleFcragReply()};
+          SampleActivation(), SampleLogitUpload(), SampleFcragRequest(), SampleFcragReply(),
+          SampleSyncPull(),   SampleSyncChunk()};
 }
 
 // ---------------------------------------------------------------- equality
@@ -273,6 +279,13 @@ bool Same(const Welcome& a, const Welcome& b) {
 }
 bool Same(const ModelSync& a, const ModelSync& b) {
   return std::tie(a.round, a.digest) == std::tie(b.round, b.digest) && Tie(a.blob) == Tie(b.blob);
+}
+bool Same(const SyncPull& a, const SyncPull& b) {
+  return std::tie(a.round, a.digest, a.offset, a.length) == std::tie(b.round, b.digest, b.offset, b.length);
+}
+bool Same(const SyncChunk& a, const SyncChunk& b) {
+  return std::tie(a.round, a.digest, a.offset, a.length, a.checksum) ==
+         std::tie(b.round, b.digest, b.offset, b.length, b.checksum);
 }
 bool Same(const Heartbeat& a, const Heartbeat& b) { return std::tie(a.round, a.state) == std::tie(b.round, b.state); }
 bool Same(const CampaignEnd& a, const CampaignEnd& b) {
@@ -400,7 +413,7 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
   for (const Message& original : AllSamples()) {
     INFO("body: " << BodyName(original.body));
     Frames frames = EncodeMessage(original);
-    const bool blob = std::holds_alternative<ModelSync>(original.body) ||
+    const bool blob = std::holds_alternative<SyncChunk>(original.body) ||
                       std::holds_alternative<DeltaUpload>(original.body) ||
                       std::holds_alternative<Aggregate>(original.body) ||
                       std::holds_alternative<Activation>(original.body) ||
@@ -432,8 +445,7 @@ TEST_CASE("wire: default-constructed bodies round-trip where valid", "[unit]") {
   for (Body body : std::vector<Body>{ModelSync{}, Heartbeat{}, CampaignEnd{}, RoundStart{}, DeltaUpload{},
                                      Aggregate{}, EvalReport{}, Error{}, ControlResponse{}}) {
     INFO("body: " << BodyName(body));
-    // An empty payload still has a checksum (the FNV-1a offset basis).
-    if (auto* x = std::get_if<ModelSync>(&body)) x->blob = BlobFor(Bytes{});
+    // An empty payload still has a checksum.
     if (auto* x = std::get_if<DeltaUpload>(&body)) x->blob = BlobFor(Bytes{});
     if (auto* x = std::get_if<Aggregate>(&body)) x->blob = BlobFor(Bytes{});
     Message m = Wrap(body);
@@ -463,7 +475,7 @@ TEST_CASE("wire: BodyName names every kind", "[unit]") {
   CHECK(names == std::vector<std::string>{"hello", "welcome", "model_sync", "heartbeat", "campaign_end",
                                           "round_start", "delta_upload", "aggregate", "eval_report", "error",
                                           "control_request", "control_response", "activation", "logit_upload",
-                                          "fcrag_request", "fcrag_reply"});
+                                          "fcrag_request", "fcrag_reply", "sync_pull", "sync_chunk"});
 }
 
 TEST_CASE("wire: random bytes are rejected without crashing", "[unit]") {
@@ -619,7 +631,7 @@ TEST_CASE("wire: envelope checks", "[unit]") {
 
 TEST_CASE("wire: blob and bulk frame agreement", "[unit]") {
   SECTION("missing bulk frame") {
-    for (const Message& m : {SampleModelSync(), SampleDeltaUpload(), SampleAggregate()}) {
+    for (const Message& m : {SampleDeltaUpload(), SampleAggregate()}) {
       Frames frames = EncodeMessage(m);
       frames.pop_back();
       Status s = DecodeStatus(frames);
@@ -628,7 +640,7 @@ TEST_CASE("wire: blob and bulk frame agreement", "[unit]") {
     }
   }
   SECTION("blob body with an empty payload still needs its (empty) bulk frame") {
-    ModelSync empty;
+    Aggregate empty;
     empty.blob = BlobFor(Bytes{});
     Message m = Wrap(empty);
     Frames frames = EncodeMessage(m);
@@ -663,17 +675,52 @@ TEST_CASE("wire: blob and bulk frame agreement", "[unit]") {
     CHECK(Contains(s, "byte_length"));
   }
   SECTION("checksum mismatch") {
-    Message m = SampleModelSync();
-    std::get<ModelSync>(m.body).blob.checksum ^= 1;
+    Message m = SampleDeltaUpload();
+    std::get<DeltaUpload>(m.body).blob.checksum ^= 1;
     Status s = DecodeStatus(EncodeMessage(m));
     CHECK(s.code() == StatusCode::kCorruption);
     CHECK(Contains(s, "checksum"));
+  }
+  SECTION("a model sync is an offer: no bulk frame") {
+    Frames frames = EncodeMessage(SampleModelSync());
+    REQUIRE(frames.size() == 1);
+    CHECK(DecodeStatus(frames).ok());
+    frames.push_back(MakeBulk(256, 1));
+    Status s = DecodeStatus(frames);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(Contains(s, "carries no blob"));
+  }
+  SECTION("a sync chunk's bulk frame must be its length and hash to its checksum") {
+    Frames frames = EncodeMessage(SampleSyncChunk());
+    REQUIRE(frames.size() == 2);
+    CHECK(DecodeStatus(frames).ok());
+    Frames flipped = frames;
+    flipped[1].Mutable()[5] ^= 1;
+    Status s = DecodeStatus(flipped);
+    CHECK(s.code() == StatusCode::kCorruption);
+    CHECK(Contains(s, "SyncChunk.checksum"));
+    Frames short_frame = frames;
+    short_frame[1].pop_back();
+    CHECK(DecodeStatus(short_frame).code() == StatusCode::kCorruption);
+    Frames none = frames;
+    none.pop_back();
+    CHECK(DecodeStatus(none).code() == StatusCode::kCorruption);
+  }
+  SECTION("sync pulls and chunks of no bytes or more than kMaxSyncChunkBytes are refused") {
+    for (uint32_t length : {0u, kMaxSyncChunkBytes + 1}) {
+      Message pull = Wrap(SyncPull{1, 2, 0, length});
+      Status s = DecodeStatus(EncodeMessage(pull));
+      CHECK(s.code() == StatusCode::kInvalidArgument);
+      CHECK(Contains(s, "SyncPull.length"));
+    }
+    Message far = Wrap(SyncPull{1, 2, uint64_t{1} << 50, 16});
+    CHECK(Contains(DecodeStatus(EncodeMessage(far)), "SyncPull.offset"));
   }
   SECTION("blob header missing") {
     Bytes bulk = MakeBulk(16, 9);
     Bytes header = HandBuiltEnvelope(kProtocolVersion, kTypeModelSync,
                                      [&](auto& fbb) { return ModelSyncTable(fbb, false, 0, bulk); });
-    Status s = DecodeStatus(Frames{header, bulk});
+    Status s = DecodeStatus(Frames{header});
     CHECK(s.code() == StatusCode::kInvalidArgument);
     CHECK(Contains(s, "ModelSync.blob is missing"));
   }
@@ -681,10 +728,10 @@ TEST_CASE("wire: blob and bulk frame agreement", "[unit]") {
     Bytes bulk = MakeBulk(16, 9);
     Bytes ok_header = HandBuiltEnvelope(kProtocolVersion, kTypeModelSync,
                                         [&](auto& fbb) { return ModelSyncTable(fbb, true, 0, bulk); });
-    CHECK(DecodeStatus(Frames{ok_header, bulk}).ok());
+    CHECK(DecodeStatus(Frames{ok_header}).ok());
     Bytes header = HandBuiltEnvelope(kProtocolVersion, kTypeModelSync,
                                      [&](auto& fbb) { return ModelSyncTable(fbb, true, 7, bulk); });
-    Status s = DecodeStatus(Frames{header, bulk});
+    Status s = DecodeStatus(Frames{header});
     CHECK(s.code() == StatusCode::kInvalidArgument);
     CHECK(Contains(s, "ModelSync.blob.codec"));
   }

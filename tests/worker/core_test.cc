@@ -2,7 +2,10 @@
 #include "worker/core.h"
 
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <functional>
 
+#include "base/hash.h"
 #include "tests/fakes/fake_cluster.h"
 
 namespace lowband {
@@ -33,19 +36,54 @@ Welcome TinyWelcome() {
   return w;
 }
 
+// A model payload of `bytes` bytes and the offer of it.
+Bytes Payload(size_t bytes) {
+  Bytes b(bytes);
+  for (size_t i = 0; i < bytes; ++i) b[i] = static_cast<uint8_t>(i * 131 + 7);
+  return b;
+}
+ModelSync Offer(uint32_t round, uint64_t digest, const Bytes& payload) {
+  ModelSync s;
+  s.round = round;
+  s.digest = digest;
+  s.blob.codec = CodecKind::kDenseFp32;
+  s.blob.num_elements = payload.size() / 4;
+  s.blob.byte_length = payload.size();
+  s.blob.checksum = BulkChecksum(payload.data(), payload.size());
+  return s;
+}
+
+// The offer number of the last offer check queued in `out` (0: none).
+uint64_t LastOfferCheck(const WorkerOutput& out) {
+  uint64_t id = 0;
+  for (const Job& j : out.jobs) {
+    if (const auto* s = std::get_if<SyncJob>(&j); s && s->bulk.empty()) id = s->offer;
+  }
+  return id;
+}
+
 struct Fixture {
   WorkerTime now = WorkerTime{} + std::chrono::hours(1);
   WorkerCore core{HelloFrom("site-a"), "", now};
   WorkerOutput out;
 
+  // Welcomed and offered parameters its replica already holds.
   void Welcomed(uint32_t round = 0, uint64_t digest = 42) {
     core.Start(now, &out);
     core.HandleMessage(Wrap(TinyWelcome(), "tiny"), now, &out);
-    ModelSync s;
-    s.round = round;
-    s.digest = digest;
-    core.HandleMessage(Wrap(s, "tiny"), now, &out);
+    Offered(round, digest, /*held=*/true);
     out = WorkerOutput{};
+  }
+  // An offer of (round, digest), answered by the executor's check.
+  void Offered(uint32_t round, uint64_t digest, bool held) {
+    core.HandleMessage(Wrap(Offer(round, digest, Payload(16)), "tiny"), now, &out);
+    const uint64_t id = LastOfferCheck(out);
+    REQUIRE(id != 0);
+    if (held) {
+      core.OnJobResult(EvalDone{round, 2.5, 100, digest, true, {}, id}, now, &out);
+    } else {
+      core.OnJobResult(SyncNeeded{id}, now, &out);
+    }
   }
 };
 
@@ -223,10 +261,7 @@ TEST_CASE("a superseded training job's result is dropped, the newer one answers"
   CHECK(CountJobs<TrainJob>(f.out) == 1);
   // Welcomed again mid-round: configure, sync, and round 3 once more.
   f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
-  ModelSync s;
-  s.round = 2;
-  s.digest = 42;
-  f.core.HandleMessage(Wrap(s, "tiny"), f.now, &f.out);
+  f.Offered(2, 42, /*held=*/true);
   f.core.HandleMessage(Wrap(rs, "tiny"), f.now, &f.out);
   CHECK(CountJobs<TrainJob>(f.out) == 2);
   f.out = WorkerOutput{};
@@ -241,6 +276,233 @@ TEST_CASE("a superseded training job's result is dropped, the newer one answers"
   f.core.OnJobResult(done, f.now, &f.out);
   CHECK(Count<DeltaUpload>(f.out) == 1);
   CHECK(!f.core.training_round().has_value());
+}
+
+// Feeds the coordinator's side of a pull: every SyncPull in `out` answered
+// from `payload` (dropped ones: `drop` says which), in order. The messages
+// it answered are removed from `out`.
+int Answer(Fixture& f, const Bytes& payload, const std::function<bool(const SyncPull&)>& drop = {}) {
+  std::vector<SyncPull> pulls;
+  std::vector<Message> rest;
+  for (Message& m : f.out.messages) {
+    if (const auto* p = std::get_if<SyncPull>(&m.body)) {
+      pulls.push_back(*p);
+    } else {
+      rest.push_back(std::move(m));
+    }
+  }
+  f.out.messages = std::move(rest);
+  int answered = 0;
+  for (const SyncPull& p : pulls) {
+    if (drop && drop(p)) continue;
+    const size_t len = std::min<size_t>(p.length, payload.size() - p.offset);
+    Message m = Wrap(SyncChunk{p.round, p.digest, p.offset, static_cast<uint32_t>(len),
+                               BulkChecksum(payload.data() + p.offset, len)},
+                     "tiny");
+    m.bulk = Frame(payload.begin() + static_cast<std::ptrdiff_t>(p.offset),
+                   payload.begin() + static_cast<std::ptrdiff_t>(p.offset + len));
+    f.now += std::chrono::milliseconds(1);
+    f.core.HandleMessage(m, f.now, &f.out);
+    ++answered;
+  }
+  return answered;
+}
+
+// The payload of the one loading SyncJob in `out` (empty if none).
+Frame Loaded(const WorkerOutput& out) {
+  Frame got;
+  for (const Job& j : out.jobs) {
+    if (const auto* s = std::get_if<SyncJob>(&j); s && !s->bulk.empty()) got = s->bulk;
+  }
+  return got;
+}
+
+TEST_CASE("an offered model the replica holds is checked, not transferred", "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  f.out = WorkerOutput{};
+  f.core.HandleMessage(Wrap(Offer(0, 42, Payload(4096)), "tiny"), f.now, &f.out);
+  const uint64_t id = LastOfferCheck(f.out);
+  REQUIRE(id != 0);
+  // A round start that comes while the check runs waits for its answer.
+  f.core.HandleMessage(Wrap(RoundStart{1, 42, 5, 1000}, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 0);
+  f.core.OnJobResult(EvalDone{0, 2.5, 100, 42, true, {}, id}, f.now, &f.out);
+  CHECK(Count<SyncPull>(f.out) == 0);
+  CHECK(Count<EvalReport>(f.out) == 1);
+  CHECK(CountJobs<TrainJob>(f.out) == 1);
+  CHECK(f.core.synced_round() == 0u);
+}
+
+TEST_CASE("a model the replica lacks is pulled in checked chunks, and what came meanwhile follows it",
+          "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  const Bytes payload = Payload(3 * WorkerCore::kMaxChunkBytes + 12345);
+  f.core.HandleMessage(Wrap(Offer(4, 42, payload), "tiny"), f.now, &f.out);
+  f.core.OnJobResult(SyncNeeded{LastOfferCheck(f.out)}, f.now, &f.out);
+  REQUIRE(Count<SyncPull>(f.out) >= 1);
+  CHECK(f.core.pull_total() == payload.size());
+  // The round after it and its aggregate arrive during the transfer.
+  f.core.HandleMessage(Wrap(RoundStart{5, 42, 5, 1000}, "tiny"), f.now, &f.out);
+  f.core.HandleMessage(Wrap(Aggregate{5, 43, 3, {}}, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<TrainJob>(f.out) == 0);
+  CHECK(CountJobs<ApplyJob>(f.out) == 0);
+  CHECK(Count<Error>(f.out) == 0);
+  int rounds = 0;
+  while (Loaded(f.out).empty() && rounds++ < 10000) REQUIRE(Answer(f, payload) > 0);
+  const Frame got = Loaded(f.out);
+  REQUIRE(got.size() == payload.size());
+  CHECK(got.bytes() == payload);
+  CHECK(f.core.pull_total() == 0);
+  // The load first, then the round and the aggregate, in the order they came.
+  std::vector<size_t> kinds;
+  for (const Job& j : f.out.jobs) kinds.push_back(j.index());
+  const size_t sync = Job(SyncJob{}).index(), train = Job(TrainJob{}).index(), apply = Job(ApplyJob{}).index();
+  const auto at = [&](size_t kind) { return std::find(kinds.rbegin(), kinds.rend(), kind) - kinds.rbegin(); };
+  CHECK(at(sync) > at(train));
+  CHECK(at(train) > at(apply));
+  CHECK(Count<Error>(f.out) == 0);
+}
+
+TEST_CASE("a pull keeps a bounded window in flight and grows it with the measured rate", "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  const Bytes payload = Payload(64u << 20);
+  f.core.HandleMessage(Wrap(Offer(0, 42, payload), "tiny"), f.now, &f.out);
+  f.out = WorkerOutput{};
+  f.core.OnJobResult(SyncNeeded{1}, f.now, &f.out);
+  uint64_t first_window = 0;
+  for (const auto& m : f.out.messages) {
+    if (const auto* p = std::get_if<SyncPull>(&m.body)) first_window += p->length;
+  }
+  CHECK(first_window <= 4 * WorkerCore::kMinChunkBytes);  // unknown link: a small start
+  // The link delivers 1 MB/s (each answered batch takes its bytes' time).
+  uint64_t most_in_flight = 0;
+  for (int i = 0; i < 200 && f.core.pull_total() > 0; ++i) {
+    uint64_t asked = 0;
+    for (const auto& m : f.out.messages) {
+      if (const auto* p = std::get_if<SyncPull>(&m.body)) asked += p->length;
+    }
+    f.now += std::chrono::microseconds(asked);  // 1 byte per microsecond
+    Answer(f, payload);
+    most_in_flight = std::max(most_in_flight, f.core.pull_total() ? asked : 0);
+  }
+  // About kPullSeconds of 1 MB/s in flight, never much more.
+  CHECK(most_in_flight <= 2 * WorkerCore::kPullSeconds * 1e6 + WorkerCore::kMaxChunkBytes);
+}
+
+TEST_CASE("a stale or corrupt chunk is dropped, and an offer repeated resumes at the last verified byte",
+          "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  const Bytes payload = Payload(2u << 20);
+  const ModelSync offer = Offer(3, 42, payload);
+  f.core.HandleMessage(Wrap(offer, "tiny"), f.now, &f.out);
+  f.core.OnJobResult(SyncNeeded{LastOfferCheck(f.out)}, f.now, &f.out);
+  Answer(f, payload);  // the first window
+  const uint64_t verified = f.core.pull_verified();
+  REQUIRE(verified > 0);
+  REQUIRE(verified < payload.size());
+
+  // A chunk from the wrong place, or of another model: nothing changes.
+  Message wrong = Wrap(SyncChunk{3, 42, verified + 1, 4, BulkChecksum(payload.data() + verified + 1, 4)}, "tiny");
+  wrong.bulk = Frame(payload.begin() + static_cast<std::ptrdiff_t>(verified + 1),
+                     payload.begin() + static_cast<std::ptrdiff_t>(verified + 5));
+  f.core.HandleMessage(wrong, f.now, &f.out);
+  Message other = Wrap(SyncChunk{2, 41, verified, 4, BulkChecksum(payload.data() + verified, 4)}, "tiny");
+  other.bulk = Frame(payload.begin() + static_cast<std::ptrdiff_t>(verified),
+                     payload.begin() + static_cast<std::ptrdiff_t>(verified + 4));
+  f.core.HandleMessage(other, f.now, &f.out);
+  CHECK(f.core.pull_verified() == verified);
+
+  // The coordinator seems silent; the site says hello again and is welcomed
+  // and offered the same model: it asks from where it was.
+  f.out = WorkerOutput{};
+  f.now += std::chrono::milliseconds(1100);
+  f.core.OnTick(f.now, &f.out);
+  CHECK(Count<Hello>(f.out) == 1);
+  f.out = WorkerOutput{};
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  CHECK(CountJobs<ConfigureJob>(f.out) == 0);  // the same setup: nothing to redo
+  f.core.HandleMessage(Wrap(offer, "tiny"), f.now, &f.out);
+  CHECK(CountJobs<SyncJob>(f.out) == 0);  // no check again, no restart
+  REQUIRE(Count<SyncPull>(f.out) >= 1);
+  for (const auto& m : f.out.messages) {
+    if (const auto* p = std::get_if<SyncPull>(&m.body)) {
+      CHECK(p->offset >= verified);
+    }
+  }
+  CHECK(std::get<SyncPull>(f.out.messages[0].body).offset == verified);
+  int rounds = 0;
+  while (Loaded(f.out).empty() && rounds++ < 1000) REQUIRE(Answer(f, payload) > 0);
+  CHECK(Loaded(f.out).bytes() == payload);
+}
+
+TEST_CASE("lost chunk requests are asked again once overdue", "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  const Bytes payload = Payload(1u << 20);
+  f.core.HandleMessage(Wrap(Offer(0, 42, payload), "tiny"), f.now, &f.out);
+  f.core.OnJobResult(SyncNeeded{LastOfferCheck(f.out)}, f.now, &f.out);
+  Answer(f, payload, [](const SyncPull&) { return true; });  // all lost
+  f.out = WorkerOutput{};
+  f.core.HandleMessage(Wrap(Heartbeat{}, "tiny"), f.now + std::chrono::milliseconds(400), &f.out);
+  f.core.OnTick(f.now + std::chrono::milliseconds(400), &f.out);
+  CHECK(Count<SyncPull>(f.out) == 0);  // not overdue yet (half the 1000 ms timeout)
+  f.core.HandleMessage(Wrap(Heartbeat{}, "tiny"), f.now + std::chrono::milliseconds(600), &f.out);
+  f.core.OnTick(f.now + std::chrono::milliseconds(600), &f.out);
+  REQUIRE(Count<SyncPull>(f.out) >= 1);
+  for (const auto& m : f.out.messages) {
+    if (const auto* p = std::get_if<SyncPull>(&m.body)) {
+      CHECK(p->offset == 0);
+      break;
+    }
+  }
+}
+
+TEST_CASE("a payload whose whole checksum differs from the offer is refused, and a newer offer replaces a pull",
+          "[unit][worker]") {
+  Fixture f;
+  f.core.Start(f.now, &f.out);
+  f.core.HandleMessage(Wrap(TinyWelcome(), "tiny"), f.now, &f.out);
+  const Bytes payload = Payload(100000);
+  ModelSync offer = Offer(1, 42, payload);
+  SECTION("checksum") {
+    offer.blob.checksum ^= 1;
+    f.core.HandleMessage(Wrap(offer, "tiny"), f.now, &f.out);
+    f.core.OnJobResult(SyncNeeded{LastOfferCheck(f.out)}, f.now, &f.out);
+    int rounds = 0;
+    while (f.core.pull_total() > 0 && rounds++ < 100) Answer(f, payload);
+    CHECK(Loaded(f.out).empty());
+    REQUIRE(Count<Error>(f.out) == 1);
+  }
+  SECTION("newer offer") {
+    f.core.HandleMessage(Wrap(offer, "tiny"), f.now, &f.out);
+    f.core.OnJobResult(SyncNeeded{LastOfferCheck(f.out)}, f.now, &f.out);
+    Answer(f, payload);
+    f.core.HandleMessage(Wrap(RoundStart{2, 42, 5, 1000}, "tiny"), f.now, &f.out);  // waits for the model
+    const ModelSync newer = Offer(2, 43, payload);
+    f.out = WorkerOutput{};
+    f.core.HandleMessage(Wrap(newer, "tiny"), f.now, &f.out);
+    CHECK(f.core.pull_total() == 0);
+    CHECK(f.core.synced_round() == 2u);
+    // Its check answered "held": the old round start does not come back.
+    f.core.OnJobResult(EvalDone{2, 2.5, 100, 43, true, {}, LastOfferCheck(f.out)}, f.now, &f.out);
+    CHECK(CountJobs<TrainJob>(f.out) == 0);
+    CHECK(Count<SyncPull>(f.out) == 0);
+  }
+  SECTION("an offer that is not dense fp32 is refused") {
+    offer.blob.codec = CodecKind::kInt8;
+    f.core.HandleMessage(Wrap(offer, "tiny"), f.now, &f.out);
+    CHECK(CountJobs<SyncJob>(f.out) == 0);
+    CHECK(Count<Error>(f.out) == 1);
+  }
 }
 
 }  // namespace
