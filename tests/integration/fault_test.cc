@@ -58,7 +58,9 @@ uint64_t PulledModelBytes(const std::string& worker_log) {
   for (const std::string& line : Lines(worker_log)) {
     if (line.find("pulling the model") == std::string::npos) continue;
     ++pulls;
-    bytes = std::stoull(Field(line, "bytes"));
+    const auto at = line.find(" bytes=");  // a logfmt line
+    REQUIRE(at != std::string::npos);
+    bytes = std::stoull(line.substr(at + 7));
   }
   CHECK(pulls <= 1);
   return bytes;
