@@ -186,8 +186,7 @@ inline int64_t RowBase(const TensorPlan& tp, const Chunk& ch, int64_t r) {
   return tp.offset + ch.origin + r * tp.row_stride;
 }
 
-Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Bytes bulk,
-               const uint64_t* checksum = nullptr) {
+Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Frame bulk, const uint64_t* checksum = nullptr) {
   Encoded out;
   out.header.codec = kind;
   out.header.num_elements = static_cast<uint64_t>(layout.numel());
@@ -614,7 +613,7 @@ StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
 }
 
 namespace {
-StatusOr<Encoded> Seal(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk,
+StatusOr<Encoded> Seal(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
                        const uint64_t* checksum) {
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
   const uint64_t want = BulkBytes(plan, kind);
@@ -631,7 +630,7 @@ StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& pl
   return Seal(layout, plan, kind, std::move(bulk), nullptr);
 }
 
-StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk,
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
                                  uint64_t checksum) {
   return Seal(layout, plan, kind, std::move(bulk), &checksum);
 }

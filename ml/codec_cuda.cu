@@ -460,6 +460,17 @@ std::string EncodeSparseLoCo(const SparseLoCoArgs& a, float* ms) {
   return LastError();
 }
 
+std::string PinHost(void* p, size_t n) {
+  const cudaError_t err = cudaHostRegister(p, n, cudaHostRegisterDefault);
+  if (err == cudaSuccess) return std::string();
+  cudaGetLastError();  // clear it: the caller falls back to pageable memory
+  return cudaGetErrorString(err);
+}
+
+void UnpinHost(void* p) {
+  if (cudaHostUnregister(p) != cudaSuccess) cudaGetLastError();
+}
+
 std::string EncodeInt8(const DenseArgs& a, float* ms) { return EncodeDense(a, /*int8=*/true, ms); }
 std::string EncodeDenseBf16(const DenseArgs& a, float* ms) { return EncodeDense(a, /*int8=*/false, ms); }
 

@@ -28,6 +28,7 @@
 // Thread: the caller's (the worker's training thread); no state is kept.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -113,5 +114,10 @@ extern const char* const kSparseLoCoPhaseNames[kSparseLoCoPhases];
 std::string EncodeSparseLoCo(const SparseLoCoArgs& args, float* ms = nullptr);
 std::string EncodeInt8(const DenseArgs& args, float* ms = nullptr);
 std::string EncodeDenseBf16(const DenseArgs& args, float* ms = nullptr);
+
+// Page-locks host memory [p, p + n) for direct device->host copies
+// (cudaHostRegister), and releases it; "" on success, else the error text.
+std::string PinHost(void* p, size_t n);
+void UnpinHost(void* p);
 
 }  // namespace lowband::cuda_codec

@@ -14,11 +14,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -379,6 +381,24 @@ struct DeviceEncoder::Impl {
   StatusOr<Encoded> EncodeSparseLoCoCuda(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
   StatusOr<Encoded> EncodeDenseCuda(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
   StatusOr<Encoded> SealCudaBulk(int64_t bytes);
+  // Host bulks handed out in Encoded frames and reused once no frame holds
+  // one: fresh memory costs a page fault per 4 KiB, which was most of a
+  // large int8 or bf16 encode. Each is page-locked once, so the
+  // device->host copy lands in it directly. At most kHostBulks; past that
+  // (the caller keeps them all) a fresh buffer through the staging copy.
+  struct HostBulk {
+    std::shared_ptr<Bytes> bytes;
+    bool pinned = false;
+  };
+  static constexpr size_t kHostBulks = 3;
+  std::vector<HostBulk> host_bulks;
+  torch::Tensor cu_flag_host;  // pinned: the int8/bf16 bad-tensor flag
+  std::shared_ptr<Bytes> FreeHostBulk(int64_t bytes);
+  ~Impl() {
+    for (HostBulk& b : host_bulks) {
+      if (b.pinned) cuda_codec::UnpinHost(b.bytes->data());
+    }
+  }
 #endif
 
   torch::TensorOptions F32() const { return torch::TensorOptions().dtype(torch::kFloat32).device(device); }
@@ -842,21 +862,53 @@ Bytes CopyOut(const uint8_t* src, size_t n, uint64_t* checksum) {
 }
 }  // namespace
 
-// The first `bytes` of cu_bulk to the host (one copy through the pinned
-// staging buffer, which waits for the kernels), sealed as this codec's blob.
+// A host bulk of `bytes` that no frame holds, or null when all kHostBulks
+// are out.
+std::shared_ptr<Bytes> DeviceEncoder::Impl::FreeHostBulk(int64_t bytes) {
+  for (HostBulk& b : host_bulks) {
+    if (b.bytes.use_count() == 1 && static_cast<int64_t>(b.bytes->size()) == bytes) {
+      // The last other owner let go (maybe on another thread): see its reads before writing.
+      std::atomic_thread_fence(std::memory_order_acquire);
+      return b.bytes;
+    }
+  }
+  if (host_bulks.size() >= kHostBulks || bytes == 0) return nullptr;
+  HostBulk b;
+  b.bytes = std::make_shared<Bytes>(static_cast<size_t>(bytes));
+  b.pinned = cuda_codec::PinHost(b.bytes->data(), b.bytes->size()).empty();  // pageable still works, slower
+  host_bulks.push_back(b);
+  return b.bytes;
+}
+
+// The first `bytes` of cu_bulk to the host (waiting for the kernels),
+// checked and sealed as this codec's blob: straight into a recycled host
+// bulk, else through the pinned staging buffer into a fresh one.
 StatusOr<Encoded> DeviceEncoder::Impl::SealCudaBulk(int64_t bytes) {
   const auto t0 = Clock::now();
-  torch::Tensor host = ToHost(cu_bulk);
-  const uint8_t* h = host.data_ptr<uint8_t>();
-  const auto t1 = Clock::now();
   if (config.kind != CodecKind::kSparseLoCo) {
+    if (!cu_flag_host.defined()) {
+      cu_flag_host = torch::empty({4}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+    }
+    cu_flag_host.copy_(cu_bulk.narrow(0, cu_bad_offset, 4));
     int32_t bad;
-    std::memcpy(&bad, h + cu_bad_offset, sizeof bad);
+    std::memcpy(&bad, cu_flag_host.data_ptr<uint8_t>(), sizeof bad);
     if (bad != cuda_codec::kNoBadTensor) {
       if (bad < 0 || static_cast<size_t>(bad) >= layout.tensors.size()) return Internal("encode: bad CUDA flag");
       return NonFinite("value", static_cast<size_t>(bad));
     }
+  }
+  std::shared_ptr<Bytes> recycled = FreeHostBulk(bytes);
+  const uint8_t* h = nullptr;
+  torch::Tensor host;
+  if (recycled) {
+    torch::from_blob(recycled->data(), {bytes}, torch::kUInt8).copy_(cu_bulk.narrow(0, 0, bytes));
+    h = recycled->data();
   } else {
+    host = ToHost(cu_bulk.narrow(0, 0, bytes));
+    h = host.data_ptr<uint8_t>();
+  }
+  const auto t1 = Clock::now();
+  if (config.kind == CodecKind::kSparseLoCo) {
     for (size_t t = 0; t < layout.tensors.size(); ++t) {
       float table[4];
       std::memcpy(table, h + cu_table_offsets[t], sizeof(table));
@@ -864,8 +916,14 @@ StatusOr<Encoded> DeviceEncoder::Impl::SealCudaBulk(int64_t bytes) {
     }
   }
   uint64_t checksum = 0;
-  Bytes bulk = CopyOut(h, static_cast<size_t>(bytes), &checksum);
-  auto sealed = SealPackedBulk(layout, plan, config.kind, std::move(bulk), checksum);
+  Frame frame;
+  if (recycled) {
+    checksum = BulkChecksum(h, static_cast<size_t>(bytes));
+    frame = Frame(std::move(recycled));
+  } else {
+    frame = Frame(CopyOut(h, static_cast<size_t>(bytes), &checksum));
+  }
+  auto sealed = SealPackedBulk(layout, plan, config.kind, std::move(frame), checksum);
   if (phases) {
     phases->emplace_back("d2h", std::chrono::duration<double, std::milli>(t1 - t0).count());
     phases->emplace_back("host", MsSince(t1));
