@@ -32,6 +32,9 @@ class Frame {
  public:
   Frame() = default;
   Frame(Bytes bytes) : buf_(std::make_shared<Bytes>(std::move(bytes))) {}  // NOLINT: implicit by design
+  // Shares `buf` with whoever made it: a producer that recycles buffers (the
+  // CUDA encoder) reuses one once no Frame holds it. Writes still copy.
+  explicit Frame(std::shared_ptr<Bytes> buf) : buf_(std::move(buf)) {}
   Frame(std::initializer_list<uint8_t> bytes) : Frame(Bytes(bytes)) {}
   Frame(size_t n, uint8_t value) : Frame(Bytes(n, value)) {}
   template <typename It, typename = decltype(*std::declval<It>())>

@@ -186,13 +186,13 @@ inline int64_t RowBase(const TensorPlan& tp, const Chunk& ch, int64_t r) {
   return tp.offset + ch.origin + r * tp.row_stride;
 }
 
-Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Bytes bulk) {
+Encoded Finish(const ParamLayout& layout, CodecKind kind, uint32_t topk, Frame bulk, const uint64_t* checksum = nullptr) {
   Encoded out;
   out.header.codec = kind;
   out.header.num_elements = static_cast<uint64_t>(layout.numel());
   out.header.layout_digest = layout.Digest();
   out.header.byte_length = bulk.size();
-  out.header.checksum = BulkChecksum(bulk.data(), bulk.size());
+  out.header.checksum = checksum ? *checksum : BulkChecksum(bulk.data(), bulk.size());
   out.header.topk = topk;
   out.bulk = std::move(bulk);
   return out;
@@ -612,14 +612,27 @@ StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
   return Finish(layout, kKind, static_cast<uint32_t>(plan.topk), std::move(bulk));
 }
 
-StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk) {
+namespace {
+StatusOr<Encoded> Seal(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
+                       const uint64_t* checksum) {
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
   const uint64_t want = BulkBytes(plan, kind);
   if (kind == CodecKind::kSparseFp32 || bulk.size() != want) {
     return InvalidArgument(std::string(CodecName(kind)) + " packed bulk is " + Num(bulk.size()) + " bytes, the plan needs " +
                            Num(want));
   }
-  return Finish(layout, kind, kind == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0, std::move(bulk));
+  return Finish(layout, kind, kind == CodecKind::kSparseLoCo ? static_cast<uint32_t>(plan.topk) : 0, std::move(bulk),
+                checksum);
+}
+}  // namespace
+
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk) {
+  return Seal(layout, plan, kind, std::move(bulk), nullptr);
+}
+
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
+                                 uint64_t checksum) {
+  return Seal(layout, plan, kind, std::move(bulk), &checksum);
 }
 
 StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts) {

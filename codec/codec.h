@@ -156,6 +156,11 @@ StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& pl
 // length and checksum. InvalidArgument unless the size is BulkBytes(plan,
 // kind); the content is the packer's responsibility.
 StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Bytes bulk);
+// The same for a bulk in a Frame (a recycled buffer, shared) with its
+// checksum already computed by the caller (BulkChecksum of exactly these
+// bytes).
+StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
+                                 uint64_t checksum);
 StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts);
 StatusOr<Encoded> PackDenseFp32(const ParamLayout& layout, const std::vector<float>& values);
 StatusOr<Encoded> PackDenseBf16(const ParamLayout& layout, const std::vector<uint16_t>& bits);

@@ -14,10 +14,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -360,17 +363,42 @@ struct DeviceEncoder::Impl {
   torch::Tensor bins;        // [4] int64 0..3
 
 #ifdef LOWBAND_CUDA_KERNELS
-  // sparseloco as fused CUDA kernels (codec_cuda.h)
+  // sparseloco, int8 and dense_bf16 as CUDA kernels that pack the bulk on
+  // the device (codec_cuda.h)
   bool cuda_kernel = false;
-  torch::Tensor cu_chunks, cu_tensors;  // descriptor arrays, as bytes on the device
-  torch::Tensor cu_local, cu_value, cu_flat, cu_code, cu_decoded;  // [K]
-  torch::Tensor cu_chunk_stats, cu_tensor_stats, cu_bulk;
+  torch::Tensor cu_chunks, cu_blocks, cu_tensors;  // descriptor arrays, as bytes on the device
+  torch::Tensor cu_local, cu_value, cu_flat, cu_code, cu_decoded;  // [K] (sparseloco)
+  torch::Tensor cu_block_stats, cu_tensor_stats;
+  torch::Tensor cu_bulk;  // the bulk; int8 and bf16: then the bad-tensor flag, 4-aligned
+  int64_t cu_bad_offset = 0;
   torch::Tensor cu_delta_ptrs;               // [T] int64 device pointers of the last deltas
   std::vector<int64_t> cu_delta_ptrs_host;   // what cu_delta_ptrs holds
   std::vector<int64_t> cu_table_offsets;     // per tensor: its table's first byte in the bulk
   int64_t cu_groups = 0;
+  std::vector<std::pair<std::string, double>>* phases = nullptr;  // DeviceEncoderOptions::cuda_phases
   Status BuildCuda(const std::vector<int64_t>& kept_offset);
+  const float* const* CudaDeltas(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* keep);
   StatusOr<Encoded> EncodeSparseLoCoCuda(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
+  StatusOr<Encoded> EncodeDenseCuda(const std::vector<torch::Tensor>& deltas, std::vector<torch::Tensor>* sent);
+  StatusOr<Encoded> SealCudaBulk(int64_t bytes);
+  // Host bulks handed out in Encoded frames and reused once no frame holds
+  // one: fresh memory costs a page fault per 4 KiB, which was most of a
+  // large int8 or bf16 encode. Each is page-locked once, so the
+  // device->host copy lands in it directly. At most kHostBulks; past that
+  // (the caller keeps them all) a fresh buffer through the staging copy.
+  struct HostBulk {
+    std::shared_ptr<Bytes> bytes;
+    bool pinned = false;
+  };
+  static constexpr size_t kHostBulks = 3;
+  std::vector<HostBulk> host_bulks;
+  torch::Tensor cu_flag_host;  // pinned: the int8/bf16 bad-tensor flag
+  std::shared_ptr<Bytes> FreeHostBulk(int64_t bytes);
+  ~Impl() {
+    for (HostBulk& b : host_bulks) {
+      if (b.pinned) cuda_codec::UnpinHost(b.bytes->data());
+    }
+  }
 #endif
 
   torch::TensorOptions F32() const { return torch::TensorOptions().dtype(torch::kFloat32).device(device); }
@@ -727,22 +755,49 @@ torch::Tensor BytesOnDevice(const std::vector<T>& v, const torch::Device& device
 Status DeviceEncoder::Impl::BuildCuda(const std::vector<int64_t>& kept_offset) {
   namespace cc = cuda_codec;
   const size_t T = layout.tensors.size(), C = plan.chunks.size();
+  const CodecKind kind = config.kind;
   std::vector<cc::ChunkDesc> chunks(C);
-  for (size_t c = 0; c < C; ++c) {
-    const Chunk& ch = plan.chunks[c];
-    const TensorPlan& tp = plan.tensors[tensor_of_chunk[c]];
-    if (ch.numel() > kChunkElems) return Internal("encoder: chunk larger than the CUDA kernel's 4096 elements");
-    chunks[c] = cc::ChunkDesc{tp.offset + ch.origin, ch.origin, ch.rows > 1 ? tp.row_stride : ch.cols, kept_offset[c],
-                              ch.rows, ch.cols, ch.k, static_cast<int32_t>(tensor_of_chunk[c])};
+  int64_t bytes = 0;  // int8: bulk bytes of the tensors so far
+  for (size_t t = 0; t < T; ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      if (ch.numel() > kChunkElems) return Internal("encoder: chunk larger than the CUDA kernel's 4096 elements");
+      const int64_t out = bytes + 4 * static_cast<int64_t>(tp.num_chunks) + (chunk_plan_pos[c] - tp.offset);
+      const int64_t scale_at = bytes + 4 * static_cast<int64_t>(c - tp.first_chunk);
+      chunks[c] = cc::ChunkDesc{tp.offset + ch.origin, ch.origin, ch.rows > 1 ? tp.row_stride : ch.cols,
+                                kept_offset[c], out, scale_at, ch.rows, ch.cols, ch.k, static_cast<int32_t>(t)};
+    }
+    bytes += 4 * static_cast<int64_t>(tp.num_chunks) + tp.numel;
   }
+  cu_chunks = BytesOnDevice(chunks, device);
+  cu_delta_ptrs = torch::zeros({std::max<int64_t>(static_cast<int64_t>(T), 1)}, I64());
+  cu_delta_ptrs_host.assign(T, 0);
+  auto u8 = torch::TensorOptions().dtype(torch::kUInt8).device(device);
+  if (kind != CodecKind::kSparseLoCo) {
+    if (kind == CodecKind::kDenseBf16) bytes = 2 * plan.numel;
+    if (static_cast<uint64_t>(bytes) != BulkBytes(plan, kind)) {
+      return Internal("encoder: CUDA bulk layout differs from the codec's");
+    }
+    cu_bad_offset = (bytes + 3) / 4 * 4;
+    cu_bulk = torch::zeros({cu_bad_offset + 4}, u8);
+    return Status::Ok();
+  }
+
+  std::vector<cc::BlockDesc> blocks;
   std::vector<cc::TensorDesc> tensors(T);
-  int64_t kept = 0, bytes = 0;
+  int64_t kept = 0;
+  bytes = 0;
   cu_groups = 0;
   cu_table_offsets.assign(T, 0);
   for (size_t t = 0; t < T; ++t) {
     const TensorPlan& tp = plan.tensors[t];
-    tensors[t] = cc::TensorDesc{kept, tp.kept, static_cast<int64_t>(tp.first_chunk), static_cast<int64_t>(tp.num_chunks),
-                                bytes, cu_groups};
+    const int64_t first_block = static_cast<int64_t>(blocks.size());
+    for (int64_t b = kept; b < kept + tp.kept; b += cc::kKeptBlock) {
+      blocks.push_back(cc::BlockDesc{b, std::min(kept + tp.kept, b + cc::kKeptBlock), static_cast<int32_t>(t), 0});
+    }
+    tensors[t] = cc::TensorDesc{kept, tp.kept, first_block, static_cast<int64_t>(blocks.size()) - first_block, bytes,
+                                cu_groups};
     cu_table_offsets[t] = bytes;
     kept += tp.kept;
     bytes += 16 + (3 * tp.kept + 1) / 2 + (tp.kept + 3) / 4;
@@ -751,42 +806,145 @@ Status DeviceEncoder::Impl::BuildCuda(const std::vector<int64_t>& kept_offset) {
   if (static_cast<uint64_t>(bytes) != BulkBytes(plan, CodecKind::kSparseLoCo)) {
     return Internal("encoder: CUDA bulk layout differs from the codec's");
   }
-  cu_chunks = BytesOnDevice(chunks, device);
+  cu_blocks = BytesOnDevice(blocks, device);
   cu_tensors = BytesOnDevice(tensors, device);
   const int64_t K = std::max<int64_t>(plan.kept, 1);
   cu_local = torch::empty({K}, torch::TensorOptions().dtype(torch::kInt16).device(device));
   cu_value = torch::empty({K}, F32());
   cu_flat = torch::empty({K}, I64());
-  cu_code = torch::empty({K}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
-  cu_chunk_stats = torch::zeros({std::max<int64_t>(static_cast<int64_t>(C), 1) * cc::kChunkStats},
+  cu_code = torch::empty({K}, u8);
+  cu_block_stats = torch::zeros({std::max<int64_t>(static_cast<int64_t>(blocks.size()), 1) * cc::kBlockStats},
                                 torch::TensorOptions().dtype(torch::kFloat64).device(device));
   cu_tensor_stats = torch::zeros({std::max<int64_t>(static_cast<int64_t>(T), 1) * cc::kTensorStats}, F32());
-  cu_bulk = torch::zeros({std::max<int64_t>(bytes, 1)}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
-  cu_delta_ptrs = torch::zeros({std::max<int64_t>(static_cast<int64_t>(T), 1)}, I64());
-  cu_delta_ptrs_host.assign(T, 0);
+  cu_bulk = torch::zeros({std::max<int64_t>(bytes, 1)}, u8);
   return Status::Ok();
 }
 
-StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCuda(const std::vector<torch::Tensor>& deltas,
-                                                            std::vector<torch::Tensor>* sent) {
-  const size_t T = layout.tensors.size();
-  std::vector<torch::Tensor> contiguous(T);  // alive until the kernels are done (the copy below waits)
+// The device array of the deltas' data pointers (contiguous copies of any
+// strided one are kept alive in `keep`, until the kernels are done).
+const float* const* DeviceEncoder::Impl::CudaDeltas(const std::vector<torch::Tensor>& deltas,
+                                                    std::vector<torch::Tensor>* keep) {
+  const size_t T = deltas.size();
+  keep->assign(T, torch::Tensor());
   std::vector<int64_t> ptrs(T);
   for (size_t t = 0; t < T; ++t) {
-    contiguous[t] = deltas[t].contiguous();
-    ptrs[t] = reinterpret_cast<int64_t>(contiguous[t].data_ptr<float>());
+    (*keep)[t] = deltas[t].contiguous();
+    ptrs[t] = reinterpret_cast<int64_t>((*keep)[t].data_ptr<float>());
   }
   if (ptrs != cu_delta_ptrs_host) {  // training reuses its buffers: usually no upload at all
     cu_delta_ptrs.narrow(0, 0, static_cast<int64_t>(T)).copy_(torch::tensor(ptrs, torch::kInt64));
     cu_delta_ptrs_host = ptrs;
   }
-  cuda_codec::SparseLoCoArgs a;
-  a.chunks = reinterpret_cast<const cuda_codec::ChunkDesc*>(cu_chunks.data_ptr<uint8_t>());
+  return reinterpret_cast<const float* const*>(cu_delta_ptrs.data_ptr<int64_t>());
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// Bytes holding src[0, n), and BulkChecksum of them, computed on a second
+// thread while this one copies when the bulk is large (both are a pass over
+// the bytes; the checksum is the serial part).
+Bytes CopyOut(const uint8_t* src, size_t n, uint64_t* checksum) {
+  if (n < (size_t{8} << 20)) {
+    *checksum = BulkChecksum(src, n);
+    return Bytes(src, src + n);
+  }
+  std::thread hasher([src, n, checksum] { *checksum = BulkChecksum(src, n); });
+  try {
+    Bytes out(src, src + n);
+    hasher.join();
+    return out;
+  } catch (...) {
+    hasher.join();
+    throw;
+  }
+}
+}  // namespace
+
+// A host bulk of `bytes` that no frame holds, or null when all kHostBulks
+// are out.
+std::shared_ptr<Bytes> DeviceEncoder::Impl::FreeHostBulk(int64_t bytes) {
+  for (HostBulk& b : host_bulks) {
+    if (b.bytes.use_count() == 1 && static_cast<int64_t>(b.bytes->size()) == bytes) {
+      // The last other owner let go (maybe on another thread): see its reads before writing.
+      std::atomic_thread_fence(std::memory_order_acquire);
+      return b.bytes;
+    }
+  }
+  if (host_bulks.size() >= kHostBulks || bytes == 0) return nullptr;
+  HostBulk b;
+  b.bytes = std::make_shared<Bytes>(static_cast<size_t>(bytes));
+  b.pinned = cuda_codec::PinHost(b.bytes->data(), b.bytes->size()).empty();  // pageable still works, slower
+  host_bulks.push_back(b);
+  return b.bytes;
+}
+
+// The first `bytes` of cu_bulk to the host (waiting for the kernels),
+// checked and sealed as this codec's blob: straight into a recycled host
+// bulk, else through the pinned staging buffer into a fresh one.
+StatusOr<Encoded> DeviceEncoder::Impl::SealCudaBulk(int64_t bytes) {
+  const auto t0 = Clock::now();
+  if (config.kind != CodecKind::kSparseLoCo) {
+    if (!cu_flag_host.defined()) {
+      cu_flag_host = torch::empty({4}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+    }
+    cu_flag_host.copy_(cu_bulk.narrow(0, cu_bad_offset, 4));
+    int32_t bad;
+    std::memcpy(&bad, cu_flag_host.data_ptr<uint8_t>(), sizeof bad);
+    if (bad != cuda_codec::kNoBadTensor) {
+      if (bad < 0 || static_cast<size_t>(bad) >= layout.tensors.size()) return Internal("encode: bad CUDA flag");
+      return NonFinite("value", static_cast<size_t>(bad));
+    }
+  }
+  std::shared_ptr<Bytes> recycled = FreeHostBulk(bytes);
+  const uint8_t* h = nullptr;
+  torch::Tensor host;
+  if (recycled) {
+    torch::from_blob(recycled->data(), {bytes}, torch::kUInt8).copy_(cu_bulk.narrow(0, 0, bytes));
+    h = recycled->data();
+  } else {
+    host = ToHost(cu_bulk.narrow(0, 0, bytes));
+    h = host.data_ptr<uint8_t>();
+  }
+  const auto t1 = Clock::now();
+  if (config.kind == CodecKind::kSparseLoCo) {
+    for (size_t t = 0; t < layout.tensors.size(); ++t) {
+      float table[4];
+      std::memcpy(table, h + cu_table_offsets[t], sizeof(table));
+      if (!AllFiniteFloats(table, 4)) return NonFinite("value", t);
+    }
+  }
+  uint64_t checksum = 0;
+  Frame frame;
+  if (recycled) {
+    checksum = BulkChecksum(h, static_cast<size_t>(bytes));
+    frame = Frame(std::move(recycled));
+  } else {
+    frame = Frame(CopyOut(h, static_cast<size_t>(bytes), &checksum));
+  }
+  auto sealed = SealPackedBulk(layout, plan, config.kind, std::move(frame), checksum);
+  if (phases) {
+    phases->emplace_back("d2h", std::chrono::duration<double, std::milli>(t1 - t0).count());
+    phases->emplace_back("host", MsSince(t1));
+  }
+  return sealed;
+}
+
+StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCuda(const std::vector<torch::Tensor>& deltas,
+                                                            std::vector<torch::Tensor>* sent) {
+  namespace cc = cuda_codec;
+  const size_t T = layout.tensors.size();
+  std::vector<torch::Tensor> contiguous;  // alive until the kernels are done (the copy below waits)
+  cc::SparseLoCoArgs a;
+  a.chunks = reinterpret_cast<const cc::ChunkDesc*>(cu_chunks.data_ptr<uint8_t>());
   a.num_chunks = static_cast<int64_t>(plan.chunks.size());
-  a.tensors = reinterpret_cast<const cuda_codec::TensorDesc*>(cu_tensors.data_ptr<uint8_t>());
+  a.blocks = reinterpret_cast<const cc::BlockDesc*>(cu_blocks.data_ptr<uint8_t>());
+  a.num_blocks = cu_blocks.numel() / static_cast<int64_t>(sizeof(cc::BlockDesc));
+  a.tensors = reinterpret_cast<const cc::TensorDesc*>(cu_tensors.data_ptr<uint8_t>());
   a.num_tensors = static_cast<int64_t>(T);
   a.num_groups = cu_groups;
-  a.deltas = reinterpret_cast<const float* const*>(cu_delta_ptrs.data_ptr<int64_t>());
+  a.deltas = CudaDeltas(deltas, &contiguous);
   a.error = e_flat.data_ptr<float>();
   a.beta = static_cast<float>(beta);  // as torch's add casts alpha
   a.keeps_error = keeps_error;
@@ -794,7 +952,7 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCuda(const std::vector<to
   a.value = cu_value.data_ptr<float>();
   a.flat = cu_flat.data_ptr<int64_t>();
   a.code = cu_code.data_ptr<uint8_t>();
-  a.chunk_stats = cu_chunk_stats.data_ptr<double>();
+  a.block_stats = cu_block_stats.data_ptr<double>();
   a.tensor_stats = cu_tensor_stats.data_ptr<float>();
   a.bulk = cu_bulk.data_ptr<uint8_t>();
   if (sent) {
@@ -802,26 +960,51 @@ StatusOr<Encoded> DeviceEncoder::Impl::EncodeSparseLoCoCuda(const std::vector<to
     a.decoded = cu_decoded.data_ptr<float>();
   }
   a.stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const std::string err = cuda_codec::EncodeSparseLoCo(a);
+  float ms[cc::kSparseLoCoPhases] = {};
+  const std::string err = cc::EncodeSparseLoCo(a, phases ? ms : nullptr);
   if (!err.empty()) return Internal("encode: CUDA kernels failed: " + err);
+  if (phases) {
+    phases->clear();
+    for (int i = 0; i < cc::kSparseLoCoPhases; ++i) phases->emplace_back(cc::kSparseLoCoPhaseNames[i], ms[i]);
+  }
   if (sent) {
     torch::Tensor flat_sent = torch::zeros({plan.numel}, F32());
     if (plan.kept > 0) flat_sent.scatter_(0, cu_flat.narrow(0, 0, plan.kept), cu_decoded.narrow(0, 0, plan.kept));
     *sent = LayoutViews(flat_sent);
   }
-  // Through the pinned staging buffer: a copy into pageable memory runs at a
-  // fraction of the bus speed and was a sixth of the whole encode.
-  Bytes bulk(BulkBytes(plan, CodecKind::kSparseLoCo));
-  if (!bulk.empty()) {
-    torch::Tensor host = ToHost(cu_bulk.narrow(0, 0, static_cast<int64_t>(bulk.size())));  // waits for the kernels
-    std::memcpy(bulk.data(), host.data_ptr<uint8_t>(), bulk.size());
+  return SealCudaBulk(static_cast<int64_t>(BulkBytes(plan, CodecKind::kSparseLoCo)));
+}
+
+StatusOr<Encoded> DeviceEncoder::Impl::EncodeDenseCuda(const std::vector<torch::Tensor>& deltas,
+                                                       std::vector<torch::Tensor>* sent) {
+  namespace cc = cuda_codec;
+  std::vector<torch::Tensor> contiguous;
+  cc::DenseArgs a;
+  a.chunks = reinterpret_cast<const cc::ChunkDesc*>(cu_chunks.data_ptr<uint8_t>());
+  a.num_chunks = static_cast<int64_t>(plan.chunks.size());
+  a.deltas = CudaDeltas(deltas, &contiguous);
+  a.error = e_flat.data_ptr<float>();
+  a.beta = static_cast<float>(beta);
+  a.keeps_error = keeps_error;
+  a.bulk = cu_bulk.data_ptr<uint8_t>();
+  a.bad = reinterpret_cast<int32_t*>(a.bulk + cu_bad_offset);
+  torch::Tensor sent_flat;
+  if (sent) {
+    sent_flat = torch::empty({plan.numel}, F32());
+    a.decoded = sent_flat.data_ptr<float>();
   }
-  for (size_t t = 0; t < T; ++t) {
-    float table[4];
-    std::memcpy(table, bulk.data() + cu_table_offsets[t], sizeof(table));
-    if (!AllFiniteFloats(table, 4)) return NonFinite("value", t);
+  a.stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  float ms = 0;
+  const bool int8 = config.kind == CodecKind::kInt8;
+  float* timed = phases ? &ms : nullptr;
+  const std::string err = int8 ? cc::EncodeInt8(a, timed) : cc::EncodeDenseBf16(a, timed);
+  if (!err.empty()) return Internal("encode: CUDA kernels failed: " + err);
+  if (phases) {
+    phases->clear();
+    phases->emplace_back(int8 ? "int8" : "bf16", ms);
   }
-  return SealPackedBulk(layout, plan, CodecKind::kSparseLoCo, std::move(bulk));
+  if (sent) *sent = LayoutViews(sent_flat);
+  return SealCudaBulk(static_cast<int64_t>(BulkBytes(plan, config.kind)));
 }
 #endif  // LOWBAND_CUDA_KERNELS
 
@@ -1099,7 +1282,8 @@ StatusOr<std::unique_ptr<DeviceEncoder>> DeviceEncoder::Create(const ParamLayout
     impl->cpu_kernel = impl->device.is_cpu() && options.cpu_select_kernel;
     if (impl->cpu_kernel) impl->pool = std::make_unique<ThreadPool>(at::get_num_threads());
 #ifdef LOWBAND_CUDA_KERNELS
-    impl->cuda_kernel = impl->device.is_cuda() && options.cuda_kernels && config.kind == CodecKind::kSparseLoCo;
+    impl->cuda_kernel = impl->device.is_cuda() && options.cuda_kernels && config.kind != CodecKind::kDenseFp32;
+    impl->phases = options.cuda_phases;
 #endif
     LOWBAND_RETURN_IF_ERROR(impl->Build());
   } catch (const c10::Error& e) {
@@ -1118,7 +1302,10 @@ StatusOr<Encoded> DeviceEncoder::Encode(const std::vector<torch::Tensor>& deltas
     if (s.config.kind == CodecKind::kDenseFp32) return s.EncodeFp32(deltas, sent);
     if (s.config.kind == CodecKind::kSparseLoCo && s.cpu_kernel) return s.EncodeSparseLoCoCpu(deltas, sent);
 #ifdef LOWBAND_CUDA_KERNELS
-    if (s.cuda_kernel) return s.EncodeSparseLoCoCuda(deltas, sent);
+    if (s.cuda_kernel) {
+      return s.config.kind == CodecKind::kSparseLoCo ? s.EncodeSparseLoCoCuda(deltas, sent)
+                                                     : s.EncodeDenseCuda(deltas, sent);
+    }
 #endif
     s.AccumulateError(deltas);
     switch (s.config.kind) {

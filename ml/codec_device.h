@@ -1,6 +1,7 @@
 // Device side of the update codecs: error feedback, per-chunk top-k,
 // quantisation, all on the tensor's device (CPU or CUDA), then one small
-// device->host copy and the host packers of codec/codec.h.
+// device->host copy and the host packers of codec/codec.h (on CUDA with the
+// kernels of ml/codec_cuda.h: the bulk itself is packed on the device).
 //
 // DeviceEncoder owns one fp32 error-feedback buffer per layout tensor on the
 // device (zero at start; none for dense_fp32 or error_feedback == 0). Encode
@@ -23,9 +24,14 @@
 //
 // CPU: sparseloco runs its own error-feedback pass, a per-chunk selection
 // kernel and a host quantiser on at::get_num_threads() threads (results do
-// not depend on the count); int8 and bf16 use the same torch ops as CUDA.
-// Device memory beyond e (P = layout numel): sparseloco on CUDA a P-float
-// workspace and 24 bytes of index tensors per kept value; int8 two P-float
+// not depend on the count); int8 and bf16 use torch ops (as CUDA does
+// without the kernels). CUDA with the kernels: int8 and bf16 payloads are
+// byte for byte the CPU's for the same e (no fused multiply-add in the
+// quantiser; the error-feedback update e = delta + beta * e may be fused).
+// Device memory beyond e (P = layout numel): sparseloco with the CUDA
+// kernels 15 bytes per kept value and the bulk; with torch ops a P-float
+// workspace and 24 bytes of index tensors per kept value; int8 with the
+// kernels the bulk (P bytes and 4 per chunk), with torch ops two P-float
 // buffers and P bytes; bf16 P bf16 values.
 //
 // Thread: lives on the thread that trains (the worker's training thread);
@@ -35,6 +41,8 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "codec/codec.h"
@@ -49,10 +57,16 @@ struct DeviceEncoderOptions {
   // path CUDA takes). Both give the same result; tests run both.
   bool cpu_select_kernel = true;
   // CUDA only, in builds with the CUDA kernels (ml/codec_cuda.h): run
-  // sparseloco as fused kernels that pack the bulk on the device, instead
-  // of torch ops plus host packing. Same bytes up to the last bit of a
-  // table entry (fp64 sums in another order); tests compare both.
+  // sparseloco, int8 and dense_bf16 as kernels that pack the bulk on the
+  // device, instead of torch ops plus host packing. Same bytes (sparseloco:
+  // up to the last bit of a table entry, fp64 sums in another order); tests
+  // compare both.
   bool cuda_kernels = true;
+  // Benchmarks only, with cuda_kernels: each encode synchronises after each
+  // kernel and stores (phase, milliseconds) here: the kernels, then "d2h"
+  // (the copy to the host, with any kernel still running) and "host"
+  // (checks, the copy into the blob, its checksum).
+  std::vector<std::pair<std::string, double>>* cuda_phases = nullptr;
 };
 
 class DeviceEncoder {

@@ -463,7 +463,10 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
     }
   }
   for (CodecKind kind : {CodecKind::kInt8, CodecKind::kDenseBf16, CodecKind::kDenseFp32}) {
-    for (double beta : {0.0, 0.95}) RunRounds(layout, kind, 64, beta, cuda);
+    for (double beta : {0.0, 0.95}) {
+      RunRounds(layout, kind, 64, beta, cuda);                                        // kernels (when built)
+      if (kind != CodecKind::kDenseFp32) RunRounds(layout, kind, 64, beta, cuda, false);  // torch ops
+    }
   }
   // Same input, same kept indices; int8 and bf16 payloads are bit-identical.
   // Reset each round: the error-feedback multiply-add may be fused on one
@@ -472,7 +475,9 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
   for (const auto& [kind, kernel] : std::vector<std::pair<CodecKind, bool>>{{CodecKind::kSparseLoCo, true},
                                                                              {CodecKind::kSparseLoCo, false},
                                                                              {CodecKind::kInt8, true},
-                                                                             {CodecKind::kDenseBf16, true}}) {
+                                                                             {CodecKind::kInt8, false},
+                                                                             {CodecKind::kDenseBf16, true},
+                                                                             {CodecKind::kDenseBf16, false}}) {
     INFO(CodecName(kind) << (kernel ? "" : " (torch ops)"));
     auto c = MakeEncoder(big, Config(kind, 64, 0.95), torch::kCPU);
     auto g = MakeEncoder(big, Config(kind, 64, 0.95), cuda, kernel);
@@ -496,9 +501,11 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
       }
     }
   }
-  {  // The device path is deterministic: the same deltas give the same bytes.
-    auto g1 = MakeEncoder(big, Config(CodecKind::kSparseLoCo, 64, 0.95), cuda);
-    auto g2 = MakeEncoder(big, Config(CodecKind::kSparseLoCo, 64, 0.95), cuda);
+  // The device path is deterministic: the same deltas give the same bytes.
+  for (CodecKind kind : {CodecKind::kSparseLoCo, CodecKind::kInt8, CodecKind::kDenseBf16}) {
+    INFO(CodecName(kind));
+    auto g1 = MakeEncoder(big, Config(kind, 64, 0.95), cuda);
+    auto g2 = MakeEncoder(big, Config(kind, 64, 0.95), cuda);
     for (int round = 0; round < 2; ++round) {
       auto deltas = To(RandnDeltas(big, 90 + round), cuda);
       auto e1 = g1->Encode(deltas);
@@ -506,6 +513,25 @@ TEST_CASE("CUDA encoder matches the CPU one", "[unit][codec_device][cuda]") {
       REQUIRE(e1.ok());
       REQUIRE(e2.ok());
       CHECK(e1->bulk == e2->bulk);
+      CHECK(e1->header.checksum == e2->header.checksum);
+    }
+  }
+  // A non-finite value is reported with its tensor, resets the error
+  // buffers, and the next finite encode goes through (the kernels' flag).
+  for (CodecKind kind : {CodecKind::kSparseLoCo, CodecKind::kInt8, CodecKind::kDenseBf16}) {
+    for (bool kernel : {true, false}) {
+      INFO(CodecName(kind) << (kernel ? "" : " (torch ops)"));
+      auto g = MakeEncoder(big, Config(kind, 64, 0.95), cuda, kernel);
+      REQUIRE(g->Encode(To(RandnDeltas(big, 30), cuda)).ok());
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        auto deltas = RandnDeltas(big, 31);
+        deltas[1][4097].fill_(bad);
+        auto e = g->Encode(To(deltas, cuda));
+        CHECK(e.status().code() == StatusCode::kInvalidArgument);
+        CHECK(e.status().ToString().find("tensor 1 (v)") != std::string::npos);
+        for (const auto& b : g->error_buffers()) CHECK(b.abs().sum().item<float>() == 0.0f);
+      }
+      REQUIRE(g->Encode(To(RandnDeltas(big, 32), cuda)).ok());
     }
   }
   // Applying on the GPU is bit-identical to the host.
