@@ -29,6 +29,7 @@ class PlainMode : public CampaignMode {
  public:
   using CampaignMode::CampaignMode;
   Aggregation::Kind kind() const override { return Aggregation::Kind::kMean; }
+  bool OneAggregateForAll() const override { return true; }
 };
 
 // Pipeline campaigns: the global parameters are every stage's tensors in
@@ -137,6 +138,7 @@ class BlockMode : public CampaignMode {
     return "";
   }
   bool block_rounds() const override { return true; }
+  bool OneAggregateForAll() const override { return true; }
   int64_t BlockNumel(int block) const override { return parts_[static_cast<size_t>(block)].numel; }
   int BlockFor(const std::string& site, uint32_t round, int position) override {
     auto& of_round = round_blocks_[round];

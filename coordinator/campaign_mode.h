@@ -112,6 +112,9 @@ class CampaignMode {
   // FPLD: whether `w` adopts the student's parameters (syncs, aggregates,
   // evaluations); a site with a model of its own does not.
   virtual bool Adopts(const WorkerInfo& w) const { return true; }
+  // Every worker gets the same Aggregate of a round (the whole model's,
+  // or the blocks'): the coordinator can log them for catching up.
+  virtual bool OneAggregateForAll() const { return false; }
   // Evaluations a record needs (min_workers; FPLD: no more than can come).
   virtual int EvalsNeeded(int min_workers, int live_expected) const { return std::max(min_workers, 1); }
   // Whether norm outliers are looked for at a close (not for logits).

@@ -434,6 +434,7 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
     return;
   }
   const int have = collector_->record().contributors;
+  const uint64_t base_digest = digest_;
   digest_ = r.digest;
   mode_->SetDigests(std::move(r.part_digests), std::move(r.view_digests));
   committed_round_ += 1;
@@ -441,6 +442,11 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   out->commits.push_back(RoundCommit{record, std::move(r.logged)});
   EvalRecord& evaluation = OpenEvalRecord(record, collector_->round_start(), now);
   const char* why = closing_why_.c_str();
+  if (mode_->OneAggregateForAll()) {
+    membership_->LogAggregate(committed_round_, base_digest,
+                              Aggregate{committed_round_, digest_, static_cast<uint32_t>(have), r.down.header},
+                              r.down.bulk);
+  }
   for (auto& [site, w] : membership_->mutable_workers()) {
     if (w.state != WorkerState::kJoined || !w.welcomed || !mode_->Adopts(w)) continue;
     // It missed a round, or asked for the model while the round was being

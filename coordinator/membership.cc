@@ -148,7 +148,7 @@ bool Membership::HandleHello(const std::string& peer, const Hello& m, TimePoint 
     }
   } else {
     SendWelcome(w, out);
-    if (mode_->Adopts(w)) SendSync(w, out);
+    if (mode_->Adopts(w) && !CatchUp(w, out)) SendSync(w, out);
     w.announced_round = host_->View().committed_round;
     if (host_->View().training) host_->AnnounceRounds(w, false, out);
   }
@@ -330,6 +330,54 @@ void Membership::DropIdleSnapshots(size_t room) {
              {"round", oldest->first.first}, {"digest", DigestHex(oldest->first.second)});
     snapshots_.erase(oldest);
   }
+}
+
+void Membership::LogAggregate(uint32_t round, uint64_t base, const Aggregate& aggregate, const Frame& bulk) {
+  if (!aggregate_log_.empty() && aggregate_log_.back().aggregate.round + 1 != round) {
+    aggregate_log_.clear();  // a gap (a resumed campaign): start over
+    logged_bytes_ = 0;
+  }
+  aggregate_log_.push_back(LoggedAggregate{base, aggregate, bulk});
+  logged_bytes_ += bulk.size();
+  const uint64_t model_bytes = static_cast<uint64_t>(host_->View().params->layout.numel()) * sizeof(float);
+  while (!aggregate_log_.empty() && logged_bytes_ >= model_bytes) {
+    logged_bytes_ -= aggregate_log_.front().bulk.size();
+    aggregate_log_.pop_front();
+  }
+}
+
+bool Membership::CatchUp(WorkerInfo& w, CoreOutput* out) {
+  const CampaignView v = host_->View();
+  const Hello& h = w.hello;
+  if (topology_ || !mode_->OneAggregateForAll() || v.closing || h.held_digest == 0 ||
+      h.held_round >= v.committed_round || aggregate_log_.empty() ||
+      aggregate_log_.back().aggregate.round != v.committed_round || aggregate_log_.front().aggregate.round > h.held_round + 1) {
+    return false;
+  }
+  const auto first = aggregate_log_.begin() + (h.held_round + 1 - aggregate_log_.front().aggregate.round);
+  if (first->base != h.held_digest) return false;  // it holds other parameters of that round
+  if (aggregate_log_.end() - first > kMaxCatchUpRounds) return false;
+  uint64_t bytes = 0;
+  for (auto it = first; it != aggregate_log_.end(); ++it) bytes += it->bulk.size();
+  // An offer of what it holds (no payload kept: a site that turns out not
+  // to hold it pulls, is told the snapshot is gone and gets the model).
+  ModelSync offer{h.held_round, h.held_digest, {}};
+  offer.blob.codec = CodecKind::kDenseFp32;
+  offer.blob.num_elements = static_cast<uint64_t>(v.params->layout.numel());
+  offer.blob.layout_digest = v.params->layout.Digest();
+  offer.blob.byte_length = offer.blob.num_elements * sizeof(float);
+  out->messages.push_back({w.peer, host_->Make(offer)});
+  for (auto it = first; it != aggregate_log_.end(); ++it) {
+    Message m = host_->Make(it->aggregate);
+    m.bulk = it->bulk;
+    out->messages.push_back({w.peer, std::move(m)});
+  }
+  LOG_INFO("site catches up with the logged updates", {"site", w.site}, {"from_round", h.held_round},
+           {"to_round", v.committed_round}, {"bytes", bytes}, {"model_bytes", offer.blob.byte_length});
+  w.synced_round = v.committed_round;
+  evals_->Forget(w.site);
+  evals_->Expect(v.committed_round, w.site);
+  return true;
 }
 
 std::set<std::string> Membership::TakeDeferredSyncs() {

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <map>
 #include <memory>
@@ -44,6 +45,9 @@ class Membership {
  public:
   // Error-triggered re-syncs a site may cause in a row before it is evicted.
   static constexpr int kMaxUnconfirmedResyncs = 3;
+  // Rounds a site may catch up from the aggregate log; more and it gets
+  // the model (each logged round is one apply job on the site).
+  static constexpr int kMaxCatchUpRounds = 256;
 
   using CampaignView = ::lowband::CampaignView;  // coordinator/core_types.h
 
@@ -93,6 +97,13 @@ class Membership {
   bool HandlePull(WorkerInfo& w, const SyncPull& pull, TimePoint now, CoreOutput* out);
   // Snapshots held now (each a whole packed model), for tests and metrics.
   size_t snapshots() const { return snapshots_.size(); }
+
+  // The Aggregate of committed round `round` (OneAggregateForAll modes),
+  // applied to parameters of digest `base`: kept, newest last, while all
+  // of them together are smaller than the model, for sites that come back
+  // a few rounds behind with their replica (CatchUp).
+  void LogAggregate(uint32_t round, uint64_t base, const Aggregate& aggregate, const Frame& bulk);
+  size_t logged_aggregates() const { return aggregate_log_.size(); }
   // An error-triggered re-sync of `w`'s replica, rate limited (one per
   // committed round; eviction after kMaxUnconfirmedResyncs in a row). True
   // when the model was sent.
@@ -130,6 +141,11 @@ class Membership {
   // endpoints, a replacement's neighbours re-configure.
   void WelcomeReplica(int replica, CoreOutput* out);
   void SendWelcome(WorkerInfo& w, CoreOutput* out);
+  // A site saying hello with the replica of an earlier round it held (its
+  // hello says which): an offer of those parameters (checked, not sent)
+  // and the logged aggregates since, when they are all logged and smaller
+  // than the model. False (nothing sent) otherwise.
+  bool CatchUp(WorkerInfo& w, CoreOutput* out);
   // Common to loss and eviction: slot released, upload and evaluations and
   // FC-RAG exchanges dropped.
   void Leave(WorkerInfo& w, TimePoint now, CoreOutput* out);
@@ -155,6 +171,13 @@ class Membership {
   void DropIdleSnapshots(size_t room = 0);
   std::map<std::pair<uint32_t, uint64_t>, Snapshot> snapshots_;
   TimePoint now_{};  // the latest time handed in (SendSync is given none)
+  struct LoggedAggregate {
+    uint64_t base = 0;  // digest of the parameters it applies to
+    Aggregate aggregate;
+    Frame bulk;
+  };
+  std::deque<LoggedAggregate> aggregate_log_;
+  uint64_t logged_bytes_ = 0;
   std::set<std::string> syncs_after_close_;
 };
 

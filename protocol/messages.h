@@ -97,6 +97,12 @@ struct Hello {
   ModelSpec own_model{0, 0, 0, 0, 0};
   // Local ranks (processes, c10d) that train as this site's one replica.
   uint32_t ranks = 1;
+  // A worker saying hello again with its replica intact (a dropped
+  // connection, a silent coordinator): the round and digest it holds, so
+  // the coordinator may send the updates it missed rather than the model.
+  // held_digest 0: nothing held (a fresh worker).
+  uint32_t held_round = 0;
+  uint64_t held_digest = 0;
 };
 
 // FPLD settings and the public probe set, sent with Welcome.

@@ -156,7 +156,8 @@ class BodyEncoder {
                                   m.own_model.context, m.own_model.vocab);
     }
     return {wire::Body::Hello, wire::CreateHello(fbb_, site, device, m.free_memory_bytes, m.step_time_ms,
-                                                 m.train_tokens, m.val_tokens, peer, own, m.ranks)
+                                                 m.train_tokens, m.val_tokens, peer, own, m.ranks, m.held_round,
+                                                 m.held_digest)
                                    .Union()};
   }
 
@@ -421,6 +422,8 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
   m->peer_endpoint = StrOrEmpty(t.peer_endpoint());
   if (t.ranks() > 65536) return InvalidArgument("Hello.ranks is " + std::to_string(t.ranks()) + " (at most 65536)");
   m->ranks = std::max<uint32_t>(1, t.ranks());
+  m->held_round = t.held_round();
+  m->held_digest = t.held_digest();
   if (m->peer_endpoint.size() > 1024) return InvalidArgument("Hello.peer_endpoint is longer than 1024 bytes");
   if (const wire::ModelSpec* own = t.own_model()) {
     LOWBAND_RETURN_IF_ERROR(RequirePositive(own->layers(), "Hello.own_model.layers"));

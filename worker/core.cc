@@ -49,7 +49,12 @@ Message WorkerCore::Make(Body body) {
 
 void WorkerCore::SendHello(WorkerTime now, WorkerOutput* out) {
   last_hello_ = now;
-  out->messages.push_back(Make(hello_));
+  Hello h = hello_;
+  if (target_round_ && !transferring() && !fpld_own_) {  // what its replica holds once its jobs are done
+    h.held_round = *target_round_;
+    h.held_digest = target_digest_;
+  }
+  out->messages.push_back(Make(std::move(h)));
 }
 
 void WorkerCore::Start(WorkerTime now, WorkerOutput* out) { SendHello(now, out); }
@@ -286,6 +291,13 @@ void WorkerCore::HandleChunk(const SyncChunk& c, const Frame& bytes, WorkerTime 
     p.mark_time = now;
   }
   if (p.verified < p.offer.blob.byte_length) {
+    // Progress every tenth of the way (a 1B-parameter model on a thin link
+    // takes minutes).
+    const uint64_t total = p.offer.blob.byte_length;
+    if ((p.verified - c.length) * 10 / total != p.verified * 10 / total) {
+      LOG_INFO("model transfer", {"round", p.offer.round}, {"percent", p.verified * 100 / total},
+               {"bytes", p.verified}, {"of", total}, {"mb_per_s", p.rate / 1e6});
+    }
     AskChunks(out);
     return;
   }

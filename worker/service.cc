@@ -36,13 +36,15 @@
 namespace lowband {
 namespace {
 
-// FIFO of jobs for the training thread. Bounded: the core never queues more
-// than a handful (configure, sync, train, apply), so hitting the bound is a bug.
+// FIFO of jobs for the training thread. Bounded: the core queues a handful
+// (configure, sync, train, apply), or after a model transfer or a catch-up
+// the messages that waited for it (at most WorkerCore::kMaxHeld), so
+// hitting the bound is a bug.
 class JobQueue {
  public:
   void Push(Job job) {
     std::lock_guard<std::mutex> lock(mu_);
-    LOWBAND_CHECK(jobs_.size() < 64);
+    LOWBAND_CHECK(jobs_.size() < WorkerCore::kMaxHeld + 64);
     jobs_.push_back(std::move(job));
     cv_.notify_one();
   }
@@ -260,6 +262,11 @@ struct WorkerService::Impl {
     t.Add("lowband_worker_registered", "gauge", "1 while the coordinator knows this site.", core->registered());
     t.Add("lowband_worker_round", "gauge", "Round of the parameters this replica holds (after queued jobs).",
           core->synced_round().value_or(0));
+    t.Add("lowband_worker_model_transfer_bytes", "gauge",
+          "Model transfer in progress: bytes received and checked so far (0: none).",
+          static_cast<double>(core->pull_verified()), {{"part", "verified"}});
+    t.Add("lowband_worker_model_transfer_bytes", "gauge", "", static_cast<double>(core->pull_total()),
+          {{"part", "total"}});
     t.Add("lowband_worker_ranks", "gauge", "Ranks (processes) training as this site's replica.", ranks.plan.ranks);
     t.Add("lowband_worker_uploads_total", "counter", "Delta uploads sent.", static_cast<double>(f.uploads));
     t.Add("lowband_worker_upload_bytes_total", "counter", "Bytes of the delta uploads sent, headers included.",

@@ -206,6 +206,28 @@ TEST_CASE("below quorum the round waits, and a rejoining worker is re-synced and
   CHECK(c.records()[1].contributors == 3);
 }
 
+// The catch-up from logged aggregates itself: integration "fault: a worker
+// away for several rounds catches up ..." (a real model, whose sparse
+// aggregates are far smaller than it; the fake's 24 parameters are not).
+TEST_CASE("a worker back with its replica, when the rounds it missed are no smaller than the model, gets the model",
+          "[unit][coordinator][inproc]") {
+  auto config = TinyCampaign(3, 8);
+  config.quorum.min_workers = 2;
+  Cluster c(config, kSites);
+  StartRounds(c);
+  REQUIRE(c.exec("site-c").loads() == 1);  // the model at the start (the fake builds none of its own)
+  c.Pause("site-c", true);
+  REQUIRE(c.RunUntil([&] { return c.coordinator().workers().at("site-c").state == WorkerState::kLost; }));
+  const uint32_t left = c.coordinator().committed_round();
+  REQUIRE(c.RunUntil([&] { return c.coordinator().committed_round() >= left + 2; }));
+  CHECK(c.coordinator().membership().logged_aggregates() == 0);  // each as large as the model
+  c.Pause("site-c", false);  // the same process: says hello again with what it holds
+  REQUIRE(c.RunUntil([&] { return c.finished(); }));
+  CHECK(c.exec("site-c").loads() == 2);  // the model again
+  CHECK(c.exec("site-c").global().Digest() == c.coordinator().digest());
+  CHECK(c.records().back().contributors == 3);
+}
+
 TEST_CASE("a straggler past the deadline: its upload is dropped and counted, the aggregate re-syncs it",
           "[unit][coordinator][inproc]") {
   auto config = TinyCampaign(3, 3);

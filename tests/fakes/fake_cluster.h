@@ -86,6 +86,7 @@ class FakeExecutor {
         std::get<EvalDone>(r).offer = s->offer;
         return r;
       }
+      ++loads_;
       auto v = ParseUpdate(TinyParams().layout, plan_, s->sync.blob, s->bulk);
       if (!v.ok()) return JobFailed{false, ErrorCode::kBadPayload, s->sync.round, v.status().ToString()};
       global_ = ParamSet{TinyParams().layout, v->values};
@@ -120,6 +121,7 @@ class FakeExecutor {
   }
 
   const ParamSet& global() const { return global_; }
+  int loads() const { return loads_; }  // models received whole
   CodecKind last_aggregate_codec() const { return last_aggregate_codec_; }
 
  private:
@@ -158,6 +160,7 @@ class FakeExecutor {
 
   std::string site_;
   ParamSet global_;
+  int loads_ = 0;
   CodecSpec codec_;
   LayoutPlan plan_;
   CodecKind last_aggregate_codec_ = CodecKind::kDenseFp32;

@@ -62,6 +62,8 @@ Message SampleHello() {
   h.val_tokens = 100'000;
   h.own_model = ModelSpec{2, 96, 4, 128, 256};
   h.ranks = 4;
+  h.held_round = 17;
+  h.held_digest = 0x5eed5eedull;
   return Wrap(h);
 }
 
@@ -233,8 +235,10 @@ auto Tie(const BlobHeader& b) {
 bool Same(const Hello& a, const Hello& b) {
   const auto& am = a.own_model;
   const auto& bm = b.own_model;
-  return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens, a.ranks) ==
-             std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms, b.train_tokens, b.val_tokens, b.ranks) &&
+  return std::tie(a.site, a.device, a.free_memory_bytes, a.step_time_ms, a.train_tokens, a.val_tokens, a.ranks,
+                  a.held_round, a.held_digest) == std::tie(b.site, b.device, b.free_memory_bytes, b.step_time_ms,
+                                                          b.train_tokens, b.val_tokens, b.ranks, b.held_round,
+                                                          b.held_digest) &&
          std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
              std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab);
 }
