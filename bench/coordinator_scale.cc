@@ -330,7 +330,7 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   }
   LOWBAND_CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
 
-  std::printf("| round | arrival s (%d uploads) | close s | commit s | round s | aggregate nnz | logged MB | digest |\n",
+  std::printf("| round | arrival s (%d uploads) | close s | commit s | round s | update nnz | logged MB | digest |\n",
               sites);
   std::printf("|---:|---:|---:|---:|---:|---:|---:|---|\n");
   std::vector<Figures> figs;
@@ -396,7 +396,12 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   const double touch_gbs = FirstTouchGBs(std::min<size_t>(copy_mb, 256));
   // New memory the round writes: the aggregate as an Update (6 bytes an
   // entry) and the logged payload (the one sent down).
-  const double fresh = 6.0 * static_cast<double>(med.nnz) + static_cast<double>(med.logged_bytes);
+  // (the aggregate's entries from the logged sparse_fp32 size: 2 bytes a
+  // chunk, 5.5 an entry; a dense one is 4 bytes a parameter)
+  const double g_bytes = med.logged_bytes < static_cast<uint64_t>(fp32)
+                             ? 6.0 * (static_cast<double>(med.logged_bytes) - 2.0 * plan.chunks.size()) / 5.5
+                             : fp32;
+  const double fresh = g_bytes + static_cast<double>(med.logged_bytes);
   std::printf("copy bandwidth %.1f GB/s (memcpy of %zu MiB on %d threads, read + write); bytes touched per round %.2f "
               "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
               gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
