@@ -136,8 +136,8 @@ Bytes EncodeBase(const ParamLayout& layout, int topk, uint64_t seed, ThreadPool*
 // Site `site`'s upload of round `round`: `base` with each chunk's entries
 // rotated by an offset of (site, round, chunk), packed (and checked) by
 // PackSparseLoCo.
-Encoded SiteUpload(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& base, uint64_t site,
-                   uint32_t round, ThreadPool* pool) {
+Encoded SiteUpload(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& base, uint64_t site, uint32_t round,
+                   ThreadPool* pool) {
   SparseLoCoParts parts;
   parts.tables.resize(4 * plan.tensors.size());
   parts.indices.resize(static_cast<size_t>(plan.kept));
@@ -170,8 +170,9 @@ Encoded SiteUpload(const ParamLayout& layout, const LayoutPlan& plan, const Byte
         entries.clear();
         for (int32_t j = 0; j < ch.k; ++j, ++i) {
           const uint64_t q = (i >> 1) * 3;
-          const uint32_t l = (i & 1) ? (static_cast<uint32_t>(idx[q + 1]) >> 4) | (static_cast<uint32_t>(idx[q + 2]) << 4)
-                                     : static_cast<uint32_t>(idx[q]) | (static_cast<uint32_t>(idx[q + 1] & 0x0f) << 8);
+          const uint32_t l = (i & 1)
+                                 ? (static_cast<uint32_t>(idx[q + 1]) >> 4) | (static_cast<uint32_t>(idx[q + 2]) << 4)
+                                 : static_cast<uint32_t>(idx[q]) | (static_cast<uint32_t>(idx[q + 1] & 0x0f) << 8);
           entries.emplace_back(static_cast<uint16_t>((l + rot) % n), (codes[i >> 2] >> (2 * (i & 3))) & 3);
         }
         // Sorted but for the wrapped ones, which come first.
@@ -217,9 +218,12 @@ double CopyGBs(size_t mb, ThreadPool* pool) {
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
-    LOWBAND_CHECK(pool->ParallelFor(static_cast<int64_t>(n >> 20), 1, [&](int64_t b, int64_t e) {
-                        std::memcpy(dst.data() + (b << 20), src.data() + (b << 20), static_cast<size_t>(e - b) << 20);
-                      }).ok());
+    LOWBAND_CHECK(pool->ParallelFor(static_cast<int64_t>(n >> 20), 1,
+                                    [&](int64_t b, int64_t e) {
+                                      std::memcpy(dst.data() + (b << 20), src.data() + (b << 20),
+                                                  static_cast<size_t>(e - b) << 20);
+                                    })
+                      .ok());
     const double s = Seconds(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, 2.0 * static_cast<double>(n) / s / 1e9);
   }
@@ -257,9 +261,9 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   const int64_t p = plan.numel;
   const double fp32 = 4.0 * static_cast<double>(p);
   ThreadPool pool(threads);
-  std::printf("\n## %s: %d layers x d_model %lld, vocab 256, context 256: %zu tensors, %.1fM parameters (fp32 %.2f GB)\n",
-              spec.name.c_str(), spec.layers, static_cast<long long>(spec.d_model), layout.tensors.size(), p / 1e6,
-              fp32 / 1e9);
+  std::printf(
+      "\n## %s: %d layers x d_model %lld, vocab 256, context 256: %zu tensors, %.1fM parameters (fp32 %.2f GB)\n",
+      spec.name.c_str(), spec.layers, static_cast<long long>(spec.d_model), layout.tensors.size(), p / 1e6, fp32 / 1e9);
   std::printf("%d sites, sparseloco topk %d (%lld kept, %.2f MB per upload), downlink %s, outer sgd lr 1, pool of %d\n",
               sites, topk, static_cast<long long>(plan.kept), BulkBytes(plan, CodecKind::kSparseLoCo) / 1e6,
               CodecName(downlink), threads);
@@ -268,9 +272,10 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   auto t0 = std::chrono::steady_clock::now();
   std::vector<Bytes> bases;
   for (int b = 0; b < distinct; ++b) bases.push_back(EncodeBase(layout, topk, static_cast<uint64_t>(b + 1), &pool));
-  std::printf("encoded %d distinct deltas in %.1f s; each site's upload is one of them, chunk-wise rotated per site "
-              "and round\n",
-              distinct, Seconds(std::chrono::steady_clock::now() - t0).count());
+  std::printf(
+      "encoded %d distinct deltas in %.1f s; each site's upload is one of them, chunk-wise rotated per site "
+      "and round\n",
+      distinct, Seconds(std::chrono::steady_clock::now() - t0).count());
 
   CampaignConfig config;
   config.name = "scale";
@@ -326,7 +331,8 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
       core.HandleMessage(site, wrap(h), now, &out);
     }
     const uint64_t d0 = core.digest();
-    for (const std::string& site : names) core.HandleMessage(site, wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
+    for (const std::string& site : names)
+      core.HandleMessage(site, wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
   }
   LOWBAND_CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
 
@@ -339,8 +345,8 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     CoreOutput out;
     const uint64_t base_digest = core.digest();
     for (int s = 0; s < sites; ++s) {
-      Encoded enc = SiteUpload(layout, plan, bases[static_cast<size_t>(s % distinct)], static_cast<uint64_t>(s),
-                               round, &pool);
+      Encoded enc =
+          SiteUpload(layout, plan, bases[static_cast<size_t>(s % distinct)], static_cast<uint64_t>(s), round, &pool);
       DeltaUpload up;
       up.round = round;
       up.base_digest = base_digest;
@@ -402,13 +408,15 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
                              ? 6.0 * (static_cast<double>(med.logged_bytes) - 2.0 * plan.chunks.size()) / 5.5
                              : fp32;
   const double fresh = g_bytes + static_cast<double>(med.logged_bytes);
-  std::printf("copy bandwidth %.1f GB/s (memcpy of %zu MiB on %d threads, read + write); bytes touched per round %.2f "
-              "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
-              gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
-              downlink == CodecKind::kSparseLoCo ? ", error feedback 4 x model" : "");
-  std::printf("of which memory the round allocates: %.2f GB (the aggregate, the logged payload); first touch of fresh "
-              "memory %.2f GB/s here: %.3f s for those alone\n",
-              fresh / 1e9, touch_gbs, fresh / (touch_gbs * 1e9));
+  std::printf(
+      "copy bandwidth %.1f GB/s (memcpy of %zu MiB on %d threads, read + write); bytes touched per round %.2f "
+      "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
+      gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
+      downlink == CodecKind::kSparseLoCo ? ", error feedback 4 x model" : "");
+  std::printf(
+      "of which memory the round allocates: %.2f GB (the aggregate, the logged payload); first touch of fresh "
+      "memory %.2f GB/s here: %.3f s for those alone\n",
+      fresh / 1e9, touch_gbs, fresh / (touch_gbs * 1e9));
   std::printf("peak RSS %.2f GB (VmHWM%s; ru_maxrss %.2f GB; RSS before the coordinator %.2f GB)\n", hwm / 1e9,
               reset ? " since the coordinator was built" : ", not reset", ru.ru_maxrss * 1024.0 / 1e9,
               rss_before / 1e9);
