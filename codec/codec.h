@@ -51,6 +51,7 @@
 #include <memory>
 #include <vector>
 
+#include "base/thread_pool.h"
 #include "codec/params.h"
 #include "config/config.h"
 #include "protocol/messages.h"
@@ -187,6 +188,17 @@ StatusOr<Encoded> PackAggregate(const ParamLayout& layout, const LayoutPlan& pla
 StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, const BlobHeader& header,
                              const Bytes& bulk);
 
+// ParseUpdate's checks of a sparseloco payload (the same errors) without
+// building the Update: OK iff ParseUpdate accepts it. `stats` gets the
+// largest |value| and the sum of the squared values (fp64, in entry order:
+// the same as over ParseUpdate's value vector).
+struct PayloadStats {
+  float max_abs = 0;
+  double sum_sq = 0;
+};
+Status CheckSparseLoCoPayload(const ParamLayout& layout, const LayoutPlan& plan, const BlobHeader& header,
+                              const Bytes& bulk, PayloadStats* stats);
+
 // Checks that header and bulk agree (length, checksum) and that the header
 // matches `layout` and `expected_codec`, with topk 0 for every codec but
 // sparseloco (1..4096 there; ParseUpdate also needs it equal to plan.topk).
@@ -212,5 +224,21 @@ Status CheckBlob(const ParamLayout& layout, CodecKind expected_codec, const Blob
 // unweighted result.
 Update AggregateMean(const LayoutPlan& plan, const std::vector<const Update*>& updates, AggregationRule rule,
                      const std::vector<double>& weights = {});
+
+// An input of AggregateMean: a parsed Update, or the bulk of a sparseloco
+// payload that ParseUpdate accepted for the plan, read in place chunk by
+// chunk as it is summed (the entries ParseUpdate would give, so the mean is
+// bit-identical to the parsed one's). The coordinator holds a round's
+// sparseloco uploads this way: 1.75 bytes per kept value instead of the
+// parsed Update's 6. Exactly one of the two is set; the bulk's size must be
+// BulkBytes(plan, sparseloco) (CHECK), its contents are trusted.
+struct AggregateInput {
+  const Update* update = nullptr;
+  const Bytes* sparseloco = nullptr;
+};
+// The same mean over such inputs. `pool` (may be null: the calling thread)
+// spreads the chunks over its threads; the result does not depend on it.
+Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& inputs, AggregationRule rule,
+                     const std::vector<double>& weights, ThreadPool* pool);
 
 }  // namespace lowband

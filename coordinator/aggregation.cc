@@ -242,14 +242,15 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
       g = MeanOfClusters(job.uploads);
       break;
     case Kind::kMean: {
-      std::vector<const Update*> deltas;
+      std::vector<AggregateInput> deltas;
       std::vector<double> weights;
       for (const auto& [site, up] : job.uploads) {
-        deltas.push_back(&up.delta);
+        deltas.push_back(up.sparseloco.empty() ? AggregateInput{&up.delta, nullptr}
+                                               : AggregateInput{nullptr, &up.sparseloco.bytes()});
         weights.push_back(static_cast<double>(up.tokens));
       }
       if (s_.uniform) weights.clear();
-      g = AggregateMean(s_.plan, deltas, s_.rule, weights);
+      g = AggregateMean(s_.plan, deltas, s_.rule, weights, pool);
       break;
     }
   }
@@ -261,7 +262,15 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
   // The update everyone applies: u, or what its compressed payload decodes
   // to (the config allows compression only where every site gets r.down).
   LOWBAND_CHECK(!job.downlink.compressed() || s_.kind == Kind::kMean);
-  auto update = job.downlink.Encode(s_.layout, s_.plan, job.outer.Step(s_.plan, std::move(g)), pool, &r.down);
+  StatusOr<Update> update = Update();
+  if (job.outer.identity() && job.downlink.kind() == CodecKind::kSparseFp32) {
+    // u = g, so its payload is the logged one (PackAggregate both): shared,
+    // not packed a second time (a second model-sized buffer at 64 sites).
+    update = std::move(g);
+    r.down = *logged;
+  } else {
+    update = job.downlink.Encode(s_.layout, s_.plan, job.outer.Step(s_.plan, std::move(g)), pool, &r.down);
+  }
   if (!update.ok()) return fail("outer update rejected", update.status());
   LOWBAND_CHECK(ApplyUpdate(s_.plan, *update, &job.params.values).ok());
   r.logged = std::move(logged).value();

@@ -57,6 +57,11 @@ struct RoundUpload {
   int stage = 0;  // pipeline: the stage whose parameters the delta covers
   int part = 0;   // the slice it covers: the stage (pipeline), the block (ParaBlock), the cluster, else 0
   Update delta;
+  // Plain mean with the sparseloco codec: the payload's bulk as it arrived
+  // (checked by ParseUpdate then), summed in place by AggregateMean; delta
+  // is then empty. 1.75 bytes per kept value instead of the parsed 6: 64
+  // sites' uploads of a 1B-parameter model held for a round take 1.8 GB, not 6.
+  Frame sparseloco;
   uint64_t tokens = 0;
   std::vector<float> logits, exact;  // FPLD: dequantized probe logits (and the fp32 reference)
   uint64_t logit_bytes = 0;          // FPLD: the quantized payload
@@ -123,8 +128,10 @@ class Aggregation {
 
   Kind kind() const { return s_.kind; }
   // The aggregate, the outer step, the encodings, the apply and the digests.
-  // `pool` (may be null: the calling thread) spreads the downlink's
-  // SparseLoCo selection; the result does not depend on it.
+  // `pool` (may be null: the calling thread) spreads the plain mean's chunks
+  // and the downlink's SparseLoCo selection; the result does not depend on
+  // it. With an outer step that leaves g as it is (sgd, lr 1, no momentum)
+  // and the sparse_fp32 downlink, the payload down is the logged one.
   CloseResult Close(CloseJob job, ThreadPool* pool) const;
 
   // Digests of `params` as the sites of each kind hold them (`whole` may be

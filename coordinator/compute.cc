@@ -15,7 +15,7 @@ namespace lowband {
 
 struct ComputeThread::Impl {
   std::shared_ptr<const Aggregation> aggregation;
-  std::unique_ptr<ThreadPool> pool;  // the downlink encoder's selection
+  std::unique_ptr<ThreadPool> pool;  // the aggregate's chunks, the downlink encoder's selection
   size_t max_jobs = 2;
   std::unique_ptr<Mailbox<CloseResult>> done;
   std::mutex mu;

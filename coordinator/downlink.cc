@@ -1,5 +1,6 @@
 #include "coordinator/downlink.h"
 
+#include <cmath>
 #include <utility>
 
 #include "codec/sparseloco_host.h"
@@ -9,6 +10,24 @@ namespace lowband {
 DownlinkEncoder::DownlinkEncoder(CodecKind kind, size_t num_params) : kind_(kind) {
   LOWBAND_CHECK(kind == CodecKind::kSparseLoCo || kind == CodecKind::kSparseFp32 || kind == CodecKind::kDenseFp32);
   if (compressed()) error_.assign(num_params, 0.0f);
+}
+
+bool DownlinkEncoder::SafeInPlace(const LayoutPlan& plan, const Update& u) const {
+  // Below this bound a kept value, its tensor's mean and mean deviation and
+  // every table entry stay finite in fp32.
+  constexpr float kBound = 1e30f;
+  for (float x : error_) {
+    if (!(std::fabs(x) <= kBound)) return false;
+  }
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) {
+        if (!(std::fabs(u.value[e] + error_[plan.FlatIndex(t, c, u.index[e])]) <= kBound)) return false;
+      }
+    }
+  }
+  return true;
 }
 
 StatusOr<Update> DownlinkEncoder::Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u, ThreadPool* pool,
@@ -40,6 +59,20 @@ StatusOr<Update> DownlinkEncoder::Encode(const ParamLayout& layout, const Layout
     LOWBAND_CHECK(u.values.size() == error_.size());
     v = std::move(u.values);
     for (size_t i = 0; i < v.size(); ++i) v[i] = v[i] + error_[i];
+  } else if (SafeInPlace(plan, u)) {
+    // Every value of v is finite and far from overflowing, so the encoding
+    // below cannot refuse it: v is built in e's own buffer (no second
+    // model-sized copy; at 1B parameters 4 GB).
+    v = std::move(error_);
+    for (size_t t = 0; t < plan.tensors.size(); ++t) {
+      const TensorPlan& tp = plan.tensors[t];
+      for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+        for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) {
+          float& x = v[plan.FlatIndex(t, c, u.index[e])];
+          x = u.value[e] + x;
+        }
+      }
+    }
   } else {
     v = error_;
     for (size_t t = 0; t < plan.tensors.size(); ++t) {

@@ -52,6 +52,9 @@ class DownlinkEncoder {
   void set_error(std::vector<float> e) { error_ = std::move(e); }
 
  private:
+  // A sparse u's v = u + e may be built in e's buffer: e and v all finite
+  // and bounded, so the encoding cannot refuse v and leave e changed.
+  bool SafeInPlace(const LayoutPlan& plan, const Update& u) const;
   CodecKind kind_ = CodecKind::kSparseFp32;
   std::vector<float> error_;
 };

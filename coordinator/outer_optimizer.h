@@ -27,6 +27,8 @@ class OuterOptimizer {
   // otherwise g is densified.
   Update Step(const LayoutPlan& plan, Update g);
   bool stateless() const { return momentum_.empty(); }
+  // u = g bit for bit (stateless with lr 1: SparseLoCo's sgd, lr 1, momentum 0).
+  bool identity() const { return stateless() && static_cast<float>(config_.lr) == 1.0f; }
 
   const std::vector<float>& momentum() const { return momentum_; }
   void set_momentum(std::vector<float> m) { momentum_ = std::move(m); }

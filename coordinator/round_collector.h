@@ -98,6 +98,7 @@ class RoundCollector {
     int stage = 0;  // pipeline: the stage whose parameters the delta covers
     int part = 0;   // the slice it covers: the stage (pipeline), the block (ParaBlock), else 0
     Update delta;
+    Frame sparseloco;  // instead of delta: see RoundUpload
     double train_loss;
     uint64_t tokens;
     double norm;  // L2 norm of the delta

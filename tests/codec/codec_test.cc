@@ -783,7 +783,7 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
     seeds = {*a, *b, *c, *d, *f};
   }
   int accepted = 0, rejected = 0;
-  bool accepted_ok = true;
+  bool accepted_ok = true, check_agrees = true;
   std::vector<float> theta(layout.numel());
   for (int iter = 0; iter < 6000; ++iter) {
     Encoded e = seeds[iter % seeds.size()];
@@ -817,6 +817,21 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
         break;
     }
     auto r = ParseUpdate(layout, plan, e.header, e.bulk);
+    if (e.header.codec == CodecKind::kSparseLoCo) {
+      // The coordinator's check without the parsed copy agrees, figures included.
+      PayloadStats stats;
+      const Status c = CheckSparseLoCoPayload(layout, plan, e.header, e.bulk, &stats);
+      check_agrees = check_agrees && c.ok() == r.ok() && (r.ok() || c.code() == r.status().code());
+      if (r.ok() && c.ok()) {
+        float peak = 0;
+        double sum_sq = 0;
+        for (float v : r->value) {
+          peak = std::max(peak, std::fabs(v));
+          sum_sq += static_cast<double>(v) * v;
+        }
+        check_agrees = check_agrees && stats.max_abs == peak && stats.sum_sq == sum_sq;
+      }
+    }
     if (!r.ok()) {
       ++rejected;
       accepted_ok = accepted_ok && !r.status().message().empty();
@@ -830,6 +845,7 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
   }
   INFO("accepted " << accepted << ", rejected " << rejected);
   CHECK(accepted_ok);
+  CHECK(check_agrees);
   CHECK(rejected > 3000);
   CHECK(accepted > 100);  // value-only edits of dense frames and sparse values go through
 }
@@ -968,6 +984,55 @@ TEST_CASE("AggregateMean: the order of the sum and the rule matter as specified"
     const Update z = AggregateMean(plan, {&neg}, rule);
     REQUIRE(z.value.size() == 1);
     CHECK_FALSE(std::signbit(z.value[0]));
+  }
+}
+
+TEST_CASE("AggregateMean reads sparseloco payloads in place, bit-identical to the parsed ones, on any pool",
+          "[unit]") {
+  std::mt19937_64 rng(31);
+  // Over 512 chunks: the sparse result is assembled from several waves of ranges.
+  const ParamLayout layout =
+      MakeLayout({{"emb", {130, 70}}, {"w", {640, 1100}}, {"v", {2000000}}, {"b", {100}}, {"s", {}}});
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  REQUIRE(plan.chunks.size() > 512);
+  std::vector<Encoded> payloads;
+  std::vector<Update> parsed;
+  for (int i = 0; i < 5; ++i) {
+    auto e = PackSparseLoCo(layout, plan, RandomParts(plan, rng));
+    REQUIRE(e.ok());
+    auto u = ParseUpdate(layout, plan, e->header, e->bulk);
+    REQUIRE(u.ok());
+    payloads.push_back(*e);
+    parsed.push_back(*u);
+  }
+  const Update sparse = RandomSparse(plan, rng, 100), dense = RandomDense(plan, rng);
+  ThreadPool two(2), three(3);
+  for (AggregationRule rule : {AggregationRule::kMeanAll, AggregationRule::kMeanChoosers}) {
+    for (const std::vector<double>& weights : {std::vector<double>{}, std::vector<double>{3, 1, 4, 1, 5, 9}}) {
+      for (const Update* extra : {&sparse, &dense}) {
+        // Payloads 0..4 and one parsed update (sparse, or dense: a dense result).
+        std::vector<const Update*> reference;
+        std::vector<AggregateInput> in_place;
+        for (size_t i = 0; i < payloads.size(); ++i) {
+          reference.push_back(&parsed[i]);
+          in_place.push_back(AggregateInput{nullptr, &payloads[i].bulk.bytes()});
+          if (i == 2) {
+            reference.push_back(extra);
+            in_place.push_back(AggregateInput{extra, nullptr});
+          }
+        }
+        const Update want = AggregateMean(plan, reference, rule, weights);
+        REQUIRE(want.dense == extra->dense);
+        for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &two, &three}) {
+          INFO("rule " << static_cast<int>(rule) << ", weighted " << !weights.empty() << ", dense " << extra->dense
+                       << ", pool " << (pool ? pool->size() : 0));
+          CHECK(SameUpdate(AggregateMean(plan, in_place, rule, weights, pool), want));
+          std::vector<AggregateInput> parsed_inputs;
+          for (const Update* u : reference) parsed_inputs.push_back(AggregateInput{u, nullptr});
+          CHECK(SameUpdate(AggregateMean(plan, parsed_inputs, rule, weights, pool), want));
+        }
+      }
+    }
   }
 }
 
