@@ -200,7 +200,9 @@ void CoordinatorService::Impl::Send(Outgoing& o) {
     const uint32_t round = core.LedgerRoundOf(o.msg, core.ledger_round());
     ledger.Record(site, Direction::kDown, round, kind, bytes, DenseBytes(config, core, site, round, kind, 1));
   }
-  if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0) {
+  // (A catch-up from the aggregate log offers what the site holds, with no
+  // payload: checksum 0; the log says "site catches up".)
+  if (const auto* sync = std::get_if<ModelSync>(&o.msg.body); sync && sync->round > 0 && sync->blob.checksum != 0) {
     // A join after round 0: a restarted or returning site (or a restarted
     // coordinator's sites) catching up, whatever it missed, with one model
     // (offered here; pulled in chunks unless the site holds it already).
