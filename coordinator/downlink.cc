@@ -59,22 +59,11 @@ StatusOr<Update> DownlinkEncoder::Encode(const ParamLayout& layout, const Layout
     LOWBAND_CHECK(u.values.size() == error_.size());
     v = std::move(u.values);
     for (size_t i = 0; i < v.size(); ++i) v[i] = v[i] + error_[i];
-  } else if (SafeInPlace(plan, u)) {
-    // Every value of v is finite and far from overflowing, so the encoding
-    // below cannot refuse it: v is built in e's own buffer (no second
-    // model-sized copy; at 1B parameters 4 GB).
-    v = std::move(error_);
-    for (size_t t = 0; t < plan.tensors.size(); ++t) {
-      const TensorPlan& tp = plan.tensors[t];
-      for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
-        for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) {
-          float& x = v[plan.FlatIndex(t, c, u.index[e])];
-          x = u.value[e] + x;
-        }
-      }
-    }
   } else {
-    v = error_;
+    // When every value of v is finite and far from overflowing, the
+    // encoding below cannot refuse it: v is built in e's own buffer (no
+    // second model-sized copy; at 1B parameters 4 GB). Otherwise in a copy.
+    v = SafeInPlace(plan, u) ? std::move(error_) : error_;
     for (size_t t = 0; t < plan.tensors.size(); ++t) {
       const TensorPlan& tp = plan.tensors[t];
       for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {

@@ -640,31 +640,27 @@ Status DecodeModelSync(const wire::ModelSync& t, ModelSync* m) {
   return Status::Ok();
 }
 
-Status DecodeSyncPull(const wire::SyncPull& t, SyncPull* m) {
-  m->round = t.round();
-  m->digest = t.digest();
-  m->offset = t.offset();
-  m->length = t.length();
-  if (m->length < 1 || m->length > kMaxSyncChunkBytes) {
-    return InvalidArgument("SyncPull.length is " + std::to_string(m->length) + ", expected 1.." +
+// A SyncPull's or SyncChunk's byte range: 1..kMaxSyncChunkBytes bytes at an
+// offset below 2^48.
+Status CheckSyncRange(const char* name, uint64_t offset, uint32_t length) {
+  if (length < 1 || length > kMaxSyncChunkBytes) {
+    return InvalidArgument(std::string(name) + ".length is " + std::to_string(length) + ", expected 1.." +
                            std::to_string(kMaxSyncChunkBytes));
   }
-  if (m->offset > (uint64_t{1} << 48)) return InvalidArgument("SyncPull.offset " + std::to_string(m->offset) + " is out of range");
+  if (offset > (uint64_t{1} << 48)) {
+    return InvalidArgument(std::string(name) + ".offset " + std::to_string(offset) + " is out of range");
+  }
   return Status::Ok();
 }
 
+Status DecodeSyncPull(const wire::SyncPull& t, SyncPull* m) {
+  *m = SyncPull{t.round(), t.digest(), t.offset(), t.length()};
+  return CheckSyncRange("SyncPull", m->offset, m->length);
+}
+
 Status DecodeSyncChunk(const wire::SyncChunk& t, SyncChunk* m) {
-  m->round = t.round();
-  m->digest = t.digest();
-  m->offset = t.offset();
-  m->length = t.length();
-  m->checksum = t.checksum();
-  if (m->length < 1 || m->length > kMaxSyncChunkBytes) {
-    return InvalidArgument("SyncChunk.length is " + std::to_string(m->length) + ", expected 1.." +
-                           std::to_string(kMaxSyncChunkBytes));
-  }
-  if (m->offset > (uint64_t{1} << 48)) return InvalidArgument("SyncChunk.offset " + std::to_string(m->offset) + " is out of range");
-  return Status::Ok();
+  *m = SyncChunk{t.round(), t.digest(), t.offset(), t.length(), t.checksum()};
+  return CheckSyncRange("SyncChunk", m->offset, m->length);
 }
 
 Status DecodeHeartbeat(const wire::Heartbeat& t, Heartbeat* m) {
