@@ -1,5 +1,6 @@
 #include "coordinator/persistence.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -20,7 +21,10 @@ namespace {
 
 struct CommitJob {
   RoundCommit commit;
-  std::optional<Checkpoint> checkpoint;
+};
+// Internal (no DiskDone): a round checkpoint file is complete; record it.
+struct RecordCheckpointJob {
+  CheckpointRow row;
 };
 struct RecordJob {
   RoundRecord record;
@@ -44,7 +48,7 @@ struct FinishJob {
   bool failed = false;
   std::string reason;
 };
-using Job = std::variant<CommitJob, RecordJob, MemberJob, CheckpointJob, FinishJob>;
+using Job = std::variant<CommitJob, RecordCheckpointJob, RecordJob, MemberJob, CheckpointJob, FinishJob>;
 
 size_t CheckpointBytes(const Checkpoint& c) {
   return (c.params.values.size() + c.outer_momentum.size() + c.downlink_error.size()) * sizeof(float);
@@ -54,9 +58,8 @@ size_t RowsBytes(const std::vector<LedgerRow>& rows) { return rows.size() * size
 // What a queued job holds, for the queue's byte bound.
 size_t BytesOf(const Job& job) {
   struct {
-    size_t operator()(const CommitJob& j) const {
-      return j.commit.gradient.bulk.size() + (j.checkpoint ? CheckpointBytes(*j.checkpoint) : 0);
-    }
+    size_t operator()(const CommitJob& j) const { return j.commit.gradient.bulk.size(); }
+    size_t operator()(const RecordCheckpointJob& j) const { return j.row.path.size(); }
     size_t operator()(const RecordJob& j) const { return j.line.size() + RowsBytes(j.ledger); }
     size_t operator()(const MemberJob& j) const { return j.site.size() + j.state.size() + j.device.size(); }
     size_t operator()(const CheckpointJob& j) const { return CheckpointBytes(j.checkpoint); }
@@ -81,14 +84,23 @@ struct Persistence::Impl {
   bool stopping = false;                       // guarded by mu
   std::thread thread;
 
+  // The checkpoint thread: one round checkpoint at a time.
+  std::mutex ckpt_mu;
+  std::condition_variable ckpt_cv;
+  std::optional<std::pair<Checkpoint, uint64_t>> ckpt_next;  // guarded by ckpt_mu
+  bool ckpt_stopping = false;                                // guarded by ckpt_mu
+  std::atomic<bool> ckpt_busy{false};  // set by the loop thread, cleared once recorded or failed
+  std::thread ckpt_thread;
+
   void Loop();
+  void CheckpointLoop();
   DiskDone Run(uint64_t seq, Job& job);
   DiskDone Commit(CommitJob& j);
   DiskDone Record(RecordJob& j);
   DiskDone Member(MemberJob& j);
   DiskDone WriteFile(CheckpointJob& j);
   DiskDone Finish(FinishJob& j);
-  Status RoundCheckpoint(const Checkpoint& ckpt, uint64_t digest);
+  void RecordRoundCheckpoint(const CheckpointRow& row);
   void Post(DiskDone d);
   uint64_t Enqueue(uint64_t seq, Job job);
 };
@@ -110,12 +122,30 @@ StatusOr<std::unique_ptr<Persistence>> Persistence::Start(std::unique_ptr<StateS
   } catch (const std::system_error& e) {
     return Unavailable(std::string("cannot start the disk thread: ") + e.what());
   }
+  try {
+    impl->ckpt_thread = std::thread([raw] { raw->CheckpointLoop(); });
+  } catch (const std::system_error& e) {
+    {
+      std::lock_guard<std::mutex> lock(raw->mu);
+      raw->stopping = true;
+    }
+    raw->cv.notify_all();
+    raw->thread.join();
+    return Unavailable(std::string("cannot start the checkpoint thread: ") + e.what());
+  }
   return std::unique_ptr<Persistence>(new Persistence(std::move(impl)));
 }
 
 Persistence::Persistence(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Persistence::~Persistence() {
+  // The checkpoint in progress finishes and queues its record first.
+  {
+    std::lock_guard<std::mutex> lock(impl_->ckpt_mu);
+    impl_->ckpt_stopping = true;
+  }
+  impl_->ckpt_cv.notify_all();
+  impl_->ckpt_thread.join();
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->stopping = true;
@@ -125,8 +155,20 @@ Persistence::~Persistence() {
   if (impl_->metrics) std::fclose(impl_->metrics);
 }
 
-uint64_t Persistence::CommitRound(RoundCommit c, std::optional<Checkpoint> checkpoint) {
-  return impl_->Enqueue(++submitted_, CommitJob{std::move(c), std::move(checkpoint)});
+uint64_t Persistence::CommitRound(RoundCommit c) { return impl_->Enqueue(++submitted_, CommitJob{std::move(c)}); }
+
+bool Persistence::CheckpointBusy() const { return impl_->ckpt_busy.load(); }
+
+void Persistence::CheckpointRound(Checkpoint checkpoint, uint64_t digest) {
+  if (impl_->ckpt_busy.exchange(true)) {
+    LOG_WARN("round checkpoint dropped: the previous one is still being written", {"round", checkpoint.round});
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->ckpt_mu);
+    impl_->ckpt_next.emplace(std::move(checkpoint), digest);
+  }
+  impl_->ckpt_cv.notify_one();
 }
 
 uint64_t Persistence::RecordRound(RoundRecord r, std::vector<LedgerRow> ledger, std::string metrics_line) {
@@ -189,13 +231,14 @@ void Persistence::Impl::Loop() {
     queue.pop_front();
     lock.unlock();
     const size_t bytes = BytesOf(job);
+    const bool internal = std::holds_alternative<RecordCheckpointJob>(job);
     DiskDone d = Run(seq, job);
     {
       std::lock_guard<std::mutex> relock(mu);
       queued_bytes -= bytes;
     }
     space_cv.notify_all();
-    Post(std::move(d));
+    if (!internal) Post(std::move(d));
   }
 }
 
@@ -207,6 +250,7 @@ void Persistence::Impl::Post(DiskDone d) {
 DiskDone Persistence::Impl::Run(uint64_t seq, Job& job) {
   DiskDone d;
   if (auto* j = std::get_if<CommitJob>(&job)) d = Commit(*j);
+  if (auto* j = std::get_if<RecordCheckpointJob>(&job)) RecordRoundCheckpoint(j->row);
   if (auto* j = std::get_if<RecordJob>(&job)) d = Record(*j);
   if (auto* j = std::get_if<MemberJob>(&job)) d = Member(*j);
   if (auto* j = std::get_if<CheckpointJob>(&job)) d = WriteFile(*j);
@@ -220,28 +264,53 @@ DiskDone Persistence::Impl::Commit(CommitJob& j) {
   DiskDone d{0, DiskDone::Kind::kCommit, round, Status::Ok(), "", 0};
   FailPoint("commit", round);
   d.status = store->CommitRound(j.commit);
-  if (!d.status.ok()) return d;
-  FailPoint("committed", round);
-  if (j.checkpoint) {
-    // The round is already durable through its logged gradient, so a
-    // failed checkpoint is reported and the campaign goes on.
-    Status ck = RoundCheckpoint(*j.checkpoint, j.commit.record.digest);
-    if (!ck.ok()) LOG_ERROR("checkpoint failed", {"round", round}, {"reason", ck.ToString()});
-  }
+  if (d.status.ok()) FailPoint("committed", round);
   return d;
 }
 
-Status Persistence::Impl::RoundCheckpoint(const Checkpoint& ckpt, uint64_t digest) {
-  const uint32_t round = ckpt.round;
-  char name[64];
-  std::snprintf(name, sizeof(name), "/checkpoints/round-%06u.lbck", round);
-  const std::string path = options.run_dir + name;
-  LOWBAND_RETURN_IF_ERROR(WriteCheckpoint(path, ckpt, [round] { FailPoint("checkpoint", round); }));
-  LOWBAND_RETURN_IF_ERROR(store->RecordCheckpoint({round, path, digest}));
+void Persistence::Impl::CheckpointLoop() {
+  for (;;) {
+    std::unique_lock<std::mutex> lock(ckpt_mu);
+    ckpt_cv.wait(lock, [&] { return ckpt_stopping || ckpt_next; });
+    if (!ckpt_next) return;  // stopping, and the last one is written
+    auto [ckpt, digest] = std::move(*ckpt_next);
+    ckpt_next.reset();
+    lock.unlock();
+    const uint32_t round = ckpt.round;
+    char name[64];
+    std::snprintf(name, sizeof(name), "/checkpoints/round-%06u.lbck", round);
+    const std::string path = options.run_dir + name;
+    const auto start = std::chrono::steady_clock::now();
+    Status st = WriteCheckpoint(path, ckpt, [round] { FailPoint("checkpoint", round); });
+    if (!st.ok()) {
+      // The round is durable through its logged gradient: the campaign goes on.
+      LOG_ERROR("checkpoint failed", {"round", round}, {"reason", st.ToString()});
+      ckpt_busy = false;
+      continue;
+    }
+    LOG_DEBUG("checkpoint file written", {"path", path}, {"round", round},
+              {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
+    Enqueue(0, RecordCheckpointJob{CheckpointRow{round, path, digest}});
+  }
+}
+
+void Persistence::Impl::RecordRoundCheckpoint(const CheckpointRow& row) {
+  struct Clear {
+    std::atomic<bool>& busy;
+    ~Clear() { busy = false; }
+  } clear{ckpt_busy};
+  Status st = store->RecordCheckpoint(row);
+  if (!st.ok()) {
+    LOG_ERROR("checkpoint not recorded", {"round", row.round}, {"reason", st.ToString()});
+    return;
+  }
   // Retention: the newest `keep` files stay; the log before the oldest kept
   // one is redundant and goes with them.
   auto rows = store->Checkpoints();
-  if (!rows.ok()) return rows.status();
+  if (!rows.ok()) {
+    LOG_ERROR("cannot list checkpoints", {"reason", rows.status().ToString()});
+    return;
+  }
   const size_t keep = static_cast<size_t>(options.checkpoint_keep);
   if (rows->size() > keep) {
     const size_t drop = rows->size() - keep;
@@ -250,10 +319,12 @@ Status Persistence::Impl::RoundCheckpoint(const Checkpoint& ckpt, uint64_t diges
       std::filesystem::remove((*rows)[i].path, ec);
       if (ec) LOG_WARN("cannot remove an old checkpoint", {"path", (*rows)[i].path}, {"reason", ec.message()});
     }
-    LOWBAND_RETURN_IF_ERROR(store->Prune((*rows)[drop].round));
+    if (Status pr = store->Prune((*rows)[drop].round); !pr.ok()) {
+      LOG_ERROR("cannot prune the log", {"reason", pr.ToString()});
+      return;
+    }
   }
-  LOG_DEBUG("checkpoint written", {"path", path}, {"round", round});
-  return Status::Ok();
+  LOG_DEBUG("checkpoint written", {"path", row.path}, {"round", row.round});
 }
 
 DiskDone Persistence::Impl::Record(RecordJob& j) {

@@ -1,8 +1,7 @@
 // Persistence: the coordinator's disk thread. Everything the coordinator
 // writes while a campaign runs goes through it, so the event loop never waits
-// on SQLite or fsync: round commits (with the round's checkpoint when one is
-// due, and the retention of older ones), round records with their metrics
-// line, membership events, operator checkpoints, and the end of the campaign
+// on SQLite or fsync: round commits, round records with their metrics line,
+// membership events, operator checkpoints, and the end of the campaign
 // (final checkpoint, ledger, status).
 //
 // Jobs run one at a time in submission order, on one thread that owns the
@@ -15,9 +14,18 @@
 // up, so a disk slower than the rounds slows the campaign down instead of
 // growing memory without limit (logged when it happens).
 //
+// Round checkpoints (the whole model, hundreds of MB at real sizes) are
+// written by a second thread, off the commit path: a round is durable once
+// its aggregated gradient is in the store (its commit), and the workers hear
+// of it then, not seconds later when its checkpoint file is synced. The file
+// is recorded in the store (and older ones pruned) by the disk thread once
+// it is complete. One round checkpoint is written at a time: while one is,
+// the caller skips the next (CheckpointBusy); the log covers the rounds in
+// between.
+//
 // Threads: Start, Submit, Drain, fd and the destructor on the loop thread;
-// the jobs on the disk thread. The destructor runs the jobs still queued,
-// then joins.
+// the jobs on the disk thread. The destructor lets the round checkpoint in
+// progress finish, runs the jobs still queued, then joins.
 #pragma once
 
 #include <cstdint>
@@ -64,12 +72,18 @@ class Persistence {
   Persistence(const Persistence&) = delete;
   Persistence& operator=(const Persistence&) = delete;
 
-  // Makes round `c.record.round` durable (StateStore::CommitRound); then,
-  // with `checkpoint`, writes it as the round's checkpoint file, records it
-  // and prunes beyond checkpoint_keep. A failed commit is a failed job (the
-  // round is not durable); a failed checkpoint is logged and the job still
-  // succeeds (the logged gradient makes the round durable).
-  uint64_t CommitRound(RoundCommit c, std::optional<Checkpoint> checkpoint);
+  // Makes round `c.record.round` durable (StateStore::CommitRound). A
+  // failed commit is a failed job (the round is not durable).
+  uint64_t CommitRound(RoundCommit c);
+  // True while a round checkpoint is being written or recorded.
+  bool CheckpointBusy() const;
+  // Writes `checkpoint` (a committed round's, `digest` its parameters') as
+  // RUN_DIR/checkpoints/round-NNNNNN.lbck on the checkpoint thread, then
+  // records it and prunes beyond checkpoint_keep on the disk thread. Posts
+  // no DiskDone: a failed checkpoint is logged and the campaign goes on
+  // (the logged gradients make the rounds durable). Dropped, with a
+  // warning, while CheckpointBusy().
+  void CheckpointRound(Checkpoint checkpoint, uint64_t digest);
   // Appends `metrics_line` (with a newline, flushed) to the metrics file,
   // then records the round's evaluation and ledger rows.
   uint64_t RecordRound(RoundRecord r, std::vector<LedgerRow> ledger, std::string metrics_line);

@@ -102,6 +102,14 @@ struct CoordinatorService::Impl final : HttpApi::Backend {
   std::deque<Held> held;
   uint64_t barrier = 0;
   uint64_t disk_done = 0;
+  // A round checkpoint is due: the round, its digest and its commit's job.
+  struct RoundCheckpointDue {
+    uint32_t round = 0;
+    uint64_t digest = 0;
+    uint64_t after = 0;
+  };
+  std::optional<RoundCheckpointDue> checkpoint_next;
+  bool checkpoint_owed = false;  // due, not yet handed to the checkpoint thread
   std::deque<std::pair<uint64_t, uint32_t>> sent_failpoints;  // (job, round): "aggregate_sent" once released
   // Operator checkpoints being written: ticket -> control peer.
   std::map<uint64_t, std::string> checkpoint_controls;
@@ -114,6 +122,7 @@ struct CoordinatorService::Impl final : HttpApi::Backend {
   std::optional<Ending> ending;  // the campaign's end, submitted and not yet durable
   void OnDisk();
   void OnDiskDone(const DiskDone& d);
+  void CheckpointIfDue();
   void Send(Outgoing& o);
   void ReleaseHeld();
   void AfterSend();
@@ -154,18 +163,18 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
       return;
     }
   }
-  for (size_t i = 0; i < out.commits.size(); ++i) {
-    RoundCommit& c = out.commits[i];
+  std::optional<std::pair<uint32_t, uint64_t>> closed;  // the newest round committed here, its digest
+  for (RoundCommit& c : out.commits) {
     const uint32_t round = c.record.round;
-    // The core's parameters are those of the last round it closed: only
-    // that one can be checkpointed now (an overlapped round closing with it
-    // is durable through its logged gradient).
-    std::optional<Checkpoint> ckpt;
-    if (i + 1 == out.commits.size() && round % static_cast<uint32_t>(config.checkpoint.every) == 0) {
-      ckpt = Checkpoint{round, config.name, core.params(), core.outer_momentum(), core.downlink_error()};
-    }
-    barrier = disk->CommitRound(std::move(c), std::move(ckpt));
+    closed.emplace(round, c.record.digest);
+    barrier = disk->CommitRound(std::move(c));
     sent_failpoints.emplace_back(barrier, round);
+  }
+  // Only the last round closed here can be checkpointed (the core's
+  // parameters are its); that happens once its messages are out.
+  if (closed && (checkpoint_owed || closed->first % static_cast<uint32_t>(config.checkpoint.every) == 0)) {
+    checkpoint_owed = true;
+    checkpoint_next = RoundCheckpointDue{closed->first, closed->second, barrier};
   }
   // Records and the end of the campaign reach the disk before the workers
   // hear of them (the next RoundStart, CampaignEnd).
@@ -181,6 +190,7 @@ void CoordinatorService::Impl::Dispatch(CoreOutput& out) {
     }
   }
   AfterSend();
+  CheckpointIfDue();
   SaveMembers();
   out = CoreOutput{};
 }
@@ -221,6 +231,28 @@ void CoordinatorService::Impl::ReleaseHeld() {
     held.pop_front();
   }
   AfterSend();
+  CheckpointIfDue();
+}
+
+// The round checkpoint due, once the round's commit is durable and its
+// messages are out: the copy of the parameters (hundreds of MB) is then off
+// the round's path too. Its file is written on the checkpoint thread, one
+// at a time: while the previous one is still being written, or once the
+// core has moved past the round, it stays owed and the next round to
+// commit is checkpointed instead.
+void CoordinatorService::Impl::CheckpointIfDue() {
+  if (!checkpoint_next || checkpoint_next->after > disk_done) return;
+  const RoundCheckpointDue due = *checkpoint_next;
+  checkpoint_next.reset();
+  // The campaign's end writes the final checkpoint instead.
+  if (core.committed_round() != due.round || core.phase() == CoordinatorCore::Phase::kFinished) return;
+  if (disk->CheckpointBusy()) {
+    LOG_DEBUG("round checkpoint deferred: the previous one is still being written", {"round", due.round});
+    return;
+  }
+  checkpoint_owed = false;
+  disk->CheckpointRound(Checkpoint{due.round, config.name, core.params(), core.outer_momentum(), core.downlink_error()},
+                        due.digest);
 }
 
 // Crash-test points that mean "the workers have heard of it".

@@ -58,6 +58,13 @@ bool RankLocalFailure(const JobResult& r) {
 JobFailed SiteDown(uint32_t round, const std::string& what) {
   return JobFailed{/*fatal=*/true, ErrorCode::kSiteDown, round, what};
 }
+const char* JobName(const Job& job) {
+  if (std::holds_alternative<ConfigureJob>(job)) return "configure";
+  if (std::holds_alternative<SyncJob>(job)) return "sync";
+  if (std::holds_alternative<TrainJob>(job)) return "train";
+  if (std::holds_alternative<FcragJob>(job)) return "fcrag";
+  return "apply";
+}
 uint32_t JobRound(const Job& job) {
   if (const auto* s = std::get_if<SyncJob>(&job)) return s->sync.round;
   if (const auto* t = std::get_if<TrainJob>(&job)) return t->round;
@@ -125,6 +132,14 @@ int Executor::RunFollower(const std::function<bool()>& stop) {
 }
 
 JobResult Executor::RunJob(Job& job) {
+  const auto start = std::chrono::steady_clock::now();
+  JobResult result = Dispatch(job);
+  LOG_DEBUG("job done", {"job", JobName(job)}, {"round", JobRound(job)},
+            {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()});
+  return result;
+}
+
+JobResult Executor::Dispatch(Job& job) {
   if (auto* c = std::get_if<ConfigureJob>(&job)) return Configure(c->welcome);
   if (!configured()) {
     JobFailed f{false, ErrorCode::kUnexpected, 0, "job before the worker was configured"};

@@ -49,6 +49,7 @@ class Executor {
 
  private:
   JobResult RunJob(Job& job);
+  JobResult Dispatch(Job& job);  // RunJob without the timing
   SiteGroup* group_ = nullptr;
   uint64_t job_seq_ = 0;
   bool leader() const;
