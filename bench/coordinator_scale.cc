@@ -64,7 +64,7 @@ namespace {
 
 using Seconds = std::chrono::duration<double>;
 
-// The parameters of ml/model.h's Gpt (names as torch lists them; the output
+// The parameters of ml/model.h's Lm (names as torch lists them; the output
 // head is tied to tok_emb).
 ParamLayout GptLayout(int layers, int64_t d, int64_t vocab, int64_t context) {
   ParamLayout l;

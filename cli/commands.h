@@ -43,4 +43,18 @@ int Control(const ControlOptions& options, const std::string& command, const std
 // DIR/NAME.pub (0644). Returns 0, or 1 with the reason on stderr.
 int KeysGenerate(const std::string& name, const std::string& dir);
 
+struct ExportOptions {
+  std::string source;         // a run directory or a .lbck checkpoint
+  std::string campaign_file;  // the campaign (its model section); default: the run directory's campaign.yaml
+  std::string out_dir;
+  std::string dtype = "f32";  // f32 or bf16
+};
+// `lowband export RUN_DIR|CHECKPOINT --out DIR`: DIR/model.safetensors and
+// DIR/config.json in Hugging Face's layout (hf/hf_model.h). From a run
+// directory it takes checkpoint-final.lbck, else the newest round
+// checkpoint. Returns 0; 66 when the source is missing or unreadable, 78
+// when the campaign file is, 65 when the checkpoint is not that model's,
+// 73 when the files cannot be written.
+int Export(const ExportOptions& options);
+
 }  // namespace lowband::cli

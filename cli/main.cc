@@ -112,6 +112,16 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--out,-o", report_out, "output file (default RUN_DIR/report.html)");
   std::string report_png;
   report_cmd->add_option("--png", report_png, "also render the report to this PNG file (needs Debian's chromium)");
+  lowband::cli::ExportOptions export_opts;
+  auto* export_cmd = app.add_subcommand("export", "write a campaign's model as a Hugging Face directory "
+                                                  "(model.safetensors + config.json: GPT2LMHeadModel or "
+                                                  "LlamaForCausalLM)");
+  export_cmd->add_option("source", export_opts.source, "a run directory or a .lbck checkpoint")->required();
+  export_cmd->add_option("--out,-o", export_opts.out_dir, "the directory to write")->required();
+  export_cmd->add_option("--campaign", export_opts.campaign_file,
+                         "the campaign file (default: the run directory's campaign.yaml)");
+  export_cmd->add_option("--dtype", export_opts.dtype, "f32 (default) or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -119,6 +129,7 @@ int main(int argc, char** argv) {
   }
   if (run_cmd->parsed()) return lowband::cli::Run(run);
   if (keys_gen->parsed()) return lowband::cli::KeysGenerate(key_name, key_dir);
+  if (export_cmd->parsed()) return lowband::cli::Export(export_opts);
   if (report_cmd->parsed()) {
     auto page = lowband::ReportPage(report_dir);
     if (!page.ok()) {

@@ -91,12 +91,26 @@ class SettingsWriter {
 };
 
 void WriteModel(const std::string& prefix, const ModelConfig& model, SettingsWriter* w) {
-  const auto& [layers, d_model, heads, context, vocab] = model;
+  const auto& [layers, d_model, heads, context, vocab, arch, kv_heads, ffn_hidden, rope_theta, norm_eps, init_from] =
+      model;
   w->Int(prefix + "layers", layers);
   w->Int(prefix + "d_model", d_model);
   w->Int(prefix + "heads", heads);
   w->Int(prefix + "context", context);
   w->Int(prefix + "vocab", vocab);
+  // GPT-2 campaigns keep the fingerprint they had before model.arch existed.
+  if (arch != ModelArch::kGpt2) {
+    w->Name(prefix + "arch", ModelArchName(arch));
+    w->Int(prefix + "kv_heads", KvHeads(model));
+    w->Int(prefix + "ffn_hidden", FfnHidden(model));
+    w->Double(prefix + "rope_theta", rope_theta);
+    w->Double(prefix + "norm_eps", norm_eps);
+  }
+  static_cast<void>(kv_heads);
+  static_cast<void>(ffn_hidden);
+  // The starting parameters (the campaign's recorded initial digest checks
+  // the file's content on a resume).
+  if (!init_from.empty()) w->String(prefix + "init_from", init_from);
 }
 
 void WriteData(const std::string& prefix, const DataConfig& data, SettingsWriter* w) {

@@ -272,6 +272,36 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
              "d_model " + std::to_string(m.d_model) + " is not divisible by heads " + std::to_string(m.heads),
              "a multiple of model.heads");
   }
+  if (m.arch == ModelArch::kLlama) {
+    c->IntRange("model.kv_heads", m.kv_heads, 0, kMaxDModel);
+    c->IntRange("model.ffn_hidden", m.ffn_hidden, 0, 4 * kMaxDModel);
+    c->DoubleRange("model.rope_theta", m.rope_theta, 1, true, 1e9, true);
+    c->DoubleRange("model.norm_eps", m.norm_eps, 0, false, 0.1, true);
+    if (m.kv_heads > 0 && m.heads >= 1 && m.heads % m.kv_heads != 0) {
+      c->Error("model.kv_heads", std::to_string(m.kv_heads) + " does not divide heads " + std::to_string(m.heads),
+               "a divisor of model.heads (0: heads)");
+    }
+    if (m.d_model >= 1 && m.heads >= 1 && m.d_model % m.heads == 0 && (m.d_model / m.heads) % 2 != 0) {
+      c->Error("model.d_model",
+               "head size " + std::to_string(m.d_model / m.heads) + " is odd; rotary positions rotate pairs",
+               "d_model / heads even");
+    }
+    if (cfg.pipeline.stages > 1) {
+      c->Error("model.arch", "llama in pipeline stages (not supported yet)", "gpt2 with pipeline.stages > 1");
+    }
+    if (cfg.fpld.enabled) c->Error("model.arch", "llama in an FPLD campaign (not supported yet)", "gpt2 with fpld");
+  } else {
+    const ModelConfig defaults;
+    for (const auto& [key, set] : {std::pair<const char*, bool>{"kv_heads", m.kv_heads != 0},
+                                   {"ffn_hidden", m.ffn_hidden != 0},
+                                   {"rope_theta", m.rope_theta != defaults.rope_theta},
+                                   {"norm_eps", m.norm_eps != defaults.norm_eps}}) {
+      if (set) c->Error(std::string("model.") + key, "set for arch gpt2", "only with model.arch: llama");
+    }
+  }
+  if (!m.init_from.empty() && (cfg.pipeline.stages > 1 || cfg.fpld.enabled)) {
+    c->Error("model.init_from", "a pipeline or FPLD campaign (not supported yet)", "plain, ParaBlock or personalised");
+  }
 
   const TrainingConfig& t = cfg.training;
   c->IntRange("training.inner_steps", t.inner_steps, 1, kIntMax);

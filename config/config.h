@@ -31,7 +31,34 @@ struct ModelConfig {
   int heads = 4;
   int context = 64;
   int vocab = 256;  // byte-level tokenizer
+  ModelArch arch = ModelArch::kGpt2;
+  // Llama only (0: derived; KvHeads and FfnHidden below).
+  int kv_heads = 0;    // grouped-query attention: key/value heads, a divisor of heads
+  int ffn_hidden = 0;  // SwiGLU hidden width
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;  // RMSNorm's epsilon
+  // A Hugging Face model directory (config.json + model.safetensors) the
+  // campaign starts from instead of the seed's parameters; its config must
+  // describe this model (hf/hf_model.h). Empty: start from the seed.
+  std::string init_from;
 };
+
+// A model of this shape, every other field at its default.
+inline ModelConfig ModelShape(int layers, int d_model, int heads, int context, int vocab) {
+  ModelConfig m;
+  m.layers = layers;
+  m.d_model = d_model;
+  m.heads = heads;
+  m.context = context;
+  m.vocab = vocab;
+  return m;
+}
+
+// Key/value heads (heads unless grouped) and the MLP's hidden width (GPT-2:
+// 4 d_model; Llama: 8/3 d_model rounded up to a multiple of 64 unless set).
+int KvHeads(const ModelConfig& m);
+int FfnHidden(const ModelConfig& m);
+
 
 struct InnerOptimizerConfig {  // AdamW, the only inner optimizer for now
   double lr = 3e-3;
@@ -240,7 +267,7 @@ struct SiteConfig {
   std::string name;
   // FPLD: this site's own model (another architecture than the campaign's
   // student; same context and vocab). layers 0 = the campaign's model.
-  ModelConfig model{0, 0, 0, 0, 0};
+  ModelConfig model = ModelShape(0, 0, 0, 0, 0);
   std::string coordinator = "tcp://127.0.0.1:5555";
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   int threads = 1;             // intra-op threads for LibTorch

@@ -50,4 +50,13 @@ int BlockForRound(const ParaBlockConfig& parablock, uint64_t seed, uint32_t roun
   return static_cast<int>(x % static_cast<uint64_t>(b));
 }
 
+int KvHeads(const ModelConfig& m) { return m.arch == ModelArch::kLlama && m.kv_heads > 0 ? m.kv_heads : m.heads; }
+
+int FfnHidden(const ModelConfig& m) {
+  if (m.arch != ModelArch::kLlama) return 4 * m.d_model;
+  if (m.ffn_hidden > 0) return m.ffn_hidden;
+  const int64_t h = (8 * static_cast<int64_t>(m.d_model) + 2) / 3;  // 8/3 d_model, rounded up
+  return static_cast<int>((h + 63) / 64 * 64);
+}
+
 }  // namespace lowband

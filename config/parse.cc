@@ -389,7 +389,7 @@ bool ParseSiteBody(Parser* p, const YAML::Node& root, const std::string& path,
       if (const auto* mf = s.Find("model")) {
         MapFields mm;
         if (p->Map(mf->value, Join(path, "site.model"), kSiteModelKeys, &mm)) {
-          site->model = ModelConfig{4, 128, 4, 0, 0};  // context and vocab: the campaign's
+          site->model = ModelShape(4, 128, 4, 0, 0);  // context and vocab: the campaign's
           p->Int(mm, "layers", &site->model.layers);
           p->Int(mm, "d_model", &site->model.d_model);
           p->Int(mm, "heads", &site->model.heads);
@@ -430,7 +430,10 @@ const std::vector<std::string> kPersonalizationKeys = {"tensors", "clusters"};
 const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16", "fp16"};
 const std::vector<std::string> kCheckpointKeys = {"every", "keep"};
 const std::vector<std::string> kCampaignKeys = {"name", "seed", "rounds"};
-const std::vector<std::string> kModelKeys = {"layers", "d_model", "heads", "context", "vocab"};
+const std::vector<std::string> kModelKeys = {"layers",   "d_model",    "heads",      "context",
+                                             "vocab",    "arch",       "kv_heads",   "ffn_hidden",
+                                             "rope_theta", "norm_eps",   "init_from"};
+const std::vector<std::string> kArchNames = {"gpt2", "llama"};
 const std::vector<std::string> kTrainingKeys = {"inner_steps", "batch_size", "eval_batches", "inner_optimizer",
                                                 "adaptive_steps", "overlap", "precision", "eval_every"};
 const std::vector<std::string> kAdaptiveKeys = {"enabled", "round_time_s", "min_inner_steps", "max_inner_steps"};
@@ -687,6 +690,13 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
       p.Int(m, "heads", &cfg->model.heads);
       p.Int(m, "context", &cfg->model.context);
       p.Int(m, "vocab", &cfg->model.vocab);
+      int arch = 0;
+      if (p.Enum(m, "arch", kArchNames, &arch)) cfg->model.arch = static_cast<ModelArch>(arch);
+      p.Int(m, "kv_heads", &cfg->model.kv_heads);
+      p.Int(m, "ffn_hidden", &cfg->model.ffn_hidden);
+      p.Double(m, "rope_theta", &cfg->model.rope_theta);
+      p.Double(m, "norm_eps", &cfg->model.norm_eps);
+      p.String(m, "init_from", &cfg->model.init_from);
     }
   }
 

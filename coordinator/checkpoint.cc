@@ -27,15 +27,10 @@
 // of the system compares (replica digests), so a reader can trust them.
 #include "coordinator/checkpoint.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <limits>
-#include <system_error>
+
+#include "base/file.h"
 
 namespace lowband {
 namespace {
@@ -56,9 +51,6 @@ uint64_t FileValuesDigest(uint32_t version, const std::vector<float>& values) {
 constexpr uint32_t kMaxNameBytes = 4096;
 constexpr uint32_t kMaxDims = 16;
 
-std::string Errno(const std::string& what, const std::string& path, int err) {
-  return path + ": " + what + ": " + std::strerror(err);
-}
 
 class Writer {
  public:
@@ -137,31 +129,6 @@ class Reader {
   const unsigned char* p_;
   size_t left_;
 };
-
-Status WriteAll(int fd, const std::string& data, const std::string& path) {
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Internal(Errno("write", path, errno));
-    }
-    off += static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
-
-// Makes the rename itself durable: without it a crash can leave the old
-// directory entry even though the new file's data reached the disk.
-Status SyncDirectory(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Internal(Errno("open directory", dir, errno));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return Internal(Errno("fsync directory", dir, err));
-  return Status::Ok();
-}
 
 Status Encode(const Checkpoint& ckpt, std::string* out) {
   const ParamSet& params = ckpt.params;
@@ -296,63 +263,11 @@ Status WriteCheckpoint(const std::string& path, const Checkpoint& ckpt,
                        const std::function<void()>& before_rename) {
   std::string data;
   LOWBAND_RETURN_IF_ERROR(Encode(ckpt, &data));
-
-  namespace fs = std::filesystem;
-  fs::path dir = fs::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Internal(dir.string() + ": create directories: " + ec.message());
-
-  // A fixed temp name: one writer per checkpoint path (the coordinator's
-  // checkpoint thread), and a leftover from a crash is simply overwritten.
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Internal(Errno("open", tmp, errno));
-  Status st = WriteAll(fd, data, tmp);
-  if (st.ok() && ::fsync(fd) != 0) st = Internal(Errno("fsync", tmp, errno));
-  if (::close(fd) != 0 && st.ok()) st = Internal(Errno("close", tmp, errno));
-  if (st.ok() && before_rename) before_rename();
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Internal(Errno("rename to " + path, tmp, errno));
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  return SyncDirectory(dir.string());
+  return WriteFileAtomically(path, data, before_rename);
 }
 
 StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) return NotFound(Errno("open", path, err));
-    return Internal(Errno("open", path, err));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return Internal(Errno("stat", path, err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument(path + ": not a regular file");
-  }
-  std::string data(static_cast<size_t>(st.st_size), '\0');
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::read(fd, &data[off], data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      return Internal(Errno("read", path, err));
-    }
-    if (n == 0) break;  // shrank under us: decoded as truncated
-    off += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  data.resize(off);
+  LOWBAND_ASSIGN_OR_RETURN(std::string data, ReadWholeFile(path, std::numeric_limits<uint64_t>::max()));
   return Decode(reinterpret_cast<const unsigned char*>(data.data()), data.size(), path);
 }
 

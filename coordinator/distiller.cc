@@ -12,7 +12,7 @@ struct Distiller::Impl {
   CampaignConfig config;
   std::vector<int64_t> probes;  // contexts x context
   const Corpus* corpus = nullptr;
-  Gpt model{nullptr};
+  Lm model{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::mt19937_64 rng;
 
@@ -61,7 +61,7 @@ StatusOr<std::unique_ptr<Distiller>> Distiller::Create(const CampaignConfig& con
   impl->rng.seed(config.training.seed ^ 0x2545f4914f6cdd1dull);
   torch::set_num_threads(1);  // the coordinator shares the machine with its loop (and, on loopback, the sites)
   try {
-    impl->model = MakeGpt(config.model, config.training.seed);
+    impl->model = MakeLm(config.model, config.training.seed);
     impl->optimizer = std::make_unique<torch::optim::AdamW>(
         impl->model->parameters(), torch::optim::AdamWOptions(config.fpld.student_lr).weight_decay(0.0));
   } catch (const c10::Error& e) {

@@ -10,6 +10,25 @@
 #include "ml/model_init.h"
 #include "coordinator/distiller.h"
 #include "coordinator/service.h"
+#include "hf/hf_model.h"
+
+namespace {
+
+// The campaign's starting parameters: the seed's, or a Hugging Face
+// directory's (model.init_from) when its config.json describes the model.
+lowband::StatusOr<lowband::ParamSet> InitialModel(const lowband::CampaignConfig& c) {
+  if (c.pipeline.stages > 1) return lowband::InitialPipelineParameters(c.model, c.pipeline, c.training.seed);
+  if (c.model.init_from.empty()) return lowband::InitialParameters(c.model, c.training.seed);
+  LOWBAND_ASSIGN_OR_RETURN(lowband::ModelConfig file, lowband::ReadHfConfig(c.model.init_from));
+  LOWBAND_RETURN_IF_ERROR(lowband::CheckHfModel(c.model, file, c.model.init_from + "/config.json"));
+  LOWBAND_ASSIGN_OR_RETURN(lowband::ParamLayout layout, lowband::ModelLayout(c.model));
+  LOWBAND_ASSIGN_OR_RETURN(lowband::ParamSet params, lowband::ReadHfParams(c.model.init_from, c.model, layout));
+  LOG_INFO("initial parameters from a Hugging Face directory", {"dir", c.model.init_from},
+           {"parameters", static_cast<uint64_t>(params.values.size())}, {"digest", lowband::DigestHex(params.Digest())});
+  return params;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
@@ -19,8 +38,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lowband-coordinator: %s\n", signals.status().ToString().c_str());
     return 1;
   }
-  // Before any thread exists (LibTorch, ZeroMQ), so every thread inherits
-  // the blocked stop signals and only the loop's signalfd sees them.
   CLI::App app{"lowband coordinator: runs a training campaign for the sites that join it"};
   std::string campaign, metrics_out, run_dir, log_level = "info";
   bool progress = false;
@@ -43,11 +60,14 @@ int main(int argc, char** argv) {
     return lowband::kExitConfig;
   }
   lowband::log::SetRole("coordinator", config->name);
-  auto initial = config->pipeline.stages > 1
-                     ? lowband::InitialPipelineParameters(config->model, config->pipeline, config->training.seed)
-                     : lowband::InitialParameters(config->model, config->training.seed);
+  auto initial = InitialModel(*config);
   if (!initial.ok()) {
     LOG_ERROR("cannot build the initial model", {"reason", initial.status().ToString()});
+    if (!config->model.init_from.empty()) {
+      std::fprintf(stderr, "lowband-coordinator: invalid campaign: model.init_from: %s\n",
+                   initial.status().message().c_str());
+      return lowband::kExitConfig;
+    }
     return 1;
   }
   // Personalisation: one copy of the personalised tensors per cluster.

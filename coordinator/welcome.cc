@@ -3,7 +3,15 @@
 namespace lowband {
 
 ModelSpec ToSpec(const ModelConfig& model) {
-  return ModelSpec{model.layers, model.d_model, model.heads, model.context, model.vocab};
+  ModelSpec s = ModelSpecShape(model.layers, model.d_model, model.heads, model.context, model.vocab);
+  if (model.arch == ModelArch::kLlama) {
+    s.arch = model.arch;
+    s.kv_heads = KvHeads(model);
+    s.ffn_hidden = FfnHidden(model);
+    s.rope_theta = model.rope_theta;
+    s.norm_eps = model.norm_eps;
+  }
+  return s;
 }
 
 InnerOptimizerSpec ToSpec(const InnerOptimizerConfig& inner) {

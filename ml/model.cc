@@ -22,19 +22,40 @@ namespace {
 #define LOWBAND_HAVE_SDPA 0
 #endif
 
+// The future-position mask of the masked path (true above the diagonal), a
+// buffer so it follows the module across devices; undefined with SDPA.
+torch::Tensor CausalMask(int context) {
+#if LOWBAND_HAVE_SDPA
+  static_cast<void>(context);
+  return {};
+#else
+  return torch::ones({context, context}, torch::kBool).triu(1);
+#endif
+}
+
+// softmax(q k^T / sqrt(hd) + causal mask) v over [B, heads, T, hd]: fused
+// where LibTorch has it, masked on 1.13 (`mask` from CausalMask).
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask) {
+#if LOWBAND_HAVE_SDPA
+  static_cast<void>(mask);
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+#else
+  const int64_t t = q.size(2);
+  auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  using torch::indexing::Slice;
+  att = att.masked_fill(mask.index({Slice(0, t), Slice(0, t)}), -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(att, -1), v);
+#endif
+}
+
 // Causal multi-head self-attention with one fused qkv projection.
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(int d_model, int heads, int context) : heads_(heads) {
     qkv_ = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
     proj_ = register_module("proj", torch::nn::Linear(d_model, d_model));
-#if !LOWBAND_HAVE_SDPA
-    // true above the diagonal = a future position, masked out. A buffer, so
-    // it follows the module across devices but is not a parameter.
-    mask_ = register_buffer("mask", torch::ones({context, context}, torch::kBool).triu(1));
-#else
-    static_cast<void>(context);
-#endif
+    if (auto mask = CausalMask(context); mask.defined()) mask_ = register_buffer("mask", mask);
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -44,16 +65,7 @@ class AttentionImpl : public torch::nn::Module {
     auto q = qkv[0].view({b, t, heads_, hd}).transpose(1, 2);
     auto k = qkv[1].view({b, t, heads_, hd}).transpose(1, 2);
     auto v = qkv[2].view({b, t, heads_, hd}).transpose(1, 2);
-#if LOWBAND_HAVE_SDPA
-    auto y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
-#else
-    auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-    using torch::indexing::Slice;
-    auto mask = mask_.index({Slice(0, t), Slice(0, t)});
-    att = att.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    att = torch::softmax(att, -1);
-    auto y = torch::matmul(att, v);
-#endif
+    auto y = CausalAttention(q, k, v, mask_);
     return proj_->forward(y.transpose(1, 2).contiguous().view({b, t, c}));
   }
 
@@ -98,6 +110,106 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
+// Rotary position embedding tables for head size `hd` (Hugging Face's
+// Llama convention: frequencies theta^(-2i/hd), the two halves of a head
+// rotated together): cos and sin, [context, hd], fp32.
+std::pair<torch::Tensor, torch::Tensor> RopeTables(int context, int64_t hd, double theta) {
+  auto i = torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd);
+  auto inv_freq = torch::pow(theta, -i);
+  auto pos = torch::arange(context, torch::kFloat64);
+  auto freqs = torch::outer(pos, inv_freq);
+  auto emb = torch::cat({freqs, freqs}, -1);
+  return {emb.cos().to(torch::kFloat32), emb.sin().to(torch::kFloat32)};
+}
+
+// x [B, heads, T, hd] rotated by position: x cos + rotate_half(x) sin.
+torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  auto rotated = torch::cat({-x2, x1}, -1);
+  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+}
+
+// Causal grouped-query attention with rotary positions, no biases: `heads`
+// query heads share `kv_heads` key/value heads (query head j reads key/value
+// head j / (heads / kv_heads)).
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  LlamaAttentionImpl(int d_model, int heads, int kv_heads, int context)
+      : heads_(heads), kv_heads_(kv_heads), hd_(d_model / heads) {
+    auto linear = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+    q_ = register_module("q", linear(d_model, heads * hd_));
+    k_ = register_module("k", linear(d_model, kv_heads * hd_));
+    v_ = register_module("v", linear(d_model, kv_heads * hd_));
+    o_ = register_module("o", linear(heads * hd_, d_model));
+    if (auto mask = CausalMask(context); mask.defined()) mask_ = register_buffer("mask", mask);
+  }
+
+  // cos, sin: the rope tables' first T rows.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+    const int64_t b = x.size(0), t = x.size(1);
+    auto q = ApplyRope(q_->forward(x).view({b, t, heads_, hd_}).transpose(1, 2), cos, sin);
+    auto k = ApplyRope(k_->forward(x).view({b, t, kv_heads_, hd_}).transpose(1, 2), cos, sin);
+    auto v = v_->forward(x).view({b, t, kv_heads_, hd_}).transpose(1, 2);
+    if (kv_heads_ != heads_) {
+      k = k.repeat_interleave(heads_ / kv_heads_, /*dim=*/1);
+      v = v.repeat_interleave(heads_ / kv_heads_, /*dim=*/1);
+    }
+    auto y = CausalAttention(q, k, v, mask_);
+    return o_->forward(y.transpose(1, 2).contiguous().view({b, t, heads_ * hd_}));
+  }
+
+  torch::Tensor o_weight() { return o_->weight; }
+
+ private:
+  int64_t heads_, kv_heads_, hd_;
+  torch::nn::Linear q_{nullptr}, k_{nullptr}, v_{nullptr}, o_{nullptr};
+  torch::Tensor mask_;
+};
+TORCH_MODULE(LlamaAttention);
+
+// SwiGLU: down(silu(gate(x)) * up(x)), no biases.
+class SwiGluImpl : public torch::nn::Module {
+ public:
+  SwiGluImpl(int64_t d_model, int64_t hidden) {
+    auto linear = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+    gate_ = register_module("gate", linear(d_model, hidden));
+    up_ = register_module("up", linear(d_model, hidden));
+    down_ = register_module("down", linear(hidden, d_model));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return down_->forward(torch::silu(gate_->forward(x)) * up_->forward(x));
+  }
+  torch::Tensor down_weight() { return down_->weight; }
+
+ private:
+  torch::nn::Linear gate_{nullptr}, up_{nullptr}, down_{nullptr};
+};
+TORCH_MODULE(SwiGlu);
+
+// Llama block: x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)).
+class LlamaBlockImpl : public torch::nn::Module {
+ public:
+  explicit LlamaBlockImpl(const ModelConfig& c) {
+    attn_norm_ = register_module("attn_norm", RmsNorm(c.d_model, c.norm_eps));
+    attn_ = register_module("attn", LlamaAttention(c.d_model, c.heads, KvHeads(c), c.context));
+    mlp_norm_ = register_module("mlp_norm", RmsNorm(c.d_model, c.norm_eps));
+    mlp_ = register_module("mlp", SwiGlu(c.d_model, FfnHidden(c)));
+  }
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
+    x = x + attn_->forward(attn_norm_->forward(x), cos, sin);
+    return x + mlp_->forward(mlp_norm_->forward(x));
+  }
+  torch::Tensor attn_proj_weight() { return attn_->o_weight(); }
+  torch::Tensor mlp_proj_weight() { return mlp_->down_weight(); }
+
+ private:
+  RmsNorm attn_norm_{nullptr}, mlp_norm_{nullptr};
+  LlamaAttention attn_{nullptr};
+  SwiGlu mlp_{nullptr};
+};
+TORCH_MODULE(LlamaBlock);
+
 Status ValidateModelConfig(const ModelConfig& c) {
   if (c.layers < 1 || c.d_model < 1 || c.heads < 1 || c.context < 1 || c.vocab < 1) {
     return InvalidArgument("model: layers, d_model, heads, context and vocab must be positive");
@@ -106,34 +218,30 @@ Status ValidateModelConfig(const ModelConfig& c) {
     return InvalidArgument("model: d_model (" + std::to_string(c.d_model) + ") must be divisible by heads (" +
                            std::to_string(c.heads) + ")");
   }
+  if (c.arch == ModelArch::kLlama) {
+    if (KvHeads(c) < 1 || c.heads % KvHeads(c) != 0) {
+      return InvalidArgument("model: kv_heads (" + std::to_string(KvHeads(c)) + ") must divide heads (" +
+                             std::to_string(c.heads) + ")");
+    }
+    if ((c.d_model / c.heads) % 2 != 0) return InvalidArgument("model: llama needs an even head size (rotary positions)");
+    if (FfnHidden(c) < 1 || !(c.rope_theta > 0) || !(c.norm_eps > 0)) {
+      return InvalidArgument("model: llama needs ffn_hidden, rope_theta and norm_eps > 0");
+    }
+  }
   return Status::Ok();
 }
 
-}  // namespace
-
-GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
-  TORCH_CHECK(config.layers > 0 && config.d_model > 0 && config.heads > 0 && config.context > 0 &&
-                  config.vocab > 0,
-              "model dimensions must be positive");
-  TORCH_CHECK(config.d_model % config.heads == 0, "d_model must be divisible by heads");
-  // Registration order defines named_parameters() order, i.e. the ParamLayout.
-  tok_emb_ = register_module("tok_emb", torch::nn::Embedding(config.vocab, config.d_model));
-  pos_emb_ = register_module("pos_emb", torch::nn::Embedding(config.context, config.d_model));
-  blocks_ = register_module("blocks", torch::nn::ModuleList());
-  for (int i = 0; i < config.layers; ++i) {
-    blocks_->push_back(Block(config.d_model, config.heads, config.context));
-  }
-  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
-
-  // GPT-2 init: N(0, 0.02) weights, zero biases, unit LayerNorm gains,
-  // residual projections scaled down by 1/sqrt(2 * layers).
+// GPT-2's init of a module tree: N(0, 0.02) weights, zero biases, unit norm
+// gains (LayerNorm "ln_*" and RMSNorm "*norm" modules).
+void InitGpt2(torch::nn::Module& m) {
   torch::NoGradGuard no_grad;
-  for (auto& item : named_parameters(/*recurse=*/true)) {
+  for (auto& item : m.named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
     torch::Tensor& p = item.value();
-    const bool is_norm = name.find("ln_") != std::string::npos;
+    const bool is_norm = name.find("ln_") != std::string::npos || name.find("norm.") != std::string::npos;
+    const bool is_weight = name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0;
     if (is_norm) {
-      if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) {
+      if (is_weight) {
         p.fill_(1.0);
       } else {
         p.zero_();
@@ -144,18 +252,74 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
       p.normal_(0.0, 0.02);
     }
   }
+}
+
+}  // namespace
+
+RmsNormImpl::RmsNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return weight * y.to(x.scalar_type());
+}
+
+LmImpl::LmImpl(const ModelConfig& config) : config_(config) {
+  TORCH_CHECK(config.layers > 0 && config.d_model > 0 && config.heads > 0 && config.context > 0 &&
+                  config.vocab > 0,
+              "model dimensions must be positive");
+  TORCH_CHECK(config.d_model % config.heads == 0, "d_model must be divisible by heads");
+  const bool llama = config.arch == ModelArch::kLlama;
+  // Registration order defines named_parameters() order, i.e. the ParamLayout
+  // (ModelLayout mirrors it).
+  tok_emb_ = register_module("tok_emb", torch::nn::Embedding(config.vocab, config.d_model));
+  if (!llama) pos_emb_ = register_module("pos_emb", torch::nn::Embedding(config.context, config.d_model));
+  blocks_ = register_module("blocks", torch::nn::ModuleList());
+  for (int i = 0; i < config.layers; ++i) {
+    if (llama) {
+      blocks_->push_back(LlamaBlock(config));
+    } else {
+      blocks_->push_back(Block(config.d_model, config.heads, config.context));
+    }
+  }
+  if (llama) {
+    norm_ = register_module("norm", RmsNorm(config.d_model, config.norm_eps));
+    head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.vocab).bias(false)));
+    auto [cos, sin] = RopeTables(config.context, config.d_model / config.heads, config.rope_theta);
+    rope_cos_ = register_buffer("rope_cos", cos);
+    rope_sin_ = register_buffer("rope_sin", sin);
+  } else {
+    ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+  }
+  // Residual projections scaled down by 1/sqrt(2 * layers).
+  InitGpt2(*this);
+  torch::NoGradGuard no_grad;
   const double residual_std = 0.02 / std::sqrt(2.0 * config.layers);
   for (size_t i = 0; i < blocks_->size(); ++i) {
-    auto block = blocks_->ptr<BlockImpl>(i);
-    block->attn_proj_weight().normal_(0.0, residual_std);
-    block->mlp_proj_weight().normal_(0.0, residual_std);
+    if (llama) {
+      auto block = blocks_->ptr<LlamaBlockImpl>(i);
+      block->attn_proj_weight().normal_(0.0, residual_std);
+      block->mlp_proj_weight().normal_(0.0, residual_std);
+    } else {
+      auto block = blocks_->ptr<BlockImpl>(i);
+      block->attn_proj_weight().normal_(0.0, residual_std);
+      block->mlp_proj_weight().normal_(0.0, residual_std);
+    }
   }
 }
 
-torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
+torch::Tensor LmImpl::forward(const torch::Tensor& tokens) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
   const int64_t t = tokens.size(1);
   TORCH_CHECK(t >= 1 && t <= config_.context, "sequence length ", t, " exceeds context ", config_.context);
+  if (config_.arch == ModelArch::kLlama) {
+    auto cos = rope_cos_.narrow(0, 0, t), sin = rope_sin_.narrow(0, 0, t);
+    auto x = tok_emb_->forward(tokens);
+    for (size_t i = 0; i < blocks_->size(); ++i) x = blocks_->ptr<LlamaBlockImpl>(i)->forward(x, cos, sin);
+    return head_->forward(norm_->forward(x));
+  }
   auto pos = torch::arange(t, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
   auto x = tok_emb_->forward(tokens) + pos_emb_->forward(pos).unsqueeze(0);
   for (size_t i = 0; i < blocks_->size(); ++i) {
@@ -166,33 +330,12 @@ torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
   return torch::matmul(x, tok_emb_->weight.t());
 }
 
-torch::Tensor GptImpl::Loss(const torch::Tensor& tokens, const torch::Tensor& targets) {
+torch::Tensor LmImpl::Loss(const torch::Tensor& tokens, const torch::Tensor& targets) {
   auto logits = forward(tokens);
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 
 namespace {
-
-// GPT-2 init of a module tree: N(0, 0.02) weights, zero biases, unit
-// LayerNorm gains (names containing "ln_").
-void InitGpt2(torch::nn::Module& m) {
-  torch::NoGradGuard no_grad;
-  for (auto& item : m.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    torch::Tensor& p = item.value();
-    if (name.find("ln_") != std::string::npos) {
-      if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) {
-        p.fill_(1.0);
-      } else {
-        p.zero_();
-      }
-    } else if (p.dim() == 1) {
-      p.zero_();
-    } else {
-      p.normal_(0.0, 0.02);
-    }
-  }
-}
 
 // ResBM MLP hidden width: small next to the blocks' 4 * d_model.
 int64_t BoundaryHidden(int64_t d_model, int64_t b) { return std::max<int64_t>(b, d_model / 4); }
@@ -285,12 +428,12 @@ torch::Tensor ToWire(const torch::Tensor& z, WireDtype dtype) {
 
 torch::Tensor FromWire(const torch::Tensor& z) { return z.to(torch::kFloat32); }
 
-Gpt MakeGpt(const ModelConfig& config, uint64_t seed) {
+Lm MakeLm(const ModelConfig& config, uint64_t seed) {
   torch::manual_seed(seed);
-  return Gpt(config);
+  return Lm(config);
 }
 
-ParamLayout LayoutOf(Gpt& model) {
+ParamLayout LayoutOf(Lm& model) {
   ParamLayout layout;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) {
     TensorSpec spec;
@@ -301,7 +444,7 @@ ParamLayout LayoutOf(Gpt& model) {
   return layout;
 }
 
-ParamSet ExportParams(Gpt& model) {
+ParamSet ExportParams(Lm& model) {
   ParamSet out;
   out.layout = LayoutOf(model);
   out.values.resize(static_cast<size_t>(out.layout.numel()));
@@ -316,7 +459,7 @@ ParamSet ExportParams(Gpt& model) {
   return out;
 }
 
-Status ImportParams(Gpt& model, const ParamSet& params) {
+Status ImportParams(Lm& model, const ParamSet& params) {
   try {
     ParamLayout layout = LayoutOf(model);
     if (!(layout == params.layout)) {
@@ -349,7 +492,7 @@ Status ImportParams(Gpt& model, const ParamSet& params) {
 StatusOr<ParamSet> InitialParameters(const ModelConfig& config, uint64_t seed) {
   LOWBAND_RETURN_IF_ERROR(ValidateModelConfig(config));
   try {
-    Gpt model = MakeGpt(config, seed);
+    Lm model = MakeLm(config, seed);
     return ExportParams(model);
   } catch (const c10::Error& e) {
     return Internal(std::string("InitialParameters: ") + e.what_without_backtrace());
@@ -386,14 +529,32 @@ StatusOr<ParamSet> InitialPipelineParameters(const ModelConfig& config, const Pi
 StatusOr<ParamLayout> ModelLayout(const ModelConfig& config) {
   LOWBAND_RETURN_IF_ERROR(ValidateModelConfig(config));
   try {
-    // Mirrors GptImpl's registration order; model_test checks it against
-    // LayoutOf(MakeGpt(...)) so the two cannot drift apart.
+    // Mirrors LmImpl's registration order; model_test checks it against
+    // LayoutOf(MakeLm(...)) so the two cannot drift apart.
     const int64_t d = config.d_model;
     ParamLayout layout;
     auto add = [&layout](std::string name, std::vector<int64_t> shape) {
       layout.tensors.push_back(TensorSpec{std::move(name), std::move(shape)});
     };
     add("tok_emb.weight", {config.vocab, d});
+    if (config.arch == ModelArch::kLlama) {
+      const int64_t kv = static_cast<int64_t>(KvHeads(config)) * (d / config.heads), f = FfnHidden(config);
+      for (int i = 0; i < config.layers; ++i) {
+        const std::string b = "blocks." + std::to_string(i) + ".";
+        add(b + "attn_norm.weight", {d});
+        add(b + "attn.q.weight", {d, d});
+        add(b + "attn.k.weight", {kv, d});
+        add(b + "attn.v.weight", {kv, d});
+        add(b + "attn.o.weight", {d, d});
+        add(b + "mlp_norm.weight", {d});
+        add(b + "mlp.gate.weight", {f, d});
+        add(b + "mlp.up.weight", {f, d});
+        add(b + "mlp.down.weight", {d, f});
+      }
+      add("norm.weight", {d});
+      add("head.weight", {config.vocab, d});
+      return layout;
+    }
     add("pos_emb.weight", {config.context, d});
     for (int i = 0; i < config.layers; ++i) {
       const std::string b = "blocks." + std::to_string(i) + ".";

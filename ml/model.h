@@ -1,8 +1,13 @@
-// GPT-style decoder-only transformer in LibTorch's C++ API: token and
-// position embeddings, pre-norm blocks (LayerNorm, causal multi-head
-// self-attention, LayerNorm, GELU MLP), final LayerNorm, output head tied to
-// the token embedding. Deterministic for a seed. Includes LibTorch: only the
-// torch targets include this header; everyone else uses model_init.h.
+// The decoder-only language model in LibTorch's C++ API, in one of two
+// architectures (model.arch):
+//   gpt2:  token and position embeddings, pre-norm blocks (LayerNorm, causal
+//          multi-head self-attention with biases, LayerNorm, GELU MLP),
+//          final LayerNorm, output head tied to the token embedding;
+//   llama: token embedding, pre-norm blocks (RMSNorm, causal grouped-query
+//          attention with rotary positions, RMSNorm, SwiGLU MLP), final
+//          RMSNorm, untied output head; no biases.
+// Deterministic for a seed. Includes LibTorch: only the torch targets
+// include this header; everyone else uses model_init.h.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,9 +17,22 @@
 
 namespace lowband {
 
-class GptImpl : public torch::nn::Module {
+// RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and
+// returned in x's dtype (as Hugging Face's LlamaRMSNorm).
+class RmsNormImpl : public torch::nn::Module {
  public:
-  explicit GptImpl(const ModelConfig& config);
+  RmsNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RmsNorm);
+
+class LmImpl : public torch::nn::Module {
+ public:
+  explicit LmImpl(const ModelConfig& config);
   // tokens: [B, T] int64 with T <= context. Returns logits [B, T, vocab].
   torch::Tensor forward(const torch::Tensor& tokens);
   // Mean cross-entropy of next-token prediction.
@@ -24,14 +42,19 @@ class GptImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   torch::nn::Embedding tok_emb_{nullptr};
-  torch::nn::Embedding pos_emb_{nullptr};
+  torch::nn::Embedding pos_emb_{nullptr};  // gpt2
   torch::nn::ModuleList blocks_{nullptr};
-  torch::nn::LayerNorm ln_f_{nullptr};
+  torch::nn::LayerNorm ln_f_{nullptr};      // gpt2
+  RmsNorm norm_{nullptr};                   // llama: the final RMSNorm
+  torch::nn::Linear head_{nullptr};         // llama: the untied output head
+  torch::Tensor rope_cos_, rope_sin_;       // llama: [context, head size] buffers
 };
-TORCH_MODULE(Gpt);
+TORCH_MODULE(Lm);
 
-// Builds the model with torch::manual_seed(seed) and the GPT-2 style init.
-Gpt MakeGpt(const ModelConfig& config, uint64_t seed);
+// Builds the model with torch::manual_seed(seed): N(0, 0.02) weights, zero
+// biases, unit norm gains, the projections into the residual stream scaled
+// by 1/sqrt(2 * layers) (GPT-2's init, for both architectures).
+Lm MakeLm(const ModelConfig& config, uint64_t seed);
 
 // One pipeline stage of the same architecture (docs/design.md 3.3, ResBM). Stage
 // 0 holds the embeddings, the last stage the final LayerNorm and an untied
@@ -89,10 +112,10 @@ torch::Tensor ToWire(const torch::Tensor& z, WireDtype dtype);
 torch::Tensor FromWire(const torch::Tensor& z);
 
 // Parameter layout in a fixed order (named_parameters order).
-ParamLayout LayoutOf(Gpt& model);
+ParamLayout LayoutOf(Lm& model);
 // Copies all parameters into a flat CPU fp32 ParamSet.
-ParamSet ExportParams(Gpt& model);
+ParamSet ExportParams(Lm& model);
 // Copies values into the model's parameters (any device). Layout must match.
-Status ImportParams(Gpt& model, const ParamSet& params);
+Status ImportParams(Lm& model, const ParamSet& params);
 
 }  // namespace lowband

@@ -34,4 +34,6 @@ const char* CodecName(CodecKind kind) {
   return "unknown";
 }
 
+const char* ModelArchName(ModelArch arch) { return arch == ModelArch::kLlama ? "llama" : "gpt2"; }
+
 }  // namespace lowband

@@ -1,5 +1,5 @@
-// Wire vocabulary that campaign files also name: the update codecs and the
-// dtype of pipeline boundary tensors. Here, not in config/, so that the
+// Wire vocabulary that campaign files also name: the update codecs, the
+// dtype of pipeline boundary tensors, the precision and the architecture. Here, not in config/, so that the
 // protocol depends on nothing but base/; config/config.h includes this.
 // Value types and pure functions, any thread.
 #pragma once
@@ -23,5 +23,12 @@ const char* WireDtypeName(WireDtype d);  // "fp32", "bf16", "fp16"
 // it for its own device.
 enum class Precision { kAuto, kFp32, kTf32, kBf16 };
 const char* PrecisionName(Precision p);  // "auto", "fp32", "tf32", "bf16"
+
+// model.arch (schemas/campaign.fbs ModelSpec.arch): GPT-2 (LayerNorm,
+// learned positions, GELU MLP, biases, output head tied to the token
+// embedding) or Llama-style (RMSNorm, rotary positions, SwiGLU MLP,
+// grouped-query attention, no biases, untied output head).
+enum class ModelArch { kGpt2, kLlama };
+const char* ModelArchName(ModelArch arch);  // "gpt2", "llama"
 
 }  // namespace lowband

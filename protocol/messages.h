@@ -27,7 +27,22 @@ struct ModelSpec {
   int heads = 4;
   int context = 64;
   int vocab = 256;
+  ModelArch arch = ModelArch::kGpt2;
+  int kv_heads = 0;  // llama: resolved (a divisor of heads); gpt2: 0
+  int ffn_hidden = 0;  // llama: resolved; gpt2: 0
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
 };
+// A ModelSpec of this shape, every other field at its default.
+inline ModelSpec ModelSpecShape(int layers, int d_model, int heads, int context, int vocab) {
+  ModelSpec m;
+  m.layers = layers;
+  m.d_model = d_model;
+  m.heads = heads;
+  m.context = context;
+  m.vocab = vocab;
+  return m;
+}
 
 // The inner AdamW optimizer a site trains with.
 struct InnerOptimizerSpec {
@@ -94,7 +109,7 @@ struct Hello {
   std::string peer_endpoint;  // pipeline campaigns: where its neighbour stages connect
   // FPLD: the site trains a model of its own (layers, d_model, heads; the
   // campaign's context and vocab); layers 0 = the campaign's model.
-  ModelSpec own_model{0, 0, 0, 0, 0};
+  ModelSpec own_model = ModelSpecShape(0, 0, 0, 0, 0);
   // Local ranks (processes, c10d) that train as this site's one replica.
   uint32_t ranks = 1;
   // A worker saying hello again with its replica intact (a dropped

@@ -163,8 +163,10 @@ class BodyEncoder {
 
   EncodedBody operator()(const Welcome& m) {
     auto worker_id = fbb_.CreateString(m.worker_id);
-    auto model = wire::CreateModelSpec(fbb_, m.model.layers, m.model.d_model, m.model.heads,
-                                       m.model.context, m.model.vocab);
+    const ModelSpec& ms = m.model;
+    auto model = wire::CreateModelSpec(fbb_, ms.layers, ms.d_model, ms.heads, ms.context, ms.vocab,
+                                       static_cast<uint8_t>(ms.arch), ms.kv_heads, ms.ffn_hidden, ms.rope_theta,
+                                       ms.norm_eps);
     const InnerOptimizerSpec& in = m.training.inner;
     auto inner = wire::CreateInnerOptimizerSpec(fbb_, in.lr, in.beta1, in.beta2, in.eps,
                                                 in.weight_decay, in.grad_clip, in.warmup_steps);
@@ -433,7 +435,7 @@ Status DecodeHello(const wire::Hello& t, Hello* m) {
       return InvalidArgument("Hello.own_model is not a valid architecture (layers <= 1024, d_model <= 65536, "
                              "d_model a multiple of heads)");
     }
-    m->own_model = ModelSpec{own->layers(), own->d_model(), own->heads(), own->context(), own->vocab()};
+    m->own_model = ModelSpecShape(own->layers(), own->d_model(), own->heads(), own->context(), own->vocab());
   }
   return Status::Ok();
 }
@@ -513,6 +515,22 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   LOWBAND_RETURN_IF_ERROR(RequirePositive(model->heads(), "Welcome.model.heads"));
   LOWBAND_RETURN_IF_ERROR(RequirePositive(model->context(), "Welcome.model.context"));
   LOWBAND_RETURN_IF_ERROR(RequirePositive(model->vocab(), "Welcome.model.vocab"));
+  if (model->arch() > static_cast<uint8_t>(ModelArch::kLlama)) {
+    return InvalidArgument("Welcome.model.arch has unknown value " + std::to_string(model->arch()));
+  }
+  if (model->arch() == static_cast<uint8_t>(ModelArch::kLlama)) {
+    LOWBAND_RETURN_IF_ERROR(RequirePositive(model->kv_heads(), "Welcome.model.kv_heads"));
+    LOWBAND_RETURN_IF_ERROR(RequirePositive(model->ffn_hidden(), "Welcome.model.ffn_hidden"));
+    if (model->heads() % model->kv_heads() != 0 || model->d_model() % model->heads() != 0 ||
+        (model->d_model() / model->heads()) % 2 != 0) {
+      return InvalidArgument("Welcome.model is not a valid llama shape (d_model a multiple of heads with an even "
+                             "head size, kv_heads a divisor of heads)");
+    }
+    if (!(model->rope_theta() >= 1 && model->rope_theta() <= 1e9) ||
+        !(model->norm_eps() > 0 && model->norm_eps() <= 0.1)) {
+      return InvalidArgument("Welcome.model.rope_theta or norm_eps out of range (1 to 1e9; 0 < eps <= 0.1)");
+    }
+  }
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->rounds(), "Welcome.training.rounds"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->inner_steps(), "Welcome.training.inner_steps"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(training->batch_size(), "Welcome.training.batch_size"));
@@ -551,6 +569,11 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   m->model.heads = model->heads();
   m->model.context = model->context();
   m->model.vocab = model->vocab();
+  m->model.arch = static_cast<ModelArch>(model->arch());
+  m->model.kv_heads = model->kv_heads();
+  m->model.ffn_hidden = model->ffn_hidden();
+  m->model.rope_theta = model->rope_theta();
+  m->model.norm_eps = model->norm_eps();
   m->training.rounds = training->rounds();
   m->training.inner_steps = training->inner_steps();
   m->training.batch_size = training->batch_size();

@@ -20,7 +20,8 @@ namespace {
 
 bool SameModel(const ModelSpec& a, const ModelSpec& b) {
   return a.layers == b.layers && a.d_model == b.d_model && a.heads == b.heads && a.context == b.context &&
-         a.vocab == b.vocab;
+         a.vocab == b.vocab && a.arch == b.arch && a.kv_heads == b.kv_heads && a.ffn_hidden == b.ffn_hidden &&
+         a.rope_theta == b.rope_theta && a.norm_eps == b.norm_eps;
 }
 
 bool SameCodec(const CodecSpec& a, const CodecSpec& b) {

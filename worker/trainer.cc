@@ -80,7 +80,7 @@ struct Trainer::Impl {
   int ranks() const { return group ? group->size() : 1; }
   bool leader() const { return !group || group->rank() == 0; }
 
-  Gpt model{nullptr};
+  Lm model{nullptr};
   std::unique_ptr<InnerAdamW> optimizer;  // state persists across rounds
   ParamLayout layout;
   LayoutPlan plan;
@@ -194,7 +194,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelConfig& model, con
     if (threads > 0) torch::set_num_threads(threads);
     LOWBAND_ASSIGN_OR_RETURN(torch::Device dev, ParseDevice(device));
     auto impl = std::make_unique<Impl>(model, training, dev, corpus, data_seed);
-    impl->model = MakeGpt(model, training.seed);
+    impl->model = MakeLm(model, training.seed);
     impl->global = ExportParams(impl->model);
     impl->layout = impl->global.layout;
     impl->plan = PlanLayout(impl->layout, codec.topk);

@@ -3,7 +3,15 @@
 namespace lowband {
 
 ModelConfig ToConfig(const ModelSpec& model) {
-  return ModelConfig{model.layers, model.d_model, model.heads, model.context, model.vocab};
+  ModelConfig c = ModelShape(model.layers, model.d_model, model.heads, model.context, model.vocab);
+  if (model.arch == ModelArch::kLlama) {
+    c.arch = model.arch;
+    c.kv_heads = model.kv_heads;
+    c.ffn_hidden = model.ffn_hidden;
+    c.rope_theta = model.rope_theta;
+    c.norm_eps = model.norm_eps;
+  }
+  return c;
 }
 
 InnerOptimizerConfig ToConfig(const InnerOptimizerSpec& inner) {
@@ -50,7 +58,7 @@ PipelineConfig ToConfig(const PipelineSpec& pipeline) {
 
 ModelSpec OwnModelSpec(const SiteConfig& site) {
   const ModelConfig& m = site.model;
-  return ModelSpec{m.layers, m.d_model, m.heads, m.context, m.vocab};
+  return ModelSpecShape(m.layers, m.d_model, m.heads, m.context, m.vocab);
 }
 
 }  // namespace lowband

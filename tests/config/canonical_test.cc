@@ -248,6 +248,40 @@ TEST_CASE("canonical settings: more or other sites and clusters change the text"
   CHECK(CanonicalSettings(swapped) != CanonicalSettings(more_sites));
 }
 
+TEST_CASE("canonical settings: a llama model writes its architecture's keys, each on its own line", "[unit][config]") {
+  CampaignConfig base = Base();
+  const std::string gpt2 = CanonicalSettings(base);
+  CHECK(gpt2.find("model.arch") == std::string::npos);  // GPT-2 campaigns keep their old fingerprint
+  base.model.arch = ModelArch::kLlama;
+  const std::vector<std::string> before = Lines(CanonicalSettings(base));
+  const std::set<std::string> keys = [&] {
+    std::set<std::string> k;
+    for (const auto& line : before) k.insert(KeyOf(line));
+    return k;
+  }();
+  for (const char* key : {"model.arch", "model.kv_heads", "model.ffn_hidden", "model.rope_theta", "model.norm_eps"}) {
+    CHECK(keys.count(key) == 1);
+  }
+  const std::vector<Mutation> mutations = {
+      {"model.kv_heads", [](CampaignConfig& c) { c.model.kv_heads = 2; }},
+      {"model.ffn_hidden", [](CampaignConfig& c) { c.model.ffn_hidden = 64; }},
+      {"model.rope_theta", [](CampaignConfig& c) { c.model.rope_theta = 5e5; }},
+      {"model.norm_eps", [](CampaignConfig& c) { c.model.norm_eps = 1e-6; }},
+  };
+  for (const Mutation& m : mutations) {
+    CAPTURE(m.key);
+    CampaignConfig c = base;
+    m.change(c);
+    const std::vector<std::string> after = Lines(CanonicalSettings(c));
+    REQUIRE(after.size() == before.size());
+    std::vector<std::string> changed;
+    for (size_t i = 0; i < before.size(); ++i) {
+      if (after[i] != before[i]) changed.push_back(KeyOf(after[i]));
+    }
+    CHECK(changed == std::vector<std::string>{m.key});
+  }
+}
+
 TEST_CASE("canonical settings: the text of a fixed config is stable", "[unit][config]") {
   CampaignConfig c;  // the defaults of config/config.h
   const std::string text = CanonicalSettings(c);

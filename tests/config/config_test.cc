@@ -151,7 +151,8 @@ TEST_CASE("config: worker counts default from the sites", "[unit][config]") {
 TEST_CASE("config: unknown keys are errors with file, line and the allowed keys", "[unit][config]") {
   std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  layers: 4\n  layres: 5\n");
   CHECK_THAT(msg, Contains("c.yaml:4: model.layres: unknown key"));
-  CHECK_THAT(msg, Contains("(allowed: layers, d_model, heads, context, vocab)"));
+  CHECK_THAT(msg, Contains("(allowed: layers, d_model, heads, context, vocab, arch, kv_heads, ffn_hidden, rope_theta, "
+                           "norm_eps, init_from)"));
 
   msg = CampaignError("campaign: {name: x}\nmodels: {}\n");
   CHECK_THAT(msg, Contains("c.yaml:2: models: unknown key (allowed: campaign, model, training,"));
@@ -295,6 +296,37 @@ TEST_CASE("config: d_model must be divisible by heads", "[unit][config]") {
   Status st = ValidateCampaign(built);
   REQUIRE_FALSE(st.ok());
   CHECK_THAT(st.message(), Contains("model.d_model: d_model 100 is not divisible by heads 3"));
+}
+
+TEST_CASE("config: model.arch llama and its keys", "[unit][config]") {
+  auto r = ParseCampaignYaml(
+      "campaign: {name: x}\n"
+      "model: {arch: llama, layers: 2, d_model: 64, heads: 8, kv_heads: 2, ffn_hidden: 160, rope_theta: 500000,"
+      " norm_eps: 1.0e-6}\n",
+      "c.yaml");
+  REQUIRE(r.ok());
+  CHECK(r->model.arch == ModelArch::kLlama);
+  CHECK(KvHeads(r->model) == 2);
+  CHECK(FfnHidden(r->model) == 160);
+  CHECK(r->model.rope_theta == 500000.0);
+  CHECK(r->model.norm_eps == 1e-6);
+  auto plain = ParseCampaignYaml("campaign: {name: x}\nmodel: {arch: llama}\n", "c.yaml");
+  REQUIRE(plain.ok());
+  CHECK(KvHeads(plain->model) == plain->model.heads);
+  CHECK(FfnHidden(plain->model) == 384);  // 8/3 * 128 = 341.3, up to a multiple of 64
+
+  std::string msg = CampaignError("campaign: {name: x}\nmodel:\n  arch: llama\n  heads: 4\n  kv_heads: 3\n");
+  CHECK_THAT(msg, Contains("c.yaml:5: model.kv_heads: 3 does not divide heads 4"));
+  msg = CampaignError("campaign: {name: x}\nmodel:\n  arch: mamba\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: model.arch: unknown value 'mamba' (allowed: gpt2, llama)"));
+  msg = CampaignError("campaign: {name: x}\nmodel:\n  kv_heads: 2\n");
+  CHECK_THAT(msg, Contains("c.yaml:3: model.kv_heads: set for arch gpt2 (allowed: only with model.arch: llama)"));
+  msg = CampaignError("campaign: {name: x}\nmodel:\n  arch: llama\n  d_model: 36\n  heads: 4\n");
+  CHECK_THAT(msg, Contains("model.d_model: head size 9 is odd"));
+  msg = CampaignError("campaign: {name: x}\nmodel: {arch: llama, layers: 4}\npipeline: {stages: 2}\n");
+  CHECK_THAT(msg, Contains("model.arch: llama in pipeline stages (not supported yet)"));
+  msg = CampaignError("campaign: {name: x}\nmodel: {layers: 4, init_from: /m}\npipeline: {stages: 2}\n");
+  CHECK_THAT(msg, Contains("model.init_from: a pipeline or FPLD campaign (not supported yet)"));
 }
 
 TEST_CASE("config: campaign.name is required", "[unit][config]") {

@@ -499,7 +499,7 @@ TEST_CASE("fpld: logit uploads are checked, averaged and distilled - own-model s
                });
   CoreOutput out;
   Hello own = HelloFrom("site-c");
-  own.own_model = ModelSpec{2, 96, 4, 0, 0};
+  own.own_model = ModelSpecShape(2, 96, 4, 0, 0);
   core.HandleMessage("site-a", Wrap(HelloFrom("site-a")), now, &out);
   core.HandleMessage("site-b", Wrap(HelloFrom("site-b")), now, &out);
   core.HandleMessage("site-c", Wrap(own), now, &out);

@@ -16,7 +16,7 @@ namespace {
 
 CampaignConfig TinyFpld() {
   CampaignConfig c;
-  c.model = ModelConfig{1, 32, 2, 16, 256};
+  c.model = ModelShape(1, 32, 2, 16, 256);
   c.training.seed = 21;
   c.fpld.enabled = true;
   c.fpld.contexts = 8;

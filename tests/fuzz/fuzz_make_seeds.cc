@@ -89,7 +89,7 @@ Message Wrap(Body body, Bytes bulk = {}) {
 
 std::vector<std::pair<std::string, Message>> SampleMessages() {
   std::vector<std::pair<std::string, Message>> out;
-  out.emplace_back("hello", Wrap(Hello{"site-a", "cuda:0", 80ull << 30, 12.5, 1000000, 100000, "", ModelSpec{0, 0, 0, 0, 0}, 1}));
+  out.emplace_back("hello", Wrap(Hello{"site-a", "cuda:0", 80ull << 30, 12.5, 1000000, 100000, "", ModelSpecShape(0, 0, 0, 0, 0), 1}));
   Welcome w;
   w.worker_id = "w-0001";
   w.codec.kind = CodecKind::kSparseLoCo;
@@ -107,10 +107,10 @@ std::vector<std::pair<std::string, Message>> SampleMessages() {
     f.fpld.positions = 4;
     f.fpld.probe_tokens.assign(2 * 16, 'a');
     out.emplace_back("welcome_fpld", Wrap(f));
-    Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100, "", ModelSpec{0, 0, 0, 0, 0}, 1};
-    h.own_model = ModelSpec{2, 96, 4, 0, 0};
+    Hello h{"site-c", "cpu", 1ull << 30, 20.0, 1000, 100, "", ModelSpecShape(0, 0, 0, 0, 0), 1};
+    h.own_model = ModelSpecShape(2, 96, 4, 0, 0);
     out.emplace_back("hello_own_model", Wrap(h));
-    Hello r{"site-d", "cuda:0", 1ull << 30, 2.0, 1000, 100, "", ModelSpec{0, 0, 0, 0, 0}, 1};
+    Hello r{"site-d", "cuda:0", 1ull << 30, 2.0, 1000, 100, "", ModelSpecShape(0, 0, 0, 0, 0), 1};
     r.ranks = 2;
     out.emplace_back("hello_ranks", Wrap(r));
   }

@@ -18,7 +18,7 @@ torch::Tensor RandomTokens(int64_t b, int64_t t, uint64_t seed) {
 }  // namespace
 
 TEST_CASE("Gpt forward returns [B, T, vocab] logits and a scalar loss", "[unit]") {
-  Gpt model = MakeGpt(TinyConfig(), 1);
+  Lm model = MakeLm(TinyConfig(), 1);
   auto tokens = RandomTokens(3, 10, 7);
   auto logits = model->forward(tokens);
   CHECK(logits.sizes().vec() == std::vector<int64_t>{3, 10, 256});
@@ -32,7 +32,7 @@ TEST_CASE("Gpt forward returns [B, T, vocab] logits and a scalar loss", "[unit]"
 }
 
 TEST_CASE("Gpt attention is causal: future tokens do not change past logits", "[unit]") {
-  Gpt model = MakeGpt(TinyConfig(), 2);
+  Lm model = MakeLm(TinyConfig(), 2);
   model->eval();
   torch::NoGradGuard no_grad;
   auto a = RandomTokens(2, 16, 11);
@@ -66,7 +66,7 @@ TEST_CASE("Gpt init is deterministic for a seed", "[unit]") {
 
 TEST_CASE("Gpt init follows GPT-2: zero biases, unit LayerNorm, small weights", "[unit]") {
   const ModelConfig config = TinyConfig();
-  Gpt model = MakeGpt(config, 3);
+  Lm model = MakeLm(config, 3);
   for (const auto& item : model->named_parameters()) {
     const std::string& name = item.key();
     const auto& p = item.value();
@@ -87,7 +87,7 @@ TEST_CASE("Gpt init follows GPT-2: zero biases, unit LayerNorm, small weights", 
 
 TEST_CASE("Gpt output head is tied to the token embedding", "[unit]") {
   const ModelConfig config = TinyConfig();
-  Gpt model = MakeGpt(config, 4);
+  Lm model = MakeLm(config, 4);
   ParamLayout layout = LayoutOf(model);
   int vocab_tensors = 0;
   for (const auto& t : layout.tensors) {
@@ -112,7 +112,7 @@ TEST_CASE("ModelLayout matches the layout of a built model", "[unit]") {
   for (ModelConfig config : {TinyConfig(), ModelConfig{}}) {
     auto layout = ModelLayout(config);
     REQUIRE(layout.ok());
-    Gpt model = MakeGpt(config, 5);
+    Lm model = MakeLm(config, 5);
     CHECK(*layout == LayoutOf(model));
     CHECK(layout->Digest() == LayoutOf(model).Digest());
   }
@@ -123,7 +123,7 @@ TEST_CASE("ModelLayout matches the layout of a built model", "[unit]") {
 }
 
 TEST_CASE("Gpt loss falls when trained on one fixed batch", "[unit]") {
-  Gpt model = MakeGpt(TinyConfig(), 6);
+  Lm model = MakeLm(TinyConfig(), 6);
   auto data = RandomTokens(4, 17, 13);
   using torch::indexing::Slice;
   auto x = data.index({Slice(), Slice(0, 16)});
@@ -143,8 +143,8 @@ TEST_CASE("Gpt loss falls when trained on one fixed batch", "[unit]") {
 }
 
 TEST_CASE("ExportParams / ImportParams round trip", "[unit]") {
-  Gpt a = MakeGpt(TinyConfig(), 7);
-  Gpt b = MakeGpt(TinyConfig(), 8);
+  Lm a = MakeLm(TinyConfig(), 7);
+  Lm b = MakeLm(TinyConfig(), 8);
   ParamSet pa = ExportParams(a);
   REQUIRE(pa.values.size() == static_cast<size_t>(pa.layout.numel()));
   CHECK(pa.Digest() != ExportParams(b).Digest());

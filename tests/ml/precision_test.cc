@@ -26,7 +26,7 @@ std::pair<torch::Tensor, torch::Tensor> Batch(uint64_t seed, const torch::Device
 // Returns the parameters on the CPU.
 std::vector<torch::Tensor> Train(const torch::Device& device, int steps, double max_norm,
                                  const std::vector<size_t>& frozen) {
-  Gpt model = MakeGpt(TinyConfig(), 3);
+  Lm model = MakeLm(TinyConfig(), 3);
   model->to(device);
   InnerOptimizerConfig config;
   config.weight_decay = 0.1;
@@ -56,7 +56,7 @@ TEST_CASE("ResolvePrecision: auto is fp32 on the CPU and bf16 on CUDA, explicit 
 
 TEST_CASE("AutocastScope runs bf16 matmuls with an fp32 loss, and only inside the scope", "[unit][precision]") {
   const torch::Device cpu(torch::kCPU);
-  Gpt model = MakeGpt(TinyConfig(), 5);
+  Lm model = MakeLm(TinyConfig(), 5);
   auto [x, y] = Batch(7, cpu);
   torch::NoGradGuard no_grad;
   const auto fp32_logits = model->forward(x);

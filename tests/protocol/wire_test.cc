@@ -60,7 +60,7 @@ Message SampleHello() {
   h.step_time_ms = 12.5;
   h.train_tokens = 1'000'000;
   h.val_tokens = 100'000;
-  h.own_model = ModelSpec{2, 96, 4, 128, 256};
+  h.own_model = ModelSpecShape(2, 96, 4, 128, 256);
   h.ranks = 4;
   h.held_round = 17;
   h.held_digest = 0x5eed5eedull;
@@ -70,7 +70,7 @@ Message SampleHello() {
 Message SampleWelcome() {
   Welcome w;
   w.worker_id = "w-0001";
-  w.model = ModelSpec{6, 256, 8, 128, 256};
+  w.model = ModelSpecShape(6, 256, 8, 128, 256);
   w.training.rounds = 42;
   w.training.inner_steps = 25;
   w.training.batch_size = 32;
@@ -273,8 +273,9 @@ bool Same(const Welcome& a, const Welcome& b) {
   return std::tie(a.worker_id, a.codec.kind, a.codec.topk, a.codec.error_feedback, a.data_seed, a.worker_index, a.heartbeat_interval_ms,
                   a.heartbeat_timeout_ms) == std::tie(b.worker_id, b.codec.kind, b.codec.topk, b.codec.error_feedback, b.data_seed, b.worker_index,
                                                       b.heartbeat_interval_ms, b.heartbeat_timeout_ms) &&
-         std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab) ==
-             std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab) &&
+         std::tie(am.layers, am.d_model, am.heads, am.context, am.vocab, am.arch, am.kv_heads, am.ffn_hidden,
+                  am.rope_theta, am.norm_eps) == std::tie(bm.layers, bm.d_model, bm.heads, bm.context, bm.vocab, bm.arch,
+                                                          bm.kv_heads, bm.ffn_hidden, bm.rope_theta, bm.norm_eps) &&
          std::tie(at.rounds, at.inner_steps, at.batch_size, at.eval_batches, at.seed, at.overlap) ==
              std::tie(bt.rounds, bt.inner_steps, bt.batch_size, bt.eval_batches, bt.seed, bt.overlap) &&
          std::tie(ai.lr, ai.beta1, ai.beta2, ai.eps, ai.weight_decay, ai.grad_clip, ai.warmup_steps) ==
@@ -441,6 +442,33 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
     REQUIRE(moved.ok());
     CHECK(SameMessage(*moved, original));
   }
+}
+
+TEST_CASE("wire: a llama Welcome round-trips; impossible llama shapes are refused", "[unit]") {
+  Message m = SampleWelcome();
+  auto& w = std::get<Welcome>(m.body);
+  w.model.arch = ModelArch::kLlama;
+  w.model.kv_heads = 2;
+  w.model.ffn_hidden = 688;
+  w.model.rope_theta = 500000.0;
+  w.model.norm_eps = 1e-6;
+  auto decoded = DecodeMessage(EncodeMessage(m), WireLimits{});
+  REQUIRE(decoded.ok());
+  CHECK(SameMessage(*decoded, m));
+
+  auto refused = [&](auto mutate, const std::string& why) {
+    Message bad = m;
+    mutate(std::get<Welcome>(bad.body).model);
+    auto r = DecodeMessage(EncodeMessage(bad), WireLimits{});
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.status().message(), Catch::Matchers::Contains(why));
+  };
+  refused([](ModelSpec& s) { s.arch = static_cast<ModelArch>(7); }, "Welcome.model.arch has unknown value 7");
+  refused([](ModelSpec& s) { s.kv_heads = 3; }, "not a valid llama shape");
+  refused([](ModelSpec& s) { s.kv_heads = 0; }, "Welcome.model.kv_heads");
+  refused([](ModelSpec& s) { s.ffn_hidden = -1; }, "Welcome.model.ffn_hidden");
+  refused([](ModelSpec& s) { s.norm_eps = 0; }, "norm_eps out of range");
+  refused([](ModelSpec& s) { s.rope_theta = std::nan(""); }, "rope_theta");
 }
 
 TEST_CASE("wire: default-constructed bodies round-trip where valid", "[unit]") {

@@ -62,7 +62,7 @@ Job RoundTrip(const Job& job) {
 Welcome SampleWelcome() {
   Welcome w;
   w.worker_id = "site-a";
-  w.model = ModelSpec{3, 96, 4, 32, 256};
+  w.model = ModelSpecShape(3, 96, 4, 32, 256);
   w.training.rounds = 12;
   w.training.inner_steps = 7;
   w.training.batch_size = 8;

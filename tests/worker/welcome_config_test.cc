@@ -34,7 +34,7 @@ auto Tie(const ModelConfig& m) { return std::tie(m.layers, m.d_model, m.heads, m
 // A campaign whose every setting that travels differs from its default.
 CampaignConfig PipelineCampaign() {
   CampaignConfig c = TinyCampaign(2, 5);
-  c.model = ModelConfig{4, 64, 8, 32, 200};
+  c.model = ModelShape(4, 64, 8, 32, 200);
   c.training.inner_steps = 7;
   c.training.batch_size = 24;
   c.training.eval_batches = 3;
@@ -123,7 +123,7 @@ TEST_CASE("welcome config: a site's own model travels in its hello", "[unit][wor
   SiteConfig site;
   site.name = "site-c";
   CHECK(OwnModelSpec(site).layers == 0);  // the campaign's model
-  site.model = ModelConfig{2, 96, 4, 0, 0};
+  site.model = ModelShape(2, 96, 4, 0, 0);
   Hello h = HelloFrom(site.name);
   h.own_model = OwnModelSpec(site);
   const Hello got = OverTheWire<Hello>(Wrap(h, ""));
