@@ -57,4 +57,16 @@ struct ExportOptions {
 // 73 when the files cannot be written.
 int Export(const ExportOptions& options);
 
+struct CheckOptions {
+  std::string campaign_file;
+  std::vector<std::string> sets;  // "KEY=VALUE" overrides, as for run
+  double link_mbit = 100;         // the link the transfer times are computed for
+};
+// `lowband check CAMPAIGN.yaml`: loads and validates the campaign and its
+// site files without starting anything; prints the parameters, the bytes per
+// upload and per downlink at the chosen codecs, per round per site and over
+// the campaign, and the time the transfers take at --link-mbit (and each
+// site's site.link_mbit). Returns 0, or 78 with every error.
+int Check(const CheckOptions& options);
+
 }  // namespace lowband::cli

@@ -112,6 +112,13 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--out,-o", report_out, "output file (default RUN_DIR/report.html)");
   std::string report_png;
   report_cmd->add_option("--png", report_png, "also render the report to this PNG file (needs Debian's chromium)");
+  lowband::cli::CheckOptions check_opts;
+  auto* check_cmd = app.add_subcommand("check", "validate a campaign and its site files without starting anything, "
+                                                "and print parameters, bytes per round and transfer times");
+  check_cmd->add_option("campaign", check_opts.campaign_file, "the campaign file")->required();
+  check_cmd->add_option("--set", check_opts.sets, "KEY=VALUE override of the campaign file (repeatable)");
+  check_cmd->add_option("--link-mbit", check_opts.link_mbit, "the link to time the transfers on (default 100)")
+      ->check(CLI::PositiveNumber);
   lowband::cli::ExportOptions export_opts;
   auto* export_cmd = app.add_subcommand("export", "write a campaign's model as a Hugging Face directory "
                                                   "(model.safetensors + config.json: GPT2LMHeadModel or "
@@ -130,6 +137,7 @@ int main(int argc, char** argv) {
   if (run_cmd->parsed()) return lowband::cli::Run(run);
   if (keys_gen->parsed()) return lowband::cli::KeysGenerate(key_name, key_dir);
   if (export_cmd->parsed()) return lowband::cli::Export(export_opts);
+  if (check_cmd->parsed()) return lowband::cli::Check(check_opts);
   if (report_cmd->parsed()) {
     auto page = lowband::ReportPage(report_dir);
     if (!page.ok()) {

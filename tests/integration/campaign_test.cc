@@ -290,6 +290,34 @@ TEST_CASE("bad campaign files exit 78 naming file, line and key", "[integration]
   CHECK(*code == 78);
 }
 
+TEST_CASE("lowband check validates without starting anything and prints the planning figures", "[integration]") {
+  TempDir dir;
+  Subprocess ok = Start({kBin + "/lowband", "check", std::string(LOWBAND_SOURCE_DIR) + "/configs/gpt2-small.yaml",
+                         "--link-mbit", "20"},
+                        dir.Path("ok.out"));
+  auto code = ok.WaitFor(milliseconds(60000));
+  const std::string out = ReadFile(dir.Path("ok.out"));
+  INFO(out);
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+  CHECK(out.find("85449216 parameters") != std::string::npos);
+  CHECK(out.find("upload      sparseloco: 2.34 MB per site per round (146.1x smaller than fp32)") != std::string::npos);
+  CHECK(out.find("downlink    sparseloco: 2.34 MB") != std::string::npos);
+  CHECK(out.find("at 20 Mbit/s each way: upload 0.94 s") != std::string::npos);
+  CHECK(ProcessesMentioning("gpt2-small.yaml") == 0);
+
+  const std::string bad = dir.Path("bad.yaml");
+  WriteFile(bad, "campaign: {name: x}\nmodel: {arch: llama, heads: 4, kv_heads: 3}\ntraining: {inner_stepz: 3}\n");
+  Subprocess no = Start({kBin + "/lowband", "check", bad}, dir.Path("bad.out"));
+  code = no.WaitFor(milliseconds(60000));
+  const std::string err = ReadFile(dir.Path("bad.out"));
+  INFO(err);
+  REQUIRE(code.has_value());
+  CHECK(*code == 78);
+  CHECK(err.find("bad.yaml:2: model.kv_heads: 3 does not divide heads 4") != std::string::npos);
+  CHECK(err.find("bad.yaml:3: training.inner_stepz: unknown key") != std::string::npos);
+}
+
 TEST_CASE("lowband status without a coordinator fails clearly", "[integration]") {
   TempDir dir;
   Subprocess st = Start({kBin + "/lowband", "status", "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "300"},
