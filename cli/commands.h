@@ -1,6 +1,7 @@
 // `lowband` subcommands. Each returns the process exit code.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -50,11 +51,10 @@ struct ExportOptions {
   std::string dtype = "f32";  // f32 or bf16
 };
 // `lowband export RUN_DIR|CHECKPOINT --out DIR`: DIR/model.safetensors and
-// DIR/config.json in Hugging Face's layout (hf/hf_model.h). From a run
-// directory it takes checkpoint-final.lbck, else the newest round
-// checkpoint. Returns 0; 66 when the source is missing or unreadable, 78
-// when the campaign file is, 65 when the checkpoint is not that model's,
-// 73 when the files cannot be written.
+// DIR/config.json in Hugging Face's layout (hf/hf_model.h), the model read
+// as cli/model_source.h says. Returns 0; 66 when the source is missing, 65
+// when it cannot be read as a model (bad campaign file, a checkpoint of
+// another model), 73 when the files cannot be written.
 int Export(const ExportOptions& options);
 
 struct CheckOptions {
@@ -68,5 +68,34 @@ struct CheckOptions {
 // the campaign, and the time the transfers take at --link-mbit (and each
 // site's site.link_mbit). Returns 0, or 78 with every error.
 int Check(const CheckOptions& options);
+
+struct GenerateOptions {
+  std::string model;  // cli/model_source.h
+  std::string prompt;
+  int max_tokens = 200;
+  double temperature = 0.8;  // 0: the most likely token every time
+  int top_k = 40;            // 0: the whole vocabulary
+  uint64_t seed = 1;
+  std::string device = "cpu";
+};
+// `lowband generate MODEL --prompt TEXT`: samples a continuation with the
+// key/value cache and prints prompt and continuation (byte tokens), then
+// tokens/s on stderr. Stops at the model's context. 0, 66 no model, 65 a
+// model it cannot use (vocabulary other than bytes), 69 no such device.
+int Generate(const GenerateOptions& options);
+
+struct EvalOptions {
+  std::string model;
+  std::string data_dir;
+  std::vector<std::string> files;  // default: every text file in data_dir
+  double validation_fraction = 0.1;  // the split campaigns evaluate on
+  bool all = false;                  // evaluate every record instead
+  int batch = 16;
+  std::string device = "cpu";
+};
+// `lowband eval MODEL --data DIR`: loss (nats per token), perplexity, bits
+// per byte and tokens/s over the data's validation split (as a campaign's
+// site measures it) or all of it. 0, 66 no model or data, 65 unusable.
+int Eval(const EvalOptions& options);
 
 }  // namespace lowband::cli

@@ -119,6 +119,31 @@ int main(int argc, char** argv) {
   check_cmd->add_option("--set", check_opts.sets, "KEY=VALUE override of the campaign file (repeatable)");
   check_cmd->add_option("--link-mbit", check_opts.link_mbit, "the link to time the transfers on (default 100)")
       ->check(CLI::PositiveNumber);
+  lowband::cli::GenerateOptions gen;
+  auto* gen_cmd = app.add_subcommand("generate", "sample text from a model (run directory, checkpoint or Hugging "
+                                                 "Face directory) with a key/value cache");
+  gen_cmd->add_option("model", gen.model, "a run directory, a .lbck checkpoint or a Hugging Face directory")
+      ->required();
+  gen_cmd->add_option("--prompt,-p", gen.prompt, "the text to continue");
+  gen_cmd->add_option("--max-tokens,-n", gen.max_tokens, "tokens to generate (default 200)")->check(CLI::Range(1, 1 << 20));
+  gen_cmd->add_option("--temperature,-t", gen.temperature, "sampling temperature; 0: greedy (default 0.8)")
+      ->check(CLI::Range(0.0, 100.0));
+  gen_cmd->add_option("--top-k,-k", gen.top_k, "sample among the k most likely tokens; 0: all (default 40)")
+      ->check(CLI::Range(0, 1 << 20));
+  gen_cmd->add_option("--seed", gen.seed, "sampling seed (default 1)");
+  gen_cmd->add_option("--device", gen.device, "cpu (default), cuda or cuda:N");
+  lowband::cli::EvalOptions ev;
+  auto* eval_cmd = app.add_subcommand("eval", "loss, perplexity, bits per byte and tokens/s of a model on text");
+  eval_cmd->add_option("model", ev.model, "a run directory, a .lbck checkpoint or a Hugging Face directory")
+      ->required();
+  eval_cmd->add_option("--data", ev.data_dir, "a directory of text files")->required();
+  eval_cmd->add_option("--files", ev.files, "the files in it to read (default: every text file)");
+  eval_cmd->add_option("--validation-fraction", ev.validation_fraction,
+                       "the split evaluated: the last fraction of each file's records (default 0.1, as campaigns)")
+      ->check(CLI::Range(0.001, 0.999));
+  eval_cmd->add_flag("--all", ev.all, "evaluate every record, not the validation split");
+  eval_cmd->add_option("--batch", ev.batch, "sequences per forward pass (default 16)")->check(CLI::Range(1, 65536));
+  eval_cmd->add_option("--device", ev.device, "cpu (default), cuda or cuda:N");
   lowband::cli::ExportOptions export_opts;
   auto* export_cmd = app.add_subcommand("export", "write a campaign's model as a Hugging Face directory "
                                                   "(model.safetensors + config.json: GPT2LMHeadModel or "
@@ -138,6 +163,8 @@ int main(int argc, char** argv) {
   if (keys_gen->parsed()) return lowband::cli::KeysGenerate(key_name, key_dir);
   if (export_cmd->parsed()) return lowband::cli::Export(export_opts);
   if (check_cmd->parsed()) return lowband::cli::Check(check_opts);
+  if (gen_cmd->parsed()) return lowband::cli::Generate(gen);
+  if (eval_cmd->parsed()) return lowband::cli::Eval(ev);
   if (report_cmd->parsed()) {
     auto page = lowband::ReportPage(report_dir);
     if (!page.ok()) {

@@ -5,6 +5,7 @@
 #include <exception>
 #include <limits>
 #include <string>
+#include <tuple>
 
 #include <torch/version.h>
 
@@ -49,6 +50,31 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, co
 #endif
 }
 
+// Attention of new queries q [B, h, Tq, hd] over every key so far k, v
+// [B, h, Tk, hd] (the last Tq of which are the queries' own positions): a
+// query sees the keys up to its own position.
+torch::Tensor CachedAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t tq = q.size(2), tk = k.size(2);
+  auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  if (tq > 1) {
+    auto future = torch::ones({tq, tk}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(tk - tq + 1);
+    att = att.masked_fill(future, -std::numeric_limits<float>::infinity());
+  }
+  return torch::matmul(torch::softmax(att, -1), v);
+}
+
+// Appends this step's keys and values to the layer's cache and returns all
+// of them.
+std::pair<torch::Tensor, torch::Tensor> Remember(LayerCache* cache, torch::Tensor k, torch::Tensor v) {
+  if (cache->k.defined()) {
+    k = torch::cat({cache->k, k}, 2);
+    v = torch::cat({cache->v, v}, 2);
+  }
+  cache->k = k;
+  cache->v = v;
+  return {k, v};
+}
+
 // Causal multi-head self-attention with one fused qkv projection.
 class AttentionImpl : public torch::nn::Module {
  public:
@@ -58,14 +84,21 @@ class AttentionImpl : public torch::nn::Module {
     if (auto mask = CausalMask(context); mask.defined()) mask_ = register_buffer("mask", mask);
   }
 
-  torch::Tensor forward(const torch::Tensor& x) {
+  // cache: generation (keys and values of earlier tokens, appended to).
+  torch::Tensor forward(const torch::Tensor& x, LayerCache* cache = nullptr) {
     const int64_t b = x.size(0), t = x.size(1), c = x.size(2);
     const int64_t hd = c / heads_;
     auto qkv = qkv_->forward(x).chunk(3, /*dim=*/2);
     auto q = qkv[0].view({b, t, heads_, hd}).transpose(1, 2);
     auto k = qkv[1].view({b, t, heads_, hd}).transpose(1, 2);
     auto v = qkv[2].view({b, t, heads_, hd}).transpose(1, 2);
-    auto y = CausalAttention(q, k, v, mask_);
+    torch::Tensor y;
+    if (cache) {
+      auto [ks, vs] = Remember(cache, k, v);
+      y = CachedAttention(q, ks, vs);
+    } else {
+      y = CausalAttention(q, k, v, mask_);
+    }
     return proj_->forward(y.transpose(1, 2).contiguous().view({b, t, c}));
   }
 
@@ -90,8 +123,8 @@ class BlockImpl : public torch::nn::Module {
     mlp_proj_ = register_module("mlp_proj", torch::nn::Linear(4 * d_model, d_model));
   }
 
-  torch::Tensor forward(torch::Tensor x) {
-    x = x + attn_->forward(ln_1_->forward(x));
+  torch::Tensor forward(torch::Tensor x, LayerCache* cache = nullptr) {
+    x = x + attn_->forward(ln_1_->forward(x), cache);
     x = x + mlp_proj_->forward(torch::gelu(mlp_fc_->forward(ln_2_->forward(x))));
     return x;
   }
@@ -145,17 +178,20 @@ class LlamaAttentionImpl : public torch::nn::Module {
     if (auto mask = CausalMask(context); mask.defined()) mask_ = register_buffer("mask", mask);
   }
 
-  // cos, sin: the rope tables' first T rows.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  // cos, sin: the rope tables' rows of the T positions of x; cache:
+  // generation (keys and values of earlier tokens, appended to).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        LayerCache* cache = nullptr) {
     const int64_t b = x.size(0), t = x.size(1);
     auto q = ApplyRope(q_->forward(x).view({b, t, heads_, hd_}).transpose(1, 2), cos, sin);
     auto k = ApplyRope(k_->forward(x).view({b, t, kv_heads_, hd_}).transpose(1, 2), cos, sin);
     auto v = v_->forward(x).view({b, t, kv_heads_, hd_}).transpose(1, 2);
+    if (cache) std::tie(k, v) = Remember(cache, k, v);
     if (kv_heads_ != heads_) {
       k = k.repeat_interleave(heads_ / kv_heads_, /*dim=*/1);
       v = v.repeat_interleave(heads_ / kv_heads_, /*dim=*/1);
     }
-    auto y = CausalAttention(q, k, v, mask_);
+    auto y = cache ? CachedAttention(q, k, v) : CausalAttention(q, k, v, mask_);
     return o_->forward(y.transpose(1, 2).contiguous().view({b, t, heads_ * hd_}));
   }
 
@@ -196,8 +232,9 @@ class LlamaBlockImpl : public torch::nn::Module {
     mlp_norm_ = register_module("mlp_norm", RmsNorm(c.d_model, c.norm_eps));
     mlp_ = register_module("mlp", SwiGlu(c.d_model, FfnHidden(c)));
   }
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
-    x = x + attn_->forward(attn_norm_->forward(x), cos, sin);
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        LayerCache* cache = nullptr) {
+    x = x + attn_->forward(attn_norm_->forward(x), cos, sin, cache);
     return x + mlp_->forward(mlp_norm_->forward(x));
   }
   torch::Tensor attn_proj_weight() { return attn_->o_weight(); }
@@ -310,21 +347,29 @@ LmImpl::LmImpl(const ModelConfig& config) : config_(config) {
   }
 }
 
-torch::Tensor LmImpl::forward(const torch::Tensor& tokens) {
+torch::Tensor LmImpl::forward(const torch::Tensor& tokens) { return Forward(tokens, nullptr); }
+
+torch::Tensor LmImpl::Forward(const torch::Tensor& tokens, KvCache* cache) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
   const int64_t t = tokens.size(1);
-  TORCH_CHECK(t >= 1 && t <= config_.context, "sequence length ", t, " exceeds context ", config_.context);
+  const int64_t pos0 = cache ? cache->length : 0;
+  TORCH_CHECK(t >= 1 && pos0 + t <= config_.context, "positions up to ", pos0 + t, " exceed context ",
+              config_.context);
+  if (cache) {
+    if (cache->layers.empty()) cache->layers.resize(blocks_->size());
+    cache->length += t;
+  }
+  auto layer = [&](size_t i) { return cache ? &cache->layers[i] : nullptr; };
+  torch::Tensor x;
   if (config_.arch == ModelArch::kLlama) {
-    auto cos = rope_cos_.narrow(0, 0, t), sin = rope_sin_.narrow(0, 0, t);
-    auto x = tok_emb_->forward(tokens);
-    for (size_t i = 0; i < blocks_->size(); ++i) x = blocks_->ptr<LlamaBlockImpl>(i)->forward(x, cos, sin);
+    auto cos = rope_cos_.narrow(0, pos0, t), sin = rope_sin_.narrow(0, pos0, t);
+    x = tok_emb_->forward(tokens);
+    for (size_t i = 0; i < blocks_->size(); ++i) x = blocks_->ptr<LlamaBlockImpl>(i)->forward(x, cos, sin, layer(i));
     return head_->forward(norm_->forward(x));
   }
-  auto pos = torch::arange(t, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-  auto x = tok_emb_->forward(tokens) + pos_emb_->forward(pos).unsqueeze(0);
-  for (size_t i = 0; i < blocks_->size(); ++i) {
-    x = blocks_->ptr<BlockImpl>(i)->forward(x);
-  }
+  auto pos = torch::arange(pos0, pos0 + t, torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+  x = tok_emb_->forward(tokens) + pos_emb_->forward(pos).unsqueeze(0);
+  for (size_t i = 0; i < blocks_->size(); ++i) x = blocks_->ptr<BlockImpl>(i)->forward(x, layer(i));
   x = ln_f_->forward(x);
   // Tied output head: logits = h @ tok_emb.weight^T (no separate parameter).
   return torch::matmul(x, tok_emb_->weight.t());

@@ -17,6 +17,18 @@
 
 namespace lowband {
 
+// Generation's memory: the keys and values of the tokens decoded so far,
+// per layer ([B, key/value heads, T, head size]). Start empty; every
+// Forward with it appends the new tokens' and advances `length` (the next
+// token's position).
+struct LayerCache {
+  torch::Tensor k, v;
+};
+struct KvCache {
+  std::vector<LayerCache> layers;
+  int64_t length = 0;
+};
+
 // RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and
 // returned in x's dtype (as Hugging Face's LlamaRMSNorm).
 class RmsNormImpl : public torch::nn::Module {
@@ -35,6 +47,11 @@ class LmImpl : public torch::nn::Module {
   explicit LmImpl(const ModelConfig& config);
   // tokens: [B, T] int64 with T <= context. Returns logits [B, T, vocab].
   torch::Tensor forward(const torch::Tensor& tokens);
+  // The same for tokens at positions cache->length.. (generation: the
+  // prompt, then one token at a time), remembering their keys and values;
+  // the positions must stay within the context. Same logits as forward on
+  // the whole sequence, up to rounding. A null cache: forward.
+  torch::Tensor Forward(const torch::Tensor& tokens, KvCache* cache);
   // Mean cross-entropy of next-token prediction.
   torch::Tensor Loss(const torch::Tensor& tokens, const torch::Tensor& targets);
   const ModelConfig& config() const { return config_; }

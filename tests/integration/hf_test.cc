@@ -70,6 +70,30 @@ TEST_CASE("hf: a llama campaign exports to Hugging Face's layout and a second ca
   CHECK(std::filesystem::file_size(dir.Path("hf/model.safetensors")) > 4 * 100000);
   CHECK(ReadFile(dir.Path("export.out")).find("llama") != std::string::npos);
 
+  // Use it: the run directory and its export are the same model (the same
+  // loss to the last digit); sampling is deterministic for a seed.
+  auto eval = [&](const std::string& model, const std::string& out) {
+    REQUIRE(RunToEnd({kBin + "/lowband", "eval", model, "--data", "/usr/share/games/fortunes", "--files", "science"},
+                     dir.Path(out)) == 0);
+    const std::string text = ReadFile(dir.Path(out));
+    const auto at = text.find("loss ");
+    REQUIRE(at != std::string::npos);
+    CHECK(text.find("bits per byte") != std::string::npos);
+    return text.substr(at, text.find(',', at) - at);
+  };
+  CHECK(eval(dir.Path("run1"), "eval1.out") == eval(dir.Path("hf"), "eval2.out"));
+  auto generate = [&](const std::string& out, const std::string& seed) {
+    REQUIRE(RunToEnd({kBin + "/lowband", "generate", dir.Path("hf"), "--prompt", "The ", "-n", "24", "--seed", seed},
+                     dir.Path(out)) == 0);
+    return ReadFile(dir.Path(out));
+  };
+  const std::string a = generate("gen1.out", "3"), b = generate("gen2.out", "3");
+  INFO(a);
+  CHECK(a.rfind("The ", 0) == 0);
+  CHECK(a.find("24 tokens in") != std::string::npos);
+  CHECK(a.substr(0, 28) == b.substr(0, 28));
+  CHECK(RunToEnd({kBin + "/lowband", "generate", dir.Path("nope")}, dir.Path("gen3.out")) == 66);
+
   // Another seed, the exported parameters: round 0 is the first campaign's end.
   const std::string second =
       dir.Write("second.yaml", HfCampaign(port + 2, 99, ", init_from: \"" + dir.Path("hf") + "\""));

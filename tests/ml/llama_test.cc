@@ -168,6 +168,26 @@ TEST_CASE("llama: init is deterministic for a seed and trains", "[unit]") {
   CHECK(last < first * 0.5);
 }
 
+TEST_CASE("generation: decoding with the key/value cache gives the full forward's logits", "[unit]") {
+  for (ModelConfig c : {TinyLlama(2), testing::TinyModel(2, 32, 4, 16, 256)}) {
+    INFO(ModelArchName(c.arch));
+    Lm model = MakeLm(c, 11);
+    torch::NoGradGuard no_grad;
+    auto tokens = Tokens(2, 16, 12);
+    auto full = model->forward(tokens);
+    KvCache cache;
+    using torch::indexing::Slice;
+    // A 5-token prompt, then one token at a time up to the context.
+    std::vector<torch::Tensor> parts = {model->Forward(tokens.index({Slice(), Slice(0, 5)}), &cache)};
+    for (int64_t i = 5; i < 16; ++i) parts.push_back(model->Forward(tokens.index({Slice(), Slice(i, i + 1)}), &cache));
+    CHECK(cache.length == 16);
+    auto stepped = torch::cat(parts, 1);
+    CHECK((stepped - full).abs().max().item<double>() < 1e-4);
+    // Past the context: refused.
+    CHECK_THROWS(model->Forward(tokens.index({Slice(), Slice(0, 1)}), &cache));
+  }
+}
+
 TEST_CASE("llama: shapes the model cannot take are refused", "[unit]") {
   ModelConfig c = TinyLlama(3);  // 3 does not divide 4 heads
   CHECK(ModelLayout(c).status().code() == StatusCode::kInvalidArgument);
