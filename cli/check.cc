@@ -23,7 +23,12 @@ std::string Bytes(double b) {
 
 std::string Seconds(double bytes, double mbit) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f s", bytes * 8 / (mbit * 1e6));
+  const double s = bytes * 8 / (mbit * 1e6);
+  if (s < 0.1) {
+    std::snprintf(buf, sizeof(buf), "%.1f ms", s * 1e3);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.2f s", s);
+  }
   return buf;
 }
 
