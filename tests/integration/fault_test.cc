@@ -331,7 +331,9 @@ TEST_CASE("fault: a worker away for several rounds catches up from the logged ag
   const std::string run_dir = dir.Path("run");
   const int rounds = 60;
   const std::string yaml = dir.Write("c.yaml", DurableCampaign(port, rounds, 2, run_dir, 2));
-  Subprocess co = Coordinator(yaml, dir.Path("co.out"));
+  // Rounds of this model take ~50 ms: each commit is held 150 ms (a slow
+  // disk), so that the campaign is still running when the test pauses it.
+  Subprocess co = Coordinator(yaml, dir.Path("co.out"), "committed@*:sleep=150");
   Subprocess a = Worker(yaml, "site-a", dir.Path("a.out"));
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
   Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));

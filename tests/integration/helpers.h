@@ -198,11 +198,12 @@ inline std::string WaitWorkers(const TempDir& dir, int port, const std::string& 
 
 // Pauses rounds; a retry after a lost answer hears "already paused".
 inline void Pause(const TempDir& dir, int port) {
+  std::pair<int, std::string> r;
   for (int i = 0; i < 20; ++i) {
-    auto r = Ctl(dir, port, {"round", "pause"}, 1000);
+    r = Ctl(dir, port, {"round", "pause"}, 1000);
     if (r.first == 0 || r.second.find("already paused") != std::string::npos) return;
   }
-  FAIL("round pause was never accepted");
+  FAIL("round pause was never accepted; the last answer (" << r.first << "): " << r.second);
 }
 
 }  // namespace lowband::itest

@@ -100,7 +100,9 @@ TEST_CASE("ranks: a rank that dies takes its site out at once and the restarted 
   const int port = FreePortBase();
   const std::string run_dir = dir.Path("run");
   const std::string yaml = dir.Write("c.yaml", RanksCampaign(port, 12, 2, /*three=*/true, 2, run_dir));
-  Subprocess co = Coordinator(yaml, dir.Path("co.out"));
+  // Each commit held 300 ms (a slow disk), so that rounds are left when the
+  // test pauses the campaign.
+  Subprocess co = Coordinator(yaml, dir.Path("co.out"), "committed@*:sleep=300");
   Subprocess a = Worker(yaml, "site-a", dir.Path("a1.out"));
   Subprocess b = Worker(yaml, "site-b", dir.Path("b.out"));
   Subprocess c = Worker(yaml, "site-c", dir.Path("c.out"));

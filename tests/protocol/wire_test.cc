@@ -444,7 +444,7 @@ TEST_CASE("wire: every body kind round-trips", "[unit]") {
   }
 }
 
-TEST_CASE("wire: a llama Welcome round-trips; impossible llama shapes are refused", "[unit]") {
+TEST_CASE("wire: a llama Welcome round-trips, and impossible llama shapes are refused", "[unit]") {
   Message m = SampleWelcome();
   auto& w = std::get<Welcome>(m.body);
   w.model.arch = ModelArch::kLlama;
