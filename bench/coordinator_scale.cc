@@ -243,8 +243,16 @@ double FirstTouchGBs(size_t mb) {
   return static_cast<double>(n) / s / 1e9;
 }
 
+// CPU seconds (user + system) of the process so far.
+double CpuSeconds() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 struct Figures {
-  double arrive_s = 0, close_s = 0, commit_s = 0;
+  double arrive_s = 0, close_s = 0, commit_s = 0, close_cpu_s = 0;
+  CloseResult::Phases phases;
   uint64_t upload_bytes = 0, logged_bytes = 0, nnz = 0;
 };
 
@@ -296,7 +304,7 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   config.quorum.min_workers = sites;
   config.quorum.round_deadline_s = 1e6;
   config.quorum.start_timeout_s = 1e6;
-  config.network.heartbeat_timeout_ms = 1 << 30;
+  config.network.heartbeat_timeout_ms = 60000;
 
   const uint64_t rss_before = StatusBytes("VmRSS");
   const bool reset = ResetPeakRss();
@@ -333,12 +341,22 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     const uint64_t d0 = core.digest();
     for (const std::string& site : names)
       core.HandleMessage(site, wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
+    // A minute on, every site still heartbeating: the join's packed model
+    // (offered, never pulled: the sites hold the seed) is dropped as idle,
+    // as a running coordinator drops it.
+    now += std::chrono::milliseconds(config.network.heartbeat_timeout_ms + 1000);
+    for (const std::string& site : names) core.HandleMessage(site, wrap(Heartbeat{1, "training"}), now, &out);
+    core.OnTick(now, &out);
   }
   LOWBAND_CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
+  LOWBAND_CHECK(core.membership().snapshots() == 0);
+  for (const auto& [site, w] : core.workers()) LOWBAND_CHECK(w.state == WorkerState::kJoined);
 
-  std::printf("| round | arrival s (%d uploads) | close s | commit s | round s | update nnz | logged MB | digest |\n",
-              sites);
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  std::printf(
+      "| round | arrival s (%d uploads) | close s (CPU s) | (aggregate | pack | update | apply | digest | rest) "
+      "| commit s | round s | update nnz | logged MB | digest |\n",
+      sites);
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   std::vector<Figures> figs;
   for (uint32_t round = 1; round <= static_cast<uint32_t>(rounds); ++round) {
     Figures f;
@@ -365,11 +383,14 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     CloseJob job = std::move(out.close_jobs[0]);
     out = CoreOutput{};
     auto c = std::chrono::steady_clock::now();
+    const double cpu0 = CpuSeconds();
     CloseResult r = core.aggregation()->Close(std::move(job), &pool);
     f.close_s = Seconds(std::chrono::steady_clock::now() - c).count();
+    f.close_cpu_s = CpuSeconds() - cpu0;
     LOWBAND_CHECK(r.status.ok());
     f.logged_bytes = r.logged.bulk.size();
     f.nnz = r.nnz;
+    f.phases = r.phases;
     c = std::chrono::steady_clock::now();
     core.HandleClosed(std::move(r), now, &out);
     f.commit_s = Seconds(std::chrono::steady_clock::now() - c).count();
@@ -379,9 +400,14 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
       core.HandleMessage(site, wrap(EvalReport{round, 2.0, 100, core.digest(), {}, {}}), now, &out);
     }
     out = CoreOutput{};
-    std::printf("| %u | %.3f | %.3f | %.3f | %.3f | %llu (%.1f%%) | %.1f | %s |\n", round, f.arrive_s, f.close_s,
-                f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
-                100.0 * f.nnz / p, f.logged_bytes / 1e6, DigestHex(core.digest()).c_str());
+    const CloseResult::Phases& ph = f.phases;
+    const double rest = f.close_s - ph.aggregate_s - ph.pack_s - ph.update_s - ph.apply_s - ph.digest_s;
+    std::printf(
+        "| %u | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f "
+        "| %.3f | %.3f | %llu (%.1f%%) | %.1f | %s |\n",
+        round, f.arrive_s, f.close_s, f.close_cpu_s, ph.aggregate_s, ph.pack_s, ph.update_s, ph.apply_s, ph.digest_s,
+        rest, f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
+        100.0 * f.nnz / p, f.logged_bytes / 1e6, DigestHex(core.digest()).c_str());
     std::fflush(stdout);
     figs.push_back(f);
   }
