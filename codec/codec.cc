@@ -1256,8 +1256,9 @@ void ForChunks(ThreadPool* pool, int64_t n, const std::function<void(int64_t, in
 StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
                                     const std::vector<AggregateInput>& inputs, AggregationRule rule,
                                     const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
-                                    std::vector<float>* theta, uint64_t* nnz) {
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest) {
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  LOWBAND_CHECK(theta_digest == nullptr || theta != nullptr);
   LOWBAND_CHECK(!inputs.empty() && buffer != nullptr);
   LOWBAND_CHECK(theta == nullptr || theta->size() == static_cast<size_t>(plan.numel));
   const size_t r_total = inputs.size();
@@ -1448,7 +1449,23 @@ StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan&
   });
   if (sparse) FixShared12(idx_out, at, first_l, last_l);
   *nnz = m;
-  return Finish(layout, sparse ? CodecKind::kSparseFp32 : CodecKind::kDenseFp32, 0, Frame(std::move(buffer)));
+  // The payload's checksum and theta's digest side by side (two threads
+  // of the pool): each a sequential hash of a model-sized buffer.
+  uint64_t checksum = 0;
+  auto hash = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i == 0) checksum = BulkChecksum(buffer->data(), buffer->size());
+      if (i == 1) *theta_digest = ValuesDigest(theta->data(), theta->size());
+    }
+  };
+  const int64_t hashes = theta_digest ? 2 : 1;
+  if (pool == nullptr || hashes == 1) {
+    hash(0, hashes);
+  } else {
+    LOWBAND_CHECK(pool->ParallelFor(hashes, 1, hash).ok());
+  }
+  return Finish(layout, sparse ? CodecKind::kSparseFp32 : CodecKind::kDenseFp32, 0, Frame(std::move(buffer)),
+                &checksum);
 }
 
 }  // namespace lowband

@@ -255,7 +255,9 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& 
 // to the payload and overwritten, never read: a buffer the caller keeps
 // from round to round is written without a page fault per 4 KiB (a fresh
 // one faults every page in; on a VM at a few hundred MB/s). `nnz` gets the
-// mean's entry count. `pool` as AggregateMean's; nothing depends on it.
+// mean's entry count; `theta_digest` (may be null) ValuesDigest(theta)
+// after the apply, hashed beside the payload's checksum. `pool` as
+// AggregateMean's; nothing depends on it.
 // FailedPrecondition, with nothing written anywhere, unless the inputs'
 // largest magnitudes and the weights bound every sum and mean far from
 // fp32 overflow (so it can never be non-finite; PackAggregate would refuse
@@ -264,6 +266,6 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& 
 StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
                                     const std::vector<AggregateInput>& inputs, AggregationRule rule,
                                     const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
-                                    std::vector<float>* theta, uint64_t* nnz);
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest = nullptr);
 
 }  // namespace lowband

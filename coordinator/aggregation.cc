@@ -286,7 +286,7 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
         // into the payload that is logged and sent, in a buffer of an
         // earlier round, and applied as it is written; no Update is built.
         auto p = PackAggregateMean(s_.layout, s_.plan, deltas, s_.rule, weights, pool, job.payloads.Take(),
-                                   &job.params.values, &r.nnz);
+                                   &job.params.values, &r.nnz, &r.digest);
         if (p.ok()) {
           r.logged = std::move(p).value();
           packed = true;
@@ -303,9 +303,9 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
   lap(&r.phases.aggregate_s);
   if (packed) {
     r.down = r.logged;  // shared, as below
-    lap(&r.phases.apply_s);
-    Digests(job.params, &r.digest, &r.part_digests, &r.view_digests);
-    lap(&r.phases.digest_s);
+    LOWBAND_CHECK(s_.kind == Kind::kMean);  // r.digest is the only one
+    r.part_digests.clear();
+    r.view_digests.clear();
     r.params = std::move(job.params);
     r.outer = std::move(job.outer);
     r.downlink = std::move(job.downlink);

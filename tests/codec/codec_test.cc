@@ -1051,9 +1051,10 @@ void CheckPackedMean(const ParamLayout& layout, const LayoutPlan& plan, const st
   std::vector<float> want_theta = theta0;
   REQUIRE(ApplyUpdate(plan, mean, &want_theta).ok());
   std::vector<float> theta = theta0;
-  uint64_t nnz = 0;
-  auto got = PackAggregateMean(layout, plan, inputs, rule, weights, pool, buffer, &theta, &nnz);
+  uint64_t nnz = 0, digest = 0;
+  auto got = PackAggregateMean(layout, plan, inputs, rule, weights, pool, buffer, &theta, &nnz, &digest);
   REQUIRE(got.ok());
+  CHECK(digest == ValuesDigest(want_theta.data(), want_theta.size()));
   CHECK(got->header.codec == want->header.codec);
   CHECK(got->header.num_elements == want->header.num_elements);
   CHECK(got->header.layout_digest == want->header.layout_digest);

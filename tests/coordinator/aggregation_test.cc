@@ -130,6 +130,7 @@ TEST_CASE("close: rounds in a row on reused payload buffers give what fresh buff
     CHECK(r.down.bulk.data() == r.logged.bulk.data());  // one payload, logged and sent
     CHECK(r.params.values == want.params);
     CHECK(r.digest == fresh.digest);
+    CHECK(r.digest == ParamSet{layout, want.params}.Digest());
     CHECK(r.nnz == fresh.nnz);
     // Last round's payload, still held, was not written over.
     CHECK(held.bytes() == held_bytes);
