@@ -353,10 +353,11 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   for (const auto& [site, w] : core.workers()) LOWBAND_CHECK(w.state == WorkerState::kJoined);
 
   std::printf(
-      "| round | arrival s (%d uploads) | close s (CPU s) | (aggregate | pack | update | apply | digest | rest) "
+      "| round | arrival s (%d uploads) | close s (CPU s) | (count | aggregate | pack | update | apply | digest | "
+      "rest) "
       "| commit s | round s | update nnz | logged MB | digest |\n",
       sites);
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   std::vector<Figures> figs;
   for (uint32_t round = 1; round <= static_cast<uint32_t>(rounds); ++round) {
     Figures f;
@@ -401,12 +402,12 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     }
     out = CoreOutput{};
     const CloseResult::Phases& ph = f.phases;
-    const double rest = f.close_s - ph.aggregate_s - ph.pack_s - ph.update_s - ph.apply_s - ph.digest_s;
+    const double rest = f.close_s - ph.count_s - ph.aggregate_s - ph.pack_s - ph.update_s - ph.apply_s - ph.digest_s;
     std::printf(
-        "| %u | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f "
+        "| %u | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f "
         "| %.3f | %.3f | %llu (%.1f%%) | %.1f | %s |\n",
-        round, f.arrive_s, f.close_s, f.close_cpu_s, ph.aggregate_s, ph.pack_s, ph.update_s, ph.apply_s, ph.digest_s,
-        rest, f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
+        round, f.arrive_s, f.close_s, f.close_cpu_s, ph.count_s, ph.aggregate_s, ph.pack_s, ph.update_s, ph.apply_s,
+        ph.digest_s, rest, f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
         100.0 * f.nnz / p, f.logged_bytes / 1e6, DigestHex(core.digest()).c_str());
     std::fflush(stdout);
     figs.push_back(f);
@@ -426,23 +427,27 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   const double gbs = CopyGBs(copy_mb, &pool);
   const double bound_s = bytes / (gbs * 1e9);
   const double touch_gbs = FirstTouchGBs(std::min<size_t>(copy_mb, 256));
-  // New memory the round writes: the aggregate as an Update (6 bytes an
-  // entry) and the logged payload (the one sent down).
-  // (the aggregate's entries from the logged sparse_fp32 size: 2 bytes a
-  // chunk, 5.5 an entry; a dense one is 4 bytes a parameter)
+  // New memory a round writes. With the sparse_fp32 downlink (sgd lr 1)
+  // the mean goes straight into the logged payload, in a buffer of an
+  // earlier round (PayloadBuffers): only round 1 faults one in. Otherwise
+  // the aggregate as an Update (6 bytes an entry; its entries from the
+  // logged sparse_fp32 size: 2 bytes a chunk, 5.5 an entry; a dense one is
+  // 4 bytes a parameter) and the logged payload, every round.
+  const bool packed = downlink == CodecKind::kSparseFp32;
   const double g_bytes = med.logged_bytes < static_cast<uint64_t>(fp32)
                              ? 6.0 * (static_cast<double>(med.logged_bytes) - 2.0 * plan.chunks.size()) / 5.5
                              : fp32;
-  const double fresh = g_bytes + static_cast<double>(med.logged_bytes);
+  const double fresh = (packed ? 0.0 : g_bytes) + static_cast<double>(med.logged_bytes);
   std::printf(
       "copy bandwidth %.1f GB/s (memcpy of %zu MiB on %d threads, read + write); bytes touched per round %.2f "
       "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
       gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
       downlink == CodecKind::kSparseLoCo ? ", error feedback 4 x model" : "");
-  std::printf(
-      "of which memory the round allocates: %.2f GB (the aggregate, the logged payload); first touch of fresh "
-      "memory %.2f GB/s here: %.3f s for those alone\n",
-      fresh / 1e9, touch_gbs, fresh / (touch_gbs * 1e9));
+  std::printf("%s %.2f GB (%s); first touch of fresh memory %.2f GB/s here: %.3f s for those alone\n",
+              packed ? "memory faulted in once, in round 1 (later rounds reuse it):"
+                     : "of which memory every round allocates:",
+              fresh / 1e9, packed ? "the logged payload's buffer" : "the aggregate, the logged payload", touch_gbs,
+              fresh / (touch_gbs * 1e9));
   std::printf("peak RSS %.2f GB (VmHWM%s; ru_maxrss %.2f GB; RSS before the coordinator %.2f GB)\n", hwm / 1e9,
               reset ? " since the coordinator was built" : ", not reset", ru.ru_maxrss * 1024.0 / 1e9,
               rss_before / 1e9);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -1256,7 +1257,14 @@ void ForChunks(ThreadPool* pool, int64_t n, const std::function<void(int64_t, in
 StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
                                     const std::vector<AggregateInput>& inputs, AggregationRule rule,
                                     const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
-                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest) {
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest,
+                                    PackMeanTimes* times) {
+  auto lap_start = std::chrono::steady_clock::now();
+  auto lap = [&](double PackMeanTimes::*field) {
+    const auto now = std::chrono::steady_clock::now();
+    if (times) times->*field += std::chrono::duration<double>(now - lap_start).count();
+    lap_start = now;
+  };
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
   LOWBAND_CHECK(theta_digest == nullptr || theta != nullptr);
   LOWBAND_CHECK(!inputs.empty() && buffer != nullptr);
@@ -1334,6 +1342,7 @@ StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan&
     }
   });
   for (size_t c = 0; c < n_chunks; ++c) at[c + 1] += at[c];
+  lap(&PackMeanTimes::count_s);
   const uint64_t m = at[n_chunks];
   if (m > std::numeric_limits<uint32_t>::max()) {
     return FailedPrecondition("aggregate: " + Num(m) + " entries, more than an update can hold");
@@ -1449,6 +1458,7 @@ StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan&
   });
   if (sparse) FixShared12(idx_out, at, first_l, last_l);
   *nnz = m;
+  lap(&PackMeanTimes::sum_s);
   // The payload's checksum and theta's digest side by side (two threads
   // of the pool): each a sequential hash of a model-sized buffer.
   uint64_t checksum = 0;
@@ -1464,6 +1474,7 @@ StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan&
   } else {
     LOWBAND_CHECK(pool->ParallelFor(hashes, 1, hash).ok());
   }
+  lap(&PackMeanTimes::hash_s);
   return Finish(layout, sparse ? CodecKind::kSparseFp32 : CodecKind::kDenseFp32, 0, Frame(std::move(buffer)),
                 &checksum);
 }

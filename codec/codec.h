@@ -263,9 +263,15 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& 
 // fp32 overflow (so it can never be non-finite; PackAggregate would refuse
 // it): the caller falls back to AggregateMean + PackAggregate. Inputs must
 // be well formed for the plan (CHECK), as for AggregateMean.
+// Wall seconds of PackAggregateMean's parts (informational): the count,
+// the sums (written, applied), the checksum and digest.
+struct PackMeanTimes {
+  double count_s = 0, sum_s = 0, hash_s = 0;
+};
 StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
                                     const std::vector<AggregateInput>& inputs, AggregationRule rule,
                                     const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
-                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest = nullptr);
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest = nullptr,
+                                    PackMeanTimes* times = nullptr);
 
 }  // namespace lowband

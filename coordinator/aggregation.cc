@@ -285,9 +285,15 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
         // u = g (sgd lr 1, sparse_fp32 down): the mean is written straight
         // into the payload that is logged and sent, in a buffer of an
         // earlier round, and applied as it is written; no Update is built.
+        PackMeanTimes times;
         auto p = PackAggregateMean(s_.layout, s_.plan, deltas, s_.rule, weights, pool, job.payloads.Take(),
-                                   &job.params.values, &r.nnz, &r.digest);
+                                   &job.params.values, &r.nnz, &r.digest, &times);
         if (p.ok()) {
+          r.phases.count_s = times.count_s;
+          r.phases.apply_s = times.sum_s;
+          r.phases.digest_s = times.hash_s;
+          lap_start += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+              std::chrono::duration<double>(times.count_s + times.sum_s + times.hash_s));
           r.logged = std::move(p).value();
           packed = true;
           break;

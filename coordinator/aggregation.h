@@ -123,14 +123,16 @@ struct CloseResult {
   double student_kl = std::numeric_limits<double>::quiet_NaN();
   double distill_loss = std::numeric_limits<double>::quiet_NaN();
   double public_val_loss = std::numeric_limits<double>::quiet_NaN();
-  // Wall time of Close's parts (informational: logged by the service,
-  // reported by bench/coordinator_scale; nothing depends on it). aggregate:
-  // the mean (distillation, for FPLD; with PackAggregateMean also its
-  // packing and apply); pack: the logged payload; update: the outer step
-  // and the downlink's encoding; apply: theta -= u, and the per-stage or
-  // per-cluster payloads; digest: the digests.
+  // Wall time of Close's parts (informational: reported by
+  // bench/coordinator_scale; nothing depends on it). aggregate: the mean
+  // (distillation, for FPLD), and freeing the uploads; pack: the logged
+  // payload; update: the outer step and the downlink's encoding; apply:
+  // theta -= u, and the per-stage or per-cluster payloads; digest: the
+  // digests. The packed mean (PackAggregateMean): count is its first pass,
+  // apply its second (the sums, written into the payload and applied),
+  // digest the checksum beside the digest.
   struct Phases {
-    double aggregate_s = 0, pack_s = 0, update_s = 0, apply_s = 0, digest_s = 0;
+    double count_s = 0, aggregate_s = 0, pack_s = 0, update_s = 0, apply_s = 0, digest_s = 0;
   };
   Phases phases;
 };
