@@ -443,11 +443,11 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
       "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
       gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
       downlink == CodecKind::kSparseLoCo ? ", error feedback 4 x model" : "");
-  std::printf("%s %.2f GB (%s); first touch of fresh memory %.2f GB/s here: %.3f s for those alone\n",
-              packed ? "memory faulted in once, in round 1 (later rounds reuse it):"
-                     : "of which memory every round allocates:",
-              fresh / 1e9, packed ? "the logged payload's buffer" : "the aggregate, the logged payload", touch_gbs,
-              fresh / (touch_gbs * 1e9));
+  std::printf(
+      "%s %.2f GB (%s); first touch of fresh memory %.2f GB/s here: %.3f s for those alone\n",
+      packed ? "memory faulted in once, in round 1 (later rounds reuse it):" : "of which memory every round allocates:",
+      fresh / 1e9, packed ? "the logged payload's buffer" : "the aggregate, the logged payload", touch_gbs,
+      fresh / (touch_gbs * 1e9));
   std::printf("peak RSS %.2f GB (VmHWM%s; ru_maxrss %.2f GB; RSS before the coordinator %.2f GB)\n", hwm / 1e9,
               reset ? " since the coordinator was built" : ", not reset", ru.ru_maxrss * 1024.0 / 1e9,
               rss_before / 1e9);
