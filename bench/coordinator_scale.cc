@@ -243,8 +243,16 @@ double FirstTouchGBs(size_t mb) {
   return static_cast<double>(n) / s / 1e9;
 }
 
+// CPU seconds (user + system) of the process so far.
+double CpuSeconds() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 struct Figures {
-  double arrive_s = 0, close_s = 0, commit_s = 0;
+  double arrive_s = 0, close_s = 0, commit_s = 0, close_cpu_s = 0;
+  CloseResult::Phases phases;
   uint64_t upload_bytes = 0, logged_bytes = 0, nnz = 0;
 };
 
@@ -296,7 +304,7 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   config.quorum.min_workers = sites;
   config.quorum.round_deadline_s = 1e6;
   config.quorum.start_timeout_s = 1e6;
-  config.network.heartbeat_timeout_ms = 1 << 30;
+  config.network.heartbeat_timeout_ms = 60000;
 
   const uint64_t rss_before = StatusBytes("VmRSS");
   const bool reset = ResetPeakRss();
@@ -333,12 +341,23 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     const uint64_t d0 = core.digest();
     for (const std::string& site : names)
       core.HandleMessage(site, wrap(EvalReport{0, 2.0, 100, d0, {}, {}}), now, &out);
+    // A minute on, every site still heartbeating: the join's packed model
+    // (offered, never pulled: the sites hold the seed) is dropped as idle,
+    // as a running coordinator drops it.
+    now += std::chrono::milliseconds(config.network.heartbeat_timeout_ms + 1000);
+    for (const std::string& site : names) core.HandleMessage(site, wrap(Heartbeat{1, "training"}), now, &out);
+    core.OnTick(now, &out);
   }
   LOWBAND_CHECK(core.phase() == CoordinatorCore::Phase::kTraining);
+  LOWBAND_CHECK(core.membership().snapshots() == 0);
+  for (const auto& [site, w] : core.workers()) LOWBAND_CHECK(w.state == WorkerState::kJoined);
 
-  std::printf("| round | arrival s (%d uploads) | close s | commit s | round s | update nnz | logged MB | digest |\n",
-              sites);
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  std::printf(
+      "| round | arrival s (%d uploads) | close s (CPU s) | (count | aggregate | pack | update | apply | digest | "
+      "rest) "
+      "| commit s | round s | update nnz | logged MB | digest |\n",
+      sites);
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   std::vector<Figures> figs;
   for (uint32_t round = 1; round <= static_cast<uint32_t>(rounds); ++round) {
     Figures f;
@@ -365,11 +384,14 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
     CloseJob job = std::move(out.close_jobs[0]);
     out = CoreOutput{};
     auto c = std::chrono::steady_clock::now();
+    const double cpu0 = CpuSeconds();
     CloseResult r = core.aggregation()->Close(std::move(job), &pool);
     f.close_s = Seconds(std::chrono::steady_clock::now() - c).count();
+    f.close_cpu_s = CpuSeconds() - cpu0;
     LOWBAND_CHECK(r.status.ok());
     f.logged_bytes = r.logged.bulk.size();
     f.nnz = r.nnz;
+    f.phases = r.phases;
     c = std::chrono::steady_clock::now();
     core.HandleClosed(std::move(r), now, &out);
     f.commit_s = Seconds(std::chrono::steady_clock::now() - c).count();
@@ -379,9 +401,14 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
       core.HandleMessage(site, wrap(EvalReport{round, 2.0, 100, core.digest(), {}, {}}), now, &out);
     }
     out = CoreOutput{};
-    std::printf("| %u | %.3f | %.3f | %.3f | %.3f | %llu (%.1f%%) | %.1f | %s |\n", round, f.arrive_s, f.close_s,
-                f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
-                100.0 * f.nnz / p, f.logged_bytes / 1e6, DigestHex(core.digest()).c_str());
+    const CloseResult::Phases& ph = f.phases;
+    const double rest = f.close_s - ph.count_s - ph.aggregate_s - ph.pack_s - ph.update_s - ph.apply_s - ph.digest_s;
+    std::printf(
+        "| %u | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f "
+        "| %.3f | %.3f | %llu (%.1f%%) | %.1f | %s |\n",
+        round, f.arrive_s, f.close_s, f.close_cpu_s, ph.count_s, ph.aggregate_s, ph.pack_s, ph.update_s, ph.apply_s,
+        ph.digest_s, rest, f.commit_s, f.arrive_s + f.close_s + f.commit_s, static_cast<unsigned long long>(f.nnz),
+        100.0 * f.nnz / p, f.logged_bytes / 1e6, DigestHex(core.digest()).c_str());
     std::fflush(stdout);
     figs.push_back(f);
   }
@@ -400,23 +427,27 @@ int RunLayout(const Layout& spec, int sites, int rounds, int topk, int distinct,
   const double gbs = CopyGBs(copy_mb, &pool);
   const double bound_s = bytes / (gbs * 1e9);
   const double touch_gbs = FirstTouchGBs(std::min<size_t>(copy_mb, 256));
-  // New memory the round writes: the aggregate as an Update (6 bytes an
-  // entry) and the logged payload (the one sent down).
-  // (the aggregate's entries from the logged sparse_fp32 size: 2 bytes a
-  // chunk, 5.5 an entry; a dense one is 4 bytes a parameter)
+  // New memory a round writes. With the sparse_fp32 downlink (sgd lr 1)
+  // the mean goes straight into the logged payload, in a buffer of an
+  // earlier round (PayloadBuffers): only round 1 faults one in. Otherwise
+  // the aggregate as an Update (6 bytes an entry; its entries from the
+  // logged sparse_fp32 size: 2 bytes a chunk, 5.5 an entry; a dense one is
+  // 4 bytes a parameter) and the logged payload, every round.
+  const bool packed = downlink == CodecKind::kSparseFp32;
   const double g_bytes = med.logged_bytes < static_cast<uint64_t>(fp32)
                              ? 6.0 * (static_cast<double>(med.logged_bytes) - 2.0 * plan.chunks.size()) / 5.5
                              : fp32;
-  const double fresh = g_bytes + static_cast<double>(med.logged_bytes);
+  const double fresh = (packed ? 0.0 : g_bytes) + static_cast<double>(med.logged_bytes);
   std::printf(
       "copy bandwidth %.1f GB/s (memcpy of %zu MiB on %d threads, read + write); bytes touched per round %.2f "
       "GB (uploads %.2f, parameters 3 x %.2f, logged %.2f%s)\n",
       gbs, copy_mb, threads, bytes / 1e9, med.upload_bytes / 1e9, fp32 / 1e9, med.logged_bytes / 1e9,
       downlink == CodecKind::kSparseLoCo ? ", error feedback 4 x model" : "");
   std::printf(
-      "of which memory the round allocates: %.2f GB (the aggregate, the logged payload); first touch of fresh "
-      "memory %.2f GB/s here: %.3f s for those alone\n",
-      fresh / 1e9, touch_gbs, fresh / (touch_gbs * 1e9));
+      "%s %.2f GB (%s); first touch of fresh memory %.2f GB/s here: %.3f s for those alone\n",
+      packed ? "memory faulted in once, in round 1 (later rounds reuse it):" : "of which memory every round allocates:",
+      fresh / 1e9, packed ? "the logged payload's buffer" : "the aggregate, the logged payload", touch_gbs,
+      fresh / (touch_gbs * 1e9));
   std::printf("peak RSS %.2f GB (VmHWM%s; ru_maxrss %.2f GB; RSS before the coordinator %.2f GB)\n", hwm / 1e9,
               reset ? " since the coordinator was built" : ", not reset", ru.ru_maxrss * 1024.0 / 1e9,
               rss_before / 1e9);

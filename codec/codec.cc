@@ -1,10 +1,14 @@
 #include "codec/codec.h"
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
-#include <cstring>
-#include <limits>
 #include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 
@@ -796,12 +800,81 @@ Status CheckSparseLoCoPayload(const ParamLayout& layout, const LayoutPlan& plan,
     return WrongLength(CodecKind::kSparseLoCo, bulk.size(), want, "the layout at topk " + std::to_string(plan.topk));
   }
   LOWBAND_RETURN_IF_ERROR(CheckChecksum(header, bulk));
+  // The checks VisitSparseLoCo makes, branch-free; on any failure it runs
+  // to say what failed where.
+  auto slow = [&] { return VisitSparseLoCo(layout, plan, bulk, [](size_t, uint32_t, uint16_t, float) {}); };
   float max_abs = 0;
   double sum_sq = 0;
-  LOWBAND_RETURN_IF_ERROR(VisitSparseLoCo(layout, plan, bulk, [&](size_t, uint32_t, uint16_t, float v) {
-    max_abs = std::max(max_abs, std::fabs(v));
-    sum_sq += static_cast<double>(v) * v;
-  }));
+  const uint8_t* p = bulk.data();
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    float table[4];
+    std::memcpy(table, p, sizeof(table));
+    const uint64_t k_total = static_cast<uint64_t>(tp.kept);
+    const uint8_t* idx = p + 16;
+    const uint8_t* codes = idx + Ceil12(k_total);
+    p = codes + Ceil2(k_total);
+    bool bad = !std::isfinite(table[0]) || !std::isfinite(table[1]) || !std::isfinite(table[2]) ||
+               !std::isfinite(table[3]) || !Pad12Clean(idx, k_total) || !Pad2Clean(codes, k_total);
+    uint64_t i = 0;  // entry within the tensor's streams
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      if (ch.k == 0) continue;
+      const uint64_t last = i + static_cast<uint64_t>(ch.k);
+      int32_t prev = -1;
+      if (i & 1) {
+        const int32_t l = static_cast<int32_t>(Get12(idx, i++));
+        bad = bad || l <= prev;
+        prev = l;
+      }
+      bool unordered = false;
+      for (; i + 1 < last; i += 2) {
+        // Two indices in 3 bytes (the 4th read is the next pair's, or a
+        // code byte: the codes follow every non-empty index stream).
+        uint32_t x;
+        std::memcpy(&x, idx + (i >> 1) * 3, sizeof(x));
+        const int32_t a = static_cast<int32_t>(x & 0xfff), b = static_cast<int32_t>((x >> 12) & 0xfff);
+        unordered |= (a <= prev) | (b <= a);
+        prev = b;
+      }
+      if (i < last) {
+        const int32_t l = static_cast<int32_t>(Get12(idx, i++));
+        unordered |= l <= prev;
+        prev = l;
+      }
+      // Increasing, so the last index is the largest.
+      bad = bad || unordered || prev >= static_cast<int32_t>(ch.numel());
+    }
+    if (bad) {
+      Status st = slow();
+      LOWBAND_CHECK(!st.ok());  // the same checks
+      return st;
+    }
+    // How often each table entry is used: 4 codes a byte, counted 16 bits
+    // apiece in one word (flushed before a count can reach 2^16); the pad
+    // codes of the last byte are zero (checked above).
+    static const std::array<uint64_t, 256> kCounts = [] {
+      std::array<uint64_t, 256> a{};
+      for (int b = 0; b < 256; ++b) {
+        for (int j = 0; j < 4; ++j) a[static_cast<size_t>(b)] += uint64_t{1} << (16 * ((b >> (2 * j)) & 3));
+      }
+      return a;
+    }();
+    uint64_t count[4] = {0, 0, 0, 0};
+    const uint64_t code_bytes = Ceil2(k_total);
+    for (uint64_t b = 0; b < code_bytes;) {
+      const uint64_t end = std::min(code_bytes, b + 16383);
+      uint64_t packed = 0;
+      for (; b < end; ++b) packed += kCounts[codes[b]];
+      for (int j = 0; j < 4; ++j) count[j] += (packed >> (16 * j)) & 0xffff;
+    }
+    count[0] -= 4 * code_bytes - k_total;
+    for (int j = 0; j < 4; ++j) {
+      if (count[j] == 0) continue;
+      max_abs = std::max(max_abs, std::fabs(table[j]));
+      sum_sq += static_cast<double>(count[j]) * (static_cast<double>(table[j]) * table[j]);
+    }
+  }
   stats->max_abs = max_abs;
   stats->sum_sq = sum_sq;
   return Status::Ok();
@@ -851,9 +924,71 @@ inline void ForEachEntry(const LayoutPlan& plan, const SparseLoCoOffsets& off, c
   const uint8_t* idx = p + 16;
   const uint8_t* codes = idx + Ceil12(static_cast<uint64_t>(plan.tensors[t].kept));
   const uint64_t first = off.entry_at[c], last = first + static_cast<uint64_t>(plan.chunks[c].k);
-  for (uint64_t i = first; i < last; ++i) {
-    fn(static_cast<uint16_t>(Get12(idx, i)), table[(codes[i >> 2] >> (2 * (i & 3))) & 3]);
+  auto code = [&](uint64_t i) { return (codes[i >> 2] >> (2 * (i & 3))) & 3; };
+  uint64_t i = first;
+  if ((i & 1) && i < last) {
+    fn(static_cast<uint16_t>(Get12(idx, i)), table[code(i)]);
+    ++i;
   }
+  for (; i + 1 < last; i += 2) {  // a pair of indices in 3 bytes
+    const uint8_t* q = idx + (i >> 1) * 3;
+    fn(static_cast<uint16_t>(q[0] | ((q[1] & 0x0f) << 8)), table[code(i)]);
+    fn(static_cast<uint16_t>((q[1] >> 4) | (q[2] << 4)), table[code(i + 1)]);
+  }
+  if (i < last) fn(static_cast<uint16_t>(Get12(idx, i)), table[code(i)]);
+}
+
+// Asks for chunk c's bytes of a sparseloco input ahead of reading them: the
+// inputs are read at as many places at once as there are sites, more
+// streams than a core's prefetcher follows.
+inline void PrefetchChunk(const LayoutPlan& plan, const SparseLoCoOffsets& off, const AggregateInput& in, size_t t,
+                          size_t c) {
+  if (in.sparseloco == nullptr) return;
+  const uint8_t* idx = in.sparseloco->data() + off.tensor_at[t] + 16;
+  const uint64_t first = off.entry_at[c], k = static_cast<uint64_t>(plan.chunks[c].k);
+  const uint8_t* from = idx + (first >> 1) * 3;
+  const uint8_t* to = idx + ((first + k) >> 1) * 3 + 2;
+  for (const uint8_t* q = from; q <= to + 63; q += 64) __builtin_prefetch(q);
+  const uint8_t* codes = idx + Ceil12(static_cast<uint64_t>(plan.tensors[t].kept));
+  __builtin_prefetch(codes + (first >> 2));
+  __builtin_prefetch(codes + ((first + k) >> 2));
+}
+
+// fn(local index) for each entry of chunk c of input `in`, increasing.
+template <typename Fn>
+inline void ForEachIndex(const LayoutPlan& plan, const SparseLoCoOffsets& off, const AggregateInput& in, size_t t,
+                         size_t c, Fn fn) {
+  if (in.update != nullptr) {
+    const Update& u = *in.update;
+    for (uint32_t e = u.begin[c]; e < u.begin[c + 1]; ++e) fn(u.index[e]);
+    return;
+  }
+  const uint8_t* idx = in.sparseloco->data() + off.tensor_at[t] + 16;
+  const uint64_t first = off.entry_at[c], last = first + static_cast<uint64_t>(plan.chunks[c].k);
+  uint64_t i = first;
+  if ((i & 1) && i < last) fn(Get12(idx, i++));
+  for (; i + 1 < last; i += 2) {
+    const uint8_t* q = idx + (i >> 1) * 3;
+    fn(static_cast<uint32_t>(q[0] | ((q[1] & 0x0f) << 8)));
+    fn(static_cast<uint32_t>((q[1] >> 4) | (q[2] << 4)));
+  }
+  if (i < last) fn(Get12(idx, i));
+}
+
+// w[i]: weight of update i normalised to mean 1 (all 1.0f when unweighted,
+// or when the weights are equal: R * w / (R * w) is exactly 1).
+std::vector<float> NormalisedWeights(const std::vector<double>& weights, size_t r_total) {
+  std::vector<float> w(r_total, 1.0f);
+  if (!weights.empty()) {
+    LOWBAND_CHECK(weights.size() == r_total);
+    double total = 0;
+    for (double x : weights) {
+      LOWBAND_CHECK(std::isfinite(x) && x > 0);
+      total += x;
+    }
+    for (size_t i = 0; i < r_total; ++i) w[i] = static_cast<float>(weights[i] * static_cast<double>(r_total) / total);
+  }
+  return w;
 }
 
 // Chunks handed to one thread at a time, and (sparse result) per piece
@@ -875,18 +1010,7 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& 
                      const std::vector<double>& weights, ThreadPool* pool) {
   LOWBAND_CHECK(!inputs.empty());
   const size_t r_total = inputs.size();
-  // w[i]: weight of update i normalised to mean 1 (all 1.0f when unweighted,
-  // or when the weights are equal: R * w / (R * w) is exactly 1).
-  std::vector<float> w(r_total, 1.0f);
-  if (!weights.empty()) {
-    LOWBAND_CHECK(weights.size() == r_total);
-    double total = 0;
-    for (double x : weights) {
-      LOWBAND_CHECK(std::isfinite(x) && x > 0);
-      total += x;
-    }
-    for (size_t i = 0; i < r_total; ++i) w[i] = static_cast<float>(weights[i] * static_cast<double>(r_total) / total);
-  }
+  const std::vector<float> w = NormalisedWeights(weights, r_total);
   float w_all = 0.0f;  // sum of the weights, in update order
   for (float x : w) w_all += x;
   const uint64_t sparseloco_bytes = BulkBytes(plan, CodecKind::kSparseLoCo);
@@ -1059,6 +1183,300 @@ Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& 
     for (int64_t r = 0; r < ranges; ++r) append(wave + r * kAggregateChunksPerRange, &pieces[static_cast<size_t>(r)]);
   }
   return out;
+}
+
+namespace {
+
+// 12-bit packed indices written from entry `e` on, by one thread, while
+// other threads write the entries before and after: a byte holding two
+// entries is written here only when both are (a pair in 3 bytes); the
+// byte shared with a neighbour's entry is left for FixShared12.
+struct Index12Writer {
+  uint8_t* stream;
+  uint64_t e;
+  uint32_t pending = 0;
+  bool has_pending = false;
+  void Put(uint32_t l) {
+    uint8_t* q = stream + (e >> 1) * 3;
+    if ((e & 1) == 0) {
+      q[0] = static_cast<uint8_t>(l);
+      pending = l;
+      has_pending = true;
+    } else {
+      if (has_pending) q[1] = static_cast<uint8_t>((pending >> 8) | ((l & 0x0f) << 4));
+      q[2] = static_cast<uint8_t>(l >> 4);
+      has_pending = false;
+    }
+    ++e;
+  }
+  // n indices in a row.
+  void PutAll(const uint16_t* l, int64_t n) {
+    int64_t i = 0;
+    if ((e & 1) && n > 0) Put(l[i++]);
+    uint8_t* q = stream + (e >> 1) * 3;  // e even from here
+    for (; i + 1 < n; i += 2, q += 3, e += 2) {
+      const uint32_t a = l[i], b = l[i + 1];
+      q[0] = static_cast<uint8_t>(a);
+      q[1] = static_cast<uint8_t>((a >> 8) | ((b & 0x0f) << 4));
+      q[2] = static_cast<uint8_t>(b >> 4);
+      has_pending = false;
+    }
+    if (i < n) Put(l[i]);
+  }
+};
+
+// The bytes Index12Writer left: the middle byte of each pair split between
+// two chunks (written again where one writer held both: the same value),
+// and an odd stream's last 2-byte index. at[c]: chunk c's first entry;
+// first[c], last[c]: its first and last local index (chunks with entries).
+void FixShared12(uint8_t* stream, const std::vector<uint64_t>& at, const std::vector<uint16_t>& first,
+                 const std::vector<uint16_t>& last) {
+  const size_t n_chunks = first.size();
+  uint32_t prev_last = 0;
+  for (size_t c = 0; c < n_chunks; ++c) {
+    if (at[c + 1] == at[c]) continue;
+    const uint64_t e = at[c];
+    if (e & 1) stream[(e >> 1) * 3 + 1] = static_cast<uint8_t>((prev_last >> 8) | ((first[c] & 0x0f) << 4));
+    prev_last = last[c];
+  }
+  const uint64_t m = at[n_chunks];
+  if (m & 1) stream[((m - 1) >> 1) * 3 + 1] = static_cast<uint8_t>(prev_last >> 8);
+}
+
+// fn(begin, end) over [0, n) chunks, spread over `pool` (may be null).
+void ForChunks(ThreadPool* pool, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool == nullptr || n <= kAggregateChunksPerRange) {
+    fn(0, n);
+    return;
+  }
+  LOWBAND_CHECK(pool->ParallelFor(n, kAggregateChunksPerRange, fn).ok());  // fn throws only bad_alloc
+}
+
+}  // namespace
+
+StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
+                                    const std::vector<AggregateInput>& inputs, AggregationRule rule,
+                                    const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest,
+                                    PackMeanTimes* times) {
+  auto lap_start = std::chrono::steady_clock::now();
+  auto lap = [&](double PackMeanTimes::*field) {
+    const auto now = std::chrono::steady_clock::now();
+    if (times) times->*field += std::chrono::duration<double>(now - lap_start).count();
+    lap_start = now;
+  };
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  LOWBAND_CHECK(theta_digest == nullptr || theta != nullptr);
+  LOWBAND_CHECK(!inputs.empty() && buffer != nullptr);
+  LOWBAND_CHECK(theta == nullptr || theta->size() == static_cast<size_t>(plan.numel));
+  const size_t r_total = inputs.size();
+  const std::vector<float> w = NormalisedWeights(weights, r_total);
+  float w_all = 0.0f;  // sum of the weights, in update order (as AggregateMean)
+  for (float x : w) w_all += x;
+  const float inv_all = 1.0f / w_all;
+  const bool all = rule == AggregationRule::kMeanAll;
+  const SparseLoCoOffsets off(plan);
+  const uint64_t sparseloco_bytes = BulkBytes(plan, CodecKind::kSparseLoCo);
+
+  // Every partial sum is at most sum_i w_i max_i |input i| in magnitude (up
+  // to rounding), every mean at most that over the smallest weight.
+  double bound = 0;
+  float w_min = std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < r_total; ++i) {
+    const AggregateInput& in = inputs[i];
+    LOWBAND_CHECK((in.update == nullptr) != (in.sparseloco == nullptr));
+    float peak = 0;
+    bool finite = true;
+    if (in.update != nullptr) {
+      LOWBAND_CHECK(CheckUpdate(plan, *in.update, false).ok());
+      LOWBAND_CHECK(!in.update->dense);
+      for (float v : in.update->value) {
+        finite = finite && std::isfinite(v);
+        peak = std::max(peak, std::fabs(v));
+      }
+    } else {
+      LOWBAND_CHECK(in.sparseloco->size() == sparseloco_bytes);
+      for (size_t t = 0; t < plan.tensors.size(); ++t) {
+        for (int j = 0; j < 4; ++j) {
+          const float v = LoadF32(in.sparseloco->data() + off.tensor_at[t] + 4 * j);
+          finite = finite && std::isfinite(v);
+          peak = std::max(peak, std::fabs(v));
+        }
+      }
+    }
+    if (!finite) return FailedPrecondition("aggregate: input " + Num(i) + " holds a non-finite value");
+    bound += static_cast<double>(w[i]) * peak;
+    w_min = std::min(w_min, w[i]);
+  }
+  constexpr double kFar = 1e36;  // fp32 overflows at 3.4e38
+  if (!(w_min > 0) || !(bound <= kFar) || !(bound / w_min <= kFar)) {
+    return FailedPrecondition("aggregate: the inputs' magnitudes do not bound the mean below fp32 overflow");
+  }
+
+  std::vector<uint32_t> tensor_of(plan.chunks.size(), 0);
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) tensor_of[c] = static_cast<uint32_t>(t);
+  }
+  const size_t n_chunks = plan.chunks.size();
+  constexpr int64_t kWords = kChunkElems / 64;
+
+  // Pass 1: each chunk's entries (the union of the inputs' indices), so
+  // at[c] is where chunk c's entries start.
+  std::vector<uint64_t> at(n_chunks + 1, 0);
+  ForChunks(pool, static_cast<int64_t>(n_chunks), [&](int64_t begin, int64_t end) {
+    uint64_t bits[kWords];
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const size_t c = static_cast<size_t>(ci);
+      const int64_t words = (plan.chunks[c].numel() + 63) / 64;
+      std::fill(bits, bits + words, 0);
+      if (c + 1 < n_chunks) {
+        for (const AggregateInput& in : inputs) PrefetchChunk(plan, off, in, tensor_of[c + 1], c + 1);
+      }
+      for (const AggregateInput& in : inputs) {
+        ForEachIndex(plan, off, in, tensor_of[c], c, [&](uint32_t l) { bits[l >> 6] |= uint64_t{1} << (l & 63); });
+      }
+      uint64_t n = 0;
+      for (int64_t j = 0; j < words; ++j) n += static_cast<uint64_t>(__builtin_popcountll(bits[j]));
+      at[c + 1] = n;
+    }
+  });
+  for (size_t c = 0; c < n_chunks; ++c) at[c + 1] += at[c];
+  lap(&PackMeanTimes::count_s);
+  const uint64_t m = at[n_chunks];
+  if (m > std::numeric_limits<uint32_t>::max()) {
+    return FailedPrecondition("aggregate: " + Num(m) + " entries, more than an update can hold");
+  }
+
+  // The payload: PackAggregate's choice of format, in the caller's buffer
+  // (one too small or far too large is replaced: with room to spare, whose
+  // untouched pages cost nothing).
+  const bool sparse = BulkBytes(plan, CodecKind::kSparseFp32, m) < BulkBytes(plan, CodecKind::kDenseFp32);
+  const uint64_t size = sparse ? BulkBytes(plan, CodecKind::kSparseFp32, m) : BulkBytes(plan, CodecKind::kDenseFp32);
+  if (buffer->capacity() < size || buffer->capacity() > size + size / 2) {
+    Bytes().swap(*buffer);
+    buffer->reserve(size + size / 32);
+  }
+  buffer->resize(size);  // zero-fills only what grew since the last round
+  uint8_t* out = buffer->data();
+  uint8_t* idx_out = out + 2 * n_chunks;
+  uint8_t* val_out = idx_out + Ceil12(m);
+  if (sparse) {
+    for (size_t c = 0; c < n_chunks; ++c) {
+      const uint64_t count = at[c + 1] - at[c];  // <= 4096
+      out[2 * c] = static_cast<uint8_t>(count);
+      out[2 * c + 1] = static_cast<uint8_t>(count >> 8);
+    }
+  }
+  std::vector<uint16_t> first_l(n_chunks, 0), last_l(n_chunks, 0);
+
+  // Pass 2: each chunk's sums (as AggregateMean: from 0.0f, the inputs in
+  // order, then times 1 / the weight), written in index order at at[c],
+  // and theta -= mean.
+  float* th = theta ? theta->data() : nullptr;
+  auto pass2 = [&](auto all_tag, int64_t begin, int64_t end) {
+    constexpr bool kAll = decltype(all_tag)::value;
+    std::vector<float> sum(kChunkElems), wsum(kAll ? 0 : kChunkElems), local_value(kChunkElems);
+    std::vector<uint16_t> local_index(kChunkElems);
+    uint64_t bits[kWords];
+    Index12Writer index{idx_out, at[static_cast<size_t>(begin)]};
+    bool finite = true;
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const size_t c = static_cast<size_t>(ci);
+      const size_t t = tensor_of[c];
+      const TensorPlan& tp = plan.tensors[t];
+      const Chunk& ch = plan.chunks[c];
+      const int64_t n_c = ch.numel();
+      const int64_t words = (n_c + 63) / 64;
+      std::fill(sum.begin(), sum.begin() + n_c, 0.0f);
+      if (!kAll) std::fill(wsum.begin(), wsum.begin() + n_c, 0.0f);
+      std::fill(bits, bits + words, 0);
+      // The rows written below (a 64 x 64 tile's are 64 rows of 256 bytes,
+      // a model row apart: read from memory one by one otherwise), and the
+      // next chunk's inputs.
+      for (int64_t r = 0; r < ch.rows; ++r) {
+        const int64_t row = RowBase(tp, ch, r);
+        for (int64_t col = 0; col < ch.cols; col += 16) {
+          if (th) __builtin_prefetch(th + row + col, 1);
+          if (!sparse) __builtin_prefetch(out + 4 * (row + col), 1);
+        }
+      }
+      if (c + 1 < n_chunks) {
+        for (const AggregateInput& in : inputs) PrefetchChunk(plan, off, in, tensor_of[c + 1], c + 1);
+      }
+      for (size_t i = 0; i < r_total; ++i) {
+        const float wi = w[i];
+        ForEachEntry(plan, off, inputs[i], t, c, [&](uint16_t l, float v) {
+          sum[l] += wi * v;
+          if (!kAll) wsum[l] += wi;
+          bits[l >> 6] |= uint64_t{1} << (l & 63);
+        });
+      }
+      if (!sparse) {  // dense_fp32: zeros where no input has an entry
+        for (int64_t r = 0; r < ch.rows; ++r) {
+          std::memset(out + 4 * RowBase(tp, ch, r), 0, 4 * static_cast<size_t>(ch.cols));
+        }
+      }
+      // Row by row (a 64-column tile's row is one word of `bits`): each
+      // entry's mean, its element of theta and of a dense payload.
+      int64_t n = 0;
+      for (int64_t r = 0; r < ch.rows; ++r) {
+        const int64_t lo = r * ch.cols, hi = lo + ch.cols;
+        float* dense = sparse ? nullptr : reinterpret_cast<float*>(out) + RowBase(tp, ch, r) - lo;
+        float* th_row = th ? th + RowBase(tp, ch, r) - lo : nullptr;  // [l] for local index l of this row
+        for (int64_t j = lo >> 6; j <= (hi - 1) >> 6; ++j) {
+          uint64_t b = bits[j];
+          if (64 * j < lo) b &= ~uint64_t{0} << (lo - 64 * j);
+          if (64 * j + 64 > hi) b &= (uint64_t{1} << (hi - 64 * j)) - 1;
+          for (; b != 0; b &= b - 1) {
+            const int64_t l = 64 * j + __builtin_ctzll(b);
+            const float v = sum[l] * (kAll ? inv_all : 1.0f / wsum[l]);
+            local_index[n] = static_cast<uint16_t>(l);
+            local_value[n++] = v;
+            if (dense) dense[l] = v;
+            if (th_row) th_row[l] = th_row[l] - v;
+          }
+        }
+      }
+      LOWBAND_CHECK(static_cast<uint64_t>(n) == at[c + 1] - at[c]);
+      for (int64_t i = 0; i < n; ++i) finite = finite && std::isfinite(local_value[i]);
+      if (sparse && n > 0) {
+        first_l[c] = local_index[0];
+        last_l[c] = local_index[n - 1];
+        index.PutAll(local_index.data(), n);
+        std::memcpy(val_out + 4 * at[c], local_value.data(), 4 * static_cast<size_t>(n));
+      }
+    }
+    LOWBAND_CHECK(finite);  // bounded above
+  };
+  ForChunks(pool, static_cast<int64_t>(n_chunks), [&](int64_t begin, int64_t end) {
+    if (all) {
+      pass2(std::true_type(), begin, end);
+    } else {
+      pass2(std::false_type(), begin, end);
+    }
+  });
+  if (sparse) FixShared12(idx_out, at, first_l, last_l);
+  *nnz = m;
+  lap(&PackMeanTimes::sum_s);
+  // The payload's checksum and theta's digest side by side (two threads
+  // of the pool): each a sequential hash of a model-sized buffer.
+  uint64_t checksum = 0;
+  auto hash = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i == 0) checksum = BulkChecksum(buffer->data(), buffer->size());
+      if (i == 1) *theta_digest = ValuesDigest(theta->data(), theta->size());
+    }
+  };
+  const int64_t hashes = theta_digest ? 2 : 1;
+  if (pool == nullptr || hashes == 1) {
+    hash(0, hashes);
+  } else {
+    LOWBAND_CHECK(pool->ParallelFor(hashes, 1, hash).ok());
+  }
+  lap(&PackMeanTimes::hash_s);
+  return Finish(layout, sparse ? CodecKind::kSparseFp32 : CodecKind::kDenseFp32, 0, Frame(std::move(buffer)),
+                &checksum);
 }
 
 }  // namespace lowband

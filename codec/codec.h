@@ -190,8 +190,12 @@ StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, 
 
 // ParseUpdate's checks of a sparseloco payload (the same errors) without
 // building the Update: OK iff ParseUpdate accepts it. `stats` gets the
-// largest |value| and the sum of the squared values (fp64, in entry order:
-// the same as over ParseUpdate's value vector).
+// largest |value| (the same as over ParseUpdate's value vector) and the sum
+// of the squared values in fp64, per tensor from how often each of its 4
+// table entries is used (deterministic, and as close to the exact sum as a
+// sum in entry order, but not bit-equal to one). Reads the indices a pair
+// at a time, without a branch per entry: an upload of a 1B-parameter
+// model checks in tens of ms on the event loop.
 struct PayloadStats {
   float max_abs = 0;
   double sum_sq = 0;
@@ -240,5 +244,34 @@ struct AggregateInput {
 // spreads the chunks over its threads; the result does not depend on it.
 Update AggregateMean(const LayoutPlan& plan, const std::vector<AggregateInput>& inputs, AggregationRule rule,
                      const std::vector<double>& weights, ThreadPool* pool);
+
+// The same mean of sparse inputs (no dense Update among them), packed as
+// PackAggregate packs it (sparse_fp32, or dense_fp32 when that is smaller:
+// the same bytes) straight into `buffer`, and, when `theta` is not null,
+// applied as ApplyUpdate applies it (theta <- theta - mean, the same
+// bits), with no Update built: two passes over the inputs, the first
+// counting each chunk's entries (which fixes where every entry of the
+// payload goes), the second summing and writing them. `buffer` is resized
+// to the payload and overwritten, never read: a buffer the caller keeps
+// from round to round is written without a page fault per 4 KiB (a fresh
+// one faults every page in; on a VM at a few hundred MB/s). `nnz` gets the
+// mean's entry count; `theta_digest` (may be null) ValuesDigest(theta)
+// after the apply, hashed beside the payload's checksum. `pool` as
+// AggregateMean's; nothing depends on it.
+// FailedPrecondition, with nothing written anywhere, unless the inputs'
+// largest magnitudes and the weights bound every sum and mean far from
+// fp32 overflow (so it can never be non-finite; PackAggregate would refuse
+// it): the caller falls back to AggregateMean + PackAggregate. Inputs must
+// be well formed for the plan (CHECK), as for AggregateMean.
+// Wall seconds of PackAggregateMean's parts (informational): the count,
+// the sums (written, applied), the checksum and digest.
+struct PackMeanTimes {
+  double count_s = 0, sum_s = 0, hash_s = 0;
+};
+StatusOr<Encoded> PackAggregateMean(const ParamLayout& layout, const LayoutPlan& plan,
+                                    const std::vector<AggregateInput>& inputs, AggregationRule rule,
+                                    const std::vector<double>& weights, ThreadPool* pool, std::shared_ptr<Bytes> buffer,
+                                    std::vector<float>* theta, uint64_t* nnz, uint64_t* theta_digest = nullptr,
+                                    PackMeanTimes* times = nullptr);
 
 }  // namespace lowband

@@ -1,5 +1,7 @@
 #include "coordinator/aggregation.h"
 
+#include <atomic>
+#include <chrono>
 #include <optional>
 #include <utility>
 
@@ -7,6 +9,25 @@
 #include "codec/logit_codec.h"
 
 namespace lowband {
+
+std::shared_ptr<Bytes> PayloadBuffers::Take() {
+  std::shared_ptr<Bytes> taken;
+  std::vector<std::shared_ptr<Bytes>> in_use;
+  for (std::shared_ptr<Bytes>& b : held_) {
+    if (b.use_count() > 1) {
+      in_use.push_back(std::move(b));
+      continue;
+    }
+    // The last other holder let go (maybe on another thread): see its
+    // reads before this thread writes.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (!taken || b->capacity() > taken->capacity()) taken = std::move(b);  // the other one is freed
+  }
+  if (!taken) taken = std::make_shared<Bytes>();
+  in_use.push_back(taken);
+  held_ = std::move(in_use);  // the free ones not taken are freed
+  return taken;
+}
 
 std::vector<float> Aggregation::ViewValues(const ParamSet& params, int cluster) const {
   std::vector<float> v;
@@ -215,11 +236,18 @@ StatusOr<Update> Aggregation::Distil(uint32_t round, const ParamSet& params,
 CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
   CloseResult r;
   r.round = job.round;
+  auto lap_start = std::chrono::steady_clock::now();
+  auto lap = [&](double* phase_s) {
+    const auto t = std::chrono::steady_clock::now();
+    *phase_s += std::chrono::duration<double>(t - lap_start).count();
+    lap_start = t;
+  };
   auto fail = [&](const std::string& what, const Status& st) {
     r.status = Status(st.code(), "round " + std::to_string(job.round) + ": " + what + ": " + st.message());
     r.params = std::move(job.params);
     r.outer = std::move(job.outer);
     r.downlink = std::move(job.downlink);
+    r.payloads = std::move(job.payloads);
     return std::move(r);
   };
   // Mean over the R workers that uploaded (or over those that chose each
@@ -227,6 +255,7 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
   // run. Sparse uploads stay sparse through aggregation and a stateless
   // outer step.
   Update g;
+  bool packed = false;  // g went straight into r.logged and theta (PackAggregateMean)
   switch (s_.kind) {
     case Kind::kDistil: {
       auto d = Distil(job.round, job.params, job.uploads, &r);
@@ -250,15 +279,50 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
         weights.push_back(static_cast<double>(up.tokens));
       }
       if (s_.uniform) weights.clear();
+      bool any_dense = false;
+      for (const auto& [site, up] : job.uploads) any_dense = any_dense || (up.sparseloco.empty() && up.delta.dense);
+      if (!any_dense && job.outer.identity() && job.downlink.kind() == CodecKind::kSparseFp32) {
+        // u = g (sgd lr 1, sparse_fp32 down): the mean is written straight
+        // into the payload that is logged and sent, in a buffer of an
+        // earlier round, and applied as it is written; no Update is built.
+        PackMeanTimes times;
+        auto p = PackAggregateMean(s_.layout, s_.plan, deltas, s_.rule, weights, pool, job.payloads.Take(),
+                                   &job.params.values, &r.nnz, &r.digest, &times);
+        if (p.ok()) {
+          r.phases.count_s = times.count_s;
+          r.phases.apply_s = times.sum_s;
+          r.phases.digest_s = times.hash_s;
+          lap_start += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+              std::chrono::duration<double>(times.count_s + times.sum_s + times.hash_s));
+          r.logged = std::move(p).value();
+          packed = true;
+          break;
+        }
+        // Inputs too large to rule out an overflow: the checked path below.
+        LOWBAND_CHECK(p.status().code() == StatusCode::kFailedPrecondition);
+      }
       g = AggregateMean(s_.plan, deltas, s_.rule, weights, pool);
       break;
     }
   }
   job.uploads.clear();  // the deltas' memory goes before the encodings'
+  lap(&r.phases.aggregate_s);
+  if (packed) {
+    r.down = r.logged;  // shared, as below
+    LOWBAND_CHECK(s_.kind == Kind::kMean);  // r.digest is the only one
+    r.part_digests.clear();
+    r.view_digests.clear();
+    r.params = std::move(job.params);
+    r.outer = std::move(job.outer);
+    r.downlink = std::move(job.downlink);
+    r.payloads = std::move(job.payloads);
+    return r;
+  }
   // Bounded uploads keep these finite; should one ever not be, the campaign
   // fails with the parameters of the last committed round intact.
   auto logged = PackAggregate(s_.layout, s_.plan, g);
   if (!logged.ok()) return fail("aggregate rejected", logged.status());
+  lap(&r.phases.pack_s);
   // The update everyone applies: u, or what its compressed payload decodes
   // to (the config allows compression only where every site gets r.down).
   LOWBAND_CHECK(!job.downlink.compressed() || s_.kind == Kind::kMean);
@@ -272,6 +336,7 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
     update = job.downlink.Encode(s_.layout, s_.plan, job.outer.Step(s_.plan, std::move(g)), pool, &r.down);
   }
   if (!update.ok()) return fail("outer update rejected", update.status());
+  lap(&r.phases.update_s);
   LOWBAND_CHECK(ApplyUpdate(s_.plan, *update, &job.params.values).ok());
   r.logged = std::move(logged).value();
   r.nnz = update->nnz();
@@ -291,10 +356,13 @@ CloseResult Aggregation::Close(CloseJob job, ThreadPool* pool) const {
       r.cluster_down.push_back(std::move(e).value());
     }
   }
+  lap(&r.phases.apply_s);
   Digests(job.params, &r.digest, &r.part_digests, &r.view_digests);
+  lap(&r.phases.digest_s);
   r.params = std::move(job.params);
   r.outer = std::move(job.outer);
   r.downlink = std::move(job.downlink);
+  r.payloads = std::move(job.payloads);
   return r;
 }
 

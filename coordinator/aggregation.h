@@ -30,6 +30,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,27 @@ struct RoundUpload {
   uint64_t logit_bytes = 0;          // FPLD: the quantized payload
 };
 
+// The buffers a round's logged payload (the one sent down too) is written
+// into, reused from round to round: a fresh model-sized buffer is faulted
+// in a page at a time (on a VM a few hundred MB/s: seconds a round at 1B
+// parameters), one of an earlier round is already resident. A buffer is
+// taken again only once no Frame holds it (the round log, the catch-up
+// log, a transport sending it); what it held is never read, only
+// overwritten, so nothing of one round reaches the next through it. Round
+// state like OuterOptimizer: it moves into each CloseJob and back out of
+// its CloseResult. One thread at a time (whoever holds it).
+class PayloadBuffers {
+ public:
+  // A buffer no Frame holds, else a new one (kept). Of the free ones the
+  // largest is taken and the others are freed, so the buffers kept are
+  // those still in use plus the one being written.
+  std::shared_ptr<Bytes> Take();
+  size_t size() const { return held_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<Bytes>> held_;
+};
+
 // FPLD: the student's distillation from the mean teacher.
 using DistilFn = std::function<StatusOr<DistilOutcome>(
     uint32_t round, const ParamSet& start, const std::vector<float>& teacher, const std::vector<float>* exact)>;
@@ -77,6 +99,7 @@ struct CloseJob {
   ParamSet params;                             // theta_{r-1}
   OuterOptimizer outer;
   DownlinkEncoder downlink;
+  PayloadBuffers payloads;
 };
 
 struct CloseResult {
@@ -85,6 +108,7 @@ struct CloseResult {
   ParamSet params;                     // theta_r (theta_{r-1} when status failed before the apply)
   OuterOptimizer outer;                // stepped
   DownlinkEncoder downlink;            // its error feedback updated (compressed downlink)
+  PayloadBuffers payloads;             // the job's, r.logged's buffer among them when it is one
   Encoded logged;                      // the aggregated pseudo-gradient g, as the round log keeps it
   Encoded down;                        // the update as every whole-model site gets it (u, or u compressed)
   std::vector<Encoded> stage_down;     // pipeline: u's slice per stage
@@ -99,6 +123,18 @@ struct CloseResult {
   double student_kl = std::numeric_limits<double>::quiet_NaN();
   double distill_loss = std::numeric_limits<double>::quiet_NaN();
   double public_val_loss = std::numeric_limits<double>::quiet_NaN();
+  // Wall time of Close's parts (informational: reported by
+  // bench/coordinator_scale; nothing depends on it). aggregate: the mean
+  // (distillation, for FPLD), and freeing the uploads; pack: the logged
+  // payload; update: the outer step and the downlink's encoding; apply:
+  // theta -= u, and the per-stage or per-cluster payloads; digest: the
+  // digests. The packed mean (PackAggregateMean): count is its first pass,
+  // apply its second (the sums, written into the payload and applied),
+  // digest the checksum beside the digest.
+  struct Phases {
+    double count_s = 0, aggregate_s = 0, pack_s = 0, update_s = 0, apply_s = 0, digest_s = 0;
+  };
+  Phases phases;
 };
 
 class Aggregation {

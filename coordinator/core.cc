@@ -406,6 +406,7 @@ void CoordinatorCore::CloseRound(TimePoint now, const char* why, CoreOutput* out
   params_.values.clear();
   job.outer = std::move(outer_);
   job.downlink = std::move(downlink_);
+  job.payloads = std::move(payloads_);
   closing_why_ = why;
   if (async_close_) {
     closing_ = true;
@@ -425,6 +426,7 @@ void CoordinatorCore::FinishClose(CloseResult r, TimePoint now, CoreOutput* out)
   params_.values = std::move(r.params.values);
   outer_ = std::move(r.outer);
   downlink_ = std::move(r.downlink);
+  payloads_ = std::move(r.payloads);
   // The campaign ended while the round was aggregated (an abort, the start
   // timeout): the round still commits, then the end.
   std::optional<std::pair<std::string, bool>> ended = std::move(finish_after_close_);

@@ -257,6 +257,7 @@ class CoordinatorCore : private Membership::Host, private RoundCollector::Host {
   std::optional<std::pair<std::string, bool>> finish_after_close_;  // reason, failed
   OuterOptimizer outer_;
   DownlinkEncoder downlink_;
+  PayloadBuffers payloads_;  // the logged payloads' buffers, reused (coordinator/aggregation.h)
   ParamSet params_;
   uint64_t digest_ = 0;
   Phase phase_ = Phase::kWaiting;

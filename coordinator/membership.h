@@ -100,7 +100,7 @@ class Membership {
 
   // The Aggregate of committed round `round` (OneAggregateForAll modes),
   // applied to parameters of digest `base`: kept, newest last, while all
-  // of them together are smaller than the model, for sites that come back
+  // of them together are smaller than half the model, for sites that come back
   // a few rounds behind with their replica (CatchUp).
   void LogAggregate(uint32_t round, uint64_t base, const Aggregate& aggregate, const Frame& bulk);
   size_t logged_aggregates() const { return aggregate_log_.size(); }
@@ -143,8 +143,8 @@ class Membership {
   void SendWelcome(WorkerInfo& w, CoreOutput* out);
   // A site saying hello with the replica of an earlier round it held (its
   // hello says which): an offer of those parameters (checked, not sent)
-  // and the logged aggregates since, when they are all logged and smaller
-  // than the model. False (nothing sent) otherwise.
+  // and the logged aggregates since, when they are all logged (LogAggregate
+  // keeps less than half the model). False (nothing sent) otherwise.
   bool CatchUp(WorkerInfo& w, CoreOutput* out);
   // Common to loss and eviction: slot released, upload and evaluations and
   // FC-RAG exchanges dropped.

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "base/thread_pool.h"
 #include "codec/params.h"
 #include "tests/fakes/layouts.h"
 
@@ -829,7 +831,9 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
           peak = std::max(peak, std::fabs(v));
           sum_sq += static_cast<double>(v) * v;
         }
-        check_agrees = check_agrees && stats.max_abs == peak && stats.sum_sq == sum_sq;
+        // The largest exactly; the sum of squares summed per table entry,
+        // so equal up to the rounding of a sum in entry order.
+        check_agrees = check_agrees && stats.max_abs == peak && std::fabs(stats.sum_sq - sum_sq) <= 1e-12 * sum_sq;
       }
     }
     if (!r.ok()) {
@@ -1034,6 +1038,127 @@ TEST_CASE("AggregateMean reads sparseloco payloads in place, bit-identical to th
       }
     }
   }
+}
+
+// PackAggregateMean against the reference it replaces: AggregateMean, then
+// PackAggregate, then ApplyUpdate.
+void CheckPackedMean(const ParamLayout& layout, const LayoutPlan& plan, const std::vector<AggregateInput>& inputs,
+                     AggregationRule rule, const std::vector<double>& weights, ThreadPool* pool,
+                     const std::shared_ptr<Bytes>& buffer, const std::vector<float>& theta0) {
+  const Update mean = AggregateMean(plan, inputs, rule, weights, nullptr);
+  auto want = PackAggregate(layout, plan, mean);
+  REQUIRE(want.ok());
+  std::vector<float> want_theta = theta0;
+  REQUIRE(ApplyUpdate(plan, mean, &want_theta).ok());
+  std::vector<float> theta = theta0;
+  uint64_t nnz = 0, digest = 0;
+  auto got = PackAggregateMean(layout, plan, inputs, rule, weights, pool, buffer, &theta, &nnz, &digest);
+  REQUIRE(got.ok());
+  CHECK(digest == ValuesDigest(want_theta.data(), want_theta.size()));
+  CHECK(got->header.codec == want->header.codec);
+  CHECK(got->header.num_elements == want->header.num_elements);
+  CHECK(got->header.layout_digest == want->header.layout_digest);
+  CHECK(got->header.byte_length == want->header.byte_length);
+  CHECK(got->header.checksum == want->header.checksum);
+  CHECK(got->header.topk == want->header.topk);
+  CHECK(got->bulk == want->bulk);
+  CHECK(got->bulk.data() == buffer->data());  // written in the caller's buffer
+  CHECK(nnz == mean.nnz());
+  CHECK(SameFloats(theta, want_theta));
+}
+
+TEST_CASE("PackAggregateMean packs and applies the mean bit for bit as AggregateMean, PackAggregate, ApplyUpdate",
+          "[unit]") {
+  std::mt19937_64 rng(47);
+  // Edge tiles, odd stream lengths, 1-D chunks, a scalar; over 512 chunks.
+  const ParamLayout layout =
+      MakeLayout({{"emb", {130, 70}}, {"w", {640, 1100}}, {"v", {2000000}}, {"b", {100}}, {"s", {}}});
+  for (int topk : {64, 1500}) {  // sparse_fp32; at 1500 of 4096 the union of 5 is dense_fp32
+    const LayoutPlan plan = PlanLayout(layout, topk);
+    std::vector<Encoded> payloads;
+    for (int i = 0; i < 5; ++i) {
+      auto e = PackSparseLoCo(layout, plan, RandomParts(plan, rng));
+      REQUIRE(e.ok());
+      payloads.push_back(*e);
+    }
+    const Update sparse = RandomSparse(plan, rng, 100);
+    std::vector<float> theta0(static_cast<size_t>(plan.numel));
+    for (float& v : theta0) v = RandomValue(rng);
+    ThreadPool two(2), three(3);
+    for (AggregationRule rule : {AggregationRule::kMeanAll, AggregationRule::kMeanChoosers}) {
+      for (const std::vector<double>& weights : {std::vector<double>{}, std::vector<double>{3, 1, 4, 1, 5, 9}}) {
+        std::vector<AggregateInput> inputs;
+        for (size_t i = 0; i < payloads.size(); ++i) {
+          inputs.push_back(AggregateInput{nullptr, &payloads[i].bulk.bytes()});
+          if (i == 2) inputs.push_back(AggregateInput{&sparse, nullptr});
+        }
+        for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &two, &three}) {
+          INFO("topk " << topk << ", rule " << static_cast<int>(rule) << ", weighted " << !weights.empty() << ", pool "
+                       << (pool ? pool->size() : 0));
+          CheckPackedMean(layout, plan, inputs, rule, weights, pool, std::make_shared<Bytes>(), theta0);
+        }
+      }
+    }
+    // Without theta: the payload alone.
+    std::vector<AggregateInput> inputs;
+    for (const Encoded& e : payloads) inputs.push_back(AggregateInput{nullptr, &e.bulk.bytes()});
+    uint64_t nnz = 0;
+    auto alone = PackAggregateMean(layout, plan, inputs, AggregationRule::kMeanAll, {}, nullptr,
+                                   std::make_shared<Bytes>(), nullptr, &nnz);
+    REQUIRE(alone.ok());
+    CHECK(alone->header.codec == (topk == 64 ? CodecKind::kSparseFp32 : CodecKind::kDenseFp32));
+    CHECK(alone->bulk ==
+          PackAggregate(layout, plan, AggregateMean(plan, inputs, AggregationRule::kMeanAll, {}, nullptr))->bulk);
+  }
+}
+
+TEST_CASE("PackAggregateMean: a reused buffer carries nothing from one round to the next", "[unit]") {
+  std::mt19937_64 rng(53);
+  const ParamLayout layout = MakeLayout({{"emb", {130, 70}}, {"w", {640, 1100}}, {"b", {100}}, {"s", {}}});
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  std::vector<float> theta0(static_cast<size_t>(plan.numel));
+  for (float& v : theta0) v = RandomValue(rng);
+  // Rounds of different sizes in a row, on one buffer: each as from a fresh
+  // one. Many inputs (a large sparse payload), then few (smaller: the tail
+  // of the last one stays in the buffer), then many again, then a dense_fp32
+  // payload (larger), then few.
+  auto round_of = [&](int sites, int max_per_chunk) {
+    std::vector<Update> ups;
+    for (int i = 0; i < sites; ++i) ups.push_back(RandomSparse(plan, rng, max_per_chunk));
+    return ups;
+  };
+  const std::vector<std::vector<Update>> rounds = {round_of(6, 64), round_of(2, 16), round_of(7, 64), round_of(9, 3000),
+                                                   round_of(1, 5)};
+  auto buffer = std::make_shared<Bytes>();
+  ThreadPool two(2);
+  for (size_t r = 0; r < rounds.size(); ++r) {
+    INFO("round " << r);
+    std::vector<AggregateInput> inputs;
+    for (const Update& u : rounds[r]) inputs.push_back(AggregateInput{&u, nullptr});
+    CheckPackedMean(layout, plan, inputs, AggregationRule::kMeanChoosers, {}, r % 2 ? &two : nullptr, buffer, theta0);
+  }
+}
+
+TEST_CASE("PackAggregateMean refuses inputs that could overflow, touching nothing", "[unit]") {
+  const ParamLayout layout = MakeLayout({{"v", {8}}});
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  const Update big = OneChunkSparse({2, 5}, {3e37f, 1.0f}), small = OneChunkSparse({2}, {1.0f});
+  const Update nan = OneChunkSparse({3}, {kNaN});
+  std::vector<float> theta(8, 1.0f);
+  auto buffer = std::make_shared<Bytes>(5, 7);
+  uint64_t nnz = 0;
+  for (const Update* odd : {&big, &nan}) {
+    auto r = PackAggregateMean(layout, plan, {AggregateInput{odd, nullptr}, AggregateInput{&small, nullptr}},
+                               AggregationRule::kMeanAll, {}, nullptr, buffer, &theta, &nnz);
+    CHECK(r.status().code() == StatusCode::kFailedPrecondition);
+    CHECK(theta == std::vector<float>(8, 1.0f));
+    CHECK(*buffer == Bytes(5, 7));
+  }
+  // Large but bounded: packed (3e37 / 2 is the mean).
+  const Update large = OneChunkSparse({2}, {3e35f});
+  auto ok = PackAggregateMean(layout, plan, {AggregateInput{&large, nullptr}, AggregateInput{&small, nullptr}},
+                              AggregationRule::kMeanAll, {}, nullptr, buffer, &theta, &nnz);
+  CHECK(ok.ok());
 }
 
 TEST_CASE("AggregateMean with a dense input gives a dense result", "[unit]") {
