@@ -148,10 +148,10 @@ TEST_CASE("downlink: after several rounds the coordinator holds the initial para
         uploads[site] = std::move(up);
       }
       CloseResult ra =
-          agg.Close(CloseJob{round, uploads, std::move(a.params), std::move(a.outer), std::move(a.downlink)}, nullptr);
+          agg.Close(CloseJob{round, uploads, std::move(a.params), std::move(a.outer), std::move(a.downlink), {}}, nullptr);
       // Alternate with and without a pool: the result must not depend on it.
       CloseResult rb =
-          agg.Close(CloseJob{round, uploads, std::move(b.params), std::move(b.outer), std::move(b.downlink)},
+          agg.Close(CloseJob{round, uploads, std::move(b.params), std::move(b.outer), std::move(b.downlink), {}},
                     round % 2 ? &pool : nullptr);
       REQUIRE(ra.status.ok());
       REQUIRE(rb.status.ok());
