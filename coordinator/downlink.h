@@ -54,7 +54,9 @@ class DownlinkEncoder {
   // The payload every whole-model site gets for the outer update u
   // (`down`), and the update they will apply (t; u itself unless
   // compressed). sparse_fp32: PackAggregate's choice; dense_fp32: always
-  // dense. `pool` (may be null) spreads the SparseLoCo selection.
+  // dense. `pool` (may be null) spreads the selection and (sparse_2bit) the
+  // ranking and the cap's bisection over chunks; the result does not depend
+  // on it.
   // InvalidArgument (nothing changed) on a non-finite u or buffer.
   StatusOr<Update> Encode(const ParamLayout& layout, const LayoutPlan& plan, Update u, ThreadPool* pool, Encoded* down);
 
@@ -72,7 +74,8 @@ class DownlinkEncoder {
   // A sparse u's v = u + e may be built in e's buffer: e and v all finite
   // and bounded, so the encoding cannot refuse v and leave e changed.
   bool SafeInPlace(const LayoutPlan& plan, const Update& u) const;
-  StatusOr<Update> EncodeSparse2Bit(const ParamLayout& layout, const LayoutPlan& plan, const Update& u, Encoded* down);
+  StatusOr<Update> EncodeSparse2Bit(const ParamLayout& layout, const LayoutPlan& plan, const Update& u,
+                                    ThreadPool* pool, Encoded* down);
   CodecKind kind_ = CodecKind::kSparseFp32;
   double budget_ = 1.5;
   int last_cap_ = 0;

@@ -216,7 +216,8 @@ TEST_CASE("lowband campaign abort ends the campaign and the coordinator exits no
   CHECK(ProcessesMentioning(campaign) == 0);
 }
 
-TEST_CASE("lowband run: a SparseLoCo campaign sends >100x less up and down, stays identical", "[integration]") {
+TEST_CASE("lowband run: a SparseLoCo campaign sends >100x less up and >60x less down, stays identical",
+          "[integration]") {
   TempDir dir;
   const int port = FreePortBase();
   const std::string campaign = dir.Path("campaign.yaml");
@@ -241,9 +242,10 @@ TEST_CASE("lowband run: a SparseLoCo campaign sends >100x less up and down, stay
     // The default downlink of a SparseLoCo campaign: the union of the
     // uploads' indices in 2 bits, within 1.5 times what a site sends.
     CHECK(Field(records[r], "down_codec") == "sparse_2bit");
-    // Three uploads of a ~120k-parameter model: dense would be ~1.4 MB.
+    // Three uploads of a ~120k-parameter model: dense would be ~1.4 MB. The
+    // downlink spends up to 1.5 times an upload's bytes (codec.downlink_budget).
     CHECK(std::stod(Field(records[r], "compression_ratio")) > 100.0);
-    CHECK(std::stod(Field(records[r], "compression_ratio_down")) > 100.0);
+    CHECK(std::stod(Field(records[r], "compression_ratio_down")) > 60.0);
     CHECK(std::stoull(Field(records[r], "upload_bytes")) < 3 * 4 * 120000ull / 100);
     CHECK(std::stoull(Field(records[r], "aggregate_bytes")) < std::stoull(Field(records[r], "upload_bytes")) * 3 / 2);
   }
