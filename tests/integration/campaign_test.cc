@@ -309,7 +309,8 @@ TEST_CASE("lowband check validates without starting anything and prints the plan
   CHECK(*code == 0);
   CHECK(out.find("85449216 parameters") != std::string::npos);
   CHECK(out.find("upload      sparseloco: 2.34 MB per site per round (146.1x smaller than fp32)") != std::string::npos);
-  CHECK(out.find("downlink    sparseloco: 2.34 MB") != std::string::npos);
+  CHECK(out.find("downlink    sparse_2bit: 3.51 MB per site per round at most (codec.downlink_budget 1.5 x an "
+                 "upload)") != std::string::npos);
   CHECK(out.find("at 20 Mbit/s each way: upload 0.94 s") != std::string::npos);
   CHECK(ProcessesMentioning("gpt2-small.yaml") == 0);
 
