@@ -2,7 +2,9 @@
 // (torch-free): the host SparseLoCo encoder alone (selection, quantisation,
 // packing) and DownlinkEncoder::Encode as Aggregation::Close runs it (v = u +
 // e, encode, decode, e = v - t) for a sparse u (the union of three sites'
-// top-k, as a stateless outer step leaves it) and a dense u (Nesterov).
+// top-k, as a stateless outer step leaves it) and a dense u (Nesterov), with
+// codec.downlink sparseloco and sparse_2bit (budget 1.5: its ranking and the
+// bisection for the cap included).
 //
 //   build/bin/downlink_speed --layers 12 --d-model 768 --threads 1,2,4 --reps 3
 //
@@ -127,7 +129,9 @@ int Main(int argc, char** argv) {
               static_cast<unsigned long long>(BulkBytes(plan, CodecKind::kSparseLoCo)),
               static_cast<unsigned long long>(BulkBytes(plan, CodecKind::kDenseFp32)));
   std::printf("sparse u: %zu entries (%.2f%%)\n", sparse.nnz(), 100.0 * sparse.nnz() / n);
-  std::printf("| threads | encode (select+pack) s | Encode, sparse u s | Encode, dense u s |\n|---:|---:|---:|---:|\n");
+  std::printf(
+      "| threads | encode (select+pack) s | Encode, sparse u s | Encode, dense u s | sparse_2bit, sparse u s | "
+      "sparse_2bit, dense u s |\n|---:|---:|---:|---:|---:|---:|\n");
   std::stringstream list(threads_list);
   for (std::string item; std::getline(list, item, ',');) {
     const int threads = std::stoi(item);
@@ -142,7 +146,13 @@ int Main(int argc, char** argv) {
         reps, [&] { u = sparse; }, [&] { (void)down.Encode(layout, plan, std::move(u), pool.get(), &payload); });
     const double with_dense = MedianSeconds(
         reps, [&] { u = dense_u; }, [&] { (void)down.Encode(layout, plan, std::move(u), pool.get(), &payload); });
-    std::printf("| %d | %.3f | %.3f | %.3f |\n", threads, encode, with_sparse, with_dense);
+    DownlinkEncoder down2(CodecKind::kSparse2Bit, n);
+    const double union_sparse = MedianSeconds(
+        reps, [&] { u = sparse; }, [&] { (void)down2.Encode(layout, plan, std::move(u), pool.get(), &payload); });
+    const double union_dense = MedianSeconds(
+        reps, [&] { u = dense_u; }, [&] { (void)down2.Encode(layout, plan, std::move(u), pool.get(), &payload); });
+    std::printf("| %d | %.3f | %.3f | %.3f | %.3f | %.3f |\n", threads, encode, with_sparse, with_dense, union_sparse,
+                union_dense);
   }
   return 0;
 }

@@ -21,6 +21,12 @@ std::string Bytes(double b) {
   return buf;
 }
 
+std::string FormatBudget(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", x);
+  return buf;
+}
+
 std::string Seconds(double bytes, double mbit) {
   char buf[32];
   const double s = bytes * 8 / (mbit * 1e6);
@@ -71,6 +77,11 @@ int Check(const CheckOptions& o) {
   switch (c.codec.downlink) {
     case CodecKind::kSparseLoCo:
       down = static_cast<double>(BulkBytes(plan, CodecKind::kSparseLoCo));
+      break;
+    case CodecKind::kSparse2Bit:
+      // The union of the uploads' indices, never more than the budget.
+      down = c.codec.downlink_budget * static_cast<double>(BulkBytes(plan, CodecKind::kSparseLoCo));
+      down_note = " at most (codec.downlink_budget " + FormatBudget(c.codec.downlink_budget) + " x an upload)";
       break;
     case CodecKind::kSparseFp32: {
       // The union of the sites' top-k: at most sites x k of each chunk.

@@ -210,7 +210,8 @@ Status CheckHeader(const ParamLayout& layout, const BlobHeader& header, const By
     case CodecKind::kDenseBf16:
     case CodecKind::kInt8:
     case CodecKind::kSparseLoCo:
-    case CodecKind::kSparseFp32: break;
+    case CodecKind::kSparseFp32:
+    case CodecKind::kSparse2Bit: break;
     default:
       return InvalidArgument("unknown codec value " + std::to_string(static_cast<int>(header.codec)));
   }
@@ -443,6 +444,138 @@ StatusOr<Update> ParseSparseFp32(const ParamLayout& layout, const LayoutPlan& pl
   return u;
 }
 
+// sparse_2bit's index stream, read a bit at a time from the low bit of each
+// byte; never past `end`.
+class BitReader {
+ public:
+  BitReader(const uint8_t* p, const uint8_t* end) : p_(p), end_(end) {}
+  // False at the end of the stream.
+  bool Bit(uint32_t* bit) {
+    if (p_ == end_) return false;
+    *bit = (*p_ >> used_) & 1u;
+    if (++used_ == 8) {
+      used_ = 0;
+      ++p_;
+    }
+    return true;
+  }
+  // Bytes begun so far (a partly read byte counts), and whether the unread
+  // bits of that byte are zero.
+  uint64_t BytesBegun(const uint8_t* start) const { return static_cast<uint64_t>(p_ - start) + (used_ ? 1 : 0); }
+  bool PadClean() const { return used_ == 0 || (*p_ >> used_) == 0; }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+  int used_ = 0;  // bits of *p_ already read
+};
+
+class BitWriter {
+ public:
+  explicit BitWriter(uint8_t* p) : p_(p) {}
+  void Bits(uint32_t v, int n) {  // the low n bits of v, lowest first
+    for (int i = 0; i < n; ++i) One((v >> i) & 1u);
+  }
+  void One(uint32_t bit) {
+    if (used_ == 0) *p_ = 0;
+    *p_ = static_cast<uint8_t>(*p_ | (bit << used_));
+    if (++used_ == 8) {
+      used_ = 0;
+      ++p_;
+    }
+  }
+  uint8_t* End() { return used_ ? p_ + 1 : p_; }
+
+ private:
+  uint8_t* p_;
+  int used_ = 0;
+};
+
+// Runs after CheckHeader and the checksum; `counts_end` bytes (tables and
+// counts) are known present and the counts <= their chunks' sizes, m their
+// sum. Decodes the index stream bounded by the bulk's end, then requires the
+// codes to fill the rest exactly.
+StatusOr<Update> ParseSparse2Bit(const ParamLayout& layout, const LayoutPlan& plan, const Bytes& bulk,
+                                 uint64_t counts_end, uint64_t m) {
+  constexpr CodecKind kKind = CodecKind::kSparse2Bit;
+  const uint8_t* p = bulk.data();
+  const uint64_t tables_bytes = 16 * plan.tensors.size();
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    for (int j = 0; j < 4; ++j) {
+      const float v = LoadF32(p + 16 * t + 4 * j);
+      if (!std::isfinite(v)) {
+        return InvalidArgument(TensorWhere(kKind, layout, t) + ": table entry " + std::to_string(j) + " is " + Num(v));
+      }
+    }
+  }
+  Update u;
+  u.dense = false;
+  u.begin.resize(plan.chunks.size() + 1);
+  u.index.resize(m);
+  u.value.resize(m);
+  const uint8_t* counts = p + tables_bytes;
+  const uint8_t* stream = p + counts_end;
+  BitReader in(stream, p + bulk.size());
+  uint32_t e = 0;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const int64_t n = plan.chunks[c].numel();
+      const uint32_t count = LoadU16(counts + 2 * c);
+      const int b = Sparse2BitRiceParam(n, count);
+      u.begin[c] = e;
+      int64_t prev = -1;
+      for (uint32_t j = 0; j < count; ++j, ++e) {
+        // g = q * 2^b + r; the quotient's run stops as soon as it passes the chunk.
+        int64_t q = 0;
+        uint32_t bit = 0;
+        for (;;) {
+          if (!in.Bit(&bit)) {
+            return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": index stream ends inside entry " +
+                                   std::to_string(j) + " of " + std::to_string(count));
+          }
+          if (bit == 0) break;
+          if ((++q << b) > n) {
+            return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": gap of entry " + std::to_string(j) +
+                                   " runs past the chunk's " + Num(n) + " elements");
+          }
+        }
+        int64_t r = 0;
+        for (int i = 0; i < b; ++i) {
+          if (!in.Bit(&bit)) {
+            return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": index stream ends inside entry " +
+                                   std::to_string(j) + " of " + std::to_string(count));
+          }
+          r |= static_cast<int64_t>(bit) << i;
+        }
+        const int64_t l = prev + 1 + (q << b) + r;
+        if (l >= n) return BadIndex(kKind, layout, plan, t, c, l, prev);
+        prev = l;
+        u.index[e] = static_cast<uint16_t>(l);
+      }
+    }
+  }
+  u.begin[plan.chunks.size()] = e;
+  if (!in.PadClean()) return InvalidArgument("sparse_2bit: nonzero pad bits after the last index");
+  const uint64_t codes_at = counts_end + in.BytesBegun(stream);
+  const uint64_t want = codes_at + Ceil2(m);
+  if (bulk.size() != want) {
+    return WrongLength(kKind, bulk.size(), want,
+                       Num(m) + " entries whose indices take " + Num(codes_at - counts_end) + " bytes");
+  }
+  const uint8_t* codes = p + codes_at;
+  if (!Pad2Clean(codes, m)) return InvalidArgument("sparse_2bit: nonzero pad bits after the last 2-bit code");
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    float table[4];
+    std::memcpy(table, p + 16 * t, 16);
+    for (uint32_t i = u.begin[tp.first_chunk]; i < u.begin[tp.first_chunk + tp.num_chunks]; ++i) {
+      u.value[i] = table[(codes[i >> 2] >> (2 * (i & 3))) & 3];
+    }
+  }
+  return u;
+}
+
 StatusOr<Encoded> PackSparseFp32(const ParamLayout& layout, const LayoutPlan& plan, const Update& u) {
   const uint64_t m = u.value.size();
   Bytes bulk(BulkBytes(plan, CodecKind::kSparseFp32, m));
@@ -574,11 +707,109 @@ uint64_t BulkBytes(const LayoutPlan& plan, CodecKind kind, uint64_t nnz) {
       return bytes;
     }
     case CodecKind::kSparseFp32: return 2 * plan.chunks.size() + Ceil12(nnz) + 4 * nnz;
+    case CodecKind::kSparse2Bit: return 0;  // depends on the indices: Sparse2BitBytes
   }
   return 0;
 }
 
+int Sparse2BitRiceParam(int64_t n, int64_t m) {
+  if (m <= 0 || n <= m) return 0;
+  const int64_t q = (n - m) / m;
+  int b = 0;
+  while ((q >> (b + 1)) != 0) ++b;
+  return b;
+}
+
+uint64_t Sparse2BitIndexBits(int64_t n, const uint16_t* indices, size_t m) {
+  const int b = Sparse2BitRiceParam(n, static_cast<int64_t>(m));
+  uint64_t bits = 0;
+  int64_t prev = -1;
+  for (size_t j = 0; j < m; ++j) {
+    const int64_t g = indices[j] - prev - 1;
+    prev = indices[j];
+    bits += static_cast<uint64_t>(g >> b) + 1 + static_cast<uint64_t>(b);
+  }
+  return bits;
+}
+
+uint64_t Sparse2BitBytes(const LayoutPlan& plan, const Sparse2BitParts& parts) {
+  LOWBAND_CHECK(parts.begin.size() == plan.chunks.size() + 1);
+  uint64_t bits = 0;
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    bits += Sparse2BitIndexBits(plan.chunks[c].numel(), parts.indices.data() + parts.begin[c],
+                                parts.begin[c + 1] - parts.begin[c]);
+  }
+  return 16 * plan.tensors.size() + 2 * plan.chunks.size() + (bits + 7) / 8 + Ceil2(parts.begin.back());
+}
+
 // ---------------------------------------------------------------- packing
+
+StatusOr<Encoded> PackSparse2Bit(const ParamLayout& layout, const LayoutPlan& plan, const Sparse2BitParts& parts) {
+  constexpr CodecKind kKind = CodecKind::kSparse2Bit;
+  LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
+  if (parts.tables.size() != 4 * plan.tensors.size() || parts.begin.size() != plan.chunks.size() + 1 ||
+      parts.begin.front() != 0 || parts.indices.size() != parts.begin.back() ||
+      parts.codes.size() != parts.begin.back()) {
+    return InvalidArgument("sparse_2bit parts: " + Num(parts.tables.size()) + " table entries, " +
+                           Num(parts.begin.size()) + " chunk starts, " + Num(parts.indices.size()) + " indices, " +
+                           Num(parts.codes.size()) + " codes; the plan needs " + Num(4 * plan.tensors.size()) +
+                           " table entries, " + Num(plan.chunks.size() + 1) +
+                           " chunk starts from 0, and as many "
+                           "codes and indices as the last start says");
+  }
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const TensorPlan& tp = plan.tensors[t];
+    for (int j = 0; j < 4; ++j) {
+      const float v = parts.tables[4 * t + j];
+      if (!std::isfinite(v)) {
+        return InvalidArgument(TensorWhere(kKind, layout, t) + ": table entry " + std::to_string(j) + " is " + Num(v));
+      }
+    }
+    for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+      const int64_t n = plan.chunks[c].numel();
+      if (parts.begin[c + 1] < parts.begin[c] || parts.begin[c + 1] - parts.begin[c] > n) {
+        return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": entries [" + Num(parts.begin[c]) + ", " +
+                               Num(parts.begin[c + 1]) + ") for a chunk of " + Num(n));
+      }
+      int64_t prev = -1;
+      for (uint32_t i = parts.begin[c]; i < parts.begin[c + 1]; ++i) {
+        const int64_t l = parts.indices[i];
+        if (l >= n || l <= prev) return BadIndex(kKind, layout, plan, t, c, l, prev);
+        prev = l;
+        if (parts.codes[i] > 3) {
+          return InvalidArgument(ChunkWhere(kKind, layout, plan, t, c) + ": code " + std::to_string(parts.codes[i]) +
+                                 " at index " + Num(l) + " (allowed 0..3)");
+        }
+      }
+    }
+  }
+  Bytes bulk(Sparse2BitBytes(plan, parts));
+  uint8_t* p = bulk.data();
+  std::memcpy(p, parts.tables.data(), 4 * parts.tables.size());
+  p += 4 * parts.tables.size();
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    const uint32_t count = parts.begin[c + 1] - parts.begin[c];
+    p[2 * c] = static_cast<uint8_t>(count);
+    p[2 * c + 1] = static_cast<uint8_t>(count >> 8);
+  }
+  p += 2 * plan.chunks.size();
+  BitWriter out(p);
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    const uint32_t m = parts.begin[c + 1] - parts.begin[c];
+    const int b = Sparse2BitRiceParam(plan.chunks[c].numel(), m);
+    int64_t prev = -1;
+    for (uint32_t i = parts.begin[c]; i < parts.begin[c + 1]; ++i) {
+      const int64_t g = parts.indices[i] - prev - 1;
+      prev = parts.indices[i];
+      for (int64_t q = g >> b; q > 0; --q) out.One(1);
+      out.One(0);
+      out.Bits(static_cast<uint32_t>(g), b);
+    }
+  }
+  p = Pack2(parts.codes.data(), parts.codes.size(), out.End());
+  LOWBAND_CHECK(p == bulk.data() + bulk.size());
+  return Finish(layout, kKind, 0, std::move(bulk));
+}
 
 StatusOr<Encoded> PackSparseLoCo(const ParamLayout& layout, const LayoutPlan& plan, const SparseLoCoParts& parts) {
   constexpr CodecKind kKind = CodecKind::kSparseLoCo;
@@ -635,7 +866,7 @@ StatusOr<Encoded> Seal(const ParamLayout& layout, const LayoutPlan& plan, CodecK
                        const uint64_t* checksum) {
   LOWBAND_RETURN_IF_ERROR(CheckPlan(layout, plan));
   const uint64_t want = BulkBytes(plan, kind);
-  if (kind == CodecKind::kSparseFp32 || bulk.size() != want) {
+  if (kind == CodecKind::kSparseFp32 || kind == CodecKind::kSparse2Bit || bulk.size() != want) {
     return InvalidArgument(std::string(CodecName(kind)) + " packed bulk is " + Num(bulk.size()) + " bytes, the plan needs " +
                            Num(want));
   }
@@ -765,6 +996,33 @@ StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, 
     if (m > std::numeric_limits<uint32_t>::max()) {
       return InvalidArgument("sparse_fp32 payload has " + Num(m) + " entries, more than an update can hold");
     }
+  } else if (kind == CodecKind::kSparse2Bit) {
+    // Tables and counts, then at least a bit per index and the codes: a
+    // bound on what the counts may ask for before anything is allocated.
+    const uint64_t counts_end = 16 * plan.tensors.size() + 2 * plan.chunks.size();
+    if (have < counts_end) {
+      return WrongLength(kind, have, counts_end,
+                         "the tables and chunk counts alone (" + Num(plan.tensors.size()) + " tensors, " +
+                             Num(plan.chunks.size()) + " chunks)");
+    }
+    for (size_t t = 0; t < plan.tensors.size(); ++t) {
+      const TensorPlan& tp = plan.tensors[t];
+      for (size_t c = tp.first_chunk; c < tp.first_chunk + tp.num_chunks; ++c) {
+        const uint16_t count = LoadU16(bulk.data() + 16 * plan.tensors.size() + 2 * c);
+        if (count > plan.chunks[c].numel()) {
+          return InvalidArgument(ChunkWhere(kind, layout, plan, t, c) + ": count " + std::to_string(count) +
+                                 " > chunk size " + Num(plan.chunks[c].numel()));
+        }
+        m += count;
+      }
+    }
+    const uint64_t least = counts_end + (m + 7) / 8 + Ceil2(m);
+    if (have < least) return WrongLength(kind, have, least, "at least, " + Num(m) + " entries");
+    if (m > std::numeric_limits<uint32_t>::max()) {
+      return InvalidArgument("sparse_2bit payload has " + Num(m) + " entries, more than an update can hold");
+    }
+    LOWBAND_RETURN_IF_ERROR(CheckChecksum(header, bulk));
+    return ParseSparse2Bit(layout, plan, bulk, counts_end, m);
   } else {
     const uint64_t want = BulkBytes(plan, kind);
     if (have != want) {
@@ -780,6 +1038,7 @@ StatusOr<Update> ParseUpdate(const ParamLayout& layout, const LayoutPlan& plan, 
     case CodecKind::kInt8: return ParseInt8(layout, plan, bulk);
     case CodecKind::kSparseLoCo: return ParseSparseLoCo(layout, plan, bulk);
     case CodecKind::kSparseFp32: return ParseSparseFp32(layout, plan, bulk, m);
+    case CodecKind::kSparse2Bit: break;  // parsed above
   }
   return InvalidArgument("unknown codec");
 }

@@ -44,6 +44,21 @@
 //                M = sum count local indices (12-bit packed as above,
 //                strictly increasing inside a chunk), then M x float32
 //                (finite). Bytes: 2 n_chunks + ceil(1.5 M) + 4 M.
+//   sparse_2bit  the coordinator's compressed downlink (any subset of the
+//                chunks' elements, 2-bit values): per tensor float32
+//                table[4] (finite), for every tensor in layout order; then
+//                n_chunks x uint16 count (<= n_c) in plan order; then the
+//                M = sum count local indices, chunk after chunk, as
+//                Rice-coded gaps: in a chunk of n elements holding m
+//                entries l_0 < l_1 < ..., g_j = l_j - l_{j-1} - 1 (l_{-1} =
+//                -1) with parameter b = floor(log2(q)) for q = (n - m) / m
+//                (integer division) when q >= 1, else 0; each g is g >> b
+//                one-bits, a zero bit, then g's low b bits, least
+//                significant first; bits fill each byte from its lowest bit
+//                and the stream is padded with zero bits to a byte; then M
+//                2-bit codes, 4 per byte, first in the low bits (pad bits
+//                zero); value = table[code] of the entry's tensor.
+//                Bytes: 16 T + 2 n_chunks + ceil(index bits / 8) + ceil(M / 4).
 // ---------------------------------------------------------------------------
 #pragma once
 
@@ -128,8 +143,14 @@ Status ApplyUpdate(const LayoutPlan& plan, const Update& u, std::vector<float>* 
 // ---- sizes ----------------------------------------------------------------
 // Exact bulk bytes of each format for the plan (sparse_fp32: for `nnz`
 // values in total; per-chunk counts do not change the size). 0 for an
-// unknown kind.
+// unknown kind and for sparse_2bit, whose size depends on where its entries
+// are (Sparse2BitBytes).
 uint64_t BulkBytes(const LayoutPlan& plan, CodecKind kind, uint64_t nnz = 0);
+
+// sparse_2bit: the Rice parameter of a chunk of n elements holding m
+// entries, and the bits of its m strictly increasing local indices (< n).
+int Sparse2BitRiceParam(int64_t n, int64_t m);
+uint64_t Sparse2BitIndexBits(int64_t n, const uint16_t* indices, size_t m);
 
 // ---- packing (device encoder -> bulk) --------------------------------------
 // Unpacked sparseloco result for one layout: per tensor 4 table entries,
@@ -140,6 +161,17 @@ struct SparseLoCoParts {
   std::vector<uint16_t> indices;  // plan.kept entries
   std::vector<uint8_t> codes;     // plan.kept entries, each 0..3
 };
+// Unpacked sparse_2bit payload: per tensor 4 table entries; for chunk c of
+// the plan its entries [begin[c], begin[c+1]) of (local index, code),
+// indices strictly increasing within a chunk.
+struct Sparse2BitParts {
+  std::vector<float> tables;      // 4 per tensor
+  std::vector<uint32_t> begin;    // chunks + 1
+  std::vector<uint16_t> indices;  // begin.back() entries
+  std::vector<uint8_t> codes;     // begin.back() entries, each 0..3
+};
+// Its exact bulk size (parts well formed for the plan; CHECK).
+uint64_t Sparse2BitBytes(const LayoutPlan& plan, const Sparse2BitParts& parts);
 struct Int8Parts {
   std::vector<float> scales;  // one per chunk, plan order
   std::vector<int8_t> q;      // P entries, plan order
@@ -162,6 +194,11 @@ StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& pl
 // bytes).
 StatusOr<Encoded> SealPackedBulk(const ParamLayout& layout, const LayoutPlan& plan, CodecKind kind, Frame bulk,
                                  uint64_t checksum);
+// sparse_2bit: InvalidArgument on sizes, begin not starting at 0 and
+// non-decreasing, a count above its chunk's size, indices not < chunk size
+// and strictly increasing, codes > 3, non-finite tables, a plan not made for
+// the layout. Everything it accepts, ParseUpdate accepts.
+StatusOr<Encoded> PackSparse2Bit(const ParamLayout& layout, const LayoutPlan& plan, const Sparse2BitParts& parts);
 StatusOr<Encoded> PackInt8(const ParamLayout& layout, const LayoutPlan& plan, const Int8Parts& parts);
 StatusOr<Encoded> PackDenseFp32(const ParamLayout& layout, const std::vector<float>& values);
 StatusOr<Encoded> PackDenseBf16(const ParamLayout& layout, const std::vector<uint16_t>& bits);
@@ -171,13 +208,17 @@ StatusOr<Encoded> PackDenseBf16(const ParamLayout& layout, const std::vector<uin
 StatusOr<Encoded> PackAggregate(const ParamLayout& layout, const LayoutPlan& plan, const Update& u);
 
 // ---- parsing (bulk -> Update) -----------------------------------------------
-// Accepts any of the five codecs and parses by header.codec; whether that
+// Accepts any of the six codecs and parses by header.codec; whether that
 // codec is right for the direction (an uplink: the campaign codec; a
-// downlink: dense_fp32, sparse_fp32, sparseloco) is the caller's check. Checks the
-// header against the layout (element count, digest; topk == plan.topk for
-// sparseloco, 0 otherwise), byte_length == bulk size == the exact size the
-// plan gives (sparse_fp32: for its counts) before allocating anything, the
-// checksum, then every index (< chunk size, strictly increasing), pad bits,
+// downlink: dense_fp32, sparse_fp32, sparseloco, sparse_2bit) is the
+// caller's check. Checks the header against the layout (element count,
+// digest; topk == plan.topk for sparseloco, 0 otherwise), byte_length ==
+// bulk size == the exact size the plan gives (sparse_fp32: for its counts;
+// sparse_2bit: at least what its counts need before allocating, then
+// exactly what its decoded index stream and codes take) before allocating
+// anything, the checksum, then every index (< chunk size, strictly
+// increasing; a sparse_2bit gap that runs past its chunk or past the index
+// stream is an error), pad bits,
 // counts (<= chunk size), that every table entry, scale and value is finite,
 // scales >= 0, int8 q != -128, no bf16 NaN/Inf. Errors (InvalidArgument for
 // content, Corruption for length/checksum) say what and where

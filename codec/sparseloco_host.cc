@@ -47,8 +47,9 @@ void SelectChunk(const LayoutPlan& plan, size_t t, size_t c, const float* v, std
   }
 }
 
-// Tensor t's kept values x[0, K) -> its 4 table entries and K codes.
-void Quantise(const float* x, int64_t K, float* table, uint8_t* codes) {
+}  // namespace
+
+void QuantiseSparseLoCo(const float* x, int64_t K, float* table, uint8_t* codes) {
   if (K == 0) {
     std::fill(table, table + 4, 0.0f);
     return;
@@ -74,8 +75,6 @@ void Quantise(const float* x, int64_t K, float* table, uint8_t* codes) {
                    : static_cast<float>(static_cast<double>(shift) + (b - 1.5) * static_cast<double>(scale));
   }
 }
-
-}  // namespace
 
 SparseLoCoParts SelectSparseLoCo(const LayoutPlan& plan, const std::vector<float>& v, ThreadPool* pool) {
   LOWBAND_CHECK(v.size() == static_cast<size_t>(plan.numel));
@@ -106,7 +105,7 @@ SparseLoCoParts SelectSparseLoCo(const LayoutPlan& plan, const std::vector<float
     for (int64_t t = begin; t < end; ++t) {
       const TensorPlan& tp = plan.tensors[t];
       const int64_t at = first_kept[tp.first_chunk];
-      Quantise(&kept[at], tp.kept, &parts.tables[4 * t], &parts.codes[at]);
+      QuantiseSparseLoCo(&kept[at], tp.kept, &parts.tables[4 * t], &parts.codes[at]);
     }
   };
   const int64_t chunks = static_cast<int64_t>(plan.chunks.size());

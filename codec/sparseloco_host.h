@@ -32,6 +32,10 @@
 
 namespace lowband {
 
+// One tensor's kept values x[0, K) (K >= 0) -> its 4 table entries and K
+// codes, by the rules above (also the sparse_2bit downlink's quantiser).
+void QuantiseSparseLoCo(const float* x, int64_t K, float* table, uint8_t* codes);
+
 // The unpacked result for `plan` (tables, kept indices, codes as
 // PackSparseLoCo takes them). CHECKs that v has plan.numel values.
 SparseLoCoParts SelectSparseLoCo(const LayoutPlan& plan, const std::vector<float>& v, ThreadPool* pool);

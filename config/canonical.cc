@@ -178,11 +178,12 @@ std::string CanonicalSettings(const CampaignConfig& config) {
     w.Double("outer_optimizer.momentum", momentum);
   }
   {
-    const auto& [kind, topk, error_feedback, downlink] = codec;
+    const auto& [kind, topk, error_feedback, downlink, downlink_budget] = codec;
     w.Name("codec.name", CodecName(kind));
     w.Int("codec.topk", topk);
     w.Double("codec.error_feedback", error_feedback);
     w.Name("codec.downlink", CodecName(downlink));
+    w.Double("codec.downlink_budget", downlink_budget);
   }
   {
     const auto& [expected_workers, min_workers, round_deadline_s, start_timeout_s, aggregation, weighting,

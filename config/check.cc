@@ -345,22 +345,25 @@ void CheckCampaign(const CampaignConfig& cfg, Checker* c) {
   c->DoubleRange("outer_optimizer.momentum", cfg.outer.momentum, 0, true, 1, false);
 
   const CodecConfig& codec = cfg.codec;
-  if (codec.kind == CodecKind::kSparseFp32) {
-    c->Error("codec.name", "'sparse_fp32' is the coordinator's downlink format and cannot be chosen for uploads",
+  if (codec.kind == CodecKind::kSparseFp32 || codec.kind == CodecKind::kSparse2Bit) {
+    c->Error("codec.name",
+             std::string("'") + CodecName(codec.kind) +
+                 "' is the coordinator's downlink format and cannot be chosen for uploads",
              "dense_fp32, dense_bf16, int8, sparseloco");
   }
   if (codec.kind == CodecKind::kSparseLoCo) c->IntRange("codec.topk", codec.topk, 1, kSparseLoCoChunk);
   // Checked for every codec so a typo is caught before it matters; dense_fp32
   // is lossless and ignores it.
   c->DoubleRange("codec.error_feedback", codec.error_feedback, 0, true, 1, false);
-  if (codec.downlink == CodecKind::kSparseLoCo && !WholeModelMean(cfg)) {
+  c->DoubleRange("codec.downlink_budget", codec.downlink_budget, 0, false, INFINITY, false);
+  if ((codec.downlink == CodecKind::kSparseLoCo || codec.downlink == CodecKind::kSparse2Bit) && !WholeModelMean(cfg)) {
     // The coordinator's downlink error feedback is one buffer over the whole
     // model, sent whole to every site.
     const char* why = cfg.fpld.enabled           ? "an FPLD campaign"
                       : cfg.pipeline.stages > 1  ? "pipeline stages (pipeline.stages > 1)"
                       : cfg.parablock.blocks > 1 ? "ParaBlock blocks (parablock.blocks > 1)"
                                                  : "personalised tensors (personalization.tensors)";
-    c->Error("codec.downlink", std::string("sparseloco downlink with ") + why,
+    c->Error("codec.downlink", std::string(CodecName(codec.downlink)) + " downlink with " + why,
              "sparse_fp32 or dense_fp32 unless every site holds the whole model and the coordinator takes one mean");
   }
 

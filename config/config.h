@@ -116,11 +116,16 @@ struct CodecConfig {
   int topk = 64;                 // sparseloco: values kept per full 4096-element chunk (density topk/4096)
   double error_feedback = 0.95;  // beta in e <- beta*e + delta; 0 turns error feedback off
   // How the outer update goes down: kSparseFp32 (sparse_fp32 when smaller
-  // than dense, else dense_fp32), kDenseFp32 (always dense), or kSparseLoCo
-  // (top-k + 2 bits at `topk`, with error feedback on the coordinator;
-  // whole-model mean campaigns only). The parser defaults it to kSparseLoCo
-  // for codec sparseloco in such campaigns, else kSparseFp32.
+  // than dense, else dense_fp32), kDenseFp32 (always dense), or compressed
+  // with error feedback on the coordinator (whole-model mean campaigns
+  // only): kSparse2Bit (the union of the uploaded indices, 2 bits, within
+  // `downlink_budget`) or kSparseLoCo (top-k + 2 bits at `topk`). The
+  // parser defaults it to kSparse2Bit for codec sparseloco in such
+  // campaigns, else kSparseFp32.
   CodecKind downlink = CodecKind::kSparseFp32;
+  // sparse_2bit: its payload's bytes at most per byte of a sparseloco upload
+  // at `topk` (> 0).
+  double downlink_budget = 1.5;
 };
 
 // How the coordinator averages R uploads: kMeanAll divides every coordinate's

@@ -441,13 +441,15 @@ const std::vector<std::string> kWeightingNames = {"tokens", "uniform"};
 const std::vector<std::string> kInnerKeys = {"name",         "lr",        "betas",       "eps",
                                              "weight_decay", "grad_clip", "warmup_steps"};
 const std::vector<std::string> kOuterNames = {"nesterov", "sgd", "fedavg"};
-// Index i is CodecKind(i); sparse_fp32 (the coordinator's downlink
-// aggregate) comes last in the enum and is deliberately left out.
+// Index i is CodecKind(i); sparse_fp32 and sparse_2bit (the coordinator's
+// downlink formats) come last in the enum and are deliberately left out.
 const std::vector<std::string> kCodecNames = {"dense_fp32", "dense_bf16", "int8", "sparseloco"};
-const std::vector<std::string> kCodecKeys = {"name", "topk", "density", "error_feedback", "downlink"};
+const std::vector<std::string> kCodecKeys = {"name",           "topk",     "density",
+                                             "error_feedback", "downlink", "downlink_budget"};
 // codec.downlink values, in the order of kDownlinkKinds.
-const std::vector<std::string> kDownlinkNames = {"sparseloco", "sparse_fp32", "dense_fp32"};
-const CodecKind kDownlinkKinds[] = {CodecKind::kSparseLoCo, CodecKind::kSparseFp32, CodecKind::kDenseFp32};
+const std::vector<std::string> kDownlinkNames = {"sparse_2bit", "sparseloco", "sparse_fp32", "dense_fp32"};
+const CodecKind kDownlinkKinds[] = {CodecKind::kSparse2Bit, CodecKind::kSparseLoCo, CodecKind::kSparseFp32,
+                                    CodecKind::kDenseFp32};
 const std::vector<std::string> kAggregationNames = {"mean", "mean_of_choosers"};
 const std::vector<std::string> kQuorumKeys = {"expected_workers", "min_workers", "round_deadline_s",
                                               "start_timeout_s", "aggregation", "max_norm_ratio", "weighting"};
@@ -507,12 +509,14 @@ void ParseCodec(Parser* p, const YAML::Node& node, CodecConfig* codec, bool* dow
   *downlink_set = m.Find("downlink") != nullptr;
   int downlink = 0;
   if (p->Enum(m, "downlink", kDownlinkNames, &downlink)) codec->downlink = kDownlinkKinds[downlink];
+  p->Double(m, "downlink_budget", &codec->downlink_budget);
   bool name_ok = true;
   if (const auto* f = m.Find("name"); f != nullptr && f->value.IsScalar() &&
-                                      f->value.Scalar() == CodecName(CodecKind::kSparseFp32)) {
+                                      (f->value.Scalar() == CodecName(CodecKind::kSparseFp32) ||
+                                       f->value.Scalar() == CodecName(CodecKind::kSparse2Bit))) {
     // A real codec name, but only the coordinator produces it.
     p->Error("codec.name", f->value,
-             "'sparse_fp32' is the coordinator's downlink format and cannot be chosen for uploads",
+             "'" + f->value.Scalar() + "' is the coordinator's downlink format and cannot be chosen for uploads",
              JoinList(kCodecNames));
     p->MarkBad("codec.name");
     name_ok = false;
@@ -949,7 +953,7 @@ void ParseCampaignTree(const YAML::Node& root, const std::string& source, Diagno
   // SparseLoCo campaigns compress the downlink too where they can: every
   // site holds the whole model and the coordinator takes a plain mean.
   if (!downlink_set) {
-    cfg->codec.downlink = cfg->codec.kind == CodecKind::kSparseLoCo && WholeModelMean(*cfg) ? CodecKind::kSparseLoCo
+    cfg->codec.downlink = cfg->codec.kind == CodecKind::kSparseLoCo && WholeModelMean(*cfg) ? CodecKind::kSparse2Bit
                                                                                             : CodecKind::kSparseFp32;
   }
 }

@@ -45,7 +45,7 @@ CoordinatorCore::CoordinatorCore(CampaignConfig config, ParamSet initial, TimePo
     : config_(std::move(config)),
       plan_(PlanLayout(initial.layout, config_.codec.topk)),
       outer_(config_.outer, initial.values.size()),
-      downlink_(config_.codec.downlink, initial.values.size()),
+      downlink_(config_.codec.downlink, initial.values.size(), config_.codec.downlink_budget),
       params_(std::move(initial)),
       digest_(params_.Digest()),
       campaign_start_(now),

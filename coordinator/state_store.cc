@@ -412,8 +412,8 @@ StatusOr<std::vector<StoredRound>> StateStore::Rounds(bool with_gradients, uint3
     r.tokens = q.ColU64(3);
     r.contributors = static_cast<int>(q.ColInt(4));
     const int64_t down = q.ColInt(5);
-    r.down_codec = down >= 0 && down <= static_cast<int>(CodecKind::kSparseFp32) ? static_cast<CodecKind>(down)
-                                                                                   : CodecKind::kDenseFp32;
+    r.down_codec = down >= 0 && down <= static_cast<int>(CodecKind::kSparse2Bit) ? static_cast<CodecKind>(down)
+                                                                                 : CodecKind::kDenseFp32;
     r.aggregate_nnz = q.ColU64(6);
     s.recorded = q.ColInt(7) != 0;
     r.val_loss = q.ColReal(8);

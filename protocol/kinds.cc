@@ -30,6 +30,7 @@ const char* CodecName(CodecKind kind) {
     case CodecKind::kInt8: return "int8";
     case CodecKind::kSparseLoCo: return "sparseloco";
     case CodecKind::kSparseFp32: return "sparse_fp32";
+    case CodecKind::kSparse2Bit: return "sparse_2bit";
   }
   return "unknown";
 }

@@ -6,9 +6,10 @@
 
 namespace lowband {
 
-// Update codecs (codec/codec.h has the wire formats). kSparseFp32 is the
-// coordinator's sparse aggregate on the downlink; YAML cannot select it.
-enum class CodecKind { kDenseFp32, kDenseBf16, kInt8, kSparseLoCo, kSparseFp32 };
+// Update codecs (codec/codec.h has the wire formats). kSparseFp32 and
+// kSparse2Bit are downlink formats only (the coordinator's sparse aggregate,
+// and its compressed form: codec.downlink); no upload uses them.
+enum class CodecKind { kDenseFp32, kDenseBf16, kInt8, kSparseLoCo, kSparseFp32, kSparse2Bit };
 // The name campaign files, logs and metrics use ("dense_fp32", "sparseloco", ...).
 const char* CodecName(CodecKind kind);
 

@@ -126,6 +126,7 @@ wire::Codec CodecToWire(CodecKind kind) {
     case CodecKind::kInt8: return wire::Codec::Int8;
     case CodecKind::kSparseLoCo: return wire::Codec::SparseLoCo;
     case CodecKind::kSparseFp32: return wire::Codec::SparseFp32;
+    case CodecKind::kSparse2Bit: return wire::Codec::Sparse2Bit;
   }
   return wire::Codec::DenseFp32;  // unreachable for valid enum values
 }
@@ -395,6 +396,9 @@ Status CodecFromWire(wire::Codec codec, const char* field, CodecKind* out) {
     case wire::Codec::Int8: *out = CodecKind::kInt8; return Status::Ok();
     case wire::Codec::SparseLoCo: *out = CodecKind::kSparseLoCo; return Status::Ok();
     case wire::Codec::SparseFp32: *out = CodecKind::kSparseFp32; return Status::Ok();
+    case wire::Codec::Sparse2Bit:
+      *out = CodecKind::kSparse2Bit;
+      return Status::Ok();
   }
   return InvalidArgument(std::string(field) + " has unknown codec value " +
                          std::to_string(static_cast<unsigned>(codec)));
@@ -549,8 +553,9 @@ Status DecodeWelcome(const wire::Welcome& t, Welcome* m) {
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(inner->warmup_steps(), "Welcome.training.inner.warmup_steps"));
   LOWBAND_RETURN_IF_ERROR(RequireNonNegative(t.worker_index(), "Welcome.worker_index"));
   LOWBAND_RETURN_IF_ERROR(CodecFromWire(training->codec(), "Welcome.training.codec", &m->codec.kind));
-  if (m->codec.kind == CodecKind::kSparseFp32) {
-    return InvalidArgument("Welcome.training.codec sparse_fp32 is a downlink format, not an upload codec");
+  if (m->codec.kind == CodecKind::kSparseFp32 || m->codec.kind == CodecKind::kSparse2Bit) {
+    return InvalidArgument(std::string("Welcome.training.codec ") + CodecName(m->codec.kind) +
+                           " is a downlink format, not an upload codec");
   }
   if (m->codec.kind == CodecKind::kSparseLoCo && (training->codec_topk() < 1 || training->codec_topk() > 4096)) {
     return InvalidArgument("Welcome.training.codec_topk is " + std::to_string(training->codec_topk()) +

@@ -471,13 +471,14 @@ JobResult Executor::Fcrag(const FcragJob& job) {
 
 JobResult Executor::Apply(const ApplyJob& job) {
   // The coordinator's downlink formats (codec.downlink): u as it is, or
-  // compressed as SparseLoCo; either way exactly what the coordinator
-  // applied itself.
+  // compressed (sparseloco, sparse_2bit); either way exactly what the
+  // coordinator applied itself.
   const CodecKind codec = job.aggregate.blob.codec;
-  if (codec != CodecKind::kDenseFp32 && codec != CodecKind::kSparseFp32 && codec != CodecKind::kSparseLoCo) {
-    return JobFailed{
-        false, ErrorCode::kBadPayload, job.aggregate.round,
-        std::string("aggregate uses codec ") + CodecName(codec) + ", expected dense_fp32, sparse_fp32 or sparseloco"};
+  if (codec != CodecKind::kDenseFp32 && codec != CodecKind::kSparseFp32 && codec != CodecKind::kSparseLoCo &&
+      codec != CodecKind::kSparse2Bit) {
+    return JobFailed{false, ErrorCode::kBadPayload, job.aggregate.round,
+                     std::string("aggregate uses codec ") + CodecName(codec) +
+                         ", expected dense_fp32, sparse_fp32, sparseloco or sparse_2bit"};
   }
   auto update = ParseUpdate(layout(), plan(), job.aggregate.blob, job.bulk);
   if (!update.ok()) return Fail(ErrorCode::kBadPayload, job.aggregate.round, update.status());

@@ -1,4 +1,4 @@
-// Host-side update codecs: the chunk plan, the five bulk formats (round
+// Host-side update codecs: the chunk plan, the six bulk formats (round
 // trips, exact sizes, byte layout), hostile payloads (each rejection named,
 // random mutations never crash), aggregation bit-exact against a dense
 // reference, and the sparse/dense update arithmetic.
@@ -90,6 +90,18 @@ Update RandomSparse(const LayoutPlan& plan, std::mt19937_64& rng, int64_t max_pe
     u.begin.push_back(static_cast<uint32_t>(u.index.size()));
   }
   return u;
+}
+
+// sparse_2bit parts holding u's support, random codes and tables.
+Sparse2BitParts Parts2Bit(const LayoutPlan& plan, const Update& u, std::mt19937_64& rng) {
+  Sparse2BitParts parts;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    for (int j = 0; j < 4; ++j) parts.tables.push_back(RandomValue(rng));
+  }
+  parts.begin = u.begin;
+  parts.indices = u.index;
+  for (size_t i = 0; i < u.index.size(); ++i) parts.codes.push_back(static_cast<uint8_t>(rng() & 3));
+  return parts;
 }
 
 Update RandomDense(const LayoutPlan& plan, std::mt19937_64& rng) {
@@ -545,7 +557,200 @@ TEST_CASE("sparse_fp32 round trip through PackAggregate", "[unit]") {
   }
 }
 
+// The sparse_2bit payload of the tests below: 3 entries in the bias chunk
+// (n = 100; indices 3, 10, 99; codes 2, 0, 3), none elsewhere.
+Sparse2BitParts SmallParts2Bit(const LayoutPlan& plan) {
+  Sparse2BitParts parts;
+  for (size_t t = 0; t < plan.tensors.size(); ++t) {
+    const float m = static_cast<float>(t + 1);
+    parts.tables.insert(parts.tables.end(), {-2 * m, -m, m, 2 * m});
+  }
+  const size_t bias_chunk = plan.tensors[2].first_chunk;
+  parts.begin.push_back(0);
+  for (size_t c = 0; c < plan.chunks.size(); ++c) {
+    if (c == bias_chunk) {
+      parts.indices.insert(parts.indices.end(), {3, 10, 99});
+      parts.codes.insert(parts.codes.end(), {2, 0, 3});
+    }
+    parts.begin.push_back(static_cast<uint32_t>(parts.indices.size()));
+  }
+  return parts;
+}
+
+TEST_CASE("sparse_2bit byte layout: tables, counts, Rice-coded gaps, 2-bit codes", "[unit]") {
+  const ParamLayout layout = EdgeLayout();
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  REQUIRE(plan.chunks.size() == 9);
+  REQUIRE(plan.tensors[2].first_chunk == 7);
+  // m = 3 of n = 100: (100 - 3) / 3 = 32, so b = 5. Gaps 3, 6, 88:
+  //   3: 0 | 11000        6: 0 | 01100        88 = 2*32 + 24: 110 | 00011
+  // 20 bits, lowest first: 0x06 0x33 0x0c; codes 2, 0, 3 -> 0x32.
+  CHECK(Sparse2BitRiceParam(100, 3) == 5);
+  CHECK(Sparse2BitRiceParam(4096, 64) == 5);
+  CHECK(Sparse2BitRiceParam(4096, 170) == 4);
+  CHECK(Sparse2BitRiceParam(4096, 2048) == 0);
+  CHECK(Sparse2BitRiceParam(100, 0) == 0);
+  const uint16_t idx[] = {3, 10, 99};
+  CHECK(Sparse2BitIndexBits(100, idx, 3) == 20);
+  const Sparse2BitParts parts = SmallParts2Bit(plan);
+  CHECK(Sparse2BitBytes(plan, parts) == 16 * 4 + 2 * 9 + 3 + 1);
+  auto e = PackSparse2Bit(layout, plan, parts);
+  REQUIRE(e.ok());
+  CHECK(e->header.codec == CodecKind::kSparse2Bit);
+  CHECK(e->header.topk == 0);
+  const Bytes& b = e->bulk;
+  REQUIRE(b.size() == 86);
+  float t2[4];
+  std::memcpy(t2, b.data() + 32, 16);
+  CHECK(t2[0] == -6.0f);
+  CHECK(t2[3] == 6.0f);
+  for (size_t c = 0; c < 9; ++c) {
+    INFO(c);
+    CHECK(b.data()[64 + 2 * c] == (c == 7 ? 3 : 0));
+    CHECK(b.data()[64 + 2 * c + 1] == 0);
+  }
+  CHECK(b.data()[82] == 0x06);
+  CHECK(b.data()[83] == 0x33);
+  CHECK(b.data()[84] == 0x0c);
+  CHECK(b.data()[85] == 0x32);
+  auto u = ParseUpdate(layout, plan, e->header, e->bulk);
+  REQUIRE(u.ok());
+  CHECK_FALSE(u->dense);
+  CHECK(u->begin[7] == 0);
+  CHECK(u->begin[8] == 3);
+  CHECK(u->index == std::vector<uint16_t>{3, 10, 99});
+  CHECK(u->value == std::vector<float>{3.0f, -6.0f, 6.0f});  // bias table {-6, -3, 3, 6}
+}
+
+TEST_CASE("sparse_2bit round trip: any count per chunk, empty to full", "[unit]") {
+  std::mt19937_64 rng(21);
+  const ParamLayout layout = EdgeLayout();
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  for (int64_t max_per_chunk : {0, 1, 40, 300, 4096}) {
+    for (int rep = 0; rep < 8; ++rep) {
+      INFO(max_per_chunk << " " << rep);
+      const Update support = RandomSparse(plan, rng, max_per_chunk);
+      const Sparse2BitParts parts = Parts2Bit(plan, support, rng);
+      auto e = PackSparse2Bit(layout, plan, parts);
+      REQUIRE(e.ok());
+      CHECK(e->bulk.size() == Sparse2BitBytes(plan, parts));
+      auto u = ParseUpdate(layout, plan, e->header, e->bulk);
+      REQUIRE(u.ok());
+      CHECK(u->begin == support.begin);
+      CHECK(u->index == support.index);
+      bool values = u->value.size() == parts.codes.size();
+      for (size_t t = 0; t < plan.tensors.size() && values; ++t) {
+        const TensorPlan& tp = plan.tensors[t];
+        for (uint32_t i = u->begin[tp.first_chunk]; i < u->begin[tp.first_chunk + tp.num_chunks]; ++i) {
+          values = values && u->value[i] == parts.tables[4 * t + parts.codes[i]];
+        }
+      }
+      CHECK(values);
+    }
+  }
+  // Rice coding of a 1/64 support costs less than 12 bits an index.
+  Sparse2BitParts parts;
+  parts.tables.assign(16, 0.0f);
+  parts.begin.push_back(0);
+  for (const Chunk& ch : plan.chunks) {
+    ChooseSorted(rng, ch.numel(), ch.k, &parts.indices);
+    parts.begin.push_back(static_cast<uint32_t>(parts.indices.size()));
+  }
+  parts.codes.assign(parts.indices.size(), 1);
+  CHECK(Sparse2BitBytes(plan, parts) < BulkBytes(plan, CodecKind::kSparseLoCo));
+}
+
 // ---------------------------------------------------------------- hostile input
+
+TEST_CASE("malformed sparse_2bit payloads are rejected with what and where", "[unit]") {
+  const ParamLayout layout = EdgeLayout();
+  const LayoutPlan plan = PlanLayout(layout, 64);
+  auto packed = PackSparse2Bit(layout, plan, SmallParts2Bit(plan));
+  REQUIRE(packed.ok());
+  const Encoded good = *packed;
+  REQUIRE(good.bulk.size() == 86);
+  const size_t count = 64 + 2 * 7, stream = 82, codes = 85;
+
+  Encoded e = good;
+  e.bulk.Mutable()[count] = 101;  // count 101 in a chunk of 100
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument,
+               {"sparse_2bit tensor 2 (bias) chunk 0", "count 101 > chunk size 100"});
+
+  e = good;
+  e.bulk.Mutable()[count] = 90;  // 90 entries cannot fit in 4 bytes
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kCorruption, {"at least", "90 entries"});
+
+  e = good;
+  e.bulk.Mutable()[count] = 2;  // two entries (b = 5) end inside byte 1, whose other bits are set
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"pad bits after the last index"});
+
+  e = good;
+  e.bulk.Mutable()[stream] = 0xff;  // a unary run past the chunk
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument,
+               {"tensor 2 (bias) chunk 0", "gap of entry 0", "runs past"});
+
+  e = good;
+  e.bulk.Mutable()[stream + 1] |= 0x80;  // bit 15, the last gap's lowest remainder bit: 89, index 100
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument,
+               {"tensor 2 (bias) chunk 0", "index 100 >= chunk size 100"});
+
+  e = good;
+  e.bulk.Mutable()[stream + 2] |= 0x10;  // a pad bit after the 20 index bits
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"pad bits after the last index"});
+
+  e = good;
+  e.bulk.Mutable()[codes] |= 0xc0;  // a fourth code slot
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"pad bits after the last 2-bit code"});
+
+  e = good;
+  PutFloat(&e.bulk.Mutable(), 32 + 4, kNaN);
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"sparse_2bit tensor 2 (bias)", "table entry 1", "nan"});
+
+  e = good;
+  e.bulk.resize(87);  // one byte too many
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kCorruption, {"87 bytes", "needs 86"});
+
+  e = good;
+  e.bulk.resize(85);  // the codes cut off
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kCorruption, {"85 bytes"});
+
+  e = good;
+  e.bulk.resize(70);  // shorter than the tables and counts
+  Reseal(&e);
+  ExpectReject(layout, plan, e, StatusCode::kCorruption, {"tables and chunk counts"});
+
+  e = good;
+  e.header.topk = 64;
+  ExpectReject(layout, plan, e, StatusCode::kInvalidArgument, {"sparse_2bit payload has topk 64, must be 0"});
+
+  e = good;
+  e.bulk.Mutable()[codes] ^= 0x01;  // not resealed
+  ExpectReject(layout, plan, e, StatusCode::kCorruption, {"checksum"});
+
+  // The packer refuses what the parser would.
+  Sparse2BitParts bad = SmallParts2Bit(plan);
+  bad.indices[1] = 3;
+  CHECK(PackSparse2Bit(layout, plan, bad).status().message().find("increasing") != std::string::npos);
+  bad = SmallParts2Bit(plan);
+  bad.codes[0] = 4;
+  CHECK_FALSE(PackSparse2Bit(layout, plan, bad).ok());
+  bad = SmallParts2Bit(plan);
+  bad.tables[5] = kInf;
+  CHECK_FALSE(PackSparse2Bit(layout, plan, bad).ok());
+  bad = SmallParts2Bit(plan);
+  bad.begin[8] = 2;
+  CHECK_FALSE(PackSparse2Bit(layout, plan, bad).ok());
+}
 
 TEST_CASE("malformed sparseloco payloads are rejected with what and where", "[unit]") {
   std::mt19937_64 rng(9);
@@ -780,9 +985,10 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
     Int8Parts ip{std::vector<float>(plan.chunks.size(), 0.1f), std::vector<int8_t>(layout.numel(), -5)};
     auto d = PackInt8(layout, plan, ip);
     auto f = PackAggregate(layout, plan, RandomSparse(plan, rng, 30));
-    REQUIRE((a.ok() && b.ok() && c.ok() && d.ok() && f.ok()));
+    auto g = PackSparse2Bit(layout, plan, Parts2Bit(plan, RandomSparse(plan, rng, 200), rng));
+    REQUIRE((a.ok() && b.ok() && c.ok() && d.ok() && f.ok() && g.ok()));
     REQUIRE(f->header.codec == CodecKind::kSparseFp32);
-    seeds = {*a, *b, *c, *d, *f};
+    seeds = {*a, *b, *c, *d, *f, *g};
   }
   int accepted = 0, rejected = 0;
   bool accepted_ok = true, check_agrees = true;
@@ -806,8 +1012,10 @@ TEST_CASE("random mutations and lengths never crash the parser", "[unit]") {
         e.header.codec = static_cast<CodecKind>(rng() % 3 ? static_cast<int>(e.header.codec) : static_cast<int>(rng() % 7));
         e.header.byte_length = rng() % 2 ? e.header.byte_length : rng() % (2 * e.bulk.size() + 1);
         break;
-      case 4:  // a sparse frame's counts or indices rewritten
-        if (e.bulk.size() > 4) {
+      case 4:  // a sparse frame's counts or indices rewritten (sparse_2bit: from its tables on)
+        if (e.header.codec == CodecKind::kSparse2Bit && rng() % 2) {
+          e.bulk.Mutable()[rng() % e.bulk.size()] = static_cast<uint8_t>(rng());
+        } else if (e.bulk.size() > 4) {
           const size_t i = rng() % (e.bulk.size() / 2);
           e.bulk.Mutable()[2 * i] = static_cast<uint8_t>(rng());
           e.bulk.Mutable()[2 * i + 1] = static_cast<uint8_t>(rng() % 32);

@@ -79,6 +79,8 @@ std::vector<Mutation> SemanticMutations() {
       {"codec.topk", [](CampaignConfig& c) { c.codec.topk = 32; }},
       {"codec.error_feedback", [](CampaignConfig& c) { c.codec.error_feedback = 0.9; }},
       {"codec.downlink", [](CampaignConfig& c) { c.codec.downlink = CodecKind::kSparseLoCo; }},
+      {"codec.downlink", [](CampaignConfig& c) { c.codec.downlink = CodecKind::kSparse2Bit; }},
+      {"codec.downlink_budget", [](CampaignConfig& c) { c.codec.downlink_budget = 2.0; }},
       {"quorum.aggregation", [](CampaignConfig& c) { c.quorum.aggregation = AggregationRule::kMeanChoosers; }},
       {"quorum.weighting", [](CampaignConfig& c) { c.quorum.weighting = AggregationWeighting::kUniform; }},
       {"quorum.max_norm_ratio", [](CampaignConfig& c) { c.quorum.max_norm_ratio = 0; }},
@@ -87,11 +89,17 @@ std::vector<Mutation> SemanticMutations() {
       {"pipeline.ratio", [](CampaignConfig& c) { c.pipeline.ratio = 64; }},
       {"pipeline.wire_dtype", [](CampaignConfig& c) { c.pipeline.wire_dtype = WireDtype::kFp16; }},
       {"pipeline.wire_dtype", [](CampaignConfig& c) { c.pipeline.wire_dtype = WireDtype::kFp32; }},
-      {"pipeline.split", [](CampaignConfig& c) { c.pipeline.split = {3, 1}; }},
+      {"pipeline.split",
+       [](CampaignConfig& c) {
+         c.pipeline.split = {3, 1};
+       }},
       {"pipeline.micro_batches", [](CampaignConfig& c) { c.pipeline.micro_batches = 8; }},
       {"pipeline.schedule", [](CampaignConfig& c) { c.pipeline.schedule = "gpipe"; }},
       {"parablock.blocks", [](CampaignConfig& c) { c.parablock.blocks = 2; }},
-      {"parablock.split", [](CampaignConfig& c) { c.parablock.split = {1, 3}; }},
+      {"parablock.split",
+       [](CampaignConfig& c) {
+         c.parablock.split = {1, 3};
+       }},
       {"parablock.schedule", [](CampaignConfig& c) { c.parablock.random = true; }},
       {"parablock.assignment", [](CampaignConfig& c) { c.parablock.per_worker = false; }},
       {"personalization.tensors", [](CampaignConfig& c) { c.personalization.tensors.push_back("head."); }},
@@ -113,7 +121,10 @@ std::vector<Mutation> SemanticMutations() {
       {"fpld.student_eval_batches", [](CampaignConfig& c) { c.fpld.student_eval_batches += 1; }},
       {"fpld.exact_reference", [](CampaignConfig& c) { c.fpld.exact_reference = true; }},
       {"fcrag.enabled", [](CampaignConfig& c) { c.fcrag.enabled = true; }},
-      {"fcrag.labels", [](CampaignConfig& c) { c.fcrag.labels = {"x", "y"}; }},
+      {"fcrag.labels",
+       [](CampaignConfig& c) {
+         c.fcrag.labels = {"x", "y"};
+       }},
       {"fcrag.retrieve_k", [](CampaignConfig& c) { c.fcrag.retrieve_k += 1; }},
       {"fcrag.smoothing", [](CampaignConfig& c) { c.fcrag.smoothing = 0.2; }},
       {"fcrag.score_bits", [](CampaignConfig& c) { c.fcrag.score_bits = 4; }},
@@ -305,6 +316,7 @@ TEST_CASE("canonical settings: the text of a fixed config is stable", "[unit][co
            "codec.name=dense_fp32",
            "codec.topk=64",
            "codec.downlink=sparse_fp32",
+           "codec.downlink_budget=1.5",
            "quorum.aggregation=mean",
            "quorum.weighting=tokens",
            "quorum.max_norm_ratio=10",

@@ -630,11 +630,15 @@ TEST_CASE("config: codec names and settings", "[unit][config]") {
   CHECK(Campaign(head + "codec: {name: dense_fp32, error_feedback: 0.5}\n").codec.kind == CodecKind::kDenseFp32);
 }
 
-TEST_CASE("config: codec.downlink defaults to sparseloco where the codec and the campaign allow it", "[unit][config]") {
+TEST_CASE("config: codec.downlink defaults to sparse_2bit where the codec and the campaign allow it",
+          "[unit][config]") {
   const std::string head = "campaign: {name: x}\nmodel: {layers: 4}\n";
   CHECK(Campaign(head).codec.downlink == CodecKind::kSparseFp32);
   CHECK(Campaign(head + "codec: {name: int8}\n").codec.downlink == CodecKind::kSparseFp32);
-  CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
+  CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.downlink == CodecKind::kSparse2Bit);
+  CHECK(Campaign(head + "codec: {name: sparseloco}\n").codec.downlink_budget == 1.5);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink_budget: 2}\n").codec.downlink_budget == 2.0);
+  CHECK(Campaign(head + "codec: {name: sparseloco, downlink: sparseloco}\n").codec.downlink == CodecKind::kSparseLoCo);
   CHECK(Campaign(head + "codec: {name: sparseloco, downlink: sparse_fp32}\n").codec.downlink == CodecKind::kSparseFp32);
   CHECK(Campaign(head + "codec: {name: sparseloco, downlink: dense_fp32}\n").codec.downlink == CodecKind::kDenseFp32);
   // Any uplink codec may take a compressed downlink.
@@ -645,9 +649,16 @@ TEST_CASE("config: codec.downlink defaults to sparseloco where the codec and the
   CHECK(Campaign(head + "codec: {name: sparseloco}\npipeline: {stages: 2}\nquorum: {expected_workers: 2}\n")
             .codec.downlink == CodecKind::kSparseFp32);
 
-  CHECK_THAT(
-      Error(head + "codec: {name: sparseloco, downlink: top64}\n"),
-      Contains("c.yaml:3: codec.downlink: unknown value 'top64' (allowed: sparseloco, sparse_fp32, dense_fp32)"));
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: top64}\n"),
+             Contains("c.yaml:3: codec.downlink: unknown value 'top64' (allowed: sparse_2bit, sparseloco, sparse_fp32, "
+                      "dense_fp32)"));
+  for (const char* bad : {"0", "-1", ".inf"}) {
+    INFO(bad);
+    CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink_budget: " + bad + "}\n"),
+               Contains("c.yaml:3: codec.downlink_budget: "));
+  }
+  CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparse_2bit}\nparablock: {blocks: 2}\n"),
+             Contains("codec.downlink: sparse_2bit downlink with ParaBlock blocks (parablock.blocks > 1)"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\nparablock: {blocks: 2}\n"),
              Contains("codec.downlink: sparseloco downlink with ParaBlock blocks (parablock.blocks > 1)"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, downlink: sparseloco}\npipeline: {stages: 2}\n"),
@@ -676,6 +687,9 @@ TEST_CASE("config: invalid codec settings", "[unit][config]") {
   CHECK_THAT(Error(head + "codec: {name: sparse_fp32}\n"),
              Contains("c.yaml:2: codec.name: 'sparse_fp32' is the coordinator's downlink format and cannot be "
                       "chosen for uploads (allowed: dense_fp32, dense_bf16, int8, sparseloco)"));
+  CHECK_THAT(Error(head + "codec: {name: sparse_2bit}\n"),
+             Contains("c.yaml:2: codec.name: 'sparse_2bit' is the coordinator's downlink format and cannot be "
+                      "chosen for uploads"));
   CHECK_THAT(Error(head + "codec: {name: sparse}\n"),
              Contains("c.yaml:2: codec.name: unknown value 'sparse' (allowed: dense_fp32, dense_bf16, int8, sparseloco)"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, topk: 0}\n"),
@@ -702,7 +716,8 @@ TEST_CASE("config: invalid codec settings", "[unit][config]") {
   CHECK_THAT(Error(head + "codec: {name: int8, error_feedback: -0.1}\n"),
              Contains("c.yaml:2: codec.error_feedback: -0.1 is out of range (allowed: [0, 1))"));
   CHECK_THAT(Error(head + "codec: {name: sparseloco, k: 3}\n"),
-             Contains("c.yaml:2: codec.k: unknown key (allowed: name, topk, density, error_feedback, downlink)"));
+             Contains("c.yaml:2: codec.k: unknown key (allowed: name, topk, density, error_feedback, downlink, "
+                      "downlink_budget)"));
   // Every problem at once, and no follow-on complaint about topk.
   std::string msg = Error(head + "codec:\n  name: sparseloco\n  density: 2\n  error_feedback: 1.5\n");
   CHECK(LineCount(msg) == 2);

@@ -8,7 +8,7 @@
 //                  2 = header + bulk + an empty third frame, 3 = no frames.
 //                  flags & 4: tight WireLimits (kTightLimit bytes each).
 // fuzz_update      [u8 codec][u8 flags][i16 topk][u32 perturb][bulk]
-//                  codec % 8 (5..7 are unknown values). The BlobHeader is
+//                  codec % 8 (6 and 7 are unknown values). The BlobHeader is
 //                  made correct for the fixed layout (FuzzLayout) and the bulk
 //                  (length, XXH64 checksum, element count, digest, topk)
 //                  unless a kUpdate* flag breaks one field with `perturb`.

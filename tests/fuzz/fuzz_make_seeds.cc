@@ -313,6 +313,17 @@ void WriteUpdateSeeds(const fs::path& dir) {
       WriteBytes(dir / "sparse_fp32_5_flagse0", UpdateInput(enc, 64, 0xe0));
     }
   }
+
+  for (int per_chunk : {0, 1, 5, 200}) {
+    const Update support = SparseUpdate(plan64, per_chunk);
+    Sparse2BitParts parts;
+    parts.tables.assign(4 * plan64.tensors.size(), 0.25f);
+    parts.begin = support.begin;
+    parts.indices = support.index;
+    for (size_t i = 0; i < parts.indices.size(); ++i) parts.codes.push_back(static_cast<uint8_t>(i & 3));
+    const Encoded enc = Must(PackSparse2Bit(layout, plan64, parts), "sparse_2bit");
+    WriteBytes(dir / ("sparse_2bit_" + std::to_string(per_chunk)), UpdateInput(enc, 64, 0));
+  }
 }
 
 // ---------------------------------------------------------------- checkpoints

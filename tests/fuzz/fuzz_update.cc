@@ -149,7 +149,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // CheckBlob is the cheaper check a receiver may run first; it must accept
   // whatever ParseUpdate accepts, and only for the payload's own codec.
   const Status blob = CheckBlob(layout, codec, header, bulk);
-  const auto other = static_cast<CodecKind>((static_cast<int>(codec) + 1) % 5);
+  const auto other = static_cast<CodecKind>((static_cast<int>(codec) + 1) % 6);
   if (CheckBlob(layout, other, header, bulk).ok()) Fail("CheckBlob accepted a payload of another codec", Status::Ok());
   StatusOr<Update> u = ParseUpdate(layout, plan, header, bulk);
   if (Verbose()) {
